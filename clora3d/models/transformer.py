@@ -1,0 +1,126 @@
+"""The one canonical transformer building blocks (timm-style): DropPath, Mlp, Attention, Block.
+
+Every PEFT method attaches to these by hooks or by module replacement; none forks them.
+Module and parameter names mirror Point-MAE (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``,
+``mlp.fc1``, ``mlp.fc2``) so official checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = x.new_empty(shape).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP ``fc1 -> act -> drop -> fc2 -> drop``."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
+                 act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0) -> None:
+        super().__init__()
+        out_features = out_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (no bias by default) and ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"Attention: dim={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        drop = self.attn_drop.p if self.training else 0.0
+        out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        out = out.transpose(1, 2).reshape(B, L, C)
+        return self.proj_drop(self.proj(out))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + DP(attn(norm1 x))`` then ``x + DP(mlp(norm2 x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 act_layer: type[nn.Module] = nn.GELU, norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        # One DropPath shared by both residual branches, as in the reference.
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+def drop_path_schedule(drop_path_rate: float, depth: int) -> list[float]:
+    """Linearly increasing stochastic depth, 0 for the first block and ``drop_path_rate`` for the last."""
+    return [float(v) for v in torch.linspace(0, drop_path_rate, depth)]
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of ``Block``s in ``self.blocks``; the positional embedding is re-added before every block."""
+
+    def __init__(self, embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float | Sequence[float] = 0.0) -> None:
+        super().__init__()
+        if isinstance(drop_path_rate, (int, float)):
+            dpr = drop_path_schedule(float(drop_path_rate), depth)
+        else:
+            dpr = list(drop_path_rate)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i])
+            for i in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor,
+                return_layers: Iterable[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """Run all blocks; with ``return_layers`` return the outputs of those block indices instead."""
+        wanted = set(return_layers) if return_layers is not None else None
+        outs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x + pos)
+            if wanted is not None and i in wanted:
+                outs.append(x)
+        return outs if wanted is not None else x

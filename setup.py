@@ -1,0 +1,263 @@
+"""Build clora3d and its compiled kernels (``clora3d._C``).
+
+Install torch first, then::
+
+    pip install --no-build-isolation -e .
+
+* CPU kernels (C++/OpenMP) are always built when torch is importable.
+* CUDA kernels are added when torch is a CUDA build and nvcc is found, or when ``FORCE_CUDA=1``.
+  ``CLORA3D_CPU_ONLY=1`` (or ``FORCE_CUDA=0``) skips them.
+* Target GPU architectures come from ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"8.0;8.6;9.0+PTX"``). When it
+  is unset: the architectures of the visible GPUs, or, on a machine without a GPU, the list this
+  torch build itself was compiled for. No architecture list is hard-coded here.
+* Without torch in the build environment (pip's default build isolation) the package installs
+  without compiled kernels and clora3d.ops uses its pure-PyTorch reference; ``tools/doctor.py``
+  says so and how to fix it.
+
+The decision logic lives in small pure functions so tests/test_build.py can check it without
+compiling anything; nothing below the ``__main__`` guard runs on import.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+
+_ARCH_RE = re.compile(r"^[A-Za-z0-9.+]+$")
+
+
+def env_flag(env: Mapping[str, str], name: str) -> Optional[bool]:
+    """Tri-state boolean environment flag: None when unset/empty, else True for 1/true/yes/on."""
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _nvcc_reported_home(nvcc: str) -> Optional[str]:
+    """Ask nvcc where its toolkit lives (works through wrapper scripts such as /usr/local/bin/nvcc)."""
+    try:
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (out.stdout + out.stderr).splitlines():
+        m = re.match(r"^#\$ _HERE_=(.+)$", line.strip())
+        if m:
+            return str(Path(m.group(1).strip()).resolve().parent)
+    return None
+
+
+def _is_cuda_home(path: Optional[str]) -> bool:
+    """A usable toolkit has bin/nvcc and the runtime headers."""
+    if not path:
+        return False
+    p = Path(path)
+    nvcc = p / "bin" / ("nvcc.exe" if sys.platform == "win32" else "nvcc")
+    headers = [p / "include" / "cuda_runtime_api.h",
+               *p.glob("targets/*/include/cuda_runtime_api.h")]
+    return nvcc.exists() and any(h.exists() for h in headers)
+
+
+def find_cuda_home(env: Mapping[str, str]) -> Optional[str]:
+    """Locate the CUDA toolkit the way torch does, but see through nvcc wrapper scripts.
+
+    torch guesses CUDA_HOME as the parent of the directory holding the first ``nvcc`` on PATH; when
+    that is a wrapper (e.g. /usr/local/bin/nvcc) the guess (/usr/local) has no CUDA headers or
+    libraries. An explicit CUDA_HOME / CUDA_PATH always wins.
+    """
+    explicit = env.get("CUDA_HOME") or env.get("CUDA_PATH")
+    if explicit:
+        return explicit
+    nvcc = shutil.which("nvcc", path=env.get("PATH"))
+    if nvcc:
+        guess = str(Path(nvcc).parent.parent)
+        if _is_cuda_home(guess):
+            return guess
+        reported = _nvcc_reported_home(nvcc)
+        if _is_cuda_home(reported):
+            return reported
+    if sys.platform != "win32" and _is_cuda_home("/usr/local/cuda"):
+        return str(Path("/usr/local/cuda").resolve())
+    return None
+
+
+def decide_cuda(env: Mapping[str, str], torch_cuda_version: Optional[str],
+                cuda_home: Optional[str]) -> tuple[bool, str]:
+    """Whether to build the CUDA kernels, and why (the reason is printed during the build).
+
+    Raises RuntimeError when FORCE_CUDA=1 asks for something impossible, naming the fix.
+    """
+    if env_flag(env, "CLORA3D_CPU_ONLY"):
+        return False, "CLORA3D_CPU_ONLY=1"
+    force = env_flag(env, "FORCE_CUDA")
+    has_nvcc = _is_cuda_home(cuda_home)
+    if force is False:
+        return False, "FORCE_CUDA=0"
+    if force:
+        if not torch_cuda_version:
+            raise RuntimeError(
+                "FORCE_CUDA=1 but the installed torch is a CPU-only build (torch.version.cuda is None). "
+                "Install a CUDA build of torch (https://pytorch.org/get-started/locally/) or unset FORCE_CUDA.")
+        if not has_nvcc:
+            raise RuntimeError(
+                "FORCE_CUDA=1 but no CUDA toolkit (bin/nvcc + include/cuda_runtime_api.h) was found "
+                f"(CUDA_HOME guess: {cuda_home!r}). Install the CUDA toolkit matching torch "
+                f"{torch_cuda_version} and set CUDA_HOME=/path/to/cuda, or unset FORCE_CUDA.")
+        return True, "FORCE_CUDA=1"
+    if not torch_cuda_version:
+        return False, "torch is a CPU-only build"
+    if not has_nvcc:
+        return False, "nvcc not found (set CUDA_HOME to the CUDA toolkit to build the CUDA kernels)"
+    return True, f"torch CUDA {torch_cuda_version} and nvcc at {cuda_home}"
+
+
+def resolve_arch_list(env: Mapping[str, str], device_capabilities: Sequence[tuple[int, int]],
+                      torch_arch_list: Sequence[str]) -> tuple[str, str]:
+    """The TORCH_CUDA_ARCH_LIST to build for, and where it came from.
+
+    Order: the user's TORCH_CUDA_ARCH_LIST; else the visible GPUs (newest + PTX, as torch does);
+    else the architectures this torch build was compiled for (``torch.cuda.get_arch_list()``,
+    newest + PTX). Nothing is hard-coded.
+    """
+    user = (env.get("TORCH_CUDA_ARCH_LIST") or "").strip()
+    if user and user != "native":
+        items = [a for a in re.split(r"[;\s,]+", user) if a]
+        bad = [a for a in items if not _ARCH_RE.match(a)]
+        if bad or not items:
+            raise RuntimeError(
+                f"TORCH_CUDA_ARCH_LIST={user!r} is not understood (bad entries: {bad}). "
+                "Use e.g. TORCH_CUDA_ARCH_LIST=\"8.0;8.6;9.0+PTX\".")
+        return ";".join(items), "TORCH_CUDA_ARCH_LIST"
+    if device_capabilities:
+        archs = sorted({f"{major}.{minor}" for major, minor in device_capabilities},
+                       key=lambda a: tuple(int(x) for x in a.split(".")))
+        archs[-1] += "+PTX"
+        return ";".join(archs), "visible GPUs"
+    sms = []
+    for name in torch_arch_list:
+        m = re.fullmatch(r"sm_(\d+)(\d)", name)
+        if m:
+            sms.append((int(m.group(1)), int(m.group(2))))
+    if not sms:
+        raise RuntimeError(
+            "No GPU is visible and TORCH_CUDA_ARCH_LIST is unset, and torch reports no compiled "
+            "architectures to fall back on. Set TORCH_CUDA_ARCH_LIST for your GPU, e.g. "
+            "TORCH_CUDA_ARCH_LIST=\"8.6\" (RTX 30xx), \"8.9\" (RTX 40xx), \"9.0\" (H100).")
+    archs = [f"{a}.{b}" for a, b in sorted(set(sms))]
+    archs[-1] += "+PTX"
+    return ";".join(archs), "torch.cuda.get_arch_list() (no GPU visible)"
+
+
+def arch_macro_value(arch_list: str) -> str:
+    """CLORA3D_CUDA_ARCHS value: bare tokens, commas for semicolons (safe through any shell)."""
+    return arch_list.replace(";", ",")
+
+
+def openmp_flags(platform: str = sys.platform) -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) for OpenMP; none on macOS (Apple clang has no -fopenmp)."""
+    if platform.startswith("linux"):
+        return ["-fopenmp"], ["-fopenmp"]
+    if platform == "win32":
+        return ["/openmp"], []
+    return [], []
+
+
+def nvidia_wheel_include_dirs(site_packages: Path) -> list[str]:
+    """CUDA headers shipped by the nvidia-* wheels that CUDA builds of torch depend on.
+
+    ATen/cuda/CUDAContext.h includes cusparse.h / cublas_v2.h, which pip-installed torch gets from
+    site-packages/nvidia/<pkg>/include rather than from the CUDA toolkit.
+    """
+    dirs = sorted(site_packages.glob("nvidia/*/include")) + sorted(site_packages.glob("nvidia/*/*/include"))
+    return [str(d) for d in dirs if d.is_dir()]
+
+
+def cpu_sources(root: Path = HERE) -> list[str]:
+    return ["csrc/bindings.cpp"] + sorted(
+        str(Path(p).relative_to(root)) for p in glob.glob(str(root / "csrc" / "cpu" / "*.cpp")))
+
+
+def cuda_sources(root: Path = HERE) -> list[str]:
+    return sorted(str(Path(p).relative_to(root)) for p in glob.glob(str(root / "csrc" / "cuda" / "*.cu")))
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"clora3d setup: {msg}\n")
+
+
+def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exercised by real builds
+    """(ext_modules, cmdclass) for setuptools; empty when torch is not importable."""
+    try:
+        import torch
+    except ImportError:
+        _log("torch is not importable in the build environment, so the compiled kernels are skipped "
+             "(clora3d.ops will use its pure-PyTorch reference). Install torch first, then "
+             "`pip install --no-build-isolation -e .`.")
+        return [], {}
+    if not (HERE / "csrc" / "bindings.cpp").exists():
+        _log("csrc/bindings.cpp is missing: building without compiled kernels.")
+        return [], {}
+
+    cuda_home = find_cuda_home(env)
+    # torch.utils.cpp_extension reads CUDA_HOME once, at import: give it the toolkit we found.
+    if cuda_home and not (env.get("CUDA_HOME") or env.get("CUDA_PATH")):
+        os.environ["CUDA_HOME"] = cuda_home
+    with_cuda, reason = decide_cuda(env, torch.version.cuda, cuda_home)
+    from torch.utils import cpp_extension
+
+    sources = cpu_sources()
+    define_macros: list[tuple[str, Optional[str]]] = []
+    include_dirs = [str(HERE / "csrc")]
+    omp_compile, omp_link = openmp_flags()
+    # No -std flag: torch adds the standard its headers need (C++17 or C++20 depending on version).
+    extra_compile_args: dict[str, list[str]] = {"cxx": (["/O2"] if sys.platform == "win32" else ["-O3"]) + omp_compile}
+    ext_cls = cpp_extension.CppExtension
+    if with_cuda:
+        caps = []
+        if torch.cuda.is_available():
+            caps = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+        arch_list, arch_source = resolve_arch_list(env, caps, torch.cuda.get_arch_list())
+        # torch's own default crashes with no GPU visible and no TORCH_CUDA_ARCH_LIST; pin it.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+        _log(f"CUDA kernels: ON ({reason}); architectures {arch_list} from {arch_source}; "
+             f"CUDA_HOME={cuda_home}")
+        sources += cuda_sources()
+        define_macros += [("WITH_CUDA", None), ("CLORA3D_CUDA_ARCHS", arch_macro_value(arch_list))]
+        extra_compile_args["nvcc"] = ["-O3"]
+        include_dirs += nvidia_wheel_include_dirs(Path(sysconfig.get_paths()["purelib"]))
+        ext_cls = cpp_extension.CUDAExtension
+    else:
+        _log(f"CUDA kernels: OFF ({reason}); building the CPU kernels only.")
+    ext = ext_cls(
+        name="clora3d._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args=extra_compile_args,
+        extra_link_args=omp_link,
+        depends=sorted(glob.glob(str(HERE / "csrc" / "**" / "*.h"), recursive=True)
+                       + glob.glob(str(HERE / "csrc" / "**" / "*.cuh"), recursive=True)),
+    )
+    use_ninja = shutil.which("ninja") is not None
+    if not use_ninja:
+        _log("ninja not found: compiling serially (pip install ninja for parallel builds).")
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=use_ninja)}
+
+
+if __name__ == "__main__":
+    from setuptools import setup
+
+    ext_modules, cmdclass = extensions()
+    # Metadata (name, version, dependencies, extras) lives in pyproject.toml.
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

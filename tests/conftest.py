@@ -1,0 +1,49 @@
+"""Shared pytest fixtures: real-data location, deterministic seeds, GPU marker handling."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path | None:
+    env = os.environ.get("CLORA3D_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Folder of real data samples (../shared/data); the test is skipped when it is absent."""
+    d = _shared_data_dir()
+    if d is None:
+        pytest.skip("real data samples (../shared/data) are not present")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def seed() -> int:
+    """Seed every RNG with 0 before each test so results are deterministic."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    return 0
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
