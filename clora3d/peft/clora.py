@@ -1,0 +1,316 @@
+"""CLoRA: collaborative low-rank adaptation with shared subspaces and SADE.
+
+All low-rank modules (LRMs) of one shape share ``p`` down-projection spaces ``D_h`` (d_in x r) and
+``p`` up-projection spaces ``U_h`` (r x d_out); LRM ``j`` owns coefficient matrices ``Q_h^j``
+(r x r, zero-initialised), and its update (row-vector convention, ``x`` is ``(..., d_in)``) is::
+
+    dW_j = scale * sum_h D_h Q_h^j U_h          (d_in x d_out, rank <= p*r)
+
+Placements:
+
+* ``pre_proj`` (default): identity plus update on the LayerNorm output, just before the frozen
+  ``qkv`` and/or ``fc1``: ``y = (x + b_j) + dropout(x + b_j) dW_j`` (``b_j`` only with ``bias``).
+  d_in = d_out = trans_dim; one set of spaces; m = len(targets) x len(layers) (2 x depth by default).
+  Merge: ``W' = W (I + dW_j)^T`` and the bias folds as ``b' = b + W' b_j`` (or, for the bias-free
+  ``qkv``, into the preceding ``norm1.bias``, whose output feeds only ``qkv``).
+* ``parallel``: LoRA-style ``y = W x + b + dropout(x) dW_j + b_j`` on the chosen linears. LRMs of equal
+  shape (d_in, d_out) share one set of spaces (``D_h`` d_in x r, ``U_h`` r x d_out).
+  Merge: ``W' = W + dW_j^T``, ``b' = b + b_j`` (``bias`` needs targets that have a bias).
+
+SADE (sample-agnostic diversity enhancement), over the components ``M_h^j = D_h Q_h^j U_h``::
+
+    L_SADE = sum_j sum_{a<b} ||M_a^T M_b||_F^2                                 (sade_normalize: false)
+    L_SADE = sum_j sum_{a<b} ||M_a^T M_b||_F^2 / (||M_a||_F^2 ||M_b||_F^2 + eps)  (sade_normalize: true)
+
+computed exactly through r x r Gram matrices: with ``A = Q_a^T (D_a^T D_b) Q_b`` and ``G_h = U_h U_h^T``,
+``||M_a^T M_b||_F^2 = tr(A^T G_a A G_b)`` and ``||M_h||_F^2 = tr(Q_h^T (D_h^T D_h) Q_h G_h)``; no
+d x d matrix is formed. ``regularization_loss()`` returns ``sade_lambda * L_SADE`` (``scale`` excluded).
+
+Trainable parameters: ``p (d_in r + r d_out)`` per space set plus ``m p r^2`` coefficients
+(``p r^2`` per set with ``shared_q``) plus ``m * d`` biases when ``bias`` is on, plus head and cls tokens.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from clora3d.errors import ConfigError
+from clora3d.peft.base import (PeftMethod, check_positive, check_probability, register_method, resolve_layers,
+                               resolve_targets)
+
+#: Every CLoRA option and its default (also written, resolved, into adapter metadata).
+CLORA_DEFAULTS: dict[str, Any] = {
+    "rank": 8,                  # r: size of each shared space
+    "num_spaces": 4,            # p: number of shared down/up space pairs (p = 1 is an ablation)
+    "placement": "pre_proj",    # "pre_proj" | "parallel"
+    "targets": None,            # null -> placement default: pre_proj ["qkv", "fc1"], parallel ["qkv", "proj"]
+    "layers": None,             # null -> every block; else explicit block indices
+    "scale": 1.0,               # multiplies dW
+    "dropout": 0.0,             # dropout on the input of the low-rank branch (training only)
+    "bias": False,              # per-LRM bias vector (pre_proj: size d_in, parallel: size d_out)
+    "init": "orthogonal",       # "orthogonal" (the p spaces jointly orthonormal when p*r <= d) | "xavier"
+    "shared_q": False,          # CLoRA#: one Q per space shared by all LRMs of a set (identical dW)
+    "sade": True,               # false -> no SADE term (ablation)
+    "sade_lambda": 0.01,        # weight of L_SADE in the total loss (not published; tune it)
+    "sade_normalize": False,    # normalised variant (each pair term in [0, 1])
+    "sade_eps": 1e-12,          # added to the normaliser
+}
+
+PLACEMENT_TARGETS = {"pre_proj": ["qkv", "fc1"], "parallel": ["qkv", "proj", "fc1", "fc2"]}
+DEFAULT_TARGETS = {"pre_proj": ["qkv", "fc1"], "parallel": ["qkv", "proj"]}
+#: For pre_proj, the LayerNorm whose output feeds each target (and nothing else) in the canonical Block.
+PRE_NORM = {"qkv": "norm1", "fc1": "norm2"}
+
+
+class CLoRASpaces(nn.Module):
+    """One set of shared spaces: ``D`` (p, d_in, r), ``U`` (p, r, d_out), ``Q`` (m or 1, p, r, r), ``bias``."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, num_spaces: int, num_lrm: int, shared_q: bool,
+                 bias_dim: int | None, init: str) -> None:
+        super().__init__()
+        p, r = num_spaces, rank
+        self.d_in, self.d_out, self.num_lrm, self.shared_q = d_in, d_out, num_lrm, shared_q
+        self.D = nn.Parameter(torch.empty(p, d_in, r))
+        self.U = nn.Parameter(torch.empty(p, r, d_out))
+        self.Q = nn.Parameter(torch.zeros(1 if shared_q else num_lrm, p, r, r))
+        self.bias = nn.Parameter(torch.zeros(num_lrm, bias_dim)) if bias_dim else None
+        self.reset_spaces(init)
+
+    @torch.no_grad()
+    def reset_spaces(self, init: str) -> None:
+        p, d_in, r = self.D.shape
+        d_out = self.U.shape[2]
+        if init == "orthogonal":
+            # joint orthogonal init: the p spaces start mutually orthogonal when p*r <= d
+            dcat = torch.empty(d_in, p * r)
+            nn.init.orthogonal_(dcat)
+            self.D.copy_(dcat.reshape(d_in, p, r).permute(1, 0, 2))
+            ucat = torch.empty(p * r, d_out)
+            nn.init.orthogonal_(ucat)
+            self.U.copy_(ucat.reshape(p, r, d_out))
+        else:
+            for h in range(p):
+                nn.init.xavier_uniform_(self.D[h])
+                nn.init.xavier_uniform_(self.U[h])
+
+    def q(self, j: int) -> torch.Tensor:
+        """Coefficients of LRM ``j``: (p, r, r)."""
+        return self.Q[0] if self.shared_q else self.Q[j]
+
+    def branch(self, x: torch.Tensor, j: int) -> torch.Tensor:
+        """``x dW_j / scale`` for ``x (..., d_in)``, without forming dW: sum_h ((x D_h) Q_h^j) U_h."""
+        p, d_in, r = self.D.shape
+        z = x @ self.D.permute(1, 0, 2).reshape(d_in, p * r)                      # (..., p*r)
+        z = torch.einsum("...hr,hrs->...hs", z.unflatten(-1, (p, r)), self.q(j))  # (..., p, r)
+        return z.flatten(-2) @ self.U.reshape(p * r, self.d_out)                  # (..., d_out)
+
+    def components(self, j: int) -> torch.Tensor:
+        """``M_h^j = D_h Q_h^j U_h`` for all h: (p, d_in, d_out) (materialised; for inspection/tests)."""
+        return torch.einsum("hir,hrs,hso->hio", self.D, self.q(j), self.U)
+
+    def delta(self, j: int) -> torch.Tensor:
+        """``sum_h D_h Q_h^j U_h`` (d_in x d_out), without the scale."""
+        return self.components(j).sum(0)
+
+    def sade(self, normalize: bool, eps: float) -> torch.Tensor:
+        """Exact SADE of this set via r x r Gram matrices, summed over all LRMs j and pairs a < b."""
+        p = self.D.shape[0]
+        if p < 2:
+            return self.D.new_zeros(())
+        gd = torch.einsum("air,bis->arbs", self.D, self.D)          # (p, r, p, r): D_a^T D_b
+        gu = self.U @ self.U.transpose(1, 2)                         # (p, r, r):    U_h U_h^T
+        Q = self.Q                                                   # (m', p, r, r)
+        A = torch.einsum("jaik,aibl,jblm->jabkm", Q, gd, Q)          # Q_a^T D_a^T D_b Q_b
+        B = torch.einsum("akn,jabnq,bqm->jabkm", gu, A, gu)          # G_a A G_b
+        cross = (A * B).sum((-2, -1))                                # (m', p, p): ||M_a^T M_b||_F^2
+        iu = torch.triu_indices(p, p, offset=1, device=cross.device)
+        pairs = cross[:, iu[0], iu[1]]                               # (m', p(p-1)/2)
+        if normalize:
+            diag = torch.diagonal(A, dim1=1, dim2=2).permute(0, 3, 1, 2)  # (m', p, r, r): Q^T D^T D Q
+            norms = (diag * gu.unsqueeze(0)).sum((-2, -1))           # ||M_h||_F^2 (gu symmetric)
+            pairs = pairs / (norms[:, iu[0]] * norms[:, iu[1]] + eps)
+        total = pairs.sum()
+        if self.shared_q:
+            total = total * self.num_lrm  # every LRM has the same components
+        return total
+
+
+class _PreProjHook:
+    """Forward pre-hook of a target linear: ``x -> (x + b_j) + scale * dropout(x + b_j) dW_j``."""
+
+    def __init__(self, space: CLoRASpaces, j: int, scale: float, p: float) -> None:
+        self.space, self.j, self.scale, self.p = space, j, scale, p
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if self.space.bias is not None:
+            x = x + self.space.bias[self.j]
+        xd = F.dropout(x, self.p, module.training) if self.p > 0 else x
+        return (x + self.scale * self.space.branch(xd, self.j),) + tuple(args[1:])
+
+
+class _ParallelHook:
+    """Forward hook of a target linear: ``y -> y + scale * dropout(x) dW_j (+ b_j)``."""
+
+    def __init__(self, space: CLoRASpaces, j: int, scale: float, p: float) -> None:
+        self.space, self.j, self.scale, self.p = space, j, scale, p
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(args[0], self.p, module.training) if self.p > 0 else args[0]
+        out = out + self.scale * self.space.branch(x, self.j)
+        if self.space.bias is not None:
+            out = out + self.space.bias[self.j]
+        return out
+
+
+@register_method
+class CLoRA(PeftMethod):
+    """Collaborative LoRA (see module docstring for the maths, placements and options)."""
+
+    name = "clora"
+    DEFAULTS = CLORA_DEFAULTS
+    mergeable = True
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg, n = self.config, self.name
+        if cfg["placement"] not in PLACEMENT_TARGETS:
+            raise ConfigError(f"peft method 'clora': placement must be one of {sorted(PLACEMENT_TARGETS)}, "
+                              f"got {cfg['placement']!r}")
+        if cfg["init"] not in ("orthogonal", "xavier"):
+            raise ConfigError(f"peft method 'clora': init must be 'orthogonal' or 'xavier', got {cfg['init']!r}")
+        check_positive(n, cfg, "rank")
+        check_positive(n, cfg, "num_spaces")
+        check_positive(n, cfg, "sade_lambda", allow_zero=True)
+        check_positive(n, cfg, "sade_eps", allow_zero=True)
+        check_probability(n, cfg, "dropout")
+        if cfg["targets"] is None:
+            cfg["targets"] = list(DEFAULT_TARGETS[cfg["placement"]])
+        self.targets = resolve_targets(n, cfg, PLACEMENT_TARGETS[cfg["placement"]])
+        cfg["targets"] = list(self.targets)
+        self.layers = resolve_layers(n, cfg, len(self.blocks))
+        cfg["layers"] = list(self.layers)
+        pre = cfg["placement"] == "pre_proj"
+
+        # LRMs in order (layer-major); group them by (d_in, d_out)
+        self.lrms: list[tuple[int, str, str, int]] = []  # (block, target, group key, index in group)
+        shapes: dict[str, tuple[int, int]] = {}
+        counts: dict[str, int] = {}
+        for i in self.layers:
+            for t in self.targets:
+                lin = self.block_linear(i, t)
+                if not isinstance(lin, nn.Linear):
+                    raise ConfigError(f"peft method 'clora': {self.block_linear_name(i, t)} is not an nn.Linear")
+                d_in = lin.in_features
+                d_out = lin.in_features if pre else lin.out_features
+                if cfg["bias"] and not pre and lin.bias is None:
+                    raise ConfigError(
+                        f"peft method 'clora': bias: true with placement 'parallel' needs targets that have a bias "
+                        f"to merge into, but {self.block_linear_name(i, t)} has none; drop {t!r} from targets or "
+                        f"set bias: false"
+                    )
+                key = f"s{d_in}x{d_out}"
+                shapes[key] = (d_in, d_out)
+                self.lrms.append((i, t, key, counts.get(key, 0)))
+                counts[key] = counts.get(key, 0) + 1
+        self.spaces = nn.ModuleDict({
+            key: CLoRASpaces(d_in, d_out, cfg["rank"], cfg["num_spaces"], counts[key], cfg["shared_q"],
+                             (d_in if pre else d_out) if cfg["bias"] else None, cfg["init"])
+            for key, (d_in, d_out) in shapes.items()
+        })
+        ref = self.reference_parameter()
+        self.spaces.to(device=ref.device, dtype=ref.dtype)
+        self.peft_params = {f"peft.{n_}": p for n_, p in self.spaces.named_parameters()}
+        self._originals: dict[str, torch.Tensor] = {}
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def _attach(self) -> None:
+        self.model.add_module("peft", self.spaces)
+        pre = self.config["placement"] == "pre_proj"
+        for i, t, key, j in self.lrms:
+            lin = self.block_linear(i, t)
+            if pre:
+                self._hook_pre(lin, self._make_pre_hook(key, j))
+            else:
+                self._hook_post(lin, self._make_post_hook(key, j))
+
+    def _detach(self) -> None:
+        super()._detach()
+        if "peft" in self.model._modules:
+            del self.model._modules["peft"]
+
+    def _make_pre_hook(self, key: str, j: int) -> "_PreProjHook":
+        return _PreProjHook(self.spaces[key], j, self.config["scale"], self.config["dropout"])
+
+    def _make_post_hook(self, key: str, j: int) -> "_ParallelHook":
+        return _ParallelHook(self.spaces[key], j, self.config["scale"], self.config["dropout"])
+
+    # -- inspection -------------------------------------------------------------------------------
+    def lrm_names(self) -> list[str]:
+        """Module names of the LRMs' target linears, in LRM order."""
+        return [self.block_linear_name(i, t) for i, t, _, _ in self.lrms]
+
+    def delta_weights(self) -> dict[str, torch.Tensor]:
+        """``dW_j`` (d_in x d_out, scale included) per LRM, keyed by target linear name."""
+        s = self.config["scale"]
+        return {self.block_linear_name(i, t): s * self.spaces[key].delta(j) for i, t, key, j in self.lrms}
+
+    def _no_decay_extra(self) -> set[str]:
+        return {f"peft.{k}.bias" for k, sp in self.spaces.items() if sp.bias is not None}
+
+    def regularization_loss(self) -> torch.Tensor:
+        cfg = self.config
+        zero = self.reference_parameter().new_zeros(())
+        if not cfg["sade"] or cfg["sade_lambda"] == 0.0:
+            return zero
+        total = sum((sp.sade(cfg["sade_normalize"], cfg["sade_eps"]) for sp in self.spaces.values()), zero)
+        return cfg["sade_lambda"] * total
+
+    # -- merge ------------------------------------------------------------------------------------
+    def _keep(self, name: str, t: torch.Tensor) -> None:
+        if name not in self._originals:
+            self._originals[name] = t.detach().clone()
+
+    def _merge_weights(self) -> None:
+        pre = self.config["placement"] == "pre_proj"
+        deltas = self.delta_weights()
+        self._originals = {}
+        for i, t, key, j in self.lrms:
+            lname = self.block_linear_name(i, t)
+            lin = self.block_linear(i, t)
+            W = lin.weight
+            dW = deltas[lname].to(torch.float64)
+            self._keep(f"{lname}.weight", W)
+            W64 = W.detach().to(torch.float64)
+            bias = self.spaces[key].bias
+            if pre:
+                W_new = W64 + W64 @ dW.T                     # W (I + dW)^T
+                if bias is not None:
+                    b_j = bias[j].detach().to(torch.float64)
+                    if lin.bias is not None:
+                        self._keep(f"{lname}.bias", lin.bias)
+                        lin.bias.copy_((lin.bias.detach().to(torch.float64) + W_new @ b_j).to(lin.bias.dtype))
+                    else:
+                        norm = getattr(self.blocks[i], PRE_NORM[t])
+                        if getattr(norm, "bias", None) is None:
+                            raise RuntimeError(f"clora merge: {lname} has no bias and blocks.blocks.{i}."
+                                               f"{PRE_NORM[t]} has none to fold the per-LRM bias into")
+                        nname = f"blocks.blocks.{i}.{PRE_NORM[t]}.bias"
+                        self._keep(nname, norm.bias)
+                        norm.bias.copy_((norm.bias.detach().to(torch.float64) + b_j).to(norm.bias.dtype))
+            else:
+                W_new = W64 + dW.T
+                if bias is not None:
+                    self._keep(f"{lname}.bias", lin.bias)
+                    lin.bias.copy_((lin.bias.detach().to(torch.float64) + bias[j].detach()).to(lin.bias.dtype))
+            W.copy_(W_new.to(W.dtype))
+
+    def _restore_weights(self) -> None:
+        params = dict(self.model.named_parameters())
+        for name, t in self._originals.items():
+            params[name].copy_(t)
+        self._originals = {}
+

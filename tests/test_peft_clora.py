@@ -1,0 +1,219 @@
+"""CLoRA specifics against independent references: SADE brute force, counts by formula, CLoRA#,
+the pre_proj update written out, FLOPs after merge."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from clora3d.errors import ConfigError
+from clora3d.models import PointTransformer
+from clora3d.peft import apply_peft
+from clora3d.profile import count_flops
+
+D, DEPTH, HEADS = 96, 4, 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def base() -> PointTransformer:
+    torch.manual_seed(0)
+    return PointTransformer.from_preset("tiny", cls_dim=5).eval()
+
+
+@pytest.fixture(scope="module")
+def pts() -> torch.Tensor:
+    return torch.rand(2, 128, 3, generator=torch.Generator().manual_seed(1))
+
+
+def randomize(method, std: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in method.peft_params.values():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def head_count(model) -> int:
+    return sum(p.numel() for p in model.cls_head_finetune.parameters())
+
+
+# -- SADE against brute force ----------------------------------------------------------------------
+def brute_sade(method, normalize: bool, eps: float) -> torch.Tensor:
+    """Materialise every d x d component M_h^j = D_h Q_h^j U_h in float64 and sum the pair terms."""
+    total = torch.zeros((), dtype=torch.float64)
+    for _, _, key, j in method.lrms:
+        sp = method.spaces[key]
+        D, U = sp.D.detach().double(), sp.U.detach().double()
+        Q = sp.Q.detach().double()[0 if sp.shared_q else j]
+        p = D.shape[0]
+        M = [D[h] @ Q[h] @ U[h] for h in range(p)]
+        for a in range(p):
+            for b in range(a + 1, p):
+                val = torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
+                if normalize:
+                    val = val / (torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2 + eps)
+                total = total + val
+    return total
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"sade_normalize": True},
+    {"placement": "parallel", "targets": ["qkv", "proj", "fc1"], "num_spaces": 3, "rank": 5},
+    {"shared_q": True, "sade_normalize": True, "num_spaces": 3},
+    {"init": "xavier", "num_spaces": 5, "rank": 3},
+])
+def test_sade_equals_brute_force(base, extra):
+    method = apply_peft(copy.deepcopy(base), {"NAME": "clora", "sade_lambda": 0.5, **extra})
+    randomize(method)
+    got = method.regularization_loss()
+    ref = 0.5 * brute_sade(method, method.config["sade_normalize"], method.config["sade_eps"])
+    assert ref > 0
+    assert torch.allclose(got.double(), ref, rtol=1e-4, atol=0)
+
+
+def test_sade_off_p1_and_gradient(base):
+    off = apply_peft(copy.deepcopy(base), {"NAME": "clora", "sade": False})
+    randomize(off)
+    assert off.regularization_loss().item() == 0.0
+    p1 = apply_peft(copy.deepcopy(base), {"NAME": "clora", "num_spaces": 1})
+    randomize(p1)
+    assert p1.regularization_loss().item() == 0.0  # no pairs of spaces
+    m = apply_peft(copy.deepcopy(base), {"NAME": "clora"})
+    randomize(m)
+    m.regularization_loss().backward()
+    sp = m.spaces["s96x96"]
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (sp.D, sp.U, sp.Q))
+
+
+# -- parameter counts by formula -------------------------------------------------------------------
+@pytest.mark.parametrize("r,p,bias", [(8, 4, False), (4, 2, True), (8, 1, False)])
+def test_pre_proj_count_formula(base, r, p, bias):
+    model = copy.deepcopy(base)
+    method = apply_peft(model, {"NAME": "clora", "rank": r, "num_spaces": p, "bias": bias})
+    m = 2 * DEPTH
+    expected = p * (2 * D * r + m * r * r) + (m * D if bias else 0) + head_count(model) + 2 * D
+    assert sum(t.numel() for t in method.trainable_parameters().values()) == expected
+    assert len(method.lrms) == m
+
+
+def test_parallel_and_shared_counts(base):
+    r, p = 4, 3
+    model = copy.deepcopy(base)
+    method = apply_peft(model, {"NAME": "clora", "placement": "parallel", "rank": r, "num_spaces": p})
+    # qkv: D 96 x r, U r x 288 (one set for the 4 qkv); proj: 96 x r / r x 96 (one set for the 4 proj)
+    expected = p * (D * r + r * 3 * D) + DEPTH * p * r * r + p * (D * r + r * D) + DEPTH * p * r * r
+    assert sum(t.numel() for t in method.peft_params.values()) == expected
+    assert set(method.spaces) == {"s96x288", "s96x96"}
+    shared = apply_peft(copy.deepcopy(base), {"NAME": "clora", "shared_q": True, "rank": r, "num_spaces": p})
+    assert sum(t.numel() for t in shared.peft_params.values()) == p * (2 * D * r + r * r)
+
+
+# -- structure --------------------------------------------------------------------------------------
+def test_zero_init_and_orthogonal_spaces(base):
+    method = apply_peft(copy.deepcopy(base), {"NAME": "clora", "rank": 8, "num_spaces": 4})
+    sp = method.spaces["s96x96"]
+    assert torch.count_nonzero(sp.Q) == 0
+    dcat = sp.D.detach().permute(1, 0, 2).reshape(D, -1)       # d x p r, jointly orthonormal
+    ucat = sp.U.detach().reshape(-1, D)                        # p r x d
+    eye = torch.eye(32)
+    assert torch.allclose(dcat.T @ dcat, eye, atol=1e-5)
+    assert torch.allclose(ucat @ ucat.T, eye, atol=1e-5)
+    assert all(torch.count_nonzero(w) == 0 for w in method.delta_weights().values())
+
+
+def test_shared_q_gives_identical_delta_for_all_modules(base):
+    method = apply_peft(copy.deepcopy(base), {"NAME": "clora", "shared_q": True})
+    randomize(method)
+    deltas = list(method.delta_weights().values())
+    assert len(deltas) == 2 * DEPTH
+    assert deltas[0].abs().sum() > 0
+    assert all(torch.equal(d, deltas[0]) for d in deltas[1:])
+    normal = apply_peft(copy.deepcopy(base), {"NAME": "clora"})
+    randomize(normal)
+    nd = list(normal.delta_weights().values())
+    assert not torch.allclose(nd[0], nd[1])
+
+
+def test_delta_matches_definition(base):
+    method = apply_peft(copy.deepcopy(base), {"NAME": "clora", "scale": 0.7})
+    randomize(method)
+    i, t, key, j = method.lrms[5]
+    sp = method.spaces[key]
+    ref = 0.7 * sum(sp.D[h] @ sp.Q[j, h] @ sp.U[h] for h in range(sp.D.shape[0]))
+    assert torch.allclose(method.delta_weights()[method.block_linear_name(i, t)], ref, atol=1e-6)
+
+
+def test_pre_proj_forward_written_out(base):
+    """The hooked qkv computes ((x + b) + (x + b) dW) W^T with dW = scale * sum_h D_h Q_h U_h."""
+    model = copy.deepcopy(base)
+    method = apply_peft(model, {"NAME": "clora", "bias": True, "scale": 0.5})
+    randomize(method, std=0.1)
+    model.eval()
+    names = method.lrm_names()
+    j = names.index("blocks.blocks.2.attn.qkv")
+    _, _, key, jj = method.lrms[j]
+    sp = method.spaces[key]
+    dW = method.delta_weights()["blocks.blocks.2.attn.qkv"]
+    x = torch.randn(2, 9, D)
+    y = x + sp.bias[jj]
+    expect = (y + y @ dW) @ model.blocks.blocks[2].attn.qkv.weight.T
+    assert torch.allclose(model.blocks.blocks[2].attn.qkv(x), expect, atol=1e-5)
+
+
+def test_parallel_forward_written_out(base):
+    model = copy.deepcopy(base)
+    method = apply_peft(model, {"NAME": "clora", "placement": "parallel", "targets": ["fc2"], "bias": True})
+    randomize(method, std=0.1)
+    lin = model.blocks.blocks[1].mlp.fc2
+    _, _, key, j = method.lrms[1]
+    x = torch.randn(3, lin.in_features)
+    dW = method.delta_weights()["blocks.blocks.1.mlp.fc2"]
+    expect = x @ lin.weight.T + lin.bias + x @ dW + method.spaces[key].bias[j]
+    assert torch.allclose(lin(x), expect, atol=1e-5)
+
+
+def test_config_errors(base):
+    with pytest.raises(ConfigError, match="placement"):
+        apply_peft(copy.deepcopy(base), {"NAME": "clora", "placement": "inside"})
+    with pytest.raises(ConfigError, match="has no bias|has none"):
+        apply_peft(copy.deepcopy(base), {"NAME": "clora", "placement": "parallel", "bias": True})
+    with pytest.raises(ConfigError, match="targets"):
+        apply_peft(copy.deepcopy(base), {"NAME": "clora", "targets": ["proj"]})  # pre_proj: qkv/fc1 only
+    with pytest.raises(ConfigError, match="init"):
+        apply_peft(copy.deepcopy(base), {"NAME": "clora", "init": "normal"})
+
+
+def test_resolved_defaults_are_explicit(base):
+    method = apply_peft(copy.deepcopy(base), {"NAME": "clora"})
+    cfg = method.config
+    assert cfg["targets"] == ["qkv", "fc1"] and cfg["layers"] == list(range(DEPTH))
+    par = apply_peft(copy.deepcopy(base), {"NAME": "clora", "placement": "parallel"})
+    assert par.config["targets"] == ["qkv", "proj"]
+
+
+# -- FLOPs -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [{}, {"placement": "parallel"}, {"bias": True, "shared_q": True}])
+def test_merged_flops_equal_backbone_and_unmerged_overhead_by_formula(base, pts, extra):
+    plain = count_flops(base, pts[:1])["flops"]
+    model = copy.deepcopy(base)
+    method = apply_peft(model, {"NAME": "clora", **extra})
+    randomize(method, std=0.05)
+    unmerged = count_flops(model, pts[:1])["flops"]
+    L = 1 + base.num_group
+    r, p = method.config["rank"], method.config["num_spaces"]
+    overhead = 0
+    for _, _, key, _ in method.lrms:   # x D (d_in x p r), Q (p blocks r x r), U (p r x d_out), 2 FLOPs / MAC
+        sp = method.spaces[key]
+        overhead += 2 * L * (sp.d_in * p * r + p * r * r + p * r * sp.d_out)
+    assert unmerged == plain + overhead
+    method.merge()
+    assert count_flops(model, pts[:1])["flops"] == plain
