@@ -1,0 +1,253 @@
+"""The ModelNet40 few-shot benchmark: way x shot x fold grid of fine-tuning runs, resumable.
+
+Protocol (``shared/reference/point_mae_family.md`` §6): 4 settings (5w10s, 5w20s, 10w10s, 10w20s)
+x 10 folds = 40 independent runs of ``train(cfg)``, each on one fold's support set, evaluated on its
+query set (20 unseen test shapes per class, **no voting**) every epoch. A fold's result is its
+**best-epoch** query accuracy (reference); the last-epoch accuracy is recorded beside it. A setting
+is reported as mean ± std over its folds with the **population** std (ddof 0) as the references,
+optionally with a 95 % interval half-width 1.96·std/√n.
+
+Layout of ``out_dir``::
+
+    out_dir/<W>way<S>shot/fold<F>/          the trainer's run folder (checkpoints, logs)
+    out_dir/<W>way<S>shot/fold<F>.json      the fold's result; its presence marks the fold done
+    out_dir/summary.json                    the table (written after every finished fold)
+
+Re-running skips every fold whose result JSON exists; a fold that was interrupted (run folder
+without result JSON) resumes from its last checkpoint when there is one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from clora3d.errors import ConfigError
+
+__all__ = ["SETTINGS", "run_fewshot", "summarize", "format_table", "fold_dataset_cfg",
+           "setting_name", "missing_folds", "LAST_CKPT_NAMES"]
+
+SETTINGS: tuple[tuple[int, int], ...] = ((5, 10), (5, 20), (10, 10), (10, 20))
+FEWSHOT_DATASET = "ModelNetFewShot"
+#: file names under which the trainer may keep its last checkpoint (first found is used to resume)
+LAST_CKPT_NAMES = ("ckpt-last.pth", "last.pth", "checkpoint-last.pth")
+
+
+def setting_name(way: int, shot: int) -> str:
+    """``'5way10shot'``: the folder name of the released pickles."""
+    return f"{way}way{shot}shot"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file in the same folder + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def fold_dataset_cfg(cfg: Mapping[str, Any], way: int, shot: int, fold: int) -> dict:
+    """A deep copy of ``cfg`` whose few-shot dataset splits select (way, shot, fold)."""
+    out = copy.deepcopy(dict(cfg))
+    ds = out.get("dataset")
+    if not isinstance(ds, dict):
+        raise ConfigError("few-shot: the config has no 'dataset' section; use a few-shot config "
+                          "such as cfgs/fewshot/*.yaml")
+    hit = False
+    for split, sec in ds.items():
+        if isinstance(sec, dict) and sec.get("NAME") == FEWSHOT_DATASET:
+            sec.update(way=int(way), shot=int(shot), fold=int(fold))
+            hit = True
+    if not hit:
+        raise ConfigError(f"few-shot: no dataset split of the config has NAME: {FEWSHOT_DATASET} "
+                          f"(found {[s.get('NAME') for s in ds.values() if isinstance(s, dict)]}); "
+                          "use a few-shot config")
+    return out
+
+
+def _fewshot_roots(cfg: Mapping[str, Any]) -> list[Path]:
+    roots: list[Path] = []
+    for sec in cfg.get("dataset", {}).values():
+        if isinstance(sec, dict) and sec.get("NAME") == FEWSHOT_DATASET and sec.get("root"):
+            if Path(sec["root"]) not in roots:
+                roots.append(Path(sec["root"]))
+    return roots
+
+
+def missing_folds(root: str | Path, grid: Iterable[tuple[int, int, int]]) -> list[Path]:
+    """Fold pickles ``root/<W>way<S>shot/<F>.pkl`` of ``grid`` that do not exist."""
+    root = Path(root)
+    return [root / setting_name(w, s) / f"{f}.pkl" for w, s, f in grid
+            if not (root / setting_name(w, s) / f"{f}.pkl").is_file()]
+
+
+def _generate_folds(root: Path, modelnet_root: str | Path, missing: Sequence[Path],
+                    ways: Sequence[int], shots: Sequence[int], n_folds: int, seed: int) -> None:
+    """Generate folds with the data package's seeded generator into a scratch folder and move
+    only the ``missing`` files into ``root`` (existing, e.g. released, folds are never replaced).
+    Each fold file depends only on (seed, way, shot, fold), so partial generation is consistent."""
+    import shutil
+
+    from clora3d import data
+
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".generate-") as tmp:
+        data.generate_fewshot_folds(modelnet_root, tmp, ways=tuple(ways), shots=tuple(shots),
+                                    folds=n_folds, seed=seed)
+        for dst in missing:
+            src = Path(tmp) / dst.relative_to(root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dst))
+
+
+def _find_last_ckpt(run_dir: Path) -> Path | None:
+    for name in LAST_CKPT_NAMES:
+        p = run_dir / name
+        if p.is_file():
+            return p
+    return None
+
+
+def _metric(d: Mapping[str, Any], key: str, what: str) -> float:
+    if key not in d:
+        raise ConfigError(f"few-shot: the trainer's {what} metrics have no {key!r} (they have "
+                          f"{sorted(d)}); pass --metric <one of them>")
+    return float(d[key])
+
+
+def summarize(results: Mapping[tuple[int, int], Sequence[Mapping[str, Any]]], *,
+              ci95: bool = False) -> dict[str, dict[str, Any]]:
+    """Per setting: folds, n, mean/std (ddof 0) of best- and last-epoch accuracy (+ ci95)."""
+    out: dict[str, dict[str, Any]] = {}
+    for (w, s), folds in sorted(results.items()):
+        if not folds:
+            continue
+        row: dict[str, Any] = {"way": w, "shot": s, "n": len(folds),
+                               "folds": sorted(int(r["fold"]) for r in folds)}
+        for which in ("best", "last"):
+            vals = np.asarray([float(r[f"{which}_acc"]) for r in folds], dtype=np.float64)
+            row[f"{which}_mean"] = float(vals.mean())
+            row[f"{which}_std"] = float(vals.std(ddof=0))
+            if ci95:
+                row[f"{which}_ci95"] = float(1.96 * vals.std(ddof=0) / math.sqrt(len(vals)))
+        out[setting_name(w, s)] = row
+    return out
+
+
+def format_table(summary: Mapping[str, Mapping[str, Any]], *, ci95: bool = False) -> str:
+    """Point-BERT-style table: one column per setting, rows best-epoch (reported) and last-epoch."""
+    if not summary:
+        return "(no finished folds)"
+    names = list(summary)
+    heads = [f"{summary[n]['way']}w{summary[n]['shot']}s (n={summary[n]['n']})" for n in names]
+    width = max(18, *(len(h) + 2 for h in heads))
+    spread = "ci95" if ci95 else "std"
+    rows = (("best", f"best epoch (ref.) ±{spread}"), ("last", f"last epoch ±{spread}"))
+    lw = max(len(label) for _, label in rows) + 2
+    lines = ["setting".ljust(lw) + "".join(h.rjust(width) for h in heads)]
+    for which, label in rows:
+        cells = [f"{summary[n][f'{which}_mean']:.1f} ± {summary[n][f'{which}_{spread}']:.1f}"
+                 for n in names]
+        lines.append(label.ljust(lw) + "".join(c.rjust(width) for c in cells))
+    return "\n".join(lines)
+
+
+def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[int] = (5, 10),
+                shots: Sequence[int] = (10, 20), folds: Sequence[int] = tuple(range(10)),
+                ckpt: str | None = None, metric: str = "acc", ci95: bool = False,
+                generate_from: str | Path | None = None, generate_seed: int = 0,
+                train_fn: Callable[..., Mapping[str, Any]] | None = None,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the few-shot grid and return ``{"folds": [...], "summary": {...}, "table"}``.
+
+    ``cfg`` is a resolved config whose dataset splits use ``ModelNetFewShot``; each run gets a copy
+    with ``way``/``shot``/``fold`` set. ``ckpt`` is the pre-trained checkpoint passed to ``train``.
+    ``metric`` is the key of the trainer's ``best``/``last`` metric dicts to report. When fold
+    pickles are missing and ``generate_from`` (a ModelNet40 root) is given, they are generated
+    with the data package's seeded generator (``generate_seed``); they are *not* the released folds.
+    ``train_fn`` defaults to :func:`clora3d.engine.trainer.train`.
+    """
+    out_dir = Path(out_dir)
+    grid = [(int(w), int(s), int(f)) for w in ways for s in shots for f in folds]
+    if not grid:
+        raise ConfigError("few-shot: empty grid; give at least one way, shot and fold")
+    for w, s, f in grid:
+        if w <= 0 or s <= 0 or f < 0:
+            raise ConfigError(f"few-shot: invalid setting way={w} shot={s} fold={f}")
+    fold_dataset_cfg(cfg, *grid[0])  # validates the dataset section early
+    for root in _fewshot_roots(cfg):
+        missing = missing_folds(root, grid)
+        if missing and generate_from is not None:
+            log(f"few-shot: generating {len(missing)} missing fold file(s) under {root} from "
+                f"{generate_from} (seed {generate_seed}); these are NOT the released folds")
+            _generate_folds(root, generate_from, missing, sorted({w for w, _, _ in grid}),
+                            sorted({s for _, s, _ in grid}), max(f for _, _, f in grid) + 1,
+                            generate_seed)
+            missing = missing_folds(root, grid)
+        if missing:
+            raise FileNotFoundError(
+                f"few-shot: fold file {missing[0]} is missing ({len(missing)} of {len(grid)} "
+                f"missing); place the released folds under {root}/<W>way<S>shot/<F>.pkl or pass "
+                "--generate-from <ModelNet40 root> to generate seeded folds")
+    if train_fn is None:
+        from clora3d.engine.trainer import train as train_fn  # type: ignore[no-redef]
+
+    results: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, (w, s, f) in enumerate(grid):
+        res_path = out_dir / setting_name(w, s) / f"fold{f}.json"
+        if res_path.is_file():
+            try:
+                rec = json.loads(res_path.read_text())
+                _ = float(rec["best_acc"]), float(rec["last_acc"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"few-shot: result file {res_path} is unreadable ({e}); delete it "
+                                 "to re-run that fold") from None
+            log(f"[{i + 1}/{len(grid)}] {setting_name(w, s)} fold {f}: done before "
+                f"(best {rec['best_acc']:.2f}), skipped")
+        else:
+            run_dir = out_dir / setting_name(w, s) / f"fold{f}"
+            resume = _find_last_ckpt(run_dir) is not None
+            finished = run_dir / "result.json"
+            if resume and finished.is_file():
+                # training finished but the runner stopped before writing the fold's result
+                log(f"[{i + 1}/{len(grid)}] {setting_name(w, s)} fold {f}: training had finished; "
+                    f"reading {finished}")
+                res = json.loads(finished.read_text())
+            else:
+                log(f"[{i + 1}/{len(grid)}] {setting_name(w, s)} fold {f}: "
+                    f"{'resuming' if resume else 'training'} in {run_dir}")
+                fold_cfg = fold_dataset_cfg(cfg, w, s, f)
+                fold_cfg["name"] = f"{cfg.get('name') or 'fewshot'}_{setting_name(w, s)}_fold{f}"
+                res = train_fn(fold_cfg, ckpt=ckpt, resume=resume, run_dir=str(run_dir))
+            best = res["best"]
+            rec = {"way": w, "shot": s, "fold": f, "metric": metric,
+                   "best_acc": _metric(best, metric, "best"), "best_epoch": best.get("epoch"),
+                   "last_acc": _metric(res["last"], metric, "last"),
+                   "epochs": len(res.get("history", [])), "run_dir": str(res.get("run_dir", run_dir)),
+                   "ckpt": ckpt}
+            _write_json(res_path, rec)
+            log(f"    best {rec['best_acc']:.2f} (epoch {rec['best_epoch']}), last {rec['last_acc']:.2f}")
+        results.setdefault((w, s), []).append(rec)
+        summary = summarize(results, ci95=ci95)
+        _write_json(out_dir / "summary.json", {"protocol": "best-epoch query accuracy per fold; "
+                                               "mean ± population std (ddof 0) over folds; no voting",
+                                               "metric": metric, "settings": summary,
+                                               "folds": [r for v in results.values() for r in v]})
+    summary = summarize(results, ci95=ci95)
+    return {"folds": [r for v in results.values() for r in v], "summary": summary,
+            "table": format_table(summary, ci95=ci95)}

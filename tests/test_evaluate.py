@@ -1,0 +1,344 @@
+"""Evaluation protocols: part-seg mIoU against a hand-computed example and a brute-force version,
+plain accuracy vs. a numpy FPS reference, vote@N against an independent re-implementation, DDP sums."""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from clora3d.engine.evaluate import (SHAPENETPART_SEG_CLASSES, evaluate_classification,
+                                     evaluate_partseg, format_partseg_table, part_seg_miou)
+
+# ------------------------------------------------------------------------------------------------
+# part segmentation: hand-computed example
+# ------------------------------------------------------------------------------------------------
+SEG2 = {"A": [0, 1], "B": [2, 3, 4]}
+GT = np.array([[0, 0, 1, 1],    # shape 0, category A
+               [0, 0, 0, 0],    # shape 1, category A
+               [2, 2, 3, 3]])   # shape 2, category B
+PRED = np.array([[0, 1, 1, 1],
+                 [0, 0, 0, 0],
+                 [2, 3, 3, 3]])
+CLS = np.array([0, 0, 1])
+# By hand:
+# shape 0: part0 inter 1 / union 2 = 1/2, part1 inter 2 / union 3 = 2/3      -> (1/2 + 2/3) / 2 = 7/12
+# shape 1: part0 4/4 = 1, part1 absent from both -> 1                        -> 1
+# shape 2: part2 1/2, part3 2/3, part4 absent from both -> 1                 -> (1/2 + 2/3 + 1) / 3 = 13/18
+# Inst = (7/12 + 1 + 13/18) / 3 ; Cls = ((7/12 + 1) / 2 + 13/18) / 2
+# point acc = (3 + 4 + 3) / 12 ; per-part acc: p0 5/6, p1 2/2, p2 1/2, p3 2/2 (p4 unseen) -> mean
+HAND = {
+    "inst_miou": 100 * (7 / 12 + 1 + 13 / 18) / 3,
+    "cls_miou": 100 * ((7 / 12 + 1) / 2 + 13 / 18) / 2,
+    "point_acc": 100 * 10 / 12,
+    "class_avg_acc": 100 * (5 / 6 + 1 + 1 / 2 + 1) / 4,
+}
+
+
+def test_partseg_hand_computed_labels():
+    m = part_seg_miou(PRED, GT, CLS, SEG2)
+    for k, v in HAND.items():
+        assert m[k] == pytest.approx(v, abs=1e-9), k
+    assert m["num_shapes"] == 3
+    assert m["per_category"]["A"] == {"miou": pytest.approx(100 * (7 / 12 + 1) / 2), "shapes": 2}
+    assert m["per_category"]["B"]["miou"] == pytest.approx(100 * 13 / 18)
+
+
+def test_partseg_argmax_restricted_to_category_parts():
+    # Logits whose global argmax is always a part of the *other* category (value 9); within the
+    # shape's own category the largest logit is the hand-written prediction above (value 5).
+    logits = np.zeros((3, 4, 5))
+    for s in range(3):
+        own = SEG2["A"] if CLS[s] == 0 else SEG2["B"]
+        other = SEG2["B"] if CLS[s] == 0 else SEG2["A"]
+        for i in range(4):
+            logits[s, i, own] = 1.0
+            logits[s, i, PRED[s, i]] = 5.0
+            logits[s, i, other[0]] = 9.0
+    m = part_seg_miou(torch.from_numpy(logits), torch.from_numpy(GT), torch.from_numpy(CLS), SEG2)
+    for k, v in HAND.items():
+        assert m[k] == pytest.approx(v, abs=1e-9), k
+
+
+def _brute_force(logits, gt, cls, seg_classes):
+    cats = list(seg_classes.values())
+    shape_m, by_cat = [], {}
+    correct = total = 0
+    seen, hit = {}, {}
+    for s in range(gt.shape[0]):
+        parts = cats[cls[s]]
+        pred = []
+        for i in range(gt.shape[1]):
+            best = max(parts, key=lambda p: (logits[s][i][p], -p))
+            pred.append(best)
+        ious = []
+        for p in parts:
+            inter = sum(1 for i in range(gt.shape[1]) if pred[i] == p and gt[s][i] == p)
+            union = sum(1 for i in range(gt.shape[1]) if pred[i] == p or gt[s][i] == p)
+            ious.append(1.0 if union == 0 else inter / union)
+        shape_m.append(sum(ious) / len(ious))
+        by_cat.setdefault(cls[s], []).append(shape_m[-1])
+        for i in range(gt.shape[1]):
+            g = gt[s][i]
+            seen[g] = seen.get(g, 0) + 1
+            if pred[i] == g:
+                hit[g] = hit.get(g, 0) + 1
+                correct += 1
+            total += 1
+    cat_means = [sum(v) / len(v) for v in by_cat.values()]
+    return {"inst_miou": 100 * sum(shape_m) / len(shape_m),
+            "cls_miou": 100 * sum(cat_means) / len(cat_means),
+            "point_acc": 100 * correct / total,
+            "class_avg_acc": 100 * sum(hit.get(p, 0) / n for p, n in seen.items()) / len(seen)}
+
+
+def test_partseg_matches_brute_force_on_random_data():
+    rng = np.random.default_rng(1)
+    S, N = 24, 40
+    cls = rng.integers(0, 16, size=S)
+    cls[:3] = [4, 4, 10]
+    cats = list(SHAPENETPART_SEG_CLASSES.values())
+    gt = np.stack([rng.choice(cats[c][: max(1, len(cats[c]) - 1)], size=N) for c in cls])
+    logits = rng.normal(size=(S, N, 50))
+    m = part_seg_miou(logits, gt, cls, SHAPENETPART_SEG_CLASSES)
+    ref = _brute_force(logits, gt, cls, SHAPENETPART_SEG_CLASSES)
+    for k, v in ref.items():
+        assert m[k] == pytest.approx(v, abs=1e-9), k
+    assert sum(r["shapes"] for r in m["per_category"].values()) == S
+    assert "Inst. mIoU" in format_partseg_table(m)
+
+
+def test_partseg_bad_shapes_raise():
+    with pytest.raises(ValueError, match="shapes do not match"):
+        part_seg_miou(PRED[:, :3], GT, CLS, SEG2)
+    with pytest.raises(ValueError, match="out of range"):
+        part_seg_miou(PRED, GT, np.array([0, 0, 5]), SEG2)
+
+
+class _SegModel(nn.Module):
+    """Predicts part (x > 0) within the category: logits favour parts[0] or parts[1]."""
+
+    def __init__(self, cats):
+        super().__init__()
+        self.cats = cats
+        self.seen_onehot = []
+
+    def forward(self, pts, onehot):
+        self.seen_onehot.append(onehot.clone())
+        B, N, _ = pts.shape
+        out = torch.full((B, N, 50), -5.0)
+        for b in range(B):
+            parts = self.cats[int(onehot[b].argmax())]
+            out[b, :, parts[0]] = pts[b, :, 0]
+            out[b, :, parts[1]] = -pts[b, :, 0]
+            out[b, :, 49 if parts[0] != 47 else 0] = 100.0  # outside the category: must be ignored
+        return torch.log_softmax(out, -1)
+
+
+def test_evaluate_partseg_equals_part_seg_miou_on_whole_set():
+    g = torch.Generator().manual_seed(3)
+    cats = list(SHAPENETPART_SEG_CLASSES.values())
+    items = []
+    for i in range(10):
+        c = i % 16
+        pts = torch.randn(30, 3, generator=g)
+        seg = torch.tensor(cats[c])[torch.randint(0, 2, (30,), generator=g)]
+        items.append({"points": pts, "cls": torch.tensor(c), "seg": seg})
+    loader = torch.utils.data.DataLoader(items, batch_size=4)
+    model = _SegModel(cats).train()
+    m = evaluate_partseg(model, loader, device="cpu", seg_classes=SHAPENETPART_SEG_CLASSES)
+    assert model.training  # mode restored
+    pts = torch.stack([it["points"] for it in items])
+    cls = torch.stack([it["cls"] for it in items])
+    seg = torch.stack([it["seg"] for it in items])
+    onehot = torch.cat(model.seen_onehot)
+    assert torch.equal(onehot.argmax(-1), cls) and onehot.shape == (10, 16)
+    ref = part_seg_miou(_SegModel(cats)(pts, torch.eye(16)[cls]), seg, cls)
+    for k in ("inst_miou", "cls_miou", "point_acc", "class_avg_acc", "num_shapes"):
+        assert m[k] == pytest.approx(ref[k]), k
+
+
+# ------------------------------------------------------------------------------------------------
+# classification
+# ------------------------------------------------------------------------------------------------
+
+def _np_fps(x: np.ndarray, s: int) -> np.ndarray:
+    """Brute-force farthest point sampling from index 0 (ties -> lower index)."""
+    idx = [0]
+    d = ((x - x[0]) ** 2).sum(-1)
+    for _ in range(s - 1):
+        j = int(np.argmax(d))
+        idx.append(j)
+        d = np.minimum(d, ((x - x[j]) ** 2).sum(-1))
+    return np.asarray(idx)
+
+
+class _MeanLinear(nn.Module):
+    """logits = mean(points) @ W + b : depends on which points were sampled."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.w = nn.Parameter(torch.randn(3, c, generator=g))
+        self.b = nn.Parameter(torch.randn(c, generator=g) * 0.1)
+
+    def forward(self, pts):
+        return (pts.mean(1) + pts.abs().max(1).values) @ self.w + self.b
+
+
+def _cls_items(n=20, N=64, c=4, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return [{"points": torch.randn(N, 3, generator=g), "label": torch.randint(0, c, (), generator=g)}
+            for _ in range(n)]
+
+
+def test_plain_accuracy_matches_numpy_fps_reference():
+    items = _cls_items()
+    model = _MeanLinear().train()
+    m = evaluate_classification(model, torch.utils.data.DataLoader(items, batch_size=6), npoints=16)
+    assert model.training
+    correct = 0
+    for it in items:
+        x = it["points"].numpy()
+        sub = torch.from_numpy(x[_np_fps(x, 16)])[None]
+        correct += int(model(sub).argmax(-1).item() == int(it["label"]))
+    assert m["correct"] == correct and m["count"] == 20
+    assert m["acc"] == pytest.approx(100 * correct / 20)
+    assert not any(k.startswith("acc_vote") for k in m)
+
+
+def _scale_tf(pts, generator=None):
+    s = 0.5 + torch.rand(pts.shape[0], 1, 1, generator=generator)
+    t = torch.rand(pts.shape[0], 1, 3, generator=generator) * 0.4 - 0.2
+    return pts * s + t
+
+
+def test_vote_matches_independent_reimplementation():
+    items = _cls_items(n=14, N=80)
+    model = _MeanLinear().eval()
+    bs, npts, pool, V = 5, 16, 40, 4
+    m = evaluate_classification(model, torch.utils.data.DataLoader(items, batch_size=bs), npoints=npts,
+                                vote=V, vote_transform=_scale_tf, point_all=pool,
+                                generator=torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(11)
+    correct = 0
+    for start in range(0, len(items), bs):
+        chunk = items[start:start + bs]
+        pools = torch.stack([torch.from_numpy(it["points"].numpy()[_np_fps(it["points"].numpy(), pool)])
+                             for it in chunk])
+        acc = 0
+        for _ in range(V):
+            sub = torch.randperm(pool, generator=g)[:npts]
+            acc = acc + model(_scale_tf(pools[:, sub], generator=g))
+        pred = (acc / V).argmax(-1)
+        correct += int((pred == torch.stack([it["label"] for it in chunk])).sum())
+    assert m[f"acc_vote@{V}"] == pytest.approx(100 * correct / len(items))
+    assert "acc" in m and m["count"] == 14
+
+
+class _RadiusModel(nn.Module):
+    """Class 0 when the mean radius exceeds 1, else class 1."""
+
+    def forward(self, pts):
+        r = pts.norm(dim=-1).mean(1)
+        return torch.stack([r - 1.0, torch.zeros_like(r)], -1)
+
+
+def test_vote_differs_from_plain_and_is_labelled_separately():
+    g = torch.Generator().manual_seed(2)
+    items = []
+    for _ in range(8):
+        p = torch.randn(50, 3, generator=g)
+        items.append({"points": 0.9 * p / p.norm(dim=-1, keepdim=True), "label": torch.tensor(0)})
+    loader = torch.utils.data.DataLoader(items, batch_size=4)
+    m = evaluate_classification(_RadiusModel(), loader, npoints=20, vote=10,
+                                vote_transform=lambda x: 2.0 * x, point_all=30)
+    assert m["acc"] == 0.0            # unaugmented clouds have radius 0.9 -> class 1
+    assert m["acc_vote@10"] == 100.0  # the TTA views are scaled x2 -> class 0
+    m2 = evaluate_classification(_RadiusModel(), loader, npoints=20, vote=10,
+                                 vote_transform=lambda x: 2.0 * x, point_all=30, vote_repeats=3)
+    assert m2["acc_vote@10_max_of_3"] == 100.0 and m2["acc_vote@10_mean_of_3"] == 100.0
+    assert m2["acc"] == 0.0
+
+
+def test_vote_repeats_max_is_max_of_passes():
+    items = _cls_items(n=12, N=60)
+    loader = torch.utils.data.DataLoader(items, batch_size=4)
+    m = evaluate_classification(_MeanLinear(), loader, npoints=12, vote=2, vote_transform=_scale_tf,
+                                point_all=30, vote_repeats=5, generator=torch.Generator().manual_seed(0))
+    assert m["acc_vote@2_max_of_5"] >= m["acc_vote@2"]
+    assert m["acc_vote@2_max_of_5"] >= m["acc_vote@2_mean_of_5"]
+
+
+def test_default_vote_transform_is_scale_and_translate():
+    pytest.importorskip("clora3d.data.transforms")
+    items = _cls_items(n=6, N=40)
+    m = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3),
+                                npoints=16, vote=2)
+    assert 0.0 <= m["acc_vote@2"] <= 100.0
+
+
+def test_classification_user_errors():
+    loader = torch.utils.data.DataLoader(_cls_items(n=2, N=10), batch_size=2)
+    with pytest.raises(ValueError, match="npoints=16"):
+        evaluate_classification(_MeanLinear(), loader, npoints=16)
+    with pytest.raises(ValueError, match="no samples"):
+        evaluate_classification(_MeanLinear(), [], npoints=4)
+
+
+# ------------------------------------------------------------------------------------------------
+# DDP: 2 gloo processes on the CPU give the single-process numbers
+# ------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        items = _cls_items(n=10, N=40)[rank::world]
+        cls_m = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3),
+                                        npoints=16)
+        cats = list(SHAPENETPART_SEG_CLASSES.values())
+        g = torch.Generator().manual_seed(3)
+        seg_items = [{"points": torch.randn(20, 3, generator=g), "cls": torch.tensor(i % 16),
+                      "seg": torch.tensor(cats[i % 16])[torch.randint(0, 2, (20,), generator=g)]}
+                     for i in range(8)][rank::world]
+        seg_m = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
+        queue.put((rank, cls_m, seg_m))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_gloo_ranks_match_single_process():
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    single = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(_cls_items(n=10, N=40),
+                                                                               batch_size=3), npoints=16)
+    cats = list(SHAPENETPART_SEG_CLASSES.values())
+    g = torch.Generator().manual_seed(3)
+    seg_items = [{"points": torch.randn(20, 3, generator=g), "cls": torch.tensor(i % 16),
+                  "seg": torch.tensor(cats[i % 16])[torch.randint(0, 2, (20,), generator=g)]}
+                 for i in range(8)]
+    seg_single = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
+    for _, cls_m, seg_m in results:
+        assert cls_m["acc"] == pytest.approx(single["acc"]) and cls_m["count"] == 10
+        for k in ("inst_miou", "cls_miou", "point_acc", "class_avg_acc", "num_shapes"):
+            assert seg_m[k] == pytest.approx(seg_single[k]), k

@@ -1,0 +1,217 @@
+"""Few-shot grid runner: table (population std), resumability, fold configs, missing folds, and an
+end-to-end run of the real trainer on synthetic folds with a tiny model."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clora3d.engine.fewshot import format_table, run_fewshot, summarize
+from clora3d.errors import ConfigError
+
+
+def _cfg(root: Path | None = None) -> dict:
+    sec = {"NAME": "ModelNetFewShot", "way": 5, "shot": 10, "fold": 0}
+    if root is not None:
+        sec["root"] = str(root)
+    return {"name": "fs", "task": "classification",
+            "dataset": {"train": dict(sec), "test": dict(sec)}}
+
+
+class FakeTrain:
+    """Records calls; accuracy is a known function of (way, shot, fold) read from the config."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, cfg, *, ckpt=None, resume=False, run_dir=None):
+        tr, te = cfg["dataset"]["train"], cfg["dataset"]["test"]
+        assert (tr["way"], tr["shot"], tr["fold"]) == (te["way"], te["shot"], te["fold"])
+        self.calls.append((tr["way"], tr["shot"], tr["fold"], resume, ckpt))
+        w, s, f = tr["way"], tr["shot"], tr["fold"]
+        best = 90.0 + f + (s == 20)
+        return {"run_dir": run_dir, "best": {"acc": best, "epoch": 3}, "last": {"acc": best - 10},
+                "history": [{}] * 4}
+
+
+def test_grid_table_population_std_and_skip_on_second_call(tmp_path):
+    train = FakeTrain()
+    cfg = _cfg()
+    res = run_fewshot(cfg, tmp_path, ways=[5], shots=[10, 20], folds=[0, 1, 2], ckpt="pre.pth",
+                      train_fn=train, log=lambda m: None)
+    assert cfg["dataset"]["train"]["fold"] == 0  # caller's config not mutated
+    assert [c[:3] for c in train.calls] == [(5, 10, 0), (5, 10, 1), (5, 10, 2),
+                                            (5, 20, 0), (5, 20, 1), (5, 20, 2)]
+    assert all(c[3] is False and c[4] == "pre.pth" for c in train.calls)
+    s = res["summary"]
+    # 5w10s folds: best 90, 91, 92 -> mean 91, population std sqrt(2/3); last = best - 10
+    assert s["5way10shot"]["best_mean"] == pytest.approx(91.0)
+    assert s["5way10shot"]["best_std"] == pytest.approx(math.sqrt(2 / 3))
+    assert s["5way10shot"]["last_mean"] == pytest.approx(81.0)
+    assert s["5way20shot"]["best_mean"] == pytest.approx(92.0)
+    assert s["5way20shot"]["n"] == 3
+    assert "91.0 ± 0.8" in res["table"] and "92.0 ± 0.8" in res["table"]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["settings"]["5way10shot"]["best_std"] == pytest.approx(math.sqrt(2 / 3))
+    rec = json.loads((tmp_path / "5way20shot" / "fold2.json").read_text())
+    assert rec["best_acc"] == 93.0 and rec["last_acc"] == 83.0 and rec["best_epoch"] == 3
+
+    def must_not_train(*a, **k):
+        raise AssertionError("a finished fold was trained again")
+
+    res2 = run_fewshot(cfg, tmp_path, ways=[5], shots=[10, 20], folds=[0, 1, 2],
+                       train_fn=must_not_train, log=lambda m: None)
+    assert res2["summary"] == s and res2["table"] == res["table"]
+
+
+def test_interrupted_fold_resumes_and_new_folds_start_fresh(tmp_path):
+    train = FakeTrain()
+    run_fewshot(_cfg(), tmp_path, ways=[10], shots=[20], folds=[0], train_fn=train, log=lambda m: None)
+    # fold 1 was interrupted: its run folder has a last checkpoint but no result JSON
+    run1 = tmp_path / "10way20shot" / "fold1"
+    run1.mkdir(parents=True)
+    (run1 / "ckpt-last.pth").write_bytes(b"x")
+    train2 = FakeTrain()
+    res = run_fewshot(_cfg(), tmp_path, ways=[10], shots=[20], folds=[0, 1, 2], train_fn=train2,
+                      ci95=True, log=lambda m: None)
+    assert [(c[2], c[3]) for c in train2.calls] == [(1, True), (2, False)]
+    row = res["summary"]["10way20shot"]
+    vals = np.array([91.0, 92.0, 93.0])
+    assert row["best_ci95"] == pytest.approx(1.96 * vals.std() / math.sqrt(3))
+    assert "ci95" in format_table(res["summary"], ci95=True)
+
+
+def test_summarize_matches_numpy():
+    recs = {(5, 10): [{"fold": i, "best_acc": v, "last_acc": v - 1}
+                      for i, v in enumerate([96.0, 100.0, 93.0, 97.0])]}
+    s = summarize(recs)["5way10shot"]
+    assert s["best_mean"] == pytest.approx(96.5)
+    assert s["best_std"] == pytest.approx(np.std([96.0, 100.0, 93.0, 97.0]))
+    assert s["folds"] == [0, 1, 2, 3]
+
+
+def test_config_without_fewshot_dataset_and_corrupt_result(tmp_path):
+    bad = {"dataset": {"train": {"NAME": "ModelNet40"}}}
+    with pytest.raises(ConfigError, match="ModelNetFewShot"):
+        run_fewshot(bad, tmp_path, ways=[5], shots=[10], folds=[0], train_fn=FakeTrain())
+    (tmp_path / "5way10shot").mkdir()
+    (tmp_path / "5way10shot" / "fold0.json").write_text("{not json")
+    with pytest.raises(ValueError, match="fold0.json"):
+        run_fewshot(_cfg(), tmp_path, ways=[5], shots=[10], folds=[0], train_fn=FakeTrain(),
+                    log=lambda m: None)
+
+
+def test_missing_fold_files_error_and_generation(tmp_path, monkeypatch):
+    root = tmp_path / "folds"
+    with pytest.raises(FileNotFoundError, match=r"5way10shot/0\.pkl"):
+        run_fewshot(_cfg(root), tmp_path / "out", ways=[5], shots=[10], folds=[0],
+                    train_fn=FakeTrain(), log=lambda m: None)
+    calls = []
+
+    def fake_gen(src, out_root, ways, shots, folds, seed):
+        calls.append((src, ways, shots, folds, seed))
+        for w in ways:
+            for s in shots:
+                for f in range(folds):
+                    p = Path(out_root) / f"{w}way{s}shot" / f"{f}.pkl"
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_bytes(b"generated")
+
+    import clora3d.data as data
+
+    monkeypatch.setattr(data, "generate_fewshot_folds", fake_gen)
+    (root / "5way10shot").mkdir(parents=True)
+    (root / "5way10shot" / "0.pkl").write_bytes(b"released")  # an existing fold is never replaced
+    train = FakeTrain()
+    run_fewshot(_cfg(root), tmp_path / "out", ways=[5], shots=[10], folds=[0, 1],
+                generate_from="mn40", generate_seed=3, train_fn=train, log=lambda m: None)
+    assert calls == [("mn40", (5,), (10,), 2, 3)]
+    assert (root / "5way10shot" / "0.pkl").read_bytes() == b"released"
+    assert (root / "5way10shot" / "1.pkl").read_bytes() == b"generated"
+    assert sorted(p.name for p in root.iterdir()) == ["5way10shot"]  # scratch folder removed
+    assert len(train.calls) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end with the real trainer, a tiny model and synthetic folds
+# ------------------------------------------------------------------------------------------------
+
+def _synthetic_folds(root: Path) -> None:
+    """5 classes of ellipsoid surfaces with distinct axes, written in the released fold format."""
+    from clora3d.data.modelnet import write_fewshot_folds_from_arrays
+
+    rng = np.random.default_rng(0)
+    axes = [(1, 1, 1), (1, 0.3, 0.3), (0.3, 1, 0.3), (0.3, 0.3, 1), (1, 1, 0.2)]
+
+    def shape(c):
+        v = rng.normal(size=(128, 3))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        return np.concatenate([v * np.asarray(axes[c]), np.zeros((128, 3))], 1).astype(np.float32)
+
+    def split(n):
+        return [shape(c) for c in range(5) for _ in range(n)], np.repeat(np.arange(5), n)
+
+    write_fewshot_folds_from_arrays(split(4), split(2), root, ways=(5,), shots=(2, 4), folds=2,
+                                    eval_sample=2, seed=0)
+
+
+def test_end_to_end_with_real_trainer(tmp_path, monkeypatch):
+    import yaml
+
+    from clora3d.engine import trainer
+    from clora3d.engine.config import load_config
+
+    root = tmp_path / "ModelNetFewshot"
+    _synthetic_folds(root)
+    ds = {"NAME": "ModelNetFewShot", "root": str(root), "way": 5, "shot": 2, "fold": 0}
+    cfg_file = tmp_path / "fs.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "task": "classification",
+        "model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5, "drop_path_rate": 0.0},
+        "peft": {"NAME": "full"},
+        "data": {"npoints": 64, "train_sampling": "fps"},
+        "scheduler": {"warmup_epochs": 0},
+        "train": {"epochs": 2, "batch_size": 5, "num_workers": 0, "device": "cpu"},
+        "dataset": {"train": ds, "test": dict(ds)},
+        "log": {"root": str(tmp_path / "exp"), "tensorboard": False, "progress": False},
+    }))
+    cfg = load_config(cfg_file)
+    calls = []
+    real_train = trainer.train
+
+    def counting_train(*a, **k):
+        calls.append(k.get("run_dir"))
+        return real_train(*a, **k)
+
+    out = tmp_path / "fewshot"
+    res = run_fewshot(cfg, out, ways=[5], shots=[2, 4], folds=[1], train_fn=counting_train,
+                      log=lambda m: None)
+    assert len(calls) == 2
+    for name in ("5way2shot", "5way4shot"):
+        row = res["summary"][name]
+        assert row["n"] == 1 and 0.0 <= row["best_mean"] <= 100.0 and row["best_std"] == 0.0
+        assert row["best_mean"] >= row["last_mean"] - 1e-9  # best epoch is never below last
+    assert "5w2s" in res["table"] and "5w4s" in res["table"]
+    res2 = run_fewshot(cfg, out, ways=[5], shots=[2, 4], folds=[1], train_fn=counting_train,
+                       log=lambda m: None)
+    assert len(calls) == 2 and res2["summary"] == res["summary"]
+    # the fold's query set was the one of fold 1 (way/shot/fold reached the dataset)
+    rec = json.loads((out / "5way4shot" / "fold1.json").read_text())
+    saved = yaml.safe_load((Path(rec["run_dir"]) / "config.yaml").read_text())
+    assert saved["dataset"]["test"]["fold"] == 1 and saved["dataset"]["train"]["shot"] == 4
+
+
+def test_fold_trained_but_unrecorded_is_read_from_run_result(tmp_path):
+    run = tmp_path / "5way10shot" / "fold0"
+    run.mkdir(parents=True)
+    (run / "ckpt-last.pth").write_bytes(b"x")
+    (run / "result.json").write_text(json.dumps({"best": {"acc": 77.0, "epoch": 1},
+                                                 "last": {"acc": 70.0}, "history": [{}, {}]}))
+    train = FakeTrain()
+    res = run_fewshot(_cfg(), tmp_path, ways=[5], shots=[10], folds=[0], train_fn=train,
+                      log=lambda m: None)
+    assert train.calls == []
+    assert res["folds"][0]["best_acc"] == 77.0 and res["folds"][0]["last_acc"] == 70.0
