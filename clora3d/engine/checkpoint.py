@@ -1,0 +1,152 @@
+"""Training checkpoints: atomic writes and full-state resume.
+
+A checkpoint is a plain dict of tensors and Python scalars saved with ``torch.save`` and read back
+with ``torch.load(weights_only=True)`` (no arbitrary pickles). Writing goes to a temporary file in
+the destination folder, is flushed and ``fsync``-ed, then renamed over the final name with
+``os.replace`` (atomic on POSIX and Windows), and the folder entry is synced. A crash at any point
+leaves either the previous file or the new one under the final name, never a half-written file.
+
+Full training state (:func:`training_state` / :func:`restore_training_state`): model, optimizer,
+scheduler, AMP scaler, epoch, best metrics, history, and the RNG states of torch (CPU and CUDA),
+numpy and Python ``random``, so a resumed run continues bit-identically on the CPU.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from clora3d.errors import CheckpointError
+
+__all__ = ["atomic_save", "load_checkpoint", "get_rng_state", "set_rng_state",
+           "training_state", "restore_training_state", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`atomic_save` (``weights_only=True``, on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt / foreign pickle: name the file, keep the message short
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+# -- RNG ---------------------------------------------------------------------------------------
+def get_rng_state() -> dict[str, Any]:
+    """RNG states of torch (CPU, every CUDA device), numpy and Python, as weights_only-safe values."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]),
+                   "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- full training state -----------------------------------------------------------------------
+def training_state(*, model_state: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                   scheduler: Any, scaler: Any, epoch: int, best: Mapping[str, Any] | None,
+                   history: list, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to continue training after ``epoch`` (0-based index of the last epoch done)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "epoch": int(epoch),
+        "model": dict(model_state),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "best": dict(best) if best else None,
+        "history": list(history),
+        "rng": get_rng_state(),
+        "extra": dict(extra or {}),
+    }
+
+
+def restore_training_state(state: Mapping[str, Any], *, model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                           path: str | os.PathLike = "<checkpoint>") -> None:
+    """Load model / optimizer / scheduler / scaler / RNG from a :func:`training_state` dict."""
+    missing = [k for k in ("epoch", "model", "optimizer", "scheduler", "rng") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a clora3d training checkpoint (missing {missing}); "
+                              f"--resume needs ckpt-last.pth from a clora3d run dir")
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path}: model weights do not match this config's model "
+                              f"({first}); resume with the same config") from None
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: optimizer state does not match this config's trainable "
+                              f"parameters ({e}); resume with the same config") from None
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])

@@ -1,0 +1,169 @@
+"""Distributed data parallel helpers for runs launched with ``torchrun``.
+
+``torchrun --nproc_per_node=N tools/train.py --cfg ...`` sets RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR / MASTER_PORT; :func:`init_distributed` reads them and starts the process group
+(NCCL on CUDA, Gloo on the CPU). Without those variables everything runs in one process.
+
+Batch split: ``train.batch_size`` is the GLOBAL batch. Each rank gets ``batch_size / world`` samples
+of every global batch: a :class:`~torch.utils.data.DistributedSampler` (shuffle, fixed seed,
+``set_epoch``, drop_last) interleaves the same permutation a single process would use, so the
+union of the ranks' k-th batches is exactly the single-process k-th batch and the DDP-averaged
+gradient equals the single-process gradient of the mean loss (up to what per-sample randomness
+and per-rank BatchNorm statistics change). Evaluation shards the data without padding
+(:class:`ShardSampler`) and the evaluation functions all-reduce sums and counts, so metrics are
+exact.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Sampler
+
+from clora3d.errors import ConfigError
+
+__all__ = ["DistInfo", "env_world", "init_distributed", "cleanup_distributed", "is_main",
+           "barrier", "all_reduce_sum", "broadcast_object", "ShardSampler", "maybe_sync_bn",
+           "unwrap"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank, world size, local rank and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment (0, 1, 0 when absent)."""
+    def _int(name: str, default: int) -> int:
+        raw = os.environ.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+    return _int("RANK", 0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0)
+
+
+def _pick_device(pref: str, local_rank: int) -> torch.device:
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is available; use train.device=cpu "
+                          "or auto")
+    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    n = torch.cuda.device_count()
+    return torch.device("cuda", local_rank % max(n, 1))
+
+
+def init_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+    """Start the process group when launched by torchrun; return this process's :class:`DistInfo`."""
+    rank, world, local_rank = env_world()
+    device = _pick_device(device_pref, local_rank)
+    if world <= 1:
+        return DistInfo(0, 1, 0, device, None)
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={world} but {missing} are not set: launch with "
+                          f"torchrun --nproc_per_node=N tools/train.py ...")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank, world, local_rank, device, backend)
+
+
+def cleanup_distributed() -> None:
+    """Destroy the process group if one is active."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main() -> bool:
+    """True on rank 0 (or without a process group)."""
+    return not _active() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
+    """Sum scalars over ranks (float64); identity without a process group."""
+    if not _active():
+        return [float(v) for v in values]
+    dev = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(v) for v in t.cpu()]
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Broadcast a picklable object from ``src`` to every rank (identity without a group)."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+class ShardSampler(Sampler[int]):
+    """Rank ``r`` of ``W`` gets indices ``r, r+W, r+2W, ...`` in order: no shuffling, no padding.
+
+    For evaluation: every sample is seen exactly once across ranks, so all-reduced sums and counts
+    give the exact single-process metric.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def maybe_sync_bn(model: nn.Module, info: DistInfo, enabled: bool) -> nn.Module:
+    """Convert BatchNorm to SyncBatchNorm when ``enabled`` under multi-GPU DDP.
+
+    SyncBatchNorm needs CUDA; on the CPU (Gloo) it raises a ConfigError instead of failing deep in
+    the first forward. In a single process it is a no-op (no SyncBN crash on one GPU).
+    """
+    if not enabled or not info.distributed:
+        return model
+    if info.device.type != "cuda":
+        raise ConfigError("train.sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm does not run "
+                          "on the CPU); set train.sync_bn=false for CPU/Gloo runs")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel / DataParallel wrapper."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
+                                              nn.DataParallel)) else model

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Train a config: classification, part segmentation or Point-MAE pre-training, with any PEFT method.
+
+    python tools/train.py --cfg cfgs/cpu/modelnet_clora.yaml
+    python tools/train.py --cfg cfgs/modelnet40/clora.yaml --ckpt pretrain.pth --set train.epochs=10
+    python tools/train.py --cfg cfgs/modelnet40/clora.yaml --run-dir experiments/x --resume
+    torchrun --nproc_per_node=2 tools/train.py --cfg ...        (DDP; gloo on CPU, nccl on GPU)
+
+User errors (bad config, missing data, bad checkpoint) print one line ``error: ...`` and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cfg", required=True, help="YAML config (see cfgs/README.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   nargs="+", help="override a config key, e.g. --set optimizer.lr=1e-3 train.epochs=5")
+    p.add_argument("--ckpt", default=None, help="pre-trained checkpoint (Point-MAE / Point-BERT / clora3d)")
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/ckpt-last.pth")
+    p.add_argument("--run-dir", default=None, help="run directory (default: <log.root>/<name>)")
+    args = p.parse_args(argv)
+    overrides = [o for group in args.overrides for o in group]
+
+    from clora3d.errors import Clora3dError
+
+    try:
+        from clora3d.engine.config import load_config
+        from clora3d.engine.trainer import train
+
+        cfg = load_config(args.cfg, overrides)
+        result = train(cfg, ckpt=args.ckpt, resume=args.resume, run_dir=args.run_dir)
+    except Clora3dError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        summary = {k: result[k] for k in ("run_dir", "selected_on", "last", "best")}
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
