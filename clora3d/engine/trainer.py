@@ -354,6 +354,10 @@ class _Trainer:
 
         self.eval_loader = loader(self.eval_ds)
         self.test_loader = loader(test_ds) if test_ds is not self.eval_ds else self.eval_loader
+        names = getattr(train_ds, "class_names", None) or \
+            getattr(getattr(train_ds, "dataset", None), "class_names", None)
+        # stored in the checkpoints so that inference can print class names
+        self.class_names = [str(n) for n in names] if names else None
         self.seg_classes = getattr(train_ds, "seg_classes", None) or \
             getattr(getattr(train_ds, "dataset", None), "seg_classes", None)
         dcfg = cfg["data"]
@@ -503,6 +507,7 @@ class _Trainer:
             return
         atomic_save({"format_version": 1, "kind": "best", "epoch": epoch, "metrics": _plain(metrics),
                      "selected_on": self.select_split, "config": self.cfg,
+                     "class_names": self.class_names,
                      "model": self._model_state()}, self.run_dir / BEST_CKPT)
 
     def _save_last(self, epoch: int) -> None:
@@ -511,7 +516,8 @@ class _Trainer:
         state = training_state(model_state=self._model_state(), optimizer=self.optimizer,
                                scheduler=self.scheduler, scaler=self.scaler, epoch=epoch,
                                best=_plain(self.best) if self.best else None,
-                               history=_plain(self.history), extra={"config": self.cfg})
+                               history=_plain(self.history),
+                               extra={"config": self.cfg, "class_names": self.class_names})
         atomic_save(state, self.run_dir / LAST_CKPT)
 
     def _try_resume(self) -> int:
