@@ -18,10 +18,15 @@ def pointwise(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return F.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
-def batchnorm_rows(x: torch.Tensor, bn: nn.BatchNorm1d) -> torch.Tensor:
-    """BatchNorm over channel-last rows ``(..., C)``: statistics over every leading position."""
+def batchnorm_rows(x: torch.Tensor, bn: nn.BatchNorm1d, relu: bool = False) -> torch.Tensor:
+    """BatchNorm over channel-last rows ``(..., C)`` (statistics over every leading position),
+    optionally followed by ReLU. The ReLU runs in place on BatchNorm's fresh output (never on a
+    view, which would make autograd copy the whole tensor in the backward pass)."""
     shape = x.shape
-    return bn(x.reshape(-1, shape[-1])).reshape(shape)
+    y = bn(x.reshape(-1, shape[-1]))
+    if relu:
+        y = F.relu(y, inplace=True)
+    return y.reshape(shape)
 
 
 class Encoder(nn.Module):
@@ -56,19 +61,22 @@ class Encoder(nn.Module):
         if point_groups.ndim != 4 or point_groups.shape[-1] != 3:
             raise ValueError(f"Encoder: expected point groups of shape (B, G, k, 3), got {tuple(point_groups.shape)}")
         B, G, k, _ = point_groups.shape
+        BG, R = B * G, B * G * k
         c0, bn0, _, c1 = self.first_conv
         c2, bn2, _, c3 = self.second_conv
-        x = point_groups.reshape(B * G, k, 3)
-        h = torch.relu(batchnorm_rows(pointwise(x, c0), bn0))
-        feat = pointwise(h, c1)                                       # (BG, k, w1)
-        glob = feat.max(dim=1, keepdim=True).values                   # (BG, 1, w1)
+        # Everything runs on 2-D (rows, channels) tensors: each layer is one matmul.
+        h = batchnorm_rows(pointwise(point_groups.reshape(R, 3), c0), bn0, relu=True)
+        feat = pointwise(h, c1)                                      # (R, w1)
         w1 = feat.shape[-1]
+        glob = feat.view(BG, k, w1).max(dim=1).values                # (BG, w1)
         if self.split_global:
-            w = c2.weight.squeeze(-1)                                 # (w2, 2*w1): [glob | feat]
-            g = F.linear(glob, w[:, :w1], c2.bias)                    # (BG, 1, w2)
-            h = F.linear(feat, w[:, w1:]) + g                          # (BG, k, w2)
+            w = c2.weight.squeeze(-1)                                # (w2, 2*w1): [glob | feat]
+            w2 = w.shape[0]
+            h = F.linear(feat, w[:, w1:]).view(BG, k, w2) + F.linear(glob, w[:, :w1], c2.bias).unsqueeze(1)
+            h = h.view(R, w2)
         else:
-            h = pointwise(torch.cat([glob.expand(-1, k, -1), feat], dim=-1), c2)
-        h = torch.relu(batchnorm_rows(h, bn2))
-        out = pointwise(h, c3)                                        # (BG, k, C)
+            h = torch.cat([glob.unsqueeze(1).expand(BG, k, w1), feat.view(BG, k, w1)], dim=-1)
+            h = pointwise(h.view(R, 2 * w1), c2)
+        h = batchnorm_rows(h, bn2, relu=True)
+        out = pointwise(h, c3).view(BG, k, self.encoder_channel)
         return out.max(dim=1).values.reshape(B, G, self.encoder_channel)

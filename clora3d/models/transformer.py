@@ -65,8 +65,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
-        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # unbind + transpose are views (no copies; unbind's backward is one stack instead of three
+        # zero-filled full-size gradients as with qkv[0], qkv[1], qkv[2]).
+        q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).unbind(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)    # (B, H, L, hd)
         drop = self.attn_drop.p if self.training else 0.0
         out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, L, C)
@@ -95,7 +97,10 @@ class Block(nn.Module):
 
 def drop_path_schedule(drop_path_rate: float, depth: int) -> list[float]:
     """Linearly increasing stochastic depth, 0 for the first block and ``drop_path_rate`` for the last."""
-    return [float(v) for v in torch.linspace(0, drop_path_rate, depth)]
+    # Plain Python (same values as torch.linspace) so models can be built on the meta device.
+    if depth == 1:
+        return [0.0]
+    return [drop_path_rate * i / (depth - 1) for i in range(depth)]
 
 
 class TransformerEncoder(nn.Module):
