@@ -160,8 +160,21 @@ def resolve_arch_list(env: Mapping[str, str], device_capabilities: Sequence[tupl
 
 
 def arch_macro_value(arch_list: str) -> str:
-    """CLORA3D_CUDA_ARCHS value: bare tokens, commas for semicolons (safe through any shell)."""
-    return arch_list.replace(";", ",")
+    """CLORA3D_CUDA_ARCH_TOKENS value: the list with '_' for ';' (e.g. 8.0_8.6+PTX).
+
+    Quotes and semicolons do not survive torch's ninja build, which runs the host compiler through
+    a shell with the -D flags unquoted, and nvcc splits option values at commas; '_' never occurs
+    in an architecture name. csrc/cuda/version.cu stringifies the tokens and turns '_' back to ';'.
+    """
+    return arch_list.replace(";", "_")
+
+
+def cuda_define_macros(arch_list: str) -> list[tuple[str, Optional[str]]]:
+    """Macros of a CUDA build. CLORA3D_CUDA_ARCHS names the C string ``clora3d_cuda_archs``
+    (declared in csrc/cuda/cuda_ops.h, e.g. "8.0;8.6+PTX"), so ``std::string(CLORA3D_CUDA_ARCHS)``
+    works in any file that includes that header."""
+    return [("WITH_CUDA", None), ("CLORA3D_CUDA_ARCHS", "clora3d_cuda_archs"),
+            ("CLORA3D_CUDA_ARCH_TOKENS", arch_macro_value(arch_list))]
 
 
 def openmp_flags(platform: str = sys.platform) -> tuple[list[str], list[str]]:
@@ -181,6 +194,16 @@ def nvidia_wheel_include_dirs(site_packages: Path) -> list[str]:
     """
     dirs = sorted(site_packages.glob("nvidia/*/include")) + sorted(site_packages.glob("nvidia/*/*/include"))
     return [str(d) for d in dirs if d.is_dir()]
+
+
+def toolkit_has_header(cuda_home: Optional[str], header: str) -> bool:
+    """Whether the CUDA toolkit ships ``header``. Minimal toolkits lack the math-library headers;
+    only then are the nvidia-* wheel headers added (setuptools puts them before the toolkit's own
+    include path, so adding them unconditionally could shadow the toolkit's headers)."""
+    if not cuda_home:
+        return False
+    p = Path(cuda_home)
+    return (p / "include" / header).exists() or any(p.glob(f"targets/*/include/{header}"))
 
 
 def cpu_sources(root: Path = HERE) -> list[str]:
@@ -221,7 +244,9 @@ def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exerc
     include_dirs = [str(HERE / "csrc")]
     omp_compile, omp_link = openmp_flags()
     # No -std flag: torch adds the standard its headers need (C++17 or C++20 depending on version).
-    extra_compile_args: dict[str, list[str]] = {"cxx": (["/O2"] if sys.platform == "win32" else ["-O3"]) + omp_compile}
+    # -g0: Python's default CFLAGS carry -g, which only makes the build slower and the .so larger.
+    cxx_opt = ["/O2"] if sys.platform == "win32" else ["-O3", "-g0"]
+    extra_compile_args: dict[str, list[str]] = {"cxx": cxx_opt + omp_compile}
     ext_cls = cpp_extension.CppExtension
     if with_cuda:
         caps = []
@@ -233,9 +258,10 @@ def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exerc
         _log(f"CUDA kernels: ON ({reason}); architectures {arch_list} from {arch_source}; "
              f"CUDA_HOME={cuda_home}")
         sources += cuda_sources()
-        define_macros += [("WITH_CUDA", None), ("CLORA3D_CUDA_ARCHS", arch_macro_value(arch_list))]
+        define_macros += cuda_define_macros(arch_list)
         extra_compile_args["nvcc"] = ["-O3"]
-        include_dirs += nvidia_wheel_include_dirs(Path(sysconfig.get_paths()["purelib"]))
+        if not toolkit_has_header(cuda_home, "cusparse.h"):
+            include_dirs += nvidia_wheel_include_dirs(Path(sysconfig.get_paths()["purelib"]))
         ext_cls = cpp_extension.CUDAExtension
     else:
         _log(f"CUDA kernels: OFF ({reason}); building the CPU kernels only.")
