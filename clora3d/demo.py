@@ -1,0 +1,280 @@
+"""The whole clora3d job on the embedded synthetic data, on a CPU, in minutes.
+
+Stages (each shows progress):
+ 1. write synthetic shapes in the real ModelNet40 and ShapeNet-55 on-disk formats;
+ 2. pre-train the tiny backbone with the Point-MAE objective and save it in the official Point-MAE
+    checkpoint layout (so the fine-tuning runs load it exactly as they would load ``pretrain.pth``);
+ 3. fine-tune that checkpoint with CLoRA and, on the same data and budget, with LoRA, linear
+    probing and full fine-tuning; evaluate each (plain accuracy and vote@10, kept apart);
+ 4. profile each method (trainable parameters, adapter file size, GFLOPs merged and unmerged);
+ 5. export the CLoRA adapter and the merged model, classify one point cloud file with
+    ``tools/infer.py``, and render PNGs (clouds, curves).
+
+The result table goes to stdout, ``<out>/demo_table.md`` and ``<out>/demo_result.json``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("clora", "lora", "linear", "full")
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much data and training the demo uses."""
+
+    num_classes: int
+    n_train: int          # train shapes per class
+    n_test: int           # test shapes per class
+    pretrain_shapes: int  # ShapeNet-55-format pre-training shapes per class
+    pretrain_epochs: int
+    finetune_epochs: int
+
+
+FULL = DemoSize(num_classes=16, n_train=30, n_test=12, pretrain_shapes=48, pretrain_epochs=40,
+                finetune_epochs=25)
+QUICK = DemoSize(num_classes=8, n_train=6, n_test=4, pretrain_shapes=8, pretrain_epochs=1,
+                 finetune_epochs=1)
+
+
+def _stage(title: str) -> None:
+    print(f"\n=== {title} ===", flush=True)
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e3:.1f} K" if n < 1e6 else f"{n / 1e6:.2f} M"
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_data(out: Path, size: DemoSize) -> dict[str, Path]:
+    """Synthetic ModelNet40-format (classification) and ShapeNet-55-format (pre-training) data."""
+    from clora3d.data.synthetic import write_modelnet40, write_shapenet55
+
+    root = out / "data"
+    mn = root / "ModelNet" / "modelnet40_normal_resampled"
+    sn = root / "ShapeNet55-34"
+    t0 = time.perf_counter()
+    write_modelnet40(mn, num_classes=size.num_classes, n_train=size.n_train, n_test=size.n_test,
+                     n_points=1024, seed=0)
+    # pre-training shapes are other samples of the same families (seed 1), as ShapeNet covers
+    # ModelNet's categories; no test shape of the classification split is seen in pre-training
+    write_shapenet55(sn, num_classes=size.num_classes, n_train=size.pretrain_shapes, n_test=2,
+                     n_points=1024, seed=1)
+    print(f"wrote {size.num_classes} classes x ({size.n_train} train + {size.n_test} test) "
+          f"ModelNet40-format shapes to {mn}\n"
+          f"wrote {size.num_classes} x {size.pretrain_shapes} ShapeNet-55-format shapes to {sn} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return {"modelnet": mn, "shapenet55": sn}
+
+
+def _cfg(name: str, overrides: list[str]) -> dict:
+    from clora3d.engine.config import load_config
+
+    return load_config(REPO / "cfgs" / "demo" / f"{name}.yaml", overrides)
+
+
+def pretrain(out: Path, data: dict[str, Path], size: DemoSize) -> Path:
+    """Point-MAE pre-training of the tiny backbone; returns an official-layout checkpoint."""
+    from clora3d.engine import train
+    from clora3d.engine.infer import load_run
+    from clora3d.models.checkpoint import save_point_mae_checkpoint
+
+    cfg = _cfg("pretrain", [f"dataset.train.root={data['shapenet55']}",
+                            f"dataset.test.root={data['shapenet55']}",
+                            f"train.epochs={size.pretrain_epochs}"])
+    t0 = time.perf_counter()
+    res = train(cfg, run_dir=out / "runs" / "pretrain")
+    model, _, _, _ = load_run(Path(res["run_dir"]) / "ckpt-last.pth")
+    path = out / "pretrain.pth"
+    save_point_mae_checkpoint(model, path)
+    print(f"pre-training: last loss {res['last'].get('loss', float('nan')):.4f} "
+          f"({time.perf_counter() - t0:.0f} s); Point-MAE-layout checkpoint -> {path}")
+    return path
+
+
+def finetune(out: Path, data: dict[str, Path], size: DemoSize, ckpt: Path, method: str) -> dict[str, Any]:
+    """Fine-tune ``ckpt`` with one PEFT method; returns the trainer's result + wall time."""
+    from clora3d.engine import train
+
+    cfg = _cfg(f"finetune_{method}", [f"dataset.train.root={data['modelnet']}",
+                                      f"dataset.test.root={data['modelnet']}",
+                                      f"model.cls_dim={size.num_classes}",
+                                      f"train.epochs={size.finetune_epochs}"])
+    t0 = time.perf_counter()
+    res = train(cfg, ckpt=str(ckpt), run_dir=out / "runs" / method)
+    res["wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def profile_method(run_dir: Path, out: Path, npoints: int) -> dict[str, Any]:
+    """Trainable parameters, adapter size and GFLOPs (unmerged and merged) of a finished run."""
+    from clora3d.engine.infer import load_run
+    from clora3d.profile import count_flops, parameter_report
+
+    model, _, _, method = load_run(run_dir / "ckpt-last.pth", need_method=True)
+    model.eval()
+    params = parameter_report(model, method)
+    adapter = method.save_adapter(out / "adapters" / f"{method.name}.pth")
+    pts = torch.rand(1, npoints, 3) * 2 - 1
+    unmerged = count_flops(model, pts)
+    merged = None
+    if getattr(method, "mergeable", False) and getattr(method, "peft_params", None):
+        method.merge()
+        merged = count_flops(model, pts)
+        method.unmerge()
+    return {"params": params, "adapter_bytes": Path(adapter).stat().st_size,
+            "gflops": unmerged["flops"] / 1e9,
+            "gflops_merged": (merged or unmerged)["flops"] / 1e9}
+
+
+def run(out: str | Path = "demo_out", quick: bool = False) -> dict[str, Any]:
+    """Run every stage; returns the result dict that is also written to ``<out>/demo_result.json``."""
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    np.random.seed(0)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    size = QUICK if quick else FULL
+    stage_times: dict[str, float] = {}
+
+    _stage("1/5 synthetic data in the real on-disk formats")
+    t0 = time.perf_counter()
+    data = write_data(out, size)
+    stage_times["data"] = time.perf_counter() - t0
+
+    _stage("2/5 Point-MAE pre-training of the tiny backbone")
+    t0 = time.perf_counter()
+    ckpt = pretrain(out, data, size)
+    stage_times["pretrain"] = time.perf_counter() - t0
+
+    _stage("3/5 fine-tuning: CLoRA, LoRA, linear probing, full fine-tuning (same data and budget)")
+    results: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        print(f"\n--- {method} ---", flush=True)
+        results[method] = finetune(out, data, size, ckpt, method)
+    stage_times["finetune"] = sum(r["wall_s"] for r in results.values())
+
+    _stage("4/5 profile: parameters, adapter size, GFLOPs")
+    t0 = time.perf_counter()
+    rows = []
+    for method in METHODS:
+        r = results[method]
+        prof = profile_method(Path(r["run_dir"]), out, npoints=256)
+        last, best = r["last"], r["best"]
+        rows.append({
+            "method": method,
+            "acc_last": last.get("acc"),
+            "acc_best": best.get("acc"),
+            "best_epoch": best.get("epoch"),
+            "acc_vote10_last": last.get("acc_vote@10"),
+            "trainable_params": prof["params"]["trainable"],
+            "trainable_params_no_head": prof["params"].get("trainable_without_head"),
+            "total_params": prof["params"]["total"],
+            "adapter_bytes": prof["adapter_bytes"],
+            "gflops_unmerged": prof["gflops"],
+            "gflops_merged": prof["gflops_merged"],
+            "wall_s": r["wall_s"],
+        })
+    stage_times["profile"] = time.perf_counter() - t0
+
+    _stage("5/5 export, inference on a file, renders")
+    t0 = time.perf_counter()
+    extras = export_and_show(out, data, Path(results["clora"]["run_dir"]), results)
+    stage_times["export_infer_render"] = time.perf_counter() - t0
+
+    total = time.perf_counter() - t_start
+    table = format_table(rows)
+    header = (f"clora3d demo ({'quick' if quick else 'full'}), "
+              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {_machine()}\n"
+              f"tiny backbone (96 dims, 4 blocks, 32 groups x 16, 256 points), synthetic "
+              f"ModelNet40-format data: {size.num_classes} classes, {size.n_train} train / "
+              f"{size.n_test} test shapes per class; pre-training {size.pretrain_epochs} epochs, "
+              f"fine-tuning {size.finetune_epochs} epochs per method; "
+              f"GFLOPs = 2 x MACs of one 256-point sample, FPS/kNN excluded")
+    print("\n" + header + "\n\n" + table)
+    print(f"\nstage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_times.items())
+          + f"; total {total:.0f} s")
+    result = {"header": header, "rows": rows, "stage_times_s": stage_times, "total_s": total,
+              "quick": quick, **extras}
+    (out / "demo_table.md").write_text(header + "\n\n" + table + "\n")
+    (out / "demo_result.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nresults: {out / 'demo_table.md'}, {out / 'demo_result.json'}")
+    return result
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.2f}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The demo's Markdown table."""
+    lines = ["| method | acc last (%) | acc best (%) @epoch | vote@10 last (%) | trainable params "
+             "(w/o head) | adapter file | GFLOPs unmerged | GFLOPs merged | wall time |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        no_head = r.get("trainable_params_no_head")
+        tp = _fmt_params(r["trainable_params"]) + (f" ({_fmt_params(no_head)})" if no_head is not None else "")
+        lines.append(
+            f"| {r['method']} | {_pct(r['acc_last'])} | {_pct(r['acc_best'])} @{r['best_epoch']} | "
+            f"{_pct(r['acc_vote10_last'])} | {tp} | {r['adapter_bytes'] / 1024:.0f} KiB | "
+            f"{r['gflops_unmerged']:.4f} | {r['gflops_merged']:.4f} | {r['wall_s']:.0f} s |")
+    return "\n".join(lines)
+
+
+def export_and_show(out: Path, data: dict[str, Path], clora_run: Path,
+                    results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Export the CLoRA adapter + merged model, run tools/infer.py on one file, render PNGs."""
+    from clora3d.engine.export import export_run
+    from clora3d.data.io import read_point_cloud
+    from clora3d.viz import plot_training_curves, render_cloud
+
+    exp = export_run(clora_run / "ckpt-best.pth", adapter_out=out / "export" / "clora_adapter.pth",
+                     merged_out=out / "export" / "clora_merged_pointmae.pth")
+    print(f"exported CLoRA adapter ({exp['adapter_bytes'] / 1024:.0f} KiB) -> {exp['adapter']}\n"
+          f"exported merged model ({exp['merged_bytes'] / 1024:.0f} KiB, official Point-MAE keys; "
+          f"max |logit diff| after merge {exp['max_abs_diff_merge']:.2e}) -> {exp['merged']}")
+
+    # one test shape of the synthetic split, as a user would hand it over
+    test_ids = (data["modelnet"] / "modelnet40_test.txt").read_text().split()
+    sample_id = test_ids[len(test_ids) // 2]
+    sample = data["modelnet"] / sample_id.rsplit("_", 1)[0] / f"{sample_id}.txt"
+    cmd = [sys.executable, str(REPO / "tools" / "infer.py"), "--ckpt", str(clora_run / "ckpt-best.pth"),
+           str(sample), "--topk", "3"]
+    print("$ " + " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    print(proc.stdout.rstrip())
+    if proc.returncode != 0:
+        raise RuntimeError(f"tools/infer.py failed ({proc.returncode}): {proc.stderr.strip()}")
+
+    renders = out / "renders"
+    xyz, _ = read_point_cloud(sample)
+    pngs = [render_cloud(xyz, renders / f"{sample_id}.png", title=f"{sample_id} (synthetic test shape)")]
+    for method, r in results.items():
+        pngs.append(plot_training_curves(r["run_dir"], renders / f"curves_{method}.png"))
+    for p in pngs:
+        print(f"render -> {p}")
+    return {"export": exp, "infer_stdout": proc.stdout, "infer_file": str(sample),
+            "renders": [str(p) for p in pngs]}

@@ -1,0 +1,151 @@
+"""Backend selection for clora3d.ops: the compiled extension ``clora3d._C`` or the PyTorch reference.
+
+The extension is imported lazily on the first op call (importing clora3d.ops has no side effects).
+``CLORA3D_OPS`` selects the backend: unset/``auto`` = compiled when importable (else the reference,
+with one warning), ``reference`` = always the reference, ``native`` = always the compiled kernels
+(an error when they are unavailable).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from typing import Any, Optional
+
+import torch
+
+from clora3d.errors import Clora3dError
+
+ENV_VAR = "CLORA3D_OPS"
+_MODES = ("auto", "reference", "native")
+OPS = (
+    "furthest_point_sample",
+    "knn",
+    "gather_points",
+    "three_nn",
+    "three_interpolate",
+    "chamfer_l2",
+)
+
+_native: Any = None
+_native_error: Optional[str] = None
+_native_tried = False
+_warned = False
+
+
+class NativeOpsUnavailableError(Clora3dError, RuntimeError):
+    """CLORA3D_OPS=native was requested but the compiled kernels cannot serve the call."""
+
+
+def mode() -> str:
+    """The backend mode requested through the CLORA3D_OPS environment variable."""
+    raw = os.environ.get(ENV_VAR, "").strip().lower()
+    if raw in ("", "auto"):
+        return "auto"
+    if raw not in _MODES:
+        raise ValueError(f"{ENV_VAR}={raw!r} is not a backend; expected one of {', '.join(_MODES)} (or unset)")
+    return raw
+
+
+def native_module() -> Any:
+    """The imported ``clora3d._C`` module, or None when it is not built (reason in ``native_error``)."""
+    global _native, _native_error, _native_tried
+    if not _native_tried:
+        _native_tried = True
+        try:
+            _native = importlib.import_module("clora3d._C")
+        except ImportError as exc:  # not built, or built against another torch
+            _native = None
+            _native_error = f"{type(exc).__name__}: {exc}"
+    return _native
+
+
+def native_error() -> Optional[str]:
+    """Why the compiled extension could not be imported (None when it imported fine)."""
+    native_module()
+    return _native_error
+
+
+def _native_reason(device: torch.device) -> Optional[str]:
+    """None when the compiled kernels can run on ``device``; otherwise the reason and the fix."""
+    mod = native_module()
+    if mod is None:
+        return (
+            f"the compiled extension clora3d._C is not importable ({_native_error}); build it with "
+            "`pip install --no-build-isolation -e .` from the repository root"
+        )
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        if mod.build_info().get("cuda", False):
+            return None
+        return (
+            "clora3d._C was built without CUDA kernels; rebuild with nvcc on PATH (or FORCE_CUDA=1) "
+            "to run the ops natively on the GPU"
+        )
+    return f"clora3d._C has no kernels for device type {device.type!r}"
+
+
+def use_native(device: torch.device) -> bool:
+    """Whether an op on ``device`` runs the compiled kernel (warns once when falling back)."""
+    global _warned
+    m = mode()
+    if m == "reference":
+        return False
+    reason = _native_reason(device)
+    if reason is None:
+        return True
+    if m == "native":
+        raise NativeOpsUnavailableError(f"{ENV_VAR}=native but {reason}")
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"clora3d.ops: using the (slower) PyTorch reference ops because {reason}. "
+            f"Set {ENV_VAR}=reference to silence this warning.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
+
+
+def C() -> Any:
+    """The compiled module (only call after ``use_native`` returned True)."""
+    return native_module()
+
+
+def backend_info() -> dict:
+    """Which backend each op uses on CPU and CUDA, and why (for tools/doctor.py)."""
+    m = mode()
+    mod = native_module()
+    build = dict(mod.build_info()) if mod is not None else None
+    devices = {"cpu": torch.device("cpu"), "cuda": torch.device("cuda")}
+    per_device = {}
+    for name, dev in devices.items():
+        if m == "reference":
+            per_device[name] = ("reference", f"{ENV_VAR}=reference")
+            continue
+        reason = _native_reason(dev)
+        if reason is None:
+            why = f"{ENV_VAR}={m}" if m == "native" else "compiled kernel available"
+            per_device[name] = ("native", why)
+        elif m == "native":
+            per_device[name] = ("error", f"{ENV_VAR}=native but {reason}")
+        else:
+            per_device[name] = ("reference", reason)
+    ops = {}
+    for op in OPS:
+        ops[op] = {dev: {"backend": b, "why": why} for dev, (b, why) in per_device.items()}
+    return {
+        "mode": m,
+        "env": os.environ.get(ENV_VAR),
+        "native_available": mod is not None,
+        "native_error": _native_error,
+        "build_info": build,
+        "torch_threads": torch.get_num_threads(),
+        "ops": ops,
+        "notes": {
+            "gather_points": "non-float32/64 dtypes (ints, float16, bfloat16) use torch.gather",
+            "three_interpolate": "float16/bfloat16 features use the PyTorch path in their own dtype",
+            "coordinates": "float16/bfloat16 coordinates are computed in float32",
+        },
+    }
