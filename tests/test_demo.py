@@ -1,4 +1,4 @@
-"""The demo (`make demo`) end to end at its --quick size: every stage runs and writes its outputs."""
+"""The demo (`make demo`) end to end at its --quick size (~15 s): every stage runs and writes its outputs."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,6 @@ import pytest
 from clora3d import demo
 
 
-@pytest.mark.slow
 def test_quick_demo_runs_every_stage(tmp_path):
     result = demo.run(tmp_path / "demo", quick=True)
     out = tmp_path / "demo"
