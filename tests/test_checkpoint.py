@@ -357,3 +357,15 @@ def test_round_trip_pretrain_layout(tmp_path: Path):
     cls = randomise(tiny(), 3)
     sd = to_point_mae_state_dict(cls, "pretrain")
     assert set(sd) == {"MAE_encoder." + k for k in official_backbone(**TINY)}
+
+
+@pytest.mark.parametrize("payload", [b"junk\n", b"", b"PK\x03\x04not really a zip", bytes(range(256))])
+def test_corrupt_checkpoint_file_is_one_clear_error(tmp_path, payload):
+    from clora3d.errors import CheckpointError
+    from clora3d.models import PointTransformer
+    from clora3d.models.checkpoint import load_pretrained
+
+    bad = tmp_path / "pretrain.pth"
+    bad.write_bytes(payload)
+    with pytest.raises(CheckpointError, match="pretrain.pth"):
+        load_pretrained(PointTransformer.from_preset("tiny"), str(bad), log=None)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -128,8 +127,10 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             f"so loading it could execute code; nothing was executed. Only load checkpoints you trust; "
             f"re-save it as a plain state_dict (torch.save(model.state_dict(), ...)). Detail: "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {p}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # a corrupt or foreign file fails in arbitrary ways inside the unpickler
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"cannot read checkpoint {p}: {type(exc).__name__}: {detail} (the file is "
+                              "corrupt or not a PyTorch checkpoint)") from None
 
 
 def extract_state_dict(obj: Any, source: str = "<state>") -> tuple[dict[str, torch.Tensor], str]:
