@@ -21,13 +21,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from clora3d.data.common import atomic_write_bytes
 from clora3d.errors import ConfigError
 
 __all__ = ["SETTINGS", "run_fewshot", "summarize", "format_table", "fold_dataset_cfg",
@@ -46,18 +46,7 @@ def setting_name(way: int, shot: int) -> str:
 
 def _write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temp file in the same folder + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, json.dumps(obj, indent=2).encode())
 
 
 def fold_dataset_cfg(cfg: Mapping[str, Any], way: int, shot: int, fold: int) -> dict:
