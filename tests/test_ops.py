@@ -135,6 +135,73 @@ def test_native_knn_sizes(native, N, M, k):
     assert torch.equal(i, ri) and torch.equal(d, rd)
 
 
+def grid_path_clouds(dtype=torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(query (B,M,3), ref (B,N,3)) pairs sized for the native grid path (N >= 1536, M >= 16, 16k <= N)."""
+    g = torch.Generator().manual_seed(7)
+    B, N, M = 2, 2500, 64
+
+    def sphere(n: int) -> torch.Tensor:
+        p = torch.randn(B, n, 3, generator=g)
+        return p / p.norm(dim=-1, keepdim=True) + 0.02 * torch.randn(B, n, 3, generator=g)
+
+    s = sphere(N)
+    # tight clusters + sparse outliers: very non-uniform density
+    centers = 5 * torch.randn(B, 4, 3, generator=g)
+    cl = centers.repeat_interleave((N - 40) // 4, 1) + 1e-3 * torch.randn(B, N - 40, 3, generator=g)
+    clustered = torch.cat([cl, 10 * torch.randn(B, 40, 3, generator=g)], 1)
+    # lattice with many duplicates: coordinates (and so distance ties) sit exactly on cell boundaries
+    lattice = torch.randint(0, 8, (B, N, 3), generator=g).float() * 0.125
+    planar = torch.rand(B, N, 3, generator=g) * torch.tensor([1.0, 1.0, 0.0])
+    line = torch.linspace(0, 1, N).view(1, N, 1) * torch.tensor([1.0, 2.0, -1.0]) + 1e-6 * torch.rand(B, N, 3, generator=g)
+    far_1e4 = 1e4 + torch.rand(B, N, 3, generator=g)
+    # queries: cloud points (distance-0 ties with duplicates), nearby points, points outside the box
+    def queries(ref_: torch.Tensor, scale: float) -> torch.Tensor:
+        own = ref_[:, : M // 2]
+        out = ref_.mean(1, keepdim=True) + scale * 3 * torch.randn(B, M // 4, 3, generator=g)
+        far = ref_.mean(1, keepdim=True) + scale * 100 * torch.randn(B, M // 4, 3, generator=g)
+        return torch.cat([own, out, far], 1)
+
+    pairs = {
+        "sphere": (queries(s, 1.0), s),
+        "sphere_N2048_fps_like": (s[:, :128, :], s[:, :2048]),
+        "clustered": (queries(clustered, 5.0), clustered),
+        "lattice_duplicates": (queries(lattice, 1.0), lattice),
+        "lattice_half_cell_queries": (torch.randint(0, 15, (B, M, 3), generator=g).float() * 0.0625, lattice),
+        "planar": (queries(planar, 1.0), planar),
+        "near_collinear": (queries(line, 1.0), line),
+        "offset_1e4": (queries(far_1e4, 1.0), far_1e4),
+        "all_equal": (torch.rand(B, M, 3, generator=g), torch.full((B, N, 3), 0.5)),
+    }
+    return {k: (q.to(dtype).contiguous(), r.to(dtype).contiguous()) for k, (q, r) in pairs.items()}
+
+
+GRID_CLOUDS = grid_path_clouds()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(GRID_CLOUDS))
+def test_native_knn_grid_path_matches_reference(native, name, dtype):
+    """Large N / small k goes through the native spatial grid: results must stay bit-identical."""
+    q, r = (t.to(dtype) for t in GRID_CLOUDS[name])
+    N = r.shape[1]
+    for k in (2, 3, 16, 32, 100, N):  # k = N (and 16k > N) take the brute-force path
+        d, i = ops.knn(q, r, k)
+        rd, ri = ref.knn(q, r, k)
+        assert torch.equal(i, ri), (name, k)
+        assert torch.equal(d, rd), (name, k)
+    nd, ni = numpy_knn(q[0].numpy(), r[0].numpy(), 32)
+    d, i = ops.knn(q, r, 32)
+    np.testing.assert_array_equal(i[0].numpy(), ni)
+    np.testing.assert_array_equal(d[0].numpy(), nd)
+
+
+def test_native_three_nn_grid_path_matches_reference(native):
+    q, r = GRID_CLOUDS["sphere"]
+    d, i = ops.three_nn(q, r)
+    rd, ri = ref.three_nn(q, r)
+    assert torch.equal(i, ri) and torch.equal(d, rd)
+
+
 def test_knn_sorted_and_self_first(native):
     xyz = torch.rand(2, 300, 3)
     d, i = ops.knn(xyz, xyz, 8)
