@@ -23,3 +23,8 @@ class CheckpointError(Clora3dError, RuntimeError):
 
 class UnsafePickleError(Clora3dError, ValueError):
     """A pickle file references a global outside the allowed set; it was not executed."""
+
+
+#: What the command-line tools report as one ``error: ...`` line (exit code 2) instead of a traceback:
+#: clora3d's own errors plus the stdlib ones the file readers raise for a missing or malformed input.
+USER_ERRORS: tuple[type[BaseException], ...] = (Clora3dError, FileNotFoundError, ValueError)

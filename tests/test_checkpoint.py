@@ -17,13 +17,7 @@ VIT_S = dict(D=384, depth=12, w=(128, 256, 512), k=32, dec_depth=4)
 TINY = dict(D=96, depth=4, w=(32, 64, 128), k=16, dec_depth=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster (and far faster on a shared, loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------

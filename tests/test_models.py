@@ -17,13 +17,7 @@ from clora3d.models import (MODEL_KEYS, Attention, Encoder, PartSegModel, PointM
 from clora3d.models.partseg import PointNetFeaturePropagation, default_fetch_idx
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster (and far faster on a shared, loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,13 +32,7 @@ CONFIGS = {
 MERGEABLE = ["lora", "clora", "clora_parallel_bias", "clora_shared_bias"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~50x faster single-threaded on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_base(seed: int = 0) -> PointTransformer:

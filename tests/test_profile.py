@@ -18,12 +18,7 @@ from clora3d.profile.report import method_table, to_markdown
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vit_s_macs(n_groups: int, k: int = 32, cls_dim: int = 40, d: int = 384, depth: int = 12) -> tuple[int, int]:

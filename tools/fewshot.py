@@ -19,9 +19,7 @@ try:
     import clora3d  # noqa: F401
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clora3d.errors import Clora3dError  # noqa: E402
-
-USER_ERRORS = (Clora3dError, FileNotFoundError, ValueError)
+from clora3d.errors import USER_ERRORS  # noqa: E402
 
 
 def _int_list(text: str) -> list[int]:
