@@ -169,7 +169,9 @@ def test_modelnet40_real_sample(shared_data, tmp_path):
 
 def test_fewshot_synthetic_folds(synth):
     root = synth / "ModelNetFewshot"
-    assert sorted(p.name for p in root.iterdir()) == ["10way2shot", "10way3shot", "5way2shot", "5way3shot"]
+    # the reference layout (Point-MAE datasets/ModelNetDatasetFewShot.py): <root>/{way}way_{shot}shot/
+    assert sorted(p.name for p in root.iterdir()) == ["10way_2shot", "10way_3shot", "5way_2shot",
+                                                      "5way_3shot"]
     ds = ModelNetFewShot(root, 10, 3, 1, "train")
     assert len(ds) == 30 and ds.num_classes == 10
     assert np.bincount(ds.labels, minlength=10).tolist() == [3] * 10
@@ -178,13 +180,43 @@ def test_fewshot_synthetic_folds(synth):
     te = ModelNetFewShot(root, 10, 3, 1, "test", n_points=128)
     assert len(te) == 20 and te[0]["points"].shape == (128, 3)
     assert sorted(ds.original_labels) == sorted(set(ds.original_labels)) and len(ds.original_labels) == 10
-    raw = safe_load(root / "5way2shot" / "0.pkl")
+    raw = safe_load(root / "5way_2shot" / "0.pkl")
     assert set(raw) == {"train", "test"}
     pts, ep, orig = raw["train"][0]
     assert pts.dtype == np.float32 and pts.shape == (256, 6) and isinstance(ep, int)
     assert isinstance(orig, np.int32)
-    with pytest.raises(DataError, match=r"7way2shot.*0\.pkl"):
+    with pytest.raises(DataError, match=r"expected path\): \S*ModelNetFewshot/7way_2shot/0\.pkl"):
         ModelNetFewShot(root, 7, 2, 0, "train")
+
+
+def test_fewshot_reads_reference_layout_and_old_spelling(synth, tmp_path):
+    import warnings
+    import shutil
+
+    import clora3d.data.modelnet as mn
+
+    src = synth / "ModelNetFewshot" / "5way_2shot" / "0.pkl"
+    ref = tmp_path / "ref" / "5way_2shot" / "0.pkl"  # a released-style folder, written by hand
+    ref.parent.mkdir(parents=True)
+    shutil.copy(src, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the reference spelling reads without any warning
+        ds = ModelNetFewShot(tmp_path / "ref", 5, 2, 0, "train")
+    assert ds.path == ref and len(ds) == 10
+    old = tmp_path / "old" / "5way2shot" / "0.pkl"  # folders written by clora3d before the fix
+    old.parent.mkdir(parents=True)
+    shutil.copy(src, old)
+    mn._LEGACY_WARNED.discard(old.parent)
+    with pytest.warns(RuntimeWarning, match=r"old clora3d spelling.*5way_2shot"):
+        ds_old = ModelNetFewShot(tmp_path / "old", 5, 2, 0, "train")
+    assert ds_old.path == old and np.array_equal(ds_old.labels, ds.labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per folder
+        ModelNetFewShot(tmp_path / "old", 5, 2, 0, "test")
+    # both present: the reference spelling wins
+    shutil.copytree(tmp_path / "ref" / "5way_2shot", tmp_path / "old" / "5way_2shot")
+    assert ModelNetFewShot(tmp_path / "old", 5, 2, 0, "train").path == \
+        tmp_path / "old" / "5way_2shot" / "0.pkl"
 
 
 def test_generate_fewshot_folds_from_modelnet(synth, tmp_path):

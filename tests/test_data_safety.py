@@ -87,8 +87,8 @@ def test_loaders_use_restricted_unpickler(tmp_path: Path):
     (tmp_path / cache_name(40, "train", 1024)).write_bytes(evil)
     with pytest.raises(UnsafePickleError):
         ModelNet40(tmp_path, "train", n_points=1024)
-    (tmp_path / "5way10shot").mkdir()
-    (tmp_path / "5way10shot" / "0.pkl").write_bytes(pickle.dumps({"train": [_RunsSystem(str(target))], "test": []}))
+    (tmp_path / "5way_10shot").mkdir()
+    (tmp_path / "5way_10shot" / "0.pkl").write_bytes(pickle.dumps({"train": [_RunsSystem(str(target))], "test": []}))
     with pytest.raises(UnsafePickleError):
         ModelNetFewShot(tmp_path, 5, 10, 0, "train")
     assert not target.exists()

@@ -106,7 +106,7 @@ def test_config_without_fewshot_dataset_and_corrupt_result(tmp_path):
 
 def test_missing_fold_files_error_and_generation(tmp_path, monkeypatch):
     root = tmp_path / "folds"
-    with pytest.raises(FileNotFoundError, match=r"5way10shot/0\.pkl"):
+    with pytest.raises(FileNotFoundError, match=r"5way_10shot/0\.pkl"):
         run_fewshot(_cfg(root), tmp_path / "out", ways=[5], shots=[10], folds=[0],
                     train_fn=FakeTrain(), log=lambda m: None)
     calls = []
@@ -116,22 +116,22 @@ def test_missing_fold_files_error_and_generation(tmp_path, monkeypatch):
         for w in ways:
             for s in shots:
                 for f in range(folds):
-                    p = Path(out_root) / f"{w}way{s}shot" / f"{f}.pkl"
+                    p = Path(out_root) / f"{w}way_{s}shot" / f"{f}.pkl"
                     p.parent.mkdir(parents=True, exist_ok=True)
                     p.write_bytes(b"generated")
 
     import clora3d.data as data
 
     monkeypatch.setattr(data, "generate_fewshot_folds", fake_gen)
-    (root / "5way10shot").mkdir(parents=True)
-    (root / "5way10shot" / "0.pkl").write_bytes(b"released")  # an existing fold is never replaced
+    (root / "5way_10shot").mkdir(parents=True)
+    (root / "5way_10shot" / "0.pkl").write_bytes(b"released")  # an existing fold is never replaced
     train = FakeTrain()
     run_fewshot(_cfg(root), tmp_path / "out", ways=[5], shots=[10], folds=[0, 1],
                 generate_from="mn40", generate_seed=3, train_fn=train, log=lambda m: None)
     assert calls == [("mn40", (5,), (10,), 2, 3)]
-    assert (root / "5way10shot" / "0.pkl").read_bytes() == b"released"
-    assert (root / "5way10shot" / "1.pkl").read_bytes() == b"generated"
-    assert sorted(p.name for p in root.iterdir()) == ["5way10shot"]  # scratch folder removed
+    assert (root / "5way_10shot" / "0.pkl").read_bytes() == b"released"
+    assert (root / "5way_10shot" / "1.pkl").read_bytes() == b"generated"
+    assert sorted(p.name for p in root.iterdir()) == ["5way_10shot"]  # scratch folder removed
     assert len(train.calls) == 2
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from clora3d.errors import ConfigError
 from clora3d.data.modelnet import (MODELNET10_CLASSES, MODELNET40_CLASSES, ModelNet40, ModelNetFewShot,
-                                   build_modelnet_arrays, cache_name, generate_fewshot_folds)
+                                   build_modelnet_arrays, cache_name, fewshot_fold_path,
+                                   fewshot_setting_dir, generate_fewshot_folds)
 from clora3d.data.scanobjectnn import SCANOBJECTNN_CLASSES, SCANOBJECTNN_FILES, ScanObjectNN, scanobjectnn_file
 from clora3d.data.shapenet import (CATEGORY_NAMES, CATEGORY_TO_SYNSET, NUM_PARTS, PART_COUNTS, SEG_CLASSES,
                                    SEG_LABEL_TO_CATEGORY, SYNSETS, ShapeNet55, ShapeNetPart)
@@ -64,7 +65,8 @@ def build_dataset(cfg: dict, split: str):
 
 __all__ = [
     "ModelNet40", "ModelNetFewShot", "ScanObjectNN", "ShapeNetPart", "ShapeNet55", "build_dataset",
-    "DATASETS", "DATASET_KEYS", "generate_fewshot_folds", "build_modelnet_arrays", "cache_name",
+    "DATASETS", "DATASET_KEYS", "generate_fewshot_folds", "fewshot_fold_path",
+    "fewshot_setting_dir", "build_modelnet_arrays", "cache_name",
     "MODELNET40_CLASSES", "MODELNET10_CLASSES", "SCANOBJECTNN_CLASSES", "SCANOBJECTNN_FILES",
     "scanobjectnn_file", "CATEGORY_NAMES", "CATEGORY_TO_SYNSET", "SYNSETS", "SEG_CLASSES",
     "SEG_LABEL_TO_CATEGORY", "PART_COUNTS", "NUM_PARTS", "Normalize", "ScaleAndTranslate", "RotateY",

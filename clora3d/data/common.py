@@ -25,8 +25,8 @@ LAYOUTS: dict[str, str] = {
   modelnet40_{train,test}_8192pts_fps.dat (optional cache; built from the txt files when missing)""",
     "ModelNetFewShot": """\
 <root>/                                   (e.g. data/ModelNetFewshot)
-  5way10shot/0.pkl ... 9.pkl
-  5way20shot/  10way10shot/  10way20shot/
+  5way_10shot/0.pkl ... 9.pkl              (reference spelling; the old 5way10shot/ is still read)
+  5way_20shot/  10way_10shot/  10way_20shot/
   (make them with clora3d.data.generate_fewshot_folds or tools/make_synthetic.py)""",
     "ScanObjectNN": """\
 <root>/                                   (e.g. data/ScanObjectNN)

@@ -189,6 +189,42 @@ class ModelNet40(Dataset):
 # ----------------------------------------------------------------------------------------- few-shot
 
 
+def fewshot_setting_dir(way: int, shot: int) -> str:
+    """``'5way_10shot'``: the folder of one setting, as the reference loaders and fold generator
+    (Point-MAE / Point-BERT ``ModelNetDatasetFewShot.py``) spell it."""
+    return f"{int(way)}way_{int(shot)}shot"
+
+
+def legacy_fewshot_setting_dir(way: int, shot: int) -> str:
+    """``'5way10shot'``: the spelling clora3d wrote before it matched the reference (still read)."""
+    return f"{int(way)}way{int(shot)}shot"
+
+
+_LEGACY_WARNED: set = set()
+
+
+def fewshot_fold_path(root: Union[str, Path], way: int, shot: int, fold: int) -> Path:
+    """The fold pickle of (way, shot, fold) under ``root``.
+
+    ``<root>/{way}way_{shot}shot/{fold}.pkl`` (reference layout) when it exists; else the old
+    clora3d spelling ``<root>/{way}way{shot}shot/{fold}.pkl`` when that exists (with a one-line
+    warning, once per folder); else the reference path (which does not exist: callers name it in
+    their error).
+    """
+    root = Path(root)
+    ref = root / fewshot_setting_dir(way, shot) / f"{int(fold)}.pkl"
+    if ref.is_file():
+        return ref
+    old = root / legacy_fewshot_setting_dir(way, shot) / f"{int(fold)}.pkl"
+    if old.is_file():
+        if old.parent not in _LEGACY_WARNED:
+            _LEGACY_WARNED.add(old.parent)
+            warn_once(f"ModelNetFewShot: reading {old.parent} (old clora3d spelling); rename it to "
+                      f"{ref.parent} (the reference layout)")
+        return old
+    return ref
+
+
 def _episodes(train: tuple[list, np.ndarray], test: tuple[list, np.ndarray], way: int, shot: int,
               eval_sample: int, rng: np.random.Generator) -> dict:
     """Reference episode construction: shuffle the class ids, take `way`; per class `shot` random
@@ -224,7 +260,8 @@ def write_fewshot_folds_from_arrays(train: tuple[list, np.ndarray], test: tuple[
                                     out_root: Union[str, Path], ways: Sequence[int] = (5, 10),
                                     shots: Sequence[int] = (10, 20), folds: int = 10,
                                     eval_sample: int = 20, seed: int = 0) -> list[Path]:
-    """Write ``{way}way{shot}shot/{fold}.pkl`` for every setting from in-memory (points, labels)."""
+    """Write ``{way}way_{shot}shot/{fold}.pkl`` (the reference layout) for every setting from
+    in-memory (points, labels)."""
     out_root = Path(out_root)
     written = []
     for way in ways:
@@ -232,7 +269,7 @@ def write_fewshot_folds_from_arrays(train: tuple[list, np.ndarray], test: tuple[
             for fold in range(folds):
                 rng = np.random.default_rng([seed, way, shot, fold])
                 ep = _episodes(train, test, way, shot, eval_sample, rng)
-                path = out_root / f"{way}way{shot}shot" / f"{fold}.pkl"
+                path = out_root / fewshot_setting_dir(way, shot) / f"{fold}.pkl"
                 atomic_write_bytes(path, pickle.dumps(ep, protocol=4))
                 written.append(path)
     return written
@@ -263,7 +300,10 @@ def generate_fewshot_folds(modelnet_root_or_dataset: Union[str, Path, tuple],
 
 
 class ModelNetFewShot(Dataset):
-    """One few-shot fold: ``<root>/{way}way{shot}shot/{fold}.pkl`` entry ``split`` ('train'|'test').
+    """One few-shot fold: ``<root>/{way}way_{shot}shot/{fold}.pkl`` entry ``split`` ('train'|'test').
+
+    The folder spelling is the reference's (``5way_10shot``); the old clora3d spelling
+    ``5way10shot`` is still read, with a warning (:func:`fewshot_fold_path`).
 
     Items ``{"points": float32 (n_points, 3), "label": int64 episode label 0..way-1}``; xyz
     unit-sphere normalised, train point order shuffled. ``original_labels[e]`` is the ModelNet40
@@ -281,10 +321,11 @@ class ModelNetFewShot(Dataset):
         self.n_points = n_points
         self.use_normals = bool(use_normals)
         self._rng = WorkerRNG(seed)
-        variant = f"{self.way}way{self.shot}shot fold {self.fold}"
-        self.path = self.root / f"{self.way}way{self.shot}shot" / f"{self.fold}.pkl"
+        variant = f"{fewshot_setting_dir(self.way, self.shot)} fold {self.fold}"
+        self.path = fewshot_fold_path(self.root, self.way, self.shot, self.fold)
         if not self.path.is_file():
-            raise data_error("ModelNetFewShot", "missing fold file", self.path, variant=variant)
+            raise data_error("ModelNetFewShot", "missing fold file (expected path)", self.path,
+                             variant=variant)
         data = safe_load(self.path)
         if not isinstance(data, dict) or split not in data:
             raise data_error("ModelNetFewShot", f"malformed fold (expected a dict with 'train' and "

@@ -558,7 +558,7 @@ def write_modelnet40(root: PathLike, num_classes: Optional[int] = None, n_train:
 def write_fewshot(root: PathLike, num_classes: Optional[int] = None, ways: Sequence[int] = (5, 10),
                   shots: Sequence[int] = (10, 20), folds: int = 10, eval_sample: int = 20, n_points: int = 1024,
                   seed: int = 0) -> Path:
-    """Write ``{way}way{shot}shot/{fold}.pkl`` folds from a pool of synthetic (n_points, 6) clouds
+    """Write ``{way}way_{shot}shot/{fold}.pkl`` folds (reference layout) from a pool of synthetic (n_points, 6) clouds
     (max(shots) train and eval_sample test shapes per class), by the reference episode rules."""
     names = _classes(num_classes)
     if max(ways) > len(names):

@@ -9,6 +9,9 @@ optionally with a 95 % interval half-width 1.96·std/√n.
 
 Layout of ``out_dir``::
 
+Fold pickles are read from ``<root>/<W>way_<S>shot/<F>.pkl`` (the reference layout; the old
+clora3d spelling ``<W>way<S>shot`` is still read, with a warning).
+
     out_dir/<W>way<S>shot/fold<F>/          the trainer's run folder (checkpoints, logs)
     out_dir/<W>way<S>shot/fold<F>.json      the fold's result; its presence marks the fold done
     out_dir/summary.json                    the table (written after every finished fold)
@@ -40,7 +43,8 @@ LAST_CKPT_NAMES = ("ckpt-last.pth", "last.pth", "checkpoint-last.pth")
 
 
 def setting_name(way: int, shot: int) -> str:
-    """``'5way10shot'``: the folder name of the released pickles."""
+    """``'5way10shot'``: the name of a setting in the runner's output folder and summary (the
+    pickles themselves live in ``5way_10shot/``, see :func:`clora3d.data.fewshot_fold_path`)."""
     return f"{way}way{shot}shot"
 
 
@@ -78,10 +82,12 @@ def _fewshot_roots(cfg: Mapping[str, Any]) -> list[Path]:
 
 
 def missing_folds(root: str | Path, grid: Iterable[tuple[int, int, int]]) -> list[Path]:
-    """Fold pickles ``root/<W>way<S>shot/<F>.pkl`` of ``grid`` that do not exist."""
-    root = Path(root)
-    return [root / setting_name(w, s) / f"{f}.pkl" for w, s, f in grid
-            if not (root / setting_name(w, s) / f"{f}.pkl").is_file()]
+    """Fold pickles ``root/<W>way_<S>shot/<F>.pkl`` of ``grid`` that do not exist (under either
+    spelling); the reference path is returned for each."""
+    from clora3d.data import fewshot_fold_path
+
+    paths = [fewshot_fold_path(root, w, s, f) for w, s, f in grid]
+    return [p for p in paths if not p.is_file()]
 
 
 def _generate_folds(root: Path, modelnet_root: str | Path, missing: Sequence[Path],
@@ -190,7 +196,7 @@ def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[i
         if missing:
             raise FileNotFoundError(
                 f"few-shot: fold file {missing[0]} is missing ({len(missing)} of {len(grid)} "
-                f"missing); place the released folds under {root}/<W>way<S>shot/<F>.pkl or pass "
+                f"missing); place the released folds under {root}/<W>way_<S>shot/<F>.pkl or pass "
                 "--generate-from <ModelNet40 root> to generate seeded folds")
     if train_fn is None:
         from clora3d.engine.trainer import train as train_fn  # type: ignore[no-redef]

@@ -162,8 +162,8 @@ def _class_names(cfg: Mapping[str, Any], obj: Mapping[str, Any], num: int) -> li
                 cand = list(modelnet.MODELNET40_CLASSES if k == 40 else modelnet.MODELNET10_CLASSES)
         elif name == "ModelNetFewShot":
             # episode label e is ModelNet40 class original_labels[e] of this fold (head may be wider)
-            fold = Path(sec.get("root", "")) / f"{sec.get('way')}way{sec.get('shot')}shot" / \
-                f"{sec.get('fold')}.pkl"
+            fold = data.fewshot_fold_path(sec.get("root", ""), sec.get("way"), sec.get("shot"),
+                                          sec.get("fold"))
             cand = None
             if fold.is_file():
                 ds_fold = data.ModelNetFewShot(sec["root"], sec["way"], sec["shot"], sec["fold"], "test")
@@ -174,7 +174,7 @@ def _class_names(cfg: Mapping[str, Any], obj: Mapping[str, Any], num: int) -> li
             cand = getattr(getattr(data, str(name), None), "class_names", None)
         if isinstance(cand, (list, tuple)) and len(cand) == num:
             return [str(c) for c in cand]
-    except (ImportError, OSError, ValueError):  # names are a convenience; never fail inference
+    except (ImportError, OSError, ValueError, TypeError):  # names are a convenience; never fail
         pass
     return [f"class_{i}" for i in range(num)]
 
