@@ -347,13 +347,15 @@ def test_train_batch_pipeline_reference_semantics():
         TrainBatchPipeline("fps_subset", 600, None, None)(pts)
 
 
-@pytest.mark.parametrize("policy", ["eval", "train"])
+@pytest.mark.parametrize("policy", ["eval", "train", None])
 def test_frozen_bn_policy(tmp_path, mn_root, policy):
-    """frozen_bn: eval keeps a frozen backbone's BatchNorm statistics; train lets them drift (reference)."""
+    """frozen_bn: eval keeps a frozen backbone's BatchNorm statistics; train lets them drift, and
+    that is the default (None): the references leave the frozen patch encoder's BN in train mode."""
     from clora3d.engine.trainer import seed_everything, train
     from clora3d.models import build_model
 
-    cfg = tiny_cfg(tmp_path, mn_root, peft="lora", epochs=1, overrides=(f"model.frozen_bn={policy}",))
+    over = (f"model.frozen_bn={policy}",) if policy else ()
+    cfg = tiny_cfg(tmp_path, mn_root, peft="lora", epochs=1, overrides=over)
     train(cfg, run_dir=tmp_path / "run")
     seed_everything(cfg["seed"])  # the trainer initialises the model from the same seed
     init = build_model({k: v for k, v in cfg["model"].items() if k != "frozen_bn"}).state_dict()

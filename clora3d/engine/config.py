@@ -212,9 +212,11 @@ OPEN_SECTIONS = ("model", "peft", "dataset")
 MODEL_ENGINE_KEYS = {
     "NAME": "model class (PointTransformer | PartSegModel | PointMAE)",
     "preset": "optional preset (vit_s | tiny ...) from which the other keys override",
-    "frozen_bn": "eval (default: BatchNorm with frozen params keeps its statistics) | train "
-                 "(reference: statistics drift)",
+    "frozen_bn": "train (default, the references: a frozen BatchNorm's statistics drift to the "
+                 "new data) | eval (strict: BatchNorm with frozen params keeps its statistics)",
 }
+#: frozen-BN policy when neither model.frozen_bn nor peft.frozen_bn is given (reference behaviour)
+DEFAULT_FROZEN_BN = "train"
 DATASET_SPLIT_KEYS = ("train", "val", "test")
 DATASET_ENGINE_KEYS = {
     "NAME": "dataset class",
@@ -492,7 +494,10 @@ def validate_config(cfg: Mapping, *, origins: Origins | None = None, source: str
                           f" and peft.frozen_bn={fb_peft!r} "
                           f"({_where(origins, ('peft', 'frozen_bn'), source)}) disagree; set only "
                           f"model.frozen_bn")
-    fb = fb_model if fb_model is not None else (fb_peft if fb_peft is not None else "eval")
+    # default "train" = the references (their frozen patch encoder's BN runs in train mode, its
+    # statistics drift to the downstream data); "eval" is the strict switch
+    fb = fb_model if fb_model is not None else (fb_peft if fb_peft is not None
+                                                else DEFAULT_FROZEN_BN)
     if fb not in ("eval", "train"):
         raise _bad_value(("model", "frozen_bn"), fb, "eval or train", origins, source)
     model["frozen_bn"] = fb
