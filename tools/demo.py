@@ -14,12 +14,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes and 1 epoch: a smoke test")
     args = ap.parse_args()
     from clora3d.demo import run
-    from clora3d.errors import Clora3dError
+    from clora3d.errors import USER_ERRORS, format_user_error
 
     try:
         run(args.out, quick=args.quick)
-    except Clora3dError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(format_user_error(e), file=sys.stderr)
         return 2
     return 0
 

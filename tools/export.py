@@ -16,7 +16,7 @@ try:
     import clora3d  # noqa: F401
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clora3d.errors import USER_ERRORS  # noqa: E402
+from clora3d.errors import USER_ERRORS, format_user_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         rep = export_run(args.ckpt, cfg=args.cfg, adapter_out=args.adapter, merged_out=args.merged,
                          device=args.device)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(format_user_error(e), file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(rep, indent=2))

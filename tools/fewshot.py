@@ -19,7 +19,7 @@ try:
     import clora3d  # noqa: F401
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clora3d.errors import USER_ERRORS  # noqa: E402
+from clora3d.errors import USER_ERRORS, format_user_error  # noqa: E402
 
 
 def _int_list(text: str) -> list[int]:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                           ckpt=args.ckpt, metric=args.metric, ci95=args.ci95,
                           generate_from=args.generate_from, generate_seed=args.generate_seed)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(format_user_error(e), file=sys.stderr)
         return 2
     print(res["table"])
     print(f"results: {Path(out) / 'summary.json'}")

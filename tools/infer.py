@@ -19,7 +19,7 @@ try:
     import clora3d  # noqa: F401
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clora3d.errors import USER_ERRORS  # noqa: E402
+from clora3d.errors import USER_ERRORS, format_user_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,29 +42,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import numpy as np
 
-        from clora3d.engine.infer import Predictor, find_point_files, _read
+        from clora3d.engine.infer import Predictor, _read, check_device, find_point_files
 
+        device = check_device(args.device)
         files = [f for inp in args.inputs for f in find_point_files(inp)]
-        pred = Predictor.from_checkpoint(args.ckpt, args.cfg, device=args.device, npoints=args.npoints)
+        pred = Predictor.from_checkpoint(args.ckpt, args.cfg, device=device, npoints=args.npoints)
         results = []
-        for f in files:
-            r = pred.predict_file(f, topk=args.topk, category=args.category)
+        for r in pred.predict(files, on_error="record", topk=args.topk, category=args.category):
             if "labels" in r:
                 labels = r.pop("labels")
                 if args.save_labels:
-                    out = Path(args.save_labels) / f"{Path(f).stem}.txt"
+                    out = Path(args.save_labels) / f"{Path(r['file']).stem}.txt"
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    xyz = _read(Path(f))
+                    xyz = _read(Path(r["file"]))
                     np.savetxt(out, np.concatenate([xyz, labels[:, None]], 1), fmt="%.6f %.6f %.6f %d")
                     r["labels_file"] = str(out)
             results.append(r)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(format_user_error(e), file=sys.stderr)
         return 2
+    failed = [r for r in results if "error" in r]
+    for r in failed:  # every good file is classified; each bad one is one line, exit 2 at the end
+        print(f"error: {r['error']}", file=sys.stderr)
+    rc = 2 if failed else 0
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
+        return rc
     for r in results:
+        if "error" in r:
+            continue
         if "top" in r:
             best = r["top"][0]
             print(f"{r['file']}: {best['class']} ({best['prob']:.3f})")
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             parts = ", ".join(f"{p}: {n}" for p, n in r["part_counts"].items())
             print(f"{r['file']}: {r['category']} parts (points per part) {parts}"
                   + (f" -> {r['labels_file']}" if "labels_file" in r else ""))
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clora3d.data import synthetic as syn  # noqa: E402
 from clora3d.data.scanobjectnn import SCANOBJECTNN_FILES  # noqa: E402
+from clora3d.errors import USER_ERRORS, format_user_error  # noqa: E402
 
 FORMATS = ["all", *syn.LAYOUT_DIRS]
 
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 syn.write_shapenetpart(out, seed=args.seed, **sizes)
             elif fmt == "shapenet55":
                 syn.write_shapenet55(out, seed=args.seed, **sizes)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except USER_ERRORS as e:
+            print(format_user_error(e), file=sys.stderr)
             return 2
         print(f"{fmt} -> {out}")
     print(f"done in {time.perf_counter() - t0:.1f} s")

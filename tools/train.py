@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     overrides = [o for group in args.overrides for o in group]
 
-    from clora3d.errors import Clora3dError
+    from clora3d.errors import USER_ERRORS, format_user_error
 
     try:
         from clora3d.engine.config import load_config
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.cfg, overrides)
         result = train(cfg, ckpt=args.ckpt, resume=args.resume, run_dir=args.run_dir)
-    except Clora3dError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(format_user_error(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)

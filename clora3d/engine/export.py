@@ -46,11 +46,11 @@ def export_run(ckpt: str | Path, *, cfg: str | Path | Mapping[str, Any] | None =
     requested or the method cannot be merged, :class:`CheckpointError` when the merged model does
     not reproduce the adapted model within ``atol``.
     """
-    from clora3d.engine.infer import load_run, model_spec
+    from clora3d.engine.infer import check_device, load_run, model_spec
 
     if adapter_out is None and merged_out is None:
         raise ConfigError("export: nothing to do; give --adapter OUT and/or --merged OUT")
-    device = torch.device(device)
+    device = check_device(device)
     model, cfg_d, _, method = load_run(ckpt, cfg, device=device, need_method=True)
     if method is None:
         raise CheckpointError(f"export: {ckpt} is not a clora3d run checkpoint (no training state); "

@@ -26,13 +26,33 @@ from torch import nn
 
 from clora3d.errors import CheckpointError, ConfigError, DataError
 
-__all__ = ["Predictor", "load_run", "model_spec", "find_point_files", "normalize_unit_sphere", "resample",
+__all__ = ["Predictor", "load_run", "check_device", "model_spec", "find_point_files", "normalize_unit_sphere", "resample",
            "POINT_EXTENSIONS", "RUN_CKPT_NAMES"]
 
 POINT_EXTENSIONS = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts", ".npy", ".npz", ".txt",
                     ".csv", ".off", ".obj")
 #: run-folder checkpoint names, in order of preference
 RUN_CKPT_NAMES = ("ckpt-best.pth", "ckpt-last.pth")
+
+
+def check_device(spec: str | torch.device) -> torch.device:
+    """``torch.device(spec)`` for a device this torch can run on, else one ConfigError saying why."""
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {str(spec)[:80]!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ConfigError(f"--device {str(spec)[:80]!r}: only cpu and cuda[:N] are supported")
+    if not torch.cuda.is_available():
+        why = ("this torch is a CPU-only build" if torch.version.cuda is None
+               else "no CUDA GPU is visible (driver / CUDA_VISIBLE_DEVICES)")
+        raise ConfigError(f"--device {spec}: CUDA is not available ({why}); use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are "
+                          f"visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    return dev
 
 
 def normalize_unit_sphere(xyz: np.ndarray) -> np.ndarray:
@@ -232,6 +252,10 @@ def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None
                 f"{peft_cfg.get('NAME')}: {len(res.missing_keys)} missing keys (e.g. "
                 f"{res.missing_keys[:3]}), {len(res.unexpected_keys)} unexpected (e.g. "
                 f"{res.unexpected_keys[:3]}); pass the --cfg the run was trained with")
+        if method is not None:
+            # the method was applied to a freshly initialised model: its base hash must describe
+            # the pre-trained weights just loaded, or exported adapters refuse their own base
+            method.refresh_base_hash()
     else:
         from clora3d.models.checkpoint import load_pretrained
 
@@ -269,6 +293,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None, *,
                         device: str | torch.device = "cpu", npoints: int | None = None) -> "Predictor":
+        device = check_device(device)
         model, cfg_d, obj, _ = load_run(ckpt, cfg, device=device)
         task = str(cfg_d.get("task") or ("partseg" if cfg_d["model"].get("NAME") == "PartSegModel"
                                          else "classification"))
@@ -343,8 +368,25 @@ class Predictor:
         out["file"] = str(path)
         return out
 
-    def predict(self, paths: Iterable[str | Path], **kw: Any) -> list[dict[str, Any]]:
-        return [self.predict_file(p, **kw) for p in paths]
+    def predict(self, paths: Iterable[str | Path], *, on_error: str = "raise", **kw: Any
+                ) -> list[dict[str, Any]]:
+        """Predict every file. ``on_error="raise"`` stops at the first unreadable file;
+        ``"record"`` returns ``{"file", "error"}`` for it and goes on with the others."""
+        from clora3d.errors import format_user_error
+
+        out = []
+        for p in paths:
+            if on_error == "record":
+                try:
+                    out.append(self.predict_file(p, **kw))
+                except (DataError, ValueError, OSError, UnicodeError) as e:
+                    if isinstance(e, ConfigError):  # a wrong option, not a bad file: stop
+                        raise
+                    msg = format_user_error(e)[len("error: "):]
+                    out.append({"file": str(p), "error": msg if str(p) in msg else f"{p}: {msg}"})
+            else:
+                out.append(self.predict_file(p, **kw))
+        return out
 
 
 def _num_outputs(model: nn.Module, npoints: int, device: str | torch.device) -> int:

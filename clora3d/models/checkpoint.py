@@ -32,20 +32,13 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from clora3d.errors import CheckpointError, UnsafePickleError
+from clora3d.errors import CheckpointError, UnsafeCheckpointError, UnsafePickleError  # noqa: F401
 
 CONTAINER_KEYS = ("base_model", "model", "model_state_dict", "state_dict")
 # Canonical (fine-tune namespace) prefixes of backbone weights.
 CANONICAL_BACKBONE_PREFIXES = ("encoder.", "reduce_dim.", "pos_embed.", "blocks.", "norm.")
 PRETRAIN_ENCODER_PREFIXES = ("MAE_encoder.", "ACT_encoder.")
 HEAD_POLICIES = ("auto", True, False)
-
-
-class UnsafeCheckpointError(UnsafePickleError, CheckpointError):
-    """The checkpoint file references Python objects outside torch's weights-only allow-list.
-
-    It was NOT executed. Both an ``UnsafePickleError`` and a ``CheckpointError``.
-    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,22 +108,17 @@ def _summarise(keys: list[str], max_items: int) -> str:
 # reading and key maps
 # --------------------------------------------------------------------------------------------------
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True, map_location="cpu")`` with clear errors."""
+    """``torch.load(path, weights_only=True, map_location="cpu")`` with clear errors (see
+    :func:`clora3d.storage.safe_torch_load`; the tensor checksum is verified when present)."""
+    from clora3d.storage import safe_torch_load
+
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {p} is a directory; pass the .pth file (for a clora3d run "
+                              "folder: its ckpt-best.pth or ckpt-last.pth)")
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {p} (pass the path of a .pth file)")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"refused to load {p}: it references Python objects outside torch's weights-only allow-list, "
-            f"so loading it could execute code; nothing was executed. Only load checkpoints you trust; "
-            f"re-save it as a plain state_dict (torch.save(model.state_dict(), ...)). Detail: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    except Exception as exc:  # a corrupt or foreign file fails in arbitrary ways inside the unpickler
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"cannot read checkpoint {p}: {type(exc).__name__}: {detail} (the file is "
-                              "corrupt or not a PyTorch checkpoint)") from None
+    return safe_torch_load(p, what="checkpoint")
 
 
 def extract_state_dict(obj: Any, source: str = "<state>") -> tuple[dict[str, torch.Tensor], str]:
@@ -372,7 +360,6 @@ def save_point_mae_checkpoint(model: nn.Module, path: str | os.PathLike, *, layo
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "best_metrics": {k: float(v) for k, v in (best_metrics or {}).items()},
     }
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, p)
-    return p
+    from clora3d.storage import atomic_torch_save
+
+    return atomic_torch_save(payload, Path(path), what="model")

@@ -226,6 +226,7 @@ class PeftMethod:
         for n, p in base.items():
             p.requires_grad_(n in names)
         frozen = [(n, p) for n, p in base.items() if n not in names]
+        self._frozen_named = frozen  # the same Parameter objects: load_state_dict copies into them
         self.base_hash = hash_tensors(frozen)
         self.num_frozen_hashed = sum(p.numel() for _, p in frozen)
         for p in self.peft_params.values():
@@ -433,10 +434,18 @@ class PeftMethod:
 
     def save_adapter(self, path: str | os.PathLike) -> Path:
         """Write the adapter file (``torch.save`` of plain tensors/dicts); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"metadata": self.metadata(), "state": self.adapter_state_dict()}, path)
-        return path
+        from clora3d.storage import atomic_torch_save
+
+        return atomic_torch_save({"metadata": self.metadata(), "state": self.adapter_state_dict()},
+                                 Path(path), what="adapter")
+
+    def refresh_base_hash(self) -> str:
+        """Re-hash the frozen base parameters, after weights were loaded into the adapted model
+        (e.g. a run checkpoint loaded into a model the method was applied to); returns the hash."""
+        frozen = self._frozen_named
+        self.base_hash = hash_tensors(frozen)
+        self.num_frozen_hashed = sum(p.numel() for _, p in frozen)
+        return self.base_hash
 
     @classmethod
     def load_adapter(cls, model: nn.Module, path: str | os.PathLike) -> "PeftMethod":
@@ -472,13 +481,12 @@ def apply_peft(model: nn.Module, cfg: dict[str, Any]) -> PeftMethod:
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read an adapter file safely; returns ``(metadata, state)``."""
+    from clora3d.storage import safe_torch_load
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"adapter file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised as one clear error
-        raise CheckpointError(f"cannot read adapter file {path}: {e}") from e
+    blob = safe_torch_load(path, what="adapter file")
     if not isinstance(blob, dict) or not isinstance(blob.get("metadata"), dict) \
             or blob["metadata"].get("format") != ADAPTER_FORMAT or not isinstance(blob.get("state"), dict):
         raise CheckpointError(f"{path} is not a clora3d adapter file (expected a dict with 'metadata' of format "
