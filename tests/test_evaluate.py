@@ -216,25 +216,48 @@ def _scale_tf(pts, generator=None):
     return pts * s + t
 
 
+class _Recorder(nn.Module):
+    """Wraps a model and keeps a copy of every input it is called with."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, pts):
+        self.seen.append(pts.detach().clone())
+        return self.inner(pts)
+
+
 def test_vote_matches_independent_reimplementation():
+    # Replays the documented algorithm with a numpy FPS pool: per batch, N views, each a fresh
+    # randperm subset shared by the batch, then the transform; mean of the logits. Every view the
+    # model sees must equal the replayed one, not only the final accuracy.
     items = _cls_items(n=14, N=80)
-    model = _MeanLinear().eval()
+    model = _Recorder(_MeanLinear()).eval()
     bs, npts, pool, V = 5, 16, 40, 4
     m = evaluate_classification(model, torch.utils.data.DataLoader(items, batch_size=bs), npoints=npts,
                                 vote=V, vote_transform=_scale_tf, point_all=pool,
                                 generator=torch.Generator().manual_seed(11))
     g = torch.Generator().manual_seed(11)
     correct = 0
+    seen = iter(model.seen)
     for start in range(0, len(items), bs):
         chunk = items[start:start + bs]
+        plain = next(seen)
+        expect_plain = torch.stack([torch.from_numpy(it["points"].numpy()[_np_fps(it["points"].numpy(), npts)])
+                                    for it in chunk])
+        torch.testing.assert_close(plain, expect_plain, rtol=0, atol=0)
         pools = torch.stack([torch.from_numpy(it["points"].numpy()[_np_fps(it["points"].numpy(), pool)])
                              for it in chunk])
         acc = 0
         for _ in range(V):
             sub = torch.randperm(pool, generator=g)[:npts]
-            acc = acc + model(_scale_tf(pools[:, sub], generator=g))
+            view = _scale_tf(pools[:, sub], generator=g)
+            torch.testing.assert_close(next(seen), view, rtol=0, atol=0)
+            acc = acc + model.inner(view)
         pred = (acc / V).argmax(-1)
         correct += int((pred == torch.stack([it["label"] for it in chunk])).sum())
+    assert next(seen, None) is None  # no extra forward passes
     assert m[f"acc_vote@{V}"] == pytest.approx(100 * correct / len(items))
     assert "acc" in m and m["count"] == 14
 
@@ -264,21 +287,130 @@ def test_vote_differs_from_plain_and_is_labelled_separately():
     assert m2["acc"] == 0.0
 
 
+class _TableModel(nn.Module):
+    """Logits (0, z) with z read from a table by (view tag k, cloud id b): k is written into the x
+    coordinate by :class:`_TagViews`, b is the y coordinate of every point of cloud b. Unaugmented
+    clouds have x = -1 and get z = -1 (class 0)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, pts):
+        z = []
+        for b in range(pts.shape[0]):
+            k, cid = int(round(float(pts[b, 0, 0]))), int(round(float(pts[b, 0, 1])))
+            z.append(-1.0 if k < 0 else self.table[k][cid])
+        z = torch.tensor(z)
+        return torch.stack([torch.zeros_like(z), z], -1)
+
+
+class _TagViews:
+    """A vote transform that tags the k-th view it is asked for by writing k into x."""
+
+    def __init__(self):
+        self.k = 0
+
+    def __call__(self, pts, generator=None):
+        out = pts.clone()
+        out[..., 0] = float(self.k)
+        self.k += 1
+        return out
+
+
+def _tagged_clouds(n_clouds=4, N=8):
+    items = []
+    for b in range(n_clouds):
+        pts = torch.zeros(N, 3)
+        pts[:, 0], pts[:, 1], pts[:, 2] = -1.0, float(b), torch.arange(N) / N
+        items.append({"points": pts, "label": torch.tensor(1)})
+    return items
+
+
+# z per (view k, cloud b); 3 passes x 3 views, every cloud has label 1.
+#  pass 0 (k 0-2): clouds 0,1 see z = 20, -2, -2: mean logit 16/3 > 0 -> class 1 (right), while the
+#                  mean softmax p1 = (sigmoid(20) + 2 sigmoid(-2)) / 3 = 0.413 -> class 0 (wrong);
+#                  clouds 2,3 see -1 three times -> wrong.                      logits 50 %, softmax 0 %
+#  pass 1 (k 3-5): every cloud sees +1 -> right.                                100 %
+#  pass 2 (k 6-8): cloud 0 sees +1, the others -1.                              25 %
+_VOTE_TABLE = [[20, 20, -1, -1], [-2, -2, -1, -1], [-2, -2, -1, -1],
+               [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1],
+               [1, -1, -1, -1], [1, -1, -1, -1], [1, -1, -1, -1]]
+
+
+def test_vote_averages_logits_not_softmax():
+    loader = torch.utils.data.DataLoader(_tagged_clouds(), batch_size=4)
+    m = evaluate_classification(_TableModel(_VOTE_TABLE), loader, npoints=8, point_all=8, vote=3,
+                                vote_transform=_TagViews())
+    assert m["acc"] == 0.0
+    assert m["acc_vote@3"] == 50.0  # mean softmax would give 0 %
+
+
 def test_vote_repeats_max_is_max_of_passes():
-    items = _cls_items(n=12, N=60)
-    loader = torch.utils.data.DataLoader(items, batch_size=4)
-    m = evaluate_classification(_MeanLinear(), loader, npoints=12, vote=2, vote_transform=_scale_tf,
-                                point_all=30, vote_repeats=5, generator=torch.Generator().manual_seed(0))
-    assert m["acc_vote@2_max_of_5"] >= m["acc_vote@2"]
-    assert m["acc_vote@2_max_of_5"] >= m["acc_vote@2_mean_of_5"]
+    loader = torch.utils.data.DataLoader(_tagged_clouds(), batch_size=4)
+    m = evaluate_classification(_TableModel(_VOTE_TABLE), loader, npoints=8, point_all=8, vote=3,
+                                vote_transform=_TagViews(), vote_repeats=3)
+    # passes: 50 %, 100 %, 25 % (hand-computed above)
+    assert m["acc_vote@3"] == 50.0                          # the first pass alone
+    assert m["acc_vote@3_max_of_3"] == 100.0                # the best pass
+    assert m["acc_vote@3_mean_of_3"] == pytest.approx(175.0 / 3)
+    assert m["acc"] == 0.0
+
+
+def test_vote_draws_a_fresh_subset_per_view_shared_by_the_batch():
+    # Points are labelled by their index (x) and cloud (y); with the identity transform the model
+    # sees exactly which pool points each view holds.
+    N, npts, V, R = 20, 6, 5, 2
+    items = []
+    for c in range(6):
+        pts = torch.stack([torch.arange(N, dtype=torch.float32), torch.full((N,), float(c)),
+                           torch.zeros(N)], -1)
+        items.append({"points": pts, "label": torch.tensor(0)})
+    model = _Recorder(_MeanLinear())
+    evaluate_classification(model, torch.utils.data.DataLoader(items, batch_size=3), npoints=npts,
+                            point_all=N, vote=V, vote_transform=lambda x: x, vote_repeats=R)
+    assert len(model.seen) == 2 * (1 + V * R)  # per batch: the plain pass, then V views x R passes
+    for batch in range(2):
+        views = model.seen[batch * (1 + V * R) + 1:(batch + 1) * (1 + V * R)]
+        subsets = []
+        for view in views:
+            assert view.shape == (3, npts, 3)
+            idx = view[..., 0].long()
+            assert torch.equal(view[..., 1], torch.arange(3 * batch, 3 * batch + 3).float()[:, None].expand(3, npts))
+            assert torch.equal(idx, idx[:1].expand(3, npts))   # one subset shared by the batch
+            assert len(set(idx[0].tolist())) == npts            # drawn without replacement
+            subsets.append(tuple(sorted(idx[0].tolist())))
+        for r in range(R):                                      # a fresh subset for every view
+            assert len(set(subsets[r * V:(r + 1) * V])) == V
+        assert len(set(subsets)) == V * R
 
 
 def test_default_vote_transform_is_scale_and_translate():
-    pytest.importorskip("clora3d.data.transforms")
-    items = _cls_items(n=6, N=40)
-    m = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3),
-                                npoints=16, vote=2)
-    assert 0.0 <= m["acc_vote@2"] <= 100.0
+    # Each cloud holds 8 points at (0,0,0) and 8 at (1,1,1); a view of A=0, B=1 under
+    # p -> p * s + t is {t, s + t}: min = t, max = s + t per axis. Default: anisotropic scale
+    # s ~ U(2/3, 3/2) per axis and sample, shift t ~ U(-0.2, 0.2).
+    items = []
+    for _ in range(4):
+        pts = torch.zeros(16, 3)
+        pts[1::2] = 1.0
+        items.append({"points": pts, "label": torch.tensor(0)})
+    model = _Recorder(_MeanLinear())
+    evaluate_classification(model, torch.utils.data.DataLoader(items, batch_size=4), npoints=8,
+                            point_all=16, vote=10)
+    views = torch.stack(model.seen[1:])  # (10 views, 4 clouds, 8, 3); seen[0] is the plain pass
+    assert views.shape == (10, 4, 8, 3)
+    lo, hi = views.min(2).values, views.max(2).values
+    is_lo = torch.isclose(views, lo[:, :, None]).all(-1)
+    is_hi = torch.isclose(views, hi[:, :, None]).all(-1)
+    assert torch.all(is_lo | is_hi) and torch.all(is_lo.any(-1)) and torch.all(is_hi.any(-1))
+    s, t = hi - lo, lo
+    assert torch.all(s >= 2 / 3 - 1e-5) and torch.all(s <= 1.5 + 1e-5)
+    assert torch.all(t.abs() <= 0.2 + 1e-5)
+    # really random, per axis and per cloud (not the identity, not one isotropic factor)
+    assert s.min() < 0.8 and s.max() > 1.35 and t.min() < -0.1 and t.max() > 0.1
+    assert (s[..., 0] - s[..., 1]).abs().max() > 0.1 and (s[:, 0] - s[:, 1]).abs().max() > 0.1
+    # the plain pass is not augmented
+    assert set(model.seen[0].unique().tolist()) <= {0.0, 1.0}
 
 
 def test_classification_user_errors():
