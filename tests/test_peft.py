@@ -129,7 +129,7 @@ def test_trainable_counts_by_formula(base):
 
 def test_frozen_bn_policy(base, pts):
     model = copy.deepcopy(base)
-    method = apply_peft(model, {"NAME": "lora"})
+    method = apply_peft(model, {"NAME": "lora", "frozen_bn": "eval"})
     method.train()
     bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm1d)}
     assert all(not m.training for n, m in bns.items() if n.startswith("encoder."))
@@ -138,11 +138,13 @@ def test_frozen_bn_policy(base, pts):
     assert not any(k.startswith("encoder.") for k in saved)
     assert "cls_head_finetune.1.running_mean" in saved
 
-    model2 = copy.deepcopy(base)
-    m2 = apply_peft(model2, {"NAME": "lora", "frozen_bn": "train"})
-    m2.train()
-    assert all(m.training for m in model2.modules() if isinstance(m, nn.BatchNorm1d))
-    assert "encoder.first_conv.1.running_var" in m2.adapter_state_dict()
+    # the default is the references' behaviour: every BatchNorm in train mode, buffers saved
+    for cfg in ({"NAME": "lora", "frozen_bn": "train"}, {"NAME": "lora"}):
+        model2 = copy.deepcopy(base)
+        m2 = apply_peft(model2, cfg)
+        m2.train()
+        assert all(m.training for m in model2.modules() if isinstance(m, nn.BatchNorm1d))
+        assert "encoder.first_conv.1.running_var" in m2.adapter_state_dict()
 
 
 # -- config validation -----------------------------------------------------------------------------

@@ -40,10 +40,11 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # Exact parameter names, or module names (all parameters below ``name + "."``), that are trained in
     # addition to the method's own set. Never substring matching: an entry that names nothing is an error.
     "extra_trainable": [],
-    # Frozen BatchNorm layers (patch encoder): "eval" keeps their running statistics fixed (a frozen
-    # backbone is really frozen; use ``method.train()``), "train" reproduces the references, whose
+    # Frozen BatchNorm layers (patch encoder): "train" (default) reproduces the references, whose
     # frozen BN statistics drift to the downstream data; their buffers are then saved in the adapter.
-    "frozen_bn": "eval",
+    # "eval" (strict) keeps their running statistics fixed (a frozen backbone is really frozen; use
+    # ``method.train()``).
+    "frozen_bn": "train",
 }
 
 #: Block-relative module paths of the linear layers methods may target.
