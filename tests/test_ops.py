@@ -220,11 +220,19 @@ def test_three_nn_parity(native, name):
 
 
 def test_interpolation_weights_formula():
-    d = torch.tensor([[[1.0, 4.0, 0.0]]])
+    # d are squared distances; weights 1/(d + 1e-8) normalised. Hand values for d = 1, 4, 16:
+    # raw 1, 1/4, 1/16 (sum 21/16) -> 16/21, 4/21, 1/21. 1/sqrt(d) would give 4/7, 2/7, 1/7 and
+    # 1/d^2 256/273, 16/273, 1/273, so the tolerance below tells the three apart.
+    d = torch.tensor([[[1.0, 4.0, 16.0], [0.0, 1.0, 1.0]]], dtype=torch.float64)
     w = ops.interpolation_weights(d, eps=1e-8)
-    raw = torch.tensor([1.0, 0.25, 1e8])
-    torch.testing.assert_close(w[0, 0], raw / raw.sum())
-    torch.testing.assert_close(w.sum(-1), torch.ones(1, 1))
+    hand = torch.tensor([16 / 21, 4 / 21, 1 / 21], dtype=torch.float64)
+    torch.testing.assert_close(w[0, 0], hand, rtol=1e-7, atol=0)
+    # the eps is added to the squared distance: a point on a known point gets 1e8 / (1e8 + 2/(1+1e-8))
+    raw = 1.0 / (torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64) + 1e-8)
+    torch.testing.assert_close(w[0, 1], raw / raw.sum(), rtol=1e-12, atol=0)
+    assert abs(float(w[0, 1, 1]) - 1e-8) < 1e-12
+    # the documented default eps is 1e-8
+    torch.testing.assert_close(ops.interpolation_weights(d), w, rtol=1e-12, atol=0)
 
 
 # ----------------------------------------------------------------------------- gather / interpolate
@@ -329,10 +337,20 @@ def test_chamfer_grad_matches_reference(native):
 
 
 def test_chamfer_loss_formula(native):
-    a = torch.tensor([[[0.0, 0, 0], [2.0, 0, 0]]])
-    b = torch.tensor([[[0.0, 1, 0]]])
-    # dist_a = [1, 5] -> mean 3 ; dist_b = [1] -> mean 1
-    assert float(ops.chamfer_l2_loss(a, b)) == pytest.approx(4.0)
+    # cloud 0 by hand: a = (0,0,0), (2,0,0), (0,3,0); b = (0,1,0), (2,0,1)
+    #   dist_a: min(1, 5) = 1, min(5, 1) = 1, min(4, 14) = 4   -> sum 6, mean 2
+    #   dist_b: min(1, 5, 4) = 1, min(5, 1, 14) = 1            -> sum 2, mean 1
+    # cloud 1 = cloud 0 scaled by 2: every squared distance x 4 -> dist_a mean 8, dist_b mean 4
+    # loss = mean over all (cloud, point) of dist_a + same of dist_b = (2+8)/2 + (1+4)/2 = 7.5
+    # (sums would give 40, the mean of the concatenation 40/10 = 4, Euclidean distances differ too)
+    a0 = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [0.0, 3, 0]])
+    b0 = torch.tensor([[0.0, 1, 0], [2.0, 0, 1]])
+    a, b = torch.stack([a0, 2 * a0]), torch.stack([b0, 2 * b0])
+    da, ia, db, ib = ops.chamfer_l2(a, b)
+    assert da.tolist() == [[1.0, 1.0, 4.0], [4.0, 4.0, 16.0]] and ia.tolist() == [[0, 1, 0], [0, 1, 0]]
+    assert db.tolist() == [[1.0, 1.0], [4.0, 4.0]] and ib.tolist() == [[0, 1], [0, 1]]
+    assert float(ops.chamfer_l2_loss(a, b)) == pytest.approx(7.5, abs=1e-6)
+    assert float(ops.chamfer_l2_loss(b, a)) == pytest.approx(7.5, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- layouts and dtypes
@@ -360,11 +378,17 @@ def test_half_coordinates_computed_in_float32(native):
     assert d.dtype == torch.float32
 
 
-def test_mixed_precision_pair_promotes(native):
-    a = torch.rand(1, 10, 3)
-    b = torch.rand(1, 8, 3, dtype=torch.float64)
-    da, _, db, _ = ops.chamfer_l2(a, b)
-    assert da.dtype == torch.float64 and db.dtype == torch.float64
+def test_mixed_float32_float64_pair_raises(native):
+    a32, b64 = torch.rand(1, 10, 3), torch.rand(1, 8, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"chamfer_l2: a is torch.float32 but b is torch.float64"):
+        ops.chamfer_l2(a32, b64)
+    with pytest.raises(ValueError, match=r"knn: query is torch.float64 but ref is torch.float32"):
+        ops.knn(b64, a32, 2)
+    with pytest.raises(ValueError, match=r"three_nn: unknown is torch.float32 but known is torch.float64"):
+        ops.three_nn(a32, b64)
+    # float16/bfloat16 are computed in float32, so a half/float32 pair is one dtype
+    da, _, db, _ = ops.chamfer_l2(a32.half(), b64.float())
+    assert da.dtype == torch.float32 and db.dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------- validation
@@ -405,30 +429,35 @@ def test_bad_input_raises_value_error(call, match):
 
 @needs_native
 @pytest.mark.parametrize(
-    "call",
+    "call,match",
     [
-        lambda C: C.fps(torch.rand(2, 10, 3), 11, 0),
-        lambda C: C.fps(torch.rand(2, 10, 3), 3, -1),
-        lambda C: C.fps(torch.rand(2, 10, 2), 3, 0),
-        lambda C: C.fps(torch.rand(2, 0, 3), 1, 0),
-        lambda C: C.fps(torch.rand(2, 10, 3).long(), 3, 0),
-        lambda C: C.knn(torch.rand(2, 4, 3), torch.rand(2, 5, 3), 0),
-        lambda C: C.knn(torch.rand(2, 4, 3), torch.rand(2, 5, 3, dtype=torch.float64), 1),
-        lambda C: C.knn(torch.rand(2, 4, 3), torch.rand(1, 5, 3), 1),
-        lambda C: C.gather_forward(torch.rand(1, 5, 2), torch.tensor([[7]])),
-        lambda C: C.gather_forward(torch.rand(1, 5, 2), torch.tensor([[1]], dtype=torch.int32)),
-        lambda C: C.gather_backward(torch.rand(1, 2, 2), torch.tensor([[0, 9]]), 5),
-        lambda C: C.three_nn(torch.rand(1, 5, 3), torch.rand(1, 2, 3)),
-        lambda C: C.three_interpolate_forward(torch.rand(1, 4, 2), torch.full((1, 3, 3), 4), torch.rand(1, 3, 3)),
-        lambda C: C.three_interpolate_backward(torch.rand(1, 3, 2), torch.zeros(1, 3, 3, dtype=torch.long),
-                                               torch.rand(1, 3, 3), -1),
-        lambda C: C.chamfer_forward(torch.rand(1, 4, 3), torch.rand(1, 0, 3)),
-        lambda C: C.chamfer_backward(torch.rand(1, 4, 3), torch.rand(1, 2, 3), torch.full((1, 4), 2),
-                                     torch.zeros(1, 2, dtype=torch.long), torch.rand(1, 4), torch.rand(1, 2)),
+        (lambda C: C.fps(torch.rand(2, 10, 3), 11, 0), r"S must be in \[1, N=10\], got 11"),
+        (lambda C: C.fps(torch.rand(2, 10, 3), 3, -1), r"start must be in \[0, N=10\), got -1"),
+        (lambda C: C.fps(torch.rand(2, 10, 2), 3, 0), r"xyz must have shape \(B, N, 3\)"),
+        (lambda C: C.fps(torch.rand(2, 0, 3), 1, 0), r"xyz must hold at least one point"),
+        (lambda C: C.fps(torch.rand(2, 10, 3).long(), 3, 0), r"xyz must be float32 or float64"),
+        (lambda C: C.knn(torch.rand(2, 4, 3), torch.rand(2, 5, 3), 0), r"k must be in \[1, N=5\], got 0"),
+        (lambda C: C.knn(torch.rand(2, 4, 3), torch.rand(2, 5, 3, dtype=torch.float64), 1),
+         r"query and ref must have the same dtype"),
+        (lambda C: C.knn(torch.rand(2, 4, 3), torch.rand(1, 5, 3), 1), r"query and ref must have the same batch size"),
+        (lambda C: C.gather_forward(torch.rand(1, 5, 2), torch.tensor([[7]])), r"idx must hold indices in \[0, 5\)"),
+        (lambda C: C.gather_forward(torch.rand(1, 5, 2), torch.tensor([[1]], dtype=torch.int32)), r"idx must be int64"),
+        (lambda C: C.gather_backward(torch.rand(1, 2, 2), torch.tensor([[0, 9]]), 5), r"idx must hold indices in \[0, 5\)"),
+        (lambda C: C.three_nn(torch.rand(1, 5, 3), torch.rand(1, 2, 3)), r"known must hold at least 3 points"),
+        (lambda C: C.three_interpolate_forward(torch.rand(1, 4, 2), torch.full((1, 3, 3), 4), torch.rand(1, 3, 3)),
+         r"idx must hold indices in \[0, 4\)"),
+        (lambda C: C.three_interpolate_backward(torch.rand(1, 3, 2), torch.zeros(1, 3, 3, dtype=torch.long),
+                                                torch.rand(1, 3, 3), -1), r"m must be >= 0, got -1"),
+        (lambda C: C.chamfer_forward(torch.rand(1, 4, 3), torch.rand(1, 0, 3)), r"a and b must hold at least one point"),
+        (lambda C: C.chamfer_backward(torch.rand(1, 4, 3), torch.rand(1, 2, 3), torch.full((1, 4), 2),
+                                      torch.zeros(1, 2, dtype=torch.long), torch.rand(1, 4), torch.rand(1, 2)),
+         r"idx_a must hold indices in \[0, 2\)"),
     ],
 )
-def test_direct_extension_calls_raise_runtime_error(call):
-    with pytest.raises(RuntimeError):
+def test_direct_extension_calls_raise_runtime_error(call, match):
+    # each bad call is refused by its own TORCH_CHECK (the message names the argument), not by
+    # some unrelated RuntimeError; NaN inputs: tests/test_ops_direct_nan.py
+    with pytest.raises(RuntimeError, match=match):
         call(_C)
 
 

@@ -43,6 +43,11 @@ def _valid_coords(x: torch.Tensor, min_points: int = 1) -> bool:
     )
 
 
+def _same_compute_dtype(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """float16 is computed in float32; a float32/float64 mix is a user error (ValueError)."""
+    return (x.dtype == torch.float64) == (y.dtype == torch.float64)
+
+
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.float().numpy() if x.dtype == torch.float16 else x.numpy()
 
@@ -73,6 +78,7 @@ def test_fuzz_knn(q, r, k):
     except ValueError:
         assert not (
             _valid_coords(q, 0) and _valid_coords(r) and q.shape[0] == r.shape[0] and 1 <= k <= r.shape[1]
+            and _same_compute_dtype(q, r)
         )
         return
     dt = np.float64 if torch.float64 in (q.dtype, r.dtype) else np.float32
@@ -90,7 +96,8 @@ def test_fuzz_chamfer(a, b):
     try:
         da, ia, db, ib = ops.chamfer_l2(a, b)
     except ValueError:
-        assert not (_valid_coords(a) and _valid_coords(b) and a.shape[0] == b.shape[0])
+        assert not (_valid_coords(a) and _valid_coords(b) and a.shape[0] == b.shape[0]
+                    and _same_compute_dtype(a, b))
         return
     dt = np.float64 if torch.float64 in (a.dtype, b.dtype) else np.float32
     an, bn = _np(a).astype(dt), _np(b).astype(dt)

@@ -84,10 +84,16 @@ def same_batch_device(op: str, *named: tuple[str, torch.Tensor]) -> None:
             )
 
 
-def promote(op: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cast two float tensors to their common dtype."""
-    dt = torch.promote_types(a.dtype, b.dtype)
-    return a.to(dt), b.to(dt)
+def same_dtype(op: str, *named: tuple[str, torch.Tensor]) -> None:
+    """Coordinate tensors share one dtype (after float16/bfloat16 -> float32): a float32/float64
+    mix is an error, not a silent promotion (it would double the memory of the float32 side)."""
+    (n0, t0), rest = named[0], named[1:]
+    for n, t in rest:
+        if t.dtype != t0.dtype:
+            raise ValueError(
+                f"{op}: {n0} is {t0.dtype} but {n} is {t.dtype}; expected the same dtype "
+                f"(cast one of them, e.g. {n}.to({n0}.dtype))"
+            )
 
 
 def count(v: object, op: str, name: str, lo: int, hi: int, hi_desc: str) -> int:

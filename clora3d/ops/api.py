@@ -110,7 +110,7 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     query = _ck.coords(query, op, "query", min_points=0)
     ref = _ck.coords(ref, op, "ref")
     _ck.same_batch_device(op, ("query", query), ("ref", ref))
-    query, ref = _ck.promote(op, query, ref)
+    _ck.same_dtype(op, ("query", query), ("ref", ref))
     k = _ck.count(k, op, "k", 1, ref.shape[1], "N (points in ref)")
     if _be.use_native(query.device):
         return tuple(_be.C().knn(query.detach(), ref.detach(), k))
@@ -145,7 +145,7 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
     unknown = _ck.coords(unknown, op, "unknown", min_points=0)
     known = _ck.coords(known, op, "known", min_points=3)
     _ck.same_batch_device(op, ("unknown", unknown), ("known", known))
-    unknown, known = _ck.promote(op, unknown, known)
+    _ck.same_dtype(op, ("unknown", unknown), ("known", known))
     if _be.use_native(unknown.device):
         return tuple(_be.C().three_nn(unknown.detach(), known.detach()))
     return _ref.three_nn(unknown.detach(), known.detach())
@@ -190,7 +190,7 @@ def chamfer_l2(
     a = _ck.coords(a, op, "a")
     b = _ck.coords(b, op, "b")
     _ck.same_batch_device(op, ("a", a), ("b", b))
-    a, b = _ck.promote(op, a, b)
+    _ck.same_dtype(op, ("a", a), ("b", b))
     if _be.use_native(a.device):
         return tuple(_ChamferFn.apply(a, b))
     return _ref.chamfer_l2(a, b)

@@ -100,7 +100,8 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def interpolation_weights(sqdist: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Inverse squared-distance weights ``1 / (d^2 + eps)``, normalised to sum 1 over the last dim."""
+    """Inverse squared-distance weights ``1 / (d + eps)`` where ``d = sqdist`` is already the squared
+    distance (as three_nn returns it), normalised to sum 1 over the last dim."""
     w = 1.0 / (sqdist + eps)
     return w / w.sum(dim=-1, keepdim=True)
 
