@@ -208,13 +208,23 @@ def test_adapter_roundtrip_identical_logits(base, pts, key, tmp_path):
     assert torch.equal(fresh(pts), ref)
 
 
-def test_adapter_on_different_base_raises(base, tmp_path):
+@pytest.mark.parametrize("where", ["fc2_last", "qkv_middle", "norm_bias_last", "fc2_first"])
+def test_adapter_on_different_base_raises(base, tmp_path, where):
+    # the base hash covers every element of every frozen tensor, not only the first one
     model = copy.deepcopy(base)
     method = apply_peft(model, {"NAME": "clora"})
     path = method.save_adapter(tmp_path / "clora.pt")
     other = fresh_base_like(base)
     with torch.no_grad():
-        other.blocks.blocks[2].mlp.fc2.weight[0, 0] += 1e-3
+        if where == "fc2_last":
+            other.blocks.blocks[2].mlp.fc2.weight[-1, -1] += 1e-3
+        elif where == "qkv_middle":
+            w = other.blocks.blocks[1].attn.qkv.weight
+            w[w.shape[0] // 2, w.shape[1] // 2] += 1e-3
+        elif where == "norm_bias_last":
+            other.norm.bias[-1] += 1e-3
+        else:
+            other.blocks.blocks[2].mlp.fc2.weight[0, 0] += 1e-3
     plain_keys = set(other.state_dict())
     with pytest.raises(CheckpointError, match="different base weights"):
         load_adapter(other, path)
