@@ -58,6 +58,7 @@ def _fewshot_data(root: Path, seed: int = 0) -> dict:
 
 
 def _tiny_cfg(d: Path, ds: dict, epochs: int = 1, peft: str = "clora") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
     cfg_file = d / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump({
         "task": "classification",
@@ -156,3 +157,79 @@ def test_exported_adapter_loads_on_its_base_in_a_fresh_process_and_merged_infers
         assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
         for ta, tb in zip(a["top"], b["top"]):
             assert ta["prob"] == pytest.approx(tb["prob"], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# run-directory lock: two concurrent trainings, a killed holder
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # two real trainings (about a minute); the fast test below covers the lock itself
+def test_second_run_on_a_locked_run_dir_fails_at_once_and_a_dead_holder_is_taken_over(tmp_path):
+    from clora3d.engine.runlock import LOCK_NAME, RunDirLock
+
+    cfg_file = _tiny_cfg(tmp_path, _fewshot_data(tmp_path / "folds"), epochs=10000)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    a = subprocess.Popen([PY, "tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run)],
+                         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "ckpt-last.pth").is_file():  # A holds the lock and has written a checkpoint
+            assert a.poll() is None, a.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "first run did not start"
+            time.sleep(0.2)
+        holder = json.loads((run / LOCK_NAME).read_text())
+        assert holder["pid"] == a.pid
+        # the second run (new or --resume) fails at once, naming the holder and what to do
+        for extra in ([], ["--resume"]):
+            b = _run(["tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run), *extra], timeout=120)
+            err = _one_error_line(b)
+            assert f"pid {a.pid}" in err and holder["host"] in err and holder["started"] in err, err
+            assert "--run-dir" in err and "wait" in err, err
+        log_before = (run / "log.txt").read_text()
+        assert "is in use" not in log_before  # the refused run wrote nothing into A's log
+    finally:
+        a.kill()
+        a.wait()
+    # the holder died by SIGKILL: its lock file still names it, the kernel released the flock
+    assert json.loads((run / LOCK_NAME).read_text())["pid"] == a.pid
+    stale_new = run / f".ckpt-last.pth.{a.pid}-0badc0de.tmp"  # a killed write (pid-tagged name)
+    stale_old = run / ".ckpt-last.pth.k3x9q2_z.tmp"             # a killed write (older naming)
+    stale_new.write_bytes(b"half a checkpoint")
+    stale_old.write_bytes(b"half a checkpoint")
+    with RunDirLock(run) as lock:
+        assert lock.took_over is not None and lock.took_over["pid"] == a.pid
+        assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
+    # a resumed run removes the temporary files of the killed write, then trains on
+    c = _run(["tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run), "--resume",
+              "--set", "train.epochs=1"], timeout=300)
+    assert not stale_new.exists() and not stale_old.exists()
+    assert "removed 2 temporary file(s)" in (run / "log.txt").read_text()
+    assert c.returncode == 0 and "in use" not in c.stderr, c.stderr[-2000:]
+    assert (run / LOCK_NAME).read_text() == ""  # released
+
+
+def test_lock_held_by_another_process_names_it(tmp_path):
+    from clora3d.engine.runlock import RunDirLock, RunDirLockedError
+
+    holder = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import sys, time
+        from clora3d.engine.runlock import RunDirLock
+        RunDirLock({str(tmp_path)!r}).acquire()
+        print("held", flush=True)
+        time.sleep(120)
+    """)], env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirLockedError, match=rf"pid {holder.pid} on host .* started .*another --run-dir"):
+            RunDirLock(tmp_path).acquire()
+        # tools/train.py on that run dir: one line naming the holder, exit 2, nothing written
+        cfg_file = _tiny_cfg(tmp_path / "c", {"NAME": "ModelNetFewShot", "root": str(tmp_path / "no"),
+                                              "way": 5, "shot": 4, "fold": 0})
+        p = _run(["tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(tmp_path)], timeout=120)
+        err = _one_error_line(p)
+        assert f"pid {holder.pid}" in err and "in use" in err, err
+        assert not (tmp_path / "log.txt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDirLock(tmp_path).acquire().release()  # free again once the holder is gone

@@ -28,6 +28,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+from clora3d.storage import atomic_write_bytes
+
 __all__ = ["RunLogger", "environment_info", "git_info"]
 
 _PACKAGES = ("torch", "numpy", "yaml", "h5py", "tqdm", "scipy", "sklearn", "open3d", "tensorboard")
@@ -133,12 +135,13 @@ class RunLogger:
 
     def write_text(self, name: str, text: str) -> None:
         if self.enabled:
-            (self.run_dir / name).write_text(text, encoding="utf-8")
+            atomic_write_bytes(self.run_dir / name, text.encode("utf-8"), what="run file")
 
     def write_json(self, name: str, obj: Any) -> None:
         if self.enabled:
-            (self.run_dir / name).write_text(json.dumps(_jsonable(obj), indent=2) + "\n",
-                                             encoding="utf-8")
+            atomic_write_bytes(self.run_dir / name,
+                               (json.dumps(_jsonable(obj), indent=2) + "\n").encode("utf-8"),
+                               what="run file")
 
     # -- metrics -------------------------------------------------------------------------------
     def write_history(self, history: list[Mapping[str, Any]]) -> None:
@@ -157,10 +160,12 @@ class RunLogger:
             w.writeheader()
             for row in flat:
                 w.writerow({k: _fmt(v) for k, v in row.items()})
-            (self.run_dir / "metrics.csv").write_text(buf.getvalue(), encoding="utf-8")
+            atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode("utf-8"),
+                               what="metrics file")
         if self._json:
             text = "".join(json.dumps(_jsonable(h)) + "\n" for h in history)
-            (self.run_dir / "metrics.jsonl").write_text(text, encoding="utf-8")
+            atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode("utf-8"),
+                               what="metrics file")
 
     def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
         """TensorBoard scalars ``prefix/key`` for the numeric entries of ``values``."""

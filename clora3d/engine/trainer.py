@@ -239,8 +239,22 @@ class _Trainer:
             raise ConfigError(f"train.batch_size={tcfg['batch_size']} is the global batch and must "
                               f"be divisible by the number of processes ({info.world_size})")
         self.amp = tcfg["amp"] if self.device.type == "cuda" else False
-        self.log = RunLogger(self.run_dir, enabled=info.is_main, tensorboard=cfg["log"]["tensorboard"],
-                             csv_file=cfg["log"]["csv"], json_file=cfg["log"]["json"])
+        # one run per run dir: the lock is held (main process) until run() ends
+        from clora3d.engine.runlock import RunDirLock
+        from clora3d.storage import clean_stale_tmp
+
+        self.lock = RunDirLock(self.run_dir)
+        if info.is_main:
+            self.lock.acquire()
+            # temporary files of a checkpoint write that was killed: nobody else writes here now
+            self._stale_removed = clean_stale_tmp(self.run_dir, max_age_s=0)
+        try:
+            self.log = RunLogger(self.run_dir, enabled=info.is_main,
+                                 tensorboard=cfg["log"]["tensorboard"],
+                                 csv_file=cfg["log"]["csv"], json_file=cfg["log"]["json"])
+        except BaseException:
+            self.lock.release()
+            raise
         if tcfg["amp"] and self.device.type != "cuda":
             self.log.info(f"train.amp={tcfg['amp']} ignored: mixed precision runs on CUDA only "
                           f"(device is {self.device})")
@@ -545,6 +559,14 @@ class _Trainer:
         cfg, info = self.cfg, self.info
         try:
             self._setup()
+            removed = getattr(self, "_stale_removed", [])
+            if removed:
+                self.log.info(f"removed {len(removed)} temporary file(s) of an interrupted write: "
+                              f"{', '.join(p.name for p in removed[:5])}")
+            if self.lock.took_over:
+                h = self.lock.took_over
+                self.log.info(f"took over the lock of an earlier run that ended without releasing it "
+                              f"(pid {h.get('pid')} on {h.get('host')}, started {h.get('started')})")
             self.history: list[dict[str, Any]] = []
             self.best: dict[str, Any] | None = None
             start = self._try_resume()
@@ -590,6 +612,7 @@ class _Trainer:
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
         if not self.history:
+            self.lock.release()
             raise ConfigError(f"nothing to do: the run in {self.run_dir} already finished "
                               f"train.epochs={cfg['train']['epochs']}")
         last_rec = self.history[-1]
