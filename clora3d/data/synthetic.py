@@ -493,6 +493,65 @@ def make_part_shape(category: Union[int, str], n_points: int, rng: np.random.Gen
     return _sample_parts(PART_BUILDERS[name](_uniform(rng)), int(n_points), rng)
 
 
+def make_scan_shape(label: int, n_points: int, rng: np.random.Generator, *,
+                    background: tuple[float, float] = (0.3, 0.5), cut: tuple[float, float] = (0.0, 0.35),
+                    noise: tuple[float, float] = (0.01, 0.025)) -> tuple[np.ndarray, np.ndarray]:
+    """A ScanObjectNN-like partial scan of class ``SYNTHETIC_CLASSES[label]``, a shifted distribution
+    next to the clean shapes of :func:`make_shape`.
+
+    1. the object surface, posed as in :func:`make_shape`;
+    2. self-occlusion: a viewpoint (random azimuth, elevation 10-45 degrees); only points whose
+       normal faces it are seen;
+    3. an occluder: the points beyond a random vertical plane are dropped (a fraction in ``cut``
+       of the visible object);
+    4. clutter: a floor under the object and a wall behind it (seen from the viewpoint) make up a
+       fraction in ``background`` of the points;
+    5. sensor noise: Gaussian jitter (std in ``noise``) plus twice as much along the viewing ray;
+    6. centred and scaled to the unit sphere together with the clutter (so the object shrinks).
+
+    Returns ``xyz`` float32 (n_points, 3) and ``mask`` int32 (n_points,): 1 object, -1 background
+    (the ScanObjectNN convention).
+    """
+    if not 0 <= int(label) < len(SYNTHETIC_CLASSES):
+        raise ValueError(f"label must be in 0..{len(SYNTHETIC_CLASSES) - 1}, got {label}")
+    n_points = int(n_points)
+    n_bg = int(round(n_points * rng.uniform(*background)))
+    n_obj = n_points - n_bg
+    parts = _CLASS_BUILDERS[SYNTHETIC_CLASSES[int(label)]](_uniform(rng))
+    xyz, nrm, _ = _sample_parts(parts, 4 * n_obj, rng, noise=False)
+    az, el = rng.uniform(0, 2 * np.pi), np.deg2rad(rng.uniform(10, 45))
+    view = np.array([np.cos(el) * np.cos(az), np.sin(el), np.cos(el) * np.sin(az)])  # object -> camera
+    seen = (nrm @ view) > 0.0
+    if seen.sum() < n_obj:  # degenerate normals (never for the built-in classes): keep the front half
+        seen = (xyz @ view) >= np.median(xyz @ view)
+    xyz = xyz[seen]
+    side = _unit(np.array([-view[2], 0.0, view[0]]) + rng.normal(0, 0.3, 3) * np.array([1, 0, 1]))
+    proj = xyz @ side
+    keep = proj <= np.quantile(proj, 1.0 - rng.uniform(*cut))
+    if keep.sum() >= n_obj:
+        xyz = xyz[keep]
+    obj = xyz[rng.choice(len(xyz), n_obj, replace=False)]
+    # clutter: floor patch at the object's foot, wall behind it (away from the camera)
+    horiz = _unit(np.array([view[0], 0.0, view[2]]))
+    perp = np.array([-horiz[2], 0.0, horiz[0]])
+    n_floor = int(rng.integers(n_bg // 3, 2 * n_bg // 3 + 1)) if n_bg else 0
+    a = rng.uniform(-1.3, 1.3, (n_floor, 2))
+    floor = a[:, :1] * horiz + a[:, 1:] * perp + np.array([0.0, obj[:, 1].min() - 0.02, 0.0])
+    n_wall = n_bg - n_floor
+    dist = rng.uniform(0.9, 1.3)
+    b = np.stack([rng.uniform(-1.3, 1.3, n_wall), rng.uniform(obj[:, 1].min(), 1.2, n_wall)], 1)
+    wall = -dist * horiz + b[:, :1] * perp + b[:, 1:] * np.array([0.0, 1.0, 0.0])
+    pts = np.concatenate([obj, floor, wall])
+    mask = np.concatenate([np.ones(n_obj), -np.ones(n_bg)]).astype(np.int32)
+    sigma = rng.uniform(*noise)
+    pts = pts + rng.normal(0, sigma, pts.shape) + rng.normal(0, 2 * sigma, (len(pts), 1)) * view
+    perm = rng.permutation(n_points)
+    pts, mask = pts[perm], mask[perm]
+    pts = pts - pts.mean(0)
+    pts = pts / np.linalg.norm(pts, axis=1).max()
+    return pts.astype(np.float32), mask
+
+
 # ------------------------------------------------------------------------------------- writers
 
 

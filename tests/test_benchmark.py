@@ -1,0 +1,139 @@
+"""The PEFT benchmark's pieces against independent references: the scan generator's geometry, the
+few-shot episodes, statistics, CLoRA component similarity by brute force, the real-data check's
+selection of shapes (from the data's own manifest)."""
+from __future__ import annotations
+
+import copy
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from clora3d import benchmark as B
+from clora3d.data.synthetic import SYNTHETIC_CLASSES, make_scan_shape, make_shape
+from clora3d.models import PointTransformer
+from clora3d.peft import apply_peft
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_scan_shape_layout_and_determinism():
+    for c in range(len(SYNTHETIC_CLASSES)):
+        x, m = make_scan_shape(c, 300, np.random.default_rng([7, c]))
+        assert x.shape == (300, 3) and x.dtype == np.float32 and m.shape == (300,)
+        assert set(np.unique(m)) <= {-1, 1}
+        # background share within the requested range (rounding: one point)
+        bg = (m == -1).sum()
+        assert 0.3 * 300 - 1 <= bg <= 0.5 * 300 + 1
+        # unit sphere, centred
+        r = np.linalg.norm(x, axis=1)
+        assert r.max() == pytest.approx(1.0, abs=1e-5)
+        assert np.abs(x.mean(0)).max() < 1e-5
+    x2, m2 = make_scan_shape(len(SYNTHETIC_CLASSES) - 1, 300, np.random.default_rng([7, len(SYNTHETIC_CLASSES) - 1]))
+    assert np.array_equal(x, x2) and np.array_equal(m, m2)
+    with pytest.raises(ValueError, match="label"):
+        make_scan_shape(len(SYNTHETIC_CLASSES), 10, np.random.default_rng(0))
+
+
+def test_scan_is_partial_view_of_the_object():
+    """A sphere seen from one side: only the hemisphere facing the camera is sampled, so the object
+    points' centroid sits off the sphere's centre (a full sphere would have it at the centre)."""
+    rng = np.random.default_rng(3)
+    x, m = make_scan_shape(SYNTHETIC_CLASSES.index("sphere"), 2000, rng, background=(0.0, 0.0),
+                           cut=(0.0, 0.0), noise=(0.0, 0.0))
+    assert (m == 1).all()
+
+    def fit(pts):  # least-squares sphere |x|^2 = 2 c.x + k -> centre c, radius R
+        A = np.concatenate([2 * pts, np.ones((len(pts), 1))], 1).astype(np.float64)
+        sol, *_ = np.linalg.lstsq(A, (pts.astype(np.float64) ** 2).sum(1), rcond=None)
+        c = sol[:3]
+        return c, np.sqrt(sol[3] + c @ c)
+
+    c, R = fit(x)
+    # the pose scales axes anisotropically (0.8-1.25), so a loose tolerance on the radius
+    assert np.abs(np.linalg.norm(x - c, axis=1) - R).max() < 0.35 * R
+    assert np.linalg.norm(c) > 0.3 * R  # centroid far from the surface's centre: one side only
+    full = make_shape(SYNTHETIC_CLASSES.index("sphere"), 2000, np.random.default_rng(3))
+    c_full, R_full = fit(full)
+    assert np.linalg.norm(c_full) < 0.05 * R_full  # the whole sphere: centroid at the centre
+
+
+def test_fewshot_episode_is_disjoint_and_balanced():
+    size = B.BenchSize(num_classes=6, fewshot_pool=5, way=3, shot=2, fewshot_test=3, point_all=40)
+    x = np.arange(6 * 5, dtype=np.float32)[:, None, None] * np.ones((1, 40, 3), np.float32)
+    y = np.repeat(np.arange(6), 5)
+    ep = B.fewshot_episode((x, y), size, seed=4)
+    tr_ids = set(ep["train_x"][:, 0, 0].long().tolist())
+    te_ids = set(ep["test_x"][:, 0, 0].long().tolist())
+    assert not tr_ids & te_ids
+    assert len(tr_ids) == 3 * 2 and len(te_ids) == 3 * 3
+    assert sorted(torch.bincount(ep["train_y"]).tolist()) == [2, 2, 2]
+    for sid, lab in zip(ep["train_x"][:, 0, 0].long().tolist(), ep["train_y"].tolist()):
+        assert y[sid] == ep["classes"][lab]
+    again = B.fewshot_episode((x, y), size, seed=4)
+    assert torch.equal(ep["train_x"], again["train_x"]) and torch.equal(ep["test_y"], again["test_y"])
+    with pytest.raises(ValueError, match="fewshot_pool"):
+        B.fewshot_episode((x, y), B.BenchSize(num_classes=6, way=3, shot=4, fewshot_test=3), seed=0)
+
+
+def test_mean_std_is_sample_std():
+    m, s = B.mean_std([1.0, 2.0, 6.0])
+    assert m == pytest.approx(3.0)
+    assert s == pytest.approx(np.sqrt(((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2) / 2))
+    assert B.mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_component_similarity_brute_force():
+    torch.manual_seed(0)
+    model = PointTransformer.from_preset("tiny", cls_dim=4)
+    method = apply_peft(model, {"NAME": "clora", "init": "xavier", "num_spaces": 3, "rank": 4})
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in method.peft_params.values():
+            p.copy_(torch.randn(p.shape, generator=g))
+    vals = []
+    for _, _, key, j in method.lrms:
+        sp = method.spaces[key]
+        M = [sp.D[h].double() @ sp.Q[j, h].double() @ sp.U[h].double() for h in range(3)]
+        for a in range(3):
+            for b in range(a + 1, 3):
+                vals.append(float(torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
+                                  / (torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2)))
+    assert B.component_similarity(method) == pytest.approx(np.mean(vals), rel=1e-4)
+    assert 0.0 < B.component_similarity(method) < 1.0
+
+
+def test_benchmark_tables_from_runs():
+    runs = [{"method": m, "task": "scan", "seed": s, "acc": a, "wall_s": 1.0, "trainable": 1000,
+             "trainable_no_head": 10}
+            for m, accs in (("full", [80.0, 82.0]), ("linear", [40.0, 44.0])) for s, a in enumerate(accs)]
+    rows = B.summarise(runs, ["full", "linear"], ["scan"])
+    assert rows[0]["scan_mean"] == 81.0 and rows[1]["scan_mean"] == 42.0
+    sep = B.separation(rows, "scan")
+    assert sep["gap"] == pytest.approx(39.0)
+    assert sep["ratio"] == pytest.approx(39.0 / np.std([40.0, 44.0], ddof=1))
+    table = B.format_table(rows, ["scan"])
+    assert "| full | 81.0 ± 1.4 |" in table and "| linear | 42.0 ± 2.8 |" in table
+
+
+def test_real_modelnet_check_selects_shared_classes(shared_data):
+    root = shared_data / "modelnet40_normal_resampled"
+    with (shared_data / "modelnet40_manifest.tsv").open() as f:
+        manifest = list(csv.DictReader(f, delimiter="\t"))
+    shared = [c for c in SYNTHETIC_CLASSES if c in {r["class"] for r in manifest}]
+    expected = sorted(r["shape_id"] for r in manifest if r["class"] in shared)
+    torch.manual_seed(0)
+    model = PointTransformer.from_preset("tiny", cls_dim=len(SYNTHETIC_CLASSES)).eval()
+    res = B.real_modelnet_check(model, SYNTHETIC_CLASSES, npoints=128, root=root)
+    assert res["classes"] == shared and res["n"] == len(expected)
+    assert sorted(s for s, _ in res["per_shape"]) == expected
+    assert all(p in shared for _, p in res["per_shape"])
+    assert res["acc"] == pytest.approx(100.0 * res["correct"] / res["n"])
+    assert res["chance"] == pytest.approx(100.0 / len(shared))
+
+
+def test_real_modelnet_check_skips_without_data(tmp_path):
+    model = PointTransformer.from_preset("tiny", cls_dim=3).eval()
+    res = B.real_modelnet_check(model, ["a", "b", "c"], npoints=64, root=tmp_path / "absent")
+    assert "not present" in res["skipped"]
