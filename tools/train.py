@@ -4,6 +4,8 @@
     python tools/train.py --cfg cfgs/cpu/modelnet_clora.yaml
     python tools/train.py --cfg cfgs/modelnet40/clora.yaml --ckpt pretrain.pth --set train.epochs=10
     python tools/train.py --cfg cfgs/modelnet40/clora.yaml --run-dir experiments/x --resume
+    python tools/train.py --cfg cfgs/modelnet40/clora.yaml --ckpt pretrain.pth --vote-passes 299
+                          (reference voting protocol: best of 299 vote@10 passes, labelled as such)
     torchrun --nproc_per_node=2 tools/train.py --cfg ...        (DDP; gloo on CPU, nccl on GPU)
 
 User errors (bad config, missing data, bad checkpoint) print one line ``error: ...`` and exit 2.
@@ -26,8 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt", default=None, help="pre-trained checkpoint (Point-MAE / Point-BERT / clora3d)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/ckpt-last.pth")
     p.add_argument("--run-dir", default=None, help="run directory (default: <log.root>/<name>)")
+    p.add_argument("--vote-passes", type=int, default=None, metavar="N",
+                   help="after training, evaluate the last and best weights with N passes of "
+                        "10-view voting (sets eval.vote=10 eval.vote_passes=N). Reported: "
+                        "acc_vote@10 (first pass), acc_vote@10_max_of_N (best pass: the reference "
+                        "protocol with N=299, optimistic) and acc_vote@10_mean_of_N")
     args = p.parse_args(argv)
     overrides = [o for group in args.overrides for o in group]
+    if args.vote_passes is not None:
+        if args.vote_passes < 1:
+            p.error(f"--vote-passes must be >= 1, got {args.vote_passes}")
+        overrides += ["eval.vote=10", f"eval.vote_passes={args.vote_passes}"]
 
     from clora3d.errors import USER_ERRORS, format_user_error
 
@@ -46,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     if os.environ.get("RANK", "0") == "0":
-        summary = {k: result[k] for k in ("run_dir", "selected_on", "last", "best")}
+        summary = {k: result[k] for k in ("run_dir", "selected_on", "protocol", "last", "best")
+                   if k in result}
         print(json.dumps(summary, indent=2, default=str))
     return 0
 

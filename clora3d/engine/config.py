@@ -169,7 +169,8 @@ SCHEMA: dict[str, dict[str, Key] | Key] = {
         "batch_size": Key(32, _pos_int, "a positive integer",
                           "GLOBAL batch; each of W ranks gets batch_size / W"),
         "grad_clip": Key(10.0, _opt(lambda v: _is_num(v) and v > 0), "a positive number or null",
-                         "clip_grad_norm_ max norm over the trainable params; null = off"),
+                         "clip_grad_norm_ max norm over the trainable params; null = off "
+                         "(default 10 for fine-tuning, null for pre-training: the references)"),
         "amp": Key(False, _choice(False, "fp16", "bf16"), "false | fp16 | bf16",
                    "mixed precision, CUDA only (ignored with a warning on CPU)"),
         "num_workers": Key(4, _nonneg_int, "an integer >= 0", "DataLoader workers"),
@@ -187,15 +188,27 @@ SCHEMA: dict[str, dict[str, Key] | Key] = {
         "sync_bn": Key(False, _is_bool, "true or false", "SyncBatchNorm under DDP (CUDA only)"),
         "label_smoothing": Key(0.0, lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)",
                                "cross-entropy label smoothing (classification)"),
-        "partseg_double_step": Key(False, _is_bool, "true or false",
-                                   "REFERENCE QUIRK of Point-MAE part seg: two optimizer steps per "
-                                   "batch (before and after clipping)"),
+        "partseg_double_step": Key(True, _is_bool, "true or false",
+                                   "REFERENCE QUIRK of Point-MAE part seg (default): two optimizer "
+                                   "steps per batch (before and after clipping); false = one step"),
+        "pretrain_select": Key("last", _choice("last", "test_loss"), "last | test_loss",
+                               "pre-training: last = keep the last epoch, no model selection "
+                               "(reference); test_loss = also write ckpt-best.pth at the lowest "
+                               "Chamfer loss on dataset.test"),
+        "snapshot_every": Key(None, _opt(_pos_int), "a positive integer or null",
+                              "also keep ckpt-epoch-XXX.pth every N epochs from snapshot_from "
+                              "(pre-training default 25, as the reference)"),
+        "snapshot_from": Key(0, _nonneg_int, "an integer >= 0",
+                             "first epoch eligible for snapshots (pre-training default 250)"),
         "save_best": Key(True, _is_bool, "true or false", "write ckpt-best.pth"),
     },
     "eval": {
         "vote": Key(0, _choice(0, 10), "0 or 10",
                     "after training, also evaluate the best and last weights with 10-view "
                     "scale&translate voting, reported separately as vote@10"),
+        "vote_passes": Key(1, _pos_int, "a positive integer",
+                           "voting passes; > 1 also reports the best and the mean of the passes "
+                           "(reference protocol: best of 299 passes, acc_vote@10_max_of_299)"),
         "batch_size": Key(None, _opt(_pos_int), "a positive integer or null",
                           "evaluation batch; null = 2 x train.batch_size (reference)"),
     },
@@ -426,6 +439,15 @@ def _bad_value(key_path: Path_, value: Any, expect: str, origins: Origins | None
                        f"{expect}, got {value!r}")
 
 
+#: Defaults that depend on the task (applied when the key is absent): the references' pre-training
+#: runner (Point-MAE tools/runner_pretrain.py) does not clip gradients and keeps
+#: ckpt-epoch-XXX.pth every 25 epochs from epoch 250.
+TASK_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
+    "pretrain": {("train", "grad_clip"): None, ("train", "snapshot_every"): 25,
+                 ("train", "snapshot_from"): 250},
+}
+
+
 def validate_config(cfg: Mapping, *, origins: Origins | None = None, source: str = "<config>",
                     check_library: bool = True) -> dict:
     """Fill defaults and validate ``cfg`` (idempotent). Returns a new dict.
@@ -437,6 +459,12 @@ def validate_config(cfg: Mapping, *, origins: Origins | None = None, source: str
         raise ConfigError(f"config from {source} must be a mapping, got {type(cfg).__name__}")
     cfg = copy.deepcopy(dict(cfg))
     cfg.pop(BASE_KEY, None)
+    for (sec_name, key), value in TASK_DEFAULTS.get(cfg.get("task"), {}).items():
+        sec = cfg.get(sec_name)
+        if sec is None:
+            sec = cfg[sec_name] = {}
+        if isinstance(sec, dict) and key not in sec:
+            sec[key] = copy.deepcopy(value)
     known_top = set(SCHEMA) | set(OPEN_SECTIONS)
     for k in cfg:
         if k not in known_top:
@@ -547,6 +575,14 @@ def validate_config(cfg: Mapping, *, origins: Origins | None = None, source: str
             raise ConfigError(f"train.select_on_test is false but dataset.val is missing in "
                               f"{source}: add a validation split, e.g. dataset.val: "
                               f"{{from_train: 0.1}}")
+    if out["eval"]["vote_passes"] > 1 and not out["eval"]["vote"]:
+        raise ConfigError(f"eval.vote_passes={out['eval']['vote_passes']} in "
+                          f"{_where(origins, ('eval', 'vote_passes'), source)} needs eval.vote=10 "
+                          f"(passes of what?); set eval.vote=10 or use --vote-passes, which sets both")
+    if out["train"]["pretrain_select"] != "last" and task != "pretrain":
+        raise ConfigError(f"train.pretrain_select={out['train']['pretrain_select']!r} in "
+                          f"{_where(origins, ('train', 'pretrain_select'), source)} applies to "
+                          f"task: pretrain only (this config is task: {task})")
     if out["eval"]["vote"] and task != "classification":
         raise ConfigError(f"eval.vote={out['eval']['vote']} in "
                           f"{_where(origins, ('eval', 'vote'), source)}: voting is defined for "

@@ -467,7 +467,8 @@ class _Trainer:
         return out
 
     # -- evaluation -----------------------------------------------------------------------------
-    def _evaluate(self, loader: DataLoader | None, vote: int = 0) -> dict[str, Any] | None:
+    def _evaluate(self, loader: DataLoader | None, vote: int = 0,
+                  vote_passes: int = 1) -> dict[str, Any] | None:
         if loader is None:
             return None
         model = self.model
@@ -477,7 +478,7 @@ class _Trainer:
             dcfg = self.cfg["data"]
             pa = dcfg["point_all"] or default_point_all(dcfg["npoints"])
             return evaluate_classification(model, loader, device=self.device, npoints=dcfg["npoints"],
-                                           vote=vote, point_all=pa)
+                                           vote=vote, point_all=pa, vote_repeats=vote_passes)
         if self.task == "partseg":
             from clora3d.engine.evaluate import evaluate_partseg
 
@@ -595,19 +596,65 @@ class _Trainer:
                     self.log.info(f"[Validation] EPOCH: {epoch}  " + "  ".join(
                         f"{k} = {v:.4f}" for k, v in m.items() if k in _SHOWN))
                     self.log.scalars(self.select_split, m, epoch)
-                    if self._is_better(m[key], self.best[key] if self.best else None):
+                    if self.selects and self._is_better(m[key],
+                                                        self.best[key] if self.best else None):
                         self.best = {"epoch": epoch, **m}
                         self._save_best(epoch, m)
                         rec["is_best"] = True
                 self.history.append(rec)
                 self.log.write_history(self.history)
                 self._save_last(epoch)
+                if snapshot_due(epoch, cfg["train"]["snapshot_every"], cfg["train"]["snapshot_from"]):
+                    self._save_snapshot(epoch)
                 barrier()
             result = self._finish()
             self.log.write_json("result.json", result)
             return result
         finally:
             self.log.close()
+
+    @property
+    def selects(self) -> bool:
+        """Whether a "best" epoch is chosen (pre-training with pretrain_select: last keeps the last,
+        as the reference runner, which writes no ckpt-best.pth)."""
+        return not (self.task == "pretrain" and self.cfg["train"]["pretrain_select"] == "last")
+
+    def _save_snapshot(self, epoch: int) -> None:
+        """``ckpt-epoch-XXX.pth``: a copy of ``ckpt-last.pth`` (reference pre-training keeps one
+        every 25 epochs from epoch 250)."""
+        if not self.info.is_main:
+            return
+        import shutil
+
+        dst = self.run_dir / f"ckpt-epoch-{epoch:03d}.pth"
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(self.run_dir / LAST_CKPT, tmp)
+        os.replace(tmp, dst)
+
+    def _protocol(self) -> dict[str, Any]:
+        """The protocol knobs in effect, labelled (reference value vs clora3d switch), for results."""
+        cfg, t = self.cfg, self.cfg["train"]
+        out: dict[str, Any] = {"frozen_bn": cfg["model"]["frozen_bn"] + (
+            " (reference: frozen BN statistics drift)" if cfg["model"]["frozen_bn"] == "train"
+            else " (strict: frozen BN statistics fixed; the references let them drift)"),
+            "grad_clip": t["grad_clip"]}
+        if self.task == "pretrain":
+            out["model_selection"] = ("last epoch, no selection (reference)" if not self.selects
+                                      else "lowest Chamfer loss on dataset.test (clora3d switch)")
+        else:
+            out["model_selection"] = ("best epoch on the TEST set (reference quirk)"
+                                      if self.select_split == "test" else "best epoch on dataset.val")
+        if self.task == "partseg":
+            out["partseg_double_step"] = (
+                "two optimizer steps per batch (reference quirk)" if t["partseg_double_step"]
+                else "one optimizer step per batch (clean)")
+        if self.task == "classification" and cfg["eval"]["vote"]:
+            out["vote"] = (f"vote@{cfg['eval']['vote']}: {cfg['eval']['vote_passes']} pass(es); "
+                           f"acc_vote@{cfg['eval']['vote']} = first pass"
+                           + (f", _max_of_{cfg['eval']['vote_passes']} = best pass (reference "
+                              f"protocol when 299), _mean_of_{cfg['eval']['vote_passes']} = mean"
+                              if cfg["eval"]["vote_passes"] > 1 else ""))
+        return out
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -621,14 +668,26 @@ class _Trainer:
         last = {"epoch": last_epoch, **(evals[-1][self.select_split] if evals and
                                         evals[-1]["epoch"] == last_epoch else {})}
         best = dict(self.best) if self.best else {"epoch": None}
+        if self.task == "partseg" and evals:
+            # Cls. mIoU two ways: `cls_miou` at the best-Inst.-mIoU epoch (clean) and the
+            # reference's own running maximum over epochs (segmentation/main.py tracks
+            # best_class_avg_iou separately, so it may come from another epoch)
+            e_max = max(evals, key=lambda h: h[self.select_split].get("cls_miou", float("-inf")))
+            best["cls_miou_max_over_epochs"] = e_max[self.select_split].get("cls_miou")
+            best["cls_miou_max_epoch"] = e_max["epoch"]
+            self.log.info(f"Cls. mIoU: {_get(best, 'cls_miou')} at the best Inst. mIoU epoch "
+                          f"{best.get('epoch')} (clean); {_get(best, 'cls_miou_max_over_epochs')} = "
+                          f"max over epochs, at epoch {e_max['epoch']} (reference's way)")
         vote = cfg["eval"]["vote"]
+        passes = cfg["eval"]["vote_passes"]
         need_test = self.select_split == "val" and self.test_loader is not None
         if need_test or vote:
             last_state = {k: v.clone() for k, v in self.model.state_dict().items()}
             if need_test:
                 last["test"] = _scalars(self._evaluate(self.test_loader))
             if vote:
-                last[f"acc_vote@{vote}"] = self._evaluate(self.test_loader, vote=vote)[f"acc_vote@{vote}"]
+                last.update(_vote_keys(self._evaluate(self.test_loader, vote=vote,
+                                                      vote_passes=passes)))
             best_path = self.run_dir / BEST_CKPT
             if best.get("epoch") is not None and cfg["train"]["save_best"]:
                 barrier()
@@ -637,7 +696,8 @@ class _Trainer:
                 if need_test:
                     best["test"] = _scalars(self._evaluate(self.test_loader))
                 if vote:
-                    best[f"acc_vote@{vote}"] = self._evaluate(self.test_loader, vote=vote)[f"acc_vote@{vote}"]
+                    best.update(_vote_keys(self._evaluate(self.test_loader, vote=vote,
+                                                          vote_passes=passes)))
                 self.model.load_state_dict(last_state)
         key = _SELECTION[self.task][0]
         self.log.info(f"done. last epoch {last_epoch}: {key} = {_get(last, key)}; best epoch "
@@ -645,16 +705,32 @@ class _Trainer:
                       f"{_get(best, key)}"
                       + (f"; test: last {last['test'].get(key)}, best {best.get('test', {}).get(key)}"
                          if "test" in last else "")
-                      + (f"; vote@{vote}: last {last.get(f'acc_vote@{vote}')}, best "
-                         f"{best.get(f'acc_vote@{vote}')}" if vote else ""))
-        return {"run_dir": str(self.run_dir), "task": self.task, "selected_on": self.select_split,
-                "last": last, "best": best, "history": self.history}
+                      + (f"; vote@{vote} (first pass): last {last.get(f'acc_vote@{vote}')}, best "
+                         f"{best.get(f'acc_vote@{vote}')}" if vote else "")
+                      + (f"; vote@{vote} best of {passes} passes (reference protocol"
+                         f"{'' if passes == 299 else ' with 299'}): last "
+                         f"{last.get(f'acc_vote@{vote}_max_of_{passes}')}, best "
+                         f"{best.get(f'acc_vote@{vote}_max_of_{passes}')}" if vote and passes > 1
+                         else ""))
+        return {"run_dir": str(self.run_dir), "task": self.task,
+                "selected_on": self.select_split if self.selects else "last",
+                "protocol": self._protocol(), "last": last, "best": best, "history": self.history}
 
 
 # ----------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------
 _SHOWN = ("acc", "inst_miou", "cls_miou", "loss")
+
+
+def snapshot_due(epoch: int, every: int | None, start: int) -> bool:
+    """Whether ``ckpt-epoch-XXX.pth`` is kept after ``epoch`` (reference pre-training: every 25
+    epochs from epoch 250, i.e. ``epoch % 25 == 0 and epoch >= 250``)."""
+    return bool(every) and epoch >= start and epoch % every == 0
+
+
+def _vote_keys(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k.startswith("acc_vote@")}
 
 
 def _get(d: Mapping[str, Any], key: str) -> Any:
