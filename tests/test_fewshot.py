@@ -215,3 +215,65 @@ def test_fold_trained_but_unrecorded_is_read_from_run_result(tmp_path):
                       log=lambda m: None)
     assert train.calls == []
     assert res["folds"][0]["best_acc"] == 77.0 and res["folds"][0]["last_acc"] == 70.0
+
+
+class SeededFakeTrain(FakeTrain):
+    """Accuracy depends on the fold and on the config's seed: best = 90 + fold + 2 * seed."""
+
+    def __call__(self, cfg, *, ckpt=None, resume=False, run_dir=None):
+        res = super().__call__(cfg, ckpt=ckpt, resume=resume, run_dir=run_dir)
+        self.calls[-1] = self.calls[-1] + (cfg["seed"],)
+        best = 90.0 + cfg["dataset"]["train"]["fold"] + 2 * cfg["seed"]
+        return {**res, "best": {"acc": best, "epoch": 3}, "last": {"acc": best - 10}}
+
+
+def test_seeds_mean_std_over_folds_and_over_seeds(tmp_path):
+    train = SeededFakeTrain()
+    cfg = {**_cfg(), "seed": 0}
+    res = run_fewshot(cfg, tmp_path, ways=[5], shots=[10], folds=[0, 1, 2], seeds=[0, 1, 3],
+                      train_fn=train, log=lambda m: None)
+    assert [(c[2], c[5]) for c in train.calls] == [(f, k) for f in (0, 1, 2) for k in (0, 1, 3)]
+    row = res["summary"]["5way10shot"]
+    # hand computation: acc(f, k) = 90 + f + 2k
+    #   over folds: fold value = mean over seeds = 90 + f + 8/3 -> mean 91 + 8/3, std sqrt(2/3)
+    #   over seeds: seed value = mean over folds = 91 + 2k -> 91, 93, 97: mean 93.667, std of (0,2,6)
+    assert row["n"] == 3 and row["n_seeds"] == 3 and row["seeds"] == [0, 1, 3]
+    assert row["best_mean"] == pytest.approx(91 + 8 / 3)
+    assert row["best_std"] == pytest.approx(math.sqrt(2 / 3))
+    assert row["best_seed_mean"] == pytest.approx(np.mean([91.0, 93.0, 97.0]))
+    assert row["best_seed_std"] == pytest.approx(np.std([91.0, 93.0, 97.0]))
+    assert row["last_seed_std"] == pytest.approx(row["best_seed_std"])
+    table = res["table"]
+    assert "±std over folds" in table and "±std over 3 seeds" in table
+    assert f"{np.mean([91.0, 93.0, 97.0]):.1f} ± {np.std([91.0, 93.0, 97.0]):.1f}" in table
+    rec = json.loads((tmp_path / "5way10shot" / "seed3_fold2.json").read_text())
+    assert rec["seed"] == 3 and rec["best_acc"] == 98.0
+    assert rec["run_dir"] == str(tmp_path / "5way10shot" / "seed3_fold2")  # one run dir per seed
+    # resumable per (fold, seed): adding a seed trains only the new runs
+    train2 = SeededFakeTrain()
+    run_fewshot(cfg, tmp_path, ways=[5], shots=[10], folds=[0, 1, 2], seeds=[0, 1, 3, 4],
+                train_fn=train2, log=lambda m: None)
+    assert [(c[2], c[5]) for c in train2.calls] == [(0, 4), (1, 4), (2, 4)]
+    with pytest.raises(ConfigError, match="distinct"):
+        run_fewshot(cfg, tmp_path, ways=[5], shots=[10], folds=[0], seeds=[1, 1],
+                    train_fn=train2, log=lambda m: None)
+
+
+def test_one_seed_is_the_reference_table(tmp_path):
+    """Without --seeds: one run per fold with the config's seed, the table has no seed rows."""
+    res = run_fewshot({**_cfg(), "seed": 5}, tmp_path, ways=[5], shots=[10], folds=[0, 1],
+                      train_fn=FakeTrain(), log=lambda m: None)
+    assert "seeds" not in res["table"] and "over folds" not in res["table"]
+    assert res["summary"]["5way10shot"]["n_seeds"] == 1
+    assert json.loads((tmp_path / "5way10shot" / "fold1.json").read_text())["seed"] == 5
+
+
+def test_fewshot_cli_seeds():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_fs_tool", Path(__file__).resolve().parents[1]
+                                                  / "tools" / "fewshot.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.parse_args(["--cfg", "x.yaml", "--seeds", "0-2"]).seeds == [0, 1, 2]
+    assert tool.parse_args(["--cfg", "x.yaml"]).seeds is None

@@ -2,11 +2,13 @@
 """Run the ModelNet40 few-shot grid (way x shot x fold), resumable, and print mean ± std.
 
     python tools/fewshot.py --cfg cfgs/fewshot/clora.yaml --ckpt pretrain.pth \
-        [--ways 5,10] [--shots 10,20] [--folds 0-9] [--out DIR] [--ci95] [--set key=value ...]
+        [--ways 5,10] [--shots 10,20] [--folds 0-9] [--seeds 0-2] [--out DIR] [--ci95] [--set key=value ...]
 
 Each (way, shot, fold) is one training run; finished folds (their result JSON in --out) are skipped
 on re-run, an interrupted fold resumes from its last checkpoint. The reported number per fold is
 the best-epoch query accuracy (reference protocol); the last-epoch accuracy is shown beside it.
+With --seeds every fold is trained once per seed, and the table gives mean ± std over folds (the
+reference statistic, each fold averaged over its seeds) and mean ± std over seeds.
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ways", type=_int_list, default=[5, 10], help="default 5,10")
     p.add_argument("--shots", type=_int_list, default=[10, 20], help="default 10,20")
     p.add_argument("--folds", type=_int_list, default=list(range(10)), help="default 0-9")
+    p.add_argument("--seeds", type=_int_list, default=None,
+                   help="train every fold once per seed, e.g. 0-2 (default: one run per fold with "
+                        "the config's seed, as the references)")
     p.add_argument("--out", default=None, help="output folder (default <log.root>/<name>_fewshot)")
     p.add_argument("--metric", default="acc", help="key of the trainer's metrics to report (acc)")
     p.add_argument("--ci95", action="store_true", help="show 1.96*std/sqrt(n) instead of std")
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.cfg, args.overrides)
         out = args.out or str(Path(cfg["log"]["root"]) / f"{cfg['name']}_fewshot")
         res = run_fewshot(cfg, out, ways=args.ways, shots=args.shots, folds=args.folds,
-                          ckpt=args.ckpt, metric=args.metric, ci95=args.ci95,
+                          ckpt=args.ckpt, metric=args.metric, ci95=args.ci95, seeds=args.seeds,
                           generate_from=args.generate_from, generate_seed=args.generate_seed)
     except USER_ERRORS as e:
         print(format_user_error(e), file=sys.stderr)

@@ -7,6 +7,11 @@ query set (20 unseen test shapes per class, **no voting**) every epoch. A fold's
 is reported as mean ± std over its folds with the **population** std (ddof 0) as the references,
 optionally with a 95 % interval half-width 1.96·std/√n.
 
+Seeds (``seeds=[0, 1, 2]``, ``tools/fewshot.py --seeds 0-2``): every fold is trained once per seed
+(the config's ``seed``). The fold value is then the mean over its seeds and the reference statistic
+is still mean ± std over folds; beside it the table reports the spread over seeds: per seed the mean
+over folds (the number a single-seed paper would report), then mean ± std (ddof 0) of those.
+
 Layout of ``out_dir``::
 
 Fold pickles are read from ``<root>/<W>way_<S>shot/<F>.pkl`` (the reference layout; the old
@@ -14,6 +19,8 @@ clora3d spelling ``<W>way<S>shot`` is still read, with a warning).
 
     out_dir/<W>way<S>shot/fold<F>/          the trainer's run folder (checkpoints, logs)
     out_dir/<W>way<S>shot/fold<F>.json      the fold's result; its presence marks the fold done
+    out_dir/<W>way<S>shot/seed<K>_fold<F>/  the same per seed, when seeds are given
+    out_dir/<W>way<S>shot/seed<K>_fold<F>.json
     out_dir/summary.json                    the table (written after every finished fold)
 
 Re-running skips every fold whose result JSON exists; a fold that was interrupted (run folder
@@ -126,19 +133,36 @@ def _metric(d: Mapping[str, Any], key: str, what: str) -> float:
 
 def summarize(results: Mapping[tuple[int, int], Sequence[Mapping[str, Any]]], *,
               ci95: bool = False) -> dict[str, dict[str, Any]]:
-    """Per setting: folds, n, mean/std (ddof 0) of best- and last-epoch accuracy (+ ci95)."""
+    """Per setting: folds, n (folds), seeds, mean/std (ddof 0) of best- and last-epoch accuracy
+    over folds (+ ci95), and with several seeds the mean/std over seeds.
+
+    Records may carry a ``seed``. Over folds (reference): each fold's value is the mean over its
+    seeds, then mean ± std over the folds (``{which}_mean``/``{which}_std``). Over seeds: each
+    seed's value is the mean over its folds, then mean ± std over the seeds
+    (``{which}_seed_mean``/``{which}_seed_std``, only with more than one seed).
+    """
     out: dict[str, dict[str, Any]] = {}
-    for (w, s), folds in sorted(results.items()):
-        if not folds:
+    for (w, s), recs in sorted(results.items()):
+        if not recs:
             continue
-        row: dict[str, Any] = {"way": w, "shot": s, "n": len(folds),
-                               "folds": sorted(int(r["fold"]) for r in folds)}
+        folds = sorted({int(r["fold"]) for r in recs})
+        seeds = sorted({r.get("seed") for r in recs}, key=lambda v: (v is None, v))
+        row: dict[str, Any] = {"way": w, "shot": s, "n": len(folds), "folds": folds,
+                               "n_seeds": len(seeds), "seeds": seeds}
         for which in ("best", "last"):
-            vals = np.asarray([float(r[f"{which}_acc"]) for r in folds], dtype=np.float64)
+            def mean_by(key: str, k: Any) -> float:
+                return float(np.mean([float(r[f"{which}_acc"]) for r in recs
+                                      if (int(r["fold"]) if key == "fold" else r.get("seed")) == k]))
+
+            vals = np.asarray([mean_by("fold", f) for f in folds], dtype=np.float64)
             row[f"{which}_mean"] = float(vals.mean())
             row[f"{which}_std"] = float(vals.std(ddof=0))
             if ci95:
                 row[f"{which}_ci95"] = float(1.96 * vals.std(ddof=0) / math.sqrt(len(vals)))
+            if len(seeds) > 1:
+                per_seed = np.asarray([mean_by("seed", k) for k in seeds], dtype=np.float64)
+                row[f"{which}_seed_mean"] = float(per_seed.mean())
+                row[f"{which}_seed_std"] = float(per_seed.std(ddof=0))
         out[setting_name(w, s)] = row
     return out
 
@@ -151,12 +175,19 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], *, ci95: bool = False
     heads = [f"{summary[n]['way']}w{summary[n]['shot']}s (n={summary[n]['n']})" for n in names]
     width = max(18, *(len(h) + 2 for h in heads))
     spread = "ci95" if ci95 else "std"
-    rows = (("best", f"best epoch (ref.) ±{spread}"), ("last", f"last epoch ±{spread}"))
-    lw = max(len(label) for _, label in rows) + 2
+    seeded = any(summary[n].get("n_seeds", 1) > 1 for n in names)
+    over = " over folds" if seeded else ""
+    rows = [("best", f"best epoch (ref.) ±{spread}{over}", spread),
+            ("last", f"last epoch ±{spread}{over}", spread)]
+    if seeded:
+        k = max(summary[n].get("n_seeds", 1) for n in names)
+        rows += [("best_seed", f"best epoch ±std over {k} seeds", "std"),
+                 ("last_seed", f"last epoch ±std over {k} seeds", "std")]
+    lw = max(len(label) for _, label, _ in rows) + 2
     lines = ["setting".ljust(lw) + "".join(h.rjust(width) for h in heads)]
-    for which, label in rows:
-        cells = [f"{summary[n][f'{which}_mean']:.1f} ± {summary[n][f'{which}_{spread}']:.1f}"
-                 for n in names]
+    for which, label, sp in rows:
+        cells = [f"{summary[n][f'{which}_mean']:.1f} ± {summary[n][f'{which}_{sp}']:.1f}"
+                 if f"{which}_mean" in summary[n] else "-" for n in names]
         lines.append(label.ljust(lw) + "".join(c.rjust(width) for c in cells))
     return "\n".join(lines)
 
@@ -164,6 +195,7 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], *, ci95: bool = False
 def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[int] = (5, 10),
                 shots: Sequence[int] = (10, 20), folds: Sequence[int] = tuple(range(10)),
                 ckpt: str | None = None, metric: str = "acc", ci95: bool = False,
+                seeds: Sequence[int] | None = None,
                 generate_from: str | Path | None = None, generate_seed: int = 0,
                 train_fn: Callable[..., Mapping[str, Any]] | None = None,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -174,10 +206,18 @@ def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[i
     ``metric`` is the key of the trainer's ``best``/``last`` metric dicts to report. When fold
     pickles are missing and ``generate_from`` (a ModelNet40 root) is given, they are generated
     with the data package's seeded generator (``generate_seed``); they are *not* the released folds.
+    ``seeds``: train every fold once per seed (sets the config's ``seed``; results are kept per
+    seed and summarised over folds and over seeds); ``None`` = one run per fold with the config's
+    own seed (the reference protocol, the original folder layout).
     ``train_fn`` defaults to :func:`clora3d.engine.trainer.train`.
     """
     out_dir = Path(out_dir)
     grid = [(int(w), int(s), int(f)) for w in ways for s in shots for f in folds]
+    if seeds is not None:
+        seeds = [int(k) for k in seeds]
+        if not seeds or any(k < 0 for k in seeds) or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"few-shot: seeds must be distinct integers >= 0, got {seeds}")
+    run_seeds: list[int | None] = list(seeds) if seeds is not None else [None]
     if not grid:
         raise ConfigError("few-shot: empty grid; give at least one way, shot and fold")
     for w, s, f in grid:
@@ -203,8 +243,12 @@ def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[i
 
     results: dict[tuple[int, int], list[dict[str, Any]]] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    for i, (w, s, f) in enumerate(grid):
-        res_path = out_dir / setting_name(w, s) / f"fold{f}.json"
+    runs = [(w, s, f, k) for w, s, f in grid for k in run_seeds]
+    base_seed = int(cfg.get("seed") or 0)
+    for i, (w, s, f, k) in enumerate(runs):
+        tag = f"fold{f}" if k is None else f"seed{k}_fold{f}"
+        what = f"fold {f}" if k is None else f"fold {f} seed {k}"
+        res_path = out_dir / setting_name(w, s) / f"{tag}.json"
         if res_path.is_file():
             try:
                 rec = json.loads(res_path.read_text())
@@ -212,25 +256,28 @@ def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[i
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"few-shot: result file {res_path} is unreadable ({e}); delete it "
                                  "to re-run that fold") from None
-            log(f"[{i + 1}/{len(grid)}] {setting_name(w, s)} fold {f}: done before "
+            log(f"[{i + 1}/{len(runs)}] {setting_name(w, s)} {what}: done before "
                 f"(best {rec['best_acc']:.2f}), skipped")
         else:
-            run_dir = out_dir / setting_name(w, s) / f"fold{f}"
+            run_dir = out_dir / setting_name(w, s) / tag
             resume = _find_last_ckpt(run_dir) is not None
             finished = run_dir / "result.json"
             if resume and finished.is_file():
                 # training finished but the runner stopped before writing the fold's result
-                log(f"[{i + 1}/{len(grid)}] {setting_name(w, s)} fold {f}: training had finished; "
+                log(f"[{i + 1}/{len(runs)}] {setting_name(w, s)} {what}: training had finished; "
                     f"reading {finished}")
                 res = json.loads(finished.read_text())
             else:
-                log(f"[{i + 1}/{len(grid)}] {setting_name(w, s)} fold {f}: "
+                log(f"[{i + 1}/{len(runs)}] {setting_name(w, s)} {what}: "
                     f"{'resuming' if resume else 'training'} in {run_dir}")
                 fold_cfg = fold_dataset_cfg(cfg, w, s, f)
-                fold_cfg["name"] = f"{cfg.get('name') or 'fewshot'}_{setting_name(w, s)}_fold{f}"
+                fold_cfg["name"] = f"{cfg.get('name') or 'fewshot'}_{setting_name(w, s)}_{tag}"
+                if k is not None:
+                    fold_cfg["seed"] = k
                 res = train_fn(fold_cfg, ckpt=ckpt, resume=resume, run_dir=str(run_dir))
             best = res["best"]
-            rec = {"way": w, "shot": s, "fold": f, "metric": metric,
+            rec = {"way": w, "shot": s, "fold": f, "seed": base_seed if k is None else k,
+                   "metric": metric,
                    "best_acc": _metric(best, metric, "best"), "best_epoch": best.get("epoch"),
                    "last_acc": _metric(res["last"], metric, "last"),
                    "epochs": len(res.get("history", [])), "run_dir": str(res.get("run_dir", run_dir)),
@@ -239,8 +286,10 @@ def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[i
             log(f"    best {rec['best_acc']:.2f} (epoch {rec['best_epoch']}), last {rec['last_acc']:.2f}")
         results.setdefault((w, s), []).append(rec)
         summary = summarize(results, ci95=ci95)
-        _write_json(out_dir / "summary.json", {"protocol": "best-epoch query accuracy per fold; "
-                                               "mean ± population std (ddof 0) over folds; no voting",
+        _write_json(out_dir / "summary.json", {"protocol": "best-epoch query accuracy per fold "
+                                               "(mean over its seeds); mean ± population std (ddof 0) "
+                                               "over folds (reference) and, with several seeds, over "
+                                               "seeds (per-seed mean over folds); no voting",
                                                "metric": metric, "settings": summary,
                                                "folds": [r for v in results.values() for r in v]})
     summary = summarize(results, ci95=ci95)
