@@ -120,6 +120,15 @@ def test_vote_passes_cli_sets_config_and_reports_labelled(tmp_path, mn_root, cap
         assert round(first * 24 / 100, 6).is_integer() and round(mean * 72 / 100, 6).is_integer()
     assert "first pass" in res["protocol"]["vote"] and "max_of_3" in res["protocol"]["vote"]
     assert "acc" in res["last"]  # the single plain figure stays next to the vote figures
+    # tools/evaluate.py on the saved best weights reproduces the trainer's figures exactly
+    out_json = tmp_path / "eval.json"
+    assert _tool("evaluate").main(["--ckpt", str(tmp_path / "r3" / "ckpt-best.pth"),
+                                   "--vote-passes", "3", "--json", str(out_json)]) == 0
+    printed_eval = capsys.readouterr().out
+    assert "best of 3 passes (reference protocol uses 299" in printed_eval
+    ev = json.loads(out_json.read_text())
+    for k in ("acc", "acc_vote@10", "acc_vote@10_max_of_3", "acc_vote@10_mean_of_3"):
+        assert ev[k] == pytest.approx(res["best"][k], abs=1e-9), k
     # one pass: only the first-pass figure, the same number as the first of three passes
     assert tool.main(["--cfg", str(cfg_path), "--run-dir", str(tmp_path / "r1"),
                       "--set", "eval.vote=10"]) == 0
@@ -136,6 +145,7 @@ def test_vote_passes_validation(tmp_path, mn_root):
         load_config(cfg_path, ["eval.vote_passes=5"])
     with pytest.raises(SystemExit):
         _tool("train").main(["--cfg", str(cfg_path), "--vote-passes", "0"])
+    assert _tool("evaluate").main(["--ckpt", str(tmp_path / "missing.pth")]) == 2
 
 
 # ------------------------------------------------------------------------------------------------
