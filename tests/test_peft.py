@@ -364,3 +364,25 @@ def test_part_segmentation_model(cfg, tmp_path):
         method.merge()
         assert list(model.state_dict()) == list(seg.state_dict())
         assert (model(pts, onehot) - out).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("rslora,scale", [(False, 8.0 / 4), (True, 8.0 / 2)])
+def test_lora_scale_alpha_over_r_or_sqrt_r(base, rslora, scale):
+    # LoRA adds scale * x A^T B^T with scale = alpha / r, or alpha / sqrt(r) with rslora
+    # (alpha 8, r 4: 2 vs 4); merging adds scale * B A to W.
+    model = copy.deepcopy(base)
+    method = apply_peft(model, {"NAME": "lora", "rank": 4, "alpha": 8, "rslora": rslora, "targets": ["fc1"]})
+    lin = model.blocks.blocks[1].mlp.fc1
+    A, B = lin.lora_A, lin.lora_B
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        B.copy_(torch.randn(B.shape, generator=g))
+    x = torch.randn(5, lin.in_features, generator=g)
+    W0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    with torch.no_grad():
+        y = lin(x)
+    hand = x.double() @ W0.double().T + b0.double() + scale * (x.double() @ A.double().T) @ B.double().T
+    torch.testing.assert_close(y.double(), hand, rtol=1e-5, atol=1e-5)
+    method.merge()
+    torch.testing.assert_close(lin.weight.double(), W0.double() + scale * B.double() @ A.double(),
+                               rtol=1e-5, atol=1e-6)
