@@ -1,15 +1,33 @@
 # clora3d: the two set-up commands of the README.
-#   make demo   create .venv, install clora3d + its kernels, run the whole job on synthetic data
-#   make test   create .venv, install clora3d + its kernels + test deps, run the test suite
-# Variables: PYTHON (interpreter that creates the venv), VENV, TORCH (pip spec for torch),
-# FORCE_CUDA=1 (build the CUDA kernels even without a GPU, as CI does), DEMO_ARGS (e.g. --quick).
+#   make demo   create .venv, install clora3d + its kernels (no test or benchmark packages), run the demo
+#   make test   create .venv, install clora3d + its kernels + test packages, run the test suite
+# Installs are reproducible: every third-party package comes from a wheel (--only-binary :all:,
+# nothing third-party is compiled) at the version pinned in $(LOCK), which `make lock` generates.
+# Variables: PYTHON (interpreter that creates the venv), VENV, TORCH (pip spec for torch; a torch other
+# than the locked one keeps every other pin), CONSTRAINTS (default: the lock; `make test CONSTRAINTS=`
+# installs the newest releases allowed by pyproject.toml instead), FORCE_CUDA=1 (build the CUDA
+# kernels even without a GPU, as CI does), DEMO_ARGS (e.g. --quick).
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.14.1
-EXTRAS ?= dev,io,log,bench
+LOCKED_TORCH := torch==2.14.1
+TORCH ?= $(LOCKED_TORCH)
+LOCK := requirements/lock-linux-x86_64.txt
+CONSTRAINTS ?= $(LOCK)
+UV_VERSION := 0.13.9
 DEMO_ARGS ?=
 VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip install --only-binary :all: --progress-bar off
+NO_TORCH_PINS := $(VENV)/constraints-without-torch.txt
+BENCH_PEERS := fpsample pykdtree faiss-cpu scipy open3d
+
+ifeq ($(strip $(CONSTRAINTS)),)
+  PIN :=
+else ifeq ($(strip $(TORCH)),$(LOCKED_TORCH))
+  PIN := -c $(CONSTRAINTS)
+else
+  PIN := -c $(NO_TORCH_PINS)
+endif
 
 # Without a GPU (and without FORCE_CUDA) build only the CPU kernels: nvcc is slow and the CUDA
 # kernels could not run anyway. CI sets FORCE_CUDA=1 so every commit compiles the CUDA code.
@@ -23,35 +41,63 @@ ifeq ($(strip $(FORCE_CUDA)),)
 else
   BUILD_ENV := FORCE_CUDA=$(FORCE_CUDA)
 endif
+BUILD := $(BUILD_ENV) MAX_JOBS=$${MAX_JOBS:-2}
 
-.PHONY: env install demo demo-quick test test-slow bench clean
+.PHONY: env install install-demo demo demo-quick test test-bare test-slow bench lock clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --upgrade pip setuptools wheel
 
 env: $(VPY)
-	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install "$(TORCH)"
+	@if [ -n "$(strip $(CONSTRAINTS))" ]; then grep -v -E '^(torch|triton|nvidia-|cuda-)' "$(CONSTRAINTS)" > $(NO_TORCH_PINS); fi
+	$(PIP) $(PIN) pip setuptools wheel
+	$(PIP) $(PIN) "$(TORCH)"
 
-install: env
-	$(BUILD_ENV) MAX_JOBS=$${MAX_JOBS:-2} $(VPY) -m pip install --no-build-isolation -e ".[$(EXTRAS)]"
+# clora3d + its kernels, nothing for tests or benchmarks (what `make demo` needs)
+install-demo: env
+	$(BUILD) $(PIP) $(PIN) --no-build-isolation -e .
 	$(VPY) tools/doctor.py
 
-demo: install
+# + pytest, hypothesis, tensorboard (what `make test` needs)
+install: env
+	$(BUILD) $(PIP) $(PIN) --no-build-isolation -e ".[dev,log]"
+	$(VPY) tools/doctor.py
+
+demo: install-demo
 	$(VPY) tools/demo.py $(DEMO_ARGS)
 
-demo-quick: install
+demo-quick: install-demo
 	$(VPY) tools/demo.py --quick
 
 test: install
 	$(VPY) -m pytest -q
 
+# The tests that touch files, tools and the demo, on a machine where the optional packages are
+# unusable: open3d installed but unloadable (no libusb) and tensorboard missing (tests/shims).
+test-bare: install
+	PYTHONPATH=tests/shims/broken_optional $(VPY) -m pytest -q tests/test_data_io.py tests/test_tools.py \
+	  tests/test_demo.py tests/test_trainer.py tests/test_doctor.py
+
 test-slow: install
 	$(VPY) -m pytest -q -m slow
 
+# Benchmark peers are installed here only, one by one, from wheels; one that cannot be installed on
+# this platform is skipped and named (the benchmark then runs without it).
 bench: install
+	@for p in $(BENCH_PEERS); do \
+	  if $(PIP) $(PIN) -q $$p >/dev/null 2>&1; then echo "bench: peer $$p installed"; \
+	  else echo "bench: peer $$p SKIPPED: no wheel of it installs here (pip install --only-binary :all: $$p failed)"; fi; \
+	done
 	$(VPY) tools/bench_ops.py
 	$(VPY) tools/bench_model.py
+
+# Regenerate the lock file from pyproject.toml (extras dev + log) and requirements/lock.in.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --only-binary :all: -q uv==$(UV_VERSION)
+	.venv-lock/bin/uv pip compile pyproject.toml requirements/lock.in --extra dev --extra log \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --annotation-style line \
+	  --custom-compile-command "make lock" -o $(LOCK)
 
 clean:
 	rm -rf build *.egg-info clora3d/_C*.so

@@ -10,9 +10,10 @@ Install torch first, then::
 * Target GPU architectures come from ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"8.0;8.6;9.0+PTX"``). When it
   is unset: the architectures of the visible GPUs, or, on a machine without a GPU, the list this
   torch build itself was compiled for. No architecture list is hard-coded here.
-* Without torch in the build environment (pip's default build isolation) the package installs
-  without compiled kernels and clora3d.ops uses its pure-PyTorch reference; ``tools/doctor.py``
-  says so and how to fix it.
+* Under pip's default build isolation (``pip install .``), build_backend/clora3d_build.py makes the
+  target environment's torch visible, so the kernels are compiled against the torch that will run
+  them. Without any torch, building a wheel stops and says what to run; ``CLORA3D_NO_KERNELS=1``
+  builds the pure-Python package on purpose.
 
 The decision logic lives in small pure functions so tests/test_build.py can check it without
 compiling anything; nothing below the ``__main__`` guard runs on import.
@@ -215,19 +216,36 @@ def cuda_sources(root: Path = HERE) -> list[str]:
     return sorted(str(Path(p).relative_to(root)) for p in glob.glob(str(root / "csrc" / "cuda" / "*.cu")))
 
 
+_BINARY_COMMANDS = {"build_ext", "build", "bdist_wheel", "develop", "editable_wheel", "install",
+                    "bdist_egg"}
+
+
+def builds_binaries(argv: Sequence[str]) -> bool:
+    """Whether these setup.py commands compile the extension (egg_info and sdist do not)."""
+    return any(a in _BINARY_COMMANDS for a in argv)
+
+
 def _log(msg: str) -> None:
     sys.stderr.write(f"clora3d setup: {msg}\n")
 
 
 def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exercised by real builds
     """(ext_modules, cmdclass) for setuptools; empty when torch is not importable."""
+    if env_flag(env, "CLORA3D_NO_KERNELS"):
+        _log("CLORA3D_NO_KERNELS=1: building without compiled kernels (every op runs its PyTorch "
+             "reference, 30-60x slower on the CPU).")
+        return [], {}
     try:
         import torch
     except ImportError:
-        _log("torch is not importable in the build environment, so the compiled kernels are skipped "
-             "(clora3d.ops will use its pure-PyTorch reference). Install torch first, then "
-             "`pip install --no-build-isolation -e .`.")
-        return [], {}
+        if not builds_binaries(sys.argv[1:]):
+            return [], {}  # metadata / sdist only: nothing is compiled
+        raise SystemExit(
+            "clora3d setup: torch is not importable, and the compiled kernels must be built against "
+            "the torch that will run them. Install torch first, then clora3d:\n"
+            f"    {sys.executable} -m pip install torch\n"
+            f"    {sys.executable} -m pip install .\n"
+            "(or set CLORA3D_NO_KERNELS=1 to build without kernels on purpose).")
     if not (HERE / "csrc" / "bindings.cpp").exists():
         _log("csrc/bindings.cpp is missing: building without compiled kernels.")
         return [], {}

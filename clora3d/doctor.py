@@ -99,7 +99,7 @@ def diagnose_import_error(message: str) -> tuple[str, str]:
     """Map an ``import clora3d._C`` failure to (explanation, fix)."""
     msg = message or ""
     if "No module named" in msg and "_C" in msg:
-        return ("the compiled kernels were never built (e.g. installed with build isolation, or "
+        return ("the compiled kernels were never built (e.g. installed with CLORA3D_NO_KERNELS=1, or "
                 "torch was missing at build time)", REBUILD)
     if "undefined symbol" in msg:
         return ("clora3d._C was built against a different torch (C++ ABI mismatch)",
@@ -387,6 +387,25 @@ def backend_table(info: Any) -> dict:
 # Entry points
 # --------------------------------------------------------------------------------------------
 
+#: optional packages: (module, what it is for); none of them is needed by the README's commands
+OPTIONAL_PACKAGES = (("tensorboard", "TensorBoard scalars in <run>/tb (log.tensorboard)"),
+                     ("open3d", "binary_compressed .pcd files; a benchmark peer"))
+
+
+def _optional_section(rep: Report) -> None:
+    from clora3d.optional import try_import
+
+    for name, purpose in OPTIONAL_PACKAGES:
+        mod, why = try_import(name)
+        if mod is not None:
+            rep.add(f"optional-{name}", OK, f"{name} {getattr(mod, '__version__', '?')}: {purpose}")
+        elif "cannot load" in str(why):  # installed but broken: the fix is a system package
+            rep.add(f"optional-{name}", WARN, f"{why.split(';')[0]} (only needed for {purpose})",
+                    why.split("; ", 1)[1] if "; " in why else "")
+        else:
+            rep.add(f"optional-{name}", INFO, f"{name} not installed (optional: {purpose})")
+
+
 def collect(import_module: Callable[[str], Any] = importlib.import_module) -> Report:
     """Run every check and return the report (never raises for environment problems)."""
     rep = Report()
@@ -405,6 +424,7 @@ def collect(import_module: Callable[[str], Any] = importlib.import_module) -> Re
     _compiler_section(rep)
     _extension_section(rep, torch, import_module)
     ops_ok = _ops_section(rep, import_module)
+    _optional_section(rep)
     worst = max((_ORDER[f.status] for f in rep.findings), default=0)
     rep.usable = ops_ok and worst < _ORDER[ERROR]
     rep.exit_code = 0 if rep.usable else 1

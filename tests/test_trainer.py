@@ -222,7 +222,12 @@ def test_short_cpu_run_learns_and_writes_run_dir(tmp_path, mn_root):
     for f in ("config.yaml", "env.json", "log.txt", "metrics.csv", "metrics.jsonl", "result.json",
               "ckpt-last.pth", "ckpt-best.pth"):
         assert (run / f).is_file(), f
-    assert any((run / "tb").iterdir())
+    from clora3d.optional import try_import
+
+    if try_import("torch.utils.tensorboard")[0] is not None:
+        assert any((run / "tb").iterdir())
+    else:  # tensorboard unavailable: training went on, said so in the log, wrote no tb/
+        assert not (run / "tb").exists()
     env = json.loads((run / "env.json").read_text())
     assert env["versions"]["torch"] == torch.__version__ and "commit" in env["git"]
     import yaml

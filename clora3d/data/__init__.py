@@ -1,6 +1,6 @@
 """Data sets in their original on-disk formats, batched transforms, synthetic shapes and file I/O.
 
-Importing this package reads no file and imports neither h5py nor open3d (they load lazily).
+Importing this package reads no file and imports neither h5py nor plyfile (they load lazily); open3d is never needed.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from clora3d.data.shapenet import (CATEGORY_NAMES, CATEGORY_TO_SYNSET, NUM_PARTS
 from clora3d.data.transforms import (TRANSFORM_KEYS, TRANSFORMS, Compose, FPSResample, Jitter, Normalize,
                                      RandomDropout, RandomSubset, RotateY, ScaleAndTranslate, build_transforms)
 from clora3d.data.safe_pickle import safe_load, safe_loads
-from clora3d.data.io import read_point_cloud
+from clora3d.data.io import read_point_cloud, write_point_cloud
 from clora3d.data import synthetic  # noqa: E402  (writers; importing it reads/writes nothing)
 
 DATASETS: dict[str, type] = {
@@ -71,5 +71,5 @@ __all__ = [
     "scanobjectnn_file", "CATEGORY_NAMES", "CATEGORY_TO_SYNSET", "SYNSETS", "SEG_CLASSES",
     "SEG_LABEL_TO_CATEGORY", "PART_COUNTS", "NUM_PARTS", "Normalize", "ScaleAndTranslate", "RotateY",
     "Jitter", "RandomDropout", "FPSResample", "RandomSubset", "Compose", "build_transforms",
-    "TRANSFORMS", "TRANSFORM_KEYS", "safe_load", "safe_loads", "read_point_cloud", "synthetic",
+    "TRANSFORMS", "TRANSFORM_KEYS", "safe_load", "safe_loads", "read_point_cloud", "write_point_cloud", "synthetic",
 ]

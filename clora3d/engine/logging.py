@@ -32,7 +32,8 @@ from clora3d.storage import atomic_write_bytes
 
 __all__ = ["RunLogger", "environment_info", "git_info"]
 
-_PACKAGES = ("torch", "numpy", "yaml", "h5py", "tqdm", "scipy", "sklearn", "open3d", "tensorboard")
+_DIST_NAME = {"yaml": "PyYAML"}
+_PACKAGES = ("torch", "numpy", "yaml", "h5py", "tqdm", "plyfile", "scipy", "open3d", "tensorboard")
 
 
 def git_info(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -55,20 +56,21 @@ def git_info(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 def environment_info() -> dict[str, Any]:
     """Versions of python, clora3d and the main packages, platform, CUDA / GPU, ops backend, argv."""
-    import importlib
 
     import clora3d
 
     versions: dict[str, Any] = {"python": sys.version.split()[0], "clora3d": clora3d.__version__}
+    from importlib import metadata
+
     for name in _PACKAGES:
         mod = sys.modules.get(name)
-        if mod is None:
-            try:
-                mod = importlib.import_module(name)
-            except Exception:  # not installed / broken: record that, do not fail the run
-                versions[name] = None
-                continue
-        versions[name] = getattr(mod, "__version__", "unknown")
+        if mod is not None:
+            versions[name] = getattr(mod, "__version__", "unknown")
+            continue
+        try:  # the installed version, without importing it (open3d may be installed but unloadable)
+            versions[name] = metadata.version(_DIST_NAME.get(name, name))
+        except metadata.PackageNotFoundError:
+            versions[name] = None
     env: dict[str, Any] = {"versions": versions, "platform": platform.platform(),
                            "hostname": platform.node(), "argv": list(sys.argv),
                            "git": git_info(), "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}
@@ -116,8 +118,11 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except Exception as e:  # tensorboard not installed: keep training, say so once
-                warnings.warn(f"log.tensorboard=true but TensorBoard is unavailable ({e}); "
-                              f"install tensorboard or set log.tensorboard=false", stacklevel=2)
+                from clora3d.optional import explain_import_failure
+
+                warnings.warn(f"log.tensorboard=true but {explain_import_failure('tensorboard', e)}; "
+                              f"training goes on without TensorBoard scalars (or set "
+                              f"log.tensorboard=false)", stacklevel=2)
             else:
                 self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
 

@@ -8,6 +8,7 @@ with one warning), ``reference`` = always the reference, ``native`` = always the
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import warnings
 from typing import Any, Optional
@@ -57,7 +58,24 @@ def native_module() -> Any:
         except ImportError as exc:  # not built, or built against another torch
             _native = None
             _native_error = f"{type(exc).__name__}: {exc}"
+        logging.getLogger("clora3d.ops").info(kernels_summary())
     return _native
+
+
+def kernels_summary() -> str:
+    """One line saying which kernels are active, e.g. for logs and ``python -m clora3d``."""
+    m = native_module()
+    forced = mode()
+    if forced == "reference":
+        return f"clora3d kernels: PyTorch reference on every device ({ENV_VAR}=reference)"
+    if m is None:
+        return (f"clora3d kernels: NOT BUILT, every op runs the 30-60x slower PyTorch reference "
+                f"({_native_error}); run `python tools/doctor.py` for the fix")
+    info = m.build_info() if hasattr(m, "build_info") else {}
+    cpu = f"native CPU ({info.get('multiversion', 'baseline')})"
+    cuda = (f"native CUDA (archs {info.get('cuda_archs')})" if info.get("cuda")
+            else "CUDA tensors: PyTorch reference (built without CUDA kernels)")
+    return f"clora3d kernels: {cpu}; {cuda}"
 
 
 def native_error() -> Optional[str]:
