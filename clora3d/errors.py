@@ -37,7 +37,11 @@ class UnsafeCheckpointError(UnsafePickleError, CheckpointError):
 
 class StorageError(Clora3dError, OSError):
     """A file could not be written (full disk, permissions, a directory in the way); the previous
-    file under that name is unchanged."""
+    file under that name is unchanged. ``errno`` / ``strerror`` / ``filename`` are those of the
+    underlying OSError; ``str()`` is the full message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else OSError.__str__(self)
 
 
 #: What the command-line tools report as one ``error: ...`` line (exit code 2) instead of a traceback:

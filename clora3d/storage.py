@@ -150,7 +150,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, what:
             why = os.strerror(err.errno) if err.errno else str(err)
             hint = " (free some space and retry)" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
             kept = (f"the previous {path.name} is unchanged" if existed else "nothing was written")
-            raise StorageError(f"cannot write {what} {path}: {why}{hint}; {kept}") from None
+            se = StorageError(f"cannot write {what} {path}: {why}{hint}; {kept}")
+            se.errno, se.strerror, se.filename = err.errno, why, str(path)
+            raise se from None
         raise
     _fsync_dir(path.parent)
     return path

@@ -60,6 +60,75 @@ def data_error(dataset: str, what: str, path: Any = None, variant: Optional[str]
     return DataError(msg)
 
 
+def sample_error(dataset: str, what: str, path: Any, index: Optional[int] = None,
+                 variant: Optional[str] = None) -> DataError:
+    """A DataError for the content of one sample of a file (no layout block: the layout is fine)."""
+    where = f"sample {index} of {path}" if index is not None else f"{path}"
+    var = f" (variant {variant})" if variant else ""
+    return DataError(f"{dataset}{var}: {where}: {what}; fix or re-create the file (see data/README.md)")
+
+
+def check_labels(dataset: str, labels: Any, path: Any, num_classes: Optional[int],
+                 variant: Optional[str] = None) -> np.ndarray:
+    """int64 (N,) labels from numbers that must be finite integers in ``0..num_classes-1``; a
+    fractional label (3.7) is an error naming its sample, never truncated."""
+    try:
+        lab = np.asarray(labels)
+        if lab.dtype == object:
+            lab = np.asarray([np.asarray(x).reshape(-1)[0] if np.asarray(x).size == 1 else np.nan
+                              for x in lab.reshape(-1)], dtype=np.float64)
+        if lab.dtype.kind not in "biuf":
+            raise TypeError(f"labels of type {lab.dtype}")
+        lab = lab.reshape(-1).astype(np.float64) if lab.dtype.kind == "f" else lab.reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise sample_error(dataset, f"labels are not numbers ({e})", path, variant=variant) from None
+    if lab.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(lab) | (lab != np.round(lab)))
+        if bad.size:
+            raise sample_error(dataset, f"label {lab[bad[0]]!r} is not an integer class id "
+                               f"({bad.size} such labels)", path, int(bad[0]), variant)
+    lab = lab.astype(np.int64)
+    if num_classes is not None and lab.size:
+        bad = np.flatnonzero((lab < 0) | (lab >= num_classes))
+        if bad.size:
+            raise sample_error(dataset, f"label {int(lab[bad[0]])} outside 0..{num_classes - 1} "
+                               f"({bad.size} such labels)", path, int(bad[0]), variant)
+    return lab
+
+
+def check_clouds(dataset: str, clouds: Any, path: Any, *, min_points: int = 1, cols: int = 3,
+                 variant: Optional[str] = None) -> list:
+    """float32 (N_i, >=cols) arrays from a list of clouds, each checked once: a numeric 2-D array
+    with at least ``cols`` columns and ``min_points`` rows, every value finite. Errors name the
+    sample and the file."""
+    out = []
+    for i, c in enumerate(clouds):
+        try:
+            a = np.asarray(c)
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"values of type {a.dtype}")
+            a = a.astype(np.float32, copy=False)
+        except (TypeError, ValueError) as e:
+            raise sample_error(dataset, f"not a numeric point array ({e})", path, i, variant) from None
+        if a.ndim != 2 or a.shape[1] < cols or a.shape[0] == 0:
+            raise sample_error(dataset, f"cloud has shape {a.shape}, expected (points, >= {cols})",
+                               path, i, variant)
+        if a.shape[0] < min_points:
+            raise sample_error(dataset, f"cloud has {a.shape[0]} points, fewer than "
+                               f"n_points={min_points}", path, i, variant)
+        out.append(a)
+    _check_finite(dataset, out, path, variant)
+    return out
+
+
+def _check_finite(dataset: str, clouds: list, path: Any, variant: Optional[str]) -> None:
+    for i, a in enumerate(clouds):
+        if not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a))[0]
+            raise sample_error(dataset, f"non-finite value {a[tuple(bad)]} at point {int(bad[0])}",
+                               path, i, variant)
+
+
 def check_split(dataset: str, split: str, allowed: tuple[str, ...]) -> str:
     if split not in allowed:
         raise ConfigError(f"{dataset}: split must be one of {list(allowed)}, got {split!r}")
@@ -141,22 +210,12 @@ def _fps_shim(xyz: torch.Tensor, n: int, start: int) -> torch.Tensor:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` through a temporary file in the same folder + fsync + os.replace
+    (:func:`clora3d.storage.atomic_write_bytes`: a failed write is one StorageError naming the
+    file, the previous file is unchanged, no temporary file is left)."""
+    from clora3d.storage import atomic_write_bytes as _write
+
+    _write(Path(path), data, what="file")
 
 
 def warn_once(msg: str) -> None:
@@ -166,9 +225,17 @@ def warn_once(msg: str) -> None:
 def read_text_cloud(path: Path, dataset: str, cols: int, delimiter: Optional[str]) -> np.ndarray:
     """Parse a text point file quickly into float32 (N, cols); DataError when malformed."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise data_error(dataset, "missing shape file", path) from None
+    except IsADirectoryError:
+        raise sample_error(dataset, "is a directory where a shape file (text, one point per line) "
+                           "belongs", path) from None
+    except UnicodeDecodeError as e:
+        raise sample_error(dataset, f"not a text shape file (binary or not UTF-8: invalid byte at "
+                           f"position {e.start})", path) from None
+    except OSError as e:
+        raise sample_error(dataset, f"cannot read shape file ({e.strerror or e})", path) from None
     if delimiter:
         text = text.replace(delimiter, " ")
     try:
@@ -182,4 +249,8 @@ def read_text_cloud(path: Path, dataset: str, cols: int, delimiter: Optional[str
     if lines == 0 or arr.size != lines * cols:
         raise data_error(dataset, f"malformed shape file (expected {cols} numbers per line, "
                          f"got {arr.size} numbers on {lines} lines)", path)
-    return arr.reshape(lines, cols)
+    arr = arr.reshape(lines, cols)
+    if not np.isfinite(arr).all():
+        row = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise sample_error(dataset, f"non-finite value (nan/inf) on point line {row + 1}", path)
+    return arr

@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from clora3d.errors import ConfigError
-from clora3d.data.common import (WorkerRNG, atomic_write_bytes, check_split, data_error,
+from clora3d.data.common import (WorkerRNG, atomic_write_bytes, check_clouds, check_labels,
+                                 check_split, data_error, sample_error,
                                  furthest_point_sample_batch, normalize_unit_sphere, read_text_cloud,
                                  warn_once)
 from clora3d.data.safe_pickle import safe_load
@@ -138,15 +139,15 @@ class ModelNet40(Dataset):
             points, labels = build_modelnet_arrays(self.root, split, self.n_points, num_category)
             if cache:
                 self._write_cache(points, labels, explicit_dir=cache_dir is not None)
-        self._points = [np.asarray(p, dtype=np.float32) for p in points]
-        self._labels = np.array([int(np.asarray(lb).reshape(-1)[0]) for lb in labels], dtype=np.int64)
-        for p in self._points[:1]:
-            if p.ndim != 2 or p.shape[1] < 3 or p.shape[0] < self.n_points:
-                raise data_error("ModelNet40", f"cache holds clouds of shape {p.shape}, expected "
-                                 f"({self.n_points}, 6)", self.cache_path, variant=variant)
-        if len(self._labels) and (self._labels.min() < 0 or self._labels.max() >= self.num_classes):
-            raise data_error("ModelNet40", f"labels outside 0..{self.num_classes - 1}",
-                             self.cache_path, variant=variant)
+        # every cached cloud and label is checked once, here: shape, finiteness, integer labels
+        self._points = check_clouds("ModelNet40", points, self.cache_path, min_points=self.n_points,
+                                    cols=6 if self.use_normals else 3, variant=variant)
+        if any(np.asarray(lb).size != 1 for lb in labels):
+            i = next(i for i, lb in enumerate(labels) if np.asarray(lb).size != 1)
+            raise sample_error("ModelNet40", f"label {np.asarray(labels[i]).tolist()!r} is not one "
+                               "class id", self.cache_path, i, variant)
+        self._labels = check_labels("ModelNet40", [np.asarray(lb).reshape(-1)[0] for lb in labels],
+                                    self.cache_path, self.num_classes, variant)
 
     def _write_cache(self, points: list, labels: list, explicit_dir: bool) -> None:
         folder = self.cache_path.parent
@@ -331,22 +332,26 @@ class ModelNetFewShot(Dataset):
             raise data_error("ModelNetFewShot", f"malformed fold (expected a dict with 'train' and "
                              f"'test')", self.path, variant=variant)
         entries = data[split]
-        try:
-            self._points = [np.asarray(e[0], dtype=np.float32) for e in entries]
-            self._labels = np.array([int(e[1]) for e in entries], dtype=np.int64)
-            orig = {int(e[1]): int(e[2]) for e in entries}
-        except (TypeError, IndexError, ValueError) as e:
-            raise data_error("ModelNetFewShot", f"malformed fold entries ({e}); expected (points, "
-                             "episode_label, original_label) tuples", self.path, variant=variant) from None
+        variant = f"{variant} {split}"
+        if not isinstance(entries, (list, tuple)):
+            raise sample_error("ModelNetFewShot", f"'{split}' holds a {type(entries).__name__}, "
+                               "expected a list of (points, episode_label, original_label)",
+                               self.path, variant=variant)
+        for i, e in enumerate(entries):
+            if not isinstance(e, (list, tuple)) or len(e) < 3:
+                raise sample_error("ModelNetFewShot", "malformed entry, expected a (points, "
+                                   "episode_label, original_label) tuple", self.path, i, variant)
+        # every entry is checked once, here: shape, finiteness, integer labels
+        self._points = check_clouds("ModelNetFewShot", [e[0] for e in entries], self.path,
+                                    min_points=n_points or 1, cols=6 if self.use_normals else 3,
+                                    variant=variant)
+        self._labels = check_labels("ModelNetFewShot", [e[1] for e in entries], self.path, self.way,
+                                    variant)
+        origs = check_labels("ModelNetFewShot", [e[2] for e in entries], self.path, None, variant)
+        orig = {int(a): int(b) for a, b in zip(self._labels, origs)}
         self.num_classes = self.way
         self.original_labels = [orig.get(i, -1) for i in range(self.way)]
         self.class_names = None
-        if len(self._labels) and (self._labels.min() < 0 or self._labels.max() >= self.way):
-            raise data_error("ModelNetFewShot", f"episode labels outside 0..{self.way - 1}", self.path,
-                             variant=variant)
-        if n_points is not None and any(p.shape[0] < n_points for p in self._points):
-            raise data_error("ModelNetFewShot", f"fold holds clouds with fewer than n_points={n_points} "
-                             "points", self.path, variant=variant)
 
     @property
     def labels(self) -> np.ndarray:

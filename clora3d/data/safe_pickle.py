@@ -96,7 +96,9 @@ def _load(f: IO[bytes], source: str) -> Any:
         return _RestrictedUnpickler(f, str(source)).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+    except Exception as e:  # whatever an allowed global or a damaged stream raises (LookupError,
+        # MemoryError, RecursionError, ...): one error naming the file
         from clora3d.errors import DataError
 
-        raise DataError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from e
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise DataError(f"{source}: not a readable pickle ({type(e).__name__}: {detail})") from None

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clora3d.errors import ConfigError
-from clora3d.data.common import WorkerRNG, check_split, data_error
+from clora3d.errors import ConfigError, DataError
+from clora3d.data.common import WorkerRNG, check_labels, check_split, data_error, sample_error
 
 SCANOBJECTNN_CLASSES: list[str] = [
     "bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
@@ -66,17 +66,33 @@ class ScanObjectNN(Dataset):
             with h5py.File(self.path, "r") as f:
                 if "data" not in f or "label" not in f:
                     raise data_error("ScanObjectNN", f"h5 file lacks key 'data' or 'label' (has "
-                                     f"{sorted(f.keys())})", self.path, variant=variant)
+                                     f"{sorted(f.keys())[:20]})", self.path, variant=variant)
+                for key in ("data", "label"):
+                    ds = f[key]
+                    if not isinstance(ds, h5py.Dataset):
+                        raise sample_error("ScanObjectNN", f"h5 entry '{key}' is a "
+                                           f"{type(ds).__name__}, expected an array", self.path,
+                                           variant=variant)
+                    if ds.dtype.kind not in "biuf":
+                        raise sample_error("ScanObjectNN", f"h5 entry '{key}' holds {ds.dtype} "
+                                           "values, expected numbers", self.path, variant=variant)
                 self._points = np.asarray(f["data"][:], dtype=np.float32)
-                self._labels = np.asarray(f["label"][:]).astype(np.int64).reshape(-1)
+                raw_labels = np.asarray(f["label"][:])
+        except DataError:
+            raise
         except OSError as e:
             raise data_error("ScanObjectNN", f"cannot read h5 file ({e})", self.path, variant=variant) from None
-        if self._points.ndim != 3 or self._points.shape[2] < 3 or len(self._points) != len(self._labels):
+        if self._points.ndim != 3 or self._points.shape[2] < 3 or self._points.shape[1] == 0 \
+                or len(self._points) != raw_labels.size:
             raise data_error("ScanObjectNN", f"'data' has shape {self._points.shape} for "
-                             f"{len(self._labels)} labels; expected (N, 2048, 3)", self.path, variant=variant)
-        if len(self._labels) and (self._labels.min() < 0 or self._labels.max() >= self.num_classes):
-            raise data_error("ScanObjectNN", f"labels outside 0..{self.num_classes - 1}", self.path,
-                             variant=variant)
+                             f"{raw_labels.size} labels; expected (N, 2048, 3)", self.path, variant=variant)
+        # every sample is checked once, here: integer labels in range, finite coordinates
+        self._labels = check_labels("ScanObjectNN", raw_labels, self.path, self.num_classes, variant)
+        finite = np.isfinite(self._points[:, :, :3]).all(axis=(1, 2))
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            raise sample_error("ScanObjectNN", f"non-finite coordinates ({int((~finite).sum())} such "
+                               "samples)", self.path, i, variant)
         self._points = np.ascontiguousarray(self._points[:, :, :3])
         if n_points is not None and n_points > self._points.shape[1]:
             raise data_error("ScanObjectNN", f"n_points={n_points} but the file holds "

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from clora3d.errors import ConfigError
-from clora3d.data.common import WorkerRNG, check_split, data_error, normalize_unit_sphere, read_text_cloud
+from clora3d.data.common import (WorkerRNG, check_labels, check_split, data_error, normalize_unit_sphere,
+                                 read_text_cloud, sample_error)
 
 # category index = line order of synsetoffset2category.txt
 CATEGORY_NAMES: list[str] = [
@@ -137,7 +138,7 @@ class ShapeNetPart(Dataset):
         cat = CATEGORY_NAMES[ci]
         if lay == "v0_normal":
             arr = read_text_cloud(f, "ShapeNetPart", 7, None)
-            pts, seg = arr[:, :6], arr[:, 6].astype(np.int64)
+            pts, seg = arr[:, :6], check_labels("ShapeNetPart", arr[:, 6], f, None)
             bad = ~np.isin(seg, SEG_CLASSES[cat])
             if bad.any():
                 raise data_error("ShapeNetPart", f"part labels {sorted(set(seg[bad].tolist()))[:5]} are "
@@ -147,7 +148,8 @@ class ShapeNetPart(Dataset):
             assert seg_file is not None
             if not seg_file.is_file():
                 raise data_error("ShapeNetPart", "missing part label file", seg_file)
-            local = read_text_cloud(seg_file, "ShapeNetPart", 1, None)[:, 0].astype(np.int64)
+            local = check_labels("ShapeNetPart", read_text_cloud(seg_file, "ShapeNetPart", 1, None)[:, 0],
+                                 seg_file, None)
             k = len(SEG_CLASSES[cat])
             if local.shape[0] != pts.shape[0]:
                 raise data_error("ShapeNetPart", f"{local.shape[0]} labels for {pts.shape[0]} points "
@@ -212,11 +214,20 @@ class ShapeNet55(Dataset):
         path = self.root / "shapenet_pc" / self.files[index]
         try:
             pts = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise data_error("ShapeNet55", f"unreadable npy ({e})", path) from None
+        except FileNotFoundError:
+            raise data_error("ShapeNet55", "missing cloud file", path) from None
+        except (ValueError, OSError, EOFError) as e:
+            kind = "is a directory, expected a .npy file" if path.is_dir() else \
+                f"unreadable npy ({type(e).__name__}: {str(e)[:200]})"
+            raise sample_error("ShapeNet55", kind, path) from None
+        if not isinstance(pts, np.ndarray) or pts.dtype.kind not in "biuf":
+            raise sample_error("ShapeNet55", f"holds {getattr(pts, 'dtype', type(pts).__name__)} "
+                               "values, expected numbers", path)
         if pts.ndim != 2 or pts.shape[1] < 3 or pts.shape[0] < self.n_points:
             raise data_error("ShapeNet55", f"cloud has shape {pts.shape}, expected (N >= {self.n_points}, 3)",
                              path)
+        if not np.isfinite(pts[:, :3]).all():
+            raise sample_error("ShapeNet55", "non-finite coordinates (nan/inf)", path)
         idx = self._rng.get().permutation(pts.shape[0])[: self.n_points]
         xyz = normalize_unit_sphere(pts[idx, :3].astype(np.float64))
         return {"points": torch.from_numpy(xyz.astype(np.float32))}

@@ -249,17 +249,57 @@ def default_point_all(npoints: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Loading and merging
 # ----------------------------------------------------------------------------------------------
+#: bounds on what one config file may expand to (YAML aliases of aliases: "billion laughs")
+MAX_CONFIG_VALUES = 200_000
+MAX_CONFIG_DEPTH = 64
+
+
+def _check_size(data: Any, path: Path) -> None:
+    """Count values iteratively (aliases expanded) and stop at the bounds, before anything walks
+    or prints the structure."""
+    stack = [(data, 0)]
+    n = 0
+    while stack:
+        v, depth = stack.pop()
+        n += 1
+        if n > MAX_CONFIG_VALUES:
+            raise ConfigError(f"config {path} expands to more than {MAX_CONFIG_VALUES:,} values "
+                              "(YAML aliases nested in aliases?); write the values out")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"config {path} is nested more than {MAX_CONFIG_DEPTH} levels deep; "
+                              "a config is a few levels of mappings")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, depth + 1) for x in v)
+
+
 def _read_yaml(path: Path, referenced_from: str | None) -> Any:
+    where = f" (named in _base_ of {referenced_from})" if referenced_from else ""
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory, expected a YAML file{where}")
     if not path.is_file():
-        where = f" (named in _base_ of {referenced_from})" if referenced_from else ""
         raise ConfigError(f"config file not found: {path}{where}")
+    if referenced_from and path.suffix.lower() not in (".yaml", ".yml"):
+        # never read (nor quote in an error) a file that is not a config, e.g. a system file
+        raise ConfigError(f"_base_ in {referenced_from} names {path}, which is not a .yaml/.yml "
+                          "config file; it was not read")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            return _yaml_load(f)
+            data = _yaml_load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"invalid YAML in {path}{loc}: {getattr(e, 'problem', e)}") from None
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0][:200]
+        raise ConfigError(f"invalid YAML in {path}{loc}: {problem}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text (invalid byte at position {e.start}); "
+                          "save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply to read; a config is a few levels "
+                          "of mappings") from None
+    _check_size(data, path)
+    return data
 
 
 def _merge(base: dict, base_org: Origins, child: dict, child_org: Origins,
@@ -304,7 +344,7 @@ def _resolve_mapping(node: dict, file: Path, stack: tuple[Path, ...], prefix: Pa
             bases = [bases]
         if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
             where = ".".join(map(str, prefix + (BASE_KEY,)))
-            raise ConfigError(f"'{where}' in {file} must be a path or a list of paths, got {bases!r}")
+            raise ConfigError(f"'{where}' in {file} must be a path or a list of paths, got {_short_repr(bases)}")
         for b in bases:
             bpath = (file.parent / b).resolve()
             sub, sub_org = _load_file(bpath, stack, referenced_from=str(file))
@@ -317,7 +357,7 @@ def _resolve_mapping(node: dict, file: Path, stack: tuple[Path, ...], prefix: Pa
         if k == BASE_KEY:
             continue
         if not isinstance(k, str):
-            raise ConfigError(f"config key {k!r} in {file} must be a string")
+            raise ConfigError(f"config key {_short_repr(k)} in {file} must be a string")
         p = prefix + (k,)
         own_org[p] = str(file)
         if isinstance(v, dict):
@@ -436,7 +476,17 @@ def _unknown(key_path: Path_, known: Iterable[str], origins: Origins | None, sou
 def _bad_value(key_path: Path_, value: Any, expect: str, origins: Origins | None, source: str) -> ConfigError:
     dotted = ".".join(map(str, key_path))
     return ConfigError(f"config key '{dotted}' in {_where(origins, key_path, source)} must be "
-                       f"{expect}, got {value!r}")
+                       f"{expect}, got {_short_repr(value)}")
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    """``repr`` bounded in time and length (a value may be a huge aliased structure)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 8, 8, 8, 120, 120
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 #: Defaults that depend on the task (applied when the key is absent): the references' pre-training

@@ -243,6 +243,11 @@ def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None
         except RuntimeError as e:  # shape mismatch
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+            if all("cls_head" in ln for ln in lines[1:]) and len(lines) > 1:
+                raise CheckpointError(
+                    f"checkpoint {path}: the task head does not match the config's model "
+                    f"({detail}); set model.cls_dim (num_classes) to the checkpoint's number of "
+                    "classes, or pass the --cfg the run was trained with") from None
             raise CheckpointError(f"checkpoint {path} does not fit model {cfg_d['model'].get('NAME')} "
                                   f"of its config ({detail}); pass the --cfg the run was trained "
                                   "with") from None

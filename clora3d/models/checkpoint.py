@@ -233,6 +233,12 @@ def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping
     else:
         source = "<in-memory state>"
         obj = path_or_state
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if isinstance(meta, Mapping) and meta.get("format") == "clora3d-adapter":
+        raise CheckpointError(
+            f"{source} is a clora3d adapter file (method {meta.get('method')!r}), not pre-trained "
+            f"weights: pass the pre-trained base checkpoint here, then apply the adapter with "
+            f"clora3d.peft.load_adapter(model, {source!r}) (or use tools/export.py --merged output)")
     raw, container = extract_state_dict(obj, source)
     canon, layout, dropped = canonicalize(raw)
     if container:
@@ -277,6 +283,15 @@ def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping
             f"{source}: no backbone weight of {type(model).__name__} matches the checkpoint (layout "
             f"{layout}); checkpoint keys look like {example}, the model expects e.g. "
             f"{backbone_keys[:3]}. Is this the right file / model?")
+    head_mismatch = [(k, h, w) for k, h, w in report.mismatched if _classify(model, k, ref_keys) == "head"]
+    if head_mismatch and len(head_mismatch) == len(report.mismatched):
+        k, h, w = next((m for m in head_mismatch if m[0].endswith("weight")), head_mismatch[0])
+        n_ckpt, n_model = (h[0] if h else None), (w[0] if w else None)
+        raise CheckpointError(
+            f"{source}: the task head does not match {type(model).__name__}: {k} has shape {list(h)} "
+            f"in the checkpoint but {list(w)} in the model (the checkpoint's head has {n_ckpt} "
+            f"outputs, the model's {n_model}); build the model with model.cls_dim (num_classes) = "
+            f"{n_ckpt} to use this head, or load without the head (ignore_head='auto')")
     if strict_backbone and (report.mismatched or report.missing_backbone):
         problems = [f"{k} has shape {list(h)} in the checkpoint but {list(w)} in the model"
                     for k, h, w in report.mismatched[:5]]

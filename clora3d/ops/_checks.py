@@ -49,6 +49,9 @@ def tensor(x: object, op: str, name: str) -> torch.Tensor:
     """``x`` must be a torch.Tensor."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError(f"{op}: {name} is a meta tensor (shape only, no data); pass a tensor on "
+                         "cpu or cuda")
     return x
 
 

@@ -132,6 +132,8 @@ def gather_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     if points.dtype not in _ck.FLOAT_DTYPES or not _be.use_native(points.device):
         return _ref.gather_points(points, idx)
     B = points.shape[0]
+    if B == 0 or idx.numel() == 0:  # nothing to gather: the empty result of the right shape
+        return _ref.gather_points(points, idx)
     out = _GatherFn.apply(points, idx.reshape(B, -1))
     return out.reshape(*idx.shape, points.shape[2])
 
@@ -197,7 +199,13 @@ def chamfer_l2(
 
 
 def chamfer_l2_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Point-MAE's ChamferDistanceL2: ``dist_a.mean() + dist_b.mean()`` (scalar, differentiable)."""
+    """Point-MAE's ChamferDistanceL2: ``dist_a.mean() + dist_b.mean()`` (scalar, differentiable).
+
+    An empty batch (B = 0) raises ValueError: the mean over no clouds is undefined (it would be
+    NaN and poison a training step); skip the loss for an empty batch instead."""
+    if isinstance(a, torch.Tensor) and a.dim() == 3 and a.shape[0] == 0:
+        raise ValueError("chamfer_l2_loss: empty batch (B = 0): the mean over no clouds is "
+                         "undefined; skip the loss for an empty batch")
     dist_a, _, dist_b, _ = chamfer_l2(a, b)
     return dist_a.mean() + dist_b.mean()
 

@@ -89,7 +89,7 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, t
 def gather_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``points`` (B,N,C) rows picked by ``idx`` (B,S) or (B,S,K) -> (B,S,C) or (B,S,K,C)."""
     B, _, C = points.shape
-    flat = idx.reshape(B, -1)
+    flat = idx.reshape(B, idx[0].numel() if B else int(torch.Size(idx.shape[1:]).numel()))
     out = torch.gather(points, 1, flat.unsqueeze(-1).expand(-1, -1, C))
     return out.reshape(*idx.shape, C)
 

@@ -58,6 +58,16 @@ def _type_name(v: Any) -> str:
     return type(v).__name__
 
 
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr`` bounded in time and length: a config value may be a huge aliased YAML structure."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 8, 8, 8, 120, 120
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def resolve_config(name: str, defaults: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     """Merge ``cfg`` over ``COMMON_DEFAULTS`` + ``defaults``; unknown keys or wrong types raise ConfigError."""
     known = {**COMMON_DEFAULTS, **defaults}
@@ -67,7 +77,7 @@ def resolve_config(name: str, defaults: dict[str, Any], cfg: dict[str, Any]) -> 
             continue
         if key not in known:
             raise ConfigError(
-                f"peft method {name!r}: unknown option {key!r}; known options: {sorted(known)}"
+                f"peft method {name!r}: unknown option {_short(key)}; known options: {sorted(known)}"
             )
         default = known[key]
         if default is not None and value is not None:
@@ -86,7 +96,7 @@ def resolve_config(name: str, defaults: dict[str, Any], cfg: dict[str, Any]) -> 
             if not ok:
                 raise ConfigError(
                     f"peft method {name!r}: option {key!r} must be {_type_name(default)} "
-                    f"(default {default!r}), got {value!r}"
+                    f"(default {default!r}), got {_short(value)}"
                 )
         out[key] = copy.deepcopy(value)
     out["NAME"] = name
@@ -94,7 +104,7 @@ def resolve_config(name: str, defaults: dict[str, Any], cfg: dict[str, Any]) -> 
         raise ConfigError(f"peft method {name!r}: frozen_bn must be 'eval' or 'train', got {out['frozen_bn']!r}")
     if not all(isinstance(e, str) and e for e in out["extra_trainable"]):
         raise ConfigError(f"peft method {name!r}: extra_trainable must be a list of parameter/module names, "
-                          f"got {out['extra_trainable']!r}")
+                          f"got {_short(out['extra_trainable'])}")
     return out
 
 
@@ -276,7 +286,7 @@ class PeftMethod:
             under = [n for n in base if n.startswith(e + ".")]
             if not under:
                 raise ConfigError(
-                    f"peft method {self.name!r}: extra_trainable entry {e!r} is neither a parameter name nor a "
+                    f"peft method {self.name!r}: extra_trainable entry {_short(e)} is neither a parameter name nor a "
                     f"module name of the backbone (example names: {self._base_examples(base)})"
                 )
             out.extend(under)
