@@ -233,3 +233,191 @@ def test_lock_held_by_another_process_names_it(tmp_path):
         holder.kill()
         holder.wait()
     RunDirLock(tmp_path).acquire().release()  # free again once the holder is gone
+
+
+# ------------------------------------------------------------------------------------------------
+# atomic writes: full disk (injected ENOSPC, small tmpfs), kill mid-write, stale temp files
+# ------------------------------------------------------------------------------------------------
+_ENOSPC_SHIM = textwrap.dedent("""
+    import errno, os, runpy, sys
+    _real_fdopen = os.fdopen
+    class _FullDisk:
+        # a file on a disk with LIMIT bytes free: the write that crosses it fails with ENOSPC
+        def __init__(self, f, limit):
+            self._f, self._left = f, limit
+        def write(self, b):
+            n = len(memoryview(b).cast("B"))
+            if n > self._left:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self._left -= n
+            return self._f.write(b)
+        def __getattr__(self, k):
+            return getattr(self._f, k)
+        def __enter__(self):
+            return self
+        def __exit__(self, *a):
+            self._f.close()
+    def fdopen(fd, mode="r", *a, **k):
+        f = _real_fdopen(fd, mode, *a, **k)
+        return _FullDisk(f, int(os.environ["FULL_DISK_AFTER"])) if "w" in mode else f
+    os.fdopen = fdopen
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def test_full_disk_export_is_one_line_and_keeps_the_previous_files(base_and_run, tmp_path):
+    d, _, run_dir, _ = base_and_run
+    ckpt = run_dir / "ckpt-last.pth"
+    out = tmp_path / "out"
+    p = _run(["tools/export.py", "--ckpt", str(ckpt), "--adapter", str(out / "a.pth"),
+              "--merged", str(out / "m.pth")])
+    assert p.returncode == 0, p.stderr[-2000:]
+    before = {n: (out / n).read_bytes() for n in ("a.pth", "m.pth")}
+    shim = tmp_path / "shim.py"
+    shim.write_text(_ENOSPC_SHIM)
+    for target in ("--adapter", "--merged"):
+        p = _run([str(shim), "tools/export.py", "--ckpt", str(ckpt), target,
+                  str(out / ("a.pth" if target == "--adapter" else "m.pth"))],
+                 env={"FULL_DISK_AFTER": "4096"})
+        err = _one_error_line(p)
+        name = "a.pth" if target == "--adapter" else "m.pth"
+        assert str(out / name) in err and "No space left on device" in err, err
+        assert "unchanged" in err, err
+    assert {n: (out / n).read_bytes() for n in ("a.pth", "m.pth")} == before
+    assert sorted(x.name for x in out.iterdir()) == ["a.pth", "m.pth"]  # no temp file left
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    if os.geteuid() != 0:
+        return False
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+def test_full_disk_on_a_real_small_tmpfs(tmp_path):
+    """The same with a real full file system (root only; skipped where mounting is not allowed)."""
+    from clora3d.engine.checkpoint import atomic_save, load_checkpoint
+
+    mnt = tmp_path / "small"
+    if not _can_mount_tmpfs(mnt):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        atomic_save({"w": torch.arange(1000.0)}, mnt / "ckpt-last.pth")
+        script = textwrap.dedent(f"""
+            import sys, torch
+            from clora3d.engine.checkpoint import atomic_save
+            from clora3d.errors import USER_ERRORS, format_user_error
+            try:
+                atomic_save({{"w": torch.zeros(200_000)}}, {str(mnt / 'ckpt-last.pth')!r})
+            except USER_ERRORS as e:
+                print(format_user_error(e), file=sys.stderr)
+                sys.exit(2)
+        """)
+        p = _run(["-c", script])
+        err = _one_error_line(p)
+        assert str(mnt / "ckpt-last.pth") in err and "No space left" in err, err
+        assert torch.equal(load_checkpoint(mnt / "ckpt-last.pth")["w"], torch.arange(1000.0))
+        assert [x.name for x in mnt.iterdir()] == ["ckpt-last.pth"]
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_kill_during_an_adapter_sized_write_keeps_the_previous_file_and_the_next_save_cleans_up(tmp_path):
+    from clora3d.storage import atomic_torch_save, safe_torch_load
+
+    path = tmp_path / "adapter.pth"
+    atomic_torch_save({"state": {"w": torch.full((10,), 7.0)}}, path, what="adapter")
+    child = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import torch
+        from clora3d.storage import atomic_torch_save
+        big = {{"state": {{"w": torch.randn(6_000_000)}}}}
+        while True:
+            atomic_torch_save(big, {str(path)!r}, what="adapter")
+    """)], env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".adapter.pth.*.tmp")):  # a write is in progress
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    obj = safe_torch_load(path, what="adapter")  # the previous or a complete new file, checksum ok
+    assert obj["state"]["w"].shape in {(10,), (6_000_000,)}
+    left = list(tmp_path.glob(".adapter.pth.*.tmp"))
+    if left:  # killed mid-write: the temp file carries the dead writer's pid ...
+        assert all(f".{child.pid}-" in p.name for p in left)
+    atomic_torch_save({"state": {"w": torch.ones(3)}}, path, what="adapter")
+    assert not list(tmp_path.glob(".adapter.pth.*.tmp"))  # ... and the next save removes it
+    assert torch.equal(safe_torch_load(path)["state"]["w"], torch.ones(3))
+
+
+# ------------------------------------------------------------------------------------------------
+# checksums: a bit flip inside a tensor is one error naming the file; older files still load
+# ------------------------------------------------------------------------------------------------
+def _flip_inside(path: Path, marker: torch.Tensor) -> None:
+    raw = bytearray(path.read_bytes())
+    pos = raw.find(marker.numpy().tobytes())
+    assert pos > 0
+    raw[pos + 5] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def test_bit_flip_in_checkpoint_adapter_and_merged_model_is_detected(tmp_path):
+    from clora3d.engine.checkpoint import atomic_save, load_checkpoint
+    from clora3d.errors import CheckpointError
+    from clora3d.models import build_model
+    from clora3d.models.checkpoint import load_pretrained, save_point_mae_checkpoint
+    from clora3d.peft import apply_peft, load_adapter
+
+    marker = torch.arange(64, dtype=torch.float32) * 1.2345 + 3.0
+    ck = atomic_save({"model": {"m": marker.clone()}, "epoch": 3}, tmp_path / "ckpt-last.pth")
+    assert load_checkpoint(ck)["epoch"] == 3
+    _flip_inside(ck, marker)
+    with pytest.raises(CheckpointError, match=rf"{ck}.*corrupt"):
+        load_checkpoint(ck)
+
+    torch.manual_seed(0)
+    model = build_model(dict(MODEL))
+    method = apply_peft(model, {"NAME": "clora"})
+    with torch.no_grad():
+        head = model.cls_head_finetune[0].weight
+        head.view(-1)[:64] = marker
+    ad = method.save_adapter(tmp_path / "a.pth")
+    merged = save_point_mae_checkpoint(build_model(dict(MODEL)), tmp_path / "m.pth")
+    _flip_inside(ad, marker)
+    with pytest.raises(CheckpointError, match=rf"{ad}.*corrupt"):
+        load_adapter(build_model(dict(MODEL)), ad)
+    m_marker = torch.load(merged, weights_only=True)["base_model"]["cls_token"].reshape(-1)[:8].clone()
+    if m_marker.abs().sum() > 0:
+        _flip_inside(merged, m_marker)
+    else:  # cls_token starts at zero: flip inside the first block's qkv weight instead
+        _flip_inside(merged, torch.load(merged, weights_only=True)["base_model"][
+            "blocks.blocks.0.attn.qkv.weight"].reshape(-1)[:8].clone())
+    with pytest.raises(CheckpointError, match=rf"{merged}.*corrupt"):
+        load_pretrained(build_model(dict(MODEL)), merged, log=None)
+
+
+def test_files_written_before_checksums_still_load(tmp_path):
+    from clora3d.engine.checkpoint import load_checkpoint
+    from clora3d.models import build_model
+    from clora3d.models.checkpoint import load_pretrained
+    from clora3d.peft import apply_peft, load_adapter
+
+    torch.save({"model": {"w": torch.ones(3)}, "epoch": 1}, tmp_path / "old.pth")
+    assert load_checkpoint(tmp_path / "old.pth")["epoch"] == 1
+    torch.manual_seed(0)
+    model = build_model(dict(MODEL))
+    torch.save({"base_model": model.state_dict()}, tmp_path / "old_merged.pth")
+    rep = load_pretrained(build_model(dict(MODEL)), tmp_path / "old_merged.pth", log=None)
+    assert not rep.missing_backbone
+    method = apply_peft(model, {"NAME": "clora"})
+    torch.save({"metadata": method.metadata(), "state": method.adapter_state_dict()}, tmp_path / "old_a.pth")
+    torch.manual_seed(0)
+    assert load_adapter(build_model(dict(MODEL)), tmp_path / "old_a.pth").name == "clora"
