@@ -421,3 +421,177 @@ def test_files_written_before_checksums_still_load(tmp_path):
     torch.save({"metadata": method.metadata(), "state": method.adapter_state_dict()}, tmp_path / "old_a.pth")
     torch.manual_seed(0)
     assert load_adapter(build_model(dict(MODEL)), tmp_path / "old_a.pth").name == "clora"
+
+
+# ------------------------------------------------------------------------------------------------
+# a malicious checkpoint: refused in every path, nothing executed, no unsafe advice
+# ------------------------------------------------------------------------------------------------
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_refused_in_every_path(base_and_run, tmp_path):
+    d, base, run_dir, cfg_file = base_and_run
+    marker = tmp_path / "executed"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "x": _Evil(str(marker))}, evil)
+    run2 = tmp_path / "run2"
+    run2.mkdir()
+    torch.save({"epoch": 0, "x": _Evil(str(marker))}, run2 / "ckpt-last.pth")
+    cloud = tmp_path / "c.npy"
+    np.save(cloud, np.random.default_rng(0).normal(size=(80, 3)).astype(np.float32))
+    cases = {
+        "infer": ["tools/infer.py", "--ckpt", str(evil), "--cfg", str(cfg_file), str(cloud)],
+        "export": ["tools/export.py", "--ckpt", str(evil), "--cfg", str(cfg_file), "--adapter",
+                   str(tmp_path / "a.pth")],
+        "resume": ["tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run2), "--resume"],
+        "train --ckpt": ["tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(tmp_path / "r3"),
+                         "--ckpt", str(evil)],
+    }
+    for name, args in cases.items():
+        err = _one_error_line(_run(args))
+        assert "nothing was executed" in err, (name, err)
+        assert "weights_only=False" not in err and "weights_only" not in err.replace(
+            "weights-only", ""), (name, err)
+        assert str(evil if name != "resume" else run2 / "ckpt-last.pth") in err, (name, err)
+    script = textwrap.dedent(f"""
+        import sys
+        from clora3d.models import build_model
+        from clora3d.peft import load_adapter
+        from clora3d.errors import USER_ERRORS, format_user_error
+        try:
+            load_adapter(build_model({MODEL!r}), {str(evil)!r})
+        except USER_ERRORS as e:
+            print(format_user_error(e), file=sys.stderr); sys.exit(2)
+    """)
+    err = _one_error_line(_run(["-c", script]))
+    assert "nothing was executed" in err and "weights_only=False" not in err, err
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# one `error:` line for every bad input
+# ------------------------------------------------------------------------------------------------
+def _tool_main(name: str, argv: list[str], capsys) -> tuple[int, str]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_rel_tool_{name}", REPO / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    capsys.readouterr()
+    rc = mod.main(argv)
+    return rc, capsys.readouterr().err
+
+
+def _one_line(rc: int, err: str) -> str:
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_config_inputs_are_one_line(tmp_path, capsys):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    err = _one_line(*_tool_main("train", ["--cfg", str(latin)], capsys))
+    assert str(latin) in err and "UTF-8" in err
+
+    folder = tmp_path / "cfgdir.yaml"
+    folder.mkdir()
+    err = _one_line(*_tool_main("train", ["--cfg", str(folder)], capsys))
+    assert "is a directory" in err
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("model: " + "[" * 3000 + "]" * 3000 + "\n")
+    err = _one_line(*_tool_main("train", ["--cfg", str(deep)], capsys))
+    assert "nested" in err and str(deep) in err
+
+    # a file outside the config tree that is not a config: never read, never quoted
+    secret = tmp_path / "elsewhere" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:SECRET-LINE:/root:/bin/bash\nadmin: SECRET-VALUE\n")
+    cfg = tmp_path / "cfgs" / "c.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text(f"_base_: {os.path.relpath(secret, cfg.parent)}\n")
+    err = _one_line(*_tool_main("train", ["--cfg", str(cfg)], capsys))
+    assert "SECRET" not in err and str(secret) in err and "not read" in err
+
+
+def _alias_bomb(levels: int, where: str, ds: dict) -> str:
+    lines = ["task: classification", "model: {NAME: PointTransformer, preset: tiny, cls_dim: 5}",
+             f"dataset: {{train: &ds {json.dumps(ds)}, test: *ds}}", "data: {npoints: 64}",
+             "train: {device: cpu, num_workers: 0, batch_size: 5}",
+             "peft:", "  NAME: clora", f"  {where}:", "    - &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"    - &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [4, 6, 9])
+def test_yaml_alias_bomb_is_short_and_fast(tmp_path, levels):
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text(_alias_bomb(levels, "extra_trainable", _fewshot_data(tmp_path / "folds")))
+    p = _run(["tools/train.py", "--cfg", str(cfg), "--run-dir", str(tmp_path / "r")], timeout=60)
+    err = _one_error_line(p)
+    assert len(p.stderr) < 2500, len(p.stderr)
+    assert "extra_trainable" in err or "expands to more than" in err, err
+
+
+def test_restricted_unpickler_errors_of_allowed_globals_are_data_errors(tmp_path):
+    from clora3d.data.safe_pickle import safe_load, safe_loads
+    from clora3d.errors import DataError
+
+    bad = b"c_codecs\nencode\n(Vabc\nVno-such-encoding\ntR."
+    with pytest.raises(DataError, match="not a readable pickle.*LookupError"):
+        safe_loads(bad, "fold.pkl")
+    (tmp_path / "0.pkl").write_bytes(bad)
+    with pytest.raises(DataError, match=str(tmp_path / "0.pkl")):
+        safe_load(tmp_path / "0.pkl")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_infer_device_errors(tmp_path, capsys):
+    cloud = tmp_path / "c.npy"
+    np.save(cloud, np.zeros((10, 3), np.float32))
+    for dev, want in (("cuda", "CUDA is not available"), ("banana", "not a device"),
+                      ("cuda:3", "CUDA is not available")):
+        err = _one_line(*_tool_main("infer", ["--ckpt", str(tmp_path / "none.pth"), str(cloud),
+                                              "--device", dev], capsys))
+        assert want in err and "--device cpu" in err or want in err, err
+    err = _one_line(*_tool_main("export", ["--ckpt", str(tmp_path), "--adapter", "x", "--device",
+                                           "banana"], capsys))
+    assert "not a device" in err
+
+
+def test_check_device_accepts_cpu():
+    from clora3d.engine.infer import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+
+
+def test_ops_empty_batch_meta_and_empty_chamfer():
+    from clora3d import ops
+
+    pts = torch.randn(0, 7, 5)
+    assert ops.gather_points(pts, torch.zeros(0, 3, dtype=torch.long)).shape == (0, 3, 5)
+    assert ops.gather_points(pts, torch.zeros(0, 3, 2, dtype=torch.long)).shape == (0, 3, 2, 5)
+    assert ops.gather_points(torch.randn(2, 7, 5), torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, 5)
+    # like the other ops with B = 0
+    assert ops.furthest_point_sample(torch.randn(0, 7, 3), 2).shape == (0, 2)
+    meta = torch.empty(1, 8, 3, device="meta")
+    for call in (lambda: ops.furthest_point_sample(meta, 2), lambda: ops.knn(meta, meta, 2),
+                 lambda: ops.gather_points(meta, torch.zeros(1, 2, dtype=torch.long, device="meta")),
+                 lambda: ops.chamfer_l2(meta, meta)):
+        with pytest.raises(ValueError, match="meta tensor"):
+            call()
+    with pytest.raises(ValueError, match="empty batch"):
+        ops.chamfer_l2_loss(torch.zeros(0, 4, 3), torch.zeros(0, 5, 3))
+    # a non-empty batch still gives the brute-force value
+    a, b = torch.randn(2, 4, 3), torch.randn(2, 5, 3)
+    d = ((a[:, :, None] - b[:, None]) ** 2).sum(-1)
+    want = d.min(2).values.mean() + d.min(1).values.mean()
+    assert torch.allclose(ops.chamfer_l2_loss(a, b), want, atol=1e-6)
