@@ -476,7 +476,8 @@ def test_malicious_checkpoint_is_refused_in_every_path(base_and_run, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # one `error:` line for every bad input
 # ------------------------------------------------------------------------------------------------
-def _tool_main(name: str, argv: list[str], capsys) -> tuple[int, str]:
+def _tool_run(name: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``tools/<name>.py`` main(argv), in process."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"_rel_tool_{name}", REPO / "tools" / f"{name}.py")
@@ -484,7 +485,13 @@ def _tool_main(name: str, argv: list[str], capsys) -> tuple[int, str]:
     spec.loader.exec_module(mod)
     capsys.readouterr()
     rc = mod.main(argv)
-    return rc, capsys.readouterr().err
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _tool_main(name: str, argv: list[str], capsys) -> tuple[int, str]:
+    rc, _, err = _tool_run(name, argv, capsys)
+    return rc, err
 
 
 def _one_line(rc: int, err: str) -> str:
@@ -595,3 +602,228 @@ def test_ops_empty_batch_meta_and_empty_chamfer():
     d = ((a[:, :, None] - b[:, None]) ** 2).sum(-1)
     want = d.min(2).values.mean() + d.min(1).values.mean()
     assert torch.allclose(ops.chamfer_l2_loss(a, b), want, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# loaders: every sample checked once at load time, errors name the file and the sample
+# ------------------------------------------------------------------------------------------------
+def _scan(tmp_path: Path, edit) -> Path:
+    h5py = pytest.importorskip("h5py")
+    from clora3d.data.scanobjectnn import scanobjectnn_file
+    from clora3d.data.synthetic import write_scanobjectnn
+
+    root = tmp_path / "scan"
+    write_scanobjectnn(root, "OBJ_BG", n_train=6, n_test=2, n_points=64, seed=0)
+    path = scanobjectnn_file(root, "OBJ_BG", "train")
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return root
+
+
+def test_scanobjectnn_fractional_labels_nan_groups_strings_and_wrong_keys(tmp_path):
+    from clora3d.data import ScanObjectNN
+    from clora3d.errors import DataError
+
+    def fractional(f):
+        lab = f["label"][:].astype(np.float64)
+        lab[4] = 3.7
+        del f["label"]
+        f["label"] = lab
+
+    root = _scan(tmp_path / "a", fractional)
+    with pytest.raises(DataError, match=r"sample 4 of .*training_objectdataset\.h5: label 3\.7 is not an integer"):
+        ScanObjectNN(root, "OBJ_BG", "train")
+
+    def nan(f):
+        f["data"][3, 10, 1] = np.nan
+
+    root = _scan(tmp_path / "b", nan)
+    with pytest.raises(DataError, match=r"sample 3 of .*training_objectdataset\.h5: non-finite"):
+        ScanObjectNN(root, "OBJ_BG", "train")
+
+    def group(f):
+        del f["data"]
+        f.create_group("data")
+
+    root = _scan(tmp_path / "c", group)
+    with pytest.raises(DataError, match=r"training_objectdataset\.h5: h5 entry 'data' is a Group"):
+        ScanObjectNN(root, "OBJ_BG", "train")
+
+    def strings(f):
+        n = f["data"].shape[0]
+        del f["data"]
+        f["data"] = np.array([b"abc"] * n)
+
+    root = _scan(tmp_path / "d", strings)
+    with pytest.raises(DataError, match=r"h5 entry 'data' holds \|S3 values, expected numbers"):
+        ScanObjectNN(root, "OBJ_BG", "train")
+
+    def wrong_keys(f):
+        f["points"] = f["data"][:]
+        del f["data"]
+
+    root = _scan(tmp_path / "e", wrong_keys)
+    with pytest.raises(DataError) as e:
+        ScanObjectNN(root, "OBJ_BG", "train")
+    assert str(e.value).count("Expected layout") == 1 and "lacks key 'data'" in str(e.value)
+
+
+def test_modelnet_cache_checks_every_cloud_not_just_the_first(tmp_path):
+    import pickle
+
+    from clora3d.data import ModelNet40
+    from clora3d.errors import DataError
+
+    rng = np.random.default_rng(0)
+    good = [rng.normal(size=(64, 6)).astype(np.float32) for _ in range(5)]
+    labels = [np.array([i % 2], dtype=np.int32) for i in range(5)]
+    root = tmp_path / "mn"
+    root.mkdir()
+
+    def write(points, labs):
+        (root / "modelnet40_train_64pts_fps.dat").write_bytes(pickle.dumps([points, labs], protocol=4))
+
+    write(good, labels)
+    assert len(ModelNet40(root, "train", n_points=64)) == 5
+    short = list(good)
+    short[2] = good[2][:30]
+    write(short, labels)
+    with pytest.raises(DataError, match=r"sample 2 of .*_fps\.dat: cloud has 30 points, fewer than n_points=64"):
+        ModelNet40(root, "train", n_points=64)
+    nan = [g.copy() for g in good]
+    nan[3][7, 0] = np.inf
+    write(nan, labels)
+    with pytest.raises(DataError, match=r"sample 3 of .*_fps\.dat: non-finite value inf at point 7"):
+        ModelNet40(root, "train", n_points=64)
+    flat = list(good)
+    flat[4] = good[4].reshape(-1)
+    write(flat, labels)
+    with pytest.raises(DataError, match=r"sample 4 of .*cloud has shape \(384,\)"):
+        ModelNet40(root, "train", n_points=64)
+    frac = list(labels)
+    frac[1] = np.array([1.5])
+    write(good, frac)
+    with pytest.raises(DataError, match=r"sample 1 of .*label 1\.5 is not an integer"):
+        ModelNet40(root, "train", n_points=64)
+
+
+def _fold(tmp_path: Path, edit) -> dict:
+    import pickle
+
+    ds = _fewshot_data(tmp_path / "folds")
+    path = tmp_path / "folds" / "5way_4shot" / "0.pkl"
+    data = pickle.loads(path.read_bytes())
+    edit(data)
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    return ds
+
+
+@pytest.mark.parametrize("case,match", [
+    ("short", r"sample 3 of .*0\.pkl: cloud has 10 points, fewer than n_points=64"),
+    ("nan", r"sample 5 of .*0\.pkl: non-finite value nan at point 2"),
+    ("fraction", r"sample 1 of .*0\.pkl: label 2\.5 is not an integer"),
+    ("malformed", r"sample 6 of .*0\.pkl: malformed entry"),
+    ("strings", r"sample 0 of .*0\.pkl: not a numeric point array"),
+])
+def test_fewshot_fold_entries_are_all_checked(tmp_path, case, match):
+    from clora3d.data import ModelNetFewShot
+    from clora3d.errors import DataError
+
+    def edit(data):
+        tr = data["train"]
+        if case == "short":
+            tr[3] = (tr[3][0][:10], tr[3][1], tr[3][2])
+        elif case == "nan":
+            p = tr[5][0].copy()
+            p[2, 1] = np.nan
+            tr[5] = (p, tr[5][1], tr[5][2])
+        elif case == "fraction":
+            tr[1] = (tr[1][0], 2.5, tr[1][2])
+        elif case == "malformed":
+            tr[6] = (tr[6][0],)
+        elif case == "strings":
+            tr[0] = (np.array(["a", "b", "c"]), tr[0][1], tr[0][2])
+
+    ds = _fold(tmp_path, edit)
+    with pytest.raises(DataError, match=match):
+        ModelNetFewShot(ds["root"], 5, 4, 0, "train", n_points=64)
+
+
+def test_bad_fold_through_train_tool_is_one_line(tmp_path, capsys):
+    def edit(data):
+        p = data["train"][5][0].copy()
+        p[2, 1] = np.nan
+        data["train"][5] = (p, data["train"][5][1], data["train"][5][2])
+
+    cfg = _tiny_cfg(tmp_path, _fold(tmp_path, edit))
+    err = _one_line(*_tool_main("train", ["--cfg", str(cfg), "--run-dir", str(tmp_path / "r")], capsys))
+    assert "sample 5 of" in err and "0.pkl" in err and "non-finite" in err
+
+
+def test_directory_or_binary_where_a_shape_file_belongs(tmp_path, capsys):
+    from clora3d.data import ModelNet40
+    from clora3d.data.synthetic import write_modelnet40
+    from clora3d.errors import DataError
+
+    root = tmp_path / "mn"
+    write_modelnet40(root, num_classes=2, n_train=2, n_test=1, n_points=80, seed=0)
+    victim = sorted(root.glob("*/*_0001.txt"))[0]
+    victim.unlink()
+    victim.mkdir()
+    with pytest.raises(DataError, match=rf"{victim}: is a directory where a shape file"):
+        ModelNet40(root, "train", n_points=64, cache=False)
+    victim.rmdir()
+    victim.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match=rf"{victim}: not a text shape file"):
+        ModelNet40(root, "train", n_points=64, cache=False)
+    victim.write_text("0.1,0.2,nan,0,0,1\n" * 100)
+    with pytest.raises(DataError, match=rf"{victim}: non-finite value"):
+        ModelNet40(root, "train", n_points=64, cache=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# clearer messages: head mismatch, adapter as --ckpt, directories, inference folders
+# ------------------------------------------------------------------------------------------------
+def test_head_mismatch_adapter_as_ckpt_and_directory(base_and_run, tmp_path, capsys):
+    from clora3d.errors import CheckpointError
+    from clora3d.models import build_model
+    from clora3d.models.checkpoint import load_pretrained, save_point_mae_checkpoint
+    from clora3d.peft import apply_peft
+
+    d, base, run_dir, cfg_file = base_and_run
+    merged40 = save_point_mae_checkpoint(build_model({**MODEL, "cls_dim": 40}), tmp_path / "m40.pth")
+    with pytest.raises(CheckpointError, match=r"task head does not match.*40 outputs.*model's 5.*cls_dim"):
+        load_pretrained(build_model(dict(MODEL)), merged40, ignore_head=False, log=None)
+    cloud = tmp_path / "c.npy"
+    np.save(cloud, np.random.default_rng(0).normal(size=(80, 3)).astype(np.float32))
+    err = _one_line(*_tool_main("infer", ["--ckpt", str(merged40), "--cfg", str(cfg_file), str(cloud)], capsys))
+    assert "task head" in err and "cls_dim" in err and "backbone" not in err, err
+
+    adapter = apply_peft(build_model(dict(MODEL)), {"NAME": "clora"}).save_adapter(tmp_path / "ad.pth")
+    err = _one_line(*_tool_main("train", ["--cfg", str(cfg_file), "--run-dir", str(tmp_path / "r1"),
+                                          "--ckpt", str(adapter)], capsys))
+    assert "adapter file" in err and "load_adapter" in err and "no state dict" not in err, err
+
+    err = _one_line(*_tool_main("train", ["--cfg", str(cfg_file), "--run-dir", str(tmp_path / "r2"),
+                                          "--ckpt", str(tmp_path)], capsys))
+    assert "is a directory" in err and "not found" not in err, err
+
+
+def test_one_bad_file_in_an_inference_folder_does_not_stop_the_others(base_and_run, tmp_path, capsys):
+    d, base, run_dir, cfg_file = base_and_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.npy", "c.npy"):
+        np.save(folder / name, rng.normal(size=(100, 3)).astype(np.float32))
+    (folder / "b.npy").write_bytes(b"\x93NUMPY garbage that is not an array")
+    rc, out, err = _tool_run("infer", ["--ckpt", str(run_dir), str(folder), "--json"], capsys)
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and str(folder / "b.npy") in lines[0] and "Traceback" not in err, err
+    res = json.loads(out)
+    assert [Path(r["file"]).name for r in res] == ["a.npy", "b.npy", "c.npy"]
+    assert "top" in res[0] and "top" in res[2] and "error" in res[1] and "top" not in res[1]
+    rc, out, err = _tool_run("infer", ["--ckpt", str(run_dir), str(folder)], capsys)
+    assert rc == 2
+    assert str(folder / "a.npy") in out and str(folder / "c.npy") in out and "b.npy" not in out

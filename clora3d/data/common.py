@@ -85,7 +85,7 @@ def check_labels(dataset: str, labels: Any, path: Any, num_classes: Optional[int
     if lab.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(lab) | (lab != np.round(lab)))
         if bad.size:
-            raise sample_error(dataset, f"label {lab[bad[0]]!r} is not an integer class id "
+            raise sample_error(dataset, f"label {float(lab[bad[0]])!r} is not an integer class id "
                                f"({bad.size} such labels)", path, int(bad[0]), variant)
     lab = lab.astype(np.int64)
     if num_classes is not None and lab.size:
