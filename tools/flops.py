@@ -25,18 +25,24 @@ def main(argv: list[str] | None = None) -> int:
         import clora3d  # noqa: F401
     except ModuleNotFoundError:  # running from a source checkout that is not pip-installed
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from clora3d.errors import USER_ERRORS, format_user_error
     from clora3d.profile.report import INPUTS, method_table, to_markdown
 
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
     inputs = {k: INPUTS[k] for k in (args.inputs or INPUTS)}
-    rows = method_table(preset=args.preset, inputs=inputs, progress=not args.no_progress)
-    print(to_markdown(rows))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
-        print(f"\nwrote {args.json}", file=sys.stderr)
+    try:
+        rows = method_table(preset=args.preset, inputs=inputs, progress=not args.no_progress)
+        print(to_markdown(rows))
+        if args.json is not None:
+            from clora3d.storage import atomic_write_bytes
+
+            atomic_write_bytes(args.json, json.dumps(rows, indent=2).encode(), what="JSON file")
+            print(f"\nwrote {args.json}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(format_user_error(e), file=sys.stderr)
+        return 2
     return 0
 
 

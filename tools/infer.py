@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                 labels = r.pop("labels")
                 if args.save_labels:
                     out = Path(args.save_labels) / f"{Path(r['file']).stem}.txt"
-                    out.parent.mkdir(parents=True, exist_ok=True)
                     xyz = _read(Path(r["file"]))
-                    np.savetxt(out, np.concatenate([xyz, labels[:, None]], 1), fmt="%.6f %.6f %.6f %d")
+                    from clora3d.storage import atomic_write
+
+                    rows = np.concatenate([xyz, labels[:, None]], 1)
+                    atomic_write(out, lambda f, rows=rows: np.savetxt(f, rows, fmt="%.6f %.6f %.6f %d"),
+                                 what="labels file")
                     r["labels_file"] = str(out)
             results.append(r)
     except USER_ERRORS as e:

@@ -750,7 +750,9 @@ def dump_config(cfg: Mapping) -> str:
 
 def save_config(cfg: Mapping, path: str | Path) -> None:
     """Write the resolved config to ``path`` as YAML."""
-    Path(path).write_text(dump_config(cfg), encoding="utf-8")
+    from clora3d.storage import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), dump_config(cfg).encode("utf-8"), what="config")
 
 
 def _plain(obj: Any) -> Any:
