@@ -247,11 +247,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
                   methods: Mapping[str, Mapping[str, Any]] | None = None,
-                  log: Callable[[str], None] = print, keep: str | None = None) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, keep: Sequence[str] = ()) -> dict[str, Any]:
     """Every method x task x seed; returns per-run results and per-method summaries.
 
-    ``keep``: label of a method whose seed-0 ``scan`` model is returned under ``"kept"`` (for the
-    real-data check)."""
+    ``keep``: labels of methods whose first-seed ``scan`` model (and PEFT method) are returned
+    under ``"kept"`` (for the real-data check)."""
     methods = dict(methods or BENCH_METHODS)
     t0 = time.perf_counter()
     tasks: dict[str, Any] = {}
@@ -262,17 +262,17 @@ def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
         f"few-shot {size.way}-way {size.shot}-shot x {size.fewshot_test} test per class from a pool of "
         f"{size.fewshot_pool} per class ({time.perf_counter() - t0:.1f} s)")
     runs: list[dict[str, Any]] = []
-    kept = None
+    kept: dict[str, dict[str, Any]] = {}
     for label, spec in methods.items():
         cfg = peft_config(spec)
         for task_name in size.tasks:
             for seed in size.seeds:
                 task = tasks["scan"] if task_name == "scan" else fewshot_episode(pool, size, seed)
                 ep = size.epochs if task_name == "scan" else size.fewshot_epochs
-                want = keep == label and task_name == "scan" and seed == size.seeds[0]
+                want = label in keep and task_name == "scan" and seed == size.seeds[0]
                 r = finetune(pretrained, cfg, task, size, seed, ep, keep_model=want)
                 if want:
-                    kept = {"label": label, "model": r.pop("model"), "method": r.pop("method")}
+                    kept[label] = {"model": r.pop("model"), "method": r.pop("method")}
                 r.update(method=label, task=task_name, seed=seed)
                 runs.append(r)
                 log(f"  {label:16s} {task_name:8s} seed {seed}: acc {r['acc']:6.2f}%  "

@@ -2,15 +2,21 @@
 
 Stages (each shows progress):
  1. write synthetic shapes in the real ModelNet40 and ShapeNet-55 on-disk formats;
- 2. pre-train the tiny backbone with the Point-MAE objective and save it in the official Point-MAE
-    checkpoint layout (so the fine-tuning runs load it exactly as they would load ``pretrain.pth``);
- 3. fine-tune that checkpoint with CLoRA and, on the same data and budget, with LoRA, linear
-    probing and full fine-tuning; evaluate each (plain accuracy and vote@10, kept apart);
- 4. profile each method (trainable parameters, adapter file size, GFLOPs merged and unmerged);
- 5. export the CLoRA adapter and the merged model, classify one point cloud file with
+ 2. pre-train the tiny backbone with the Point-MAE objective on the clean ShapeNet-55-format shapes
+    and save it in the official Point-MAE checkpoint layout (every later stage loads it exactly as
+    it would load ``pretrain.pth``; one pre-training shared by every method);
+ 3. the benchmark (:mod:`clora3d.benchmark`): every PEFT method of the project fine-tunes that
+    checkpoint on the same budget on a shifted distribution (ScanObjectNN-like partial scans with
+    clutter and noise) and on few-shot episodes of it, several seeds; mean +- std accuracy,
+    trainable parameters, wall time;
+ 4. a real-data check: the benchmark's best method (seed 0) classifies the real ModelNet40 shapes of
+    ../shared/data whose classes the synthetic set shares (skipped, with a message, without them);
+ 5. the pipeline on files: CLoRA fine-tuned by the trainer on the ModelNet40-format data, evaluated
+    (plain and vote@10), profiled (parameters, adapter size, GFLOPs merged and unmerged);
+ 6. export the CLoRA adapter and the merged model, classify one point cloud file with
     ``tools/infer.py``, and render PNGs (clouds, curves).
 
-The result table goes to stdout, ``<out>/demo_table.md`` and ``<out>/demo_result.json``.
+The tables go to stdout, ``<out>/demo_table.md`` and ``<out>/demo_result.json``.
 """
 from __future__ import annotations
 
@@ -27,8 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from clora3d.benchmark import BenchSize
+
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("clora", "lora", "linear", "full")
+METHODS = ("clora",)  # fine-tuned by the trainer on files (stage 5); the benchmark runs every method
 
 
 @dataclass(frozen=True)
@@ -43,10 +51,17 @@ class DemoSize:
     finetune_epochs: int
 
 
-FULL = DemoSize(num_classes=16, n_train=30, n_test=12, pretrain_shapes=48, pretrain_epochs=40,
-                finetune_epochs=25)
+FULL = DemoSize(num_classes=16, n_train=20, n_test=10, pretrain_shapes=48, pretrain_epochs=15,
+                finetune_epochs=8)
 QUICK = DemoSize(num_classes=8, n_train=6, n_test=4, pretrain_shapes=8, pretrain_epochs=1,
                  finetune_epochs=1)
+
+#: benchmark sizes (stage 3); the full size is tuned so that linear probing and full fine-tuning
+#: differ by many standard deviations, within ~10 minutes for the whole demo on 2 quiet cores
+FULL_BENCH = BenchSize(n_train=16, n_test=10, way=5, shot=10, fewshot_test=10, fewshot_pool=20,
+                       epochs=15, fewshot_epochs=20, seeds=(0, 1, 2))
+QUICK_BENCH = BenchSize(num_classes=8, n_train=3, n_test=2, way=3, shot=2, fewshot_test=2, fewshot_pool=4,
+                        epochs=1, fewshot_epochs=1, batch_size=4, seeds=(0, 1), npoints=128, point_all=160)
 
 
 def _stage(title: str) -> None:
@@ -152,43 +167,66 @@ def profile_method(run_dir: Path, out: Path, npoints: int) -> dict[str, Any]:
 
 def run(out: str | Path = "demo_out", quick: bool = False) -> dict[str, Any]:
     """Run every stage; returns the result dict that is also written to ``<out>/demo_result.json``."""
+    from clora3d import benchmark as B
+    from clora3d.data.synthetic import SYNTHETIC_CLASSES
+    from clora3d.models.checkpoint import read_checkpoint
+
     t_start = time.perf_counter()
     torch.manual_seed(0)
     np.random.seed(0)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     size = QUICK if quick else FULL
+    bsize = QUICK_BENCH if quick else FULL_BENCH
     stage_times: dict[str, float] = {}
 
-    _stage("1/5 synthetic data in the real on-disk formats")
+    _stage("1/6 synthetic data in the real on-disk formats")
     t0 = time.perf_counter()
     data = write_data(out, size)
     stage_times["data"] = time.perf_counter() - t0
 
-    _stage("2/5 Point-MAE pre-training of the tiny backbone")
+    _stage("2/6 Point-MAE pre-training of the tiny backbone on clean shapes (shared by every method)")
     t0 = time.perf_counter()
     ckpt = pretrain(out, data, size)
     stage_times["pretrain"] = time.perf_counter() - t0
 
-    _stage("3/5 fine-tuning: CLoRA, LoRA, linear probing, full fine-tuning (same data and budget)")
+    _stage("3/6 benchmark: every PEFT method on shifted scans and few-shot episodes, same budget, "
+           f"seeds {list(bsize.seeds)}")
+    t0 = time.perf_counter()
+    state = read_checkpoint(ckpt)
+    # the best method is known only afterwards: keep every method's first-seed scan model (tiny)
+    bench = B.run_benchmark(state, bsize, keep=tuple(B.BENCH_METHODS))
+    stage_times["benchmark"] = time.perf_counter() - t0
+    btable = B.format_table(bench["summary"], bsize.tasks)
+    print("\n" + btable)
+
+    _stage("4/6 real-data check: the best method on real ModelNet40 shapes (classes shared with the synthetic set)")
+    t0 = time.perf_counter()
+    by_scan = sorted(bench["summary"], key=lambda r: -r["scan_mean"])
+    best = by_scan[0]["method"]
+    kept = bench["kept"][best]
+    real = B.real_modelnet_check(kept["model"], SYNTHETIC_CLASSES[:bsize.num_classes], bsize.npoints)
+    real["method"] = best
+    print(format_real(real))
+    bench["kept"] = None
+    stage_times["real_check"] = time.perf_counter() - t0
+
+    _stage("5/6 pipeline on files: CLoRA fine-tuned by the trainer, evaluated (plain, vote@10), profiled")
     results: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
     for method in METHODS:
         print(f"\n--- {method} ---", flush=True)
         results[method] = finetune(out, data, size, ckpt, method)
-    stage_times["finetune"] = sum(r["wall_s"] for r in results.values())
-
-    _stage("4/5 profile: parameters, adapter size, GFLOPs")
-    t0 = time.perf_counter()
     rows = []
     for method in METHODS:
         r = results[method]
         prof = profile_method(Path(r["run_dir"]), out, npoints=256)
-        last, best = r["last"], r["best"]
+        last, best_ep = r["last"], r["best"]
         rows.append({
             "method": method,
             "acc_last": last.get("acc"),
-            "acc_best": best.get("acc"),
-            "best_epoch": best.get("epoch"),
+            "acc_best": best_ep.get("acc"),
+            "best_epoch": best_ep.get("epoch"),
             "acc_vote10_last": last.get("acc_vote@10"),
             "trainable_params": prof["params"]["trainable"],
             "trainable_params_no_head": prof["params"].get("trainable_without_head"),
@@ -198,31 +236,56 @@ def run(out: str | Path = "demo_out", quick: bool = False) -> dict[str, Any]:
             "gflops_merged": prof["gflops_merged"],
             "wall_s": r["wall_s"],
         })
-    stage_times["profile"] = time.perf_counter() - t0
+    stage_times["pipeline"] = time.perf_counter() - t0
 
-    _stage("5/5 export, inference on a file, renders")
+    _stage("6/6 export, inference on a file, renders")
     t0 = time.perf_counter()
     extras = export_and_show(out, data, Path(results["clora"]["run_dir"]), results)
     stage_times["export_infer_render"] = time.perf_counter() - t0
 
     total = time.perf_counter() - t_start
+    sep = {t: B.separation(bench["summary"], t) for t in bsize.tasks}
+    bheader = (f"clora3d demo ({'quick' if quick else 'full'}), "
+               f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {_machine()}\n"
+               f"benchmark: tiny backbone (96 dims, 4 blocks, 32 groups x 16, {bsize.npoints} points) pre-trained "
+               f"with Point-MAE on clean synthetic shapes ({size.num_classes} classes x {size.pretrain_shapes}, "
+               f"{size.pretrain_epochs} epochs), fine-tuned on shifted synthetic scans (partial views, occluder, "
+               f"floor/wall clutter, sensor noise): scan = {bsize.num_classes} classes x {bsize.n_train} train / "
+               f"{bsize.n_test} test scans, {bsize.epochs} epochs; few-shot = {bsize.way}-way {bsize.shot}-shot, "
+               f"{bsize.fewshot_test} test scans per class, {bsize.fewshot_epochs} epochs, one episode per seed; "
+               f"AdamW lr {bsize.lr:g}, batch {bsize.batch_size}, cosine; last-epoch accuracy, mean ± std "
+               f"over seeds {list(bsize.seeds)}; wall time per run (scan + few-shot)")
+    sep_line = "; ".join(f"{t}: full - linear = {v['gap']:.1f} points = {v['ratio']:.1f} x the larger std"
+                         for t, v in sep.items() if v is not None)
     table = format_table(rows)
-    header = (f"clora3d demo ({'quick' if quick else 'full'}), "
-              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {_machine()}\n"
-              f"tiny backbone (96 dims, 4 blocks, 32 groups x 16, 256 points), synthetic "
-              f"ModelNet40-format data: {size.num_classes} classes, {size.n_train} train / "
-              f"{size.n_test} test shapes per class; pre-training {size.pretrain_epochs} epochs, "
-              f"fine-tuning {size.finetune_epochs} epochs per method; "
-              f"GFLOPs = 2 x MACs of one 256-point sample, FPS/kNN excluded")
-    print("\n" + header + "\n\n" + table)
+    pheader = (f"pipeline on files: CLoRA fine-tuned by tools/train.py's trainer on synthetic ModelNet40-format "
+               f"data ({size.num_classes} classes, {size.n_train} train / {size.n_test} test shapes per class, "
+               f"{size.finetune_epochs} epochs); GFLOPs = 2 x MACs of one 256-point sample, FPS/kNN excluded")
+    real_line = format_real(real)
+    text = (bheader + "\n\n" + btable + "\n\n" + sep_line + "\n\n" + real_line + "\n\n"
+            + pheader + "\n\n" + table)
+    print("\n" + text)
     print(f"\nstage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_times.items())
           + f"; total {total:.0f} s")
-    result = {"header": header, "rows": rows, "stage_times_s": stage_times, "total_s": total,
+    result = {"header": bheader, "benchmark": {"summary": bench["summary"], "runs": bench["runs"],
+                                                "separation": sep, "size": dict(bsize.__dict__)},
+              "real_check": real, "rows": rows, "stage_times_s": stage_times, "total_s": total,
               "quick": quick, **extras}
-    (out / "demo_table.md").write_text(header + "\n\n" + table + "\n")
+    (out / "demo_table.md").write_text(text + "\n")
     (out / "demo_result.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"\nresults: {out / 'demo_table.md'}, {out / 'demo_result.json'}")
     return result
+
+
+def format_real(real: dict[str, Any]) -> str:
+    """One paragraph on the real-data check."""
+    if "skipped" in real:
+        return f"real-data check skipped: {real['skipped']}"
+    wrong = [f"{s} -> {p}" for s, p in real["per_shape"] if not s.startswith(p + "_")]
+    return (f"real-data check ({real['method']}, seed 0, trained on synthetic scans only): {real['correct']} of "
+            f"{real['n']} real ModelNet40 shapes right ({real['acc']:.1f}%; chance {real['chance']:.1f}%) over the "
+            f"{len(real['classes'])} shared classes {', '.join(real['classes'])}; the argmax runs over those "
+            f"classes only. Misclassified: {', '.join(wrong) if wrong else 'none'}.")
 
 
 def _pct(v: Any) -> str:

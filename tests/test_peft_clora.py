@@ -114,7 +114,7 @@ def test_parallel_and_shared_counts(base):
 
 # -- structure --------------------------------------------------------------------------------------
 def test_zero_init_and_orthogonal_spaces(base):
-    method = apply_peft(copy.deepcopy(base), {"NAME": "clora", "rank": 8, "num_spaces": 4})
+    method = apply_peft(copy.deepcopy(base), {"NAME": "clora", "rank": 8, "num_spaces": 4, "init": "orthogonal"})
     sp = method.spaces["s96x96"]
     assert torch.count_nonzero(sp.Q) == 0
     dcat = sp.D.detach().permute(1, 0, 2).reshape(D, -1)       # d x p r, jointly orthonormal

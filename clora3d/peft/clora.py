@@ -51,11 +51,16 @@ CLORA_DEFAULTS: dict[str, Any] = {
     "scale": 1.0,               # multiplies dW
     "dropout": 0.0,             # dropout on the input of the low-rank branch (training only)
     "bias": False,              # per-LRM bias vector (pre_proj: size d_in, parallel: size d_out)
-    "init": "orthogonal",       # "orthogonal" (the p spaces jointly orthonormal when p*r <= d) | "xavier"
+    # "xavier" (independent spaces) | "orthogonal" (the p spaces jointly orthonormal when p*r <= d).
+    # xavier by default: with jointly orthogonal D_h every D_a^T D_b is 0, so SADE and its gradient
+    # stay exactly 0 until the spaces drift (docs/peft.md, "SADE defaults", tools/sade_ablation.py)
+    "init": "xavier",
     "shared_q": False,          # CLoRA#: one Q per space shared by all LRMs of a set (identical dW)
     "sade": True,               # false -> no SADE term (ablation)
-    "sade_lambda": 0.01,        # weight of L_SADE in the total loss (not published; tune it)
-    "sade_normalize": False,    # normalised variant (each pair term in [0, 1])
+    "sade_lambda": 0.01,        # weight of L_SADE in the total loss (not published; see the ablation)
+    # normalised variant (each pair term in [0, 1], scale-free): the unnormalised term grows like
+    # ||Q||^4 from Q = 0, so its gradient is ~1e-13 of the task gradient early and <= 0.4% on average
+    "sade_normalize": True,
     "sade_eps": 1e-12,          # added to the normaliser
 }
 
