@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 CFG = """\
 task: classification
 seed: 5
-model: {{NAME: PointTransformer, preset: tiny, cls_dim: 4, drop_path_rate: 0.0}}
+model: {{NAME: PointTransformer, preset: tiny, cls_dim: 4, drop_path_rate: 0.0, frozen_bn: eval}}
 peft: {{NAME: lora}}
 dataset:
   train: {{NAME: ModelNet40, root: {root}, n_points: 1024, split: test}}
@@ -35,7 +35,9 @@ log: {{progress: false, tensorboard: false}}
 
 # Entry point for both runs: the classification head loses its BatchNorm and Dropout layers (the
 # only layers whose output couples the samples of a batch or draws per-rank random numbers; the
-# frozen encoder BatchNorms are in eval mode), so one process and two must agree to rounding.
+# frozen encoder BatchNorms are put in eval mode by frozen_bn: eval, since with the reference
+# default, train, each rank would normalise with its own half batch), so one process and two must
+# agree to rounding.
 ENTRY = """\
 import runpy, sys
 from torch import nn
