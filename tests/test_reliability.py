@@ -827,3 +827,40 @@ def test_one_bad_file_in_an_inference_folder_does_not_stop_the_others(base_and_r
     rc, out, err = _tool_run("infer", ["--ckpt", str(run_dir), str(folder)], capsys)
     assert rc == 2
     assert str(folder / "a.npy") in out and str(folder / "c.npy") in out and "b.npy" not in out
+
+
+def test_full_disk_during_training_is_one_line_naming_the_checkpoint(base_and_run, tmp_path):
+    d, base, run_dir, cfg_file = base_and_run
+    shim = tmp_path / "shim.py"
+    shim.write_text(_ENOSPC_SHIM)
+    run = tmp_path / "run"
+    p = _run([str(shim), "tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run)],
+             env={"FULL_DISK_AFTER": "20000"})
+    err = _one_error_line(p)
+    assert "No space left on device" in err and ("ckpt-best.pth" in err or "ckpt-last.pth" in err), err
+    assert "enforce fail" not in p.stderr
+    assert not list(run.glob(".*.tmp")) and not list(run.glob("ckpt-*.pth"))
+
+
+def test_full_disk_on_the_log_is_a_storage_error_naming_it(tmp_path):
+    import errno
+
+    from clora3d.engine.logging import RunLogger
+    from clora3d.errors import StorageError
+
+    log = RunLogger(tmp_path, tensorboard=False)
+
+    class _Full:
+        def write(self, s):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    real, log._log_file = log._log_file, _Full()
+    with pytest.raises(StorageError, match=rf"{tmp_path / 'log.txt'}: No space left on device"):
+        log.info("epoch 3")
+    real.close()

@@ -134,9 +134,16 @@ class RunLogger:
         print(msg, flush=True)
         if self._log_file is not None:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            for line in str(msg).splitlines() or [""]:
-                self._log_file.write(f"{stamp} {line}\n")
-            self._log_file.flush()
+            try:
+                for line in str(msg).splitlines() or [""]:
+                    self._log_file.write(f"{stamp} {line}\n")
+                self._log_file.flush()
+            except OSError as e:  # full disk: one error naming the log, not a bare errno
+                from clora3d.errors import StorageError
+
+                raise StorageError(f"cannot append to {self.run_dir / 'log.txt'}: "
+                                   f"{e.strerror or e}; free some space and continue with "
+                                   "--resume (the checkpoints are intact)") from None
 
     def write_text(self, name: str, text: str) -> None:
         if self.enabled:
