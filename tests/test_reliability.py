@@ -864,3 +864,20 @@ def test_full_disk_on_the_log_is_a_storage_error_naming_it(tmp_path):
     with pytest.raises(StorageError, match=rf"{tmp_path / 'log.txt'}: No space left on device"):
         log.info("epoch 3")
     real.close()
+
+
+def test_format_user_error_names_the_file_and_bounds_the_length(tmp_path):
+    from clora3d.data import ModelNet40
+    from clora3d.errors import ConfigError, DataError, format_user_error
+
+    try:
+        open(tmp_path, "rb")
+    except OSError as e:
+        assert format_user_error(e) == f"error: {tmp_path}: is a directory, expected a file"
+    msg = format_user_error(ConfigError("x" * 10_000))
+    assert len(msg) < 2100 and msg.endswith("more characters cut]")
+    assert format_user_error(RecursionError()).startswith("error: input is nested too deeply")
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(DataError, match="data root is a file, expected a folder"):
+        ModelNet40(f, "train")

@@ -116,7 +116,8 @@ class ModelNet40(Dataset):
         prefix = f"modelnet{num_category}"
         variant = f"{prefix} {split}"
         if not self.root.is_dir():
-            raise data_error("ModelNet40", "data folder not found", self.root, variant=variant)
+            raise data_error("ModelNet40", "data root is a file, expected a folder" if self.root.is_file()
+                             else "data folder not found", self.root, variant=variant)
         names_file = self.root / f"{prefix}_shape_names.txt"
         inner = self.root / "modelnet40_normal_resampled"
         if not names_file.is_file() and inner.is_dir():

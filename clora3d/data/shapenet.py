@@ -87,7 +87,8 @@ class ShapeNetPart(Dataset):
         self.use_normals = bool(use_normals)
         self._rng = WorkerRNG(seed)
         if not self.root.is_dir():
-            raise data_error("ShapeNetPart", "data folder not found", self.root)
+            raise data_error("ShapeNetPart", "data root is a file, expected a folder"
+                             if self.root.is_file() else "data folder not found", self.root)
         cat_file = self.root / "synsetoffset2category.txt"
         if not cat_file.is_file():
             raise data_error("ShapeNetPart", "missing category file", cat_file)
