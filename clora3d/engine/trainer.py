@@ -559,7 +559,6 @@ class _Trainer:
     def run(self) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
         try:
-            self._setup()
             removed = getattr(self, "_stale_removed", [])
             if removed:
                 self.log.info(f"removed {len(removed)} temporary file(s) of an interrupted write: "
@@ -568,6 +567,7 @@ class _Trainer:
                 h = self.lock.took_over
                 self.log.info(f"took over the lock of an earlier run that ended without releasing it "
                               f"(pid {h.get('pid')} on {h.get('host')}, started {h.get('started')})")
+            self._setup()
             self.history: list[dict[str, Any]] = []
             self.best: dict[str, Any] | None = None
             start = self._try_resume()
@@ -612,6 +612,7 @@ class _Trainer:
             return result
         finally:
             self.log.close()
+            self.lock.release()
 
     @property
     def selects(self) -> bool:
@@ -659,7 +660,6 @@ class _Trainer:
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
         if not self.history:
-            self.lock.release()
             raise ConfigError(f"nothing to do: the run in {self.run_dir} already finished "
                               f"train.epochs={cfg['train']['epochs']}")
         last_rec = self.history[-1]
