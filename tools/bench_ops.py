@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Benchmark clora3d.ops (native vs reference vs installed peers) and print one table.
 
-Example: python tools/bench_ops.py --repeats 9 --json bench_ops.json
+Example: python tools/bench_ops.py --repeats 9 --json docs/bench/ops_cpu.json
+then python tools/render_bench_tables.py renders README.md's and docs/ops.md's tables from that JSON.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -32,7 +34,7 @@ def main() -> None:
     print(f"peers: {', '.join(f'{k} {v}' for k, v in env['peers'].items()) or 'none'}")
     print(bench.format_table(rows))
     if args.json:
-        bench.write_json(args.json, rows)
+        bench.write_json(args.json, rows, command="python tools/bench_ops.py " + " ".join(sys.argv[1:]))
         print(f"wrote {args.json}")
 
 

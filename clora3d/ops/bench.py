@@ -106,8 +106,20 @@ def installed_peers() -> dict[str, str]:
     for name in PEER_PACKAGES:
         mod = _try_import(name)
         if mod is not None:
-            out[name] = str(getattr(mod, "__version__", "?"))
+            out[name] = str(getattr(mod, "__version__", None) or _dist_version(name))
     return out
+
+
+def _dist_version(module: str) -> str:
+    """Version of the installed distribution that provides ``module`` ("?" when unknown)."""
+    from importlib import metadata
+
+    for dist in metadata.packages_distributions().get(module, []):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "?"
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -322,7 +334,114 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, rows: list[Row]) -> None:
-    """Rows + environment as JSON."""
+def write_json(path: str, rows: list[Row], command: Optional[str] = None) -> None:
+    """Rows + environment (+ the UTC time and the command line) as JSON: the one source every
+    benchmark table in README.md and docs/ops.md is rendered from (:func:`render_tables`)."""
+    from datetime import datetime, timezone
+
+    env = environment()
+    env["date_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if command:
+        env["command"] = command
     with open(path, "w") as f:
-        json.dump({"environment": environment(), "rows": [asdict(r) for r in rows]}, f, indent=2)
+        json.dump({"environment": env, "rows": [asdict(r) for r in rows]}, f, indent=2)
+        f.write("\n")
+
+
+# ----------------------------------------------------------------------------- tables from the JSON
+# The bars the kernels were built against: (op, size label) -> (minimum speed-up over the fastest
+# installed peer, wording). None: no bar.
+BARS: dict[tuple[str, str], Optional[tuple[float, str]]] = {
+    ("fps", "modelnet"): (5.0, ">= 5x"),
+    ("fps", "scanobjectnn"): (5.0, ">= 5x"),
+    ("fps", "preprocess"): (1.0, "faster"),
+    ("knn", "modelnet"): (5.0, ">= 5x"),
+    ("knn", "scanobjectnn"): (5.0, ">= 5x"),
+    ("knn", "preprocess"): None,
+    ("chamfer", "fwd+bwd"): (3.0, ">= 3x"),
+}
+MARKERS = {"full": "bench_ops:full", "summary": "bench_ops:summary"}
+# peer packages that time each op (a bar judged without one of them is qualified as such)
+OP_PEERS = {"fps": ("fpsample", "open3d"), "knn": ("pykdtree", "faiss", "scipy", "open3d"), "chamfer": ()}
+
+
+def _fmt_ms(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+
+def _case_rows(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    cases: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        cases.setdefault((r["op"], r["size"]), []).append(r)
+    return [(op, size, rs) for (op, size), rs in cases.items()]
+
+
+def summary_rows(data: dict) -> list[dict]:
+    """Per (op, size): native (all threads, 1 thread), reference, fastest peer, speed-up and bar."""
+    out = []
+    for op, size, rs in _case_rows(data["rows"]):
+        ok = [r for r in rs if r.get("median_ms") is not None and not r.get("error")]
+        native = next((r for r in ok if r["kind"] == "native" and "1 thread" not in r["impl"]), None)
+        native1 = next((r for r in ok if r["kind"] == "native" and "1 thread" in r["impl"]), None)
+        refr = next((r for r in ok if r["kind"] == "reference"), None)
+        peers = sorted((r for r in ok if r["kind"] == "peer"), key=lambda r: r["median_ms"])
+        fastest = peers[0] if peers else None
+        speed = fastest["median_ms"] / native["median_ms"] if fastest and native else None
+        speed1 = fastest["median_ms"] / native1["median_ms"] if fastest and native1 else None
+        bar = BARS.get((op, size.split()[0]))
+        if bar is None:
+            verdict = "(no bar)"
+        elif speed is None:
+            verdict = f"{bar[1]}: not measured (no peer installed)"
+        else:
+            verdict = f"{bar[1]}: {'met' if speed >= bar[0] else 'NOT met'}"
+            missing = [p for p in OP_PEERS.get(op, ()) if p not in data.get("environment", {}).get("peers", {})]
+            if missing:
+                verdict += f" against the installed peers only ({', '.join(missing)} not installed)"
+        out.append({"op": op, "size": size, "native_ms": native and native["median_ms"],
+                    "native_1t_ms": native1 and native1["median_ms"],
+                    "reference_ms": refr and refr["median_ms"],
+                    "peer": fastest and fastest["impl"], "peer_ms": fastest and fastest["median_ms"],
+                    "speedup": speed, "speedup_1t": speed1, "bar": verdict})
+    return out
+
+
+def _env_line(env: dict) -> str:
+    peers = ", ".join(f"{k} {v}" for k, v in env.get("peers", {}).items()) or "none"
+    missing = [p for p in PEER_PACKAGES if p not in env.get("peers", {})]
+    return (f"{env.get('cpu')} ({env.get('cpu_count')} logical CPUs), torch {env.get('torch')}, "
+            f"{env.get('torch_threads')} threads, {env.get('date_utc', 'date not recorded')}, "
+            f"load average (1/5/15 min) at the end {env.get('loadavg_1_5_15min')}; "
+            f"peers installed: {peers}" + (f"; not installed: {', '.join(missing)}" if missing else ""))
+
+
+def render_tables(data: dict, source: str) -> dict[str, str]:
+    """The Markdown blocks (``"full"``, ``"summary"``) rendered from one benchmark JSON."""
+    env = data["environment"]
+    cmd = env.get("command", "python tools/bench_ops.py")
+    head = f"From `{source}`, written by one run of `{cmd}`: {_env_line(env)}."
+    full = head + "\n\n" + format_table([Row(**{k: v for k, v in r.items()}) for r in data["rows"]])
+    lines = [head + " Median wall time in ms; speed-up = fastest installed peer / clora3d native.", "",
+             "| op, size | clora3d native | native, 1 thread | pure-torch reference | fastest peer | "
+             "speed-up (1 thread) | bar |",
+             "|---|---:|---:|---:|---|---:|---|"]
+    for r in summary_rows(data):
+        peer = f"{r['peer']} {_fmt_ms(r['peer_ms'])}" if r["peer"] else "none installed"
+        sp = (f"{r['speedup']:.1f}x ({r['speedup_1t']:.1f}x)" if r["speedup"] is not None
+              and r["speedup_1t"] is not None else "-")
+        lines.append(f"| {r['op']} {r['size']} | {_fmt_ms(r['native_ms'])} | {_fmt_ms(r['native_1t_ms'])} | "
+                     f"{_fmt_ms(r['reference_ms'])} | {peer} | {sp} | {r['bar']} |")
+    return {"full": full, "summary": "\n".join(lines)}
+
+
+def replace_between_markers(text: str, name: str, block: str, where: str = "file") -> str:
+    """``text`` with the lines between ``<!-- {name}:begin -->`` and ``<!-- {name}:end -->``
+    replaced by ``block``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{where}: needs exactly one '{begin}' followed by one '{end}'")
+    a = text.index(begin) + len(begin)
+    b = text.index(end)
+    return text[:a] + "\n" + block.rstrip("\n") + "\n" + text[b:]
