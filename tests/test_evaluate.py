@@ -474,3 +474,74 @@ def test_ddp_two_gloo_ranks_match_single_process():
         assert cls_m["acc"] == pytest.approx(single["acc"]) and cls_m["count"] == 10
         for k in ("inst_miou", "cls_miou", "point_acc", "class_avg_acc", "num_shapes"):
             assert seg_m[k] == pytest.approx(seg_single[k]), k
+
+
+# ------------------------------------------------------------------------------------------------
+# details the protocol tests above do not reach
+# ------------------------------------------------------------------------------------------------
+def test_batch_field_errors_name_the_keys():
+    loader = [[torch.zeros(1, 4, 3), torch.zeros(1)]]
+    with pytest.raises(TypeError, match=r"dicts with keys \['points', 'label'\], got list"):
+        evaluate_classification(_MeanLinear(), loader, npoints=4)
+    with pytest.raises(KeyError, match=r"no key\(s\) \['label'\]; it has \['lab', 'points'\]"):
+        evaluate_classification(_MeanLinear(), [{"points": torch.zeros(1, 4, 3), "lab": torch.zeros(1)}],
+                                npoints=4)
+
+
+def test_partseg_edge_cases_by_hand():
+    # a category index equal to the number of categories is out of range
+    with pytest.raises(ValueError, match="category index 2 out of range for 2 categories"):
+        part_seg_miou(PRED, GT, np.array([0, 0, 2]), SEG2)
+    with pytest.raises(ValueError, match=r"predictions must be logits \(S,N,P\) or labels \(S,N\)"):
+        part_seg_miou(np.zeros((3, 4, 5, 1)), GT, CLS, SEG2)
+    with pytest.raises(ValueError, match="part_seg_miou: no shapes to evaluate"):
+        part_seg_miou(np.zeros((0, 4), dtype=np.int64), np.zeros((0, 4), dtype=np.int64), np.zeros(0), SEG2)
+    with pytest.raises(ValueError, match="seg_classes: category 'cat1' has no parts"):
+        part_seg_miou(PRED, GT, CLS, [[0, 1], []])
+    # one shape, one point: part 2 seen once and predicted right -> every metric 100 %
+    m = part_seg_miou(np.array([[2]]), np.array([[2]]), np.array([1]), [[0, 1], [2, 3, 4]])
+    assert m["point_acc"] == 100.0 and m["class_avg_acc"] == 100.0 and m["inst_miou"] == 100.0
+    assert list(m["per_category"]) == ["cat1"]
+    # one point wrong: part 2 seen once, never hit; part 3 absent from the truth
+    m = part_seg_miou(np.array([[3]]), np.array([[2]]), np.array([1]), [[0, 1], [2, 3, 4]])
+    assert m["point_acc"] == 0.0 and m["class_avg_acc"] == 0.0
+    assert m["inst_miou"] == pytest.approx(100 * (0 + 0 + 1) / 3)
+
+
+def test_partseg_table_layout():
+    m = part_seg_miou(PRED, GT, CLS, SEG2)
+    lines = format_partseg_table(m).split("\n")
+    assert lines[0] == f"{'category':<12} {'shapes':>6} {'mIoU':>7}"
+    assert lines[1] == f"{'A':<12} {2:>6d} {100 * (7 / 12 + 1) / 2:>7.2f}"
+    assert lines[2] == f"{'B':<12} {1:>6d} {100 * 13 / 18:>7.2f}"
+    assert lines[3].startswith(f"Inst. mIoU {HAND['inst_miou']:.2f}  Cls. mIoU {HAND['cls_miou']:.2f}")
+    assert len(lines) == 4
+
+
+def test_one_process_group_gives_the_same_metrics_and_exact_sums(tmp_path):
+    # under an initialised process group the correct/count sums go through all_reduce (float64,
+    # on the CPU for gloo) and part-seg shapes through all_gather_object; with one rank they must
+    # be the plain numbers, exactly
+    from clora3d.engine import evaluate as ev
+
+    items = _cls_items(n=10, N=40)
+    plain = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3), npoints=16)
+    cats = list(SHAPENETPART_SEG_CLASSES.values())
+    g = torch.Generator().manual_seed(3)
+    seg_items = [{"points": torch.randn(20, 3, generator=g), "cls": torch.tensor(i % 16),
+                  "seg": torch.tensor(cats[i % 16])[torch.randint(0, 2, (20,), generator=g)]} for i in range(6)]
+    seg_plain = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
+    assert ev._all_gather_list([1, 2]) == [1, 2] and ev._all_reduce_sum([3, 4.5], torch.device("cpu")) == [3.0, 4.5]
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        big = 2 ** 53 - 1  # exact in float64, not in float32
+        got = ev._all_reduce_sum([big, 1, 0.5], torch.device("cpu"))
+        assert got == [float(big), 1.0, 0.5] and all(type(v) is float for v in got)
+        assert ev._all_gather_list([("a", 1), ("b", 2)]) == [("a", 1), ("b", 2)]
+        dist = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3), npoints=16)
+        seg_dist = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
+    finally:
+        torch.distributed.destroy_process_group()
+    assert dist == plain
+    for k in ("inst_miou", "cls_miou", "point_acc", "class_avg_acc", "num_shapes", "per_category"):
+        assert seg_dist[k] == seg_plain[k], k
