@@ -101,3 +101,11 @@ lock:
 
 clean:
 	rm -rf build *.egg-info clora3d/_C*.so
+
+# Mutation testing of the core modules (not part of `make test`; slow): mutmut pinned in
+# requirements/mutate.txt, one scratch copy per group, report in docs/mutation.md.
+# MUTATE_ARGS, e.g. --groups evaluate ops_checks --max-children 2.
+.PHONY: mutate
+mutate: install
+	$(VPY) -m pip install -r requirements/mutate.txt
+	$(VPY) tools/mutate.py $(MUTATE_ARGS)
