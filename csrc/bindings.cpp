@@ -83,6 +83,18 @@ void check_index_range(const at::Tensor& idx, int64_t n, const char* name) {
   TORCH_CHECK(lo >= 0 && hi < n, name, " must hold indices in [0, ", n, "), got values in [", lo, ", ", hi, "]");
 }
 
+// Coordinates must be finite: with a NaN every distance comparison is false and kNN / three_nn would
+// return indices that were never written. Checked here for CPU tensors (one serial pass, cheap next
+// to the kernel). CUDA tensors are not checked here: that would force a device-to-host sync in every
+// training step; clora3d.ops validates them before the call.
+void check_finite(const at::Tensor& t_in, const char* name) {
+  if (!t_in.device().is_cpu() || t_in.numel() == 0) return;
+  const at::Tensor t = t_in.contiguous();
+  bool ok = true;
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "check_finite", [&] { ok = all_finite_cpu(t.data_ptr<scalar_t>(), t.numel()); });
+  TORCH_CHECK(ok, name, " must hold finite coordinates, found NaN or inf");
+}
+
 // Which implementation runs for a tensor's device.
 bool use_cuda(const at::Tensor& t) {
   if (t.device().is_cpu()) return false;
@@ -117,6 +129,7 @@ at::Tensor fps(const at::Tensor& xyz_in, int64_t S, int64_t start) {
   TORCH_CHECK(N >= 1, "xyz must hold at least one point, got shape ", xyz_in.sizes());
   TORCH_CHECK(S >= 1 && S <= N, "S must be in [1, N=", N, "], got ", S);
   TORCH_CHECK(start >= 0 && start < N, "start must be in [0, N=", N, "), got ", start);
+  check_finite(xyz_in, "xyz");
   const at::Tensor xyz = xyz_in.contiguous();
   CLORA3D_DISPATCH(xyz, fps, xyz, S, start)
 }
@@ -128,6 +141,8 @@ std::tuple<at::Tensor, at::Tensor> knn(const at::Tensor& query_in, const at::Ten
   const int64_t N = ref_in.size(1);
   TORCH_CHECK(N >= 1, "ref must hold at least one point, got shape ", ref_in.sizes());
   TORCH_CHECK(k >= 1 && k <= N, "k must be in [1, N=", N, "], got ", k);
+  check_finite(query_in, "query");
+  check_finite(ref_in, "ref");
   const at::Tensor query = query_in.contiguous(), ref = ref_in.contiguous();
   CLORA3D_DISPATCH(query, knn, query, ref, k)
 }
@@ -162,6 +177,8 @@ std::tuple<at::Tensor, at::Tensor> three_nn(const at::Tensor& unknown_in, const 
   check_points(known_in, "known");
   check_same(unknown_in, "unknown", known_in, "known");
   TORCH_CHECK(known_in.size(1) >= 3, "known must hold at least 3 points, got shape ", known_in.sizes());
+  check_finite(unknown_in, "unknown");
+  check_finite(known_in, "known");
   const at::Tensor unknown = unknown_in.contiguous(), known = known_in.contiguous();
   CLORA3D_DISPATCH(unknown, three_nn, unknown, known)
 }
@@ -209,6 +226,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward(const
   check_same(a_in, "a", b_in, "b");
   TORCH_CHECK(a_in.size(1) >= 1 && b_in.size(1) >= 1, "a and b must hold at least one point each, got ",
               a_in.sizes(), " and ", b_in.sizes());
+  check_finite(a_in, "a");
+  check_finite(b_in, "b");
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   CLORA3D_DISPATCH(a, chamfer_forward, a, b)
 }

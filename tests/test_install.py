@@ -34,12 +34,6 @@ def test_only_build_commands_need_torch():
     assert not setup.builds_binaries(["sdist"])
 
 
-def test_pyproject_uses_the_in_tree_backend():
-    text = (REPO / "pyproject.toml").read_text()
-    assert 'build-backend = "clora3d_build"' in text and 'backend-path = ["build_backend"]' in text
-    assert "torch" not in text.split("[build-system]")[1].split("[project]")[0].split("requires")[1].split("\n")[0]
-
-
 def test_lock_pins_every_package_exactly():
     lock = REPO / "requirements" / "lock-linux-x86_64.txt"
     lines = [ln.split("#")[0].strip() for ln in lock.read_text().splitlines()]
