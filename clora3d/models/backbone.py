@@ -38,6 +38,15 @@ def trunc_normal_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+class ClsMaxPool(nn.Module):
+    """Point-MAE's head input from the final tokens ``(B, L, D)``: the cls token (index 0) concatenated
+    with the max over all other tokens, ``(B, 2D)``. Holds no parameters; a PEFT method may swap the
+    model's ``pool`` for its own pooling (and the head for a wider one) while it is attached."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)
+
+
 class PointTransformer(nn.Module):
     """Grouping + mini-PointNet tokens + cls token + pre-norm transformer + classification head.
 
@@ -80,6 +89,7 @@ class PointTransformer(nn.Module):
         self.blocks = TransformerEncoder(embed_dim=trans_dim, depth=depth, num_heads=num_heads,
                                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
         self.norm = nn.LayerNorm(trans_dim)
+        self.pool = ClsMaxPool()  # tokens -> head input (no parameters, no state_dict keys)
         if head == "mae":
             self.cls_head_finetune = nn.Sequential(
                 nn.Linear(trans_dim * 2, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
@@ -132,9 +142,9 @@ class PointTransformer(nn.Module):
         return self.norm(self.blocks(x, pos))
 
     def forward_features(self, pts: torch.Tensor) -> torch.Tensor:
-        """The head input: cls token concatenated with the max-pooled patch tokens, ``(B, 2D)``."""
-        x = self.forward_tokens(pts)
-        return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)
+        """The head input, ``self.pool`` of the final tokens: by default the cls token concatenated with
+        the max-pooled patch tokens, ``(B, 2D)``."""
+        return self.pool(self.forward_tokens(pts))
 
     def forward(self, pts: torch.Tensor) -> torch.Tensor:
         return self.cls_head_finetune(self.forward_features(pts))

@@ -104,7 +104,8 @@ def drop_path_schedule(drop_path_rate: float, depth: int) -> list[float]:
 
 
 class TransformerEncoder(nn.Module):
-    """A stack of ``Block``s in ``self.blocks``; the positional embedding is re-added before every block."""
+    """A stack of ``Block``s in ``self.blocks``; the positional embedding is re-added before every block
+    (``pos_every_block``, default) or added once before the first."""
 
     def __init__(self, embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
                  qkv_bias: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
@@ -118,6 +119,9 @@ class TransformerEncoder(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i])
             for i in range(depth)
         )
+        #: re-add ``pos`` before every block (Point-MAE); False adds it once before the first block
+        #: (ViT; DAPT switches to this while attached, its sequence grows by one token per block)
+        self.pos_every_block = True
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor,
                 return_layers: Iterable[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
@@ -125,7 +129,7 @@ class TransformerEncoder(nn.Module):
         wanted = set(return_layers) if return_layers is not None else None
         outs = []
         for i, block in enumerate(self.blocks):
-            x = block(x + pos)
+            x = block(x + pos if (i == 0 or self.pos_every_block) else x)
             if wanted is not None and i in wanted:
                 outs.append(x)
         return outs if wanted is not None else x

@@ -225,6 +225,10 @@ class PeftMethod:
         self._handles: list[Any] = []
         #: new parameters by the name they have in ``model.named_parameters()`` when attached
         self.peft_params: dict[str, nn.Parameter] = {}
+        #: per-forward loss terms recorded by the method's hooks (see ``record_forward_loss``)
+        self._forward_losses: dict[str, torch.Tensor] = {}
+        #: modules swapped in by ``replace_module`` while attached: path -> (new, original)
+        self._replaced: dict[str, tuple[nn.Module, nn.Module]] = {}
         self._setup()
 
         base = dict(model.named_parameters())
@@ -263,12 +267,19 @@ class PeftMethod:
         """Register new parameters/modules and forward hooks on the model."""
 
     def _detach(self) -> None:
-        """Remove what ``_attach`` registered (hooks via ``self._handles``)."""
+        """Remove what ``_attach`` registered (hooks via ``self._handles``, modules swapped in with
+        ``replace_module`` are swapped back)."""
         for module, hook_id in self._handles:
             for attr in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
                          "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
                 getattr(module, attr, {}).pop(hook_id, None)
         self._handles.clear()
+        for path, (_, original) in reversed(list(self._replaced.items())):
+            parent, _, leaf = path.rpartition(".")
+            setattr(self.model.get_submodule(parent) if parent else self.model, leaf, original)
+            original.train(self.model.training)  # it missed the model's train()/eval() while swapped out
+        self._replaced.clear()
+        self._forward_losses.clear()
 
     def _merge_weights(self) -> None:
         raise NotImplementedError
@@ -313,6 +324,53 @@ class PeftMethod:
     def block_linear_name(i: int, target: str) -> str:
         return f"blocks.blocks.{i}.{BLOCK_LINEARS[target]}"
 
+    def replace_module(self, path: str, new: nn.Module) -> None:
+        """Swap the model's submodule ``path`` for ``new`` while the method is attached (call from
+        ``_attach``; ``_detach`` puts the original back). Used to replace the task head (a wider
+        input) or the token pooling (``pool``); ``new`` keeps the module name, so its parameters are
+        named like the original's (e.g. ``cls_head_finetune.0.weight``)."""
+        parent, _, leaf = path.rpartition(".")
+        owner = self.model.get_submodule(parent) if parent else self.model
+        original = getattr(owner, leaf)
+        if path in self._replaced:  # re-attach after unmerge: the original is the one stored first
+            original = self._replaced[path][1]
+        setattr(owner, leaf, new)
+        new.train(self.model.training)
+        self._replaced[path] = (new, original)
+
+    def make_head(self, in_features: int) -> nn.Module:
+        """A freshly initialised copy of the model's classification head ``cls_head_finetune`` whose first
+        Linear takes ``in_features`` (for methods that pool more tokens into the head input); same
+        module names, so its parameters are named like the original head's."""
+        head = getattr(self.model, "cls_head_finetune", None)
+        if not isinstance(head, nn.Sequential) or not isinstance(head[0], nn.Linear):
+            raise ValueError(f"peft method {self.name!r} needs a classification model whose cls_head_finetune is a "
+                             f"Sequential starting with a Linear (got {type(self.model).__name__})")
+        new = copy.deepcopy(head)
+        first = head[0]
+        new[0] = nn.Linear(in_features, first.out_features, bias=first.bias is not None)
+        for m in new.modules():
+            if hasattr(m, "reset_parameters") and m is not new:
+                m.reset_parameters()
+        ref = self.reference_parameter()
+        return new.to(device=ref.device, dtype=ref.dtype)
+
+    def record_forward_loss(self, name: str, loss: torch.Tensor, module: nn.Module) -> None:
+        """Store a loss term computed inside a forward hook (per-forward state): the next
+        ``regularization_loss()`` returns it and forgets it. Recorded only while ``module`` is in
+        training mode with autograd on, so evaluation passes leave nothing behind; a later forward
+        replaces an unread term of the same name."""
+        if module.training and torch.is_grad_enabled():
+            self._forward_losses[name] = loss
+
+    def pop_forward_losses(self) -> torch.Tensor:
+        """Sum of the recorded per-forward loss terms (zero when none), and forget them."""
+        total = self.reference_parameter().new_zeros(())
+        for v in self._forward_losses.values():
+            total = total + v.to(total.dtype)
+        self._forward_losses.clear()
+        return total
+
     # Hooks are callable objects (not closures) and are recorded as (module, hook id): a deepcopy of an
     # adapted model then gets hooks bound to its own copies of the PEFT parameters, and removing them
     # on the copy leaves the original untouched.
@@ -340,8 +398,9 @@ class PeftMethod:
         return set()
 
     def regularization_loss(self) -> torch.Tensor:
-        """Extra loss term to add to the task loss (zero unless the method defines one)."""
-        return self.reference_parameter().new_zeros(())
+        """Extra loss term to add to the task loss: the per-forward terms recorded by the method's
+        hooks since the last call (``record_forward_loss``), zero when there are none."""
+        return self.pop_forward_losses()
 
     def merge(self) -> None:
         """Fold the update into the frozen weights; the model's modules and keys become the plain backbone's."""
