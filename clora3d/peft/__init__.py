@@ -9,6 +9,7 @@ from clora3d.peft.base import (BLOCK_LINEARS, COMMON_DEFAULTS, METHODS, PeftMeth
                                load_adapter, read_adapter)
 from clora3d.peft.clora import CLORA_DEFAULTS, CLoRA, CLoRASpaces
 from clora3d.peft.lora import LORA_DEFAULTS, LoRA
+from clora3d.peft.pointlora import POINTLORA_DEFAULTS, PointLoRA
 from clora3d.peft.simple import BITFIT_DEFAULTS, FULL_DEFAULTS, LINEAR_DEFAULTS, BitFit, FullFineTune, LinearProbe
 
 #: Options (without the common ones) and defaults of every method, by NAME.
@@ -20,8 +21,9 @@ DEFAULTS = {
     "clora": CLORA_DEFAULTS,
     "adapter": ADAPTER_DEFAULTS,
     "prompt": PROMPT_DEFAULTS,
+    "pointlora": POINTLORA_DEFAULTS,
 }
 
 __all__ = ["apply_peft", "load_adapter", "read_adapter", "PeftMethod", "METHODS", "DEFAULTS", "COMMON_DEFAULTS",
            "BLOCK_LINEARS", "hash_tensors", "CLoRA", "CLoRASpaces", "LoRA", "Adapter", "PromptTuning",
-           "FullFineTune", "LinearProbe", "BitFit"]
+           "FullFineTune", "LinearProbe", "BitFit", "PointLoRA"]

@@ -35,6 +35,7 @@ METHOD_ROWS: list[tuple[str, dict[str, Any] | None]] = [
     ("clora parallel r8 p4", {"NAME": "clora", "placement": "parallel"}),
     ("clora# shared_q", {"NAME": "clora", "shared_q": True}),
     ("clora p=1", {"NAME": "clora", "num_spaces": 1}),
+    ("pointlora r8 +40 tok", {"NAME": "pointlora"}),
 ]
 
 

@@ -1,0 +1,380 @@
+"""The point cloud PEFT baselines (issue 14): PointLoRA, DAPT, PointGST, IDPT.
+
+Per method: the trainable count against a formula (and the issue's ViT-S count), behaviour at init,
+an adapter round trip, a short training run that lowers the loss, and an independent
+re-computation of the method's core operation (plain tensor code written here, not the method's).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clora3d.models import PointTransformer
+from clora3d.peft import apply_peft, load_adapter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def tiny(cls_dim: int = 5, **kw) -> PointTransformer:
+    torch.manual_seed(0)
+    return PointTransformer.from_preset("tiny", cls_dim=cls_dim, drop_path_rate=0.0, **kw)
+
+
+def clouds(b: int = 3, n: int = 128, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, n, 3, generator=g) * 2 - 1
+
+
+def count(method) -> int:
+    return sum(p.numel() for p in method.trainable_parameters().values())
+
+
+def mlp_params(d_in: int, hidden: int, d_out: int) -> int:
+    return d_in * hidden + hidden + hidden * d_out + d_out
+
+
+def head_params(d_in: int, c: int) -> int:
+    """Point-MAE head: Linear(d_in, 256) BN Linear(256, 256) BN Linear(256, c)."""
+    return (d_in * 256 + 256) + 512 + (256 * 256 + 256) + 512 + (256 * c + c)
+
+
+def perturb_(method, seed: int = 5, std: float = 0.05) -> None:
+    """Move every trainable tensor away from its init, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in method.trainable_parameters().values():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def separable_batch(n_per_class: int = 8, n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes that differ in shape (a flat disc vs an elongated stick)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n_per_class, n, 3, generator=g) * torch.tensor([1.0, 1.0, 0.05])
+    b = torch.randn(n_per_class, n, 3, generator=g) * torch.tensor([0.05, 0.05, 1.0])
+    return torch.cat([a, b]), torch.cat([torch.zeros(n_per_class), torch.ones(n_per_class)]).long()
+
+
+def train_steps(model, method, steps: int = 15, lr: float = 3e-3) -> list[float]:
+    pts, y = separable_batch(n_per_class=4)
+    opt = torch.optim.AdamW(list(method.trainable_parameters().values()), lr=lr, weight_decay=0.0)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(pts), y)
+        total = loss + method.regularization_loss()
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def adapter_round_trip(tmp_path, cfg: dict, pts: torch.Tensor, cls_dim: int = 5) -> None:
+    model = tiny(cls_dim)
+    method = apply_peft(model, cfg)
+    perturb_(method)
+    model.train()
+    model(pts)  # BN statistics drift, as in training
+    method.regularization_loss()
+    model.eval()
+    with torch.no_grad():
+        want = model(pts)
+    path = method.save_adapter(tmp_path / "a.pt")
+    fresh = tiny(cls_dim)
+    loaded = load_adapter(fresh, path)
+    assert loaded.name == cfg["NAME"]
+    fresh.eval()
+    with torch.no_grad():
+        got = fresh(pts)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # remove() gives back the plain backbone: the same outputs as a never-adapted model
+    loaded.remove()
+    base = tiny(cls_dim).eval()
+    fresh.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(pts), base(pts), rtol=0, atol=0)
+    assert set(fresh.state_dict()) == set(base.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------
+# independent reference pieces (plain tensor code)
+# ------------------------------------------------------------------------------------------------
+def ref_attention(blk, x: torch.Tensor, qkv_extra=None, proj_extra=None, qkv_post=None,
+                  proj_post=None) -> torch.Tensor:
+    """Multi-head attention written out: softmax(q k^T / sqrt(hd)) v, optional additive extras and
+    functions applied to the qkv / proj outputs."""
+    B, L, C = x.shape
+    H = blk.attn.num_heads
+    hd = C // H
+    qkv = x @ blk.attn.qkv.weight.T
+    if blk.attn.qkv.bias is not None:
+        qkv = qkv + blk.attn.qkv.bias
+    if qkv_extra is not None:
+        qkv = qkv + qkv_extra(x)
+    if qkv_post is not None:
+        qkv = qkv_post(qkv)
+    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+    out = torch.zeros_like(x)
+    for h in range(H):
+        s = slice(h * hd, (h + 1) * hd)
+        a = torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / hd ** 0.5, dim=-1)
+        out[..., s] = a @ v[..., s]
+    y = out @ blk.attn.proj.weight.T + blk.attn.proj.bias
+    if proj_extra is not None:
+        y = y + proj_extra(out)
+    if proj_post is not None:
+        y = proj_post(y)
+    return y
+
+
+def ref_mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x @ mlp.fc1.weight.T + mlp.fc1.bias) @ mlp.fc2.weight.T + mlp.fc2.bias
+
+
+def ln(mod, x: torch.Tensor) -> torch.Tensor:
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + mod.eps) * mod.weight + mod.bias
+
+
+def seq_mlp(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Linear -> GELU -> Linear, from the weights."""
+    return F.gelu(x @ seq[0].weight.T + seq[0].bias) @ seq[2].weight.T + seq[2].bias
+
+
+# ================================================================================================
+# PointLoRA
+# ================================================================================================
+TINY_PLORA = {"NAME": "pointlora", "prompt_hidden": 8, "prompt_span": 32, "scales": [[32, 16, 6], [16, 32, 2]]}
+
+
+def pointlora_count(d: int, depth: int, r: int, hidden: int, enc_first: int, c: int, targets=("qkv", "proj")) -> int:
+    out = {"qkv": 3 * d, "proj": d}
+    lora = depth * sum(r * (d + out[t]) for t in targets)
+    prompts = 2 * mlp_params(d, hidden, d) + sum(mlp_params(d, hidden, out[t]) for t in targets)
+    mask = mlp_params(d, d // 2, 1)
+    pos = mlp_params(3, 128, d)
+    return lora + prompts + mask + enc_first + pos + 2 * d + head_params(2 * d, c)
+
+
+def test_pointlora_count_vit_s_matches_the_reference():
+    torch.manual_seed(0)
+    model = PointTransformer.from_preset("vit_s", num_group=128, cls_dim=15)
+    method = apply_peft(model, {"NAME": "pointlora"})
+    first_conv = (3 * 128 + 128) + 2 * 128 + (128 * 256 + 256)
+    assert count(method) == pointlora_count(384, 12, 8, 32, first_conv, 15) == 772_752  # issue: 0.77 M
+
+
+def test_pointlora_count_formula_tiny():
+    model = tiny()
+    method = apply_peft(model, TINY_PLORA)
+    w0, w1 = 32, 64  # tiny encoder widths
+    first_conv = (3 * w0 + w0) + 2 * w0 + (w0 * w1 + w1)
+    assert count(method) == pointlora_count(96, 4, 8, 8, first_conv, 5)
+    names = set(method.trainable_parameters())
+    assert "encoder.first_conv.0.weight" in names and "pos_embed.2.bias" in names
+    assert "encoder.second_conv.0.weight" not in names and "blocks.blocks.0.attn.qkv.weight" not in names
+    off = apply_peft(tiny(), {**TINY_PLORA, "train_first_conv": False, "train_pos_embed": False})
+    assert count(off) == count(method) - first_conv - mlp_params(3, 128, 96)
+
+
+def pointlora_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor:
+    """PointLoRA's eval forward from the weights: grouping and patch encoder of the backbone, the rest
+    (selection, prompts, LoRA, attention, pooling) written out here."""
+    mods, cfg = method.mods, method.config
+    nb, center = model.group_divider(pts)
+    x = torch.cat([model.cls_token.expand(len(pts), -1, -1), model.encoder(nb)], 1)
+    pos = torch.cat([model.cls_pos.expand(len(pts), -1, -1), model.pos_embed(center)], 1)
+    sel_x, sel_p = [], []
+    for (G, k, kept) in cfg["scales"]:
+        from clora3d.models.grouping import Group
+
+        nb2, c2 = Group(G, k)(pts)
+        t, pe = model.encoder(nb2), model.pos_embed(c2)
+        mp = mods.mask_predictor
+        score = torch.sigmoid(F.relu(t @ mp.fc1.weight.T + mp.fc1.bias) @ mp.fc2.weight.T + mp.fc2.bias)[..., 0]
+        for b in range(len(pts)):
+            order = np.argsort(-score[b].detach().numpy(), kind="stable")[:kept]
+            sel_x.append((b, t[b, order]))
+            sel_p.append((b, pe[b, order]))
+    nsel = sum(s[2] for s in cfg["scales"])
+    xs = [torch.cat([x[b]] + [t for bb, t in sel_x if bb == b]) for b in range(len(pts))]
+    ps = [torch.cat([pos[b]] + [t for bb, t in sel_p if bb == b]) for b in range(len(pts))]
+    x, pos = torch.stack(xs), torch.stack(ps)
+    L = x.shape[1]
+    span = min(cfg["prompt_span"], L - 1)
+    lora = {}
+    for name, lin, A, B, t in method.sites:
+        lora[(name.split(".")[2], t)] = (A, B, mods.prompt_linear[t])
+    for i, blk in enumerate(model.blocks.blocks):
+        h = x + pos
+        h = h.clone()
+        h[:, 1:1 + span] = h[:, 1:1 + span] + seq_mlp(mods.prompt_tokens, h[:, 1:1 + span])
+        h[:, L - nsel:] = h[:, L - nsel:] + seq_mlp(mods.prompt_selected, h[:, L - nsel:])
+
+        def extra(t, i=i):
+            A, B, pm = lora[(str(i), t)]
+            return lambda z: z @ A.T @ B.T + seq_mlp(pm, z)
+
+        h = h + ref_attention(blk, ln(blk.norm1, h), qkv_extra=extra("qkv"), proj_extra=extra("proj"))
+        x = h + ref_mlp(blk.mlp, ln(blk.norm2, h))
+    x = ln(model.norm, x)
+    feat = torch.cat([x[:, 0], x[:, 1:].max(1).values], -1)
+    return model.cls_head_finetune(feat)
+
+
+def test_pointlora_forward_matches_independent_recomputation():
+    model = tiny()
+    method = apply_peft(model, TINY_PLORA)
+    perturb_(method, std=0.05)  # non-zero lora_B, prompts, predictor
+    model.eval()
+    pts = clouds(n=128)
+    with torch.no_grad():
+        got = model(pts)
+        want = pointlora_reference_logits(model, method, pts)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_pointlora_sequence_layout_and_mask_loss():
+    model = tiny()
+    method = apply_peft(model, TINY_PLORA)
+    seen = []
+    h = model.blocks.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    pts = clouds(n=128)
+    model.train()
+    model(pts)
+    h.remove()
+    assert seen[0] == (3, 1 + 32 + 6 + 2, 96)  # cls + G patches + kept tokens of both scales
+    # the recorded loss is the reference's formula on the predictor scores, weighted
+    reg = method.regularization_loss()
+    want = 0.0
+    from clora3d.models.grouping import Group
+
+    for (G, k, _), w in zip(TINY_PLORA["scales"], [1.0, 0.25]):
+        with torch.no_grad():
+            p = method.mods.mask_predictor(model.encoder(Group(G, k)(pts)[0])).double()
+        want += w * float(torch.mean(p * torch.log(p + 1e-6) + (1 - p) * torch.log(1 - p + 1e-6)))
+    assert float(reg.detach()) == pytest.approx(0.004 * want, rel=1e-4)
+    assert reg.requires_grad
+    # popped: a second call without a forward is zero; eval forwards record nothing
+    assert float(method.regularization_loss()) == 0.0
+    model.eval()
+    model(pts)
+    assert float(method.regularization_loss()) == 0.0
+    # the mask predictor learns only through the mask loss
+    model.train()
+    model(pts).sum().backward(retain_graph=True)
+    assert method.mods.mask_predictor.fc1.weight.grad is None
+    method.regularization_loss().backward()
+    assert method.mods.mask_predictor.fc1.weight.grad.abs().sum() > 0
+
+
+def test_pointlora_init_lora_is_zero_and_prompts_act():
+    """At init lora_B = 0: the LoRA part adds nothing, the prompt branches (trunc-normal) do."""
+    model = tiny()
+    method = apply_peft(model, TINY_PLORA)
+    assert not method.starts_at_base
+    for _, _, _, B, _ in method.sites:
+        assert torch.count_nonzero(B) == 0
+    x = torch.randn(2, 7, 96)
+    lin = model.blocks.blocks[1].attn.qkv
+    want = x @ lin.weight.T + seq_mlp(method.mods.prompt_linear["qkv"], x)
+    torch.testing.assert_close(lin(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_pointlora_adapter_round_trip(tmp_path):
+    adapter_round_trip(tmp_path, TINY_PLORA, clouds(n=128))
+
+
+def test_pointlora_short_training_lowers_loss():
+    model = tiny(cls_dim=2)
+    method = apply_peft(model, TINY_PLORA)
+    losses = train_steps(model, method)
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_pointlora_config_errors():
+    from clora3d.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="scales"):
+        apply_peft(tiny(), {**TINY_PLORA, "scales": [[32, 16]]})
+    with pytest.raises(ConfigError, match="keep more tokens"):
+        apply_peft(tiny(), {**TINY_PLORA, "scales": [[8, 16, 9]], "scale_weights": [1.0]})
+    with pytest.raises(ConfigError, match="one weight per scale"):
+        apply_peft(tiny(), {**TINY_PLORA, "scale_weights": [1.0]})
+    with pytest.raises(ConfigError, match="targets"):
+        apply_peft(tiny(), {**TINY_PLORA, "targets": ["fc1"]})
+
+
+# ------------------------------------------------------------------------------------------------
+# configs and the trainer
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mn_root(tmp_path_factory) -> Path:
+    from clora3d.data.synthetic import write_modelnet40
+
+    root = tmp_path_factory.mktemp("syn") / "modelnet40_normal_resampled"
+    write_modelnet40(root, num_classes=4, n_train=16, n_test=8, n_points=1100, seed=0)
+    return root
+
+
+def cpu_run(tmp_path, mn_root, cfg_file: str, epochs: int = 6) -> dict:
+    from clora3d.engine.config import load_config
+    from clora3d.engine.trainer import train
+
+    cfg = load_config(REPO / "cfgs" / "cpu" / cfg_file, [
+        f"dataset.train.root={mn_root}", f"dataset.test.root={mn_root}", "model.cls_dim=4",
+        f"train.epochs={epochs}", f"scheduler.epochs={epochs}", "scheduler.warmup_epochs=0",
+        "train.batch_size=8", "data.npoints=128", "data.point_all=160", f"log.root={tmp_path / 'exp'}",
+        "log.progress=false", "log.tensorboard=false"])
+    return train(cfg, run_dir=tmp_path / "run")
+
+
+PROTOCOL = {  # method: (ScanObjectNN augmentation, drop path per task, peft options per task)
+    "pointlora": ("ScaleAndTranslate", {t: 0.3 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
+                  {}),
+}
+
+
+@pytest.mark.parametrize("method", sorted(PROTOCOL))
+def test_task_configs_follow_the_reference_protocol(method):
+    from clora3d.engine.config import load_config
+
+    aug, dps, opts = PROTOCOL[method]
+    for task in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest"):
+        cfg = load_config(REPO / "cfgs" / task / f"{method}.yaml")
+        assert cfg["peft"]["NAME"] == method and cfg["name"] == f"{task}_{method}"
+        assert cfg["model"]["drop_path_rate"] == dps[task], task
+        for k, v in opts.get(task, {}).items():
+            assert cfg["peft"][k] == v, (task, k)
+        assert [t["NAME"] for t in cfg["data"]["train_transforms"]] == [aug]
+        from clora3d.engine.trainer import _build_model
+
+        torch.manual_seed(0)
+        apply_peft(_build_model(cfg["model"]), dict(cfg["peft"]))
+
+
+EXTRA_LOSS = {"modelnet_pointlora.yaml"}
+
+
+@pytest.mark.parametrize("cfg_file", ["modelnet_pointlora.yaml"])
+def test_trains_end_to_end_from_cpu_config(tmp_path, mn_root, cfg_file):
+    res = cpu_run(tmp_path, mn_root, cfg_file)
+    h = res["history"]
+    assert h[-1]["train"]["loss"] < h[0]["train"]["loss"], h
+    assert res["best"]["acc"] > 25.0  # 4 balanced classes
+    if cfg_file in EXTRA_LOSS:  # the method's per-forward loss reached the trainer's total
+        assert all(x["train"]["reg_loss"] != 0.0 for x in h), h
