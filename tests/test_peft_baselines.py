@@ -319,6 +319,133 @@ def test_pointlora_config_errors():
         apply_peft(tiny(), {**TINY_PLORA, "targets": ["fc1"]})
 
 
+# ================================================================================================
+# DAPT
+# ================================================================================================
+TINY_DAPT = {"NAME": "dapt", "rank": 8}
+
+
+def dapt_count(d: int, depth: int, hidden: int, r: int, parts: int, c: int) -> int:
+    adapter = 2 * d + (d + 1) + (d * r + r) + (r * d + d)
+    ssf = 2 * (d + 3 * d + d + d + hidden + d + d)      # norm1 qkv proj norm2 fc1 fc2 prompt
+    return depth * (adapter + ssf) + 2 * 2 * d + 2 * d + head_params(parts * d, c)
+
+
+def test_dapt_count_vit_s_matches_the_reference():
+    torch.manual_seed(0)
+    scan = apply_peft(PointTransformer.from_preset("vit_s", num_group=128, cls_dim=15), {"NAME": "dapt"})
+    assert count(scan) == dapt_count(384, 12, 1536, 64, 3, 15) == 1_087_771   # issue: 1.09 M
+    mn = apply_peft(PointTransformer.from_preset("vit_s", num_group=64, cls_dim=40),
+                    {"NAME": "dapt", "rank": 72, "prompt_token": "none"})
+    assert count(mn) == dapt_count(384, 12, 1536, 72, 2, 40) == 1_069_716     # reference ModelNet count
+
+
+def test_dapt_count_formula_tiny_and_head_width():
+    for cfg, parts in [({}, 3), ({"prompt_token": "none"}, 2), ({"patch_token": "none", "class_token": False}, 1)]:
+        model = tiny()
+        method = apply_peft(model, {**TINY_DAPT, **cfg})
+        assert count(method) == dapt_count(96, 4, 384, 8, parts, 5), cfg
+        assert model.cls_head_finetune[0].in_features == parts * 96
+        method.remove()
+        assert model.cls_head_finetune[0].in_features == 2 * 96 and type(model.pool).__name__ == "ClsMaxPool"
+
+
+def dapt_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor:
+    """DAPT's eval forward from the weights: grouping and patch encoder of the backbone (``.forward``
+    skips the method's hooks), everything else written out here."""
+    mods, cfg = method.mods, method.config
+
+    def ssf(x, m):
+        return x * m.gamma + m.beta
+
+    def adapter(a, ad):
+        z = ln(ad.norm, a)
+        s = F.relu(z @ ad.scale.weight.T + ad.scale.bias)
+        return (F.gelu(z @ ad.down.weight.T + ad.down.bias) @ ad.up.weight.T + ad.up.bias) * s
+
+    nb, center = model.group_divider(pts)
+    B = len(pts)
+    x = torch.cat([model.cls_token.expand(B, -1, -1), ssf(model.encoder.forward(nb), mods.embed_ssf)], 1)
+    x = x + torch.cat([model.cls_pos.expand(B, -1, -1), model.pos_embed(center)], 1)   # once
+    for blk, mb in zip(model.blocks.blocks, mods.blocks):
+        x = x + ref_attention(blk, ssf(ln(blk.norm1, x), mb.ssf["norm1"]),
+                              qkv_post=lambda q, mb=mb: ssf(q, mb.ssf["qkv"]),
+                              proj_post=lambda y, mb=mb: ssf(y, mb.ssf["proj"]))
+        a = ssf(ln(blk.norm2, x), mb.ssf["norm2"])
+        f1 = ssf(a @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias, mb.ssf["fc1"])
+        mlp = ssf(F.gelu(f1) @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias, mb.ssf["fc2"])
+        ad = adapter(a, mb.adapter)
+        x = x + mlp + ad
+        prompt = ssf(F.gelu(ad).mean(1, keepdim=True), mb.prompt_ssf)
+        x = torch.cat([x[:, :1], prompt, x[:, 1:]], 1)
+    x = ssf(ln(model.norm, x), mods.final_ssf)
+    G = model.num_group
+    parts = [x[:, 0]] if cfg["class_token"] else []
+    if cfg["prompt_token"] != "none":
+        pr = x[:, 1:x.shape[1] - G]
+        parts.append(pr.mean(1) if cfg["prompt_token"] == "mean" else pr.max(1).values)
+    if cfg["patch_token"] != "none":
+        pa = x[:, x.shape[1] - G:]
+        parts.append(pa.max(1).values if cfg["patch_token"] == "max" else pa.mean(1))
+    return model.cls_head_finetune(torch.cat(parts, -1))
+
+
+@pytest.mark.parametrize("cfg", [{}, {"prompt_token": "max", "patch_token": "mean"}])
+def test_dapt_forward_matches_independent_recomputation(cfg):
+    model = tiny()
+    method = apply_peft(model, {**TINY_DAPT, **cfg})
+    perturb_(method, std=0.05)  # non-zero adapter up-projection
+    model.eval()
+    pts = clouds(n=128)
+    with torch.no_grad():
+        got = model(pts)
+        want = dapt_reference_logits(model, method, pts)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_dapt_init_and_sequence_growth():
+    model = tiny()
+    method = apply_peft(model, TINY_DAPT)
+    assert not method.starts_at_base and not model.blocks.pos_every_block
+    a = torch.randn(2, 9, 96)
+    for mb in method.mods.blocks:   # up = 0: the adapter adds nothing at step 0
+        assert torch.count_nonzero(mb.adapter(a)) == 0
+    g = torch.cat([p.detach() for n, p in method.trainable_parameters().items() if n.endswith(".gamma")])
+    b = torch.cat([p.detach() for n, p in method.trainable_parameters().items() if n.endswith(".beta")])
+    assert abs(float(g.mean()) - 1) < 0.01 and 0.01 < float(g.std()) < 0.03 and abs(float(b.mean())) < 0.01
+    seen = []
+    h = model.norm.register_forward_hook(lambda m, a, o: seen.append(o.shape))
+    model.eval()
+    with torch.no_grad():
+        model(clouds(n=128))
+    h.remove()
+    assert seen == [(3, 1 + 4 + 32, 96)]  # cls + one prompt per block + G patches
+    method.remove()
+    assert model.blocks.pos_every_block
+
+
+def test_dapt_adapter_round_trip(tmp_path):
+    adapter_round_trip(tmp_path, TINY_DAPT, clouds(n=128))
+
+
+def test_dapt_short_training_lowers_loss():
+    model = tiny(cls_dim=2)
+    method = apply_peft(model, TINY_DAPT)
+    losses = train_steps(model, method)
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_dapt_config_errors():
+    from clora3d.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prompt_token"):
+        apply_peft(tiny(), {**TINY_DAPT, "prompt_token": "sum"})
+    with pytest.raises(ConfigError, match="head input is empty"):
+        apply_peft(tiny(), {**TINY_DAPT, "class_token": False, "prompt_token": "none", "patch_token": "none"})
+    with pytest.raises(ConfigError, match="adapter_dropout"):
+        apply_peft(tiny(), {**TINY_DAPT, "adapter_dropout": 1.5})
+
+
 # ------------------------------------------------------------------------------------------------
 # configs and the trainer
 # ------------------------------------------------------------------------------------------------
@@ -346,6 +473,12 @@ def cpu_run(tmp_path, mn_root, cfg_file: str, epochs: int = 6) -> dict:
 PROTOCOL = {  # method: (ScanObjectNN augmentation, drop path per task, peft options per task)
     "pointlora": ("ScaleAndTranslate", {t: 0.3 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
                   {}),
+    # DAPT's repository files (per task): rank, adapter dropout, head pooling
+    "dapt": ("ScaleAndTranslate", {"modelnet40": 0.1, "scan_objonly": 0.1, "scan_objbg": 0.3, "scan_hardest": 0.3},
+             {"modelnet40": {"rank": 72, "adapter_dropout": 0.0, "prompt_token": "none", "patch_token": "max"},
+              "scan_objonly": {"rank": 64, "adapter_dropout": 0.0, "prompt_token": "mean", "patch_token": "none"},
+              "scan_objbg": {"rank": 64, "adapter_dropout": 0.5, "prompt_token": "mean", "patch_token": "max"},
+              "scan_hardest": {"rank": 64, "adapter_dropout": 0.2, "prompt_token": "mean", "patch_token": "max"}}),
 }
 
 
@@ -370,7 +503,7 @@ def test_task_configs_follow_the_reference_protocol(method):
 EXTRA_LOSS = {"modelnet_pointlora.yaml"}
 
 
-@pytest.mark.parametrize("cfg_file", ["modelnet_pointlora.yaml"])
+@pytest.mark.parametrize("cfg_file", ["modelnet_pointlora.yaml", "modelnet_dapt.yaml"])
 def test_trains_end_to_end_from_cpu_config(tmp_path, mn_root, cfg_file):
     res = cpu_run(tmp_path, mn_root, cfg_file)
     h = res["history"]

@@ -8,6 +8,7 @@ from clora3d.peft.adapter import ADAPTER_DEFAULTS, PROMPT_DEFAULTS, Adapter, Pro
 from clora3d.peft.base import (BLOCK_LINEARS, COMMON_DEFAULTS, METHODS, PeftMethod, apply_peft, hash_tensors,
                                load_adapter, read_adapter)
 from clora3d.peft.clora import CLORA_DEFAULTS, CLoRA, CLoRASpaces
+from clora3d.peft.dapt import DAPT, DAPT_DEFAULTS
 from clora3d.peft.lora import LORA_DEFAULTS, LoRA
 from clora3d.peft.pointlora import POINTLORA_DEFAULTS, PointLoRA
 from clora3d.peft.simple import BITFIT_DEFAULTS, FULL_DEFAULTS, LINEAR_DEFAULTS, BitFit, FullFineTune, LinearProbe
@@ -22,8 +23,9 @@ DEFAULTS = {
     "adapter": ADAPTER_DEFAULTS,
     "prompt": PROMPT_DEFAULTS,
     "pointlora": POINTLORA_DEFAULTS,
+    "dapt": DAPT_DEFAULTS,
 }
 
 __all__ = ["apply_peft", "load_adapter", "read_adapter", "PeftMethod", "METHODS", "DEFAULTS", "COMMON_DEFAULTS",
            "BLOCK_LINEARS", "hash_tensors", "CLoRA", "CLoRASpaces", "LoRA", "Adapter", "PromptTuning",
-           "FullFineTune", "LinearProbe", "BitFit", "PointLoRA"]
+           "FullFineTune", "LinearProbe", "BitFit", "PointLoRA", "DAPT"]

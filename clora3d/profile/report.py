@@ -36,6 +36,7 @@ METHOD_ROWS: list[tuple[str, dict[str, Any] | None]] = [
     ("clora# shared_q", {"NAME": "clora", "shared_q": True}),
     ("clora p=1", {"NAME": "clora", "num_spaces": 1}),
     ("pointlora r8 +40 tok", {"NAME": "pointlora"}),
+    ("dapt b64 +12 prompts", {"NAME": "dapt"}),
 ]
 
 

@@ -1,0 +1,222 @@
+"""DAPT, Dynamic Adapter meets Prompt Tuning (Zhou et al., CVPR 2024).
+
+Built from the paper and the facts of its repository (LMD0311/DAPT, ``reference/point_mae_family.md``
+§8.2); attached to the canonical Block by hooks, with the backbone's own extension points:
+
+* **Positional embedding added once** before the first block (``blocks.pos_every_block = False``
+  while attached), not re-added per block as in Point-MAE.
+* **SSF scale/shift** ``x * gamma + beta`` (per channel; gamma ~ N(1, .02), beta ~ N(0, .02)) on the
+  patch-encoder tokens, on the outputs of ``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``,
+  ``mlp.fc1``, ``mlp.fc2`` of every block, on every internal prompt and after the final ``norm``.
+* **Dynamic adapter** in parallel with the MLP, on the (scaled) ``norm2`` output ``a``:
+  ``adapter(a) = up(dropout(GELU(down(LN(a))))) * ReLU(s(LN(a)))`` with a per-token scale
+  ``s: Linear(d, 1)``; the block computes ``x = h + DP(mlp(a) + adapter(a))`` (one drop-path mask for
+  both). Init: ``down`` and ``s`` kaiming-uniform(a=sqrt(5)), ``up`` zero, biases zero: the adapter
+  outputs zero at step 0.
+* **Internal prompt**: after each block, ``SSF(mean over tokens of GELU(adapter(a)))`` is inserted after
+  the cls token, so the sequence grows by one token per block: ``[cls, p_L, ..., p_1, G patches]``.
+* **Head input** (``pool``): the cls token, the ``prompt_token`` pooling of the prompts (mean/max/none)
+  and the ``patch_token`` pooling of the last G tokens (max/mean/none), concatenated; the head is
+  replaced by a fresh one of that width when it differs from 2 * d.
+
+ViT-S, 15 classes, rank 64, cls + mean prompts + max patches (PB_T50_RS):
+12 x (adapter 50,753 + SSF 9,216) + 2 x 768 + cls 768 + head (1152 in) 365,839 = 1,087,771.
+New modules live in ``peft.*`` (the wider head keeps the name ``cls_head_finetune``). The SSF init
+noise and the prompts change the output from the first step (``starts_at_base = False``); not
+mergeable (the adapter is non-linear and the prompts change the sequence).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from clora3d.errors import ConfigError
+from clora3d.peft.base import PeftMethod, check_positive, check_probability, register_method
+
+DAPT_DEFAULTS: dict[str, Any] = {
+    "rank": 64,                 # adapter bottleneck (reference: 64 ScanObjectNN, 72 ModelNet40)
+    "adapter_dropout": 0.0,     # dropout inside the adapter (reference: 0.2 PB_T50_RS, 0.5 OBJ_BG, else 0)
+    "class_token": True,        # head input includes the cls token
+    "prompt_token": "mean",     # pooling of the internal prompts into the head input: mean | max | none
+    "patch_token": "max",       # pooling of the patch tokens into the head input: max | mean | none
+    "ssf_std": 0.02,            # std of the SSF init around gamma = 1, beta = 0
+}
+
+_POOLS = ("mean", "max", "none")
+
+
+class SSF(nn.Module):
+    """Per-channel scale and shift ``x * gamma + beta`` on the last dimension."""
+
+    def __init__(self, dim: int, std: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.empty(dim))
+        self.beta = nn.Parameter(torch.empty(dim))
+        nn.init.normal_(self.gamma, mean=1.0, std=std)
+        nn.init.normal_(self.beta, std=std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma + self.beta
+
+
+class DynamicAdapter(nn.Module):
+    """``up(dropout(GELU(down(LN x)))) * ReLU(scale(LN x))`` with zero-initialised ``up``."""
+
+    def __init__(self, dim: int, rank: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.scale = nn.Linear(dim, 1)
+        self.down = nn.Linear(dim, rank)
+        self.up = nn.Linear(rank, dim)
+        self.p = dropout
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.scale.weight, a=math.sqrt(5))
+        for b in (self.down.bias, self.up.bias, self.scale.bias):
+            nn.init.zeros_(b)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        s = F.relu(self.scale(x))
+        h = F.dropout(F.gelu(self.down(x)), self.p, self.training)
+        return self.up(h) * s
+
+
+class DAPTBlock(nn.Module):
+    """A block's DAPT parameters: the adapter and the seven SSF sites."""
+
+    SITES = {"norm1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "norm2": "norm2",
+             "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+    def __init__(self, dim: int, hidden: int, rank: int, dropout: float, std: float) -> None:
+        super().__init__()
+        self.adapter = DynamicAdapter(dim, rank, dropout)
+        width = {"norm1": dim, "qkv": 3 * dim, "proj": dim, "norm2": dim, "fc1": hidden, "fc2": dim}
+        self.ssf = nn.ModuleDict({k: SSF(w, std) for k, w in width.items()})
+        self.prompt_ssf = SSF(dim, std)
+
+
+class DAPTModules(nn.Module):
+    """All new DAPT modules (registered as ``peft``)."""
+
+    def __init__(self, dim: int, hidden: int, depth: int, rank: int, dropout: float, std: float) -> None:
+        super().__init__()
+        self.embed_ssf = SSF(dim, std)
+        self.final_ssf = SSF(dim, std)
+        self.blocks = nn.ModuleList(DAPTBlock(dim, hidden, rank, dropout, std) for _ in range(depth))
+
+
+class DAPTPool(nn.Module):
+    """Head input of DAPT from the final tokens ``[cls, prompts..., G patches]``."""
+
+    def __init__(self, num_patches: int, class_token: bool, prompt_token: str, patch_token: str) -> None:
+        super().__init__()
+        self.g, self.cls, self.prompt, self.patch = num_patches, class_token, prompt_token, patch_token
+
+    @staticmethod
+    def _reduce(x: torch.Tensor, how: str) -> torch.Tensor:
+        return x.max(dim=1).values if how == "max" else x.mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.cls:
+            parts.append(x[:, 0])
+        if self.prompt != "none":
+            parts.append(self._reduce(x[:, 1:x.shape[1] - self.g], self.prompt))
+        if self.patch != "none":
+            parts.append(self._reduce(x[:, x.shape[1] - self.g:], self.patch))
+        return torch.cat(parts, dim=-1)
+
+
+class _Apply:
+    """Forward hook: ``out -> fn(out)``."""
+
+    def __init__(self, fn: nn.Module) -> None:
+        self.fn = fn
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return self.fn(out)
+
+
+class _MlpPlusAdapter:
+    """Forward hook of ``block.mlp``: ``mlp(a) + adapter(a)``; keeps the adapter output for the prompt."""
+
+    def __init__(self, adapter: DynamicAdapter) -> None:
+        self.adapter, self.last = adapter, None
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        self.last = self.adapter(args[0])
+        return out + self.last
+
+
+class _InsertPrompt:
+    """Forward hook of a Block: insert ``SSF(mean_tokens(GELU(adapter output)))`` after the cls token."""
+
+    def __init__(self, source: _MlpPlusAdapter, ssf: SSF) -> None:
+        self.source, self.ssf = source, ssf
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        a, self.source.last = self.source.last, None
+        prompt = self.ssf(F.gelu(a).mean(dim=1, keepdim=True))
+        return torch.cat([out[:, :1], prompt, out[:, 1:]], dim=1)
+
+
+@register_method
+class DAPT(PeftMethod):
+    """DAPT (see module docstring)."""
+
+    name = "dapt"
+    DEFAULTS = DAPT_DEFAULTS
+    starts_at_base = False
+
+    def _setup(self) -> None:
+        cfg, n = self.config, self.name
+        check_positive(n, cfg, "rank")
+        check_positive(n, cfg, "ssf_std", allow_zero=True)
+        check_probability(n, cfg, "adapter_dropout")
+        for key in ("prompt_token", "patch_token"):
+            if cfg[key] not in _POOLS:
+                raise ConfigError(f"peft method 'dapt': {key} must be one of {list(_POOLS)}, got {cfg[key]!r}")
+        parts = int(cfg["class_token"]) + (cfg["prompt_token"] != "none") + (cfg["patch_token"] != "none")
+        if parts == 0:
+            raise ConfigError("peft method 'dapt': the head input is empty; set class_token: true or a "
+                              "prompt_token / patch_token pooling")
+        model = self.model
+        if not hasattr(model, "pool") or not hasattr(model, "encoder"):
+            raise ValueError("dapt needs a classification PointTransformer (encoder, pool, cls_head_finetune)")
+        d = self.dim
+        hidden = self.blocks[0].mlp.fc1.out_features
+        ref = self.reference_parameter()
+        self.mods = DAPTModules(d, hidden, len(self.blocks), cfg["rank"], cfg["adapter_dropout"],
+                                cfg["ssf_std"]).to(device=ref.device, dtype=ref.dtype)
+        self.pool = DAPTPool(model.num_group, cfg["class_token"], cfg["prompt_token"], cfg["patch_token"])
+        head_in = parts * d
+        self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
+        self.peft_params = {f"peft.{k}": p for k, p in self.mods.named_parameters()}
+
+    def _attach(self) -> None:
+        model, mods = self.model, self.mods
+        model.add_module("peft", mods)
+        model.blocks.pos_every_block = False
+        self.replace_module("pool", self.pool)
+        if self.head is not None:
+            self.replace_module("cls_head_finetune", self.head)
+        embed_out = model.reduce_dim if getattr(model, "reduce_dim", None) is not None else model.encoder
+        self._hook_post(embed_out, _Apply(mods.embed_ssf))
+        self._hook_post(model.norm, _Apply(mods.final_ssf))
+        for blk, m in zip(self.blocks, mods.blocks):
+            for site, path in DAPTBlock.SITES.items():
+                self._hook_post(blk.get_submodule(path), _Apply(m.ssf[site]))
+            tap = _MlpPlusAdapter(m.adapter)
+            self._hook_post(blk.mlp, tap)
+            self._hook_post(blk, _InsertPrompt(tap, m.prompt_ssf))
+
+    def _detach(self) -> None:
+        super()._detach()
+        self.model.blocks.pos_every_block = True
+        if "peft" in self.model._modules:
+            del self.model._modules["peft"]
