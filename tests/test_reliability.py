@@ -881,3 +881,17 @@ def test_format_user_error_names_the_file_and_bounds_the_length(tmp_path):
     f.write_text("x")
     with pytest.raises(DataError, match="data root is a file, expected a folder"):
         ModelNet40(f, "train")
+
+
+def test_run_dir_without_flock_support_runs_unlocked_with_a_warning(tmp_path, monkeypatch):
+    import errno
+
+    from clora3d.engine import runlock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    with pytest.warns(RuntimeWarning, match="cannot lock run dir"):
+        lock = runlock.RunDirLock(tmp_path).acquire()
+    lock.release()

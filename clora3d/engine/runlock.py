@@ -8,10 +8,12 @@ Where ``fcntl`` is missing (Windows) the lock is a no-op.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,13 @@ class RunDirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                # a file system without flock (some network mounts): run unlocked, say so once
+                os.close(fd)
+                warnings.warn(f"cannot lock run dir {self.run_dir} ({e.strerror or e}); make sure "
+                              "no other run uses it", RuntimeWarning, stacklevel=2)
+                return self
             holder = self._read_holder(fd)
             os.close(fd)
             who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
