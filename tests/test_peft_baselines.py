@@ -446,6 +446,151 @@ def test_dapt_config_errors():
         apply_peft(tiny(), {**TINY_DAPT, "adapter_dropout": 1.5})
 
 
+# ================================================================================================
+# PointGST
+# ================================================================================================
+TINY_GST = {"NAME": "pointgst", "rank": 12, "local_size": 8}
+
+
+def pointgst_count(d: int, depth: int, r: int, c: int) -> int:
+    pcsa = (d * r + r) + (r * d + d) + (r * r + r) + 2 * (2 * r)
+    return depth * pcsa + 2 * d + head_params(2 * d, c)
+
+
+def test_pointgst_count_vit_s_matches_the_reference():
+    torch.manual_seed(0)
+    method = apply_peft(PointTransformer.from_preset("vit_s", num_group=128, cls_dim=15), {"NAME": "pointgst"})
+    assert count(method) == pointgst_count(384, 12, 36, 15) == 622_831   # issue: 0.62 M
+
+
+def test_pointgst_count_formula_tiny_and_config_errors():
+    from clora3d.errors import ConfigError
+
+    assert count(apply_peft(tiny(), TINY_GST)) == pointgst_count(96, 4, 12, 5)
+    with pytest.raises(ConfigError, match="local_size=12 must divide"):
+        apply_peft(tiny(), {**TINY_GST, "local_size": 12})
+
+
+def np_morton(c: np.ndarray) -> list[int]:
+    """Bit-by-bit Morton keys with Python ints: trunc(100 c) as 16-bit two's complement, (y, x, z)."""
+    out = []
+    for x, y, z in c:
+        q = [int(np.trunc(v * np.float32(100))) & 0xFFFF for v in (y, x, z)]
+        key = 0
+        for i in range(16):
+            for j, v in enumerate(q):
+                key |= ((v >> i) & 1) << (3 * i + 2 - j)
+        out.append(key)
+    return out
+
+
+def np_basis(c: np.ndarray, d_min: float) -> np.ndarray:
+    """Dense eigendecomposition (float64) of I - D^-1/2 W D^-1/2, W = 1 / (dist / d_min + I), with the
+    sign convention 'largest-magnitude entry positive'."""
+    n = len(c)
+    dist = np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+    w = 1.0 / (dist / d_min + np.eye(n))
+    dinv = 1.0 / np.sqrt(w.sum(1) + 1e-6)
+    lap = np.eye(n) - dinv[:, None] * w * dinv[None, :]
+    _, u = np.linalg.eigh(lap)
+    k = np.abs(u).argmax(0)
+    return u * np.sign(u[k, np.arange(n)])
+
+
+def test_pointgst_zorder_and_bases_match_dense_numpy():
+    from clora3d.peft.pointgst import graph_basis, zorder_keys
+
+    g = torch.Generator().manual_seed(3)
+    center = torch.rand(2, 40, 3, generator=g) * 2 - 1   # > 25 points: torch.cdist's matmul path
+    keys = zorder_keys(center)
+    for b in range(2):
+        assert keys[b].tolist() == np_morton(center[b].numpy())
+    c = center.double().numpy()
+    dd = np.sqrt(((c[:, :, None] - c[:, None]) ** 2).sum(-1))
+    d_min = dd[dd > 0].min()                     # over the whole batch, as the reference
+    U = graph_basis(center)
+    for b in range(2):
+        want = np_basis(c[b], d_min)
+        np.testing.assert_allclose(U[b].double().numpy(), want, atol=2e-4)
+        np.testing.assert_allclose(U[b].T.double() @ U[b].double(), np.eye(40), atol=1e-5)
+
+
+def pointgst_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor:
+    """PointGST's eval forward: grouping and patch encoder of the backbone, the bases from numpy (dense
+    eigh, Python Morton keys), the blocks and PCSA written out here."""
+    cfg = method.config
+    nb, center = model.group_divider.forward(pts)
+    B, G, _ = center.shape
+    s = cfg["local_size"]
+    c = center.double().numpy()
+    dd = np.sqrt(((c[:, :, None] - c[:, None]) ** 2).sum(-1))
+    U = torch.tensor(np.stack([np_basis(c[b], dd[dd > 0].min()) for b in range(B)]), dtype=torch.float32)
+    order = [np.argsort(np.array(np_morton(center[b].numpy()), dtype=np.int64), kind="stable") for b in range(B)]
+    sub = np.stack([c[b][order[b]] for b in range(B)]).reshape(B, G // s, s, 3)
+    ds = np.sqrt(((sub[..., :, None, :] - sub[..., None, :, :]) ** 2).sum(-1))
+    dmin_l = ds[ds > 0].min()
+    subU = torch.tensor(np.stack([[np_basis(sub[b, k], dmin_l) for k in range(G // s)] for b in range(B)]),
+                        dtype=torch.float32)
+    x = torch.cat([model.cls_token.expand(B, -1, -1), model.encoder(nb)], 1)
+    pos = torch.cat([model.cls_pos.expand(B, -1, -1), model.pos_embed(center)], 1)
+    for i, blk in enumerate(model.blocks.blocks):
+        x = x + pos
+        x = x + ref_attention(blk, ln(blk.norm1, x))
+        m = method.adapters[str(i)]
+        h = x @ m.down.weight.T + m.down.bias
+        p = h[:, -G:]
+
+        def spec(cf, norm, m=m):
+            return cf + F.silu(ln(norm, cf) @ m.adapt.weight.T + m.adapt.bias)
+
+        glob = U.transpose(1, 2) @ spec(U @ p, m.norm_global)
+        loc = torch.zeros_like(p)
+        for b in range(B):
+            q = p[b][order[b]].reshape(G // s, s, -1)
+            q = subU[b].transpose(1, 2) @ spec(subU[b] @ q, m.norm_local)
+            loc[b, order[b]] = q.reshape(G, -1)
+        a = F.silu(h).clone()
+        a[:, -G:] = a[:, -G:] + glob + loc
+        t = (a @ m.up.weight.T + m.up.bias) * m.scale
+        x = x + ref_mlp(blk.mlp, ln(blk.norm2, x)) + t
+    x = ln(model.norm, x)
+    return model.cls_head_finetune(torch.cat([x[:, 0], x[:, 1:].max(1).values], -1))
+
+
+def test_pointgst_forward_matches_independent_recomputation():
+    model = tiny()
+    method = apply_peft(model, TINY_GST)
+    perturb_(method, std=0.1)  # non-zero adapt and up
+    model.eval()
+    pts = clouds(n=128)
+    with torch.no_grad():
+        got = model(pts)
+        want = pointgst_reference_logits(model, method, pts)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_pointgst_starts_at_the_base_model():
+    model = tiny().eval()
+    pts = clouds(n=128)
+    with torch.no_grad():
+        base = model(pts)
+    method = apply_peft(model, TINY_GST)
+    assert method.starts_at_base and not method.mergeable
+    with torch.no_grad():
+        torch.testing.assert_close(model(pts), base, rtol=0, atol=0)
+
+
+def test_pointgst_adapter_round_trip(tmp_path):
+    adapter_round_trip(tmp_path, TINY_GST, clouds(n=128))
+
+
+def test_pointgst_short_training_lowers_loss():
+    model = tiny(cls_dim=2)
+    method = apply_peft(model, TINY_GST)
+    losses = train_steps(model, method)
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
 # ------------------------------------------------------------------------------------------------
 # configs and the trainer
 # ------------------------------------------------------------------------------------------------
@@ -479,6 +624,10 @@ PROTOCOL = {  # method: (ScanObjectNN augmentation, drop path per task, peft opt
               "scan_objonly": {"rank": 64, "adapter_dropout": 0.0, "prompt_token": "mean", "patch_token": "none"},
               "scan_objbg": {"rank": 64, "adapter_dropout": 0.5, "prompt_token": "mean", "patch_token": "max"},
               "scan_hardest": {"rank": 64, "adapter_dropout": 0.2, "prompt_token": "mean", "patch_token": "max"}}),
+    # PointGST's cfgs/mae/finetune_*_pgst.yaml at 7fbe92f: rank 36, local 32, drop path 0.1 everywhere
+    "pointgst": ("ScaleAndTranslate", {t: 0.1 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
+                 {t: {"rank": 36, "local_size": 32} for t in ("modelnet40", "scan_objbg", "scan_objonly",
+                                                            "scan_hardest")}),
 }
 
 
@@ -503,7 +652,8 @@ def test_task_configs_follow_the_reference_protocol(method):
 EXTRA_LOSS = {"modelnet_pointlora.yaml"}
 
 
-@pytest.mark.parametrize("cfg_file", ["modelnet_pointlora.yaml", "modelnet_dapt.yaml"])
+@pytest.mark.parametrize("cfg_file", ["modelnet_pointlora.yaml", "modelnet_dapt.yaml",
+                                      "modelnet_pointgst.yaml"])
 def test_trains_end_to_end_from_cpu_config(tmp_path, mn_root, cfg_file):
     res = cpu_run(tmp_path, mn_root, cfg_file)
     h = res["history"]

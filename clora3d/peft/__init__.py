@@ -10,6 +10,7 @@ from clora3d.peft.base import (BLOCK_LINEARS, COMMON_DEFAULTS, METHODS, PeftMeth
 from clora3d.peft.clora import CLORA_DEFAULTS, CLoRA, CLoRASpaces
 from clora3d.peft.dapt import DAPT, DAPT_DEFAULTS
 from clora3d.peft.lora import LORA_DEFAULTS, LoRA
+from clora3d.peft.pointgst import POINTGST_DEFAULTS, PointGST
 from clora3d.peft.pointlora import POINTLORA_DEFAULTS, PointLoRA
 from clora3d.peft.simple import BITFIT_DEFAULTS, FULL_DEFAULTS, LINEAR_DEFAULTS, BitFit, FullFineTune, LinearProbe
 
@@ -24,8 +25,9 @@ DEFAULTS = {
     "prompt": PROMPT_DEFAULTS,
     "pointlora": POINTLORA_DEFAULTS,
     "dapt": DAPT_DEFAULTS,
+    "pointgst": POINTGST_DEFAULTS,
 }
 
 __all__ = ["apply_peft", "load_adapter", "read_adapter", "PeftMethod", "METHODS", "DEFAULTS", "COMMON_DEFAULTS",
            "BLOCK_LINEARS", "hash_tensors", "CLoRA", "CLoRASpaces", "LoRA", "Adapter", "PromptTuning",
-           "FullFineTune", "LinearProbe", "BitFit", "PointLoRA", "DAPT"]
+           "FullFineTune", "LinearProbe", "BitFit", "PointLoRA", "DAPT", "PointGST"]

@@ -37,6 +37,7 @@ METHOD_ROWS: list[tuple[str, dict[str, Any] | None]] = [
     ("clora p=1", {"NAME": "clora", "num_spaces": 1}),
     ("pointlora r8 +40 tok", {"NAME": "pointlora"}),
     ("dapt b64 +12 prompts", {"NAME": "dapt"}),
+    ("pointgst r36 local 32", {"NAME": "pointgst"}),
 ]
 
 
