@@ -591,6 +591,136 @@ def test_pointgst_short_training_lowers_loss():
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
 
 
+# ================================================================================================
+# IDPT
+# ================================================================================================
+TINY_IDPT = {"NAME": "idpt", "prompt_layer": 2, "k": 8}
+
+
+def idpt_count(d: int, parts: int, c: int) -> int:
+    generator = 3 * (2 * d * d + 2 * d) + (3 * d * d + 2 * d)     # 3 EdgeConvs + Conv1d, BN weight/bias
+    return generator + 2 * d + head_params(parts * d, c)
+
+
+def test_idpt_count_vit_s_matches_the_reference():
+    torch.manual_seed(0)
+    method = apply_peft(PointTransformer.from_preset("vit_s", num_group=128, cls_dim=15), {"NAME": "idpt"})
+    assert count(method) == idpt_count(384, 3, 15) == 1_696_783   # issue: 1.70 M
+
+
+@pytest.mark.parametrize("cls_type,parts", [("all", 3), ("promptonly", 1), ("promptcls", 2), ("pointcls", 2)])
+def test_idpt_count_formula_tiny(cls_type, parts):
+    model = tiny()
+    method = apply_peft(model, {**TINY_IDPT, "cls_type": cls_type})
+    assert count(method) == idpt_count(96, parts, 5)
+    assert "peft.prompt_pos" not in method.trainable_parameters()      # the reference never trains it
+    assert "peft.prompt_pos" in method.adapter_state_dict()              # but it is random: saved
+    trained = apply_peft(tiny(), {**TINY_IDPT, "cls_type": cls_type, "train_prompt_pos": True})
+    assert count(trained) == count(method) + 96
+
+
+def bn_eval(bn, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm with running statistics over channel dim 1."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return ((x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+            * bn.weight.view(shape) + bn.bias.view(shape))
+
+
+def ref_generator(gen, tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """DGCNN prompt of ``tokens (B, G, d)`` written out: per token its k nearest (argsort of squared
+    distances), edge features, 1x1 convs as matrix products, BN with running stats, LeakyReLU, max."""
+    def edge(x, conv):                                 # x (B, G, C) -> (B, G, C_out)
+        d2 = ((x[:, :, None] - x[:, None]) ** 2).sum(-1)
+        idx = torch.argsort(d2, dim=-1, stable=True)[..., :k]
+        nb = torch.stack([x[b][idx[b]] for b in range(len(x))])          # (B, G, k, C)
+        ctr = x[:, :, None].expand_as(nb)
+        e = torch.cat([nb - ctr, ctr], -1) @ conv[0].weight[:, :, 0, 0].T  # (B, G, k, C_out)
+        e = F.leaky_relu(bn_eval(conv[1], e.permute(0, 3, 1, 2)), 0.2)
+        return e.max(-1).values.transpose(1, 2)
+    x1 = edge(tokens, gen.conv1)
+    x2 = edge(x1, gen.conv2)
+    x3 = edge(x2, gen.conv3)
+    y = torch.cat([x1, x2, x3], -1) @ gen.conv5[0].weight[:, :, 0].T
+    y = F.leaky_relu(bn_eval(gen.conv5[1], y.transpose(1, 2)), 0.2)
+    return y.max(-1).values[:, None]
+
+
+def idpt_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor:
+    cfg, mods = method.config, method.mods
+    nb, center = model.group_divider(pts)
+    B = len(pts)
+    G = center.shape[1]
+    x = torch.cat([model.cls_token.expand(B, -1, -1), model.encoder(nb)], 1)
+    pos = torch.cat([model.cls_pos.expand(B, -1, -1), model.pos_embed(center)], 1)
+    for i, blk in enumerate(model.blocks.blocks):
+        if i == cfg["prompt_layer"]:
+            prompt = ref_generator(mods.generator, x[:, -G:], cfg["k"])
+            x = torch.cat([x[:, :1], prompt, x[:, 1:]], 1)
+            pos = torch.cat([pos[:, :1], mods.prompt_pos.expand(B, -1, -1), pos[:, 1:]], 1)
+        x = x + pos
+        x = x + ref_attention(blk, ln(blk.norm1, x))
+        x = x + ref_mlp(blk.mlp, ln(blk.norm2, x))
+    x = ln(model.norm, x)
+    t = cfg["cls_type"]
+    feats = {"all": [x[:, 0], x[:, 1], x[:, 2:].max(1).values], "promptonly": [x[:, 1]],
+             "promptcls": [x[:, 0], x[:, 1]], "pointcls": [x[:, 0], x[:, 2:].max(1).values]}[t]
+    return model.cls_head_finetune(torch.cat(feats, -1))
+
+
+@pytest.mark.parametrize("cfg", [{}, {"prompt_layer": 0, "cls_type": "promptonly"}, {"cls_type": "pointcls"}])
+def test_idpt_forward_matches_independent_recomputation(cfg):
+    model = tiny()
+    method = apply_peft(model, {**TINY_IDPT, **cfg})
+    perturb_(method, std=0.05)
+    model.train()
+    with torch.no_grad():
+        model(clouds(n=128, seed=7))      # BN running statistics away from 0 / 1
+    model.eval()
+    pts = clouds(n=128)
+    with torch.no_grad():
+        got = model(pts)
+        want = idpt_reference_logits(model, method, pts)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_idpt_sequence_layout_and_prompt_pos_is_fixed():
+    model = tiny()
+    method = apply_peft(model, TINY_IDPT)
+    assert not method.starts_at_base and not model.blocks.pos_every_block
+    lengths = []
+    hooks = [b.register_forward_pre_hook(lambda m, a: lengths.append(a[0].shape[1])) for b in model.blocks.blocks]
+    before = method.mods.prompt_pos.clone()
+    losses = train_steps(model, method, steps=2)
+    for h in hooks:
+        h.remove()
+    assert lengths[:4] == [1 + 32, 1 + 32, 2 + 32, 2 + 32]          # the prompt enters at block 2
+    assert torch.equal(method.mods.prompt_pos, before) and len(losses) == 2
+    method.remove()
+    assert model.blocks.pos_every_block and model.cls_head_finetune[0].in_features == 192
+
+
+def test_idpt_adapter_round_trip(tmp_path):
+    adapter_round_trip(tmp_path, TINY_IDPT, clouds(n=128))
+
+
+def test_idpt_short_training_lowers_loss():
+    model = tiny(cls_dim=2)
+    method = apply_peft(model, TINY_IDPT)
+    losses = train_steps(model, method)
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_idpt_config_errors():
+    from clora3d.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cls_type"):
+        apply_peft(tiny(), {**TINY_IDPT, "cls_type": "mean"})
+    with pytest.raises(ConfigError, match="prompt_layer 4 out of range"):
+        apply_peft(tiny(), {**TINY_IDPT, "prompt_layer": 4})
+    with pytest.raises(ConfigError, match="k=40 exceeds"):
+        apply_peft(tiny(), {**TINY_IDPT, "k": 40})
+
+
 # ------------------------------------------------------------------------------------------------
 # configs and the trainer
 # ------------------------------------------------------------------------------------------------
@@ -628,6 +758,13 @@ PROTOCOL = {  # method: (ScanObjectNN augmentation, drop path per task, peft opt
     "pointgst": ("ScaleAndTranslate", {t: 0.1 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
                  {t: {"rank": 36, "local_size": 32} for t in ("modelnet40", "scan_objbg", "scan_objonly",
                                                             "scan_hardest")}),
+    # IDPT's cfgs/finetune_*_idpt.yaml: drop path 0.1, prompt layer 11 (6 OBJ_ONLY), cls_type all (promptonly OBJ_BG);
+    # ScanObjectNN here with S&T for side-by-side tables, IDPT's rotation protocol in scan_*_rotate/ (below)
+    "idpt": ("ScaleAndTranslate", {t: 0.1 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
+             {"modelnet40": {"prompt_layer": 11, "cls_type": "all"},
+              "scan_objbg": {"prompt_layer": 11, "cls_type": "promptonly"},
+              "scan_objonly": {"prompt_layer": 6, "cls_type": "all"},
+              "scan_hardest": {"prompt_layer": 11, "cls_type": "all"}}),
 }
 
 
@@ -652,8 +789,20 @@ def test_task_configs_follow_the_reference_protocol(method):
 EXTRA_LOSS = {"modelnet_pointlora.yaml"}
 
 
+def test_idpt_rotation_and_fewshot_configs():
+    from clora3d.engine.config import load_config
+
+    for v in ("objbg", "objonly", "hardest"):
+        rot = load_config(REPO / "cfgs" / f"scan_{v}_rotate" / "idpt.yaml")
+        st = load_config(REPO / "cfgs" / f"scan_{v}" / "idpt.yaml")
+        assert [t["NAME"] for t in rot["data"]["train_transforms"]] == ["RotateY"]
+        assert rot["peft"] == st["peft"] and rot["name"] == f"scan_{v}_rotate_idpt"
+    fs = load_config(REPO / "cfgs" / "fewshot" / "idpt.yaml")
+    assert fs["peft"]["prompt_layer"] == 11 and fs["peft"]["cls_type"] == "all" and fs["model"]["cls_dim"] == 40
+
+
 @pytest.mark.parametrize("cfg_file", ["modelnet_pointlora.yaml", "modelnet_dapt.yaml",
-                                      "modelnet_pointgst.yaml"])
+                                      "modelnet_pointgst.yaml", "modelnet_idpt.yaml"])
 def test_trains_end_to_end_from_cpu_config(tmp_path, mn_root, cfg_file):
     res = cpu_run(tmp_path, mn_root, cfg_file)
     h = res["history"]

@@ -9,6 +9,7 @@ from clora3d.peft.base import (BLOCK_LINEARS, COMMON_DEFAULTS, METHODS, PeftMeth
                                load_adapter, read_adapter)
 from clora3d.peft.clora import CLORA_DEFAULTS, CLoRA, CLoRASpaces
 from clora3d.peft.dapt import DAPT, DAPT_DEFAULTS
+from clora3d.peft.idpt import IDPT, IDPT_DEFAULTS
 from clora3d.peft.lora import LORA_DEFAULTS, LoRA
 from clora3d.peft.pointgst import POINTGST_DEFAULTS, PointGST
 from clora3d.peft.pointlora import POINTLORA_DEFAULTS, PointLoRA
@@ -26,8 +27,9 @@ DEFAULTS = {
     "pointlora": POINTLORA_DEFAULTS,
     "dapt": DAPT_DEFAULTS,
     "pointgst": POINTGST_DEFAULTS,
+    "idpt": IDPT_DEFAULTS,
 }
 
 __all__ = ["apply_peft", "load_adapter", "read_adapter", "PeftMethod", "METHODS", "DEFAULTS", "COMMON_DEFAULTS",
            "BLOCK_LINEARS", "hash_tensors", "CLoRA", "CLoRASpaces", "LoRA", "Adapter", "PromptTuning",
-           "FullFineTune", "LinearProbe", "BitFit", "PointLoRA", "DAPT", "PointGST"]
+           "FullFineTune", "LinearProbe", "BitFit", "PointLoRA", "DAPT", "PointGST", "IDPT"]

@@ -38,6 +38,7 @@ METHOD_ROWS: list[tuple[str, dict[str, Any] | None]] = [
     ("pointlora r8 +40 tok", {"NAME": "pointlora"}),
     ("dapt b64 +12 prompts", {"NAME": "dapt"}),
     ("pointgst r36 local 32", {"NAME": "pointgst"}),
+    ("idpt dgcnn @11 +1 tok", {"NAME": "idpt"}),
 ]
 
 

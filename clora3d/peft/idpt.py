@@ -1,0 +1,198 @@
+"""IDPT, Instance-aware Dynamic Prompt Tuning (Zha et al., ICCV 2023).
+
+Built from the paper and the facts of its repository (zyh16143998882/ICCV23-IDPT at bf152f2,
+``reference/point_mae_family.md`` §8.1); attached to the canonical Block by hooks:
+
+* **Prompt generator** (DGCNN, ``peft.generator``): before block ``prompt_layer`` the current patch
+  tokens (the previous block's output, positional embedding not yet added) go through three EdgeConv
+  layers in feature space (k nearest tokens by squared distance, the token itself included; edge
+  feature ``[x_j - x_i, x_i]``; Conv2d 2d -> d without bias, BatchNorm2d, LeakyReLU 0.2; max over the
+  k edges), then the three outputs are concatenated (3d), Conv1d 3d -> d without bias, BatchNorm1d,
+  LeakyReLU 0.2, and max-pooled over the tokens: one instance-aware prompt token.
+* The prompt is inserted after the cls token, ``[cls, prompt, patches]``, with its own positional
+  embedding ``prompt_pos`` (trunc-normal .02). The reference never optimises ``prompt_pos`` (its name
+  lacks the substring its optimizer selects on), so by default it is a fixed buffer stored in the
+  adapter file (``train_prompt_pos: true`` trains it). The positional embedding is re-added before
+  every block as in Point-MAE; IDPT adds it itself (the stack's ``pos_every_block`` is off while
+  attached) because the sequence grows by one token at the prompt layer.
+* **Head input** (``cls_type``): ``all`` = [cls, prompt, max(patches)] (3d, wider head),
+  ``promptonly`` = prompt (d), ``promptcls`` = [cls, prompt], ``pointcls`` = [cls, max(patches)].
+
+ViT-S, 15 classes, cls_type all: generator 1,330,176 + cls 768 + head (1152 in) 365,839 = 1,696,783.
+The prompt changes the output from the first step (``starts_at_base = False``); not mergeable.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from clora3d.errors import ConfigError
+from clora3d.peft.base import PeftMethod, check_positive, register_method
+
+IDPT_DEFAULTS: dict[str, Any] = {
+    "prompt_layer": 11,          # the prompt is generated and inserted before this block (reference: 11; 6 OBJ_ONLY)
+    "k": 20,                     # neighbours of each token in the EdgeConv layers (reference: 20)
+    "cls_type": "all",           # head input: all | promptonly | promptcls | pointcls
+    "train_prompt_pos": False,   # the reference leaves prompt_pos at its random init
+}
+
+_CLS_TYPES = {"all": 3, "promptonly": 1, "promptcls": 2, "pointcls": 2}
+
+
+def edge_features(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B, C, N) -> (B, 2C, N, k)``: ``[x_j - x_i, x_i]`` over the k nearest tokens j of each i in feature
+    space (squared Euclidean distance; i itself is its nearest)."""
+    xt = x.transpose(1, 2)                                             # (B, N, C)
+    sq = (xt * xt).sum(-1)
+    neg_d = 2 * xt @ x - sq.unsqueeze(-1) - sq.unsqueeze(-2)           # -||x_i - x_j||^2
+    idx = neg_d.topk(k, dim=-1).indices                                # (B, N, k)
+    B, N, C = xt.shape
+    nb = torch.gather(xt.unsqueeze(1).expand(B, N, N, C), 2, idx.unsqueeze(-1).expand(B, N, k, C))
+    ctr = xt.unsqueeze(2).expand(B, N, k, C)
+    return torch.cat([nb - ctr, ctr], dim=-1).permute(0, 3, 1, 2)
+
+
+class PromptGenerator(nn.Module):
+    """DGCNN prompt generator: three EdgeConvs, concat, Conv1d, global max -> ``(B, 1, d)``."""
+
+    def __init__(self, dim: int, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+        def edge() -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(2 * dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.LeakyReLU(0.2))
+
+        self.conv1, self.conv2, self.conv3 = edge(), edge(), edge()
+        self.conv5 = nn.Sequential(nn.Conv1d(3 * dim, dim, 1, bias=False), nn.BatchNorm1d(dim), nn.LeakyReLU(0.2))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens.transpose(1, 2)                                         # (B, d, G)
+        x1 = self.conv1(edge_features(x, self.k)).max(dim=-1).values
+        x2 = self.conv2(edge_features(x1, self.k)).max(dim=-1).values
+        x3 = self.conv3(edge_features(x2, self.k)).max(dim=-1).values
+        y = self.conv5(torch.cat([x1, x2, x3], dim=1))
+        return y.max(dim=-1).values.unsqueeze(1)
+
+
+class IDPTModules(nn.Module):
+    """New IDPT modules (registered as ``peft``): the generator and ``prompt_pos``."""
+
+    def __init__(self, dim: int, k: int, train_prompt_pos: bool) -> None:
+        super().__init__()
+        self.generator = PromptGenerator(dim, k)
+        pos = torch.empty(1, 1, dim)
+        nn.init.trunc_normal_(pos, std=0.02)
+        if train_prompt_pos:
+            self.prompt_pos = nn.Parameter(pos)
+        else:
+            self.register_buffer("prompt_pos", pos)
+
+
+class IDPTPool(nn.Module):
+    """Head input from ``[cls, prompt, patches]`` per ``cls_type``."""
+
+    def __init__(self, cls_type: str) -> None:
+        super().__init__()
+        self.cls_type = cls_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.cls_type
+        if t == "promptonly":
+            return x[:, 1]
+        if t == "promptcls":
+            return torch.cat([x[:, 0], x[:, 1]], dim=-1)
+        patches = x[:, 2:].max(dim=1).values
+        if t == "pointcls":
+            return torch.cat([x[:, 0], patches], dim=-1)
+        return torch.cat([x[:, 0], x[:, 1], patches], dim=-1)
+
+
+class _StackState:
+    """Forward pre-hook of the block stack: remembers ``(x, pos)`` of this forward."""
+
+    def __init__(self) -> None:
+        self.x = self.pos = self.pos_ext = None
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        self.x, self.pos, self.pos_ext = args[0], args[1], None
+
+
+class _BlockInput:
+    """Forward pre-hook of block ``i``: add the positional embedding (the stack adds it only before block
+    0); at the prompt layer, generate the prompt from the raw patch tokens and insert it."""
+
+    def __init__(self, i: int, layer: int, state: _StackState, mods: IDPTModules, num_group: int) -> None:
+        self.i, self.layer, self.state, self.mods, self.g = i, layer, state, mods, num_group
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        st, x = self.state, args[0]
+        if self.i == self.layer:
+            raw = st.x if self.i == 0 else x                 # block 0 already got x + pos from the stack
+            prompt = self.mods.generator(raw[:, -self.g:])
+            B = x.shape[0]
+            pp = self.mods.prompt_pos.expand(B, -1, -1)
+            st.pos_ext = torch.cat([st.pos[:, :1], pp, st.pos[:, 1:]], dim=1)
+            if self.i == 0:
+                x = torch.cat([x[:, :1], prompt + pp, x[:, 1:]], dim=1)
+            else:
+                x = torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1) + st.pos_ext
+        elif self.i > 0:
+            x = x + (st.pos_ext if self.i > self.layer else st.pos)
+        return (x,) + tuple(args[1:])
+
+
+@register_method
+class IDPT(PeftMethod):
+    """IDPT (see module docstring)."""
+
+    name = "idpt"
+    DEFAULTS = IDPT_DEFAULTS
+    starts_at_base = False
+
+    def _setup(self) -> None:
+        cfg, n = self.config, self.name
+        check_positive(n, cfg, "k")
+        if cfg["cls_type"] not in _CLS_TYPES:
+            raise ConfigError(f"peft method 'idpt': cls_type must be one of {sorted(_CLS_TYPES)}, "
+                              f"got {cfg['cls_type']!r}")
+        if not 0 <= cfg["prompt_layer"] < len(self.blocks):
+            raise ConfigError(f"peft method 'idpt': prompt_layer {cfg['prompt_layer']} out of range for a backbone "
+                              f"with depth {len(self.blocks)}")
+        model = self.model
+        if not hasattr(model, "pool") or not hasattr(model, "num_group"):
+            raise ValueError("idpt needs a classification PointTransformer (pool, cls_head_finetune)")
+        if cfg["k"] > model.num_group:
+            raise ConfigError(f"peft method 'idpt': k={cfg['k']} exceeds the number of tokens "
+                              f"(num_group={model.num_group})")
+        ref = self.reference_parameter()
+        self.mods = IDPTModules(self.dim, cfg["k"], cfg["train_prompt_pos"]).to(device=ref.device, dtype=ref.dtype)
+        self.pool = IDPTPool(cfg["cls_type"])
+        head_in = _CLS_TYPES[cfg["cls_type"]] * self.dim
+        self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
+        self.peft_params = {f"peft.{k}": p for k, p in self.mods.named_parameters()}
+
+    def saved_buffer_names(self) -> list[str]:
+        """Besides the BatchNorm buffers, the fixed random ``prompt_pos`` (unless it is trained)."""
+        extra = [] if self.config["train_prompt_pos"] else ["peft.prompt_pos"]
+        return super().saved_buffer_names() + extra
+
+    def _attach(self) -> None:
+        model = self.model
+        model.add_module("peft", self.mods)
+        model.blocks.pos_every_block = False
+        self.replace_module("pool", self.pool)
+        if self.head is not None:
+            self.replace_module("cls_head_finetune", self.head)
+        state = _StackState()
+        self._hook_pre(model.blocks, state)
+        for i, blk in enumerate(self.blocks):
+            self._hook_pre(blk, _BlockInput(i, self.config["prompt_layer"], state, self.mods, model.num_group))
+
+    def _detach(self) -> None:
+        super()._detach()
+        self.model.blocks.pos_every_block = True
+        if "peft" in self.model._modules:
+            del self.model._modules["peft"]
