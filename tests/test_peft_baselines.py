@@ -710,6 +710,31 @@ def test_idpt_short_training_lowers_loss():
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
 
 
+def test_idpt_thop_macs_count_the_edgeconvs():
+    """thop MACs of IDPT minus the plain backbone's, by formula: the generator (3 EdgeConv Conv2d over
+    G x k edges + Conv1d over G tokens), one extra token through the blocks from the prompt layer on
+    (12 d^2 linear MACs per token and block, attention 2 (L'^2 - L^2) d) and the wider head input."""
+    from clora3d.profile.flops import thop_macs
+
+    d, G, k, depth, layer = 96, 32, 8, 4, 2
+    model = tiny().eval()
+    pts = clouds(b=1, n=128)
+    base = thop_macs(model, pts)
+    apply_peft(model, {**TINY_IDPT, "prompt_layer": layer, "k": k})
+    got = thop_macs(model, pts)
+    blocks = depth - layer
+    want_lin = 3 * G * k * 2 * d * d + G * 3 * d * d + blocks * 12 * d * d + d * 256
+    want_attn = blocks * 2 * ((G + 2) ** 2 - (G + 1) ** 2) * d
+    assert got["linear_conv"] - base["linear_conv"] == want_lin
+    assert got["attention"] - base["attention"] == want_attn
+
+
+def test_idpt_default_layer_is_the_last_block():
+    method = apply_peft(tiny(), {"NAME": "idpt", "k": 8})
+    assert method.layer == 3 and method.config["prompt_layer"] == -1
+    assert apply_peft(tiny(), {"NAME": "idpt", "k": 8, "prompt_layer": -4}).layer == 0
+
+
 def test_idpt_config_errors():
     from clora3d.errors import ConfigError
 
@@ -717,6 +742,8 @@ def test_idpt_config_errors():
         apply_peft(tiny(), {**TINY_IDPT, "cls_type": "mean"})
     with pytest.raises(ConfigError, match="prompt_layer 4 out of range"):
         apply_peft(tiny(), {**TINY_IDPT, "prompt_layer": 4})
+    with pytest.raises(ConfigError, match="prompt_layer -5 out of range"):
+        apply_peft(tiny(), {**TINY_IDPT, "prompt_layer": -5})
     with pytest.raises(ConfigError, match="k=40 exceeds"):
         apply_peft(tiny(), {**TINY_IDPT, "k": 40})
 

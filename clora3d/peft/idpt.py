@@ -3,7 +3,7 @@
 Built from the paper and the facts of its repository (zyh16143998882/ICCV23-IDPT at bf152f2,
 ``reference/point_mae_family.md`` §8.1); attached to the canonical Block by hooks:
 
-* **Prompt generator** (DGCNN, ``peft.generator``): before block ``prompt_layer`` the current patch
+* **Prompt generator** (DGCNN, ``peft.generator``): before block ``prompt_layer`` (default the last) the current patch
   tokens (the previous block's output, positional embedding not yet added) go through three EdgeConv
   layers in feature space (k nearest tokens by squared distance, the token itself included; edge
   feature ``[x_j - x_i, x_i]``; Conv2d 2d -> d without bias, BatchNorm2d, LeakyReLU 0.2; max over the
@@ -33,7 +33,8 @@ from clora3d.errors import ConfigError
 from clora3d.peft.base import PeftMethod, check_positive, register_method
 
 IDPT_DEFAULTS: dict[str, Any] = {
-    "prompt_layer": 11,          # the prompt is generated and inserted before this block (reference: 11; 6 OBJ_ONLY)
+    "prompt_layer": -1,          # the prompt is generated and inserted before this block; negative counts from
+                                 # the end (-1 = the last block: 11 on ViT-S, the reference; 6 on OBJ_ONLY)
     "k": 20,                     # neighbours of each token in the EdgeConv layers (reference: 20)
     "cls_type": "all",           # head input: all | promptonly | promptcls | pointcls
     "train_prompt_pos": False,   # the reference leaves prompt_pos at its random init
@@ -158,9 +159,11 @@ class IDPT(PeftMethod):
         if cfg["cls_type"] not in _CLS_TYPES:
             raise ConfigError(f"peft method 'idpt': cls_type must be one of {sorted(_CLS_TYPES)}, "
                               f"got {cfg['cls_type']!r}")
-        if not 0 <= cfg["prompt_layer"] < len(self.blocks):
+        depth = len(self.blocks)
+        if not -depth <= cfg["prompt_layer"] < depth:
             raise ConfigError(f"peft method 'idpt': prompt_layer {cfg['prompt_layer']} out of range for a backbone "
-                              f"with depth {len(self.blocks)}")
+                              f"with depth {depth}")
+        self.layer = cfg["prompt_layer"] % depth
         model = self.model
         if not hasattr(model, "pool") or not hasattr(model, "num_group"):
             raise ValueError("idpt needs a classification PointTransformer (pool, cls_head_finetune)")
@@ -189,7 +192,7 @@ class IDPT(PeftMethod):
         state = _StackState()
         self._hook_pre(model.blocks, state)
         for i, blk in enumerate(self.blocks):
-            self._hook_pre(blk, _BlockInput(i, self.config["prompt_layer"], state, self.mods, model.num_group))
+            self._hook_pre(blk, _BlockInput(i, self.layer, state, self.mods, model.num_group))
 
     def _detach(self) -> None:
         super()._detach()

@@ -12,9 +12,9 @@ Three counts, all for one forward pass of the given input (report them per sampl
   ``macs = flops / 2`` (exact: every counted op is a multiply-add product). These are the operations
   actually executed: clora3d's patch encoder applies the first ``second_conv`` layer to the group
   feature once per group instead of to k copies, so its count is below the nominal (thop) one.
-* :func:`thop_macs` -- the literature's "GFLOPs": multiply-accumulates of ``nn.Linear`` and
-  ``nn.Conv1d`` modules only (thop semantics; bias, BN, norms ignored; the patch encoder counted at
-  its nominal reference cost), and separately the attention matmuls (2 * B * L^2 * D MACs per
+* :func:`thop_macs` -- the literature's "GFLOPs": multiply-accumulates of ``nn.Linear``, ``nn.Conv1d``
+  and ``nn.Conv2d`` (IDPT's EdgeConvs) modules only (thop semantics; bias, BN, norms ignored; the
+  patch encoder counted at its nominal reference cost), and separately the attention matmuls (2 * B * L^2 * D MACs per
   attention layer), counted analytically. Like thop, it does not see
   computation done outside Linear/Conv1d modules (e.g. unmerged LoRA/CLoRA branches, which are
   plain matmuls): use :func:`count_flops` for those.
@@ -115,7 +115,8 @@ def count_flops(model: nn.Module, pts: torch.Tensor, exclude: tuple[str, ...] = 
 
 
 def thop_macs(model: nn.Module, pts: torch.Tensor) -> dict[str, int]:
-    """thop-style MACs: ``nn.Linear`` + ``nn.Conv1d`` modules, plus the attention matmuls counted analytically.
+    """thop-style MACs: ``nn.Linear`` + ``nn.Conv1d``/``nn.Conv2d`` modules, plus the attention matmuls
+    counted analytically.
 
     Linear modules are counted by forward hooks (``out.numel() * in_features``). The patch encoder
     runs its 1x1 ``Conv1d`` weights as matmuls (and evaluates the global feature once per group), so
@@ -132,8 +133,8 @@ def thop_macs(model: nn.Module, pts: torch.Tensor) -> dict[str, int]:
     def lin_hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
         tot["linear_conv"] += out.numel() * m.in_features
 
-    def conv_hook(m: nn.Conv1d, args: tuple, out: torch.Tensor) -> None:
-        tot["linear_conv"] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0]
+    def conv_hook(m: nn.Conv1d | nn.Conv2d, args: tuple, out: torch.Tensor) -> None:
+        tot["linear_conv"] += out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
 
     def encoder_hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
         n_points = args[0].shape[:-1].numel()  # B * G * k
@@ -153,7 +154,7 @@ def thop_macs(model: nn.Module, pts: torch.Tensor) -> dict[str, int]:
             continue
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(lin_hook))
-        elif isinstance(m, nn.Conv1d):
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, Attention):
             handles.append(m.register_forward_hook(attn_hook))

@@ -1,7 +1,7 @@
 """The efficiency table of every PEFT method (used by ``tools/flops.py``).
 
 For each method and input: total / trainable parameters with and without the head, adapter file
-size, FLOPs (``torch.utils.flop_counter``, executed ops) and thop-style MACs (Linear/Conv1d nominal,
+size, FLOPs (``torch.utils.flop_counter``, executed ops) and thop-style MACs (Linear/Conv1d/Conv2d nominal,
 with and without attention matmuls), unmerged and merged (CLoRA/LoRA), and the analytic FPS/kNN cost.
 Batch 1; weights are random (counts do not depend on them).
 """
@@ -145,7 +145,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines.append(
         "Units: GFLOPs = torch.utils.flop_counter FLOPs of the executed ops (1 MAC = 2 FLOPs; matmuls, convs and "
         "attention incl. the CPU SDPA kernel; no bias/norm/activation), GMACs = GFLOPs / 2. thop GMACs = "
-        "multiply-accumulates of Linear/Conv1d at the reference's nominal cost (the literature's 'GFLOPs'; "
+        "multiply-accumulates of Linear/Conv1d/Conv2d at the reference's nominal cost (the literature's 'GFLOPs'; "
         "unmerged LoRA/CLoRA branches are matmuls outside Linear modules and are invisible to it, as to thop); "
         "'+ attn' adds the attention matmuls (2*L^2*D per block). Merged = after merge() (CLoRA/LoRA). "
         "MB = 2^20 bytes of the adapter file. Parameters exclude buffers; M = 10^6."
