@@ -118,9 +118,10 @@ def test_trainer_adds_the_methods_regulariser_to_the_loss(tmp_path, mn_root, mon
     # SADE gradient is zero at the first step and both runs stay identical up to the second step;
     # there, the gradient difference must be exactly the gradient of 50 * SADE (computed here by
     # materialising every component).
-    # xavier init: the default orthogonal spaces make every D_a^T D_b (and so SADE and its
-    # gradient) zero; a large first step moves Q well away from zero.
-    peft = "{NAME: clora, rank: 2, num_spaces: 3, init: xavier, sade_lambda: %s}"
+    # Everything explicit (defaults may change): xavier init (orthogonal spaces make every
+    # D_a^T D_b, and so SADE and its gradient, zero), the unnormalised SADE the hand formula below
+    # computes; a large first step moves Q well away from zero.
+    peft = "{NAME: clora, rank: 2, num_spaces: 3, init: xavier, sade: true, sade_normalize: false, sade_lambda: %s}"
     lam = 50.0
     grads, names = {}, None
     for tag, value in (("off", 0.0), ("on", lam)):
