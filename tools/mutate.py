@@ -175,6 +175,10 @@ def summarise(results: list[dict]) -> str:
                 why = EQUIVALENT.get(m)
                 details.append(f"### `{m}`: {st[m]}" + (f" (equivalent: {why})" if why else ""))
                 details.append("```diff\n" + r["diffs"].get(m, "") + "\n```")
+    done = {r["group"] for r in results}
+    missing = [g for g in GROUPS if g not in done]
+    if missing:
+        lines += ["", f"Not run yet (no results in build/mutate/): {', '.join(missing)}."]
     return "\n".join(lines + details) + "\n"
 
 
