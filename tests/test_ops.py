@@ -553,3 +553,57 @@ def test_ops_work_in_forked_child_after_pool_use(native):
     got = torch.tensor(recv.recv())
     p.join(10)
     assert torch.equal(got, want)
+
+
+# ----------------------------------------------------------------------------- exact messages
+_P = torch.rand(2, 5, 3)
+_I = torch.zeros(2, 3, dtype=torch.long)
+_I3 = torch.zeros(2, 4, 3, dtype=torch.long)
+_W = torch.rand(2, 4, 3)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: ops.furthest_point_sample("x", 2), "furthest_point_sample: xyz must be a torch.Tensor, got str"),
+    (lambda: ops.furthest_point_sample(_P, 2, start=-1), "furthest_point_sample: start must be in [0, N-1=4], got -1"),
+    (lambda: ops.fps_sample(_P, 6), "furthest_point_sample: S must be in [1, N=5], got 6"),
+    (lambda: ops.knn("x", _P, 2), "knn: query must be a torch.Tensor, got str"),
+    (lambda: ops.knn(_P, "x", 2), "knn: ref must be a torch.Tensor, got str"),
+    (lambda: ops.knn(torch.rand(2, 4, 2), _P, 2), "knn: query must have shape (B, N, 3), got (2, 4, 2)"),
+    (lambda: ops.knn(_P, torch.rand(1, 5, 3), 2),
+     "knn: ref has batch size 1 (shape (1, 5, 3)) but query has 2 (shape (2, 5, 3)); expected the same batch size"),
+    (lambda: ops.knn(_P, _P, 6), "knn: k must be in [1, N (points in ref)=5], got 6"),
+    (lambda: ops.knn(_P, _P, 2.0), "knn: k must be an int, got float 2.0"),
+    (lambda: ops.gather_points("x", _I), "gather_points: points must be a torch.Tensor, got str"),
+    (lambda: ops.gather_points(_P, "x"), "gather_points: idx must be a torch.Tensor, got str"),
+    (lambda: ops.gather_points(_P, torch.zeros(1, 3, dtype=torch.long)),
+     "gather_points: idx has batch size 1 (shape (1, 3)) but points has 2 (shape (2, 5, 3)); expected the same batch size"),
+    (lambda: ops.gather_points(_P, torch.full((2, 3), 5)), "gather_points: idx must hold indices in [0, 5), got values in [5, 5]"),
+    (lambda: ops.gather_points(_P, torch.zeros(2, dtype=torch.long)), "gather_points: idx must be 2-D or 3-D, got shape (2)"),
+    (lambda: ops.three_nn("x", _P), "three_nn: unknown must be a torch.Tensor, got str"),
+    (lambda: ops.three_nn(_P, "x"), "three_nn: known must be a torch.Tensor, got str"),
+    (lambda: ops.three_nn(_P, torch.rand(1, 5, 3)),
+     "three_nn: known has batch size 1 (shape (1, 5, 3)) but unknown has 2 (shape (2, 5, 3)); expected the same batch size"),
+    (lambda: ops.three_nn(torch.full((2, 1, 3), float("nan")), _P),
+     "three_nn: unknown contains NaN or infinite coordinates; expected finite values"),
+    (lambda: ops.three_interpolate("x", _I3, _W), "three_interpolate: features must be a torch.Tensor, got str"),
+    (lambda: ops.three_interpolate(_P, "x", _W), "three_interpolate: idx must be a torch.Tensor, got str"),
+    (lambda: ops.three_interpolate(_P, _I3, "x"), "three_interpolate: weight must be a torch.Tensor, got str"),
+    (lambda: ops.three_interpolate(_P, torch.full((2, 4, 3), 5), _W),
+     "three_interpolate: idx must hold indices in [0, 5), got values in [5, 5]"),
+    (lambda: ops.three_interpolate(_P, _I3, torch.rand(1, 4, 3)),
+     "three_interpolate: weight must have the shape of idx (2, 4, 3), got (1, 4, 3)"),
+    (lambda: ops.three_interpolate(_P, _I3, _I3), "three_interpolate: weight must be a floating point tensor, got torch.int64"),
+    (lambda: ops.three_interpolate(_P.long(), _I3, _W),
+     "three_interpolate: features must be a floating point tensor, got torch.int64"),
+    (lambda: ops.chamfer_l2("x", _P), "chamfer_l2: a must be a torch.Tensor, got str"),
+    (lambda: ops.chamfer_l2(torch.full((2, 1, 3), float("nan")), _P),
+     "chamfer_l2: a contains NaN or infinite coordinates; expected finite values"),
+    (lambda: ops.chamfer_l2(_P, torch.rand(1, 5, 3)),
+     "chamfer_l2: b has batch size 1 (shape (1, 5, 3)) but a has 2 (shape (2, 5, 3)); expected the same batch size"),
+    (lambda: ops.chamfer_l2_loss(torch.rand(0, 5, 3), torch.rand(0, 5, 3)),
+     "chamfer_l2_loss: empty batch (B = 0): the mean over no clouds is undefined; skip the loss for an empty batch"),
+])
+def test_error_messages_name_the_op_and_the_argument_exactly(call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value) == message
