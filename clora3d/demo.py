@@ -265,9 +265,12 @@ def run(out: str | Path = "demo_out", quick: bool = False) -> dict[str, Any]:
     text = (bheader + "\n\n" + btable + "\n\n" + sep_line + "\n\n" + real_line + "\n\n"
             + pheader + "\n\n" + table)
     print("\n" + text)
+    cpu = _cpu_seconds()
     print(f"\nstage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_times.items())
-          + f"; total {total:.0f} s")
-    result = {"header": bheader, "benchmark": {"summary": bench["summary"], "runs": bench["runs"],
+          + f"; total {total:.0f} s; CPU time {cpu:.0f} s (this process and its children, all threads; "
+          f"on {torch.get_num_threads()} idle cores the wall time is about CPU time / "
+          f"{torch.get_num_threads()} or more)")
+    result = {"cpu_s": cpu, "header": bheader, "benchmark": {"summary": bench["summary"], "runs": bench["runs"],
                                                 "separation": sep, "size": dict(bsize.__dict__)},
               "real_check": real, "rows": rows, "stage_times_s": stage_times, "total_s": total,
               "quick": quick, **extras}
@@ -275,6 +278,16 @@ def run(out: str | Path = "demo_out", quick: bool = False) -> dict[str, Any]:
     (out / "demo_result.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"\nresults: {out / 'demo_table.md'}, {out / 'demo_result.json'}")
     return result
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children (0 where unsupported)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def format_real(real: dict[str, Any]) -> str:
