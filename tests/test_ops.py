@@ -607,3 +607,29 @@ def test_error_messages_name_the_op_and_the_argument_exactly(call, message):
     with pytest.raises(ValueError) as info:
         call()
     assert str(info.value) == message
+
+
+def test_reference_backend_forced_gives_the_native_answers(monkeypatch):
+    # every op through the pure-PyTorch path (CLORA3D_OPS=reference) against the native path
+    g = torch.Generator().manual_seed(8)
+    xyz, q = torch.rand(2, 40, 3, generator=g), torch.rand(2, 7, 3, generator=g)
+    feats = torch.randn(2, 40, 5, generator=g)
+    native = (ops.furthest_point_sample(xyz, 6, start=3), ops.fps_sample(xyz, 6), ops.knn(q, xyz, 4),
+              ops.three_nn(q, xyz), ops.gather_points(feats, torch.tensor([[1, 2], [3, 39]])))
+    monkeypatch.setenv("CLORA3D_OPS", "reference")
+    got = (ops.furthest_point_sample(xyz, 6, start=3), ops.fps_sample(xyz, 6), ops.knn(q, xyz, 4),
+           ops.three_nn(q, xyz), ops.gather_points(feats, torch.tensor([[1, 2], [3, 39]])))
+    assert got[0][:, 0].tolist() == [3, 3] and torch.equal(got[0], native[0])
+    assert torch.equal(got[1], native[1]) and torch.equal(got[4], native[4])
+    for (d, i), (nd, ni) in zip(got[2:4], native[2:4]):
+        assert torch.equal(d, nd) and torch.equal(i, ni)
+    assert torch.equal(got[4], feats[torch.arange(2)[:, None], torch.tensor([[1, 2], [3, 39]])])
+
+
+def test_empty_query_sets_are_allowed():
+    # knn / three_nn accept M = 0 queries (an empty result), unlike an empty reference cloud
+    ref_pts = torch.rand(2, 5, 3)
+    d, i = ops.knn(torch.rand(2, 0, 3), ref_pts, 2)
+    assert d.shape == (2, 0, 2) and i.shape == (2, 0, 2)
+    d, i = ops.three_nn(torch.rand(2, 0, 3), ref_pts)
+    assert d.shape == (2, 0, 3) and i.shape == (2, 0, 3)
