@@ -95,7 +95,7 @@ def test_component_similarity_brute_force():
     vals = []
     for _, _, key, j in method.lrms:
         sp = method.spaces[key]
-        M = [sp.D[h].double() @ sp.Q[j, h].double() @ sp.U[h].double() for h in range(3)]
+        M = [sp.D[h].detach().double() @ sp.Q[j, h].detach().double() @ sp.U[h].detach().double() for h in range(3)]
         for a in range(3):
             for b in range(a + 1, 3):
                 vals.append(float(torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
