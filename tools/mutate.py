@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "evaluate": (["clora3d/engine/evaluate.py"], ["tests/test_evaluate.py", "-k", "not ddp"]),
     "ops_checks": (["clora3d/ops/_checks.py", "clora3d/ops/api.py"],
-                   ["tests/test_ops.py", "-k", "bad_input or mixed or direct or noncontiguous or formula or "
-                    "reference_forced or three_nn_parity or gather_parity or three_interpolate_parity"]),
+                   ["tests/test_ops.py", "-k", "bad_input or mixed or direct or noncontiguous or formula or exactly or "
+                    "reference_forced or three_nn_parity or gather_parity or three_interpolate_parity or "
+                    "other_dtypes or empty or grad or reference_backend_forced"]),
     "ops_reference": (["clora3d/ops/reference.py"],
                       ["tests/test_ops.py", "-k", "native_fps or native_knn or three_nn_parity or formula or "
                        "gather_parity or three_interpolate_parity or noncontiguous"]),
