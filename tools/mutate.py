@@ -91,6 +91,32 @@ EQUIVALENT: dict[str, str] = {
         "numpy treats reshape(-2) like reshape(-1) for one dimension",
     "clora3d.engine.evaluate.x_part_seg_miou__mutmut_52":
         "astype(None) is float64, the same as astype(np.float64)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_1":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_2":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_3":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_4":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_5":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_6":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_7":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x_all_finite__mutmut_1":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x_all_finite__mutmut_5":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x_index_range__mutmut_1":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x_index_range__mutmut_5":
+        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops.api.xǁ_ChamferFnǁforward__mutmut_16":
+        "int64 index outputs never get gradients, marked non-differentiable or not",
+    "clora3d.ops.api.xǁ_ChamferFnǁforward__mutmut_17":
+        "int64 index outputs never get gradients, marked non-differentiable or not",
 }
 
 OUT_DIR = REPO / "build" / "mutate"
