@@ -44,6 +44,12 @@ BENCH_METHODS: dict[str, dict[str, Any]] = {
     "clora (no SADE)": {"NAME": "clora", "sade": False},
     "adapter": {"NAME": "adapter"},
     "prompt": {"NAME": "prompt"},
+    # the point cloud PEFT baselines, sized for the tiny backbone (their ViT-S settings do not fit it:
+    # IDPT's block 11 does not exist, PointGST's 32-token local graphs would span the whole cloud)
+    "pointlora": {"NAME": "pointlora", "prompt_hidden": 16, "prompt_span": 32, "scales": [[32, 16, 8], [16, 32, 2]]},
+    "dapt": {"NAME": "dapt", "rank": 16},
+    "pointgst": {"NAME": "pointgst", "rank": 12, "local_size": 8},
+    "idpt": {"NAME": "idpt", "prompt_layer": 3, "k": 8},
 }
 
 
@@ -68,6 +74,7 @@ class BenchSize:
     weight_decay: float = 0.05
     warmup_epochs: int = 2
     tasks: tuple[str, ...] = ("scan", "fewshot")
+    workers: int = 0             # processes running fine-tuning jobs in parallel; 0 = one per CPU core
 
 
 def peft_config(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -239,6 +246,27 @@ def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any]
     return out
 
 
+def benchmark_workers(size: BenchSize) -> int:
+    """How many processes run fine-tuning jobs: ``size.workers``, or one per usable CPU core."""
+    if size.workers > 0:
+        return size.workers
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _finetune_job(pretrained: Mapping[str, torch.Tensor], cfg: Mapping[str, Any], task: Mapping[str, Any],
+                  size: BenchSize, seed: int, epochs: int) -> dict[str, Any]:
+    return finetune(pretrained, cfg, task, size, seed, epochs)
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
     v = np.asarray(values, dtype=np.float64)
@@ -261,22 +289,63 @@ def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
     log(f"benchmark data: scan task {size.num_classes} classes x ({size.n_train} train + {size.n_test} test), "
         f"few-shot {size.way}-way {size.shot}-shot x {size.fewshot_test} test per class from a pool of "
         f"{size.fewshot_pool} per class ({time.perf_counter() - t0:.1f} s)")
-    runs: list[dict[str, Any]] = []
-    kept: dict[str, dict[str, Any]] = {}
+    jobs: list[dict[str, Any]] = []
     for label, spec in methods.items():
         cfg = peft_config(spec)
         for task_name in size.tasks:
             for seed in size.seeds:
-                task = tasks["scan"] if task_name == "scan" else fewshot_episode(pool, size, seed)
-                ep = size.epochs if task_name == "scan" else size.fewshot_epochs
-                want = label in keep and task_name == "scan" and seed == size.seeds[0]
-                r = finetune(pretrained, cfg, task, size, seed, ep, keep_model=want)
-                if want:
-                    kept[label] = {"model": r.pop("model"), "method": r.pop("method")}
-                r.update(method=label, task=task_name, seed=seed)
-                runs.append(r)
-                log(f"  {label:16s} {task_name:8s} seed {seed}: acc {r['acc']:6.2f}%  "
-                    f"({r['wall_s']:.1f} s, {r['steps']} steps)")
+                jobs.append({"label": label, "cfg": cfg, "task_name": task_name, "seed": seed,
+                             "keep": label in keep and task_name == "scan" and seed == size.seeds[0]})
+
+    def task_of(job: Mapping[str, Any]) -> dict[str, Any]:
+        return tasks["scan"] if job["task_name"] == "scan" else fewshot_episode(pool, size, job["seed"])
+
+    def epochs_of(job: Mapping[str, Any]) -> int:
+        return size.epochs if job["task_name"] == "scan" else size.fewshot_epochs
+
+    def done(job: Mapping[str, Any], r: dict[str, Any]) -> dict[str, Any]:
+        r.update(method=job["label"], task=job["task_name"], seed=job["seed"])
+        log(f"  {job['label']:16s} {job['task_name']:8s} seed {job['seed']}: acc {r['acc']:6.2f}%  "
+            f"({r['wall_s']:.1f} s, {r['steps']} steps)")
+        return r
+
+    workers = benchmark_workers(size)
+    kept: dict[str, dict[str, Any]] = {}
+    results: dict[int, dict[str, Any]] = {}
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            r = finetune(pretrained, job["cfg"], task_of(job), size, job["seed"], epochs_of(job),
+                         keep_model=job["keep"])
+            if job["keep"]:
+                kept[job["label"]] = {"model": r.pop("model"), "method": r.pop("method")}
+            results[i] = done(job, r)
+    else:
+        # Every job seeds everything from its own seed (build_finetune_model), so where it runs does
+        # not change its result. Jobs whose model is kept run here (a model with PEFT hooks does not
+        # cross a process boundary); the others run in `workers` spawned processes, 1 thread each.
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                        initializer=_worker_init) as ex:
+                futs = {ex.submit(_finetune_job, dict(pretrained), job["cfg"], task_of(job), size,
+                                  job["seed"], epochs_of(job)): i
+                        for i, job in enumerate(jobs) if not job["keep"]}
+                for i, job in enumerate(jobs):
+                    if job["keep"]:
+                        r = finetune(pretrained, job["cfg"], task_of(job), size, job["seed"], epochs_of(job),
+                                     keep_model=True)
+                        kept[job["label"]] = {"model": r.pop("model"), "method": r.pop("method")}
+                        results[i] = done(job, r)
+                for fut in cf.as_completed(futs):
+                    i = futs[fut]
+                    results[i] = done(jobs[i], fut.result())
+        finally:
+            torch.set_num_threads(threads)
+    runs = [results[i] for i in range(len(jobs))]
     summary = summarise(runs, list(methods), list(size.tasks))
     return {"runs": runs, "summary": summary, "kept": kept, "wall_s": time.perf_counter() - t0}
 

@@ -57,7 +57,7 @@ QUICK = DemoSize(num_classes=8, n_train=6, n_test=4, pretrain_shapes=8, pretrain
                  finetune_epochs=1)
 
 #: benchmark sizes (stage 3); the full size is tuned so that linear probing and full fine-tuning
-#: differ by many standard deviations, within ~10 minutes for the whole demo on 2 quiet cores
+#: differ by many standard deviations; the benchmark's jobs run in one process per core
 FULL_BENCH = BenchSize(n_train=16, n_test=10, way=5, shot=10, fewshot_test=10, fewshot_pool=20,
                        epochs=15, fewshot_epochs=20, seeds=(0, 1, 2))
 QUICK_BENCH = BenchSize(num_classes=8, n_train=3, n_test=2, way=3, shot=2, fewshot_test=2, fewshot_pool=4,
@@ -253,7 +253,8 @@ def run(out: str | Path = "demo_out", quick: bool = False) -> dict[str, Any]:
                f"floor/wall clutter, sensor noise): scan = {bsize.num_classes} classes x {bsize.n_train} train / "
                f"{bsize.n_test} test scans, {bsize.epochs} epochs; few-shot = {bsize.way}-way {bsize.shot}-shot, "
                f"{bsize.fewshot_test} test scans per class, {bsize.fewshot_epochs} epochs, one episode per seed; "
-               f"AdamW lr {bsize.lr:g}, batch {bsize.batch_size}, cosine; last-epoch accuracy, mean ± std "
+               f"AdamW lr {bsize.lr:g}, batch {bsize.batch_size}, cosine; {B.benchmark_workers(bsize)} worker "
+               f"process(es) x 1 thread; last-epoch accuracy, mean ± std "
                f"over seeds {list(bsize.seeds)}; wall time per run (scan + few-shot)")
     sep_line = "; ".join(f"{t}: full - linear = {v['gap']:.1f} points = {v['ratio']:.1f} x the larger std"
                          for t, v in sep.items() if v is not None)
@@ -268,8 +269,8 @@ def run(out: str | Path = "demo_out", quick: bool = False) -> dict[str, Any]:
     cpu = _cpu_seconds()
     print(f"\nstage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_times.items())
           + f"; total {total:.0f} s; CPU time {cpu:.0f} s (this process and its children, all threads; "
-          f"on {torch.get_num_threads()} idle cores the wall time is about CPU time / "
-          f"{torch.get_num_threads()} or more)")
+          f"on {B.benchmark_workers(bsize)} idle cores the benchmark's wall time is about its CPU time / "
+          f"{B.benchmark_workers(bsize)})")
     result = {"cpu_s": cpu, "header": bheader, "benchmark": {"summary": bench["summary"], "runs": bench["runs"],
                                                 "separation": sep, "size": dict(bsize.__dict__)},
               "real_check": real, "rows": rows, "stage_times_s": stage_times, "total_s": total,

@@ -137,3 +137,30 @@ def test_real_modelnet_check_skips_without_data(tmp_path):
     model = PointTransformer.from_preset("tiny", cls_dim=3).eval()
     res = B.real_modelnet_check(model, ["a", "b", "c"], npoints=64, root=tmp_path / "absent")
     assert "not present" in res["skipped"]
+
+
+def test_parallel_workers_give_the_sequential_results():
+    """Each fine-tuning job seeds everything from its own seed, so running the jobs in spawned
+    worker processes must reproduce the in-process run exactly (accuracy, steps, parameters), and
+    a kept model comes back from the main process."""
+    from clora3d.models.backbone import PointTransformer
+
+    torch.manual_seed(0)
+    pretrained = PointTransformer.from_preset("tiny", cls_dim=4).state_dict()
+    size = B.BenchSize(num_classes=4, n_train=3, n_test=3, epochs=2, batch_size=4, seeds=(0, 1),
+                       npoints=64, point_all=80, tasks=("scan",))
+    methods = {"linear": {"NAME": "linear"}, "clora": {"NAME": "clora"}, "idpt": B.BENCH_METHODS["idpt"]}
+    seq = B.run_benchmark(pretrained, B.BenchSize(**{**size.__dict__, "workers": 1}), methods,
+                          log=lambda m: None, keep=("clora",))
+    par = B.run_benchmark(pretrained, B.BenchSize(**{**size.__dict__, "workers": 2}), methods,
+                          log=lambda m: None, keep=("clora",))
+    key = [(r["method"], r["task"], r["seed"]) for r in seq["runs"]]
+    assert key == [(r["method"], r["task"], r["seed"]) for r in par["runs"]] and len(key) == 6
+    for a, b in zip(seq["runs"], par["runs"]):
+        assert (a["acc"], a["steps"], a["trainable"]) == (b["acc"], b["steps"], b["trainable"])
+    assert set(par["kept"]) == {"clora"} and set(seq["kept"]) == {"clora"}
+    x = torch.rand(2, 64, 3)
+    for d in (seq, par):
+        d["kept"]["clora"]["model"].eval()
+    with torch.no_grad():
+        assert torch.equal(seq["kept"]["clora"]["model"](x), par["kept"]["clora"]["model"](x))
