@@ -43,7 +43,7 @@ else
 endif
 BUILD := $(BUILD_ENV) MAX_JOBS=$${MAX_JOBS:-2}
 
-.PHONY: env install install-demo demo demo-quick test test-bare test-slow bench lock clean
+.PHONY: env install install-demo demo demo-quick test test-bare test-bare-run test-slow bench lock clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -74,9 +74,12 @@ test: install
 
 # The tests that touch files, tools and the demo, on a machine where the optional packages are
 # unusable: open3d installed but unloadable (no libusb) and tensorboard missing (tests/shims).
+BARE_TESTS := tests/test_data_io.py tests/test_tools.py tests/test_demo.py tests/test_trainer.py tests/test_doctor.py
 test-bare: install
-	PYTHONPATH=tests/shims/broken_optional $(VPY) -m pytest -q tests/test_data_io.py tests/test_tools.py \
-	  tests/test_demo.py tests/test_trainer.py tests/test_doctor.py
+	$(MAKE) test-bare-run
+# the same without the install step (CI runs it right after `make test`)
+test-bare-run:
+	PYTHONPATH=tests/shims/broken_optional $(VPY) -m pytest -q $(BARE_TESTS)
 
 test-slow: install
 	$(VPY) -m pytest -q -m slow

@@ -206,8 +206,17 @@ def test_rng_state_roundtrip(tmp_path):
 def test_short_cpu_run_learns_and_writes_run_dir(tmp_path, mn_root):
     from clora3d.engine.trainer import train
 
+    import warnings
+
+    from clora3d.optional import try_import
+
+    have_tb = try_import("torch.utils.tensorboard")[0] is not None
     cfg = tiny_cfg(tmp_path, mn_root, epochs=10, tb=True, overrides=("scheduler.warmup_epochs=0",))
-    res = train(cfg, run_dir=tmp_path / "run")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = train(cfg, run_dir=tmp_path / "run")
+    tb_warnings = [w for w in caught if "log.tensorboard=true but tensorboard" in str(w.message)]
+    assert len(tb_warnings) == (0 if have_tb else 1), [str(w.message) for w in caught]
     run = Path(res["run_dir"])
     assert res["selected_on"] == "test"
     assert res["last"]["epoch"] == 9 and res["last"]["count"] == 32
@@ -222,9 +231,7 @@ def test_short_cpu_run_learns_and_writes_run_dir(tmp_path, mn_root):
     for f in ("config.yaml", "env.json", "log.txt", "metrics.csv", "metrics.jsonl", "result.json",
               "ckpt-last.pth", "ckpt-best.pth"):
         assert (run / f).is_file(), f
-    from clora3d.optional import try_import
-
-    if try_import("torch.utils.tensorboard")[0] is not None:
+    if have_tb:
         assert any((run / "tb").iterdir())
     else:  # tensorboard unavailable: training went on, said so in the log, wrote no tb/
         assert not (run / "tb").exists()
@@ -240,10 +247,12 @@ def test_short_cpu_run_learns_and_writes_run_dir(tmp_path, mn_root):
     best = load_checkpoint(run / "ckpt-best.pth")
     assert best["epoch"] == res["best"]["epoch"] and best["selected_on"] == "test"
     # the run dir is not silently overwritten
-    with pytest.raises(ConfigError, match="already holds a run"):
-        train(cfg, run_dir=run)
-    with pytest.raises(CheckpointError, match="no ckpt-last.pth"):
-        train(cfg, run_dir=tmp_path / "elsewhere", resume=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="log.tensorboard=true")  # checked above
+        with pytest.raises(ConfigError, match="already holds a run"):
+            train(cfg, run_dir=run)
+        with pytest.raises(CheckpointError, match="no ckpt-last.pth"):
+            train(cfg, run_dir=tmp_path / "elsewhere", resume=True)
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, mn_root, monkeypatch):
