@@ -166,7 +166,22 @@ def profile_method(run_dir: Path, out: Path, npoints: int) -> dict[str, Any]:
 
 
 def run(out: str | Path = "demo_out", quick: bool = False) -> dict[str, Any]:
-    """Run every stage; returns the result dict that is also written to ``<out>/demo_result.json``."""
+    """Run every stage; returns the result dict that is also written to ``<out>/demo_result.json``.
+
+    Everything runs on one intra-op thread (the benchmark's jobs run one process per core): float
+    sums depend on the thread count, and the pre-trained backbone every method starts from, so the
+    table, changed visibly (a run whose pre-training used 2 threads gave full fine-tuning one
+    unstable seed). One thread makes the printed table the same on every run of one machine type.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(out, quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: str | Path, quick: bool) -> dict[str, Any]:
     from clora3d import benchmark as B
     from clora3d.data.synthetic import SYNTHETIC_CLASSES
     from clora3d.models.checkpoint import read_checkpoint
