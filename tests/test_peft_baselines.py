@@ -20,12 +20,7 @@ from clora3d.peft import apply_peft, load_adapter
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 def tiny(cls_dim: int = 5, **kw) -> PointTransformer:

@@ -1,10 +1,8 @@
 """Long checks, run with `pytest -m slow` (`make test-slow`); the default run skips them."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-import torch
 
 from clora3d.engine.config import load_config
 
@@ -24,14 +22,6 @@ scheduler: {{warmup_epochs: 2, epochs: 30}}
 train: {{epochs: 30, batch_size: 8, num_workers: 0}}
 log: {{progress: false, tensorboard: false}}
 """
-
-
-@pytest.fixture
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 @pytest.mark.parametrize("peft", ["full", "clora"])
