@@ -286,23 +286,130 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, mn_root, m
     assert full["best"] == resumed["best"] and full["last"] == resumed["last"]
 
 
-def test_select_on_val_holdout_reports_test_for_last_and_best(tmp_path, mn_root):
+def _spy_evaluations(monkeypatch) -> list:
+    """Record (frozen copy of the model, the batches, vote, result, every input the model saw) for
+    each evaluation of the trainer."""
+    import copy
+
+    from clora3d.engine import trainer as tr
+
+    seen = []
+    real = tr._Trainer._evaluate
+
+    def spy(self, loader, vote=0, vote_passes=1):
+        if loader is None:
+            return real(self, loader, vote=vote, vote_passes=vote_passes)
+        batches = list(loader)  # the datasets draw random subsets: keep the batches evaluated
+        frozen, inputs = copy.deepcopy(self.model).eval(), []
+        hook = self.model.register_forward_hook(lambda m, args, o: inputs.append(args[0].detach().clone()))
+        try:
+            out = real(self, batches, vote=vote, vote_passes=vote_passes)
+        finally:
+            hook.remove()
+        seen.append((frozen, batches, vote, out, inputs))
+        return out
+
+    monkeypatch.setattr(tr._Trainer, "_evaluate", spy)
+    return seen
+
+
+def _np_fps(x, s: int):
+    """Brute-force farthest point sampling from index 0 (ties -> lower index)."""
+    import numpy as np
+
+    idx = [0]
+    d = ((x - x[0]) ** 2).sum(-1)
+    for _ in range(s - 1):
+        j = int(np.argmax(d))
+        idx.append(j)
+        d = np.minimum(d, ((x - x[j]) ** 2).sum(-1))
+    return np.asarray(idx)
+
+
+@torch.no_grad()
+def _replay_classification(model, loader, *, npoints: int, point_all: int, vote: int,
+                            inputs: list) -> tuple[float, float]:
+    """Plain and vote@N accuracy replayed by hand: numpy FPS to npoints (plain) and to the point_all
+    pool; per batch N views, each a fresh randperm subset of the pool shared by the batch, then the
+    default ScaleAndTranslate, all from one CPU generator seeded 0; the class of the summed logits.
+    Every replayed model input must equal the one the evaluation fed the model, in order."""
+    from clora3d.data.transforms import ScaleAndTranslate
+
+    g = torch.Generator().manual_seed(0)
+    tf = ScaleAndTranslate()
+    plain = voted = total = 0
+    fed = iter(inputs)
+    for batch in loader:
+        x, lab = batch["points"].float().numpy(), batch["label"].view(-1)
+        ins = torch.stack([torch.from_numpy(c[_np_fps(c, npoints)]) for c in x])
+        pool = torch.stack([torch.from_numpy(c[_np_fps(c, point_all)]) for c in x])
+        torch.testing.assert_close(next(fed), ins, rtol=0, atol=0)
+        plain += int((model(ins).argmax(-1) == lab).sum())
+        acc = 0
+        for _ in range(vote):
+            sub = torch.randperm(point_all, generator=g)[:npoints]
+            view = tf(pool[:, sub], generator=g)
+            torch.testing.assert_close(next(fed), view, rtol=0, atol=0)
+            acc = acc + model(view)
+        voted += int(((acc / vote).argmax(-1) == lab).sum())
+        total += int(lab.numel())
+    assert next(fed, None) is None  # no extra forward passes
+    return 100.0 * plain / total, 100.0 * voted / total
+
+
+def test_select_on_val_holdout_reports_test_for_last_and_best(tmp_path, mn_root, monkeypatch):
     from clora3d.engine.trainer import train
 
     cfg = tiny_cfg(tmp_path, mn_root, peft="linear", epochs=2,
                    overrides=("train.select_on_test=false", "dataset.val={from_train: 0.25}",
                               "eval.vote=10"))
+    seen = _spy_evaluations(monkeypatch)
     res = train(cfg, run_dir=tmp_path / "run")
     assert res["selected_on"] == "val"
     assert res["history"][0]["val"]["count"] == 16 and "test" not in res["history"][0]
     assert res["last"]["test"]["count"] == 32 and res["best"]["test"]["count"] == 32
-    # voting is reported under its own label, next to (never instead of) the plain accuracy
-    for r in (res["last"], res["best"]):
-        assert 0.0 <= r["acc_vote@10"] <= 100.0 and "acc" in r["test"] and "acc" in r
+    # voting is reported under its own label, next to (never instead of) the plain accuracy, and
+    # both equal a by-hand replay of the protocol (npoints 128 from a 160-point FPS pool, 10 views)
+    # on the very model that was evaluated: the last epoch's weights, then the best epoch's
+    voting = [(m, ld, out, fed) for m, ld, v, out, fed in seen if v]
+    assert [s[2] for s in seen[-4:]] == [0, 10, 0, 10] and len(voting) == 2
+    for r, (model, loader, out, fed) in zip((res["last"], res["best"]), voting):
+        plain, vote10 = _replay_classification(model, loader, npoints=128, point_all=160, vote=10,
+                                               inputs=fed)
+        assert r["acc_vote@10"] == out["acc_vote@10"] == pytest.approx(vote10, abs=1e-9)
+        assert r["test"]["acc"] == pytest.approx(plain, abs=1e-9) and "acc" in r
+
+
+# ShapeNetPart's 16 categories and their 50 part ids (the dataset's published layout)
+_SNP_PARTS = [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18], [19, 20, 21],
+              [22, 23], [24, 25, 26, 27], [28, 29], [30, 31, 32, 33, 34, 35], [36, 37], [38, 39, 40],
+              [41, 42, 43], [44, 45, 46], [47, 48, 49]]
+
+
+@torch.no_grad()
+def _brute_inst_miou(model, loader) -> tuple[float, int]:
+    """Instance mIoU by hand: per point the best logit among the shape's category parts (ties to the
+    lower id), per part IoU (a part absent from both prediction and truth counts 1), mean per shape,
+    mean over shapes."""
+    shape_ious = []
+    for batch in loader:
+        pts, cls, seg = batch["points"].float(), batch["cls"].view(-1), batch["seg"]
+        logits = model(pts, torch.nn.functional.one_hot(cls.long(), 16).float())
+        for s in range(pts.shape[0]):
+            parts = _SNP_PARTS[int(cls[s])]
+            ious = []
+            pred = [max(parts, key=lambda q: (float(logits[s, i, q]), -q)) for i in range(pts.shape[1])]
+            truth = [int(v) for v in seg[s]]
+            for q in parts:
+                inter = sum(1 for a, b in zip(pred, truth) if a == q and b == q)
+                union = sum(1 for a, b in zip(pred, truth) if a == q or b == q)
+                ious.append(1.0 if union == 0 else inter / union)
+            shape_ious.append(sum(ious) / len(ious))
+    return 100.0 * sum(shape_ious) / len(shape_ious), len(shape_ious)
 
 
 @pytest.mark.parametrize("task", ["partseg", "pretrain"])
-def test_other_tasks_run(tmp_path, task):
+def test_other_tasks_run(tmp_path, task, monkeypatch):
     from clora3d.data import synthetic
     from clora3d.engine.trainer import train
 
@@ -331,9 +438,14 @@ optimizer: {{lr: 1.0e-3}}
 train: {{epochs: 2, batch_size: 6, num_workers: 0}}
 """
     (tmp_path / "c.yaml").write_text(body + "log: {progress: false, tensorboard: false}\n")
+    seen = _spy_evaluations(monkeypatch)
     res = train(load_config(tmp_path / "c.yaml"), run_dir=tmp_path / "run")
     if task == "partseg":
-        assert 0.0 <= res["last"]["inst_miou"] <= 100.0 and res["last"]["num_shapes"] == 16
+        # the last epoch's Inst. mIoU is the by-hand one of the model as it was evaluated
+        model, loader, _, out, _ = seen[-1]
+        miou, n = _brute_inst_miou(model, loader)
+        assert n == res["last"]["num_shapes"] == 16
+        assert res["last"]["inst_miou"] == out["inst_miou"] == pytest.approx(miou, abs=1e-9)
         assert "per_category" in res["last"]
     else:
         # reference pre-training: no model selection, the last epoch is the model
