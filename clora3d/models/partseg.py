@@ -77,6 +77,22 @@ class PointNetFeaturePropagation(nn.Module):
         return feats.reshape(B, N, -1)
 
 
+class SegTokenPool(nn.Module):
+    """Per-group and global features from the normed outputs of the ``fetch_idx`` blocks.
+
+    The patch features of a layer are its LAST ``num_group`` tokens: a PEFT method that adds tokens to
+    the part-seg sequence (prompts, selected tokens) puts them before the patch tokens, so they never
+    reach the per-point features. The default global feature is the max and the mean over the groups of
+    the concatenated patch features (the reference). Holds no parameters; a method may swap the model's
+    ``pool`` for its own (IDPT builds the global feature from its prompts) while it is attached.
+    """
+
+    def forward(self, layers: Sequence[torch.Tensor], num_group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layers``: normed ``(B, L_i, D)`` with ``L_i >= num_group`` -> ``(feat (B,G,len*D), glob (B,2*len*D))``."""
+        feat = torch.cat([t[:, t.shape[1] - num_group:] for t in layers], dim=-1)
+        return feat, torch.cat([feat.max(dim=1).values, feat.mean(dim=1)], dim=-1)
+
+
 class PartSegModel(nn.Module):
     """Point-MAE part segmentation: ``forward(pts (B,N,3), cls_onehot (B,num_classes)) -> (B,N,num_parts)``.
 
@@ -121,6 +137,7 @@ class PartSegModel(nn.Module):
         self.blocks = TransformerEncoder(embed_dim=trans_dim, depth=depth, num_heads=num_heads,
                                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
         self.norm = nn.LayerNorm(trans_dim)
+        self.pool = SegTokenPool()  # fetched layers -> (per-group, global) features; no parameters
 
         feat_dim = trans_dim * len(fetch)
         self.label_conv = nn.Sequential(nn.Conv1d(num_classes, label_dim, 1, bias=False),
@@ -158,15 +175,21 @@ class PartSegModel(nn.Module):
             if not name.startswith(self.HEAD_PREFIXES):
                 yield name, p
 
-    def forward_token_features(self, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normed features of the ``fetch_idx`` blocks, concatenated: ``(feat (B,G,len*D), center (B,G,3))``."""
+    def forward_features(self, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(feat (B,G,len*D), glob (B,2*len*D), center (B,G,3))``: ``self.pool`` of the normed outputs of
+        the ``fetch_idx`` blocks (by default their last G tokens concatenated, and max + mean over groups)."""
         neighborhood, center = self.group_divider(pts)
         x = self.encoder(neighborhood)
         if self.reduce_dim is not None:
             x = self.reduce_dim(x)
         pos = self.pos_embed(center)
         layers = self.blocks(x, pos, return_layers=self.fetch_idx)
-        feat = torch.cat([self.norm(t) for t in layers], dim=-1)
+        feat, glob = self.pool([self.norm(t) for t in layers], center.shape[1])
+        return feat, glob, center
+
+    def forward_token_features(self, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normed features of the ``fetch_idx`` blocks, concatenated: ``(feat (B,G,len*D), center (B,G,3))``."""
+        feat, _, center = self.forward_features(pts)
         return feat, center
 
     def forward(self, pts: torch.Tensor, cls_onehot: torch.Tensor) -> torch.Tensor:
@@ -176,8 +199,7 @@ class PartSegModel(nn.Module):
         if cls_onehot.shape != (B, self.num_classes):
             raise ValueError(f"PartSegModel: expected a one-hot category of shape ({B}, {self.num_classes}), "
                              f"got {tuple(cls_onehot.shape)}")
-        feat, center = self.forward_token_features(pts)                      # (B, G, F)
-        glob = torch.cat([feat.max(dim=1).values, feat.mean(dim=1)], dim=-1)  # (B, 2F)
+        feat, glob, center = self.forward_features(pts)                      # (B, G, F), (B, 2F)
         label = self.label_conv(cls_onehot.to(feat.dtype).unsqueeze(-1)).squeeze(-1)  # (B, label_dim)
         glob = torch.cat([glob, label], dim=-1)                               # (B, global_dim)
         dense = self.propagation_0(pts, center, pts, feat)                    # (B, N, mlp[-1])

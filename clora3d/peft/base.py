@@ -316,6 +316,24 @@ class PeftMethod:
         """Token width of the transformer."""
         return int(self.blocks[0].norm1.normalized_shape[0])
 
+    @property
+    def is_partseg(self) -> bool:
+        """True on a part segmentation model (no classification head ``cls_head_finetune``)."""
+        return not hasattr(self.model, "cls_head_finetune")
+
+    @property
+    def num_lead_tokens(self) -> int:
+        """Tokens before the patch tokens in the plain model's sequence: 1 (cls) for the classification
+        backbone, 0 for the part-seg model, which has no cls token. Methods insert their extra tokens
+        right after these, so the patch tokens stay the last ``num_patches`` of the sequence (what the
+        part-seg model's ``pool`` reads)."""
+        return 1 if hasattr(self.model, "cls_token") else 0
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per cloud (the grouping's ``num_group``)."""
+        return int(self.model.group_divider.num_group)
+
     def block_linear(self, i: int, target: str) -> nn.Linear:
         """The ``target`` linear layer (qkv/proj/fc1/fc2) of block ``i``."""
         return self.blocks[i].get_submodule(BLOCK_LINEARS[target])

@@ -21,7 +21,15 @@ Built from the paper and the facts of its repository (LMD0311/DAPT, ``reference/
 
 ViT-S, 15 classes, rank 64, cls + mean prompts + max patches (PB_T50_RS):
 12 x (adapter 50,753 + SSF 9,216) + 2 x 768 + cls 768 + head (1152 in) 365,839 = 1,087,771.
-New modules live in ``peft.*`` (the wider head keeps the name ``cls_head_finetune``). The SSF init
+New modules live in ``peft.*`` (the wider head keeps the name ``cls_head_finetune``).
+
+**Part segmentation** (``PartSegModel``; DAPT's paper reports ShapeNetPart, its repository has no
+segmentation code): the same adapters, SSF sites and per-block prompts; with no cls token the
+prompts are inserted first, ``[p_L, ..., p_1, G patches]``, so the fetched blocks carry them before
+the patches and the part-seg pool reads only the last G tokens (per-point features, max/mean global
+feature); the final SSF follows the shared ``norm`` of every fetched layer. ``class_token``,
+``prompt_token`` and ``patch_token`` only shape the classification head input and have no effect
+there. ViT-S: 12 x 59,969 + 2 x 768 + part-seg head 5,238,706 = 5,959,870. The SSF init
 noise and the prompts change the output from the first step (``starts_at_base = False``); not
 mergeable (the adapter is non-linear and the prompts change the sequence).
 """
@@ -154,15 +162,17 @@ class _MlpPlusAdapter:
 
 
 class _InsertPrompt:
-    """Forward hook of a Block: insert ``SSF(mean_tokens(GELU(adapter output)))`` after the cls token."""
+    """Forward hook of a Block: insert ``SSF(mean_tokens(GELU(adapter output)))`` after the ``lead`` leading
+    tokens (1 = the cls token of the classification model, 0 on the part-seg model: first position)."""
 
-    def __init__(self, source: _MlpPlusAdapter, ssf: SSF) -> None:
-        self.source, self.ssf = source, ssf
+    def __init__(self, source: _MlpPlusAdapter, ssf: SSF, lead: int = 1) -> None:
+        self.source, self.ssf, self.lead = source, ssf, lead
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         a, self.source.last = self.source.last, None
         prompt = self.ssf(F.gelu(a).mean(dim=1, keepdim=True))
-        return torch.cat([out[:, :1], prompt, out[:, 1:]], dim=1)
+        n = self.lead
+        return torch.cat([out[:, :n], prompt, out[:, n:]], dim=1)
 
 
 @register_method
@@ -186,23 +196,28 @@ class DAPT(PeftMethod):
             raise ConfigError("peft method 'dapt': the head input is empty; set class_token: true or a "
                               "prompt_token / patch_token pooling")
         model = self.model
-        if not hasattr(model, "pool") or not hasattr(model, "encoder"):
-            raise ValueError("dapt needs a classification PointTransformer (encoder, pool, cls_head_finetune)")
+        if not hasattr(model, "pool") or not hasattr(model, "encoder") or not hasattr(model, "group_divider"):
+            raise ValueError("dapt needs a PointTransformer or PartSegModel (group_divider, encoder, pool)")
         d = self.dim
         hidden = self.blocks[0].mlp.fc1.out_features
         ref = self.reference_parameter()
         self.mods = DAPTModules(d, hidden, len(self.blocks), cfg["rank"], cfg["adapter_dropout"],
                                 cfg["ssf_std"]).to(device=ref.device, dtype=ref.dtype)
-        self.pool = DAPTPool(model.num_group, cfg["class_token"], cfg["prompt_token"], cfg["patch_token"])
-        head_in = parts * d
-        self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
+        self.lead = self.num_lead_tokens
+        if self.is_partseg:  # the prompts sit before the patches, which the part-seg pool reads (last G)
+            self.pool = self.head = None
+        else:
+            self.pool = DAPTPool(self.num_patches, cfg["class_token"], cfg["prompt_token"], cfg["patch_token"])
+            head_in = parts * d
+            self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
         self.peft_params = {f"peft.{k}": p for k, p in self.mods.named_parameters()}
 
     def _attach(self) -> None:
         model, mods = self.model, self.mods
         model.add_module("peft", mods)
         model.blocks.pos_every_block = False
-        self.replace_module("pool", self.pool)
+        if self.pool is not None:
+            self.replace_module("pool", self.pool)
         if self.head is not None:
             self.replace_module("cls_head_finetune", self.head)
         embed_out = model.reduce_dim if getattr(model, "reduce_dim", None) is not None else model.encoder
@@ -213,7 +228,7 @@ class DAPT(PeftMethod):
                 self._hook_post(blk.get_submodule(path), _Apply(m.ssf[site]))
             tap = _MlpPlusAdapter(m.adapter)
             self._hook_post(blk.mlp, tap)
-            self._hook_post(blk, _InsertPrompt(tap, m.prompt_ssf))
+            self._hook_post(blk, _InsertPrompt(tap, m.prompt_ssf, self.lead))
 
     def _detach(self) -> None:
         super()._detach()

@@ -20,6 +20,18 @@ Built from the paper and the facts of its repository (zyh16143998882/ICCV23-IDPT
 
 ViT-S, 15 classes, cls_type all: generator 1,330,176 + cls 768 + head (1152 in) 365,839 = 1,696,783.
 The prompt changes the output from the first step (``starts_at_base = False``); not mergeable.
+
+**Part segmentation** (``PartSegModel``; the repository's segmentation/models/prompt_pt3.py): one
+prompt per fetched block (``fetch_idx``, 3/7/11 on ViT-S), each from its own generator (the reference
+uses the ``generator: mlp`` variant there: Conv1d d -> d without bias, BatchNorm1d, LeakyReLU 0.2,
+global max over the tokens) applied to the block's raw patch tokens. The block runs on
+``[prompt + prompt_pos, patches + pos]``; its fetched output is ``[raw prompt, prompt out, G patches]``
+and the next block gets the G patches only. The part-seg pool (``IDPTSegPool``) keeps the last G
+tokens as per-group features and replaces the max/mean global feature by the normed raw prompts and
+the normed prompt outputs of the fetched blocks (same width, so the head is unchanged). The
+reference trains ``prompt_pos`` there (its name contains the substring it selects on):
+``train_prompt_pos: true``. ``prompt_layer``, ``cls_type`` and ``k`` (mlp) do not apply.
+ViT-S, mlp generators: 3 x 148,224 + prompt_pos 384 + part-seg head 5,238,706 = 5,683,762.
 """
 from __future__ import annotations
 
@@ -37,8 +49,12 @@ IDPT_DEFAULTS: dict[str, Any] = {
                                  # the end (-1 = the last block: 11 on ViT-S, the reference; 6 on OBJ_ONLY)
     "k": 20,                     # neighbours of each token in the EdgeConv layers (reference: 20)
     "cls_type": "all",           # head input: all | promptonly | promptcls | pointcls
-    "train_prompt_pos": False,   # the reference leaves prompt_pos at its random init
+    "train_prompt_pos": False,   # the reference leaves prompt_pos at its random init (classification)
+    "generator": "dgcnn",        # prompt generator: dgcnn (3 EdgeConvs; reference classification) or mlp
+                                 # (Conv1d + BN + LeakyReLU + max; the reference's part-seg generator)
 }
+
+_GENERATORS = ("dgcnn", "mlp")
 
 _CLS_TYPES = {"all": 3, "promptonly": 1, "promptcls": 2, "pointcls": 2}
 
@@ -78,12 +94,32 @@ class PromptGenerator(nn.Module):
         return y.max(dim=-1).values.unsqueeze(1)
 
 
-class IDPTModules(nn.Module):
-    """New IDPT modules (registered as ``peft``): the generator and ``prompt_pos``."""
+class MLPPromptGenerator(nn.Module):
+    """The reference's part-seg prompt generator: Conv1d d -> d (no bias), BatchNorm1d, LeakyReLU 0.2,
+    global max over the tokens -> ``(B, 1, d)``."""
 
-    def __init__(self, dim: int, k: int, train_prompt_pos: bool) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
-        self.generator = PromptGenerator(dim, k)
+        self.conv5 = nn.Sequential(nn.Conv1d(dim, dim, 1, bias=False), nn.BatchNorm1d(dim), nn.LeakyReLU(0.2))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.conv5(tokens.transpose(1, 2)).max(dim=-1).values.unsqueeze(1)
+
+
+def make_generator(kind: str, dim: int, k: int) -> nn.Module:
+    return PromptGenerator(dim, k) if kind == "dgcnn" else MLPPromptGenerator(dim)
+
+
+class IDPTModules(nn.Module):
+    """New IDPT modules (registered as ``peft``): the generator (classification) or one generator per
+    fetched block (``generators``, part seg), and ``prompt_pos``."""
+
+    def __init__(self, dim: int, k: int, train_prompt_pos: bool, kind: str = "dgcnn", n_seg: int = 0) -> None:
+        super().__init__()
+        if n_seg:
+            self.generators = nn.ModuleList(make_generator(kind, dim, k) for _ in range(n_seg))
+        else:
+            self.generator = make_generator(kind, dim, k)
         pos = torch.empty(1, 1, dim)
         nn.init.trunc_normal_(pos, std=0.02)
         if train_prompt_pos:
@@ -111,14 +147,27 @@ class IDPTPool(nn.Module):
         return torch.cat([x[:, 0], x[:, 1], patches], dim=-1)
 
 
+class IDPTSegPool(nn.Module):
+    """Part-seg features from the fetched layers ``[raw prompt, prompt out, G patches]``: the last G tokens
+    (concatenated over layers) per group; global = the raw prompts of every layer, then their outputs."""
+
+    def forward(self, layers: list[torch.Tensor], num_group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if any(t.shape[1] != num_group + 2 for t in layers):
+            raise RuntimeError(f"idpt: a fetched part-seg layer has {[t.shape[1] for t in layers]} tokens, "
+                               f"expected {num_group + 2} (raw prompt, prompt output, patches)")
+        feat = torch.cat([t[:, 2:] for t in layers], dim=-1)
+        glob = torch.cat([t[:, 0] for t in layers] + [t[:, 1] for t in layers], dim=-1)
+        return feat, glob
+
+
 class _StackState:
     """Forward pre-hook of the block stack: remembers ``(x, pos)`` of this forward."""
 
     def __init__(self) -> None:
-        self.x = self.pos = self.pos_ext = None
+        self.x = self.pos = self.pos_ext = self.prompt = None
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
-        self.x, self.pos, self.pos_ext = args[0], args[1], None
+        self.x, self.pos, self.pos_ext, self.prompt = args[0], args[1], None, None
 
 
 class _BlockInput:
@@ -145,6 +194,38 @@ class _BlockInput:
         return (x,) + tuple(args[1:])
 
 
+class _SegBlockInput:
+    """Part seg, forward pre-hook of block ``i``: keep the G patch tokens (a fetched block's output also
+    carries its two prompt tokens), add the positional embedding (the stack adds it before block 0
+    only); before a fetched block, generate its prompt from the raw patches and put it first."""
+
+    def __init__(self, i: int, gen: nn.Module | None, state: _StackState, mods: IDPTModules, num_group: int) -> None:
+        self.i, self.gen, self.state, self.mods, self.g = i, gen, state, mods, num_group
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        st, x = self.state, args[0]
+        if self.i == 0:
+            raw = st.x                                       # block 0 already got x + pos from the stack
+        else:
+            raw = x[:, -self.g:]
+            x = raw + st.pos
+        if self.gen is not None:
+            st.prompt = self.gen(raw)
+            x = torch.cat([st.prompt + self.mods.prompt_pos.expand(x.shape[0], -1, -1), x], dim=1)
+        return (x,) + tuple(args[1:])
+
+
+class _SegBlockOutput:
+    """Part seg, forward hook of a fetched block: put the raw prompt before its output."""
+
+    def __init__(self, state: _StackState) -> None:
+        self.state = state
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        prompt, self.state.prompt = self.state.prompt, None
+        return torch.cat([prompt, out], dim=1)
+
+
 @register_method
 class IDPT(PeftMethod):
     """IDPT (see module docstring)."""
@@ -156,6 +237,9 @@ class IDPT(PeftMethod):
     def _setup(self) -> None:
         cfg, n = self.config, self.name
         check_positive(n, cfg, "k")
+        if cfg["generator"] not in _GENERATORS:
+            raise ConfigError(f"peft method 'idpt': generator must be one of {list(_GENERATORS)}, "
+                              f"got {cfg['generator']!r}")
         if cfg["cls_type"] not in _CLS_TYPES:
             raise ConfigError(f"peft method 'idpt': cls_type must be one of {sorted(_CLS_TYPES)}, "
                               f"got {cfg['cls_type']!r}")
@@ -165,16 +249,22 @@ class IDPT(PeftMethod):
                               f"with depth {depth}")
         self.layer = cfg["prompt_layer"] % depth
         model = self.model
-        if not hasattr(model, "pool") or not hasattr(model, "num_group"):
-            raise ValueError("idpt needs a classification PointTransformer (pool, cls_head_finetune)")
-        if cfg["k"] > model.num_group:
+        if not hasattr(model, "pool") or not hasattr(model, "group_divider"):
+            raise ValueError("idpt needs a PointTransformer or PartSegModel (group_divider, pool)")
+        G = self.num_patches
+        if cfg["generator"] == "dgcnn" and cfg["k"] > G:
             raise ConfigError(f"peft method 'idpt': k={cfg['k']} exceeds the number of tokens "
-                              f"(num_group={model.num_group})")
+                              f"(num_group={G})")
         ref = self.reference_parameter()
-        self.mods = IDPTModules(self.dim, cfg["k"], cfg["train_prompt_pos"]).to(device=ref.device, dtype=ref.dtype)
-        self.pool = IDPTPool(cfg["cls_type"])
-        head_in = _CLS_TYPES[cfg["cls_type"]] * self.dim
-        self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
+        self.seg_layers = list(model.fetch_idx) if self.is_partseg else []
+        self.mods = IDPTModules(self.dim, cfg["k"], cfg["train_prompt_pos"], cfg["generator"],
+                                n_seg=len(self.seg_layers)).to(device=ref.device, dtype=ref.dtype)
+        if self.is_partseg:
+            self.pool, self.head = IDPTSegPool(), None
+        else:
+            self.pool = IDPTPool(cfg["cls_type"])
+            head_in = _CLS_TYPES[cfg["cls_type"]] * self.dim
+            self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
         self.peft_params = {f"peft.{k}": p for k, p in self.mods.named_parameters()}
 
     def saved_buffer_names(self) -> list[str]:
@@ -191,8 +281,15 @@ class IDPT(PeftMethod):
             self.replace_module("cls_head_finetune", self.head)
         state = _StackState()
         self._hook_pre(model.blocks, state)
+        if self.is_partseg:
+            gens = dict(zip(self.seg_layers, self.mods.generators))
+            for i, blk in enumerate(self.blocks):
+                self._hook_pre(blk, _SegBlockInput(i, gens.get(i), state, self.mods, self.num_patches))
+                if i in gens:
+                    self._hook_post(blk, _SegBlockOutput(state))
+            return
         for i, blk in enumerate(self.blocks):
-            self._hook_pre(blk, _BlockInput(i, self.layer, state, self.mods, model.num_group))
+            self._hook_pre(blk, _BlockInput(i, self.layer, state, self.mods, self.num_patches))
 
     def _detach(self) -> None:
         super()._detach()

@@ -30,6 +30,13 @@ ViT-S, 15 classes: LoRA 221,184 + prompt MLPs 125,312 + mask predictor 74,113 + 
 pos_embed 50,048 + cls 768 + head 267,535 = 772,752. New modules live in ``peft.*``. The prompt MLPs
 (trunc-normal .02 weights) and the extra tokens change the output from the first step
 (``starts_at_base = False``); not mergeable (the prompt branch is non-linear).
+
+**Part segmentation** (``PartSegModel``; the paper reports ShapeNetPart, the repository has no
+segmentation code): the same LoRA, prompt MLPs, token selection and mask loss; with no cls token the
+selected tokens are put before the patches, ``[kept_1, kept_2, ..., G patches]``, so the part-seg
+pool (last G tokens) never mixes them into the per-point or global features; ``prompt_selected`` acts on
+the selected tokens and ``prompt_tokens`` on the first ``prompt_span`` patch tokens. ViT-S: the
+classification count without the cls token and head, 504,449, + part-seg head 5,238,706 = 5,743,155.
 """
 from __future__ import annotations
 
@@ -111,9 +118,11 @@ class _AppendSelected:
     """Forward pre-hook of the block stack: append the selected multi-scale tokens to ``(x, pos)``."""
 
     def __init__(self, method: "PointLoRA", stash: _StashPoints, mods: PointLoRAModules,
-                 groupers: list[Group], kept: list[int], weights: list[float], loss_weight: float) -> None:
+                 groupers: list[Group], kept: list[int], weights: list[float], loss_weight: float,
+                 before_patches: bool = False) -> None:
         self.method, self.stash, self.mods = method, stash, mods
         self.groupers, self.kept, self.weights, self.loss_weight = groupers, kept, weights, loss_weight
+        self.before = before_patches
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x, pos = args[0], args[1]
@@ -136,19 +145,30 @@ class _AppendSelected:
             toks.append(torch.gather(t, 1, sel))
             poss.append(torch.gather(pe, 1, sel))
         self.method.record_forward_loss("mask", self.loss_weight * loss, model)
+        if self.before:  # part seg: [selected..., G patches] (the patches stay the last G tokens)
+            toks, poss = toks[1:] + toks[:1], poss[1:] + poss[:1]
         return (torch.cat(toks, dim=1), torch.cat(poss, dim=1)) + tuple(args[2:])
 
 
 class _TokenPrompts:
     """Forward pre-hook of a Block (input = tokens + pos): ``x[1:1+span] += prompt_tokens(.)``, then
-    the last ``n_sel`` tokens ``+= prompt_selected(.)`` (sequentially, as the reference)."""
+    the last ``n_sel`` tokens ``+= prompt_selected(.)`` (sequentially, as the reference). Part seg
+    (``before_patches``, sequence ``[selected, G patches]``): the first ``n_sel`` tokens get
+    ``prompt_selected`` and the first ``span`` patch tokens get ``prompt_tokens``."""
 
-    def __init__(self, mods: PointLoRAModules, span: int, n_sel: int) -> None:
-        self.mods, self.span, self.n_sel = mods, span, n_sel
+    def __init__(self, mods: PointLoRAModules, span: int, n_sel: int, before_patches: bool = False) -> None:
+        self.mods, self.span, self.n_sel, self.before = mods, span, n_sel, before_patches
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
         L = x.shape[1]
+        if self.before:
+            s = self.n_sel
+            end = min(s + self.span, L)
+            sel, mid = x[:, :s], x[:, s:end]
+            parts = [sel + self.mods.prompt_selected(sel)] if s else []
+            x = torch.cat(parts + [mid + self.mods.prompt_tokens(mid), x[:, end:]], dim=1)
+            return (x,) + tuple(args[1:])
         end = min(1 + self.span, L)
         mid = x[:, 1:end]
         x = torch.cat([x[:, :1], mid + self.mods.prompt_tokens(mid), x[:, end:]], dim=1)
@@ -238,12 +258,13 @@ class PointLoRA(PeftMethod):
             self._hook_post(lin, _LoRAPromptHook(A, B, self.scale, self.mods.prompt_linear[t]))
         stash = _StashPoints()
         self._hook_pre(self.model.group_divider, stash)
+        seg = self.is_partseg
         self._hook_pre(self.model.blocks, _AppendSelected(self, stash, self.mods, self.groupers, self.kept,
                                                           self.config["scale_weights"],
-                                                          self.config["mask_loss_weight"]))
+                                                          self.config["mask_loss_weight"], before_patches=seg))
         n_sel = sum(self.kept)
         for blk in self.blocks:
-            self._hook_pre(blk, _TokenPrompts(self.mods, self.config["prompt_span"], n_sel))
+            self._hook_pre(blk, _TokenPrompts(self.mods, self.config["prompt_span"], n_sel, before_patches=seg))
 
     def _detach(self) -> None:
         super()._detach()
