@@ -244,7 +244,8 @@ class IDPT(PeftMethod):
             raise ConfigError(f"peft method 'idpt': cls_type must be one of {sorted(_CLS_TYPES)}, "
                               f"got {cfg['cls_type']!r}")
         depth = len(self.blocks)
-        if not -depth <= cfg["prompt_layer"] < depth:
+        # part seg: a prompt before every fetched block instead (prompt_layer does not apply)
+        if not self.is_partseg and not -depth <= cfg["prompt_layer"] < depth:
             raise ConfigError(f"peft method 'idpt': prompt_layer {cfg['prompt_layer']} out of range for a backbone "
                               f"with depth {depth}")
         self.layer = cfg["prompt_layer"] % depth
