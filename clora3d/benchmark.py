@@ -52,6 +52,9 @@ BENCH_METHODS: dict[str, dict[str, Any]] = {
     "idpt": {"NAME": "idpt", "prompt_layer": 3, "k": 8},
 }
 
+#: Per-method learning rate, part of a method's recipe (a method not listed uses ``BenchSize.lr``).
+BENCH_LR: dict[str, float] = {}
+
 
 @dataclass(frozen=True)
 class BenchSize:
@@ -183,9 +186,10 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, npoints: 
 
 def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any], task: Mapping[str, Any],
              size: BenchSize, seed: int, epochs: int, *, sade_stats: bool = False,
-             keep_model: bool = False) -> dict[str, Any]:
-    """Fine-tune the pre-trained tiny backbone on ``task`` with one method; returns accuracy, wall
-    time, parameter counts (and SADE statistics for CLoRA with ``sade_stats``)."""
+             keep_model: bool = False, lr: float | None = None) -> dict[str, Any]:
+    """Fine-tune the pre-trained tiny backbone on ``task`` with one method (learning rate ``lr``,
+    default ``size.lr``); returns accuracy, wall time, parameter counts (and SADE statistics for
+    CLoRA with ``sade_stats``)."""
     from clora3d.data.transforms import ScaleAndTranslate
     from clora3d.engine.optim import build_optimizer, build_scheduler
     from clora3d.engine.trainer import TrainBatchPipeline, derive_seed
@@ -194,7 +198,8 @@ def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any]
     t0 = time.perf_counter()
     model, method = build_finetune_model(pretrained, task["num_classes"], peft_cfg, seed)
     trainable = method.trainable_parameters()
-    opt = build_optimizer(trainable, {"NAME": "AdamW", "lr": size.lr, "weight_decay": size.weight_decay,
+    lr = size.lr if lr is None else lr
+    opt = build_optimizer(trainable, {"NAME": "AdamW", "lr": lr, "weight_decay": size.weight_decay,
                                       "betas": (0.9, 0.999), "eps": 1e-8})
     sched = build_scheduler(opt, {"NAME": "CosLR", "lr_min": 1e-6, "warmup_epochs": size.warmup_epochs,
                                   "warmup_lr_init": 1e-5}, epochs)
@@ -233,7 +238,7 @@ def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any]
         sched.step(epoch)
     acc, _ = accuracy(model, task["test_x"], task["test_y"], size.npoints)
     rep = parameter_report(model, method)
-    out: dict[str, Any] = {"acc": acc, "wall_s": time.perf_counter() - t0, "steps": step,
+    out: dict[str, Any] = {"acc": acc, "wall_s": time.perf_counter() - t0, "steps": step, "lr": lr,
                            "trainable": rep["trainable"], "trainable_no_head": rep.get("trainable_without_head")}
     if method.name == "clora":
         out["similarity"] = component_similarity(method)
@@ -263,8 +268,8 @@ def _worker_init() -> None:
 
 
 def _finetune_job(pretrained: Mapping[str, torch.Tensor], cfg: Mapping[str, Any], task: Mapping[str, Any],
-                  size: BenchSize, seed: int, epochs: int) -> dict[str, Any]:
-    return finetune(pretrained, cfg, task, size, seed, epochs)
+                  size: BenchSize, seed: int, epochs: int, lr: float) -> dict[str, Any]:
+    return finetune(pretrained, cfg, task, size, seed, epochs, lr=lr)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -275,12 +280,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
                   methods: Mapping[str, Mapping[str, Any]] | None = None,
-                  log: Callable[[str], None] = print, keep: Sequence[str] = ()) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, keep: Sequence[str] = (),
+                  lrs: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Every method x task x seed; returns per-run results and per-method summaries.
+
+    ``lrs``: label -> learning rate for methods that do not use ``size.lr`` (default
+    :data:`BENCH_LR`; ``{}`` gives every method ``size.lr``).
 
     ``keep``: labels of methods whose first-seed ``scan`` model (and PEFT method) are returned
     under ``"kept"`` (for the real-data check)."""
     methods = dict(methods or BENCH_METHODS)
+    lrs = dict(BENCH_LR if lrs is None else lrs)
     t0 = time.perf_counter()
     tasks: dict[str, Any] = {}
     if "scan" in size.tasks:
@@ -295,6 +305,7 @@ def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
         for task_name in size.tasks:
             for seed in size.seeds:
                 jobs.append({"label": label, "cfg": cfg, "task_name": task_name, "seed": seed,
+                             "lr": lrs.get(label, size.lr),
                              "keep": label in keep and task_name == "scan" and seed == size.seeds[0]})
 
     def task_of(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -315,7 +326,7 @@ def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
     if workers <= 1:
         for i, job in enumerate(jobs):
             r = finetune(pretrained, job["cfg"], task_of(job), size, job["seed"], epochs_of(job),
-                         keep_model=job["keep"])
+                         keep_model=job["keep"], lr=job["lr"])
             if job["keep"]:
                 kept[job["label"]] = {"model": r.pop("model"), "method": r.pop("method")}
             results[i] = done(job, r)
@@ -332,12 +343,12 @@ def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
             with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                                         initializer=_worker_init) as ex:
                 futs = {ex.submit(_finetune_job, dict(pretrained), job["cfg"], task_of(job), size,
-                                  job["seed"], epochs_of(job)): i
+                                  job["seed"], epochs_of(job), job["lr"]): i
                         for i, job in enumerate(jobs) if not job["keep"]}
                 for i, job in enumerate(jobs):
                     if job["keep"]:
                         r = finetune(pretrained, job["cfg"], task_of(job), size, job["seed"], epochs_of(job),
-                                     keep_model=True)
+                                     keep_model=True, lr=job["lr"])
                         kept[job["label"]] = {"model": r.pop("model"), "method": r.pop("method")}
                         results[i] = done(job, r)
                 for fut in cf.as_completed(futs):
@@ -356,7 +367,7 @@ def summarise(runs: list[dict[str, Any]], methods: Sequence[str], tasks: Sequenc
     for m in methods:
         mine = [r for r in runs if r["method"] == m]
         row: dict[str, Any] = {"method": m, "trainable": mine[0]["trainable"],
-                               "trainable_no_head": mine[0]["trainable_no_head"]}
+                               "trainable_no_head": mine[0]["trainable_no_head"], "lr": mine[0].get("lr")}
         for t in tasks:
             accs = [r["acc"] for r in mine if r["task"] == t]
             row[f"{t}_mean"], row[f"{t}_std"] = mean_std(accs)
@@ -376,13 +387,14 @@ def format_table(rows: list[dict[str, Any]], tasks: Sequence[str]) -> str:
     """Markdown table of :func:`summarise` rows."""
     names = {"scan": "scan acc (%)", "fewshot": "few-shot acc (%)"}
     head = "| method | " + " | ".join(names.get(t, t) for t in tasks) + \
-        " | trainable params (w/o head) | wall time / run |"
-    lines = [head, "|---|" + "---:|" * (len(tasks) + 2)]
+        " | trainable params (w/o head) | lr | wall time / run |"
+    lines = [head, "|---|" + "---:|" * (len(tasks) + 3)]
     for r in rows:
         accs = " | ".join(f"{r[f'{t}_mean']:.1f} ± {r[f'{t}_std']:.1f}" for t in tasks)
         walls = " + ".join(f"{r[f'{t}_wall_s']:.0f}" for t in tasks)
+        lr = "-" if r.get("lr") is None else f"{r['lr']:g}"
         lines.append(f"| {r['method']} | {accs} | {_fmt_params(r['trainable'])} "
-                     f"({_fmt_params(r['trainable_no_head'])}) | {walls} s |")
+                     f"({_fmt_params(r['trainable_no_head'])}) | {lr} | {walls} s |")
     return "\n".join(lines)
 
 
@@ -394,7 +406,28 @@ def separation(rows: list[dict[str, Any]], task: str, a: str = "full", b: str = 
         return None
     gap = ra[f"{task}_mean"] - rb[f"{task}_mean"]
     sd = max(ra[f"{task}_std"], rb[f"{task}_std"])
-    return {"gap": gap, "std": sd, "ratio": gap / sd if sd > 0 else float("inf")}
+    ratio = gap / sd if sd > 0 else (math.copysign(math.inf, gap) if gap != 0 else math.nan)
+    return {"gap": gap, "std": sd, "ratio": ratio}
+
+
+#: a task separates full fine-tuning from linear probing when their gap is at least this many times
+#: the larger of their seed stds (below it the column is labelled as not discriminating)
+SEPARATES_AT = 3.0
+
+
+def format_separation(rows: list[dict[str, Any]], tasks: Sequence[str]) -> str:
+    """One line per task: full - linear gap in points and in units of the larger std, labelled
+    "separates" or "does NOT separate" against :data:`SEPARATES_AT`."""
+    lines = []
+    for t in tasks:
+        sep = separation(rows, t)
+        if sep is None:
+            continue
+        verdict = ("separates full fine-tuning from linear probing" if sep["ratio"] >= SEPARATES_AT else
+                   f"does NOT separate full fine-tuning from linear probing (below {SEPARATES_AT:g} x)")
+        lines.append(f"{t}: full - linear = {sep['gap']:.1f} points = {sep['ratio']:.1f} x the larger std "
+                     f"({sep['std']:.1f}): {verdict}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- real-data check

@@ -164,3 +164,45 @@ def test_parallel_workers_give_the_sequential_results():
         d["kept"]["clora"]["model"].eval()
     with torch.no_grad():
         assert torch.equal(seq["kept"]["clora"]["model"](x), par["kept"]["clora"]["model"](x))
+
+
+def test_separation_labels_each_task_against_the_threshold():
+    runs = [{"method": m, "task": t, "seed": s, "acc": a, "wall_s": 1.0, "trainable": 1, "trainable_no_head": 0}
+            for m, t, accs in (("full", "scan", [60.0, 64.0, 62.0]), ("linear", "scan", [30.0, 31.0, 29.0]),
+                               ("full", "fewshot", [50.0, 60.0, 55.0]), ("linear", "fewshot", [45.0, 50.0, 40.0]))
+            for s, a in enumerate(accs)]
+    rows = B.summarise(runs, ["full", "linear"], ["scan", "fewshot"])
+    text = B.format_separation(rows, ["scan", "fewshot"]).splitlines()
+    # scan: 62 - 30 = 32, larger std 2 -> 16.0 x; few-shot: gap 10, larger std 5 -> 2.0 x (below 3)
+    assert text[0] == ("scan: full - linear = 32.0 points = 16.0 x the larger std (2.0): separates full "
+                       "fine-tuning from linear probing")
+    assert text[1] == ("fewshot: full - linear = 10.0 points = 2.0 x the larger std (5.0): does NOT separate "
+                       "full fine-tuning from linear probing (below 3 x)")
+    # zero spread: a gap is infinitely many stds, no gap is undefined (not "separates")
+    same = B.summarise([dict(r, acc=50.0) for r in runs], ["full", "linear"], ["scan"])
+    assert np.isnan(B.separation(same, "scan")["ratio"]) and "does NOT separate" in B.format_separation(same, ["scan"])
+    apart = B.summarise([dict(r, acc=70.0 if r["method"] == "full" else 20.0) for r in runs], ["full", "linear"], ["scan"])
+    assert B.separation(apart, "scan")["ratio"] == np.inf
+
+
+def test_per_method_learning_rate_reaches_the_optimizer():
+    """A method's lr in ``lrs`` is the one its optimizer uses: at lr 0 AdamW (decoupled weight decay
+    scaled by lr) leaves every trainable parameter exactly at its freshly built value, while the
+    same run at the default lr moves them; the lr is recorded per run and shown in the table."""
+    torch.manual_seed(0)
+    pretrained = PointTransformer.from_preset("tiny", cls_dim=4).state_dict()
+    size = B.BenchSize(num_classes=4, n_train=3, n_test=2, epochs=1, batch_size=4, seeds=(3,), npoints=64,
+                       point_all=80, tasks=("scan",), workers=1, warmup_epochs=0)  # warm-up starts at 1e-5 whatever the lr
+    methods = {"linear": {"NAME": "linear"}}
+    frozen = B.run_benchmark(pretrained, size, methods, log=lambda m: None, keep=("linear",), lrs={"linear": 0.0})
+    moved = B.run_benchmark(pretrained, size, methods, log=lambda m: None, keep=("linear",), lrs={})
+    fresh, fresh_method = B.build_finetune_model(pretrained, 4, B.peft_config({"NAME": "linear"}), seed=3)
+    names = list(fresh_method.trainable_parameters())
+    assert names
+    for res, same in ((frozen, True), (moved, False)):
+        got = dict(res["kept"]["linear"]["model"].named_parameters())
+        want = dict(fresh.named_parameters())
+        assert all(torch.equal(got[n], want[n]) for n in names) == same
+    assert frozen["runs"][0]["lr"] == 0.0 and moved["runs"][0]["lr"] == size.lr
+    assert "| linear | " in B.format_table(frozen["summary"], ["scan"]) and " | 0 | " in B.format_table(frozen["summary"], ["scan"])
+    assert B.BENCH_LR == {} or set(B.BENCH_LR) <= set(B.BENCH_METHODS)
