@@ -1,0 +1,328 @@
+"""PEFT interface on the cases mutation testing (tools/mutate.py, groups peft_*) and hand-made
+mutations found unguarded. Expected values are hand-computed or come from plain torch/hashlib."""
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import pytest
+import torch
+
+from clora3d.errors import CheckpointError
+from clora3d.models import PointTransformer
+from clora3d.peft import apply_peft, load_adapter
+from clora3d.peft.base import hash_tensors
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _tiny(seed: int = 0) -> PointTransformer:
+    torch.manual_seed(seed)
+    return PointTransformer.from_preset("tiny", cls_dim=5).eval()
+
+
+def test_hash_tensors_is_sha256_of_sorted_names_dtypes_shapes_and_raw_bytes():
+    a = torch.arange(6, dtype=torch.float32).reshape(2, 3) / 7
+    b = torch.tensor([3, -1], dtype=torch.int64)
+    e = torch.zeros(0, 4)
+    h = hashlib.sha256()
+    for name, t in (("a", a), ("b", b), ("e", e)):  # sorted by name
+        h.update(name.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode() + t.numpy().tobytes())
+    assert hash_tensors([("e", e), ("b", b), ("a", a)]) == h.hexdigest()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hash_sees_a_one_ulp_change_anywhere(dtype):
+    t = torch.linspace(-1, 1, 24, dtype=dtype).reshape(4, 6)
+    ref = hash_tensors([("w", t)])
+    for flat in (0, 7, 23):
+        u = t.clone().reshape(-1)
+        u[flat] = torch.nextafter(u[flat], torch.tensor(2.0, dtype=dtype))
+        assert hash_tensors([("w", u.reshape(4, 6))]) != ref, flat
+    # same bytes, other shape or dtype: a different base too
+    assert hash_tensors([("w", t.reshape(6, 4))]) != ref
+    assert hash_tensors([("v", t)]) != ref
+
+
+def test_adapter_refuses_a_base_one_ulp_away(tmp_path):
+    base = _tiny()
+    method = apply_peft(copy.deepcopy(base), {"NAME": "clora"})
+    path = method.save_adapter(tmp_path / "clora.pt")
+    other = copy.deepcopy(base)
+    with torch.no_grad():
+        w = other.blocks.blocks[1].attn.proj.weight
+        w[3, 5] = torch.nextafter(w[3, 5], torch.tensor(10.0))
+    with pytest.raises(CheckpointError, match="different base weights"):
+        load_adapter(other, path)
+    load_adapter(copy.deepcopy(base), path)  # the untouched base loads
+
+
+# ------------------------------------------------------------------------------ config messages
+@pytest.mark.parametrize("cfg,message", [
+    ({"NAME": "lora", "rank": 0}, "peft method 'lora': option 'rank' must be > 0, got 0"),
+    ({"NAME": "lora", "alpha": -1.0}, "peft method 'lora': option 'alpha' must be > 0, got -1.0"),
+    ({"NAME": "lora", "dropout": 1.0}, "peft method 'lora': option 'dropout' must be in [0, 1), got 1.0"),
+    ({"NAME": "lora", "dropout": -0.1}, "peft method 'lora': option 'dropout' must be in [0, 1), got -0.1"),
+    ({"NAME": "lora", "rank": 2.0}, "peft method 'lora': option 'rank' must be int (default 8), got 2.0"),
+    ({"NAME": "lora", "rslora": 1}, "peft method 'lora': option 'rslora' must be bool (default False), got 1"),
+    ({"NAME": "lora", "layers": []},
+     "peft method 'lora': layers must be a non-empty list of block indices or null, got []"),
+    ({"NAME": "lora", "layers": [0, True]},
+     "peft method 'lora': layers must be a non-empty list of block indices or null, got [0, True]"),
+    ({"NAME": "lora", "layers": [0, 4, -1]},
+     "peft method 'lora': layers [4, -1] out of range for a backbone with depth 4"),
+    ({"NAME": "lora", "layers": [1, 1]}, "peft method 'lora': layers contains duplicates: [1, 1]"),
+    ({"NAME": "lora", "targets": []},
+     "peft method 'lora': targets must be a non-empty list from ['qkv', 'proj', 'fc1', 'fc2'], got []"),
+    ({"NAME": "lora", "targets": ["qkv", 3]},
+     "peft method 'lora': targets must be a non-empty list from ['qkv', 'proj', 'fc1', 'fc2'], got ['qkv', 3]"),
+    ({"NAME": "lora", "targets": ["qkv", "fc3"]},
+     "peft method 'lora': unknown targets ['fc3']; allowed: ['qkv', 'proj', 'fc1', 'fc2']"),
+    ({"NAME": "lora", "targets": ["fc1", "fc1"]}, "peft method 'lora': targets contains duplicates: ['fc1', 'fc1']"),
+    ({"NAME": "lora", "frozen_bn": "off"}, "peft method 'lora': frozen_bn must be 'eval' or 'train', got 'off'"),
+    ({"NAME": "lora", "extra_trainable": ["norm", ""]},
+     "peft method 'lora': extra_trainable must be a list of parameter/module names, got ['norm', '']"),
+])
+def test_config_errors_exact(cfg, message):
+    from clora3d.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        apply_peft(_tiny(), cfg)
+    assert str(info.value) == message
+
+
+def test_config_accepts_boundaries_and_sorts_layers():
+    m = apply_peft(_tiny(), {"NAME": "lora", "dropout": 0.0, "layers": [3, 0], "targets": ["fc2", "qkv"],
+                             "alpha": 1})
+    assert m.config["alpha"] == 1.0 and isinstance(m.config["alpha"], float)
+    assert m.layers == [0, 3] and m.targets == ["qkv", "fc2"]
+
+
+def test_long_config_values_are_shortened_in_messages():
+    from clora3d.errors import ConfigError
+    from clora3d.peft.base import _short
+
+    assert _short(list(range(20))) == "[0, 1, 2, 3, 4, 5, 6, 7, ...]"
+    assert _short([[[[1]]]]) == "[[[[...]]]]"
+    assert _short("x" * 300) == "'" + "x" * 57 + "..." + "x" * 58 + "'"  # 120 characters
+    assert _short(tuple(range(20))) == "(0, 1, 2, 3, 4, 5, 6, 7, ...)"
+    assert _short({i: 0 for i in range(20)}) == "{0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 0, ...}"
+
+    class Long:
+        def __repr__(self):
+            return "L" * 300
+
+    assert _short(Long()) == "L" * 58 + "..." + "L" * 59  # 120 characters
+    assert _short(list(range(100)), limit=10) == "[0, 1, 2, ..."
+    with pytest.raises(ConfigError) as info:
+        apply_peft(_tiny(), {"NAME": "lora", "extra_trainable": ["no.such.module"]})
+    msg = str(info.value)
+    assert msg.startswith("peft method 'lora': extra_trainable entry 'no.such.module' is neither a parameter name "
+                          "nor a module name of the backbone (example names: ['cls_token', 'cls_pos', ")
+    examples = eval(msg[msg.index("(example names: ") + len("(example names: "):-1])  # noqa: S307
+    assert len(examples) == 8
+    assert all(n.startswith(("cls_", "norm.", "blocks.blocks.0.", "pos_embed.0")) for n in examples)
+
+
+# ------------------------------------------------------------------------------ adapter files
+def _saved(tmp_path, cfg=None):
+    base = _tiny()
+    method = apply_peft(copy.deepcopy(base), cfg or {"NAME": "lora", "rank": 2})
+    path = method.save_adapter(tmp_path / "a.pt")
+    return base, method, path
+
+
+def _rewrite(path, edit):
+    """Edit an adapter file and write it back with a fresh checksum (a consistent but wrong file)."""
+    from clora3d.storage import atomic_torch_save, safe_torch_load
+
+    blob = safe_torch_load(path)
+    edit(blob)
+    atomic_torch_save(blob, path)
+
+
+def test_metadata_records_what_the_file_needs(tmp_path):
+    import clora3d
+
+    base, method, path = _saved(tmp_path)
+    meta = torch.load(path, weights_only=True)["metadata"]
+    frozen = [p for n, p in base.named_parameters() if n not in method.trainable_parameters()]
+    assert meta["format"] == "clora3d-adapter" and meta["format_version"] == 1 and meta["method"] == "lora"
+    assert meta["clora3d_version"] == clora3d.__version__ and meta["torch_version"] == str(torch.__version__)
+    assert meta["base_hash"] == method.base_hash and len(meta["base_hash"]) == 64
+    assert meta["base_hash_numel"] == sum(p.numel() for p in frozen)
+    assert meta["config"]["rank"] == 2 and meta["config"]["NAME"] == "lora"
+    assert meta["model_config"] == {k: list(v) if isinstance(v, tuple) else v for k, v in base.config.items()}
+
+
+def test_load_adapter_errors_exact(tmp_path):
+    base, method, path = _saved(tmp_path)
+    _rewrite(path, lambda b: b["metadata"].update(format_version=7))
+    with pytest.raises(CheckpointError) as info:
+        load_adapter(copy.deepcopy(base), path)
+    assert str(info.value) == f"{path}: adapter format version 7 is not supported (this clora3d reads version 1)"
+
+    _, _, path = _saved(tmp_path)
+    _rewrite(path, lambda b: b["metadata"]["config"].update(rank=0))
+    with pytest.raises(CheckpointError) as info:
+        load_adapter(copy.deepcopy(base), path)
+    assert str(info.value) == (f"{path}: the stored method config is not valid here: "
+                               "peft method 'lora': option 'rank' must be > 0, got 0")
+
+    _, m, path = _saved(tmp_path)
+    key = sorted(m.adapter_state_dict())[0]
+    _rewrite(path, lambda b: b["state"].pop(key))
+    with pytest.raises(CheckpointError) as info:
+        load_adapter(copy.deepcopy(base), path)
+    assert str(info.value) == f"{path}: adapter keys do not match method 'lora': missing [{key!r}], unexpected []"
+
+    _saved(tmp_path)
+    _rewrite(path, lambda b: b["state"].update(extra=torch.zeros(1)))
+    with pytest.raises(CheckpointError) as info:
+        load_adapter(copy.deepcopy(base), path)
+    assert str(info.value) == f"{path}: adapter keys do not match method 'lora': missing [], unexpected ['extra']"
+
+    _saved(tmp_path)
+    _rewrite(path, lambda b: b["state"].update({f"x{i:02d}": torch.zeros(1) for i in range(12)}))
+    with pytest.raises(CheckpointError) as info:
+        load_adapter(copy.deepcopy(base), path)
+    assert str(info.value).endswith(f"unexpected {[f'x{i:02d}' for i in range(10)]}")
+
+    other = copy.deepcopy(base)
+    with torch.no_grad():
+        other.norm.weight.add_(1.0)
+    _saved(tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        load_adapter(other, path)
+    other_hash = hash_tensors([(n, p) for n, p in other.named_parameters() if n in dict(base.named_parameters())
+                               and n not in m.trainable_parameters()])
+    assert str(info.value) == (
+        f"{path}: adapter was trained on different base weights (frozen-parameter hash {m.base_hash[:12]}..., "
+        f"this model {other_hash[:12]}...). Load the same pre-trained checkpoint into the model before load_adapter")
+
+
+def test_load_adapter_warns_on_another_clora3d_version(tmp_path):
+    base, m, path = _saved(tmp_path)
+    _rewrite(path, lambda b: b["metadata"].update(clora3d_version="0.0.1"))
+    import clora3d
+
+    with pytest.warns(UserWarning) as rec:
+        load_adapter(copy.deepcopy(base), path)
+    assert [str(w.message) for w in rec] == [f"{path} was written by clora3d 0.0.1, this is {clora3d.__version__}"]
+    assert rec[0].filename == __file__  # points at the caller of load_adapter
+    _, _, path = _saved(tmp_path)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_adapter(copy.deepcopy(base), path)  # same version: silent
+
+
+def test_size_mismatch_names_the_key(tmp_path):
+    base, m, path = _saved(tmp_path)
+    key = next(k for k in m.adapter_state_dict() if "lora" in k.lower() or "blocks" in k)
+    shape = tuple(m.adapter_state_dict()[key].shape)
+    _rewrite(path, lambda b: b["state"].update({key: torch.zeros(*shape[:-1], shape[-1] + 1)}))
+    with pytest.raises(CheckpointError) as info:
+        load_adapter(copy.deepcopy(base), path)
+    assert str(info.value) == (f"{path}: size mismatch for {key}: adapter {shape[:-1] + (shape[-1] + 1,)} "
+                               f"vs model {shape}")
+
+
+def test_config_type_rules_exact():
+    from clora3d.errors import ConfigError
+    from clora3d.peft import DEFAULTS
+
+    for cfg, message in [
+        ({"alpha": True}, "peft method 'lora': option 'alpha' must be float (default 8.0), got True"),
+        ({"alpha": "x"}, "peft method 'lora': option 'alpha' must be float (default 8.0), got 'x'"),
+        ({"targets": "qkv"}, "peft method 'lora': option 'targets' must be list (default ['qkv', 'proj']), got 'qkv'"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            apply_peft(_tiny(), {"NAME": "lora", **cfg})
+        assert str(info.value) == message
+    m = apply_peft(_tiny(), {"NAME": "lora", "targets": ("fc1",)})
+    assert type(m.config["targets"]) is list and m.config["targets"] == ["fc1"]
+    # the resolved config is the method's own: editing it leaves the defaults alone
+    m = apply_peft(_tiny(), {"NAME": "lora"})
+    m.config["targets"].append("fc2")
+    assert DEFAULTS["lora"]["targets"] == ["qkv", "proj"]
+    assert apply_peft(_tiny(), {"NAME": "lora"}).targets == ["qkv", "proj"]
+
+
+# ------------------------------------------------------------------------------ merge / remove
+def test_merge_state_errors_exact():
+    m = apply_peft(_tiny(), {"NAME": "lora", "rank": 2})
+    with pytest.raises(RuntimeError) as info:
+        m.unmerge()
+    assert str(info.value) == "peft method 'lora': not merged"
+    m.merge()
+    with pytest.raises(RuntimeError) as info:
+        m.merge()
+    assert str(info.value) == "peft method 'lora': already merged"
+    m.unmerge()
+    assert m.merged is False
+    m.merge()  # merge again after an unmerge
+    assert m.merged is True
+    p = apply_peft(_tiny(), {"NAME": "adapter"})
+    with pytest.raises(NotImplementedError) as info:
+        p.merge()
+    assert str(info.value) == ("peft method 'adapter' cannot be merged into the backbone (its update is not a "
+                               "linear map of the frozen weights); ship the adapter file instead")
+
+
+def test_merge_and_verify_warns_only_above_atol():
+    import warnings
+
+    pts = torch.rand(2, 256, 3, generator=torch.Generator().manual_seed(0))
+    base = _tiny()
+
+    def fresh():
+        m = apply_peft(copy.deepcopy(base), {"NAME": "lora", "rank": 2})
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for q in m.peft_params.values():
+                q.add_(torch.randn(q.shape, generator=g))
+        return m
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # a zero update (B = 0 at init) merges to the same weights: difference 0, equal to atol=0,
+        # which is no reason to warn
+        assert apply_peft(copy.deepcopy(base), {"NAME": "lora"}).merge_and_verify(pts, atol=0.0) == 0.0
+    with pytest.warns(UserWarning) as rec:
+        diff = fresh().merge_and_verify(pts, atol=1e-12)
+    assert diff > 1e-12
+    assert [str(w.message) for w in rec] == [
+        f"peft method 'lora': merged outputs differ from unmerged by {diff:.3g} > 1e-12 (dtype torch.float32)"]
+    assert rec[0].filename == __file__
+
+
+def test_remove_restores_swapped_modules_and_trainability():
+    base = _tiny()
+    model = copy.deepcopy(base).train()
+    pool, head = model.pool if hasattr(model, "pool") else None, model.cls_head_finetune
+    m = apply_peft(model, {"NAME": "dapt"})
+    assert model.cls_head_finetune is not head or (pool is not None and model.pool is not pool)
+    model.eval()  # the swapped-out originals miss this
+    m.remove()
+    assert model.cls_head_finetune is head and (pool is None or model.pool is pool)
+    assert not head.training and (pool is None or not pool.training)
+    assert all(p.requires_grad for p in model.parameters())
+    assert getattr(model, "_clora3d_peft", None) is None
+    pts = torch.rand(2, 256, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(pts), base(pts), rtol=0, atol=0)
+
+
+def test_remove_of_a_merged_method_restores_the_exact_weights():
+    base = _tiny()
+    model = copy.deepcopy(base)
+    m = apply_peft(model, {"NAME": "lora", "rank": 2})
+    with torch.no_grad():
+        for q in m.peft_params.values():
+            q.add_(1.0)
+    m.merge()
+    m.remove()
+    sd, ref = model.state_dict(), base.state_dict()
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
