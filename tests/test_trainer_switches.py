@@ -219,13 +219,16 @@ def test_label_smoothing_changes_the_training_loss_by_the_formula(tmp_path, mn_r
 # best epoch
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task,key,expect_epoch", [("classification", "acc", 1),
-                                                    ("partseg", "inst_miou", 2)])
+                                                    ("partseg", "inst_miou", 2),
+                                                    ("pretrain", "loss", 1)])
 def test_best_epoch_tie_rule(tmp_path, mn_root, monkeypatch, task, key, expect_epoch):
     # scripted metrics 50, 70, 70, 60: classification keeps the first 70 (acc > best), part
-    # segmentation the last (inst mIoU >= best), as the references do
+    # segmentation the last (inst mIoU >= best), as the references do; pre-training selected on
+    # the test loss (0.7, 0.5, 0.5, 0.6) keeps the first 0.5 (loss < best)
     from clora3d.engine import trainer
 
-    script = iter([50.0, 70.0, 70.0, 60.0])
+    lower = key == "loss"
+    script = iter([0.7, 0.5, 0.5, 0.6] if lower else [50.0, 70.0, 70.0, 60.0])
 
     def fake_eval(self, loader, vote=0, **kw):
         v = next(script)
@@ -238,6 +241,8 @@ def test_best_epoch_tie_rule(tmp_path, mn_root, monkeypatch, task, key, expect_e
     def init(self, *a, **k):
         real_init(self, *a, **k)
         self.task = task  # selection rule of the task; the training itself stays classification
+        if task == "pretrain":
+            self.cfg["train"]["pretrain_select"] = "test_loss"
 
     monkeypatch.setattr(trainer._Trainer, "__init__", init)
     real_train_epoch = trainer._Trainer._train_epoch
@@ -247,6 +252,6 @@ def test_best_epoch_tie_rule(tmp_path, mn_root, monkeypatch, task, key, expect_e
                                              setattr(self, "task", task))[1])
     res = trainer.train(cfg, run_dir=tmp_path / "run")
     monkeypatch.undo()
-    assert res["best"]["epoch"] == expect_epoch and res["best"][key] == 70.0
+    assert res["best"]["epoch"] == expect_epoch and res["best"][key] == (0.5 if lower else 70.0)
     assert [h.get("is_best", False) for h in res["history"]] == (
         [True, True, False, False] if expect_epoch == 1 else [True, True, True, False])
