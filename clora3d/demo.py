@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -58,7 +58,9 @@ QUICK = DemoSize(num_classes=8, n_train=6, n_test=4, pretrain_shapes=8, pretrain
 
 #: benchmark sizes (stage 3); the full size is tuned so that linear probing and full fine-tuning
 #: differ by many standard deviations; the benchmark's jobs run in one process per core
-FULL_BENCH = BenchSize(n_train=16, n_test=10, way=5, shot=10, fewshot_test=10, fewshot_pool=20,
+#: 30 test scans per class (480) and 20 per few-shot class (100 per episode): evaluation is cheap, and
+#: with 10 (160 scans) the last-epoch accuracy of one run moved by 3 points between test draws
+FULL_BENCH = BenchSize(n_train=16, n_test=30, way=5, shot=10, fewshot_test=20, fewshot_pool=30,
                        epochs=15, fewshot_epochs=20, seeds=(0, 1, 2))
 QUICK_BENCH = BenchSize(num_classes=8, n_train=3, n_test=2, way=3, shot=2, fewshot_test=2, fewshot_pool=4,
                         epochs=1, fewshot_epochs=1, batch_size=4, seeds=(0, 1), npoints=128, point_all=160)
@@ -167,12 +169,13 @@ def profile_method(run_dir: Path, out: Path, npoints: int) -> dict[str, Any]:
 
 
 def run(out: str | Path = "demo_out", quick: bool = False, pretrain_seed: int = 0,
-        pretrain_threads: int = 1) -> dict[str, Any]:
+        pretrain_threads: int = 1, methods: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every stage; returns the result dict that is also written to ``<out>/demo_result.json``.
 
     ``pretrain_seed`` / ``pretrain_threads``: the pre-training condition (trainer seed, intra-op
-    threads of the pre-training stage only). The README shows that the benchmark's ranking of full
-    fine-tuning over linear probing holds under more than one of them.
+    threads of the pre-training stage only). ``methods``: benchmark rows to run (labels of
+    :data:`clora3d.benchmark.BENCH_METHODS`; default all), e.g. ``["full", "linear"]`` to check the
+    separation under another pre-training condition in a few minutes.
 
     Everything runs on one intra-op thread (the benchmark's jobs run one process per core): float
     sums depend on the thread count, and the pre-trained backbone every method starts from, so the
@@ -183,15 +186,23 @@ def run(out: str | Path = "demo_out", quick: bool = False, pretrain_seed: int = 
         raise ValueError(f"demo: pretrain_seed (--pretrain-seed) must be an integer >= 0, got {pretrain_seed!r}")
     if isinstance(pretrain_threads, bool) or not isinstance(pretrain_threads, int) or pretrain_threads < 1:
         raise ValueError(f"demo: pretrain_threads (--pretrain-threads) must be an integer >= 1, got {pretrain_threads!r}")
+    from clora3d.benchmark import BENCH_METHODS
+
+    methods = list(BENCH_METHODS) if methods is None else list(methods)
+    unknown = [m for m in methods if m not in BENCH_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"demo: unknown benchmark method(s) {unknown} in --methods; expected a non-empty "
+                         f"comma-separated subset of {', '.join(BENCH_METHODS)}")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(out, quick, pretrain_seed, pretrain_threads)
+        return _run(out, quick, pretrain_seed, pretrain_threads, methods)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(out: str | Path, quick: bool, pretrain_seed: int, pretrain_threads: int) -> dict[str, Any]:
+def _run(out: str | Path, quick: bool, pretrain_seed: int, pretrain_threads: int,
+         methods: list[str]) -> dict[str, Any]:
     from clora3d import benchmark as B
     from clora3d.data.synthetic import SYNTHETIC_CLASSES
     from clora3d.models.checkpoint import read_checkpoint
@@ -224,7 +235,7 @@ def _run(out: str | Path, quick: bool, pretrain_seed: int, pretrain_threads: int
     t0 = time.perf_counter()
     state = read_checkpoint(ckpt)
     # the best method is known only afterwards: keep every method's first-seed scan model (tiny)
-    bench = B.run_benchmark(state, bsize, keep=tuple(B.BENCH_METHODS))
+    bench = B.run_benchmark(state, bsize, {m: B.BENCH_METHODS[m] for m in methods}, keep=tuple(methods))
     stage_times["benchmark"] = time.perf_counter() - t0
     btable = B.format_table(bench["summary"], bsize.tasks)
     print("\n" + btable)

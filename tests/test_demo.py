@@ -151,7 +151,8 @@ def demo_model_params(num_classes: int) -> int:
 
 
 @pytest.mark.parametrize("kw, flag", [({"pretrain_seed": -1}, "--pretrain-seed"),
-                                      ({"pretrain_threads": 0}, "--pretrain-threads")])
+                                      ({"pretrain_threads": 0}, "--pretrain-threads"),
+                                      ({"methods": ["full", "lorra"]}, "--methods")])
 def test_demo_rejects_bad_pretraining_condition(tmp_path, kw, flag):
     with pytest.raises(ValueError, match=re.escape(flag)):
         demo.run(tmp_path / "demo", quick=True, **kw)

@@ -18,13 +18,16 @@ def main() -> int:
     ap.add_argument("--pretrain-threads", type=int, default=1,
                     help="intra-op threads of the pre-training stage (float sums, and so the backbone, "
                          "depend on it; default 1)")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated benchmark rows to run (default: every method), e.g. full,linear")
     args = ap.parse_args()
     from clora3d.demo import run
     from clora3d.errors import USER_ERRORS, format_user_error
 
     try:
         run(args.out, quick=args.quick, pretrain_seed=args.pretrain_seed,
-            pretrain_threads=args.pretrain_threads)
+            pretrain_threads=args.pretrain_threads,
+            methods=None if args.methods is None else [m.strip() for m in args.methods.split(",")])
     except USER_ERRORS as e:
         print(format_user_error(e), file=sys.stderr)
         return 2
