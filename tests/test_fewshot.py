@@ -160,6 +160,7 @@ def _synthetic_folds(root: Path) -> None:
 
 def test_end_to_end_with_real_trainer(tmp_path, monkeypatch):
     import yaml
+    from test_trainer import _replay_classification, _spy_evaluations
 
     from clora3d.engine import trainer
     from clora3d.engine.config import load_config
@@ -187,9 +188,17 @@ def test_end_to_end_with_real_trainer(tmp_path, monkeypatch):
         return real_train(*a, **k)
 
     out = tmp_path / "fewshot"
+    seen = _spy_evaluations(monkeypatch)
     res = run_fewshot(cfg, out, ways=[5], shots=[2, 4], folds=[1], train_fn=counting_train,
                       log=lambda m: None)
     assert len(calls) == 2
+    # every per-epoch test accuracy is a by-hand count on the model and query batches evaluated
+    # (numpy FPS to 64 points, argmax, 10 query shapes = 5 ways x 2)
+    assert len(seen) == 4
+    replayed = [_replay_classification(m, b, npoints=64, point_all=64, vote=0, inputs=fed)[0]
+                for m, b, _, _, fed in seen]
+    assert [o["acc"] for *_, o, _ in seen] == pytest.approx(replayed, abs=1e-9)
+    assert all(o["count"] == 10 for *_, o, _ in seen)
     for name in ("5way2shot", "5way4shot"):
         row = res["summary"][name]
         assert row["n"] == 1 and row["best_std"] == 0.0
@@ -199,6 +208,7 @@ def test_end_to_end_with_real_trainer(tmp_path, monkeypatch):
         result = json.loads((Path(rec["run_dir"]) / "result.json").read_text())
         accs = [h["test"]["acc"] for h in result["history"]]
         assert len(accs) == 2
+        assert accs == pytest.approx(replayed[:2] if name == "5way2shot" else replayed[2:], abs=1e-9)
         assert row["best_mean"] == rec["best_acc"] == max(accs)
         assert row["last_mean"] == rec["last_acc"] == accs[-1]
         assert rec["best_epoch"] == accs.index(max(accs))

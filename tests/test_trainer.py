@@ -351,7 +351,8 @@ def _replay_classification(model, loader, *, npoints: int, point_all: int, vote:
             view = tf(pool[:, sub], generator=g)
             torch.testing.assert_close(next(fed), view, rtol=0, atol=0)
             acc = acc + model(view)
-        voted += int(((acc / vote).argmax(-1) == lab).sum())
+        if vote:
+            voted += int(((acc / vote).argmax(-1) == lab).sum())
         total += int(lab.numel())
     assert next(fed, None) is None  # no extra forward passes
     return 100.0 * plain / total, 100.0 * voted / total
