@@ -326,3 +326,46 @@ def test_remove_of_a_merged_method_restores_the_exact_weights():
     m.remove()
     sd, ref = model.state_dict(), base.state_dict()
     assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
+
+
+def test_check_positive_and_probability_bounds():
+    from clora3d.errors import ConfigError
+    from clora3d.peft.base import check_positive, check_probability
+
+    check_positive("m", {"x": 0}, "x", allow_zero=True)
+    check_positive("m", {"x": 1e-9}, "x")
+    check_probability("m", {"p": 0.0}, "p")
+    check_probability("m", {"p": 0.999}, "p")
+    for call, message in [
+        (lambda: check_positive("m", {"x": -1}, "x", allow_zero=True), "peft method 'm': option 'x' must be >= 0, got -1"),
+        (lambda: check_positive("m", {"x": 0}, "x"), "peft method 'm': option 'x' must be > 0, got 0"),
+        (lambda: check_positive("m", {"x": None}, "x"), "peft method 'm': option 'x' must be > 0, got None"),
+        (lambda: check_positive("m", {"x": None}, "x", allow_zero=True),
+         "peft method 'm': option 'x' must be >= 0, got None"),
+        (lambda: check_probability("m", {"p": 1.5}, "p"), "peft method 'm': option 'p' must be in [0, 1), got 1.5"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert str(info.value) == message
+    with pytest.raises(ConfigError) as info:
+        apply_peft(_tiny(), {"NAME": "lora", "layers": [0, "a"]})
+    assert str(info.value) == ("peft method 'lora': layers must be a non-empty list of block indices or null, "
+                               "got [0, 'a']")
+
+
+def test_forward_losses_sum_replace_and_reset():
+    model = _tiny().train()
+    m = apply_peft(model, {"NAME": "lora"})
+    assert float(m.regularization_loss()) == 0.0
+    m.record_forward_loss("a", torch.tensor(2.0), model)
+    m.record_forward_loss("b", torch.tensor(3.0, dtype=torch.float64), model)
+    m.record_forward_loss("a", torch.tensor(5.0), model)  # replaces the unread "a"
+    total = m.pop_forward_losses()
+    assert float(total) == 8.0 and total.dtype == torch.float32 and total.shape == ()
+    assert float(m.pop_forward_losses()) == 0.0  # forgotten once read
+    model.eval()
+    m.record_forward_loss("a", torch.tensor(1.0), model)  # evaluation: nothing kept
+    model.train()
+    with torch.no_grad():
+        m.record_forward_loss("a", torch.tensor(1.0), model)
+    assert float(m.regularization_loss()) == 0.0
