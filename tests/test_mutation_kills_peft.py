@@ -369,3 +369,34 @@ def test_forward_losses_sum_replace_and_reset():
     with torch.no_grad():
         m.record_forward_loss("a", torch.tensor(1.0), model)
     assert float(m.regularization_loss()) == 0.0
+
+
+def test_head_parameter_names_from_head_prefixes():
+    from torch import nn
+
+    from clora3d.peft.base import head_parameter_names
+
+    class WithPrefixes(nn.Module):
+        HEAD_PREFIXES = ("head.", "aux.")
+
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(2, 2)
+            self.head = nn.Linear(2, 3)
+            self.header = nn.Linear(2, 2)  # shares the text "head" but is not the head module
+            self.aux = nn.Sequential(nn.Linear(3, 1))
+
+    assert head_parameter_names(WithPrefixes()) == ["head.weight", "head.bias", "aux.0.weight", "aux.0.bias"]
+
+    class BadPrefixes(nn.Module):
+        HEAD_PREFIXES = ("head", "aux.")
+
+    with pytest.raises(ValueError) as info:
+        head_parameter_names(BadPrefixes())
+    assert str(info.value) == "BadPrefixes.HEAD_PREFIXES must be module names ending in '.', got ['head']"
+    with pytest.raises(ValueError) as info:
+        head_parameter_names(nn.Linear(2, 2))
+    assert str(info.value) == "cannot tell the task head of Linear: it has neither head_parameters() nor HEAD_PREFIXES"
+    model = _tiny()
+    assert head_parameter_names(model) == [n for n, _ in model.named_parameters()
+                                           if n.startswith("cls_head_finetune.")]
