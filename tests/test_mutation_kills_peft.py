@@ -400,3 +400,39 @@ def test_head_parameter_names_from_head_prefixes():
     model = _tiny()
     assert head_parameter_names(model) == [n for n, _ in model.named_parameters()
                                            if n.startswith("cls_head_finetune.")]
+
+
+def test_fan_in_uniform_is_nn_linear_default_bound():
+    from clora3d.peft.base import fan_in_uniform_
+
+    torch.manual_seed(0)
+    w = torch.empty(1000, 100)
+    fan_in_uniform_(w)
+    # kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + 5) * fan_in)) = 1 / sqrt(fan_in) = 0.1
+    assert 0.0999 < float(w.abs().max()) <= 0.1
+    assert abs(float(w.mean())) < 1e-3
+
+
+def test_adapter_file_errors_name_the_adapter(tmp_path):
+    from clora3d.errors import StorageError
+    from clora3d.peft import read_adapter
+    from clora3d.storage import atomic_torch_save
+
+    m = apply_peft(_tiny(), {"NAME": "lora"})
+    with pytest.raises(StorageError) as info:
+        m.save_adapter(tmp_path)
+    assert str(info.value) == f"cannot write adapter {tmp_path}: it is a directory; give a file name"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError) as info:
+        read_adapter(bad)
+    assert f" adapter file {bad}: " in str(info.value)  # the file is named as an adapter file
+    atomic_torch_save({"metadata": {"format": "clora3d-adapter"}, "state": [1]}, bad)
+    with pytest.raises(CheckpointError) as info:
+        read_adapter(bad)
+    assert str(info.value) == (f"{bad} is not a clora3d adapter file (expected a dict with 'metadata' of format "
+                               "'clora3d-adapter' and 'state'); full checkpoints load with "
+                               "clora3d.models.checkpoint.load_pretrained")
+    with pytest.raises(FileNotFoundError) as info:
+        read_adapter(tmp_path / "none.pt")
+    assert str(info.value) == f"adapter file not found: {tmp_path / 'none.pt'}"
