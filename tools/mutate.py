@@ -180,20 +180,52 @@ def run_group(name: str, max_children: int, mutmut: str) -> dict:
                           capture_output=True, text=True)
     wall = time.time() - t0
     (OUT_DIR / f"{name}.log").write_text(proc.stdout[-20000:] + "\n" + proc.stderr[-20000:])
-    res = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True)
-    status: dict[str, str] = {}
-    for line in res.stdout.splitlines():
-        if ":" in line:
-            mname, _, st = line.strip().rpartition(":")
-            if mname:
-                status[mname.strip()] = st.strip()
-    diffs = {}
-    for mname, st in status.items():
-        if st not in CAUGHT:
-            show = subprocess.run([mutmut, "show", mname], cwd=work, env=env, capture_output=True, text=True)
-            diffs[mname] = show.stdout.strip()[-3000:]
+    status, diffs = collect(work, env)
     return {"group": name, "files": files, "tests": tests, "returncode": proc.returncode, "wall_s": round(wall),
             "status": status, "diffs": diffs}
+
+
+# Reads every mutant's status and, for those not caught, its diff, in one process inside the
+# group's scratch copy (one `mutmut show` per mutant costs a second or more each).
+_COLLECT = """
+import json, sys
+from mutmut.__main__ import SourceFileMutationData, walk_mutatable_files
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+from mutmut.stats import status_by_exit_code
+caught = set(json.loads(sys.argv[1]))
+out = {}
+for path in walk_mutatable_files():
+    m = SourceFileMutationData(path=path)
+    m.load()
+    for k, v in m.exit_code_by_key.items():
+        st = status_by_exit_code[v]
+        out[k] = [st, "" if st in caught else "# " + k + ": " + st + "\\n" + get_diff_for_mutant(k, path=m.path)]
+json.dump(out, sys.stdout)
+"""
+
+
+def _cfg_selection(work: Path) -> tuple[list[str], list[str]]:
+    """(files mutated, pytest arguments) as written into the scratch copy's setup.cfg."""
+    out: dict[str, list[str]] = {}
+    key = None
+    for line in (work / "setup.cfg").read_text().splitlines():
+        if line.startswith("    ") and key:
+            out[key].append(line.strip())
+        elif "=" in line:
+            key = line.split("=")[0].strip()
+            out[key] = []
+    return out.get("only_mutate", []), out.get("pytest_add_cli_args_test_selection", [])
+
+
+def collect(work: Path, env: dict) -> tuple[dict[str, str], dict[str, str]]:
+    res = subprocess.run([sys.executable, "-c", _COLLECT, json.dumps(CAUGHT)], cwd=work, env=env,
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"mutate: cannot read the mutmut results in {work}: {res.stderr[-2000:]}")
+    got = json.loads(res.stdout)
+    status = {k: st for k, (st, _) in got.items()}
+    diffs = {k: d.strip()[-3000:] for k, (st, d) in got.items() if d}
+    return status, diffs
 
 
 # mutmut statuses: a mutant is caught when a test fails (killed), hangs (timeout) or crashes
@@ -225,10 +257,11 @@ def summarise(results: list[dict]) -> str:
         other = n - caught - len(surv)
         pct = f"{100 * len(real) / n:.1f} %" if n else "-"
         for k, v in (("n", n), ("caught", caught), ("surv", len(surv)), ("equiv", len(equiv)),
-                     ("other", other), ("real", len(real)), ("wall", r["wall_s"])):
+                     ("other", other), ("real", len(real)), ("wall", r["wall_s"] or 0)):
             tot[k] += v
         lines.append(f"| {r['group']} | {', '.join(f'`{f}`' for f in r['files'])} | `{' '.join(r['tests'])}` | "
-                     f"{n} | {caught} | {len(surv)} | {len(equiv)} | {other} | {len(real)} ({pct}) | {r['wall_s']} s |")
+                     f"{n} | {caught} | {len(surv)} | {len(equiv)} | {other} | {len(real)} ({pct}) | "
+                     f"{'-' if r['wall_s'] is None else str(r['wall_s']) + ' s'} |")
         if surv or other:
             details.append(f"\n## {r['group']}\n")
             for m in sorted(st):
@@ -262,13 +295,28 @@ def main() -> int:
     ap.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS))
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="re-render the report from build/mutate/*.json")
+    ap.add_argument("--collect", action="store_true",
+                    help="re-read the results left in build/mutate/<group>/ (a run that was cut while reading "
+                         "them) instead of running mutmut; the wall time is taken from the group's log")
     args = ap.parse_args()
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or shutil.which("mutmut")
     if mutmut is None and not args.report_only:
         print("mutate: mutmut is not installed; pip install -r requirements/mutate.txt", file=sys.stderr)
         return 2
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
+    if args.collect:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        for g in args.groups:
+            work = OUT_DIR / g
+            status, diffs = collect(work, env)
+            files, tests = _cfg_selection(work)
+            log = OUT_DIR / f"{g}.log"
+            wall = round(log.stat().st_mtime - (work / "setup.cfg").stat().st_mtime) if log.exists() else None
+            (OUT_DIR / f"{g}.json").write_text(json.dumps(
+                {"group": g, "files": files, "tests": tests, "returncode": None, "wall_s": wall,
+                 "status": status, "diffs": diffs}, indent=1))
+            print(f"mutate: {g}: collected {len(status)} mutants from {work.relative_to(REPO)}", flush=True)
+    elif not args.report_only:
         for g in args.groups:
             print(f"mutate: group {g} ...", flush=True)
             r = run_group(g, args.max_children, mutmut)
