@@ -436,3 +436,49 @@ def test_adapter_file_errors_name_the_adapter(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         read_adapter(tmp_path / "none.pt")
     assert str(info.value) == f"adapter file not found: {tmp_path / 'none.pt'}"
+
+
+def test_extra_trainable_parameter_then_module_entries():
+    model = _tiny()
+    m = apply_peft(model, {"NAME": "lora", "extra_trainable": ["norm.weight", "blocks.blocks.2.mlp.fc2"]})
+    got = set(m.trainable_parameters())
+    assert {"norm.weight", "blocks.blocks.2.mlp.fc2.weight", "blocks.blocks.2.mlp.fc2.bias"} <= got
+    assert "norm.bias" not in got and all(model.get_parameter(n).requires_grad for n in got)
+
+
+def test_non_backbone_model_is_refused_by_name():
+    from torch import nn
+
+    with pytest.raises(ValueError) as info:
+        apply_peft(nn.Linear(2, 2), {"NAME": "lora"})
+    assert str(info.value) == ("peft method 'lora': the model has no transformer blocks 'blocks.blocks'; apply_peft "
+                               "expects a clora3d PointTransformer or PartSegModel (got Linear)")
+
+
+def test_refresh_base_hash_follows_the_loaded_weights():
+    model = _tiny()
+    m = apply_peft(model, {"NAME": "lora"})
+    assert m.merged is False
+    h0 = m.base_hash
+    with torch.no_grad():
+        model.blocks.blocks[0].attn.qkv.weight[0, 0] += 1.0
+    trainable = set(m.trainable_parameters())
+    frozen = [(n, p) for n, p in model.named_parameters() if n not in trainable]
+    assert m.refresh_base_hash() == hash_tensors(frozen) != h0
+    assert m.base_hash == hash_tensors(frozen) and m.num_frozen_hashed == sum(p.numel() for _, p in frozen)
+
+
+def test_replace_module_on_a_nested_path_and_twice():
+    from torch import nn
+
+    model = _tiny().train()
+    m = apply_peft(model, {"NAME": "lora"})
+    original = model.blocks.blocks[1].mlp.fc2
+    first, second = nn.Identity(), nn.Identity()
+    m.replace_module("blocks.blocks.1.mlp.fc2", first.eval())
+    assert model.blocks.blocks[1].mlp.fc2 is first and first.training  # follows the model's mode
+    m.replace_module("blocks.blocks.1.mlp.fc2", second)
+    assert model.blocks.blocks[1].mlp.fc2 is second
+    model.eval()
+    m.remove()
+    assert model.blocks.blocks[1].mlp.fc2 is original and not original.training  # the first original comes back
