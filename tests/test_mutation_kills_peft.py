@@ -482,3 +482,11 @@ def test_replace_module_on_a_nested_path_and_twice():
     model.eval()
     m.remove()
     assert model.blocks.blocks[1].mlp.fc2 is original and not original.training  # the first original comes back
+
+
+def test_merge_and_verify_default_tolerance_is_1e_5():
+    import inspect
+
+    from clora3d.peft.base import PeftMethod
+
+    assert inspect.signature(PeftMethod.merge_and_verify).parameters["atol"].default == 1e-5

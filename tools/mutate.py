@@ -129,6 +129,48 @@ EQUIVALENT: dict[str, str] = {
         "with B = 0 the index tensor is empty: any row length reshapes it and the output shape comes from idx.shape",
     "clora3d.ops.reference.x_interpolation_weights__mutmut_4":
         "the weights are normalised to sum 1: a constant numerator cancels",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_3":
+        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_4":
+        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_7":
+        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_8":
+        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_9":
+        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_10":
+        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_16":
+        "every nn.Module has the hook dicts: the getattr default is never used",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_19":
+        "every nn.Module has the hook dicts: the getattr default is never used",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_33":
+        "get_submodule('') is the model itself: for a top-level path both branches give the same owner",
+    "clora3d.peft.base.xǁPeftMethodǁreplace_module__mutmut_7":
+        "get_submodule('') is the model itself: for a top-level path both branches give the same owner",
+    "clora3d.peft.base.xǁPeftMethodǁreference_parameter__mutmut_1":
+        "every block's norm1 has the same device and dtype, which is all the reference parameter is used for",
+    "clora3d.peft.base.xǁPeftMethodǁtrain__mutmut_11":
+        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁtrain__mutmut_12":
+        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_10":
+        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_11":
+        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_12":
+        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_13":
+        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_16":
+        "the root module is never a BatchNorm, so mname is never empty here",
+    "clora3d.peft.base.xǁPeftMethodǁadapter_state_dict__mutmut_2":
+        "on CPU tensors .to(None) and .to('cpu') both keep the data on the CPU; only a GPU model tells them apart, and the test run has no GPU",
+    "clora3d.peft.base.xǁPeftMethodǁadapter_state_dict__mutmut_8":
+        "on CPU tensors .to(None) and .to('cpu') both keep the data on the CPU; only a GPU model tells them apart, and the test run has no GPU",
+    "clora3d.peft.base.x_register_method__mutmut_1":
+        "register_method runs at import time, before mutmut switches a mutant on: no test run can observe it (every test builds methods through METHODS)",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
