@@ -490,3 +490,71 @@ def test_merge_and_verify_default_tolerance_is_1e_5():
     from clora3d.peft.base import PeftMethod
 
     assert inspect.signature(PeftMethod.merge_and_verify).parameters["atol"].default == 1e-5
+
+
+# ------------------------------------------------------------------------------ CLoRA options
+@pytest.mark.parametrize("cfg,message", [
+    ({"placement": "inside"}, "peft method 'clora': placement must be one of ['parallel', 'pre_proj'], got 'inside'"),
+    ({"init": "normal"}, "peft method 'clora': init must be 'orthogonal' or 'xavier', got 'normal'"),
+    ({"rank": 0}, "peft method 'clora': option 'rank' must be > 0, got 0"),
+    ({"num_spaces": 0}, "peft method 'clora': option 'num_spaces' must be > 0, got 0"),
+    ({"sade_lambda": -0.1}, "peft method 'clora': option 'sade_lambda' must be >= 0, got -0.1"),
+    ({"sade_eps": -1.0}, "peft method 'clora': option 'sade_eps' must be >= 0, got -1.0"),
+    ({"dropout": 1.0}, "peft method 'clora': option 'dropout' must be in [0, 1), got 1.0"),
+    ({"targets": ["proj"]}, "peft method 'clora': unknown targets ['proj']; allowed: ['qkv', 'fc1']"),
+    ({"placement": "parallel", "bias": True},
+     "peft method 'clora': bias: true with placement 'parallel' needs targets that have a bias to merge into, but "
+     "blocks.blocks.0.attn.qkv has none; drop 'qkv' from targets or set bias: false"),
+])
+def test_clora_config_errors_exact(cfg, message):
+    from clora3d.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        apply_peft(_tiny(), {"NAME": "clora", **cfg})
+    assert str(info.value) == message
+
+
+def test_clora_resolves_targets_and_layers_per_placement():
+    m = apply_peft(_tiny(), {"NAME": "clora", "sade_lambda": 0.0, "sade_eps": 0.0, "layers": [2, 0]})
+    assert m.config["targets"] == ["qkv", "fc1"] and m.config["layers"] == [0, 2]
+    assert [(i, t) for i, t, _, _ in m.lrms] == [(0, "qkv"), (0, "fc1"), (2, "qkv"), (2, "fc1")]
+    p = apply_peft(_tiny(), {"NAME": "clora", "placement": "parallel", "targets": ["fc2", "qkv"]})
+    assert p.config["targets"] == ["qkv", "fc2"]
+    assert apply_peft(_tiny(), {"NAME": "clora", "placement": "parallel"}).config["targets"] == ["qkv", "proj"]
+
+
+def test_clora_not_a_linear_is_refused():
+    from torch import nn
+
+    from clora3d.errors import ConfigError
+
+    model = _tiny()
+    model.blocks.blocks[1].mlp.fc1 = nn.Identity()
+    with pytest.raises(ConfigError) as info:
+        apply_peft(model, {"NAME": "clora"})
+    assert str(info.value) == "peft method 'clora': blocks.blocks.1.mlp.fc1 is not an nn.Linear"
+    with pytest.raises(ConfigError) as info:
+        apply_peft(model, {"NAME": "lora", "targets": ["fc1"]})
+    assert str(info.value) == "peft method 'lora': blocks.blocks.1.mlp.fc1 is not an nn.Linear"
+
+
+@pytest.mark.parametrize("extra", [{"bias": True}, {"bias": True, "placement": "parallel", "targets": ["fc1", "fc2"]}])
+def test_clora_merge_with_bias_folds_exactly(extra):
+    base = _tiny()
+    model = copy.deepcopy(base)
+    m = apply_peft(model, {"NAME": "clora", **extra})
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for q in m.peft_params.values():
+            q.add_(0.05 * torch.randn(q.shape, generator=g))
+    pts = torch.rand(2, 256, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(pts)
+        m.merge()
+        after = model(pts)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    assert set(model.state_dict()) == set(base.state_dict())
+    m.unmerge()
+    m.remove()
+    sd, ref = model.state_dict(), base.state_dict()
+    assert all(torch.equal(sd[k], ref[k]) for k in ref)

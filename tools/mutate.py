@@ -38,7 +38,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                        "reference or native_fps or native_knn or three_nn_parity or formula or gather or "
                        "three_interpolate_parity or noncontiguous or chamfer or any_batch_size or query_chunks"]),
     "peft_base": (["clora3d/peft/base.py"], ["tests/test_peft.py", "tests/test_mutation_kills_peft.py"]),
-    "peft_clora": (["clora3d/peft/clora.py"], ["tests/test_peft_clora.py", "tests/test_peft.py"]),
+    "peft_clora": (["clora3d/peft/clora.py"], ["tests/test_peft_clora.py", "tests/test_peft.py",
+                                               "tests/test_mutation_kills_peft.py"]),
     "peft_lora_simple": (["clora3d/peft/lora.py", "clora3d/peft/simple.py", "clora3d/peft/adapter.py"],
                          ["tests/test_peft.py", "tests/test_mutation_kills_peft.py"]),
     "storage_checkpoint": (["clora3d/storage.py", "clora3d/engine/checkpoint.py"],
