@@ -558,3 +558,109 @@ def test_clora_merge_with_bias_folds_exactly(extra):
     m.remove()
     sd, ref = model.state_dict(), base.state_dict()
     assert all(torch.equal(sd[k], ref[k]) for k in ref)
+
+
+# ------------------------------------------------------------------------------ BitFit / full / linear
+def _always(model) -> set[str]:
+    return {n for n, _ in model.named_parameters() if n.startswith("cls_head_finetune.")} | {"cls_token", "cls_pos"}
+
+
+@pytest.mark.parametrize("cfg", [{}, {"layers": [1]}, {"layers": [1], "layernorm": False},
+                                 {"final_norm": False, "layers": [0, 3]}, {"embed": True, "layers": [2]}])
+def test_bitfit_trainable_set_by_hand(cfg):
+    model = _tiny()
+    m = apply_peft(model, {"NAME": "bitfit", **cfg})
+    layers = cfg.get("layers", [0, 1, 2, 3])
+    want = set(_always(model))
+    for i in layers:  # the tiny backbone has no qkv bias
+        want |= {f"blocks.blocks.{i}.attn.proj.bias", f"blocks.blocks.{i}.mlp.fc1.bias", f"blocks.blocks.{i}.mlp.fc2.bias"}
+        if cfg.get("layernorm", True):
+            want |= {f"blocks.blocks.{i}.norm1.bias", f"blocks.blocks.{i}.norm2.bias"}
+    if cfg.get("final_norm", True):
+        want.add("norm.bias")
+    if cfg.get("embed", False):
+        want |= {n for n, _ in model.named_parameters()
+                 if n.startswith(("encoder.", "pos_embed.", "reduce_dim.")) and n.endswith(".bias")}
+    assert set(m.trainable_parameters()) == want
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == want
+    assert m.config["layers"] == sorted(layers)
+
+
+def test_full_and_linear_trainable_sets_and_noop_merge():
+    model = _tiny()
+    full = apply_peft(model, {"NAME": "full"})
+    assert set(full.trainable_parameters()) == {n for n, _ in model.named_parameters()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    full.merge()
+    full.unmerge()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    full.remove()
+    model2 = _tiny()
+    lin = apply_peft(model2, {"NAME": "linear"})
+    assert set(lin.trainable_parameters()) == _always(model2)
+    lin.merge()
+    assert all(torch.equal(v, before[k]) for k, v in model2.state_dict().items())
+
+
+# ------------------------------------------------------------------------------ adapter / prompt
+@pytest.mark.parametrize("inp", ["residual", "norm2"])
+def test_adapter_block_output_written_out(inp):
+    base = _tiny()
+    model = copy.deepcopy(base)
+    m = apply_peft(model, {"NAME": "adapter", "input": inp, "scale": 0.3, "bottleneck": 5, "dropout": 0.0,
+                           "layers": [1]})
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for q in m.peft_params.values():
+            q.add_(0.1 * torch.randn(q.shape, generator=g))
+    x = torch.randn(2, 7, m.dim, generator=g)
+    ref = base.blocks.blocks[1]
+    A = m.adapters["1"]
+    with torch.no_grad():
+        h = x + ref.attn(ref.norm1(x))
+        a_in = h if inp == "residual" else ref.norm2(h)
+        want = ref(x) + 0.3 * A.up(torch.relu(A.down(a_in)))
+        torch.testing.assert_close(model.blocks.blocks[1](x), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.blocks.blocks[0](x), base.blocks.blocks[0](x), rtol=0, atol=0)
+    assert [n for n in m.trainable_parameters() if n.startswith("peft.")] == [
+        "peft.1.down.weight", "peft.1.down.bias", "peft.1.up.weight", "peft.1.up.bias"]
+
+
+def test_adapter_options_exact_and_zero_start():
+    from clora3d.errors import ConfigError
+
+    for cfg, message in [({"input": "output"}, "peft method 'adapter': input must be 'residual' or 'norm2', got 'output'"),
+                         ({"bottleneck": 0}, "peft method 'adapter': option 'bottleneck' must be > 0, got 0"),
+                         ({"dropout": 1.0}, "peft method 'adapter': option 'dropout' must be in [0, 1), got 1.0"),
+                         ({"num_tokens": 0}, "peft method 'prompt': option 'num_tokens' must be > 0, got 0"),
+                         ({"init_std": 0.0}, "peft method 'prompt': option 'init_std' must be > 0, got 0.0"),
+                         ({"dropout": -0.5}, "peft method 'prompt': option 'dropout' must be in [0, 1), got -0.5")]:
+        name = "prompt" if "'prompt'" in message else "adapter"
+        with pytest.raises(ConfigError) as info:
+            apply_peft(_tiny(), {"NAME": name, **cfg})
+        assert str(info.value) == message
+    m = apply_peft(_tiny(), {"NAME": "adapter", "bottleneck": 7})
+    A = m.adapters["0"]
+    down, up = A.down.weight.detach(), A.up.weight.detach()
+    assert down.shape == (7, m.dim) and float(up.abs().sum()) == 0.0
+    assert float(A.up.bias.detach().abs().sum()) == 0.0 and float(A.down.bias.detach().abs().sum()) == 0.0
+    assert 0.9 / m.dim ** 0.5 < float(down.abs().max()) <= 1 / m.dim ** 0.5
+
+
+@pytest.mark.parametrize("layers", [[0], [1, 3]])
+def test_prompt_block_output_written_out(layers):
+    base = _tiny()
+    model = copy.deepcopy(base).eval()
+    m = apply_peft(model, {"NAME": "prompt", "num_tokens": 3, "layers": layers})
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 9, m.dim, generator=g)
+    with torch.no_grad():
+        for k, i in enumerate(layers):
+            pr = m.store.prompts[k].unsqueeze(0).expand(2, -1, -1)
+            full = base.blocks.blocks[i](torch.cat([x[:, :1], pr, x[:, 1:]], 1))
+            want = torch.cat([full[:, :1], full[:, 4:]], 1)
+            torch.testing.assert_close(model.blocks.blocks[i](x), want, rtol=1e-5, atol=1e-6)
+    assert m.store.prompts.shape == (len(layers), 3, m.dim)
+    torch.manual_seed(0)
+    big = apply_peft(_tiny(), {"NAME": "prompt", "num_tokens": 200, "init_std": 0.05})
+    assert abs(float(big.store.prompts.std()) - 0.05) < 0.005 and float(big.store.prompts.abs().max()) <= 2.0
