@@ -69,3 +69,127 @@ def test_checksum_catches_a_flipped_bit_on_disk(tmp_path):
     assert str(info.value) == (f"checkpoint {path} is corrupt: its tensors do not match the checksum stored when "
                                "it was written (bit flip or damaged copy); restore it from a backup or write it again")
     assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path))
+
+
+# ------------------------------------------------------------------------------ engine/checkpoint.py
+def test_rng_state_round_trip_restores_every_generator(tmp_path):
+    import random
+
+    import numpy as np
+
+    from clora3d.engine.checkpoint import atomic_save, get_rng_state, load_checkpoint, set_rng_state
+
+    torch.manual_seed(11)
+    np.random.seed(12)
+    random.seed(13)
+    np.random.randn()  # leaves a cached gaussian behind in the legacy state
+    random.gauss(0, 1)
+    state = get_rng_state()
+    want = (torch.rand(4), np.random.rand(4), np.random.randn(3), [random.random() for _ in range(4)],
+            random.gauss(0, 1))
+    atomic_save({"rng": state}, tmp_path / "r.pth")
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
+    got = (torch.rand(4), np.random.rand(4), np.random.randn(3), [random.random() for _ in range(4)],
+           random.gauss(0, 1))
+    assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
+    assert got[3] == want[3] and got[4] == want[4]
+    n = state["numpy"]
+    assert n["name"] == "MT19937" and n["keys"].dtype == torch.int64 and n["keys"].numel() == 624
+    assert isinstance(n["pos"], int) and isinstance(n["has_gauss"], int) and isinstance(n["cached_gaussian"], float)
+
+
+def _toy_training():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    return model, opt, sched
+
+
+def test_training_state_holds_everything_and_restores_it(tmp_path):
+    from clora3d.engine.checkpoint import (FORMAT_VERSION, atomic_save, load_checkpoint, restore_training_state,
+                                           training_state)
+
+    model, opt, sched = _toy_training()
+    st = training_state(model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=None, epoch=4,
+                        best={"acc": 1.0}, history=[{"e": 0}], extra={"k": 1})
+    assert FORMAT_VERSION == 1 and st["format_version"] == 1 and st["epoch"] == 4 and st["scaler"] is None
+    assert st["best"] == {"acc": 1.0} and st["history"] == [{"e": 0}] and st["extra"] == {"k": 1}
+    assert set(st) == {"format_version", "epoch", "model", "optimizer", "scheduler", "scaler", "best", "history",
+                       "rng", "extra"}
+    assert training_state(model_state={}, optimizer=opt, scheduler=sched, scaler=None, epoch=0, best=None,
+                          history=[])["best"] is None
+    atomic_save(st, tmp_path / "c.pth")
+    model2, opt2, sched2 = torch.nn.Linear(3, 2), None, None
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    restore_training_state(load_checkpoint(tmp_path / "c.pth"), model=model2, optimizer=opt2, scheduler=sched2,
+                           scaler=None)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 0.05
+    assert torch.equal(opt2.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    assert sched2.last_epoch == 1
+
+
+def test_scaler_state_saved_and_restored():
+    from clora3d.engine.checkpoint import restore_training_state, training_state
+
+    class Scaler:
+        def __init__(self, v):
+            self.v = v
+
+        def state_dict(self):
+            return {"scale": self.v}
+
+        def load_state_dict(self, d):
+            self.v = d["scale"]
+
+    model, opt, sched = _toy_training()
+    st = training_state(model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=Scaler(8.0),
+                        epoch=0, best=None, history=[])
+    assert st["scaler"] == {"scale": 8.0}
+    s2 = Scaler(1.0)
+    restore_training_state(st, model=model, optimizer=opt, scheduler=sched, scaler=s2)
+    assert s2.v == 8.0
+
+
+def test_restore_errors_name_the_file_and_the_fix():
+    from clora3d.engine.checkpoint import restore_training_state, training_state
+
+    model, opt, sched = _toy_training()
+    st = training_state(model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=None, epoch=0,
+                        best=None, history=[])
+    for drop in (["rng"], ["epoch", "scheduler"]):
+        bad = {k: v for k, v in st.items() if k not in drop}
+        with pytest.raises(CheckpointError) as info:
+            restore_training_state(bad, model=model, optimizer=opt, scheduler=sched, scaler=None, path="x.pth")
+        assert str(info.value) == (f"x.pth is not a clora3d training checkpoint (missing {drop}); --resume needs "
+                                   "ckpt-last.pth from a clora3d run dir")
+    other = torch.nn.Linear(3, 4)
+    with pytest.raises(CheckpointError) as info:
+        restore_training_state(st, model=other, optimizer=opt, scheduler=sched, scaler=None, path="x.pth")
+    msg = str(info.value)
+    assert msg.startswith("x.pth: model weights do not match this config's model (Error(s) in loading state_dict "
+                          "for Linear:") and msg.endswith("); resume with the same config")
+    opt3 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(CheckpointError) as info:
+        restore_training_state(st, model=model, optimizer=opt3, scheduler=sched, scaler=None, path="x.pth")
+    assert str(info.value).startswith("x.pth: optimizer state does not match this config's trainable parameters (")
+    assert str(info.value).endswith("); resume with the same config")
+
+
+def test_load_checkpoint_refuses_a_non_dict(tmp_path):
+    from clora3d.engine.checkpoint import atomic_save, load_checkpoint
+
+    atomic_save([1, 2], tmp_path / "l.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "l.pth")
+    assert str(info.value) == f"checkpoint {tmp_path / 'l.pth'} holds a list, expected a dict"
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "none.pth")
+    assert str(info.value) == f"checkpoint not found: {tmp_path / 'none.pth'}"
