@@ -285,7 +285,9 @@ def summarise(results: list[dict]) -> str:
              "listed tests, in a scratch copy of the repository. Survivors (the tests pass on the mutant, or",
              "no selected test runs its code) are either killed by a new test (then they disappear from the",
              "next run) or explained as equivalent in `tools/mutate.py`. Caught = killed + timeout + segfault;",
-             "other = not checked (skipped, interrupted).", "",
+             "other = not checked (skipped, interrupted). The metrics (classification accuracy, vote@N,",
+             "part-seg Inst./Cls. mIoU) live in `clora3d/engine/evaluate.py` (group evaluate); the checkpoint",
+             "and adapter I/O in `clora3d/storage.py`, `clora3d/engine/checkpoint.py` and `clora3d/peft/base.py`.", "",
              "| group | files | tests | mutants | caught | survived | equivalent | other | survivors (non-equivalent) | wall |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     details = []
