@@ -328,16 +328,18 @@ def _np_fps(x, s: int):
 
 @torch.no_grad()
 def _replay_classification(model, loader, *, npoints: int, point_all: int, vote: int,
-                            inputs: list) -> tuple[float, float]:
+                            inputs: list, passes: int = 1) -> tuple[float, list[float]]:
     """Plain and vote@N accuracy replayed by hand: numpy FPS to npoints (plain) and to the point_all
-    pool; per batch N views, each a fresh randperm subset of the pool shared by the batch, then the
-    default ScaleAndTranslate, all from one CPU generator seeded 0; the class of the summed logits.
-    Every replayed model input must equal the one the evaluation fed the model, in order."""
+    pool; per batch and pass N views, each a fresh randperm subset of the pool shared by the batch,
+    then the default ScaleAndTranslate, all from one CPU generator seeded 0; the class of the summed
+    logits. Returns (plain, [vote accuracy of each pass]). Every replayed model input must equal the
+    one the evaluation fed the model, in order."""
     from clora3d.data.transforms import ScaleAndTranslate
 
     g = torch.Generator().manual_seed(0)
     tf = ScaleAndTranslate()
-    plain = voted = total = 0
+    plain = total = 0
+    voted = [0] * passes
     fed = iter(inputs)
     for batch in loader:
         x, lab = batch["points"].float().numpy(), batch["label"].view(-1)
@@ -345,17 +347,17 @@ def _replay_classification(model, loader, *, npoints: int, point_all: int, vote:
         pool = torch.stack([torch.from_numpy(c[_np_fps(c, point_all)]) for c in x])
         torch.testing.assert_close(next(fed), ins, rtol=0, atol=0)
         plain += int((model(ins).argmax(-1) == lab).sum())
-        acc = 0
-        for _ in range(vote):
-            sub = torch.randperm(point_all, generator=g)[:npoints]
-            view = tf(pool[:, sub], generator=g)
-            torch.testing.assert_close(next(fed), view, rtol=0, atol=0)
-            acc = acc + model(view)
-        if vote:
-            voted += int(((acc / vote).argmax(-1) == lab).sum())
+        for r in range(passes if vote else 0):
+            acc = 0
+            for _ in range(vote):
+                sub = torch.randperm(point_all, generator=g)[:npoints]
+                view = tf(pool[:, sub], generator=g)
+                torch.testing.assert_close(next(fed), view, rtol=0, atol=0)
+                acc = acc + model(view)
+            voted[r] += int(((acc / vote).argmax(-1) == lab).sum())
         total += int(lab.numel())
     assert next(fed, None) is None  # no extra forward passes
-    return 100.0 * plain / total, 100.0 * voted / total
+    return 100.0 * plain / total, [100.0 * v / total for v in voted]
 
 
 def test_select_on_val_holdout_reports_test_for_last_and_best(tmp_path, mn_root, monkeypatch):
@@ -377,7 +379,7 @@ def test_select_on_val_holdout_reports_test_for_last_and_best(tmp_path, mn_root,
     for r, (model, loader, out, fed) in zip((res["last"], res["best"]), voting):
         plain, vote10 = _replay_classification(model, loader, npoints=128, point_all=160, vote=10,
                                                inputs=fed)
-        assert r["acc_vote@10"] == out["acc_vote@10"] == pytest.approx(vote10, abs=1e-9)
+        assert r["acc_vote@10"] == out["acc_vote@10"] == pytest.approx(vote10[0], abs=1e-9)
         assert r["test"]["acc"] == pytest.approx(plain, abs=1e-9) and "acc" in r
 
 
