@@ -193,3 +193,133 @@ def test_load_checkpoint_refuses_a_non_dict(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(tmp_path / "none.pth")
     assert str(info.value) == f"checkpoint not found: {tmp_path / 'none.pth'}"
+
+
+# ------------------------------------------------------------------------------ stale temp files
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid  # reaped: no process has this id now (pids are not reused this fast)
+
+
+def test_clean_stale_tmp_by_writer_process_and_age(tmp_path):
+    import time
+
+    dead, me = _dead_pid(), os.getpid()
+    files = {
+        "dead": tmp_path / f".ckpt.pth.{dead}-ab12cd34.tmp",        # writer gone: stale
+        "alive": tmp_path / f".ckpt.pth.{me}-ab12cd34.tmp",         # this process: kept
+        "old_nopid": tmp_path / ".ckpt.pth.ab12cd34.tmp",           # no pid, 2 h old: stale
+        "new_nopid": tmp_path / ".ckpt.pth.ff12cd34.tmp",           # no pid, fresh: kept
+        "other": tmp_path / f".other.bin.{dead}-ab12cd34.tmp",      # another target
+        "plain": tmp_path / "ckpt.pth",                             # not a temp file
+        "edge_nopid": tmp_path / ".ckpt.pth.ee12cd34.tmp",          # exactly max_age old: stale
+    }
+    for p in files.values():
+        p.write_bytes(b"x")
+    now = time.time()
+    os.utime(files["old_nopid"], (now - 7200, now - 7200))
+    os.utime(files["edge_nopid"], (now - 3600.5, now - 3600.5))
+    got = storage.clean_stale_tmp(tmp_path, "ckpt.pth")
+    assert sorted(p.name for p in got) == sorted(files[k].name for k in ("dead", "old_nopid", "edge_nopid"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        files[k].name for k in ("alive", "new_nopid", "other", "plain"))
+    # without a name: every target's stale temp goes; a custom age applies to pid-less ones
+    assert [p.name for p in storage.clean_stale_tmp(tmp_path)] == [files["other"].name]
+    assert [p.name for p in storage.clean_stale_tmp(tmp_path, max_age_s=0.0)] == [files["new_nopid"].name]
+    assert storage.clean_stale_tmp(tmp_path / "missing") == []
+
+
+def test_atomic_write_removes_a_dead_writers_temp_first(tmp_path):
+    stale = tmp_path / f".out.bin.{_dead_pid()}-0badf00d.tmp"
+    stale.write_bytes(b"half")
+    storage.atomic_write_bytes(tmp_path / "out.bin", b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_atomic_write_creates_folders_with_the_default_mode(tmp_path):
+    target = tmp_path / "a" / "b" / "out.bin"
+    storage.atomic_write_bytes(target, b"data")
+    assert target.read_bytes() == b"data"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_write_messages_name_what_and_why(tmp_path, monkeypatch):
+    import errno
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(storage.StorageError) as info:
+        storage.atomic_write_bytes(blocker / "sub" / "x.bin", b"")
+    assert str(info.value).startswith(f"cannot write file {blocker / 'sub' / 'x.bin'}: cannot create its folder (")
+    for call, what in [(lambda d: storage.atomic_torch_save({}, d), "checkpoint"),
+                       (lambda d: storage.atomic_torch_save({}, d, what="adapter"), "adapter"),
+                       (lambda d: storage.atomic_write_bytes(d, b""), "file")]:
+        with pytest.raises(storage.StorageError) as info:
+            call(tmp_path)
+        assert str(info.value) == f"cannot write {what} {tmp_path}: it is a directory; give a file name"
+    from clora3d.engine.checkpoint import atomic_save
+
+    with pytest.raises(storage.StorageError) as info:
+        atomic_save({}, tmp_path)
+    assert str(info.value) == f"cannot write checkpoint {tmp_path}: it is a directory; give a file name"
+
+    def full(f):
+        f.write(b"abc")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "o.bin"
+    with pytest.raises(storage.StorageError) as info:
+        storage.atomic_write(out, full, what="cache")
+    assert str(info.value) == (f"cannot write cache {out}: {os.strerror(errno.ENOSPC)} (free some space and retry); "
+                               "nothing was written")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(out)
+    out.write_bytes(b"OLD")
+
+    class Disk:
+        def __call__(self, f):  # the first write fails inside the sink, the writer then swallows it
+            try:
+                f.write(b"x")
+            except OSError:
+                pass
+            raise RuntimeError("enforce fail: unexpected pos")
+
+    real_write = storage._Sink.write
+
+    def failing(self, data):
+        self._f = type("F", (), {"write": lambda s, d: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))})()
+        return real_write(self, data)
+
+    monkeypatch.setattr(storage._Sink, "write", failing)
+    with pytest.raises(storage.StorageError) as info:
+        storage.atomic_write(out, Disk(), what="cache")
+    assert str(info.value) == f"cannot write cache {out}: {os.strerror(errno.EIO)}; the previous o.bin is unchanged"
+    assert out.read_bytes() == b"OLD"
+
+
+def test_walk_tensors_names_and_order():
+    t = torch.zeros(1)
+    obj = {"b": [t, {"x": t}], "a": t, 3: (t,), storage.CHECKSUM_KEY: t, "n": {storage.CHECKSUM_KEY: t}}
+    names = [n for n, _ in storage._walk_tensors(obj)]
+    assert names == ["/int:3[0]", "/str:a", "/str:b[0]", "/str:b[1]/str:x", f"/str:n/str:{storage.CHECKSUM_KEY}"]
+    assert [n for n, _ in storage._walk_tensors(t)] == [""]
+
+
+def test_restore_checks_model_keys_strictly_and_ignores_a_scaler_state_without_scaler():
+    from clora3d.engine.checkpoint import restore_training_state, training_state
+
+    model, opt, sched = _toy_training()
+    st = training_state(model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=None, epoch=0,
+                        best=None, history=[])
+    st["scaler"] = {"scale": 2.0}
+    restore_training_state(st, model=model, optimizer=opt, scheduler=sched, scaler=None)  # AMP off now
+    st["model"] = {**st["model"], "extra.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as info:
+        restore_training_state(st, model=model, optimizer=opt, scheduler=sched, scaler=None)
+    assert str(info.value).startswith("<checkpoint>: model weights do not match this config's model (Error(s) in "
+                                      "loading state_dict for Linear:")
