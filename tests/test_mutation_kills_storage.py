@@ -323,3 +323,19 @@ def test_restore_checks_model_keys_strictly_and_ignores_a_scaler_state_without_s
         restore_training_state(st, model=model, optimizer=opt, scheduler=sched, scaler=None)
     assert str(info.value).startswith("<checkpoint>: model weights do not match this config's model (Error(s) in "
                                       "loading state_dict for Linear:")
+
+
+def test_atomic_write_reports_a_failure_to_create_the_temp(tmp_path, monkeypatch):
+    import errno
+
+    def refuse(*a, **k):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(os, "open", refuse)
+    out = tmp_path / "q.bin"
+    with pytest.raises(storage.StorageError) as info:
+        storage.atomic_write_bytes(out, b"x", what="cache")
+    monkeypatch.undo()
+    assert str(info.value) == (f"cannot write cache {out}: {os.strerror(errno.EDQUOT)} (free some space and retry); "
+                               "nothing was written")
+    assert list(tmp_path.iterdir()) == []

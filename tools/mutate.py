@@ -172,6 +172,46 @@ EQUIVALENT: dict[str, str] = {
         "on CPU tensors .to(None) and .to('cpu') both keep the data on the CPU; only a GPU model tells them apart, and the test run has no GPU",
     "clora3d.peft.base.x_register_method__mutmut_1":
         "register_method runs at import time, before mutmut switches a mutant on: no test run can observe it (every test builds methods through METHODS)",
+    "clora3d.storage.x__tmp_name__mutmut_2":
+        "the temp-file pattern accepts a random suffix of any length; only its uniqueness matters",
+    "clora3d.storage.x__tmp_name__mutmut_3":
+        "the temp-file pattern accepts a random suffix of any length; only its uniqueness matters",
+    "clora3d.storage.x_tensor_checksum__mutmut_6":
+        "on CPU tensors .to(None) and .to('cpu') are the same; only GPU tensors tell them apart, and the test run has no GPU",
+    "clora3d.engine.checkpoint.x_load_checkpoint__mutmut_7":
+        "safe_torch_load's default `what` is 'checkpoint', the value passed",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_10":
+        "numpy's set_state converts the key array to uint32 itself: float64 keys below 2**32 restore the same state (checked)",
+    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_19":
+        "strict=True is load_state_dict's default",
+    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_25":
+        "load_state_dict's RuntimeError always has a message: the empty-message branch is never taken",
+    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_28":
+        "load_state_dict's RuntimeError always has a message: the empty-message branch is never taken",
+    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_29":
+        "load_state_dict's RuntimeError always has a message: the empty-message branch is never taken",
+    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_40":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_41":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_42":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_43":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_30":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_31":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_32":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_33":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_34":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_35":
+        "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_36":
+        "CUDA RNG state only: the test run has no CUDA device",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
