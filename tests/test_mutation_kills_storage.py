@@ -339,3 +339,108 @@ def test_atomic_write_reports_a_failure_to_create_the_temp(tmp_path, monkeypatch
     assert str(info.value) == (f"cannot write cache {out}: {os.strerror(errno.EDQUOT)} (free some space and retry); "
                                "nothing was written")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pid_alive_probes_without_signalling(monkeypatch):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert storage._pid_alive(child.pid) is True
+        assert child.poll() is None  # the probe (signal 0) did not disturb it
+        assert storage._pid_alive(os.getpid()) is True
+    finally:
+        child.kill()
+        child.wait()
+    assert storage._pid_alive(child.pid) is False
+
+    def denied(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", denied)
+    assert storage._pid_alive(child.pid) is True  # exists, owned by someone else
+
+
+def test_safe_torch_load_messages(tmp_path, monkeypatch):
+    import pickle
+
+    with pytest.raises(CheckpointError) as info:
+        storage.safe_torch_load(tmp_path)
+    assert str(info.value) == f"checkpoint {tmp_path} is a directory; pass the .pth file inside it"
+    good = tmp_path / "g.pth"
+    torch.save({"w": torch.ones(2)}, good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(CheckpointError) as info:
+        storage.safe_torch_load(cut, what="adapter file")
+    msg = str(info.value)
+    assert msg.startswith(f"cannot read adapter file {cut}: ") and msg.endswith(
+        " (the file is corrupt or not a PyTorch checkpoint)")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("x",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"e": Evil()}, evil)
+    with pytest.raises(storage.UnsafeCheckpointError) as info:
+        storage.safe_torch_load(evil)
+    msg = str(info.value)
+    assert msg.startswith(f"refused to load checkpoint {evil}: it references Python objects outside torch's "
+                          "weights-only allow-list, so loading it could run code; nothing was executed.")
+    assert msg.endswith("]") and " [" in msg and "print" in msg[msg.rindex(" ["):]
+
+    def no_culprit(*a, **k):
+        raise pickle.UnpicklingError("bad opcode")
+
+    monkeypatch.setattr(torch, "load", no_culprit)
+    with pytest.raises(storage.UnsafeCheckpointError) as info:
+        storage.safe_torch_load(good)
+    assert str(info.value).endswith("saved as plain tensors (torch.save(model.state_dict(), ...))")
+
+    def oom(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(torch, "load", oom)
+    with pytest.raises(CheckpointError) as info:
+        storage.safe_torch_load(good)
+    assert str(info.value) == (f"cannot read checkpoint {good}: out of memory (the file is corrupt or far larger "
+                               "than a model)")
+
+    def long_error(*a, **k):
+        raise ValueError("L" * 300 + "\nsecond line")
+
+    monkeypatch.setattr(torch, "load", long_error)
+    with pytest.raises(CheckpointError) as info:
+        storage.safe_torch_load(good)
+    assert str(info.value) == (f"cannot read checkpoint {good}: ValueError: {'L' * 200} (the file is corrupt or not "
+                               "a PyTorch checkpoint)")
+
+    def silent(*a, **k):
+        raise ValueError()
+
+    monkeypatch.setattr(torch, "load", silent)
+    with pytest.raises(CheckpointError) as info:
+        storage.safe_torch_load(good)
+    assert str(info.value) == f"cannot read checkpoint {good}: ValueError:  (the file is corrupt or not a PyTorch checkpoint)"
+
+
+def test_verify_checksum_messages(tmp_path):
+    obj = {"w": torch.ones(2), storage.CHECKSUM_KEY: {"algorithm": "md5"}}
+    with pytest.raises(CheckpointError) as info:
+        storage.verify_checksum(dict(obj), "f.pth")
+    assert str(info.value) == ("checkpoint f.pth has an unreadable checksum entry; the file is corrupt: restore it "
+                               "from a backup or write it again")
+    bad = {"w": torch.ones(2), storage.CHECKSUM_KEY: {**storage.tensor_checksum({"w": torch.zeros(2)})}}
+    with pytest.raises(CheckpointError) as info:
+        storage.verify_checksum(bad, "f.pth", what="adapter")
+    assert str(info.value) == ("adapter f.pth is corrupt: its tensors do not match the checksum stored when it was "
+                               "written (bit flip or damaged copy); restore it from a backup or write it again")
+    one_more = {"w": torch.ones(2), "v": torch.ones(0),
+                storage.CHECKSUM_KEY: storage.tensor_checksum({"w": torch.ones(2)})}
+    with pytest.raises(CheckpointError):
+        storage.verify_checksum(one_more, "f.pth")  # same digest input except a new empty tensor
+    ok = {"w": torch.ones(2), storage.CHECKSUM_KEY: storage.tensor_checksum({"w": torch.ones(2)})}
+    assert set(storage.verify_checksum(ok, "f.pth")) == {"w"}
+    assert storage.verify_checksum([1], "f.pth") == [1]

@@ -212,6 +212,14 @@ EQUIVALENT: dict[str, str] = {
         "CUDA RNG state only: the test run has no CUDA device",
     "clora3d.engine.checkpoint.x_set_rng_state__mutmut_36":
         "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.storage.x_safe_torch_load__mutmut_10":
+        "map_location only matters for tensors saved on a GPU; the test run has none (and writes CPU tensors)",
+    "clora3d.storage.x_safe_torch_load__mutmut_13":
+        "map_location only matters for tensors saved on a GPU; the test run has none (and writes CPU tensors)",
+    "clora3d.storage.x_safe_torch_load__mutmut_11":
+        "torch >= 2.6 (2.14 here) defaults weights_only to True: the same safe loader",
+    "clora3d.storage.x_safe_torch_load__mutmut_14":
+        "torch >= 2.6 (2.14 here) defaults weights_only to True: the same safe loader",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
