@@ -664,3 +664,86 @@ def test_prompt_block_output_written_out(layers):
     torch.manual_seed(0)
     big = apply_peft(_tiny(), {"NAME": "prompt", "num_tokens": 200, "init_std": 0.05})
     assert abs(float(big.store.prompts.std()) - 0.05) < 0.005 and float(big.store.prompts.abs().max()) <= 2.0
+
+
+# ------------------------------------------------------------------------------ CLoRA SADE / dropout / merge edges
+def _brute_sade(method, normalize: bool, eps: float) -> torch.Tensor:
+    """Every d x d component M_h^j = D_h Q_h^j U_h in float64, pair terms summed (written out again)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for _, _, key, j in method.lrms:
+        sp = method.spaces[key]
+        D, U, Q = sp.D.detach().double(), sp.U.detach().double(), sp.Q.detach().double()[0 if sp.shared_q else j]
+        M = [D[h] @ Q[h] @ U[h] for h in range(D.shape[0])]
+        for a in range(len(M)):
+            for b in range(a + 1, len(M)):
+                v = torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
+                if normalize:
+                    v = v / (torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2 + eps)
+                total = total + v
+    return total
+
+
+def _randomize(m, std=0.3):
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for q in m.peft_params.values():
+            q.copy_(torch.randn(q.shape, generator=g) * std)
+
+
+@pytest.mark.parametrize("extra", [{"num_spaces": 2}, {"num_spaces": 2, "sade_normalize": True, "sade_eps": 1.0},
+                                   {"num_spaces": 3, "sade_lambda": 1.0}, {"num_spaces": 1}])
+def test_sade_small_p_lambda_one_and_large_eps(extra):
+    m = apply_peft(_tiny(), {"NAME": "clora", "sade_lambda": 0.5, "sade_normalize": False, **extra})
+    _randomize(m)
+    want = m.config["sade_lambda"] * _brute_sade(m, m.config["sade_normalize"], m.config["sade_eps"])
+    got = m.regularization_loss()
+    if extra["num_spaces"] == 1:
+        assert float(got) == 0.0 and float(want) == 0.0  # no pair of components
+    else:
+        assert float(want) > 0
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("placement", ["pre_proj", "parallel"])
+def test_clora_dropout_acts_in_training_only(placement):
+    model = _tiny()
+    m = apply_peft(model, {"NAME": "clora", "placement": placement, "dropout": 0.5})
+    _randomize(m)
+    x = torch.randn(2, 7, m.dim, generator=torch.Generator().manual_seed(1))
+    blk = model.blocks.blocks[0]
+    blk.train()
+    torch.manual_seed(0)
+    a = blk(x)
+    torch.manual_seed(1)
+    b = blk(x)
+    assert not torch.allclose(a, b)  # a fresh dropout mask per call
+    blk.eval()
+    torch.testing.assert_close(blk(x), blk(x), rtol=0, atol=0)
+    m0 = apply_peft(copy.deepcopy(_tiny()), {"NAME": "clora", "placement": placement, "dropout": 0.0})
+    with torch.no_grad():
+        for (n, q), (_, q0) in zip(m.peft_params.items(), m0.peft_params.items()):
+            q0.copy_(q)
+    blk0 = m0.model.blocks.blocks[0].eval()
+    torch.testing.assert_close(blk(x), blk0(x), rtol=1e-6, atol=1e-6)  # eval: dropout is the identity
+
+
+def test_clora_merge_twice_and_bias_without_a_place_to_fold():
+    from torch import nn
+
+    model = _tiny()
+    m = apply_peft(model, {"NAME": "clora", "bias": True})
+    _randomize(m, 0.05)
+    pts = torch.rand(2, 256, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(pts)
+        m.merge()
+        m.unmerge()
+        m.merge()
+        torch.testing.assert_close(model(pts), before, rtol=1e-4, atol=1e-5)
+    model2 = _tiny()
+    model2.blocks.blocks[0].norm1 = nn.LayerNorm(model2.blocks.blocks[0].norm1.normalized_shape, bias=False)
+    m2 = apply_peft(model2, {"NAME": "clora", "bias": True})
+    with pytest.raises(RuntimeError) as info:
+        m2.merge()
+    assert str(info.value) == ("clora merge: blocks.blocks.0.attn.qkv has no bias and blocks.blocks.0.norm1 has none "
+                               "to fold the per-LRM bias into")

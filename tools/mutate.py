@@ -220,6 +220,46 @@ EQUIVALENT: dict[str, str] = {
         "torch >= 2.6 (2.14 here) defaults weights_only to True: the same safe loader",
     "clora3d.storage.x_safe_torch_load__mutmut_14":
         "torch >= 2.6 (2.14 here) defaults weights_only to True: the same safe loader",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_14":
+        "einsum labels in upper case name the same contraction",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_33":
+        "einsum labels in upper case name the same contraction",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_44":
+        "einsum labels in upper case name the same contraction",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_56":
+        "the index tensor is built on the CPU either way; only a GPU run (not in the test run) tells device=None apart",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_60":
+        "the index tensor is built on the CPU either way; only a GPU run (not in the test run) tells device=None apart",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_91":
+        "(+2, -1) and (-2, -1) are the same two dims of the 4-D tensor",
+    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_8":
+        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_15":
+        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.clora.xǁ_ParallelHookǁ__call____mutmut_3":
+        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.clora.xǁ_ParallelHookǁ__call____mutmut_11":
+        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_25":
+        "the hooked LayerNorm takes one positional input: args[1:] and args[2:] are both empty",
+    "clora3d.peft.clora.xǁCLoRAǁregularization_loss__mutmut_16":
+        "sum() from int 0 plus the first tensor gives the same tensor (there is always at least one space)",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_40":
+        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_42":
+        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_63":
+        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_65":
+        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_74":
+        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_76":
+        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_78":
+        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_52":
+        "a LayerNorm always has a bias attribute (None without bias): the getattr default is never used",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
