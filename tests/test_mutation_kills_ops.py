@@ -48,3 +48,18 @@ def test_reference_knn_and_three_nn_over_several_query_chunks(monkeypatch):
         assert i3[b].tolist() == order[:, :3].tolist()
         np.testing.assert_allclose(d[b].numpy(), np.take_along_axis(dist, order[:, :2], -1),
                                    rtol=1e-5, atol=1e-7)
+
+
+def test_reference_fps_sample_gathers_the_sampled_points():
+    g = torch.Generator().manual_seed(3)
+    xyz = torch.rand(2, 40, 3, generator=g)
+    got = ref.fps_sample(xyz, 6)
+    for b in range(2):
+        x = xyz[b].double().numpy()
+        idx = [0]
+        d = ((x - x[0]) ** 2).sum(-1)
+        for _ in range(5):  # brute-force farthest point sampling from index 0
+            j = int(np.argmax(d))
+            idx.append(j)
+            d = np.minimum(d, ((x - x[j]) ** 2).sum(-1))
+        np.testing.assert_array_equal(got[b].numpy(), xyz[b].numpy()[idx])

@@ -392,7 +392,9 @@ def summarise(results: list[dict]) -> str:
         for k, v in (("n", n), ("caught", caught), ("surv", len(surv)), ("equiv", len(equiv)),
                      ("other", other), ("real", len(real)), ("wall", r["wall_s"] or 0)):
             tot[k] += v
-        lines.append(f"| {r['group']} | {', '.join(f'`{f}`' for f in r['files'])} | `{' '.join(r['tests'])}` | "
+        retried = r.get("retried")
+        note = f" (survivors re-run: {retried['mutants']}, {retried['wall_s']} s)" if retried else ""
+        lines.append(f"| {r['group']}{note} | {', '.join(f'`{f}`' for f in r['files'])} | `{' '.join(r['tests'])}` | "
                      f"{n} | {caught} | {len(surv)} | {len(equiv)} | {other} | {len(real)} ({pct}) | "
                      f"{'-' if r['wall_s'] is None else str(r['wall_s']) + ' s'} |")
         if surv or other:
@@ -428,6 +430,10 @@ def main() -> int:
     ap.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS))
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="re-render the report from build/mutate/*.json")
+    ap.add_argument("--retry", action="store_true",
+                    help="re-run only the survivors (not listed as equivalent) of the last run of each group, "
+                         "in its scratch copy with the current tests (tests are only ever added: the caught "
+                         "mutants stay caught); the product files must be unchanged since that run")
     ap.add_argument("--collect", action="store_true",
                     help="re-read the results left in build/mutate/<group>/ (a run that was cut while reading "
                          "them) instead of running mutmut; the wall time is taken from the group's log")
@@ -437,7 +443,35 @@ def main() -> int:
         print("mutate: mutmut is not installed; pip install -r requirements/mutate.txt", file=sys.stderr)
         return 2
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    if args.collect:
+    if args.retry:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        for g in args.groups:
+            work, prev = OUT_DIR / g, json.loads((OUT_DIR / f"{g}.json").read_text())
+            files, tests = GROUPS[g]
+            changed = [f for f in files if (REPO / f).read_bytes() != (work / f).read_bytes()]
+            if changed:
+                print(f"mutate: {g}: {changed} changed since the last run; run the group again", file=sys.stderr)
+                return 2
+            todo = [m for m, st in prev["status"].items() if st in SURVIVED and m not in EQUIVALENT]
+            for rel in subprocess.run(["git", "ls-files", "tests"], cwd=REPO, capture_output=True, text=True,
+                                      check=True).stdout.split():
+                (work / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, work / rel)
+            _write_cfg(work, files, tests)
+            t0 = time.time()
+            proc = subprocess.run([mutmut, "run", "--max-children", str(args.max_children), *todo], cwd=work,
+                                  env=env, capture_output=True, text=True) if todo else None
+            new, new_diffs = collect(work, env)  # mutmut keeps only the re-run mutants' results
+            status = {m: (new.get(m, st) if m in todo else st) for m, st in prev["status"].items()}
+            diffs = {m: d for m, d in prev["diffs"].items() if m not in todo or status[m] not in CAUGHT}
+            diffs.update({m: d for m, d in new_diffs.items() if m in todo})
+            r = {**prev, "tests": tests, "status": status, "diffs": diffs,
+                 "retried": {"mutants": len(todo), "wall_s": round(time.time() - t0),
+                             "returncode": proc.returncode if proc else 0}}
+            (OUT_DIR / f"{g}.json").write_text(json.dumps(r, indent=1))
+            print(f"mutate: {g}: re-ran {len(todo)} survivors, "
+                  f"{sum(1 for m in todo if status.get(m) in SURVIVED)} still survive", flush=True)
+    elif args.collect:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         for g in args.groups:
             work = OUT_DIR / g
