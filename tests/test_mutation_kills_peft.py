@@ -664,7 +664,8 @@ def test_prompt_block_output_written_out(layers):
     assert m.store.prompts.shape == (len(layers), 3, m.dim)
     torch.manual_seed(0)
     big = apply_peft(_tiny(), {"NAME": "prompt", "num_tokens": 200, "init_std": 0.05})
-    assert abs(float(big.store.prompts.std()) - 0.05) < 0.005 and float(big.store.prompts.abs().max()) <= 2.0
+    prompts = big.store.prompts.detach()
+    assert abs(float(prompts.std()) - 0.05) < 0.005 and float(prompts.abs().max()) <= 2.0
 
 
 # ------------------------------------------------------------------------------ CLoRA SADE / dropout / merge edges
@@ -759,3 +760,55 @@ def test_clora_follows_a_float64_backbone():
     pts = torch.rand(2, 256, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         assert model(pts).dtype == torch.float64
+
+
+# ------------------------------------------------------------------------------ lora / adapter / prompt edges
+@pytest.mark.parametrize("name", ["bitfit", "adapter", "prompt"])
+def test_layers_resolved_and_named(name):
+    from clora3d.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        apply_peft(_tiny(), {"NAME": name, "layers": [9]})
+    assert str(info.value) == f"peft method {name!r}: layers [9] out of range for a backbone with depth 4"
+    m = apply_peft(_tiny(), {"NAME": name, "layers": [2, 0]})
+    assert m.config["layers"] == [0, 2]
+
+
+@pytest.mark.parametrize("cfg", [{"NAME": "adapter", "dropout": 0.0}, {"NAME": "prompt"}])
+def test_adapter_and_prompt_follow_a_float64_backbone_and_leave_no_trace(cfg):
+    base = _tiny().double()
+    model = copy.deepcopy(base)
+    m = apply_peft(model, cfg)
+    assert {q.dtype for q in m.peft_params.values()} == {torch.float64}
+    assert "peft" in model._modules
+    m.remove()
+    assert "peft" not in model._modules and set(model.state_dict()) == set(base.state_dict())
+
+
+@pytest.mark.parametrize("cfg", [{"NAME": "lora", "dropout": 0.5, "targets": ["qkv"]},
+                                 {"NAME": "prompt", "dropout": 0.5, "layers": [0]}])
+def test_lora_and_prompt_dropout_in_training_only(cfg):
+    model = _tiny()
+    m = apply_peft(model, cfg)
+    _randomize(m)
+    x = torch.randn(2, 7, m.dim, generator=torch.Generator().manual_seed(1))
+    blk = model.blocks.blocks[0].train()
+    torch.manual_seed(0)
+    a = blk(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, blk(x))
+    blk.eval()
+    torch.testing.assert_close(blk(x), blk(x), rtol=0, atol=0)
+    m0 = apply_peft(_tiny(), {**cfg, "dropout": 0.0})
+    with torch.no_grad():
+        for q, q0 in zip(m.peft_params.values(), m0.peft_params.values()):
+            q0.copy_(q)
+    torch.testing.assert_close(blk(x), m0.model.blocks.blocks[0].eval()(x), rtol=1e-6, atol=1e-6)
+
+
+def test_lora_delta_weights_are_scale_b_a():
+    m = apply_peft(_tiny(), {"NAME": "lora", "rank": 3, "alpha": 6.0, "targets": ["fc1"], "layers": [1]})
+    _randomize(m)
+    (name, lin, A, B), = m.sites
+    assert list(m.delta_weights()) == [name] == ["blocks.blocks.1.mlp.fc1"]
+    torch.testing.assert_close(m.delta_weights()[name], 2.0 * (B @ A), rtol=1e-6, atol=1e-7)

