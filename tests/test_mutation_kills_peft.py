@@ -763,7 +763,7 @@ def test_clora_follows_a_float64_backbone():
 
 
 # ------------------------------------------------------------------------------ lora / adapter / prompt edges
-@pytest.mark.parametrize("name", ["bitfit", "adapter", "prompt"])
+@pytest.mark.parametrize("name", ["bitfit", "adapter", "prompt", "lora"])
 def test_layers_resolved_and_named(name):
     from clora3d.errors import ConfigError
 
@@ -774,13 +774,13 @@ def test_layers_resolved_and_named(name):
     assert m.config["layers"] == [0, 2]
 
 
-@pytest.mark.parametrize("cfg", [{"NAME": "adapter", "dropout": 0.0}, {"NAME": "prompt"}])
+@pytest.mark.parametrize("cfg", [{"NAME": "adapter", "dropout": 0.0}, {"NAME": "prompt"}, {"NAME": "lora"}])
 def test_adapter_and_prompt_follow_a_float64_backbone_and_leave_no_trace(cfg):
     base = _tiny().double()
     model = copy.deepcopy(base)
     m = apply_peft(model, cfg)
     assert {q.dtype for q in m.peft_params.values()} == {torch.float64}
-    assert "peft" in model._modules
+    assert "peft" in model._modules or cfg["NAME"] == "lora"
     m.remove()
     assert "peft" not in model._modules and set(model.state_dict()) == set(base.state_dict())
 

@@ -298,6 +298,16 @@ EQUIVALENT: dict[str, str] = {
         "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
     "clora3d.peft.adapter.xǁ_InsertPromptsǁ__call____mutmut_36":
         "a Block takes one positional input: args[1:] and args[2:] are both empty",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_78":
+        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_82":
+        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_89":
+        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_93":
+        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_103":
+        "_merge_weights starts from a fresh dict before it records anything",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
