@@ -348,6 +348,9 @@ def test_pid_alive_probes_without_signalling(monkeypatch):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert storage._pid_alive(child.pid) is True
+        import time
+
+        time.sleep(0.3)
         assert child.poll() is None  # the probe (signal 0) did not disturb it
         assert storage._pid_alive(os.getpid()) is True
     finally:
@@ -444,3 +447,67 @@ def test_verify_checksum_messages(tmp_path):
     ok = {"w": torch.ones(2), storage.CHECKSUM_KEY: storage.tensor_checksum({"w": torch.ones(2)})}
     assert set(storage.verify_checksum(ok, "f.pth")) == {"w"}
     assert storage.verify_checksum([1], "f.pth") == [1]
+
+
+def test_atomic_write_defaults_and_messages_without_errno(tmp_path):
+    import time
+
+    with pytest.raises(storage.StorageError) as info:
+        storage.atomic_write(tmp_path, lambda f: None)
+    assert str(info.value) == f"cannot write file {tmp_path}: it is a directory; give a file name"
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(storage.StorageError) as info:
+        storage.atomic_write_bytes(blocker / "sub" / "x.bin", b"")
+    assert str(info.value) == (f"cannot write file {blocker / 'sub' / 'x.bin'}: cannot create its folder "
+                               f"({os.strerror(20)})")
+
+    def odd(f):
+        raise OSError("weird device")
+
+    out = tmp_path / "o.bin"
+    with pytest.raises(storage.StorageError) as info:
+        storage.atomic_write(out, odd, what="cache")
+    assert str(info.value) == f"cannot write cache {out}: weird device; nothing was written"
+    # only the target's own stale temps are cleaned before a write
+    dead = _dead_pid()
+    mine, other = tmp_path / f".o.bin.{dead}-00aa.tmp", tmp_path / f".zz.bin.{dead}-00aa.tmp"
+    mine.write_bytes(b"")
+    other.write_bytes(b"")
+    storage.atomic_write_bytes(out, b"x")
+    assert not mine.exists() and other.exists()
+
+
+def test_walk_order_sorts_by_key_type_first():
+    t = torch.zeros(1)
+    assert [n for n, _ in storage._walk_tensors({5: t, "1": t})] == ["/int:5", "/str:1"]
+
+
+def test_corrupt_checksum_message_names_what_was_loaded(tmp_path):
+    path = tmp_path / "a.pt"
+    storage.atomic_torch_save({"w": torch.ones(3)}, path)
+    blob = torch.load(path, weights_only=True)
+    blob["w"][0] = 2.0
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError) as info:
+        storage.safe_torch_load(path, what="adapter file")
+    assert str(info.value).startswith(f"adapter file {path} is corrupt: ")
+
+
+def test_unsafe_checkpoint_culprit_is_the_first_global_line(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("x",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"e": Evil()}, evil)
+    try:
+        torch.load(evil, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = str(exc).splitlines()
+    want = next(ln.strip() for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln)
+    with pytest.raises(storage.UnsafeCheckpointError) as info:
+        storage.safe_torch_load(evil)
+    assert str(info.value).endswith(f" [{want[:200]}]")

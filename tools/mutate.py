@@ -308,6 +308,12 @@ EQUIVALENT: dict[str, str] = {
         "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
     "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_103":
         "_merge_weights starts from a fresh dict before it records anything",
+    "clora3d.engine.checkpoint.x_atomic_save__mutmut_6":
+        "atomic_torch_save's default `what` is 'checkpoint', the value passed",
+    "clora3d.storage.x_clean_stale_tmp__mutmut_31":
+        "file ages are continuous: an age exactly equal to max_age_s cannot be set up (the clock moves between the write and the check)",
+    "clora3d.storage.x_safe_torch_load__mutmut_22":
+        "an empty string and None are both falsy: no culprit suffix either way",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
