@@ -314,6 +314,18 @@ EQUIVALENT: dict[str, str] = {
         "file ages are continuous: an age exactly equal to max_age_s cannot be set up (the clock moves between the write and the check)",
     "clora3d.storage.x_safe_torch_load__mutmut_22":
         "an empty string and None are both falsy: no culprit suffix either way",
+    "clora3d.storage.x_safe_torch_load__mutmut_25":
+        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_26":
+        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_27":
+        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_29":
+        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_30":
+        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_31":
+        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
