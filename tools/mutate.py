@@ -326,6 +326,8 @@ EQUIVALENT: dict[str, str] = {
         "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
     "clora3d.storage.x_safe_torch_load__mutmut_31":
         "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.ops.api.x_gather_points__mutmut_53":
+        "with B > 0 and no indices the compiled gather returns the same empty result as the reference (tested in test_empty_gathers_have_the_right_shape): only the path differs",
     "clora3d.ops.api.x_three_interpolate__mutmut_62":
         "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67":
@@ -460,6 +462,11 @@ def summarise(results: list[dict]) -> str:
             tot[k] += v
         retried = r.get("retried")
         note = f" (survivors re-run: {retried['mutants']}, {retried['wall_s']} s)" if retried else ""
+        work = OUT_DIR / r["group"]
+        stale = [f for f in r["files"] if (work / f).exists() and (REPO / f).exists()
+                 and (work / f).read_bytes() != (REPO / f).read_bytes()]
+        if stale:
+            note += f" **stale: {', '.join(stale)} changed since this run; run the group again**"
         lines.append(f"| {r['group']}{note} | {', '.join(f'`{f}`' for f in r['files'])} | `{' '.join(r['tests'])}` | "
                      f"{n} | {caught} | {len(surv)} | {len(equiv)} | {other} | {len(real)} ({pct}) | "
                      f"{'-' if r['wall_s'] is None else str(r['wall_s']) + ' s'} |")
