@@ -381,7 +381,13 @@ def run_group(name: str, max_children: int, mutmut: str) -> dict:
     (OUT_DIR / f"{name}.log").write_text(proc.stdout[-20000:] + "\n" + proc.stderr[-20000:])
     status, diffs = collect(work, env)
     return {"group": name, "files": files, "tests": tests, "returncode": proc.returncode, "wall_s": round(wall),
-            "status": status, "diffs": diffs}
+            "status": status, "diffs": diffs, "file_sha": {f: _sha(work / f) for f in files}}
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
 
 
 # Reads every mutant's status and, for those not caught, its diff, in one process inside the
@@ -463,8 +469,11 @@ def summarise(results: list[dict]) -> str:
         retried = r.get("retried")
         note = f" (survivors re-run: {retried['mutants']}, {retried['wall_s']} s)" if retried else ""
         work = OUT_DIR / r["group"]
-        stale = [f for f in r["files"] if (work / f).exists() and (REPO / f).exists()
-                 and (work / f).read_bytes() != (REPO / f).read_bytes()]
+        if "file_sha" in r:  # the files as they were when the group ran
+            stale = [f for f in r["files"] if r["file_sha"].get(f) != _sha(REPO / f)]
+        else:
+            stale = [f for f in r["files"] if (work / f).exists() and (REPO / f).exists()
+                     and (work / f).read_bytes() != (REPO / f).read_bytes()]
         if stale:
             note += f" **stale: {', '.join(stale)} changed since this run; run the group again**"
         lines.append(f"| {r['group']}{note} | {', '.join(f'`{f}`' for f in r['files'])} | `{' '.join(r['tests'])}` | "
