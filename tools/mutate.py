@@ -380,6 +380,9 @@ def run_group(name: str, max_children: int, mutmut: str) -> dict:
     wall = time.time() - t0
     (OUT_DIR / f"{name}.log").write_text(proc.stdout[-20000:] + "\n" + proc.stderr[-20000:])
     status, diffs = collect(work, env)
+    if proc.returncode != 0 and all(st not in CAUGHT and st not in SURVIVED for st in status.values()):
+        raise RuntimeError(f"mutate: mutmut run failed for group {name} before testing any mutant (see "
+                           f"build/mutate/{name}.log); the previous results are kept")
     return {"group": name, "files": files, "tests": tests, "returncode": proc.returncode, "wall_s": round(wall),
             "status": status, "diffs": diffs, "file_sha": {f: _sha(work / f) for f in files}}
 
