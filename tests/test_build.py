@@ -231,7 +231,7 @@ def _strip_cpp_comments(text: str) -> str:
     return re.sub(r"//[^\n]*", "", text)
 
 
-@pytest.mark.parametrize("name", ["fps", "knn", "gather", "three_nn", "three_interpolate", "chamfer"])
+@pytest.mark.parametrize("name", ["fps", "knn", "gather", "three_nn", "three_interpolate", "chamfer", "checks"])
 def test_cuda_file_follows_the_house_rules(name):
     text = _strip_cpp_comments((CSRC / "cuda" / f"{name}.cu").read_text())
     launches = len(re.findall(r"<<<", text))
@@ -276,7 +276,9 @@ def _cuda_C():
         pytest.skip("clora3d._C not built")
     if not dict(_C.build_info())["cuda"]:
         pytest.skip("clora3d._C built without CUDA kernels")
-    return _C
+    import clora3d.ops  # noqa: F401  (registers the operators' fake / autograd parts)
+
+    return torch.ops.clora3d
 
 
 @pytest.mark.cuda

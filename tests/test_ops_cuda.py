@@ -92,3 +92,60 @@ def test_cuda_gradcheck_chamfer(cuda_native):
     a = torch.randn(1, 10, 3, dtype=torch.float64, device="cuda", requires_grad=True)
     b = torch.randn(1, 7, 3, dtype=torch.float64, device="cuda", requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, y: ops.chamfer_l2(x, y)[0], (a, b))
+
+
+# float16 / bfloat16 through the public ops on CUDA (compiled kernels, accumulated in float32 and
+# rounded once), forward and backward, against float64 references. Tolerances: the rounding of the
+# inputs and of the result to the half type (float16: 2^-11 relative, bfloat16: 2^-8), times the
+# magnitudes involved (|features| <~ 4, three weights summing to 1, up to a few scatter-adds).
+HALF_TOL = {torch.float16: dict(atol=1e-2, rtol=1e-2), torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_gather_and_interpolation_forward_backward(cuda_native, dtype):
+    g = torch.Generator().manual_seed(4)
+    feat64 = torch.randn(2, 60, 8, generator=g, dtype=torch.float64)
+    idx = torch.randint(0, 60, (2, 40, 3), generator=g)
+    w64 = torch.rand(2, 40, 3, generator=g, dtype=torch.float64)
+    w64 = w64 / w64.sum(-1, keepdim=True)
+    gout = torch.randn(2, 40, 8, generator=g, dtype=torch.float64)
+
+    feat = feat64.to("cuda", dtype).requires_grad_(True)
+    w = w64.to("cuda", dtype).requires_grad_(True)
+    out = ops.three_interpolate(feat, idx.cuda(), w)
+    assert out.dtype == dtype
+    out.backward(gout.to("cuda", dtype))
+    f64 = feat64.clone().requires_grad_(True)
+    ww64 = w64.clone().requires_grad_(True)
+    ref_out = ref.three_interpolate(f64, idx, ww64)
+    ref_out.backward(gout)
+    torch.testing.assert_close(out.double().cpu(), ref_out.detach(), **HALF_TOL[dtype])
+    torch.testing.assert_close(feat.grad.double().cpu(), f64.grad, **HALF_TOL[dtype])
+    torch.testing.assert_close(w.grad.double().cpu(), ww64.grad, **{k: 4 * v for k, v in HALF_TOL[dtype].items()})
+
+    pts = feat64.to("cuda", dtype).requires_grad_(True)
+    gi = idx[..., 0].cuda()
+    got = ops.gather_points(pts, gi)
+    assert torch.equal(got.double().cpu(), feat64.to(dtype).double()[torch.arange(2)[:, None], idx[..., 0]])  # exact
+    got.backward(torch.ones_like(got))
+    counts = torch.zeros(2, 60, dtype=torch.float64).scatter_add_(1, idx[..., 0], torch.ones(2, 40, dtype=torch.float64))
+    assert torch.equal(pts.grad.double().cpu(), counts[..., None].expand(2, 60, 8))  # small integers: exact
+
+
+def test_cuda_training_step_does_not_synchronise(cuda_native):
+    """Forward and backward of the classifier on CUDA read nothing back to the host: with
+    torch.cuda's sync debug mode set to "error", any device-to-host sync raises."""
+    from clora3d.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5}).cuda().train()
+    pts = torch.rand(4, 512, 3, device="cuda")
+    model(pts).sum().backward()  # warm-up (lazy inits may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = model(pts).float().pow(2).mean()
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()

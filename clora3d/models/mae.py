@@ -49,6 +49,17 @@ def random_group_mask(batch: int, num_group: int, mask_ratio: float, device: tor
     return mask.to(device)
 
 
+def masked_rows(x: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    """``x[mask].reshape(B, count, ...)`` with a static shape: the rows of ``x (B, G, ...)`` where
+    ``mask (B, G)`` is True, in ascending index order, when every row of ``mask`` holds exactly
+    ``count`` True entries. A plain gather (bit-identical to boolean indexing) whose output shape
+    does not depend on the data, so torch.compile traces it without a graph break."""
+    B = mask.shape[0]
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :count]   # True entries first
+    index = order.reshape(B, count, *([1] * (x.dim() - 2))).expand(B, count, *x.shape[2:])
+    return torch.gather(x, 1, index)
+
+
 class MaskTransformer(nn.Module):
     """The MAE encoder: patch ``encoder``, ``pos_embed``, ``blocks`` (TransformerEncoder), ``norm``.
 
@@ -70,15 +81,20 @@ class MaskTransformer(nn.Module):
                                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
         self.norm = nn.LayerNorm(trans_dim)
 
-    def forward(self, neighborhood: torch.Tensor, center: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, neighborhood: torch.Tensor, center: torch.Tensor, mask: torch.Tensor,
+                n_visible: int | None = None) -> torch.Tensor:
+        """``n_visible``: the number of False entries per row of ``mask`` when the caller knows it
+        (PointMAE does: it comes from the mask ratio); otherwise it is read from ``mask`` and checked
+        (a host sync, and a graph break under torch.compile)."""
         B, G = mask.shape
         tokens = self.encoder(neighborhood)                                  # (B, G, D)
         vis = ~mask
-        n_vis = int(vis[0].sum())
-        if not bool((vis.sum(dim=1) == n_vis).all()):
-            raise ValueError("MaskTransformer: every sample must have the same number of visible groups")
-        x_vis = tokens[vis].reshape(B, n_vis, -1)
-        pos = self.pos_embed(center[vis].reshape(B, n_vis, 3))
+        if n_visible is None:
+            n_visible = int(vis[0].sum())
+            if not bool((vis.sum(dim=1) == n_visible).all()):
+                raise ValueError("MaskTransformer: every sample must have the same number of visible groups")
+        x_vis = masked_rows(tokens, vis, n_visible)
+        pos = self.pos_embed(masked_rows(center, vis, n_visible))
         return self.norm(self.blocks(x_vis, pos))
 
 
@@ -162,16 +178,16 @@ class PointMAE(nn.Module):
         neighborhood, center = self.group_divider(pts)
         B, G, k, _ = neighborhood.shape
         mask = random_group_mask(B, G, self.mask_ratio, device=pts.device, generator=generator)
-        x_vis = self.MAE_encoder(neighborhood, center, mask)                # (B, V, D)
-        M = int(mask[0].sum())
+        M = int(self.mask_ratio * G)                                         # masked per sample (exact)
         V = G - M
-        pos_vis = self.decoder_pos_embed(center[~mask].reshape(B, V, 3))
-        pos_mask = self.decoder_pos_embed(center[mask].reshape(B, M, 3))
+        x_vis = self.MAE_encoder(neighborhood, center, mask, V)             # (B, V, D)
+        pos_vis = self.decoder_pos_embed(masked_rows(center, ~mask, V))
+        pos_mask = self.decoder_pos_embed(masked_rows(center, mask, M))
         x_full = torch.cat([x_vis, self.mask_token.expand(B, M, -1)], dim=1)
         pos_full = torch.cat([pos_vis, pos_mask], dim=1)
         x_rec = self.MAE_decoder(x_full, pos_full, M)                        # (B, M, D)
         pred = self.increase_dim(x_rec.transpose(1, 2)).transpose(1, 2).reshape(B, M, k, 3)
-        gt = neighborhood[mask].reshape(B, M, k, 3)
+        gt = masked_rows(neighborhood, mask, M)
         return pred, gt, neighborhood, center, mask
 
     def forward(self, pts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -32,3 +32,7 @@ __all__ = [
     "kernels_summary",
     "NativeOpsUnavailableError",
 ]
+
+from clora3d.ops import _backend as _be
+
+_be.native_module()  # load the kernels now (registers torch.ops.clora3d.*); errors surface on first use

@@ -1,6 +1,8 @@
 """Backend selection for clora3d.ops: the compiled extension ``clora3d._C`` or the PyTorch reference.
 
-The extension is imported lazily on the first op call (importing clora3d.ops has no side effects).
+The extension is imported once, when :mod:`clora3d.ops` is imported (like any torch extension: it
+registers the operators ``torch.ops.clora3d.*``); a missing or broken build is reported on the first
+op call, not at import. Importing it up front keeps ``torch.compile`` from having to trace an import.
 ``CLORA3D_OPS`` selects the backend: unset/``auto`` = compiled when importable (else the reference,
 with one warning), ``reference`` = always the reference, ``native`` = always the compiled kernels
 (an error when they are unavailable).
@@ -32,6 +34,8 @@ _native: Any = None
 _native_error: Optional[str] = None
 _native_tried = False
 _warned = False
+_last_mode = "auto"
+_build_info: dict = {}
 
 
 class NativeOpsUnavailableError(Clora3dError, RuntimeError):
@@ -39,18 +43,25 @@ class NativeOpsUnavailableError(Clora3dError, RuntimeError):
 
 
 def mode() -> str:
-    """The backend mode requested through the CLORA3D_OPS environment variable."""
+    """The backend mode requested through the CLORA3D_OPS environment variable.
+
+    While torch.compile / torch.export trace, the mode of the last eager call is used (tracing
+    does not read the environment; change CLORA3D_OPS before compiling)."""
+    global _last_mode
+    if torch.compiler.is_compiling():
+        return _last_mode
     raw = os.environ.get(ENV_VAR, "").strip().lower()
     if raw in ("", "auto"):
-        return "auto"
-    if raw not in _MODES:
+        raw = "auto"
+    elif raw not in _MODES:
         raise ValueError(f"{ENV_VAR}={raw!r} is not a backend; expected one of {', '.join(_MODES)} (or unset)")
+    _last_mode = raw
     return raw
 
 
 def native_module() -> Any:
     """The imported ``clora3d._C`` module, or None when it is not built (reason in ``native_error``)."""
-    global _native, _native_error, _native_tried
+    global _native, _native_error, _native_tried, _build_info
     if not _native_tried:
         _native_tried = True
         try:
@@ -58,7 +69,22 @@ def native_module() -> Any:
         except ImportError as exc:  # not built, or built against another torch
             _native = None
             _native_error = f"{type(exc).__name__}: {exc}"
-        logging.getLogger("clora3d.ops").info(kernels_summary())
+        else:
+            if not hasattr(torch.ops.clora3d, "fps"):  # an old build: pybind functions, no operators
+                _native = None
+                _native_error = ("ImportError: clora3d._C is an old build without the torch.ops.clora3d "
+                                 "operators; rebuild it (pip install --no-build-isolation -e .)")
+            else:
+                from clora3d.ops import _library
+
+                _library.register()
+                _build_info = dict(_native.build_info())
+        log = logging.getLogger("clora3d.ops")
+        if log.isEnabledFor(logging.INFO):
+            try:
+                log.info(kernels_summary())
+            except ValueError as exc:  # a bad CLORA3D_OPS: reported on the first op call
+                log.info(str(exc))
     return _native
 
 
@@ -71,7 +97,7 @@ def kernels_summary() -> str:
     if m is None:
         return (f"clora3d kernels: NOT BUILT, every op runs the 30-60x slower PyTorch reference "
                 f"({_native_error}); run `python tools/doctor.py` for the fix")
-    info = m.build_info() if hasattr(m, "build_info") else {}
+    info = _build_info
     cpu = f"native CPU ({info.get('multiversion', 'baseline')})"
     cuda = (f"native CUDA (archs {info.get('cuda_archs')})" if info.get("cuda")
             else "CUDA tensors: PyTorch reference (built without CUDA kernels)")
@@ -95,7 +121,7 @@ def _native_reason(device: torch.device) -> Optional[str]:
     if device.type == "cpu":
         return None
     if device.type == "cuda":
-        if mod.build_info().get("cuda", False):
+        if _build_info.get("cuda", False):
             return None
         return (
             "clora3d._C was built without CUDA kernels; rebuild with nvcc on PATH (or FORCE_CUDA=1) "
@@ -127,15 +153,15 @@ def use_native(device: torch.device) -> bool:
 
 
 def C() -> Any:
-    """The compiled module (only call after ``use_native`` returned True)."""
-    return native_module()
+    """The compiled operators, ``torch.ops.clora3d`` (only call after ``use_native`` returned True)."""
+    return torch.ops.clora3d
 
 
 def backend_info() -> dict:
     """Which backend each op uses on CPU and CUDA, and why (for tools/doctor.py)."""
     m = mode()
     mod = native_module()
-    build = dict(mod.build_info()) if mod is not None else None
+    build = dict(_build_info) if mod is not None else None
     devices = {"cpu": torch.device("cpu"), "cuda": torch.device("cuda")}
     per_device = {}
     for name, dev in devices.items():

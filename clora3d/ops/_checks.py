@@ -13,6 +13,33 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
+def eager_values(t: torch.Tensor) -> bool:
+    """Whether value checks (finite coordinates, index ranges) run here, on the host.
+
+    Only for CPU tensors in eager mode: on CUDA a host check would synchronise every call, and
+    while torch.compile / torch.export trace there are no values. There the kernels check instead
+    (see csrc/bindings.cpp), or :func:`defer_finite` for the PyTorch reference path."""
+    if torch.compiler.is_compiling() or t.device.type != "cpu":
+        return False
+    return not isinstance(t, torch._subclasses.fake_tensor.FakeTensor)
+
+
+def defer_finite(op: str, *named: tuple[str, torch.Tensor]) -> None:
+    """For the PyTorch reference path where :func:`coords` could not check values on the host:
+    an asynchronous assertion (CUDA: a device-side assert at the next sync; CPU while tracing: a
+    RuntimeError when the compiled graph runs)."""
+    for name, t in named:
+        if not eager_values(t) and t.numel():
+            torch._assert_async(torch.isfinite(t).all(),
+                                f"{op}: {name} contains NaN or infinite coordinates; expected finite values")
+
+
+def native_feature_dtype(t: torch.Tensor) -> bool:
+    """Whether the compiled gather / interpolation kernels take ``t``'s dtype on its device:
+    float32/float64 everywhere, float16/bfloat16 on CUDA (the CPU keeps the bit-exact PyTorch path)."""
+    return t.dtype in FLOAT_DTYPES or (t.dtype in HALF_DTYPES and t.device.type == "cuda")
+
+
 def _native_cpu(t: torch.Tensor):
     """The compiled module when it may serve checks on ``t`` (a CPU tensor), else None.
 
@@ -27,7 +54,7 @@ def all_finite(t: torch.Tensor) -> bool:
     """No NaN / inf in ``t``."""
     mod = _native_cpu(t)
     if mod is not None and t.dtype in FLOAT_DTYPES:
-        return bool(mod.all_finite(t))
+        return bool(torch.ops.clora3d.all_finite(t))
     return bool(torch.isfinite(t).all())
 
 
@@ -35,7 +62,7 @@ def index_range(t: torch.Tensor) -> tuple[int, int]:
     """(min, max) of a non-empty integer tensor."""
     mod = _native_cpu(t)
     if mod is not None and t.dtype == torch.int64:
-        lo, hi = mod.index_range(t)
+        lo, hi = torch.ops.clora3d.index_range(t)
         return int(lo), int(hi)
     lo, hi = torch.aminmax(t)
     return int(lo), int(hi)
@@ -69,7 +96,7 @@ def coords(x: object, op: str, name: str, *, min_points: int = 1) -> torch.Tenso
     if x.shape[1] < min_points:
         what = "at least one point" if min_points == 1 else f"at least {min_points} points"
         raise ValueError(f"{op}: {name} must hold {what} (N >= {min_points}), got shape {_shape(x)}")
-    if x.numel() and not all_finite(x):
+    if x.numel() and eager_values(x) and not all_finite(x):
         raise ValueError(f"{op}: {name} contains NaN or infinite coordinates; expected finite values")
     return x
 
@@ -120,7 +147,7 @@ def indices(idx: object, op: str, name: str, n: int, ranks: tuple[int, ...]) -> 
     if idx.dim() not in ranks:
         want = " or ".join(f"{r}-D" for r in ranks)
         raise ValueError(f"{op}: {name} must be {want}, got shape {_shape(idx)}")
-    if idx.numel():
+    if idx.numel() and eager_values(idx):
         lo, hi = index_range(idx)
         if lo < 0 or hi >= n:
             raise ValueError(f"{op}: {name} must hold indices in [0, {n}), got values in [{lo}, {hi}]")

@@ -6,9 +6,6 @@ semantics (the specification) and :mod:`clora3d.ops._backend` for backend select
 from __future__ import annotations
 
 import torch
-from torch.autograd import Function
-from torch.autograd.function import once_differentiable
-
 from clora3d.ops import _backend as _be
 from clora3d.ops import _checks as _ck
 from clora3d.ops import reference as _ref
@@ -27,60 +24,11 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------- autograd Functions
-class _GatherFn(Function):
-    @staticmethod
-    def forward(ctx, points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # idx (B,S)
-        ctx.save_for_backward(idx)
-        ctx.n = points.shape[1]
-        return _be.C().gather_forward(points, idx)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        (idx,) = ctx.saved_tensors
-        return _be.C().gather_backward(grad, idx, ctx.n), None
-
-
-class _ThreeInterpolateFn(Function):
-    @staticmethod
-    def forward(ctx, features: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(features, idx, weight)
-        return _be.C().three_interpolate_forward(features, idx, weight)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        features, idx, weight = ctx.saved_tensors
-        C = _be.C()
-        g_feat = g_w = None
-        if ctx.needs_input_grad[0]:
-            g_feat = C.three_interpolate_backward(grad, idx, weight, features.shape[1])
-        if ctx.needs_input_grad[2]:
-            B, n, _ = idx.shape
-            f = C.gather_forward(features, idx.reshape(B, n * 3)).reshape(B, n, 3, -1)
-            g_w = (f * grad.unsqueeze(2)).sum(-1)
-        return g_feat, None, g_w
-
-
-class _ChamferFn(Function):
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor):
-        dist_a, idx_a, dist_b, idx_b = _be.C().chamfer_forward(a, b)
-        ctx.save_for_backward(a, b, idx_a, idx_b)
-        ctx.mark_non_differentiable(idx_a, idx_b)
-        return dist_a, idx_a, dist_b, idx_b
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_da, _g_ia, g_db, _g_ib):
-        a, b, idx_a, idx_b = ctx.saved_tensors
-        if g_da is None:
-            g_da = torch.zeros(idx_a.shape, dtype=a.dtype, device=a.device)
-        if g_db is None:
-            g_db = torch.zeros(idx_b.shape, dtype=a.dtype, device=a.device)
-        g_a, g_b = _be.C().chamfer_backward(a, b, idx_a, idx_b, g_da, g_db)
-        return (g_a if ctx.needs_input_grad[0] else None, g_b if ctx.needs_input_grad[1] else None)
+# The compiled kernels are torch custom operators, torch.ops.clora3d.* (csrc/bindings.cpp), with
+# fake implementations and autograd registered in clora3d/ops/_library.py: they trace under
+# torch.compile(fullgraph=True) and torch.export. Value checks (finite coordinates, index ranges)
+# run here only for CPU tensors in eager mode; on CUDA, and while tracing, the kernels check them
+# (CPU: RuntimeError; CUDA: a device-side assertion at the next sync, no host sync per call).
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -97,6 +45,7 @@ def furthest_point_sample(xyz: torch.Tensor, S: int, start: int = 0) -> torch.Lo
     start = _ck.count(start, op, "start", 0, N - 1, "N-1")
     if _be.use_native(xyz.device):
         return _be.C().fps(xyz.detach(), S, start)
+    _ck.defer_finite(op, ("xyz", xyz))
     return _ref.furthest_point_sample(xyz.detach(), S, start)
 
 
@@ -114,14 +63,15 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     k = _ck.count(k, op, "k", 1, ref.shape[1], "N (points in ref)")
     if _be.use_native(query.device):
         return tuple(_be.C().knn(query.detach(), ref.detach(), k))
+    _ck.defer_finite(op, ("query", query), ("ref", ref))
     return _ref.knn(query.detach(), ref.detach(), k)
 
 
 def gather_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows of ``points`` (B,N,C) picked by ``idx`` (B,S) or (B,S,K) -> (B,S,C) or (B,S,K,C).
 
-    Differentiable w.r.t. ``points``. float32/float64 use the compiled kernel; other dtypes
-    (integers, float16, bfloat16) use torch.gather.
+    Differentiable (twice) w.r.t. ``points``. float32/float64 use the compiled kernel, and so do
+    float16/bfloat16 on CUDA; other dtypes (integers, half types on the CPU) use torch.gather.
     """
     op = "gather_points"
     points = _ck.tensor(points, op, "points")
@@ -129,12 +79,12 @@ def gather_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{op}: points must have shape (B, N, C), got {_ck._shape(points)}")
     idx = _ck.indices(idx, op, "idx", points.shape[1], (2, 3))
     _ck.same_batch_device(op, ("points", points), ("idx", idx))
-    if points.dtype not in _ck.FLOAT_DTYPES or not _be.use_native(points.device):
+    if not _ck.native_feature_dtype(points) or not _be.use_native(points.device):
         return _ref.gather_points(points, idx)
     B = points.shape[0]
     if B == 0 or idx.numel() == 0:  # nothing to gather: the empty result of the right shape
         return _ref.gather_points(points, idx)
-    out = _GatherFn.apply(points, idx.reshape(B, -1))
+    out = _be.C().gather_forward(points, idx.reshape(B, -1))
     return out.reshape(*idx.shape, points.shape[2])
 
 
@@ -150,6 +100,7 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
     _ck.same_dtype(op, ("unknown", unknown), ("known", known))
     if _be.use_native(unknown.device):
         return tuple(_be.C().three_nn(unknown.detach(), known.detach()))
+    _ck.defer_finite(op, ("unknown", unknown), ("known", known))
     return _ref.three_nn(unknown.detach(), known.detach())
 
 
@@ -175,9 +126,9 @@ def three_interpolate(features: torch.Tensor, idx: torch.Tensor, weight: torch.T
         raise ValueError(f"{op}: weight must be a floating point tensor, got {weight.dtype}")
     _ck.same_batch_device(op, ("features", features), ("idx", idx), ("weight", weight))
     weight = weight.to(features.dtype)
-    if features.dtype not in _ck.FLOAT_DTYPES or not _be.use_native(features.device):
+    if not _ck.native_feature_dtype(features) or not _be.use_native(features.device):
         return _ref.three_interpolate(features, idx, weight)
-    return _ThreeInterpolateFn.apply(features, idx, weight)
+    return _be.C().three_interpolate_forward(features, idx, weight)
 
 
 def chamfer_l2(
@@ -194,7 +145,8 @@ def chamfer_l2(
     _ck.same_batch_device(op, ("a", a), ("b", b))
     _ck.same_dtype(op, ("a", a), ("b", b))
     if _be.use_native(a.device):
-        return tuple(_ChamferFn.apply(a, b))
+        return tuple(_be.C().chamfer_forward(a, b))
+    _ck.defer_finite(op, ("a", a), ("b", b))
     return _ref.chamfer_l2(a, b)
 
 

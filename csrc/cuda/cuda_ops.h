@@ -75,6 +75,10 @@ std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda(const at::Tensor& a, co
                                                          const at::Tensor& grad_dist_a,
                                                          const at::Tensor& grad_dist_b);
 
+// Raises a device-side assertion (asynchronously, no host sync) when the contiguous float tensor t
+// holds a NaN or inf. Implemented in csrc/cuda/checks.cu.
+void device_assert_finite(const at::Tensor& t);
+
 // Build metadata for _C.build_info(), implemented in csrc/cuda/version.cu:
 //  - CUDA runtime version the kernels were compiled against (CUDART_VERSION, e.g. 13000);
 //  - the architectures they were compiled for, in TORCH_CUDA_ARCH_LIST syntax ("8.0;8.6+PTX").
