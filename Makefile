@@ -94,6 +94,16 @@ bench: install
 	$(VPY) tools/bench_ops.py
 	$(VPY) tools/bench_model.py
 
+# On a machine with a GPU and no internet: build the kernels for this GPU only, run every CUDA test
+# (none may skip), the direct bad calls and the torch.compile tests, the kernel and model benchmarks
+# on CUDA, and print one report. Uses the interpreter that already has torch (GPU_PYTHON), no venv,
+# no pip. GPU_CHECK_ARGS, e.g. --compile (also time torch.compile) or --skip-build.
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 # Regenerate the lock file from pyproject.toml (extras dev + log) and requirements/lock.in.
 lock:
 	$(PYTHON) -m venv .venv-lock

@@ -40,13 +40,27 @@ def seed() -> int:
     return 0
 
 
+REQUIRE_CUDA = os.environ.get("CLORA3D_REQUIRE_CUDA", "") not in ("", "0")
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or REQUIRE_CUDA:  # REQUIRE_CUDA: the GPU check, where nothing may skip
         return
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With CLORA3D_REQUIRE_CUDA=1 (``make gpu-check``), a CUDA test that skips is a failure."""
+    outcome = yield
+    rep = outcome.get_result()
+    if REQUIRE_CUDA and rep.skipped and "cuda" in item.keywords:
+        rep.outcome = "failed"
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.longrepr = f"CLORA3D_REQUIRE_CUDA=1 but this CUDA test skipped: {reason}"
 
 
 @pytest.fixture(scope="module")

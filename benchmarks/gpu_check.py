@@ -1,0 +1,107 @@
+"""One-command GPU check (``make gpu-check``): build for the local GPU, test, benchmark, one table.
+
+Steps, each logged under ``--out`` (default ``build/gpu-check``):
+
+1. build the extension in place for this GPU's architecture only (``TORCH_CUDA_ARCH_LIST`` = the
+   device's compute capability, ``FORCE_CUDA=1``), with ``setup.py build_ext --inplace``: no pip, no
+   network;
+2. run every CUDA test, the direct bad calls (tests/test_ops_direct.py) and the torch.compile /
+   torch.export tests (tests/test_compile.py) with ``CLORA3D_REQUIRE_CUDA=1``: a CUDA test that
+   would skip fails instead;
+3. the kernel benchmark on CUDA against the installed peers (pointnet2_ops when importable, torch);
+4. the model benchmark on CUDA: ViT-S, B32, 1024 points; full, CLoRA, LoRA; fp32 and bf16;
+5. print one report: build, tests, both tables.
+
+Needs only torch, numpy, pytest and hypothesis (no open3d, no tensorboard, no internet).
+Exit status: 0 when the build and every test passed, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_FILES = ["tests/test_ops_cuda.py", "tests/test_build.py", "tests/test_ops_direct.py", "tests/test_compile.py"]
+
+
+def _run(cmd: list[str], log: Path, env: dict | None = None, timeout: int = 1200) -> tuple[int, float, str]:
+    t = time.time()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT,
+                              timeout=timeout)
+    return proc.returncode, time.time() - t, log.read_text(errors="replace")
+
+
+def gpu_arch() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("gpu-check: torch sees no GPU (torch.cuda.is_available() is False); run it on a machine with one")
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"{major}.{minor}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "build" / "gpu-check"))
+    ap.add_argument("--skip-build", action="store_true", help="use the extension already built in place")
+    ap.add_argument("--compile", action="store_true", help="also time the model with torch.compile")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    report = []
+    ok = True
+
+    arch = gpu_arch()
+    if not args.skip_build:
+        jobs = str(max(1, os.cpu_count() or 1))
+        rc, secs, text = _run([sys.executable, "setup.py", "build_ext", "--inplace"], out / "build.log",
+                              env={"FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": jobs})
+        report.append(f"build: TORCH_CUDA_ARCH_LIST={arch}, {'ok' if rc == 0 else 'FAILED'} in {secs:.0f} s")
+        if rc != 0:
+            print("\n".join(report) + "\n" + text[-6000:])
+            return 1
+
+    rc, secs, text = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-m", "cuda",
+                           "tests/"], out / "tests_cuda.log", env={"CLORA3D_REQUIRE_CUDA": "1"})
+    summary = (re.findall(r"^=+ (.*) in [\d.]+s", text, re.M) or ["no summary (see log)"])[-1]
+    report.append(f"CUDA tests (-m cuda, nothing may skip): {summary} ({secs:.0f} s)")
+    ok &= rc == 0
+    rc, secs, text2 = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
+                            "tests/test_ops_direct.py", "tests/test_compile.py", "tests/test_ops.py"],
+                           out / "tests_ops_compile.log", env={"CLORA3D_REQUIRE_CUDA": "1"})
+    summary2 = (re.findall(r"^=+ (.*) in [\d.]+s", text2, re.M) or ["no summary (see log)"])[-1]
+    report.append(f"direct bad calls, torch.compile / export, ops tests: {summary2} ({secs:.0f} s)")
+    ok &= rc == 0
+    for t in (text, text2):
+        report += [ln for ln in t.splitlines() if ln.startswith(("FAILED", "ERROR"))][:30]
+
+    bench_json = out / "bench.json"
+    cmd = [sys.executable, "benchmarks/gpu_bench.py", "all", "--device", "cuda", "--json", str(bench_json)]
+    if args.compile:
+        cmd.append("--compile")
+    rc, secs, btext = _run(cmd, out / "bench.log")
+    report.append(f"benchmarks: {'ok' if rc == 0 else 'FAILED'} ({secs:.0f} s)")
+    if rc == 0:
+        env = json.loads(bench_json.read_text())["environment"]
+        report.append("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+        report.append(btext.strip())
+    else:
+        ok = False
+        report.append(btext[-4000:])
+    report.append(f"total {time.time() - t0:.0f} s; logs in {out}")
+    text = "\n".join(report)
+    (out / "report.md").write_text(text + "\n")
+    print(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
