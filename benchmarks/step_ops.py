@@ -1,0 +1,132 @@
+"""CPU proxies of GPU step cost: aten ops dispatched and host syncs per training step, per method.
+
+``python benchmarks/step_ops.py [--preset tiny|vit_s] [--batch 2] [--methods full,clora,...] [--json F]``
+
+On a GPU the training step of a small model is bound by the host: every aten op is one or more
+kernel launches plus Python and dispatcher overhead, and every read of a device value on the host
+(``.item()``, ``bool(t)``, data-dependent shapes) stalls the stream. Both can be counted on the CPU
+with a ``TorchDispatchMode``, so work on a machine without a GPU can make progress and not regress.
+
+One step = forward, cross-entropy, the method's regularisation loss, backward, AdamW step over the
+trainable parameters, ``zero_grad``. Counted after one warm-up step (lazy initialisations excluded).
+"host syncs" (forward + backward only: the CPU AdamW reads its step counters with ``.item()``, which
+the fused CUDA AdamW does not) counts the ops that return a device value to the host or whose output shape depends on
+the data: ``_local_scalar_dense`` (``.item()``, ``bool()``, ``int()``), ``is_nonzero``, ``equal``,
+``nonzero``, ``masked_select``, ``unique*``, ``_assert_async`` excluded (asynchronous).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SYNC_OPS = ("_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "unique", "_unique",
+            "_unique2", "unique_consecutive", "unique_dim")
+
+METHODS = {
+    "full": {"NAME": "full"},
+    "linear": {"NAME": "linear"},
+    "bitfit": {"NAME": "bitfit"},
+    "lora": {"NAME": "lora"},
+    "clora": {"NAME": "clora"},
+    "clora parallel": {"NAME": "clora", "placement": "parallel"},
+    "adapter": {"NAME": "adapter"},
+    "prompt": {"NAME": "prompt"},
+    "pointlora": {"NAME": "pointlora"},
+    "dapt": {"NAME": "dapt"},
+    "pointgst": {"NAME": "pointgst"},
+    "idpt": {"NAME": "idpt"},
+}
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_step(method: str, preset: str = "tiny", batch: int = 2, points: int | None = None) -> dict:
+    from clora3d.models import build_model
+    from clora3d.peft import apply_peft
+
+    torch.manual_seed(0)
+    C = 40
+    model = build_model({"NAME": "PointTransformer", "preset": preset, "cls_dim": C})
+    m = apply_peft(model, dict(METHODS[method]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=True)
+    n = points or (1024 if preset == "vit_s" else 256)
+    g = torch.Generator().manual_seed(1)
+    pts = torch.randn(batch, n, 3, generator=g)
+    labels = torch.randint(0, C, (batch,), generator=g)
+    model.train()
+
+    def fwd_bwd():
+        loss = F.cross_entropy(model(pts), labels)
+        reg = m.regularization_loss()
+        if reg is not None:
+            loss = loss + reg
+        loss.backward()
+
+    def opt_step():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    fwd_bwd()  # warm-up
+    opt_step()
+    with CountOps() as c:
+        fwd_bwd()
+    with CountOps() as o:
+        opt_step()
+    syncs = {k: v for k, v in c.ops.items() if k in SYNC_OPS}
+    return {"method": method, "preset": preset, "batch": batch, "aten_ops": sum(c.ops.values()) + sum(o.ops.values()),
+            "fwd_bwd_ops": sum(c.ops.values()), "optimizer_ops": sum(o.ops.values()),
+            "host_syncs": sum(syncs.values()), "sync_ops": syncs, "trainable": sum(p.numel() for p in params),
+            "top_ops": c.ops.most_common(12)}
+
+
+def table(rows: list[dict]) -> str:
+    full = {r["preset"]: r["aten_ops"] for r in rows if r["method"] == "full"}
+    lines = ["| method | preset | aten ops / step (fwd+bwd, optimizer) | vs full FT | host syncs fwd+bwd | trainable |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r['aten_ops'] / full[r['preset']]:.2f}" if r["preset"] in full else "-"
+        lines.append(f"| {r['method']} | {r['preset']} B{r['batch']} | {r['aten_ops']} ({r['fwd_bwd_ops']}, "
+                     f"{r['optimizer_ops']}) | {ratio} | {r['host_syncs']} | {r['trainable']:,} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny", help="tiny, vit_s, or both (comma list)")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    for preset in args.preset.split(","):
+        for name in args.methods.split(","):
+            rows.append(count_step(name.strip(), preset.strip(), args.batch))
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""CPU proxies of the GPU step cost (issue 12): host syncs and aten ops per training step.
+
+Counted with a TorchDispatchMode (benchmarks/step_ops.py); deterministic counts, not timings."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import step_ops  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("method", list(step_ops.METHODS))
+def test_training_step_reads_nothing_back_to_the_host(method):
+    # .item() / bool(tensor) / data-dependent shapes in a step stall a GPU stream; none are allowed
+    r = step_ops.count_step(method, "tiny", 2)
+    assert r["host_syncs"] == 0, r["sync_ops"]
+    assert r["fwd_bwd_ops"] > 100  # the counter saw the step
+
+
+def test_counter_sees_a_sync():
+    import torch
+
+    with step_ops.CountOps() as c:
+        torch.ones(3).sum().item()
+        bool(torch.ones(1))
+    assert c.ops["_local_scalar_dense"] == 2
