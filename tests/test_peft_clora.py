@@ -206,9 +206,11 @@ def test_merged_flops_equal_backbone_and_unmerged_overhead_by_formula(base, pts,
     L = 1 + base.num_group
     r, p = method.config["rank"], method.config["num_spaces"]
     overhead = 0
-    for _, _, key, _ in method.lrms:   # x D (d_in x p r), Q (p blocks r x r), U (p r x d_out), 2 FLOPs / MAC
+    for _, _, key, _ in method.lrms:   # per token: x Dcat (d_in x p r), then (x Dcat) V_j (p r x d_out); 2 FLOPs / MAC
         sp = method.spaces[key]
-        overhead += 2 * L * (sp.d_in * p * r + p * r * r + p * r * sp.d_out)
+        overhead += 2 * L * (sp.d_in * p * r + p * r * sp.d_out)
+    for sp in method.spaces.values():  # once per forward: V_j = blockdiag(Q^j) U for every LRM of the set
+        overhead += 2 * sp.Q.shape[0] * p * r * r * sp.d_out
     assert unmerged == plain + overhead
     method.merge()
     assert count_flops(model, pts[:1])["flops"] == plain

@@ -30,3 +30,18 @@ def test_counter_sees_a_sync():
         torch.ones(3).sum().item()
         bool(torch.ones(1))
     assert c.ops["_local_scalar_dense"] == 2
+
+
+def test_clora_step_dispatches_no_more_ops_than_full_fine_tuning():
+    # issue 12: CLoRA's training step costs the frozen model plus a small delta; before the batched
+    # factors and the matmul-only SADE it dispatched 1.5x the ops of full fine-tuning (tiny B2)
+    full = step_ops.count_step("full", "tiny", 2)["aten_ops"]
+    clora = step_ops.count_step("clora", "tiny", 2)["aten_ops"]
+    assert clora <= full, (clora, full)
+
+
+@pytest.mark.slow
+def test_clora_vit_s_step_dispatches_no_more_ops_than_full_fine_tuning():
+    full = step_ops.count_step("full", "vit_s", 2)["aten_ops"]
+    clora = step_ops.count_step("clora", "vit_s", 2)["aten_ops"]
+    assert clora <= full, (clora, full)

@@ -112,6 +112,18 @@ class CLoRASpaces(nn.Module):
         z = torch.einsum("...hr,hrs->...hs", z.unflatten(-1, (p, r)), self.q(j))  # (..., p, r)
         return z.flatten(-2) @ self.U.reshape(p * r, self.d_out)                  # (..., d_out)
 
+    def factors(self, scale: float) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The training path's factors for every LRM at once: ``(Dcat (d_in, p*r), (V_j (p*r, d_out), ...))``
+        with ``Dcat = [D_1 .. D_p]`` and ``V_j = scale * blockdiag(Q_h^j) [U_1; ..; U_p]``, so that
+        ``x dW_j = (x Dcat) V_j``. A handful of ops per forward for all LRMs of the set (one batched
+        matmul forms every V_j), instead of a reshape/einsum chain per LRM and per call."""
+        p, d_in, r = self.D.shape
+        dcat = self.D.permute(1, 0, 2).reshape(d_in, p * r)
+        v = torch.matmul(self.Q, self.U)                                          # (m', p, r, d_out)
+        if scale != 1.0:
+            v = v * scale
+        return dcat, v.reshape(v.shape[0], p * r, self.d_out).unbind(0)
+
     def components(self, j: int) -> torch.Tensor:
         """``M_h^j = D_h Q_h^j U_h`` for all h: (p, d_in, d_out) (materialised; for inspection/tests)."""
         return torch.einsum("hir,hrs,hso->hio", self.D, self.q(j), self.U)
@@ -121,51 +133,89 @@ class CLoRASpaces(nn.Module):
         return self.components(j).sum(0)
 
     def sade(self, normalize: bool, eps: float) -> torch.Tensor:
-        """Exact SADE of this set via r x r Gram matrices, summed over all LRMs j and pairs a < b."""
-        p = self.D.shape[0]
+        """Exact SADE of this set via r x r Gram matrices, summed over all LRMs j and pairs a < b.
+
+        Written as a few batched matmuls (no einsum, no index gathers): ``Dcat^T Dcat`` holds every
+        ``D_a^T D_b`` as an (a, b) block, and the (j, a, b) products broadcast over LRMs and pairs."""
+        p, d_in, r = self.D.shape
         if p < 2:
             return self.D.new_zeros(())
-        gd = torch.einsum("air,bis->arbs", self.D, self.D)          # (p, r, p, r): D_a^T D_b
-        gu = self.U @ self.U.transpose(1, 2)                         # (p, r, r):    U_h U_h^T
-        Q = self.Q                                                   # (m', p, r, r)
-        A = torch.einsum("jaik,aibl,jblm->jabkm", Q, gd, Q)          # Q_a^T D_a^T D_b Q_b
-        B = torch.einsum("akn,jabnq,bqm->jabkm", gu, A, gu)          # G_a A G_b
-        cross = (A * B).sum((-2, -1))                                # (m', p, p): ||M_a^T M_b||_F^2
-        iu = torch.triu_indices(p, p, offset=1, device=cross.device)
-        pairs = cross[:, iu[0], iu[1]]                               # (m', p(p-1)/2)
+        dcat = self.D.permute(1, 0, 2).reshape(d_in, p * r)
+        gd = (dcat.t() @ dcat).reshape(p, r, p, r).transpose(1, 2)  # (p, p, r, r): D_a^T D_b
+        gu = self.U @ self.U.transpose(1, 2)                          # (p, r, r):    G_h = U_h U_h^T
+        Q = self.Q                                                    # (m', p, r, r)
+        A = Q.transpose(-1, -2).unsqueeze(2) @ gd @ Q.unsqueeze(1)    # (m', p, p, r, r): Q_a^T D_a^T D_b Q_b
+        B = gu.unsqueeze(1) @ A @ gu.unsqueeze(0)                     # G_a A G_b
+        cross = (A * B).sum((-2, -1))                                 # (m', p, p): ||M_a^T M_b||_F^2
+        upper = torch.ones(p, p, dtype=torch.bool, device=cross.device).triu(1)   # pairs a < b
         if normalize:
-            diag = torch.diagonal(A, dim1=1, dim2=2).permute(0, 3, 1, 2)  # (m', p, r, r): Q^T D^T D Q
-            norms = (diag * gu.unsqueeze(0)).sum((-2, -1))           # ||M_h||_F^2 (gu symmetric)
-            pairs = pairs / (norms[:, iu[0]] * norms[:, iu[1]] + eps)
-        total = pairs.sum()
+            diag = torch.diagonal(A, dim1=1, dim2=2)                   # (m', r, r, p): Q_h^T D_h^T D_h Q_h
+            norms = (diag * gu.permute(1, 2, 0)).sum((1, 2))          # (m', p): ||M_h||_F^2 (G_h symmetric)
+            cross = cross / (norms.unsqueeze(2) * norms.unsqueeze(1) + eps)
+        total = torch.where(upper, cross, torch.zeros((), dtype=cross.dtype, device=cross.device)).sum()
         if self.shared_q:
             total = total * self.num_lrm  # every LRM has the same components
         return total
 
 
+class _FactorCache:
+    """Per-forward factors of every space set (see ``CLoRASpaces.factors``): filled by a pre-hook
+    on the block stack, emptied by its post-hook, so each forward of the model forms them once (and
+    a later forward never sees the graph of an earlier one). An LRM hook that runs outside the stack
+    (a block called on its own) forms its set's factors itself."""
+
+    def __init__(self, spaces: nn.ModuleDict, scale: float) -> None:
+        self.spaces, self.scale = spaces, scale
+        self.factors: dict[str, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+
+    def fill(self, module: nn.Module, args: tuple) -> None:
+        self.factors = {key: sp.factors(self.scale) for key, sp in self.spaces.items()}
+
+    def clear(self, module: nn.Module, args: tuple, out: object) -> None:
+        self.factors = {}
+
+    def get(self, key: str, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.factors.get(key)
+        if f is None:
+            f = self.spaces[key].factors(self.scale)
+        dcat, vs = f
+        return dcat, vs[0 if self.spaces[key].shared_q else j]
+
+
+def _low_rank_add(base: torch.Tensor, x: torch.Tensor, dcat: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``base + (x Dcat) V`` for ``x (..., d_in)`` and ``base (..., d_out)``: two matmuls (mm, addmm)."""
+    lead = x.shape[:-1]
+    z = x.reshape(-1, x.shape[-1]) @ dcat
+    return torch.addmm(base.reshape(-1, base.shape[-1]), z, v).view(*lead, v.shape[-1])
+
+
 class _PreProjHook:
     """Forward pre-hook of a target linear: ``x -> (x + b_j) + scale * dropout(x + b_j) dW_j``."""
 
-    def __init__(self, space: CLoRASpaces, j: int, scale: float, p: float) -> None:
-        self.space, self.j, self.scale, self.p = space, j, scale, p
+    def __init__(self, cache: _FactorCache, key: str, j: int, p: float) -> None:
+        self.cache, self.key, self.j, self.p = cache, key, j, p
+        self.space = cache.spaces[key]
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
         if self.space.bias is not None:
             x = x + self.space.bias[self.j]
         xd = F.dropout(x, self.p, module.training) if self.p > 0 else x
-        return (x + self.scale * self.space.branch(xd, self.j),) + tuple(args[1:])
+        dcat, v = self.cache.get(self.key, self.j)
+        return (_low_rank_add(x, xd, dcat, v),) + tuple(args[1:])
 
 
 class _ParallelHook:
     """Forward hook of a target linear: ``y -> y + scale * dropout(x) dW_j (+ b_j)``."""
 
-    def __init__(self, space: CLoRASpaces, j: int, scale: float, p: float) -> None:
-        self.space, self.j, self.scale, self.p = space, j, scale, p
+    def __init__(self, cache: _FactorCache, key: str, j: int, p: float) -> None:
+        self.cache, self.key, self.j, self.p = cache, key, j, p
+        self.space = cache.spaces[key]
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x = F.dropout(args[0], self.p, module.training) if self.p > 0 else args[0]
-        out = out + self.scale * self.space.branch(x, self.j)
+        dcat, v = self.cache.get(self.key, self.j)
+        out = _low_rank_add(out, x, dcat, v)
         if self.space.bias is not None:
             out = out + self.space.bias[self.j]
         return out
@@ -234,6 +284,9 @@ class CLoRA(PeftMethod):
     # -- hooks ------------------------------------------------------------------------------------
     def _attach(self) -> None:
         self.model.add_module("peft", self.spaces)
+        self._cache = _FactorCache(self.spaces, float(self.config["scale"]))
+        self._hook_pre(self.model.blocks, self._cache.fill)
+        self._hook_post(self.model.blocks, self._cache.clear)
         pre = self.config["placement"] == "pre_proj"
         for i, t, key, j in self.lrms:
             lin = self.block_linear(i, t)
@@ -248,10 +301,10 @@ class CLoRA(PeftMethod):
             del self.model._modules["peft"]
 
     def _make_pre_hook(self, key: str, j: int) -> "_PreProjHook":
-        return _PreProjHook(self.spaces[key], j, self.config["scale"], self.config["dropout"])
+        return _PreProjHook(self._cache, key, j, self.config["dropout"])
 
     def _make_post_hook(self, key: str, j: int) -> "_ParallelHook":
-        return _ParallelHook(self.spaces[key], j, self.config["scale"], self.config["dropout"])
+        return _ParallelHook(self._cache, key, j, self.config["dropout"])
 
     # -- inspection -------------------------------------------------------------------------------
     def lrm_names(self) -> list[str]:
