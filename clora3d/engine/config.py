@@ -173,6 +173,11 @@ SCHEMA: dict[str, dict[str, Key] | Key] = {
                          "(default 10 for fine-tuning, null for pre-training: the references)"),
         "amp": Key(False, _choice(False, "fp16", "bf16"), "false | fp16 | bf16",
                    "mixed precision, CUDA only (ignored with a warning on CPU)"),
+        "compile": Key(False, _choice(False, True, "reduce-overhead", "max-autotune", "aot_eager"),
+                       "false | true | reduce-overhead | max-autotune | aot_eager",
+                       "torch.compile(fullgraph=True) of the training forward: true = Inductor's default "
+                       "mode, reduce-overhead = Inductor + CUDA graphs, aot_eager = no code generation "
+                       "(debugging); evaluation and checkpoints use the plain model (docs/training.md)"),
         "num_workers": Key(4, _nonneg_int, "an integer >= 0", "DataLoader workers"),
         "val_freq": Key(1, _pos_int, "a positive integer",
                         "evaluate every val_freq epochs (and always after the last epoch)"),

@@ -65,10 +65,13 @@ def build_optimizer(named_params: Mapping[str, nn.Parameter], cfg_opt: Mapping[s
                           no_decay_cls_pos=cfg_opt.get("no_decay_cls_pos", False))
     name = cfg_opt["NAME"]
     lr = float(cfg_opt["lr"])
+    # on CUDA the fused kernels update every parameter in a few launches and never read the step
+    # counter back to the host (the CPU implementation stays the plain one)
+    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
     if name == "AdamW":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg_opt["betas"]), eps=cfg_opt["eps"])
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg_opt["betas"]), eps=cfg_opt["eps"], **fused)
     if name == "Adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg_opt["betas"]), eps=cfg_opt["eps"])
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg_opt["betas"]), eps=cfg_opt["eps"], **fused)
     if name == "SGD":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg_opt["momentum"],
                                nesterov=bool(cfg_opt["nesterov"]) and cfg_opt["momentum"] > 0)

@@ -227,6 +227,10 @@ def train(cfg: Mapping[str, Any], *, ckpt: str | os.PathLike | None = None, resu
             cleanup_distributed()
 
 
+#: On CUDA, training steps between two reads of the device-side running sums / non-finite flag.
+SYNC_EVERY = 20
+
+
 class _Trainer:
     def __init__(self, cfg: dict, info: DistInfo, *, ckpt: Any, resume: bool, run_dir: Any) -> None:
         self.cfg, self.info = cfg, info
@@ -311,7 +315,18 @@ class _Trainer:
         if info.distributed:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.net = net
+        self.net = self.forward_net = net
+        mode = cfg["train"]["compile"]
+        if mode:
+            # Inductor draws its own random numbers unless told to use eager's: with
+            # fallback_random, dropout / drop path match eager and a resumed run stays exact
+            import torch._inductor.config as inductor_config
+
+            inductor_config.fallback_random = True
+            kw = {"backend": "aot_eager"} if mode == "aot_eager" else (
+                {"mode": mode} if isinstance(mode, str) else {})
+            self.forward_net = torch.compile(net, fullgraph=True, **kw)
+            self.log.info(f"train.compile={mode}: the training forward is compiled (fullgraph)")
 
         # optimisation -----------------------------------------------------------------------
         self.optimizer = build_optimizer(trainable, cfg["optimizer"])
@@ -384,24 +399,24 @@ class _Trainer:
 
     # -- one epoch ------------------------------------------------------------------------------
     def _forward_loss(self, batch: dict[str, torch.Tensor], pts: torch.Tensor
-                      ) -> tuple[torch.Tensor, float, float]:
-        """(loss, correct, count) of one batch for the task."""
+                      ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(loss, correct (a 0-d tensor on the device: no host sync), count) of one batch."""
         if self.task == "classification":
-            logits = self.net(pts)
+            logits = self.forward_net(pts)
             label = batch["label"].view(-1).long()
             loss = F.cross_entropy(logits.float(), label,
                                    label_smoothing=self.cfg["train"]["label_smoothing"])
-            return loss, float((logits.argmax(-1) == label).sum()), float(label.numel())
+            return loss, (logits.detach().argmax(-1) == label).sum(), float(label.numel())
         if self.task == "partseg":
             m = unwrap(self.net)
             ncls = getattr(m, "num_classes", 16)
             onehot = F.one_hot(batch["cls"].view(-1).long(), ncls).to(pts.dtype)
-            logp = self.net(pts, onehot)
+            logp = self.forward_net(pts, onehot)
             seg = batch["seg"].long()
             loss = F.nll_loss(logp.float().reshape(-1, logp.shape[-1]), seg.reshape(-1))
-            return loss, float((logp.argmax(-1) == seg).sum()), float(seg.numel())
-        loss = self.net(pts)
-        return loss, 0.0, float(pts.shape[0])
+            return loss, (logp.detach().argmax(-1) == seg).sum(), float(seg.numel())
+        loss = self.forward_net(pts)
+        return loss, loss.new_zeros(()), float(pts.shape[0])
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, info = self.cfg, self.info
@@ -419,7 +434,14 @@ class _Trainer:
         clip = cfg["train"]["grad_clip"]
         double = self.task == "partseg" and cfg["train"]["partseg_double_step"]
         lr = self.optimizer.param_groups[0]["lr"]
-        sums = np.zeros(4)  # loss*count, correct, count, reg*batches
+        # running sums stay on the device (loss*count, correct, count, reg) and the non-finite check
+        # is a device flag: a CUDA step reads nothing back to the host. The flag is read every
+        # SYNC_EVERY steps and at the end of the epoch (on the CPU every step: reading is free
+        # there), always before the epoch's checkpoint, so a diverged epoch is never saved.
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*count, correct, reg
+        n_items = 0.0
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        sync_every = 1 if self.device.type == "cpu" else SYNC_EVERY
         n_batches = 0
         t0 = time.time()
         bar = _progress(self.train_loader, enabled=info.is_main and cfg["log"]["progress"],
@@ -435,9 +457,9 @@ class _Trainer:
             reg = self.peft.regularization_loss()
             reg = reg.to(loss.device) if isinstance(reg, torch.Tensor) else torch.tensor(float(reg))
             total = loss + reg
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"epoch {epoch}: loss is {float(total)} (not finite); lower "
-                                         f"optimizer.lr or enable train.grad_clip")
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(total.detach()), n_batches, bad_step)
+            if (n_batches + 1) % sync_every == 0:
+                self._raise_if_not_finite(epoch, bad_step)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(total).backward()
@@ -453,10 +475,14 @@ class _Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
-            sums += [float(loss.detach()) * count, correct, count, float(reg.detach())]
+            sums += torch.stack([loss.detach().double() * count, correct.double(), reg.detach().double()])
+            n_items += count
             n_batches += 1
-            if hasattr(bar, "set_postfix"):
+            if hasattr(bar, "set_postfix") and n_batches % sync_every == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
+        self._raise_if_not_finite(epoch, bad_step)
+        loss_sum, correct_sum, reg_sum = sums.tolist()
+        sums = [loss_sum, correct_sum, n_items, reg_sum]
         tot = all_reduce_sum([*sums, n_batches], self.device)
         count = max(tot[2], 1.0)
         out = {"loss": tot[0] / count, "lr": lr, "time": time.time() - t0}
@@ -465,6 +491,14 @@ class _Trainer:
         if tot[3]:
             out["reg_loss"] = tot[3] / max(tot[4], 1.0)
         return out
+
+    @staticmethod
+    def _raise_if_not_finite(epoch: int, bad_step: torch.Tensor) -> None:
+        """Raise when a step of this epoch had a non-finite loss (reads the device flag: a sync)."""
+        step = int(bad_step)
+        if step >= 0:
+            raise FloatingPointError(f"epoch {epoch}: the loss is not finite (NaN or inf) at step {step}; "
+                                     f"lower optimizer.lr or enable train.grad_clip")
 
     # -- evaluation -----------------------------------------------------------------------------
     def _evaluate(self, loader: DataLoader | None, vote: int = 0,
