@@ -173,6 +173,9 @@ SCHEMA: dict[str, dict[str, Key] | Key] = {
                          "(default 10 for fine-tuning, null for pre-training: the references)"),
         "amp": Key(False, _choice(False, "fp16", "bf16"), "false | fp16 | bf16",
                    "mixed precision, CUDA only (ignored with a warning on CPU)"),
+        "matmul_precision": Key("highest", _choice("highest", "high", "medium"), "highest | high | medium",
+                                "torch.set_float32_matmul_precision: high = TF32 tensor cores for float32 "
+                                "matmuls on CUDA (faster, ~1e-3 relative error); highest = exact float32"),
         "compile": Key(False, _choice(False, True, "reduce-overhead", "max-autotune", "aot_eager"),
                        "false | true | reduce-overhead | max-autotune | aot_eager",
                        "torch.compile(fullgraph=True) of the training forward: true = Inductor's default "

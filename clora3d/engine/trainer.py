@@ -316,6 +316,7 @@ class _Trainer:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.net = self.forward_net = net
+        torch.set_float32_matmul_precision(cfg["train"]["matmul_precision"])
         mode = cfg["train"]["compile"]
         if mode:
             # Inductor draws its own random numbers unless told to use eager's: with
