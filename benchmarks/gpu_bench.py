@@ -8,7 +8,7 @@ gather), torch (cdist + topk for kNN, cdist + min for Chamfer, torch.gather), an
 PyTorch reference. ``vs best peer`` = the fastest peer's median / the row's median (> 1: faster).
 
 model: the ViT-S classifier (B32, 1024 points, 40 classes), full fine-tuning, CLoRA (defaults) and
-LoRA r8, fp32 and bf16 autocast: one training step (forward, backward, fused AdamW over the
+LoRA r8; fp32, fp32 with TF32 matmuls and bf16 autocast: one training step (forward, backward, fused AdamW over the
 trainable parameters) and inference (eval, no_grad); samples/s and peak allocated memory.
 
 Times are medians of CUDA-event-timed calls after warm-up (``--quick``: fewer calls and tiny
@@ -194,7 +194,7 @@ MODEL_METHODS = {"full": {"NAME": "full"}, "clora": {"NAME": "clora"}, "lora r8"
 
 
 def run_model(device: torch.device, quick: bool = False, methods=tuple(MODEL_METHODS),
-              precisions=("fp32", "bf16"), compile_model: bool = False) -> list[dict]:
+              precisions=("fp32", "tf32", "bf16"), compile_model: bool = False) -> list[dict]:
     from torch.nn import functional as F
 
     from clora3d.models import build_model
@@ -232,9 +232,13 @@ def run_model(device: torch.device, quick: bool = False, methods=tuple(MODEL_MET
 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            t_step = timer(device, step, repeats, warmup)
-            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-            t_inf = timer(device, infer, repeats, warmup)
+            torch.set_float32_matmul_precision("high" if prec == "tf32" else "highest")
+            try:
+                t_step = timer(device, step, repeats, warmup)
+                peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+                t_inf = timer(device, infer, repeats, warmup)
+            finally:
+                torch.set_float32_matmul_precision("highest")
             ms = statistics.median(t_step)
             rows.append(dict(method=name, precision=prec + (" + compile" if compile_model else ""),
                              trainable=sum(p.numel() for p in params), step_ms=ms, samples_per_s=1e3 * B / ms,
