@@ -210,7 +210,7 @@ def run_model(device: torch.device, quick: bool = False, methods=tuple(MODEL_MET
         for prec in precisions:
             torch.manual_seed(0)
             model = build_model({"NAME": "PointTransformer", "preset": preset, "cls_dim": C}).to(device)
-            method = apply_peft(model, dict(MODEL_METHODS[name]))
+            _method = apply_peft(model, dict(MODEL_METHODS[name]))
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=device.type == "cuda")
             fwd = torch.compile(model, fullgraph=True) if compile_model else model
@@ -243,8 +243,7 @@ def run_model(device: torch.device, quick: bool = False, methods=tuple(MODEL_MET
             rows.append(dict(method=name, precision=prec + (" + compile" if compile_model else ""),
                              trainable=sum(p.numel() for p in params), step_ms=ms, samples_per_s=1e3 * B / ms,
                              peak_mib=peak, inference_ms=statistics.median(t_inf), preset=preset, batch=B, points=N))
-            del model, method, opt
-            if device.type == "cuda":
+            if device.type == "cuda":  # the next configuration rebinds model / opt; free the cache
                 torch.cuda.empty_cache()
     return rows
 
