@@ -1,9 +1,13 @@
 #!/usr/bin/env python
-"""Render the kernel benchmark tables of README.md and docs/ops.md from one benchmark JSON.
+"""Render the benchmark tables of README.md and docs/ops.md from the committed JSON files.
 
-The JSON is what `python tools/bench_ops.py --json docs/bench/ops_cpu.json` writes; the tables go
-between the `<!-- bench_ops:summary:begin/end -->` (README.md) and `<!-- bench_ops:full:begin/end -->`
-(docs/ops.md) markers. `--check` changes nothing and exits 1 when a file differs from the rendering.
+- kernels: what `python tools/bench_ops.py --json docs/bench/ops_cpu.json` writes, between the
+  `<!-- bench_ops:summary:begin/end -->` (README.md) and `<!-- bench_ops:full:begin/end -->`
+  (docs/ops.md) markers;
+- parameters / FLOPs of every PEFT method: what `python tools/flops.py --json
+  docs/bench/flops_vit_s.json` writes, between the `<!-- flops:begin/end -->` markers of README.md.
+
+`--check` changes nothing and exits 1 when a file differs from the rendering.
 """
 from __future__ import annotations
 
@@ -18,18 +22,30 @@ sys.path.insert(0, str(REPO))
 from clora3d.ops import bench  # noqa: E402
 
 DEFAULT_JSON = "docs/bench/ops_cpu.json"
-TARGETS = {"README.md": ["summary"], "docs/ops.md": ["full"]}
+FLOPS_JSON = "docs/bench/flops_vit_s.json"
+FLOPS_MARKER = "flops"
+TARGETS = {"README.md": ["summary", FLOPS_MARKER], "docs/ops.md": ["full"]}
 
 
-def rendered(json_path: str = DEFAULT_JSON, repo: Path = REPO) -> dict[str, str]:
-    """{relative file: its text with every benchmark block re-rendered from ``json_path``}."""
+def flops_block(json_path: str = FLOPS_JSON, repo: Path = REPO) -> str:
+    from clora3d.profile.report import to_markdown
+
+    rows = json.loads((repo / json_path).read_text())
+    return (f"From `{json_path}`, written by `python tools/flops.py --json {json_path}` (rendered by "
+            f"`tools/render_bench_tables.py`).\n\n" + to_markdown(rows))
+
+
+def rendered(json_path: str = DEFAULT_JSON, repo: Path = REPO, flops_json: str = FLOPS_JSON) -> dict[str, str]:
+    """{relative file: its text with every benchmark block re-rendered from the JSON files}."""
     data = json.loads((repo / json_path).read_text())
     blocks = bench.render_tables(data, json_path)
+    blocks[FLOPS_MARKER] = flops_block(flops_json, repo)
     out = {}
     for rel, names in TARGETS.items():
         text = (repo / rel).read_text()
         for name in names:
-            text = bench.replace_between_markers(text, bench.MARKERS[name], blocks[name], where=rel)
+            marker = FLOPS_MARKER if name == FLOPS_MARKER else bench.MARKERS[name]
+            text = bench.replace_between_markers(text, marker, blocks[name], where=rel)
         out[rel] = text
     return out
 
