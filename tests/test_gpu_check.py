@@ -43,3 +43,14 @@ def test_gpu_check_without_gpu_says_so():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--skip-build"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "sees no GPU" in proc.stderr
+
+
+def test_gpu_check_collects_every_cuda_test_file_and_only_minimal_imports():
+    import gpu_check
+
+    files = gpu_check.cuda_test_files()
+    assert {"tests/test_ops_cuda.py", "tests/test_build.py", "tests/test_ops_direct.py", "tests/test_compile.py"} <= set(files)
+    for f in files + gpu_check.EXTRA_TESTS:  # the GPU machine has torch, numpy, pytest, hypothesis only
+        text = (ROOT / f).read_text()
+        for pkg in ("yaml", "h5py", "plyfile", "matplotlib", "tqdm", "open3d", "tensorboard"):
+            assert f"import {pkg}" not in text and f"from {pkg}" not in text, (f, pkg)
