@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# besides the CUDA tests: direct bad calls, compile/export, the ops and the step-cost proxies. Only
+# besides the CUDA tests: direct bad calls, compile/export and the step-cost proxies. Only
 # files that import with torch, numpy, pytest and hypothesis alone (no yaml, h5py, plyfile, ...).
-EXTRA_TESTS = ["tests/test_ops_direct.py", "tests/test_compile.py", "tests/test_ops.py", "tests/test_step_ops.py"]
+EXTRA_TESTS = ["tests/test_ops_direct.py", "tests/test_compile.py", "tests/test_step_ops.py"]
 
 
 def cuda_test_files() -> list[str]:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     rc, secs, text2 = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-m", "not cuda",
                             *EXTRA_TESTS], out / "tests_ops_compile.log", env={"CLORA3D_REQUIRE_CUDA": "1"})
     summary2 = (re.findall(r"^=+ (.*) in [\d.]+s", text2, re.M) or ["no summary (see log)"])[-1]
-    report.append(f"direct bad calls, torch.compile / export, ops tests, step proxies (CPU parts): {summary2} ({secs:.0f} s)")
+    report.append(f"direct bad calls, torch.compile / export, step-cost proxies (CPU parts): {summary2} ({secs:.0f} s)")
     ok &= rc == 0
     for t in (text, text2):
         report += [ln for ln in t.splitlines() if ln.startswith(("FAILED", "ERROR"))][:30]
