@@ -214,3 +214,41 @@ def test_merged_flops_equal_backbone_and_unmerged_overhead_by_formula(base, pts,
     assert unmerged == plain + overhead
     method.merge()
     assert count_flops(model, pts[:1])["flops"] == plain
+
+
+# -- the training path against the dense update ------------------------------------------------------
+@pytest.mark.parametrize("scale", [1.0, 2.0, 0.5])
+@pytest.mark.parametrize("placement", ["pre_proj", "parallel"])
+def test_hooked_linear_equals_dense_update(base, scale, placement):
+    # the factored path (x Dcat) V_j with V_j = scale blockdiag(Q_j) U, against x dW_j formed densely
+    model = copy.deepcopy(base).double()
+    method = apply_peft(model, {"NAME": "clora", "placement": placement, "scale": scale})
+    randomize(method, std=0.2)
+    i, t, key, j = method.lrms[1]
+    lin = method.block_linear(i, t)
+    sp = method.spaces[key]
+    dW = scale * torch.einsum("hir,hrs,hso->io", sp.D, sp.Q[j], sp.U).detach()   # d_in x d_out
+    x = torch.randn(3, 7, lin.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = lin(x)
+        plain = torch.nn.functional.linear
+        want = plain(x + x @ dW, lin.weight, lin.bias) if placement == "pre_proj" else \
+            plain(x, lin.weight, lin.bias) + x @ dW
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_block_called_outside_the_stack_after_a_forward(base, pts):
+    # the per-forward factor cache is emptied after each pass over the block stack; a block run on
+    # its own afterwards forms its factors itself (and sees the current parameters)
+    model = copy.deepcopy(base)
+    method = apply_peft(model, {"NAME": "clora"})
+    randomize(method, std=0.2)
+    with torch.no_grad():
+        model(pts)
+        x = torch.randn(2, 5, model.blocks.blocks[0].norm1.normalized_shape[0])
+        block = model.blocks.blocks[0]  # Block.forward(x): the stack adds the position before each block
+        first = block(x)
+        for p in method.peft_params.values():
+            p.mul_(2.0)
+        second = block(x)
+    assert not torch.equal(first, second)  # not a stale cache

@@ -105,13 +105,6 @@ class CLoRASpaces(nn.Module):
         """Coefficients of LRM ``j``: (p, r, r)."""
         return self.Q[0] if self.shared_q else self.Q[j]
 
-    def branch(self, x: torch.Tensor, j: int) -> torch.Tensor:
-        """``x dW_j / scale`` for ``x (..., d_in)``, without forming dW: sum_h ((x D_h) Q_h^j) U_h."""
-        p, d_in, r = self.D.shape
-        z = x @ self.D.permute(1, 0, 2).reshape(d_in, p * r)                      # (..., p*r)
-        z = torch.einsum("...hr,hrs->...hs", z.unflatten(-1, (p, r)), self.q(j))  # (..., p, r)
-        return z.flatten(-2) @ self.U.reshape(p * r, self.d_out)                  # (..., d_out)
-
     def factors(self, scale: float) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """The training path's factors for every LRM at once: ``(Dcat (d_in, p*r), (V_j (p*r, d_out), ...))``
         with ``Dcat = [D_1 .. D_p]`` and ``V_j = scale * blockdiag(Q_h^j) [U_1; ..; U_p]``, so that
