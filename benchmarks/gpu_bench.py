@@ -22,9 +22,9 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -35,18 +35,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from clora3d import ops  # noqa: E402
 from clora3d.ops import _backend  # noqa: E402
 from clora3d.ops import reference as ref  # noqa: E402
-
-
-@dataclass
-class Row:
-    op: str
-    size: str
-    impl: str
-    kind: str  # "clora3d" | "peer" | "reference"
-    median_ms: Optional[float] = None
-    speedup: Optional[float] = None
-    error: str = ""
-    times_ms: list = field(default_factory=list)
+from clora3d.ops.bench import Row  # noqa: E402  (one timed implementation of one op at one size)
 
 
 def timer(device: torch.device, fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:

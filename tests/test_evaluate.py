@@ -165,15 +165,7 @@ def test_evaluate_partseg_equals_part_seg_miou_on_whole_set():
 # classification
 # ------------------------------------------------------------------------------------------------
 
-def _np_fps(x: np.ndarray, s: int) -> np.ndarray:
-    """Brute-force farthest point sampling from index 0 (ties -> lower index)."""
-    idx = [0]
-    d = ((x - x[0]) ** 2).sum(-1)
-    for _ in range(s - 1):
-        j = int(np.argmax(d))
-        idx.append(j)
-        d = np.minimum(d, ((x - x[j]) ** 2).sum(-1))
-    return np.asarray(idx)
+from np_refs import np_fps as _np_fps  # noqa: E402
 
 
 class _MeanLinear(nn.Module):

@@ -39,14 +39,7 @@ def _write_ascii_ply(path: Path, xyz: np.ndarray) -> Path:
     return path
 
 
-def _np_fps(x: np.ndarray, s: int) -> np.ndarray:
-    idx = [0]
-    d = ((x - x[0]) ** 2).sum(-1)
-    for _ in range(s - 1):
-        j = int(np.argmax(d))
-        idx.append(j)
-        d = np.minimum(d, ((x - x[j]) ** 2).sum(-1))
-    return np.asarray(idx)
+from np_refs import np_fps as _np_fps  # noqa: E402
 
 
 MODEL = {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 40, "drop_path_rate": 0.0}

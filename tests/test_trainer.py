@@ -313,17 +313,7 @@ def _spy_evaluations(monkeypatch) -> list:
     return seen
 
 
-def _np_fps(x, s: int):
-    """Brute-force farthest point sampling from index 0 (ties -> lower index)."""
-    import numpy as np
-
-    idx = [0]
-    d = ((x - x[0]) ** 2).sum(-1)
-    for _ in range(s - 1):
-        j = int(np.argmax(d))
-        idx.append(j)
-        d = np.minimum(d, ((x - x[j]) ** 2).sum(-1))
-    return np.asarray(idx)
+from np_refs import np_fps as _np_fps  # noqa: E402
 
 
 @torch.no_grad()
