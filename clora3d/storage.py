@@ -14,23 +14,28 @@
 * :func:`safe_torch_load`: ``torch.load(weights_only=True)`` on the CPU; a file that references
   objects outside torch's allow-list is refused with :class:`~clora3d.errors.UnsafeCheckpointError`
   saying that nothing was executed (never suggesting ``weights_only=False``).
+* :func:`to_plain`: the one converter of configs, metrics and metadata to plain JSON/YAML data
+  (dicts with string keys, lists, str, int, float, bool, None) before they are written.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
+import math
 import os
 import pickle
 import re
 import secrets
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from clora3d.errors import CheckpointError, StorageError, UnsafeCheckpointError
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_torch_save", "safe_torch_load",
-           "tensor_checksum", "verify_checksum", "clean_stale_tmp", "CHECKSUM_KEY"]
+           "tensor_checksum", "verify_checksum", "clean_stale_tmp", "to_plain", "CHECKSUM_KEY"]
 
 CHECKSUM_KEY = "_clora3d_checksum"
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+\.tmp$")
@@ -257,3 +262,49 @@ def safe_torch_load(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
         raise CheckpointError(f"cannot read {what} {p}: {type(exc).__name__}: {detail} (the file is "
                               "corrupt or not a PyTorch checkpoint)") from None
     return verify_checksum(obj, p, what)
+
+
+# ------------------------------------------------------------------------------------------------
+# plain data
+# ------------------------------------------------------------------------------------------------
+def to_plain(obj: Any, *, nonfinite: str = "keep") -> Any:
+    """``obj`` as plain data for JSON/YAML/metadata: mappings become dicts with ``str`` keys,
+    lists/tuples become lists, dataclass instances dicts of their fields, ``os.PathLike`` its path
+    string, numpy scalars and 0-d numpy arrays / torch tensors their Python value (``.item()``),
+    larger arrays and tensors nested lists (``.tolist()``); anything else is returned unchanged.
+
+    ``nonfinite="keep"`` leaves NaN and infinities as floats (YAML and torch files hold them);
+    ``nonfinite="str"`` writes them as ``"nan"``, ``"inf"``, ``"-inf"`` (strict JSON readers
+    refuse the bare ``NaN`` that :func:`json.dumps` would write).
+    """
+    if nonfinite not in ("keep", "str"):
+        raise ValueError(f"to_plain: nonfinite must be 'keep' or 'str', got {nonfinite!r}")
+    return _plain(obj, nonfinite == "str")
+
+
+def _plain(obj: Any, nonfinite_str: bool) -> Any:
+    if isinstance(obj, float):
+        return str(obj) if nonfinite_str and not math.isfinite(obj) else obj
+    if obj is None or isinstance(obj, (str, bytes, bool, int)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v, nonfinite_str) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, nonfinite_str) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name), nonfinite_str) for f in dataclasses.fields(obj)}
+    if _is_array(obj):
+        value = obj.item() if getattr(obj, "ndim", 1) == 0 else obj.tolist()
+        return _plain(value, nonfinite_str)
+    return obj
+
+
+def _is_array(obj: Any) -> bool:
+    """numpy scalar / array or torch tensor, without importing either (they are imported when in use)."""
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, (np.generic, np.ndarray)):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from clora3d.storage import atomic_write_bytes
+from clora3d.storage import atomic_write_bytes, to_plain
 
 __all__ = ["RunLogger", "environment_info", "git_info"]
 
@@ -152,7 +152,7 @@ class RunLogger:
     def write_json(self, name: str, obj: Any) -> None:
         if self.enabled:
             atomic_write_bytes(self.run_dir / name,
-                               (json.dumps(_jsonable(obj), indent=2) + "\n").encode("utf-8"),
+                               (json.dumps(to_plain(obj, nonfinite="str"), indent=2) + "\n").encode("utf-8"),
                                what="run file")
 
     # -- metrics -------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ class RunLogger:
             atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode("utf-8"),
                                what="metrics file")
         if self._json:
-            text = "".join(json.dumps(_jsonable(h)) + "\n" for h in history)
+            text = "".join(json.dumps(to_plain(h, nonfinite="str")) + "\n" for h in history)
             atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode("utf-8"),
                                what="metrics file")
 
@@ -209,19 +209,3 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             out[key] = v
     return out
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item):
-        try:
-            return obj.item()
-        except (ValueError, RuntimeError):
-            return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
