@@ -43,7 +43,7 @@ else
 endif
 BUILD := $(BUILD_ENV) MAX_JOBS=$${MAX_JOBS:-2}
 
-.PHONY: env install install-demo demo demo-quick test test-bare test-bare-run test-slow bench lock clean
+.PHONY: env install install-demo demo demo-quick test test-bare test-bare-run test-slow bench lint lint-run lock clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +103,19 @@ GPU_CHECK_ARGS ?=
 .PHONY: gpu-check
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Lint: ruff (rules and format settings in pyproject.toml) and clang-format (.clang-format) over csrc/.
+# Checks only; nothing is rewritten (`ruff format .` and `clang-format -i FILES` apply the formats).
+# Needs no torch: installs just the two tools, at the versions pinned in $(LOCK) (also in the dev extra).
+CSRC_FILES = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' | sort)
+lint: $(VPY)
+	$(PIP) -q -c $(LOCK) ruff clang-format
+	$(MAKE) lint-run
+# the same without the install step
+lint-run:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run -Werror $(CSRC_FILES)
 
 # Regenerate the lock file from pyproject.toml (extras dev + log) and requirements/lock.in.
 lock:
