@@ -24,6 +24,10 @@ class CheckpointError(Clora3dError, RuntimeError):
     """A checkpoint does not match the model it is loaded into, or cannot be read."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint, adapter or other torch file to load does not exist (also a ``FileNotFoundError``)."""
+
+
 class UnsafePickleError(Clora3dError, ValueError):
     """A pickle file references a global outside the allowed set; it was not executed."""
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from clora3d.errors import CheckpointError, StorageError, UnsafeCheckpointError
+from clora3d.errors import CheckpointError, CheckpointNotFoundError, StorageError, UnsafeCheckpointError
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_torch_save", "safe_torch_load",
            "tensor_checksum", "verify_checksum", "clean_stale_tmp", "to_plain", "CHECKSUM_KEY"]
@@ -236,14 +236,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, *, what: str = "checkpo
 # ------------------------------------------------------------------------------------------------
 def safe_torch_load(path: str | os.PathLike, *, what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU with one clear error per failure, the
-    checksum verified (and removed) when the file has one."""
+    checksum verified (and removed) when the file has one. The one safe loader of torch files
+    (checkpoints, adapters, foreign Point-MAE / Point-BERT weights); restricted unpickling of ``.pkl``
+    data files is :mod:`clora3d.data.safe_pickle`. A missing file is a
+    :class:`~clora3d.errors.CheckpointNotFoundError` (also a ``FileNotFoundError``)."""
     import torch
 
     p = Path(path)
     if p.is_dir():
-        raise CheckpointError(f"{what} {p} is a directory; pass the .pth file inside it")
+        inside = [n for n in ("ckpt-best.pth", "ckpt-last.pth") if (p / n).is_file()]
+        hint = f" (this run folder has {' and '.join(inside)})" if inside else ""
+        raise CheckpointError(f"{what} {p} is a directory; pass the .pth file inside it{hint}")
     if not p.is_file():
-        raise CheckpointError(f"{what} not found: {p}")
+        raise CheckpointNotFoundError(f"{what} not found: {p}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

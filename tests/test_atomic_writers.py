@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from clora3d import storage
-from clora3d.data import common
 from clora3d.engine import checkpoint, fewshot
 
 DATA = bytes(range(256)) * 64
@@ -25,7 +24,6 @@ def _torch_blob(data: bytes) -> dict:
 
 WRITERS = {
     "storage.atomic_write_bytes": lambda p: storage.atomic_write_bytes(p, DATA),
-    "data.common.atomic_write_bytes": lambda p: common.atomic_write_bytes(p, DATA),
     "checkpoint.atomic_save": lambda p: checkpoint.atomic_save(_torch_blob(DATA), p),
     "fewshot json": lambda p: fewshot._write_json(p, {"data": DATA.hex()}),
 }

@@ -75,3 +75,38 @@ def test_unknown_objects_returned_unchanged_and_bad_option_refused():
     assert to_plain([sentinel])[0] is sentinel
     with pytest.raises(ValueError, match="nonfinite must be 'keep' or 'str'"):
         to_plain(1.0, nonfinite="null")
+
+
+# ------------------------------------------------------------------------------ one safe loader
+def test_missing_torch_file_is_a_checkpoint_error_and_a_file_not_found(tmp_path):
+    from clora3d.errors import CheckpointError, CheckpointNotFoundError
+    from clora3d.models.checkpoint import read_checkpoint
+    from clora3d.storage import safe_torch_load
+
+    for load in (safe_torch_load, read_checkpoint):  # the alias is the same function
+        with pytest.raises(CheckpointNotFoundError) as info:
+            load(tmp_path / "none.pth")
+        assert isinstance(info.value, CheckpointError) and isinstance(info.value, FileNotFoundError)
+        assert str(info.value) == f"checkpoint not found: {tmp_path / 'none.pth'}"
+
+
+def test_a_run_folder_passed_as_checkpoint_names_the_files_inside(tmp_path):
+    from clora3d.errors import CheckpointError
+    from clora3d.storage import safe_torch_load
+
+    (tmp_path / "ckpt-last.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError) as info:
+        safe_torch_load(tmp_path)
+    assert str(info.value) == (f"checkpoint {tmp_path} is a directory; pass the .pth file inside it "
+                               f"(this run folder has ckpt-last.pth)")
+
+
+def test_duplicate_writers_and_loaders_are_the_storage_functions():
+    from clora3d import storage
+    from clora3d.data import common
+    from clora3d.engine import checkpoint as engine_ckpt
+    from clora3d.models import checkpoint as model_ckpt
+
+    assert engine_ckpt.atomic_save is storage.atomic_torch_save
+    assert model_ckpt.read_checkpoint is storage.safe_torch_load
+    assert not hasattr(common, "atomic_write_bytes")

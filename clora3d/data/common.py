@@ -209,15 +209,6 @@ def _fps_shim(xyz: torch.Tensor, n: int, start: int) -> torch.Tensor:
     return idx
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + fsync + os.replace
-    (:func:`clora3d.storage.atomic_write_bytes`: a failed write is one StorageError naming the
-    file, the previous file is unchanged, no temporary file is left)."""
-    from clora3d.storage import atomic_write_bytes as _write
-
-    _write(Path(path), data, what="file")
-
-
 def warn_once(msg: str) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 

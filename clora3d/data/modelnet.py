@@ -12,11 +12,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from clora3d.errors import ConfigError
-from clora3d.data.common import (WorkerRNG, atomic_write_bytes, check_clouds, check_labels,
+from clora3d.data.common import (WorkerRNG, check_clouds, check_labels,
                                  check_split, data_error, sample_error,
                                  furthest_point_sample_batch, normalize_unit_sphere, read_text_cloud,
                                  warn_once)
 from clora3d.data.safe_pickle import safe_load
+from clora3d.storage import atomic_write_bytes
 
 MODELNET40_CLASSES: list[str] = [
     "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone",

@@ -5,6 +5,10 @@ is loaded. :func:`safe_load` admits only what those files contain: numpy arrays,
 and the builtin containers. Any other global (``os.system``, ``builtins.eval``, a class of some
 package ...) raises :class:`~clora3d.errors.UnsafePickleError` naming it; it is never imported or
 called.
+
+This is not a second safe ``torch.load``: torch files (checkpoints, adapters) are read by
+:func:`clora3d.storage.safe_torch_load` (torch's weights-only unpickler). This module is the other
+job, plain ``.pkl`` / ``.dat`` data pickles holding numpy arrays, which torch's loader cannot read.
 """
 from __future__ import annotations
 

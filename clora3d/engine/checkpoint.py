@@ -1,10 +1,9 @@
-"""Training checkpoints: atomic writes and full-state resume.
+"""Training checkpoints: full-state resume.
 
-A checkpoint is a plain dict of tensors and Python scalars saved with ``torch.save`` and read back
-with ``torch.load(weights_only=True)`` (no arbitrary pickles). Writing goes to a temporary file in
-the destination folder, is flushed and ``fsync``-ed, then renamed over the final name with
-``os.replace`` (atomic on POSIX and Windows), and the folder entry is synced. A crash at any point
-leaves either the previous file or the new one under the final name, never a half-written file.
+A checkpoint is a plain dict of tensors and Python scalars written by
+:func:`clora3d.storage.atomic_torch_save` (temporary file + fsync + rename, tensor checksum) and read
+back by :func:`clora3d.storage.safe_torch_load` (``weights_only=True``, checksum verified): a crash at
+any point leaves either the previous file or the new one under the final name.
 
 Full training state (:func:`training_state` / :func:`restore_training_state`): model, optimizer,
 scheduler, AMP scaler, epoch, best metrics, history, and the RNG states of torch (CPU and CUDA),
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from clora3d.errors import CheckpointError
+from clora3d.storage import atomic_torch_save, safe_torch_load
 
 __all__ = ["atomic_save", "load_checkpoint", "get_rng_state", "set_rng_state",
            "training_state", "restore_training_state", "FORMAT_VERSION"]
@@ -28,19 +28,13 @@ __all__ = ["atomic_save", "load_checkpoint", "get_rng_state", "set_rng_state",
 FORMAT_VERSION = 1
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder + fsync + rename),
-    with a checksum of its tensors (:func:`clora3d.storage.atomic_torch_save`)."""
-    from clora3d.storage import atomic_torch_save
-
-    return atomic_torch_save(obj, path, what="checkpoint")
+#: Alias of :func:`clora3d.storage.atomic_torch_save` (the one atomic torch writer), kept because the
+#: trainer and tests import it from here.
+atomic_save = atomic_torch_save
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save` (``weights_only=True``, on the CPU, checksum
-    verified when the file has one)."""
-    from clora3d.storage import safe_torch_load
-
+    """Load a training checkpoint (:func:`clora3d.storage.safe_torch_load`) and check it is a dict."""
     path = Path(path)
     obj = safe_torch_load(path, what="checkpoint")
     if not isinstance(obj, dict):

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from clora3d.data.common import atomic_write_bytes
+from clora3d.storage import atomic_write_bytes
 from clora3d.errors import ConfigError
 
 __all__ = ["SETTINGS", "run_fewshot", "summarize", "format_table", "fold_dataset_cfg",

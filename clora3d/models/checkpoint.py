@@ -23,8 +23,9 @@ Key namespaces: checkpoints are first brought to the fine-tune namespace (``enco
 """
 from __future__ import annotations
 
+import logging
 import os
-import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -33,6 +34,9 @@ import torch
 from torch import nn
 
 from clora3d.errors import CheckpointError, UnsafeCheckpointError, UnsafePickleError  # noqa: F401
+from clora3d.storage import atomic_torch_save, safe_torch_load
+
+log = logging.getLogger(__name__)
 
 CONTAINER_KEYS = ("base_model", "model", "model_state_dict", "state_dict")
 # Canonical (fine-tune namespace) prefixes of backbone weights.
@@ -107,18 +111,9 @@ def _summarise(keys: list[str], max_items: int) -> str:
 # --------------------------------------------------------------------------------------------------
 # reading and key maps
 # --------------------------------------------------------------------------------------------------
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True, map_location="cpu")`` with clear errors (see
-    :func:`clora3d.storage.safe_torch_load`; the tensor checksum is verified when present)."""
-    from clora3d.storage import safe_torch_load
-
-    p = Path(path)
-    if p.is_dir():
-        raise CheckpointError(f"checkpoint {p} is a directory; pass the .pth file (for a clora3d run "
-                              "folder: its ckpt-best.pth or ckpt-last.pth)")
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {p} (pass the path of a .pth file)")
-    return safe_torch_load(p, what="checkpoint")
+#: Deprecated alias of :func:`clora3d.storage.safe_torch_load` (the one safe loader), kept because
+#: clora3d/demo.py and tools/sade_ablation.py import it; new code calls storage directly.
+read_checkpoint = safe_torch_load
 
 
 def extract_state_dict(obj: Any, source: str = "<state>") -> tuple[dict[str, torch.Tensor], str]:
@@ -212,7 +207,7 @@ def _classify(model: nn.Module, key: str, ref_keys: set[str]) -> str:
 # --------------------------------------------------------------------------------------------------
 def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping[str, Any], *,
                     strict_backbone: bool = True, ignore_head: bool | str = "auto",
-                    log: Callable[[str], None] | None = print) -> LoadReport:
+                    log: Callable[[str], None] | None | str = "logging") -> LoadReport:
     """Load a Point-MAE / Point-BERT / fine-tuned / raw checkpoint into ``model``; return a LoadReport.
 
     ``strict_backbone``: raise ``CheckpointError`` (naming the keys) when a backbone weight is missing
@@ -222,14 +217,18 @@ def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping
     those that differ, e.g. the last layer of a 40-class head loaded into a 15-class model (the
     other head layers are loaded); ``True`` never loads head weights;
     ``False`` raises on a head shape mismatch.
-    ``log``: called with the formatted report (default ``print``; None for silence).
+    ``log``: where the formatted report goes: ``"logging"`` (default) logs it at INFO level through
+    this module's logger; ``None`` for silence. A callable (the former ``log=print`` style) still
+    receives the text with a ``DeprecationWarning``; it goes in the next release.
     Raises ``CheckpointError`` also when no backbone weight matches at all.
     """
     if ignore_head not in HEAD_POLICIES:
         raise ValueError(f"ignore_head must be one of {HEAD_POLICIES}, got {ignore_head!r}")
+    if not (log is None or log == "logging" or callable(log)):
+        raise ValueError(f"log must be 'logging', None or a callable, got {log!r}")
     if isinstance(path_or_state, (str, os.PathLike)):
         source = str(path_or_state)
-        obj = read_checkpoint(path_or_state)
+        obj = safe_torch_load(path_or_state, what="checkpoint")
     else:
         source = "<in-memory state>"
         obj = path_or_state
@@ -304,7 +303,12 @@ def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping
               "strict_backbone=False to load the rest anyway.")
     if to_load:
         model.load_state_dict(to_load, strict=False)
-    if log is not None:
+    if log == "logging":
+        logging.getLogger(__name__).info("%s", report.format())
+    elif log is not None:
+        warnings.warn("load_pretrained(log=callable) is deprecated: the report goes through the "
+                      "'clora3d.models.checkpoint' logger by default; pass log=None for silence",
+                      DeprecationWarning, stacklevel=2)
         log(report.format())
     return report
 
@@ -375,6 +379,4 @@ def save_point_mae_checkpoint(model: nn.Module, path: str | os.PathLike, *, layo
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "best_metrics": {k: float(v) for k, v in (best_metrics or {}).items()},
     }
-    from clora3d.storage import atomic_torch_save
-
     return atomic_torch_save(payload, Path(path), what="model")
