@@ -1,4 +1,4 @@
-"""Small model utilities: BatchNorm statistics policy for frozen modules, parameter counting."""
+"""Small model utilities: BatchNorm statistics policy for frozen modules, the one parameter counter."""
 from __future__ import annotations
 
 from torch import nn
@@ -40,18 +40,22 @@ def apply_frozen_bn_policy(model: nn.Module, policy: str = "eval") -> list[str]:
     return freeze_bn_stats(model)
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameter elements (buffers excluded), optionally only those with requires_grad.
+def head_parameter_ids(model: nn.Module) -> set[int]:
+    """``id``s of the task head's parameters: ``model.head_parameters()`` when the model declares it
+    (every clora3d model), else the parameters under ``model.HEAD_PREFIXES``, else none."""
+    if hasattr(model, "head_parameters"):
+        return {id(p) for _, p in model.head_parameters()}
+    prefixes = tuple(getattr(model, "HEAD_PREFIXES", ()))
+    return {id(p) for n, p in model.named_parameters() if prefixes and n.startswith(prefixes)}
 
-    Shared parameters are counted once.
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False, exclude_head: bool = False) -> int:
+    """Number of parameter elements (buffers such as BatchNorm statistics are never counted; a
+    parameter shared by several modules is counted once).
+
+    ``trainable_only``: only parameters with ``requires_grad``. ``exclude_head``: without the task
+    head (:func:`head_parameter_ids`), as the PEFT papers report backbone parameters.
     """
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if trainable_only and not p.requires_grad:
-            continue
-        total += p.numel()
-    return total
+    head = head_parameter_ids(model) if exclude_head else set()
+    return sum(p.numel() for p in model.parameters()  # parameters() yields a shared one once
+               if (p.requires_grad or not trainable_only) and id(p) not in head)

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from clora3d.models.utils import head_parameter_ids
+
 _CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
@@ -41,23 +43,6 @@ def _op_name(op: Any) -> str:
     return str(op).replace("aten.", "")
 
 
-def _head_ids(model: nn.Module) -> set[int]:
-    from clora3d.peft.base import head_parameter_names
-
-    try:
-        names = set(head_parameter_names(model))
-    except ValueError:
-        return set()
-    return {id(p) for n, p in model.named_parameters() if n in names}
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False, exclude_head: bool = False) -> int:
-    """Number of parameter elements (buffers excluded); optionally only ``requires_grad`` ones or without the head."""
-    head = _head_ids(model) if exclude_head else set()
-    return sum(p.numel() for p in model.parameters()
-               if (p.requires_grad or not trainable_only) and id(p) not in head)
-
-
 def parameter_report(model: nn.Module, method: Any = None) -> dict[str, int]:
     """Total / trainable parameter counts, with and without the task head.
 
@@ -65,7 +50,7 @@ def parameter_report(model: nn.Module, method: Any = None) -> dict[str, int]:
     correct after ``merge``), else from ``requires_grad``. Totals include PEFT parameters attached to
     the model. Buffers (BN statistics) are never counted, as in the references.
     """
-    head = _head_ids(model)
+    head = head_parameter_ids(model)
     params = list(model.parameters())
     if method is not None:
         trainable = list(method.trainable_parameters().values())
