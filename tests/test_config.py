@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clora3d.engine.config import SCHEMA, Key, load_config, parse_override, validate_config
+from clora3d.engine.config import SCHEMA, Key, compose_config, load_config, parse_override, validate_config
 from clora3d.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +181,8 @@ def test_shipped_configs_exist():
     names = {str(p.relative_to(CFGS)) for p in _shipped_configs()}
     for task in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest", "fewshot", "shapenetpart"):
         for method in ("full", "linear", "lora", "clora", "adapter", "prompt", "bitfit"):
-            assert f"{task}/{method}.yaml" in names
+            cfg = compose_config(task, method)  # every task x method composes (tests/test_config_compose.py)
+            assert cfg["name"] == f"{task}_{method}" and cfg["peft"]["NAME"] == method
     assert "pretrain/pointmae.yaml" in names
     assert any(n.startswith("cpu/") for n in names)
 
@@ -196,7 +197,7 @@ def test_shipped_config_loads(path):
 
 def test_reference_hyperparameters():
     """A few rows of point_mae_family §3.3 checked against the resolved configs."""
-    mn = load_config(CFGS / "modelnet40" / "full.yaml")
+    mn = compose_config("modelnet40", "full")
     assert (mn["data"]["npoints"], mn["model"]["num_group"], mn["model"]["cls_dim"]) == (1024, 64, 40)
     assert mn["optimizer"]["lr"] == 5e-4 and mn["optimizer"]["weight_decay"] == 0.05
     assert mn["train"]["batch_size"] == 32 and mn["train"]["grad_clip"] == 10
@@ -206,10 +207,10 @@ def test_reference_hyperparameters():
     hard = load_config(CFGS / "scan_hardest" / "clora.yaml")
     assert (hard["data"]["npoints"], hard["model"]["num_group"], hard["model"]["cls_dim"]) == (2048, 128, 15)
     assert hard["dataset"]["train"]["variant"] == "PB_T50_RS"
-    fs = load_config(CFGS / "fewshot" / "full.yaml")
+    fs = compose_config("fewshot", "full")
     assert fs["train"]["epochs"] == 151 and fs["scheduler"]["epochs"] == 150
     assert fs["model"]["cls_dim"] == 40 and fs["train"]["drop_last"] is True
-    seg = load_config(CFGS / "shapenetpart" / "full.yaml")
+    seg = compose_config("shapenetpart", "full")
     assert seg["task"] == "partseg" and seg["optimizer"]["lr"] == 2e-4 and seg["train"]["batch_size"] == 16
     pre = load_config(CFGS / "pretrain" / "pointmae.yaml")
     assert pre["task"] == "pretrain" and pre["optimizer"]["lr"] == 1e-3 and pre["train"]["batch_size"] == 128

@@ -792,11 +792,11 @@ PROTOCOL = {  # method: (ScanObjectNN augmentation, drop path per task, peft opt
 
 @pytest.mark.parametrize("method", sorted(PROTOCOL))
 def test_task_configs_follow_the_reference_protocol(method):
-    from clora3d.engine.config import load_config
+    from clora3d.engine.config import compose_config
 
     aug, dps, opts = PROTOCOL[method]
     for task in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest"):
-        cfg = load_config(REPO / "cfgs" / task / f"{method}.yaml")
+        cfg = compose_config(task, method)  # cfgs/<task>/<method>.yaml where the pair keeps a file
         assert cfg["peft"]["NAME"] == method and cfg["name"] == f"{task}_{method}"
         assert cfg["model"]["drop_path_rate"] == dps[task], task
         for k, v in opts.get(task, {}).items():
@@ -812,11 +812,11 @@ EXTRA_LOSS = {"modelnet_pointlora.yaml"}
 
 
 def test_idpt_rotation_and_fewshot_configs():
-    from clora3d.engine.config import load_config
+    from clora3d.engine.config import compose_config, load_config
 
     for v in ("objbg", "objonly", "hardest"):
-        rot = load_config(REPO / "cfgs" / f"scan_{v}_rotate" / "idpt.yaml")
-        st = load_config(REPO / "cfgs" / f"scan_{v}" / "idpt.yaml")
+        rot = compose_config(f"scan_{v}", "idpt", protocol="rotate")
+        st = compose_config(f"scan_{v}", "idpt")
         assert [t["NAME"] for t in rot["data"]["train_transforms"]] == ["RotateY"]
         assert rot["peft"] == st["peft"] and rot["name"] == f"scan_{v}_rotate_idpt"
     fs = load_config(REPO / "cfgs" / "fewshot" / "idpt.yaml")

@@ -445,11 +445,11 @@ def fs_root(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", METHODS)
 def test_fewshot_config_follows_the_protocol_and_trains_an_episode(tmp_path, fs_root, name):
-    from clora3d.engine.config import load_config
+    from clora3d.engine.config import compose_config
     from clora3d.engine.fewshot import run_fewshot
     from clora3d.engine.trainer import train
 
-    cfg = load_config(REPO / "cfgs" / "fewshot" / f"{name}.yaml")
+    cfg = compose_config("fewshot", name)
     dp, opts = FEWSHOT_OPTS[name]
     assert cfg["name"] == f"fewshot_{name}" and cfg["peft"]["NAME"] == name
     assert cfg["model"]["drop_path_rate"] == dp and cfg["model"]["cls_dim"] == 40 and cfg["model"]["num_group"] == 64
@@ -458,7 +458,7 @@ def test_fewshot_config_follows_the_protocol_and_trains_an_episode(tmp_path, fs_
     assert cfg["dataset"]["train"]["NAME"] == "ModelNetFewShot"
     for k, v in opts.items():
         assert cfg["peft"][k] == v, k
-    cfg = load_config(REPO / "cfgs" / "fewshot" / f"{name}.yaml", [
+    cfg = compose_config("fewshot", name, overrides=[
         f"dataset.train.root={fs_root}", f"dataset.test.root={fs_root}", "data.npoints=128",
         "train.epochs=1", "scheduler.epochs=1", "scheduler.warmup_epochs=0", "train.batch_size=5",
         "train.num_workers=0", f"log.root={tmp_path / 'exp'}", "log.progress=false", "log.tensorboard=false"])

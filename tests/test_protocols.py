@@ -42,8 +42,10 @@ def _tool(name: str):
 @pytest.mark.parametrize("variant", ["objbg", "objonly", "hardest"])
 @pytest.mark.parametrize("method", ["full", "linear", "lora", "clora", "adapter", "prompt", "bitfit"])
 def test_scanobjectnn_protocol_configs(variant, method):
-    st = load_config(CFGS / f"scan_{variant}" / f"{method}.yaml")
-    rot = load_config(CFGS / f"scan_{variant}_rotate" / f"{method}.yaml")
+    from clora3d.engine.config import compose_config  # the two-line leaves became compositions (issue 15)
+
+    st = compose_config(f"scan_{variant}", method)
+    rot = compose_config(f"scan_{variant}", method, protocol="rotate")
     assert st["data"]["train_transforms"] == [{"NAME": "ScaleAndTranslate"}]
     assert rot["data"]["train_transforms"] == [{"NAME": "RotateY", "angle_low": 0.0,
                                                 "angle_high": 2 * math.pi}]
@@ -59,7 +61,9 @@ def test_rotation_protocol_is_reference_pointcloud_rotate():
     vectors as p @ [[c,0,s],[0,1,0],[-s,0,c]]. Recover each cloud's angle and check it."""
     from clora3d.data import build_transforms
 
-    cfg = load_config(CFGS / "scan_hardest_rotate" / "clora.yaml")
+    from clora3d.engine.config import compose_config
+
+    cfg = compose_config("scan_hardest", "clora", protocol="rotate")
     t = build_transforms(cfg["data"]["train_transforms"])
     B = 4000
     p = torch.tensor([[1.0, 0.5, 0.0], [0.0, -0.25, 1.0]]).expand(B, 2, 3).contiguous()

@@ -2,6 +2,7 @@
 """Train a config: classification, part segmentation or Point-MAE pre-training, with any PEFT method.
 
     python tools/train.py --cfg cfgs/cpu/modelnet_clora.yaml
+    python tools/train.py --task scan_hardest --peft clora [--protocol rotate] --ckpt pretrain.pth
     python tools/train.py --cfg cfgs/modelnet40/clora.yaml --ckpt pretrain.pth --set train.epochs=10
     python tools/train.py --cfg cfgs/modelnet40/clora.yaml --run-dir experiments/x --resume
     python tools/train.py --cfg cfgs/modelnet40/clora.yaml --ckpt pretrain.pth --vote-passes 299
@@ -22,7 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cfg", required=True, help="YAML config (see cfgs/README.md)")
+    # --task/--peft/--protocol/--model (issue 15, C): composition by task and method through
+    # clora3d.engine.config.compose_config; if this parser moves into a clora3d CLI module, move them along.
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cfg", help="YAML config (see cfgs/README.md)")
+    src.add_argument("--task", help="compose the config of a task (cfgs/_base_/tasks/<task>.yaml) with --peft")
+    p.add_argument("--peft", help="with --task: PEFT method (cfgs/_base_/peft/<peft>.yaml)")
+    p.add_argument("--protocol", help="with --task: augmentation protocol (cfgs/_base_/protocols/, e.g. rotate)")
+    p.add_argument("--model", help="with --task: backbone (cfgs/_base_/models/<model>.yaml, default vit_s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    nargs="+", help="override a config key, e.g. --set optimizer.lr=1e-3 train.epochs=5")
     p.add_argument("--ckpt", default=None, help="pre-trained checkpoint (Point-MAE / Point-BERT / clora3d)")
@@ -35,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                         "protocol with N=299, optimistic) and acc_vote@10_mean_of_N")
     args = p.parse_args(argv)
     overrides = [o for group in args.overrides for o in group]
+    if args.task is not None and args.peft is None:
+        p.error("--task needs --peft (e.g. --task modelnet40 --peft clora)")
+    if args.cfg is not None and (args.peft, args.protocol, args.model) != (None, None, None):
+        p.error("--peft/--protocol/--model go with --task, not with --cfg")
     if args.vote_passes is not None:
         if args.vote_passes < 1:
             p.error(f"--vote-passes must be >= 1, got {args.vote_passes}")
@@ -43,10 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     from clora3d.errors import USER_ERRORS, format_user_error
 
     try:
-        from clora3d.engine.config import load_config
+        from clora3d.engine.config import compose_config, load_config
         from clora3d.engine.trainer import train
 
-        cfg = load_config(args.cfg, overrides)
+        if args.cfg is not None:
+            cfg = load_config(args.cfg, overrides)
+        else:
+            cfg = compose_config(args.task, args.peft, model=args.model, protocol=args.protocol, overrides=overrides)
         result = train(cfg, ckpt=args.ckpt, resume=args.resume, run_dir=args.run_dir)
     except USER_ERRORS as e:
         print(format_user_error(e), file=sys.stderr)

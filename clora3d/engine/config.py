@@ -32,8 +32,8 @@ import yaml
 from clora3d.errors import ConfigError
 
 __all__ = [
-    "SCHEMA", "load_config", "validate_config", "apply_overrides", "parse_override",
-    "dump_config", "save_config", "default_point_all",
+    "SCHEMA", "load_config", "compose_config", "composition_choices", "validate_config", "apply_overrides",
+    "parse_override", "dump_config", "save_config", "default_point_all",
 ]
 
 Path_ = tuple  # a key path such as ("train", "epochs")
@@ -458,6 +458,94 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
     if cfg.get("name") is None:
         cfg["name"] = path.stem
     return validate_config(cfg, origins=origins, source=str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Composition by task and method
+# ----------------------------------------------------------------------------------------------
+def default_cfgs_root() -> Path:
+    """The ``cfgs/`` folder of this checkout (``./cfgs`` when the package is installed elsewhere)."""
+    here = Path(__file__).resolve().parents[2] / "cfgs"
+    return here if (here / BASE_KEY).is_dir() else Path("cfgs")
+
+
+def composition_choices(root: str | Path | None = None) -> dict[str, list[str]]:
+    """The names ``compose_config`` accepts: ``{"task": [...], "peft": [...], "model": [...], "protocol": [...]}``
+    (the YAML files under ``<root>/_base_/{tasks,peft,models,protocols}/``)."""
+    base = Path(root if root is not None else default_cfgs_root()) / BASE_KEY
+    return {kind: sorted(f.stem for f in (base / folder).glob("*.yaml"))
+            for kind, folder in (("task", "tasks"), ("peft", "peft"), ("model", "models"),
+                                 ("protocol", "protocols"))}
+
+
+def _compose(task: str, peft: str, model: str | None, protocol: str | None,
+             root: str | Path | None) -> tuple[dict, Origins, str]:
+    """Merge ``_base_/{recipe, models/<model>, tasks/<task>, protocols/<protocol>, peft/<peft>}.yaml``
+    in that order (deep merge, later wins, as a ``_base_`` list); returns (cfg, origins, source)."""
+    root = Path(root if root is not None else default_cfgs_root())
+    choices = composition_choices(root)
+    source = f"--task {task} --peft {peft}" + (f" --protocol {protocol}" if protocol else "") \
+        + (f" --model {model}" if model else "")
+    for kind, value in (("task", task), ("peft", peft), ("model", model), ("protocol", protocol)):
+        if value is not None and value not in choices[kind]:
+            close = difflib.get_close_matches(str(value), choices[kind], n=1)
+            did = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown --{kind} {value!r}{did} (available in {root / BASE_KEY}: "
+                              f"{', '.join(choices[kind]) or 'none'})")
+    base = root.resolve() / BASE_KEY
+    pair = root.resolve() / ("_".join([task] + ([protocol] if protocol else []))) / f"{peft}.yaml"
+    if pair.is_file():  # the pair's own reference settings on top of the same layers (cfgs/README.md)
+        if model is not None:
+            raise ConfigError(f"--model {model}: {pair} fixes the model of {task} x {peft}; drop --model, or "
+                              f"use --cfg {pair} --set model.KEY=VALUE")
+        cfg, origins = _load_file(pair, referenced_from=source)
+        cfg.setdefault("name", "_".join([task] + ([protocol] if protocol else []) + [peft]))
+        return cfg, origins, source
+    task_file = base / "tasks" / f"{task}.yaml"
+    task_cfg, _ = _load_file(task_file)
+    own_model = isinstance(task_cfg.get("model"), dict) and "NAME" in task_cfg["model"]
+    if own_model and model is not None:
+        raise ConfigError(f"--model {model}: task {task!r} defines its own model "
+                          f"({task_cfg['model']['NAME']}) in {task_file}; drop --model, or write a config "
+                          f"file with _base_ and set the model keys there")
+    files = [base / "recipe.yaml"]
+    if not own_model:
+        files.append(base / "models" / f"{model or DEFAULT_MODEL}.yaml")
+    files.append(task_file)
+    if protocol is not None:
+        files.append(base / "protocols" / f"{protocol}.yaml")
+    files.append(base / "peft" / f"{peft}.yaml")
+    cfg: dict = {}
+    origins: Origins = {}
+    for f in files:
+        sub, sub_org = _load_file(f, referenced_from=source)
+        _merge(cfg, origins, sub, sub_org)
+    cfg["name"] = "_".join([task] + ([protocol] if protocol else []) + [peft])
+    origins[("name",)] = source
+    return cfg, origins, source
+
+
+def compose_config(task: str, peft: str, *, model: str | None = None, protocol: str | None = None,
+                   overrides: Iterable[str] = (), root: str | Path | None = None) -> dict:
+    """The run config of ``task`` x ``peft`` (``tools/train.py --task modelnet40 --peft clora``), validated.
+
+    Merges ``cfgs/_base_/recipe.yaml``, ``models/<model>.yaml`` (default ``vit_s``; skipped for a task
+    whose file names its own ``model.NAME``, e.g. shapenetpart), ``tasks/<task>.yaml``,
+    ``protocols/<protocol>.yaml`` (optional, e.g. ``rotate``) and ``peft/<peft>.yaml`` in that order, then
+    ``overrides`` (``--set``). A pair whose reference settings go beyond these layers keeps a file
+    ``cfgs/<task>[_<protocol>]/<peft>.yaml`` (e.g. DAPT's per-task bottleneck), which bases on the same
+    layers; it is used instead when it exists. The run name is ``<task>_<peft>``
+    (``<task>_<protocol>_<peft>`` with a protocol). An unknown name raises ConfigError listing the
+    available ones.
+    """
+    cfg, origins, source = _compose(task, peft, model, protocol, root)
+    apply_overrides(cfg, list(overrides), origins)
+    _strip_replace(cfg)
+    return validate_config(cfg, origins=origins, source=source)
+
+
+#: model file used by compose_config when --model is not given
+DEFAULT_MODEL = "vit_s"
 
 
 # ----------------------------------------------------------------------------------------------
