@@ -136,7 +136,11 @@ def check_split(dataset: str, split: str, allowed: tuple[str, ...]) -> str:
 
 
 def normalize_unit_sphere(xyz: np.ndarray) -> np.ndarray:
-    """Subtract the centroid and divide by the largest radius (numpy, (N,3))."""
+    """``(N, 3)`` points in float64, centred on their centroid and divided by the largest radius (the
+    data sets' and inference's normalisation; all points at one place or no points: only centred)."""
+    xyz = np.asarray(xyz, dtype=np.float64)
+    if len(xyz) == 0:
+        return xyz
     xyz = xyz - xyz.mean(axis=0, keepdims=True)
     r = float(np.sqrt((xyz**2).sum(axis=1)).max())
     return xyz / r if r > 0 else xyz

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from clora3d.engine.distributed import all_reduce_sum
+
 __all__ = [
     "SHAPENETPART_SEG_CLASSES",
     "evaluate_classification",
@@ -60,17 +62,6 @@ SHAPENETPART_SEG_CLASSES: dict[str, list[int]] = {
 
 def _dist_ready() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
-    """Sum a few scalars over all ranks (no-op without a process group)."""
-    if not _dist_ready():
-        return [float(v) for v in values]
-    backend = torch.distributed.get_backend()
-    dev = device if backend == "nccl" else torch.device("cpu")
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-    return [float(v) for v in t.cpu()]
 
 
 def _all_gather_list(items: list) -> list:
@@ -198,7 +189,7 @@ def evaluate_classification(model: nn.Module, loader: Iterable, *, device: str |
                     vpred = (logits_sum / vote).argmax(-1)
                     vote_correct[r] += int((vpred == label).sum())
 
-    sums = _all_reduce_sum([correct, count, *vote_correct], device)
+    sums = all_reduce_sum([correct, count, *vote_correct], device)
     correct_g, count_g, vote_g = sums[0], sums[1], sums[2:]
     if count_g == 0:
         raise ValueError("evaluate_classification: the loader yielded no samples")
@@ -369,7 +360,7 @@ def evaluate_partseg(model: nn.Module, loader: Iterable, *, device: str | torch.
             part_correct += np.bincount(seg_np[hit], minlength=n_parts)[:n_parts]
     if _dist_ready():
         shape_res = _all_gather_list(shape_res)
-        sums = _all_reduce_sum([point_correct, point_count, *part_seen, *part_correct], device)
+        sums = all_reduce_sum([point_correct, point_count, *part_seen, *part_correct], device)
         point_correct, point_count = sums[0], sums[1]
         part_seen = np.asarray(sums[2:2 + n_parts])
         part_correct = np.asarray(sums[2 + n_parts:])

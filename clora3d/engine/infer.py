@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from clora3d.data.common import normalize_unit_sphere
 from clora3d.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["Predictor", "load_run", "check_device", "model_spec", "find_point_files", "normalize_unit_sphere", "resample",
@@ -53,14 +54,6 @@ def check_device(spec: str | torch.device) -> torch.device:
         raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are "
                           f"visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     return dev
-
-
-def normalize_unit_sphere(xyz: np.ndarray) -> np.ndarray:
-    """Subtract the centroid and divide by the largest radius."""
-    xyz = np.asarray(xyz, dtype=np.float64)
-    xyz = xyz - xyz.mean(axis=0, keepdims=True)
-    r = float(np.sqrt((xyz ** 2).sum(axis=1)).max()) if len(xyz) else 0.0
-    return xyz / r if r > 0 else xyz
 
 
 def resample(xyz: np.ndarray, npoints: int, seed: int = 0) -> tuple[np.ndarray, str]:
