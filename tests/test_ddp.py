@@ -41,15 +41,15 @@ log: {{progress: false, tensorboard: false}}
 ENTRY = """\
 import runpy, sys
 from torch import nn
-import clora3d.engine.trainer as T
-_orig = T._build_model
-def _build(cfg_model):
-    m = _orig(cfg_model)
+import clora3d.engine.build as B
+_orig = B.build_model
+def _build(cfg):
+    m = _orig(cfg)
     for i, mod in enumerate(m.cls_head_finetune):
         if isinstance(mod, (nn.BatchNorm1d, nn.Dropout)):
             m.cls_head_finetune[i] = nn.Identity()
     return m
-T._build_model = _build
+B.build_model = _build
 sys.argv = [{train_py!r}] + sys.argv[1:]
 runpy.run_path({train_py!r}, run_name="__main__")
 """

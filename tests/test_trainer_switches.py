@@ -226,6 +226,7 @@ def test_best_epoch_tie_rule(tmp_path, mn_root, monkeypatch, task, key, expect_e
     # segmentation the last (inst mIoU >= best), as the references do; pre-training selected on
     # the test loss (0.7, 0.5, 0.5, 0.6) keeps the first 0.5 (loss < best)
     from clora3d.engine import trainer
+    from clora3d.engine.tasks import TASKS
 
     lower = key == "loss"
     script = iter([0.7, 0.5, 0.5, 0.6] if lower else [50.0, 70.0, 70.0, 60.0])
@@ -240,16 +241,12 @@ def test_best_epoch_tie_rule(tmp_path, mn_root, monkeypatch, task, key, expect_e
 
     def init(self, *a, **k):
         real_init(self, *a, **k)
-        self.task = task  # selection rule of the task; the training itself stays classification
-        if task == "pretrain":
-            self.cfg["train"]["pretrain_select"] = "test_loss"
+        # the selection rule of the task; the training itself stays classification
+        rule = TASKS[task](self.cfg)
+        self.task.select_key, self.task.higher_is_better, self.task.strict = \
+            rule.select_key, rule.higher_is_better, rule.strict
 
     monkeypatch.setattr(trainer._Trainer, "__init__", init)
-    real_train_epoch = trainer._Trainer._train_epoch
-    monkeypatch.setattr(trainer._Trainer, "_train_epoch",
-                        lambda self, epoch: (setattr(self, "task", "classification"),
-                                             real_train_epoch(self, epoch),
-                                             setattr(self, "task", task))[1])
     res = trainer.train(cfg, run_dir=tmp_path / "run")
     monkeypatch.undo()
     assert res["best"]["epoch"] == expect_epoch and res["best"][key] == (0.5 if lower else 70.0)
