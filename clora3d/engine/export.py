@@ -46,7 +46,8 @@ def export_run(ckpt: str | Path, *, cfg: str | Path | Mapping[str, Any] | None =
     requested or the method cannot be merged, :class:`CheckpointError` when the merged model does
     not reproduce the adapted model within ``atol``.
     """
-    from clora3d.engine.infer import check_device, load_run, model_spec
+    from clora3d.engine.build import build_model
+    from clora3d.engine.infer import check_device, load_run
 
     if adapter_out is None and merged_out is None:
         raise ConfigError("export: nothing to do; give --adapter OUT and/or --merged OUT")
@@ -63,7 +64,6 @@ def export_run(ckpt: str | Path, *, cfg: str | Path | Mapping[str, Any] | None =
         report["adapter_bytes"] = Path(path).stat().st_size
         report["adapter_tensors"] = len(method.adapter_state_dict())
     if merged_out is not None:
-        from clora3d.models import build_model
         from clora3d.models.checkpoint import load_pretrained, save_point_mae_checkpoint
 
         npoints = int((cfg_d.get("data") or {}).get("npoints") or 1024)
@@ -80,7 +80,7 @@ def export_run(ckpt: str | Path, *, cfg: str | Path | Mapping[str, Any] | None =
         # after merging, leftover PEFT tensors (if a method keeps any registered) are not part of
         # the architecture; the reload check below proves nothing needed was dropped
         save_point_mae_checkpoint(model, merged_out, drop_extra=method.merged)
-        fresh = build_model(model_spec(cfg_d)).to(device).eval()
+        fresh = build_model(cfg_d).to(device).eval()
         load_pretrained(fresh, str(merged_out), strict_backbone=True, ignore_head=False, log=None)
         reloaded = _forward(fresh, x, task)
         d_merge = float((after - before).abs().max())

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from clora3d.data.common import normalize_unit_sphere
+from clora3d.engine.build import model_spec  # noqa: F401  (re-exported: its historical home)
 from clora3d.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["Predictor", "load_run", "check_device", "model_spec", "find_point_files", "normalize_unit_sphere", "resample",
@@ -192,11 +193,6 @@ def _class_names(cfg: Mapping[str, Any], obj: Mapping[str, Any], num: int) -> li
     return [f"class_{i}" for i in range(num)]
 
 
-def model_spec(cfg: Mapping[str, Any]) -> dict:
-    """``cfg["model"]`` as ``build_model`` takes it (engine-only keys such as frozen_bn removed)."""
-    return {k: v for k, v in dict(cfg["model"]).items() if k != "frozen_bn"}
-
-
 def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None, *,
              device: str | torch.device = "cpu", need_method: bool = False
              ) -> tuple[nn.Module, dict, dict, Any]:
@@ -208,8 +204,8 @@ def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None
     write the adapter); otherwise the config's method is applied first, as the trainer did.
     Raises :class:`CheckpointError` naming the file when it does not fit the config's model.
     """
+    from clora3d.engine import build
     from clora3d.engine.checkpoint import load_checkpoint
-    from clora3d.models import build_model
 
     path = _resolve_ckpt_path(ckpt)
     obj = load_checkpoint(path)
@@ -220,7 +216,7 @@ def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None
     cfg_d = _load_cfg(cfg, obj, path)
     if "model" not in cfg_d or not isinstance(cfg_d["model"], Mapping):
         raise ConfigError(f"config for {path} has no 'model' section")
-    model = build_model(model_spec(cfg_d))
+    model = build.build_model(cfg_d)
     method = None
     state = obj.get("model")
     if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -228,9 +224,7 @@ def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None
         plain_fits = set(state) == set(model.state_dict())
         # the trainer applies the PEFT method for every fine-tuning task
         if cfg_d.get("task") != "pretrain" and (need_method or not plain_fits):
-            from clora3d.peft import apply_peft
-
-            method = apply_peft(model, dict(peft_cfg))
+            method = build.apply_method(model, {**cfg_d, "peft": peft_cfg})
         try:
             res = model.load_state_dict(dict(state), strict=False)
         except RuntimeError as e:  # shape mismatch
