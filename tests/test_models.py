@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
-from clora3d.models import (MODEL_KEYS, Attention, Encoder, PartSegModel, PointMAE, PointTransformer,
-                            apply_frozen_bn_policy, build_model, count_parameters, freeze_bn_stats)
+from clora3d.models import (Attention, Encoder, PartSegModel, PointMAE, PointTransformer,
+                            apply_frozen_bn_policy, build_model, count_parameters, freeze_bn_stats, model_keys)
 from clora3d.models.partseg import PointNetFeaturePropagation, default_fetch_idx
 
 
@@ -328,7 +328,7 @@ def test_build_model_presets_and_overrides():
     assert b.reduce_dim is not None and len(b.cls_head_finetune) == 4
     s = build_model({"NAME": "PartSegModel", "preset": "tiny", "fetch_idx": [1, 3]})
     assert s.fetch_idx == (1, 3)
-    assert "mask_ratio" in MODEL_KEYS["PointMAE"] and "fetch_idx" in MODEL_KEYS["PartSegModel"]
+    assert "mask_ratio" in model_keys("PointMAE") and "fetch_idx" in model_keys("PartSegModel")
 
 
 def test_build_model_errors_name_the_key():

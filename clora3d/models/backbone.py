@@ -6,25 +6,13 @@ official checkpoint loads after stripping its prefix.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
-
 import torch
 from torch import nn
 
-from clora3d.models.encoder import Encoder
-from clora3d.models.grouping import Group
+from clora3d.models.registry import PresetMixin, register_model
+from clora3d.models.stem import PointStem, position_mlp
 from clora3d.models.transformer import TransformerEncoder
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The references' default (Point-MAE / Point-BERT ViT-S): 22.1 M parameters with a 40-class head.
-    "vit_s": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384),
-    # Small enough to pre-train and fine-tune on a 2-core CPU in minutes.
-    "tiny": dict(trans_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, encoder_dims=96,
-                 encoder_widths=(32, 64, 128), num_group=32, group_size=16),
-    # Point-BERT fine-tune model (reference §1.3): 256-d mini-PointNet tokens + reduce_dim Linear(256, 384),
-    # lighter head 768 -> 256 -> C without BatchNorm. Loads Point-BERT's ``transformer_q.*`` weights.
-    "point_bert": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=256, head="bert"),
-}
+from clora3d.models.utils import HeadSplitMixin
 
 
 def trunc_normal_init(module: nn.Module) -> None:
@@ -47,7 +35,17 @@ class ClsMaxPool(nn.Module):
         return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)
 
 
-class PointTransformer(nn.Module):
+@register_model("PointTransformer", presets={
+    # The references' default (Point-MAE / Point-BERT ViT-S): 22.1 M parameters with a 40-class head.
+    "vit_s": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384),
+    # Small enough to pre-train and fine-tune on a 2-core CPU in minutes.
+    "tiny": dict(trans_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, encoder_dims=96,
+                 encoder_widths=(32, 64, 128), num_group=32, group_size=16),
+    # Point-BERT fine-tune model (reference §1.3): 256-d mini-PointNet tokens + reduce_dim Linear(256, 384),
+    # lighter head 768 -> 256 -> C without BatchNorm. Loads Point-BERT's ``transformer_q.*`` weights.
+    "point_bert": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=256, head="bert"),
+})
+class PointTransformer(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
     """Grouping + mini-PointNet tokens + cls token + pre-norm transformer + classification head.
 
     ``head="mae"``: Point-MAE head (768 -> 256 -> 256 -> C with BatchNorm, ReLU, dropout 0.5).
@@ -77,15 +75,11 @@ class PointTransformer(nn.Module):
         self.group_size = group_size
         self.cls_dim = cls_dim
 
-        self.group_divider = Group(num_group=num_group, group_size=group_size)
-        self.encoder = Encoder(encoder_channel=encoder_dims, widths=tuple(encoder_widths))
-        if encoder_dims != trans_dim:
-            self.reduce_dim = nn.Linear(encoder_dims, trans_dim)
-        else:
-            self.reduce_dim = None
+        self.init_stem(trans_dim=trans_dim, encoder_dims=encoder_dims, encoder_widths=encoder_widths,
+                       num_group=num_group, group_size=group_size, position=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, trans_dim))
         self.cls_pos = nn.Parameter(torch.randn(1, 1, trans_dim))
-        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, trans_dim))
+        self.pos_embed = position_mlp(trans_dim)  # after cls_pos: the random draws of earlier versions
         self.blocks = TransformerEncoder(embed_dim=trans_dim, depth=depth, num_heads=num_heads,
                                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
         self.norm = nn.LayerNorm(trans_dim)
@@ -104,15 +98,6 @@ class PointTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
 
     # -- construction helpers -------------------------------------------------------------------
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "PointTransformer":
-        """Build from a named preset (``vit_s``, ``tiny`` or ``point_bert``); keyword arguments override it."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
-        kwargs = dict(PRESETS[name])
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
     def init_weights(self) -> None:
         """Apply the reference's trunc-normal initialisation (used when training from scratch)."""
         self.apply(trunc_normal_init)
@@ -124,10 +109,7 @@ class PointTransformer(nn.Module):
         """Tokens and positional embeddings, cls first: ``(x (B,1+G,D), pos (B,1+G,D))``."""
         if pts.ndim != 3 or pts.shape[-1] != 3:
             raise ValueError(f"PointTransformer: expected points of shape (B, N, 3), got {tuple(pts.shape)}")
-        neighborhood, center = self.group_divider(pts)
-        tokens = self.encoder(neighborhood)
-        if self.reduce_dim is not None:
-            tokens = self.reduce_dim(tokens)
+        tokens, center = self.group_tokens(pts)
         B = tokens.shape[0]
         cls_tokens = self.cls_token.expand(B, -1, -1)
         cls_pos = self.cls_pos.expand(B, -1, -1)
@@ -148,16 +130,3 @@ class PointTransformer(nn.Module):
 
     def forward(self, pts: torch.Tensor) -> torch.Tensor:
         return self.cls_head_finetune(self.forward_features(pts))
-
-    # -- parameter groups -------------------------------------------------------------------------
-    def head_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Named parameters of the classification head (``cls_head_finetune.*``)."""
-        for name, p in self.cls_head_finetune.named_parameters():
-            yield f"cls_head_finetune.{name}", p
-
-    def backbone_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Named parameters of everything except the head."""
-        head = {id(p) for _, p in self.head_parameters()}
-        for name, p in self.named_parameters():
-            if id(p) not in head:
-                yield name, p

@@ -13,26 +13,17 @@ a released ``pretrain.pth`` loads to continue pre-training, and the encoder load
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from clora3d import ops
 from clora3d.models.backbone import trunc_normal_init
-from clora3d.models.encoder import Encoder
-from clora3d.models.grouping import Group
+from clora3d.models.registry import PresetMixin, register_model
+from clora3d.models.stem import Group, PointStem, position_mlp
 from clora3d.models.transformer import Block, TransformerEncoder, drop_path_schedule
-
-MAE_PRESETS: dict[str, dict[str, Any]] = {
-    # Point-MAE cfgs/pretrain.yaml: ViT-S encoder, 4-block decoder, 64 groups x 32, mask 0.6.
-    "vit_s": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384,
-                  decoder_depth=4, decoder_num_heads=6, num_group=64, group_size=32),
-    # Same encoder sizes as the backbone's "tiny" preset (so it initialises it), 2-block decoder.
-    "tiny": dict(trans_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, encoder_dims=96,
-                 encoder_widths=(32, 64, 128), decoder_depth=2, decoder_num_heads=3,
-                 num_group=32, group_size=16),
-}
+from clora3d.models.utils import HeadSplitMixin
 
 
 def random_group_mask(batch: int, num_group: int, mask_ratio: float, device: torch.device | str = "cpu",
@@ -60,7 +51,7 @@ def masked_rows(x: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor
     return torch.gather(x, 1, index)
 
 
-class MaskTransformer(nn.Module):
+class MaskTransformer(PointStem, nn.Module):
     """The MAE encoder: patch ``encoder``, ``pos_embed``, ``blocks`` (TransformerEncoder), ``norm``.
 
     No cls token. Encodes only the visible groups: ``forward(neighborhood, center, mask)`` returns
@@ -75,8 +66,7 @@ class MaskTransformer(nn.Module):
             raise ValueError(f"MaskTransformer: Point-MAE needs encoder_dims == trans_dim, "
                              f"got {encoder_dims} != {trans_dim}")
         self.trans_dim = trans_dim
-        self.encoder = Encoder(encoder_channel=encoder_dims, widths=tuple(encoder_widths))
-        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, trans_dim))
+        self.init_stem(trans_dim=trans_dim, encoder_dims=encoder_dims, encoder_widths=encoder_widths)
         self.blocks = TransformerEncoder(embed_dim=trans_dim, depth=depth, num_heads=num_heads,
                                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
         self.norm = nn.LayerNorm(trans_dim)
@@ -87,7 +77,7 @@ class MaskTransformer(nn.Module):
         (PointMAE does: it comes from the mask ratio); otherwise it is read from ``mask`` and checked
         (a host sync, and a graph break under torch.compile)."""
         B, G = mask.shape
-        tokens = self.encoder(neighborhood)                                  # (B, G, D)
+        tokens = self.patch_tokens(neighborhood)                             # (B, G, D)
         vis = ~mask
         if n_visible is None:
             n_visible = int(vis[0].sum())
@@ -116,7 +106,16 @@ class TransformerDecoder(nn.Module):
         return self.norm(x[:, -return_token_num:])
 
 
-class PointMAE(nn.Module):
+@register_model("PointMAE", presets={
+    # Point-MAE cfgs/pretrain.yaml: ViT-S encoder, 4-block decoder, 64 groups x 32, mask 0.6.
+    "vit_s": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384,
+                  decoder_depth=4, decoder_num_heads=6, num_group=64, group_size=32),
+    # Same encoder sizes as the backbone's "tiny" preset (so it initialises it), 2-block decoder.
+    "tiny": dict(trans_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, encoder_dims=96,
+                 encoder_widths=(32, 64, 128), decoder_depth=2, decoder_num_heads=3,
+                 num_group=32, group_size=16),
+})
+class PointMAE(HeadSplitMixin, PresetMixin, nn.Module):
     """Point-MAE pre-training model; ``forward(pts (B,N,3)) -> scalar Chamfer-L2 loss`` on masked groups."""
 
     BACKBONE_PREFIXES: tuple[str, ...] = ("MAE_encoder.",)
@@ -151,7 +150,7 @@ class PointMAE(nn.Module):
                                            encoder_dims=encoder_dims, encoder_widths=encoder_widths,
                                            qkv_bias=qkv_bias)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, trans_dim))
-        self.decoder_pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, trans_dim))
+        self.decoder_pos_embed = position_mlp(trans_dim)
         self.MAE_decoder = TransformerDecoder(embed_dim=trans_dim, depth=decoder_depth,
                                               num_heads=decoder_num_heads, mlp_ratio=mlp_ratio,
                                               qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
@@ -159,15 +158,6 @@ class PointMAE(nn.Module):
         # Reference init: trunc-normal(.02) Linear/Conv1d weights, zero biases, LayerNorm 1/0.
         self.apply(trunc_normal_init)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "PointMAE":
-        """Build from ``MAE_PRESETS`` (``vit_s`` or ``tiny``); keyword arguments override it."""
-        if name not in MAE_PRESETS:
-            raise ValueError(f"unknown PointMAE preset {name!r}; known presets: {sorted(MAE_PRESETS)}")
-        kwargs = dict(MAE_PRESETS[name])
-        kwargs.update(overrides)
-        return cls(**kwargs)
 
     def _reconstruct(self, pts: torch.Tensor, generator: torch.Generator | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

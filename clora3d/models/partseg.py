@@ -13,26 +13,18 @@ Like the reference there is NO cls token and no cls_pos. Module names mirror the
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from clora3d import ops
-from clora3d.models.encoder import Encoder, batchnorm_rows, pointwise
-from clora3d.models.grouping import Group
+from clora3d.models.encoder import batchnorm_rows, pointwise
+from clora3d.models.registry import PresetMixin, register_model
+from clora3d.models.stem import PointStem
 from clora3d.models.transformer import TransformerEncoder
-
-PARTSEG_PRESETS: dict[str, dict[str, Any]] = {
-    # Reference: 2048 points, G=128 x 32, ViT-S, blocks 3/7/11, propagation MLP (1536, 1024).
-    "vit_s": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384,
-                  num_group=128, group_size=32),
-    # CPU-sized: same layout with small widths.
-    "tiny": dict(trans_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, encoder_dims=96,
-                 encoder_widths=(32, 64, 128), num_group=32, group_size=16,
-                 label_dim=16, propagation_mlp=(192, 128), head_widths=(128, 64)),
-}
+from clora3d.models.utils import HeadSplitMixin
 
 
 def default_fetch_idx(depth: int, n: int = 3) -> tuple[int, ...]:
@@ -93,7 +85,16 @@ class SegTokenPool(nn.Module):
         return feat, torch.cat([feat.max(dim=1).values, feat.mean(dim=1)], dim=-1)
 
 
-class PartSegModel(nn.Module):
+@register_model("PartSegModel", presets={
+    # Reference: 2048 points, G=128 x 32, ViT-S, blocks 3/7/11, propagation MLP (1536, 1024).
+    "vit_s": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384,
+                  num_group=128, group_size=32),
+    # CPU-sized: same layout with small widths.
+    "tiny": dict(trans_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, encoder_dims=96,
+                 encoder_widths=(32, 64, 128), num_group=32, group_size=16,
+                 label_dim=16, propagation_mlp=(192, 128), head_widths=(128, 64)),
+})
+class PartSegModel(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
     """Point-MAE part segmentation: ``forward(pts (B,N,3), cls_onehot (B,num_classes)) -> (B,N,num_parts)``.
 
     The output is log-probabilities (log_softmax over parts), for ``nll_loss``.
@@ -130,10 +131,8 @@ class PartSegModel(nn.Module):
         self.num_parts = num_parts
         self.fetch_idx = fetch
 
-        self.group_divider = Group(num_group=num_group, group_size=group_size)
-        self.encoder = Encoder(encoder_channel=encoder_dims, widths=tuple(encoder_widths))
-        self.reduce_dim = nn.Linear(encoder_dims, trans_dim) if encoder_dims != trans_dim else None
-        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, trans_dim))
+        self.init_stem(trans_dim=trans_dim, encoder_dims=encoder_dims, encoder_widths=encoder_widths,
+                       num_group=num_group, group_size=group_size)
         self.blocks = TransformerEncoder(embed_dim=trans_dim, depth=depth, num_heads=num_heads,
                                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
         self.norm = nn.LayerNorm(trans_dim)
@@ -154,34 +153,10 @@ class PartSegModel(nn.Module):
         self.bns1 = nn.BatchNorm1d(h1)
         self.bns2 = nn.BatchNorm1d(h2)
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "PartSegModel":
-        """Build from ``PARTSEG_PRESETS`` (``vit_s`` or ``tiny``); keyword arguments override it."""
-        if name not in PARTSEG_PRESETS:
-            raise ValueError(f"unknown PartSegModel preset {name!r}; known presets: {sorted(PARTSEG_PRESETS)}")
-        kwargs = dict(PARTSEG_PRESETS[name])
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
-    def head_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Named parameters of the segmentation head (everything under ``HEAD_PREFIXES``)."""
-        for name, p in self.named_parameters():
-            if name.startswith(self.HEAD_PREFIXES):
-                yield name, p
-
-    def backbone_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Named parameters of everything except the head."""
-        for name, p in self.named_parameters():
-            if not name.startswith(self.HEAD_PREFIXES):
-                yield name, p
-
     def forward_features(self, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(feat (B,G,len*D), glob (B,2*len*D), center (B,G,3))``: ``self.pool`` of the normed outputs of
         the ``fetch_idx`` blocks (by default their last G tokens concatenated, and max + mean over groups)."""
-        neighborhood, center = self.group_divider(pts)
-        x = self.encoder(neighborhood)
-        if self.reduce_dim is not None:
-            x = self.reduce_dim(x)
+        x, center = self.group_tokens(pts)
         pos = self.pos_embed(center)
         layers = self.blocks(x, pos, return_layers=self.fetch_idx)
         feat, glob = self.pool([self.norm(t) for t in layers], center.shape[1])

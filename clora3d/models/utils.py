@@ -1,6 +1,8 @@
 """Small model utilities: BatchNorm statistics policy for frozen modules, the one parameter counter."""
 from __future__ import annotations
 
+from typing import Iterator
+
 from torch import nn
 
 FROZEN_BN_POLICIES = ("eval", "train")
@@ -59,3 +61,22 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False, exclude_
     head = head_parameter_ids(model) if exclude_head else set()
     return sum(p.numel() for p in model.parameters()  # parameters() yields a shared one once
                if (p.requires_grad or not trainable_only) and id(p) not in head)
+
+
+class HeadSplitMixin:
+    """``head_parameters()`` / ``backbone_parameters()`` of a model from its ``HEAD_PREFIXES`` (module
+    names ending in '.'): the task head is every parameter under them, the backbone the rest."""
+
+    HEAD_PREFIXES: tuple[str, ...] = ()
+
+    def head_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Named parameters of the task head (everything under ``HEAD_PREFIXES``)."""
+        for name, p in self.named_parameters():
+            if self.HEAD_PREFIXES and name.startswith(self.HEAD_PREFIXES):
+                yield name, p
+
+    def backbone_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Named parameters of everything except the head."""
+        for name, p in self.named_parameters():
+            if not (self.HEAD_PREFIXES and name.startswith(self.HEAD_PREFIXES)):
+                yield name, p
