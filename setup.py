@@ -21,106 +21,40 @@ compiling anything; nothing below the ``__main__`` guard runs on import.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import shutil
-import subprocess
 import sys
 import sysconfig
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 
 _ARCH_RE = re.compile(r"^[A-Za-z0-9.+]+$")
 
 
-def env_flag(env: Mapping[str, str], name: str) -> Optional[bool]:
-    """Tri-state boolean environment flag: None when unset/empty, else True for 1/true/yes/on."""
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return None
-    return value.strip().lower() in ("1", "true", "yes", "on")
+def _load_build_env():
+    """clora3d/_build_env.py (CUDA discovery, shared with the doctor) loaded by its path: the package
+    is not installed yet, and importing clora3d could pick up another installed copy. Reuses the
+    module when this very file is already imported as clora3d._build_env (one set of functions)."""
+    path = HERE / "clora3d" / "_build_env.py"
+    mod = sys.modules.get("clora3d._build_env")
+    if mod is not None and Path(getattr(mod, "__file__", "")).resolve() == path:
+        return mod
+    spec = importlib.util.spec_from_file_location("clora3d_build_env", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def _nvcc_reported_home(nvcc: str) -> Optional[str]:
-    """Ask nvcc where its toolkit lives (works through wrapper scripts such as /usr/local/bin/nvcc)."""
-    try:
-        out = subprocess.run(
-            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-            capture_output=True, text=True, timeout=60,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in (out.stdout + out.stderr).splitlines():
-        m = re.match(r"^#\$ _HERE_=(.+)$", line.strip())
-        if m:
-            return str(Path(m.group(1).strip()).resolve().parent)
-    return None
-
-
-def _is_cuda_home(path: Optional[str]) -> bool:
-    """A usable toolkit has bin/nvcc and the runtime headers."""
-    if not path:
-        return False
-    p = Path(path)
-    nvcc = p / "bin" / ("nvcc.exe" if sys.platform == "win32" else "nvcc")
-    headers = [p / "include" / "cuda_runtime_api.h",
-               *p.glob("targets/*/include/cuda_runtime_api.h")]
-    return nvcc.exists() and any(h.exists() for h in headers)
-
-
-def find_cuda_home(env: Mapping[str, str]) -> Optional[str]:
-    """Locate the CUDA toolkit the way torch does, but see through nvcc wrapper scripts.
-
-    torch guesses CUDA_HOME as the parent of the directory holding the first ``nvcc`` on PATH; when
-    that is a wrapper (e.g. /usr/local/bin/nvcc) the guess (/usr/local) has no CUDA headers or
-    libraries. An explicit CUDA_HOME / CUDA_PATH always wins.
-    """
-    explicit = env.get("CUDA_HOME") or env.get("CUDA_PATH")
-    if explicit:
-        return explicit
-    nvcc = shutil.which("nvcc", path=env.get("PATH"))
-    if nvcc:
-        guess = str(Path(nvcc).parent.parent)
-        if _is_cuda_home(guess):
-            return guess
-        reported = _nvcc_reported_home(nvcc)
-        if _is_cuda_home(reported):
-            return reported
-    if sys.platform != "win32" and _is_cuda_home("/usr/local/cuda"):
-        return str(Path("/usr/local/cuda").resolve())
-    return None
-
-
-def decide_cuda(env: Mapping[str, str], torch_cuda_version: Optional[str],
-                cuda_home: Optional[str]) -> tuple[bool, str]:
-    """Whether to build the CUDA kernels, and why (the reason is printed during the build).
-
-    Raises RuntimeError when FORCE_CUDA=1 asks for something impossible, naming the fix.
-    """
-    if env_flag(env, "CLORA3D_CPU_ONLY"):
-        return False, "CLORA3D_CPU_ONLY=1"
-    force = env_flag(env, "FORCE_CUDA")
-    has_nvcc = _is_cuda_home(cuda_home)
-    if force is False:
-        return False, "FORCE_CUDA=0"
-    if force:
-        if not torch_cuda_version:
-            raise RuntimeError(
-                "FORCE_CUDA=1 but the installed torch is a CPU-only build (torch.version.cuda is None). "
-                "Install a CUDA build of torch (https://pytorch.org/get-started/locally/) or unset FORCE_CUDA.")
-        if not has_nvcc:
-            raise RuntimeError(
-                "FORCE_CUDA=1 but no CUDA toolkit (bin/nvcc + include/cuda_runtime_api.h) was found "
-                f"(CUDA_HOME guess: {cuda_home!r}). Install the CUDA toolkit matching torch "
-                f"{torch_cuda_version} and set CUDA_HOME=/path/to/cuda, or unset FORCE_CUDA.")
-        return True, "FORCE_CUDA=1"
-    if not torch_cuda_version:
-        return False, "torch is a CPU-only build"
-    if not has_nvcc:
-        return False, "nvcc not found (set CUDA_HOME to the CUDA toolkit to build the CUDA kernels)"
-    return True, f"torch CUDA {torch_cuda_version} and nvcc at {cuda_home}"
+_build_env = _load_build_env()
+# the shared decisions, under the names the build (and tests/test_build.py) use
+env_flag = _build_env.env_flag
+find_cuda_home = _build_env.find_cuda_home
+decide_cuda = _build_env.decide_cuda
 
 
 def resolve_arch_list(env: Mapping[str, str], device_capabilities: Sequence[tuple[int, int]],
@@ -245,16 +179,19 @@ def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exerc
             "the torch that will run them. Install torch first, then clora3d:\n"
             f"    {sys.executable} -m pip install torch\n"
             f"    {sys.executable} -m pip install .\n"
-            "(or set CLORA3D_NO_KERNELS=1 to build without kernels on purpose).")
+            "(or set CLORA3D_NO_KERNELS=1 to build without kernels on purpose).") from None
     if not (HERE / "csrc" / "bindings.cpp").exists():
         _log("csrc/bindings.cpp is missing: building without compiled kernels.")
         return [], {}
 
-    cuda_home = find_cuda_home(env)
+    # the same plan `clora3d doctor` reports (clora3d/_build_env.py)
+    plan = _build_env.cuda_plan(env, torch.version.cuda)
+    if plan["build_cuda"] is None:  # FORCE_CUDA=1 asked for something impossible: the reason says what
+        raise RuntimeError(plan["reason"])
+    cuda_home, with_cuda, reason = plan["cuda_home"], plan["build_cuda"], plan["reason"]
     # torch.utils.cpp_extension reads CUDA_HOME once, at import: give it the toolkit we found.
     if cuda_home and not (env.get("CUDA_HOME") or env.get("CUDA_PATH")):
         os.environ["CUDA_HOME"] = cuda_home
-    with_cuda, reason = decide_cuda(env, torch.version.cuda, cuda_home)
     from torch.utils import cpp_extension
 
     sources = cpu_sources()

@@ -1,15 +1,8 @@
-"""``python -m clora3d``: the version and which kernels are active (``tools/doctor.py`` for details)."""
+"""``python -m clora3d``: the ``clora3d`` command line (:mod:`clora3d.cli`); without a command, the
+version and which kernels are active."""
 from __future__ import annotations
 
-
-def main() -> int:
-    import clora3d
-    from clora3d.ops._backend import kernels_summary
-
-    print(f"clora3d {clora3d.__version__}")
-    print(kernels_summary())
-    return 0
-
+from clora3d.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

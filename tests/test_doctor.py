@@ -1,6 +1,8 @@
-"""clora3d.doctor: pure helpers against known facts, and collect() under simulated environments."""
+"""The doctor (clora3d/cli/doctor.py): pure helpers against known facts, collect() under simulated
+environments, the same CUDA discovery as setup.py, and the command line."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clora3d import doctor
+from clora3d import _build_env
+from clora3d.cli import doctor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_parse_nvcc_version():
     text = ("nvcc: NVIDIA (R) Cuda compiler driver\nCopyright (c) 2005-2025 NVIDIA Corporation\n"
             "Cuda compilation tools, release 13.0, V13.0.88\nBuild cuda_13.0.r13.0/compiler.36424714_0\n")
-    assert doctor.parse_nvcc_version(text) == "13.0"
-    assert doctor.parse_nvcc_version("Cuda compilation tools, release 11.8, V11.8.89") == "11.8"
-    assert doctor.parse_nvcc_version("command not found") is None
+    assert _build_env.parse_nvcc_version(text) == "13.0"
+    assert _build_env.parse_nvcc_version("Cuda compilation tools, release 11.8, V11.8.89") == "11.8"
+    assert _build_env.parse_nvcc_version("command not found") is None
 
 
 def test_parse_arch_list():
@@ -176,6 +179,73 @@ def test_gpu_arch_not_compiled_is_an_error_with_the_arch_fix(fake_gpu):
     ok = doctor.collect(_fake_importer(ext=_ext(cpu=True, cuda=True, cuda_archs="8.0;8.6+PTX"),
                                        ops=_ops()))
     assert "extension-arch" not in _by_name(ok) and ok.exit_code == 0
+
+
+# ---------------------------------------------------------------- one CUDA discovery for setup.py and the doctor
+
+def _setup_py():
+    spec = importlib.util.spec_from_file_location("clora3d_setup_for_doctor_test", REPO / "setup.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _toolkit(root: Path, release: str) -> Path:
+    """A folder that looks like a CUDA toolkit whose nvcc reports ``release``."""
+    (root / "bin").mkdir(parents=True)
+    (root / "include").mkdir()
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    nvcc.chmod(0o755)
+    (root / "include" / "cuda_runtime_api.h").write_text("/* fake */\n")
+    return root
+
+
+def test_setup_and_doctor_use_the_same_cuda_discovery(tmp_path, monkeypatch, capsys):
+    setup = _setup_py()
+    assert setup.find_cuda_home is _build_env.find_cuda_home
+    assert setup.decide_cuda is _build_env.decide_cuda
+    # the discovery answers with a toolkit nowhere on PATH: both the build and the doctor must follow
+    tk = str(_toolkit(tmp_path / "cuda-77.1", "77.1"))
+    monkeypatch.setattr(_build_env, "find_cuda_home", lambda env: tk)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.delenv("CLORA3D_CPU_ONLY", raising=False)
+    monkeypatch.setenv("FORCE_CUDA", "0")  # build nothing: extensions() only decides and describes
+    monkeypatch.setattr(torch.version, "cuda", "77.1")
+    rep = doctor.collect(_fake_importer(ext=_ext(cpu=True, cuda=False, cuda_archs=""), ops=_ops()))
+    assert rep.nvcc["cuda_home_of_setup"] == tk and rep.nvcc["path"] == f"{tk}/bin/nvcc"
+    assert rep.nvcc["version"] == "77.1"
+    assert _by_name(rep)["build"].detail.endswith("would build the CUDA kernels: no (FORCE_CUDA=0)")
+    monkeypatch.setenv("FORCE_CUDA", "1")
+    rep = doctor.collect(_fake_importer(ext=_ext(cpu=True, cuda=False, cuda_archs=""), ops=_ops()))
+    assert _by_name(rep)["build"].detail.endswith("yes (FORCE_CUDA=1)")
+    # setup.py's extensions() goes through the same plan: a plan that cannot be honoured stops the build
+    calls = []
+
+    def plan(env, torch_cuda):
+        calls.append(torch_cuda)
+        return {"cuda_home": None, "nvcc": None, "nvcc_version": None, "toolkit_root": None, "torch_guess": None,
+                "build_cuda": None, "reason": "the shared plan says no"}
+
+    monkeypatch.setattr(_build_env, "cuda_plan", plan)
+    with pytest.raises(RuntimeError, match="the shared plan says no"):
+        setup.extensions({})
+    rep = doctor.collect(_fake_importer(ext=_ext(cpu=True, cuda=False, cuda_archs=""), ops=_ops()))
+    assert "the shared plan says no" in _by_name(rep)["build"].detail
+    assert calls == ["77.1", "77.1"]
+
+
+def test_build_plan_of_a_real_folder_layout(tmp_path):
+    """cuda_plan on hand-built layouts: CUDA_HOME wins; FORCE_CUDA=1 with a CPU torch cannot be honoured."""
+    tk = str(_toolkit(tmp_path / "tk", "12.4"))
+    plan = _build_env.cuda_plan({"CUDA_HOME": tk, "PATH": ""}, "12.4")
+    assert plan["cuda_home"] == tk and plan["nvcc"] == f"{tk}/bin/nvcc" and plan["nvcc_version"] == "12.4"
+    assert plan["build_cuda"] is True and plan["reason"] == f"torch CUDA 12.4 and nvcc at {tk}"
+    plan = _build_env.cuda_plan({"CUDA_HOME": tk, "PATH": "", "FORCE_CUDA": "1"}, None)
+    assert plan["build_cuda"] is None and "CPU-only build" in plan["reason"]
+    plan = _build_env.cuda_plan({"CUDA_HOME": str(tmp_path / "nothing"), "PATH": ""}, "12.4")
+    assert plan["build_cuda"] is False and plan["nvcc"] is None and plan["nvcc_version"] is None
 
 
 # ---------------------------------------------------------------- the real environment + CLI

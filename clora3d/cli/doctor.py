@@ -3,7 +3,12 @@
 ``collect()`` gathers a JSON-serialisable report (torch / CUDA / nvcc / compiler versions, GPUs and
 their architectures, how ``clora3d._C`` was built, which backend each op uses) together with a list
 of findings, each with a status and, when something is missing or broken, the exact command that
-fixes it. ``format_report()`` renders it for a terminal; ``run()`` is what ``tools/doctor.py`` calls.
+fixes it. ``format_report()`` renders it for a terminal; ``run()`` is the ``doctor`` subcommand of
+the command line (``clora3d doctor``, ``python -m clora3d doctor``, ``tools/doctor.py``).
+
+Where the CUDA toolkit is and whether a rebuild would compile the CUDA kernels come from
+``clora3d._build_env.cuda_plan``, the function setup.py itself decides with, so the doctor reports
+the build's own answer. An application, not part of the library: nothing in clora3d imports it.
 
 Exit code: 0 when clora3d.ops is usable (the pure-PyTorch reference fallback counts as usable but
 is reported as a warning), 1 when it is not. Nothing here runs at import time.
@@ -18,9 +23,12 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
+
+from clora3d import _build_env
+from clora3d.cli import Command
 
 OK, INFO, WARN, ERROR = "ok", "info", "warn", "error"
 _ORDER = {OK: 0, INFO: 0, WARN: 1, ERROR: 2}
@@ -60,12 +68,6 @@ class Report:
 # --------------------------------------------------------------------------------------------
 # Small pure helpers (unit-tested)
 # --------------------------------------------------------------------------------------------
-
-def parse_nvcc_version(text: str) -> Optional[str]:
-    """'Cuda compilation tools, release 13.0, V13.0.88' -> '13.0'."""
-    m = re.search(r"release (\d+\.\d+)", text)
-    return m.group(1) if m else None
-
 
 def parse_arch_list(archs: str) -> list[tuple[int, int, bool]]:
     """'7.5;8.0;8.6+PTX' (';', ',' or space separated) -> [(7, 5, False), (8, 0, False), (8, 6, True)].
@@ -128,24 +130,6 @@ def _run(cmd: Sequence[str], timeout: float = 30.0) -> Optional[str]:
     return (out.stdout or "") + (out.stderr or "")
 
 
-def nvcc_toolkit_root(nvcc: str) -> Optional[str]:
-    """The toolkit directory nvcc really belongs to (sees through wrapper scripts)."""
-    text = _run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull])
-    for line in (text or "").splitlines():
-        m = re.match(r"^#\$ _HERE_=(.+)$", line.strip())
-        if m:
-            return str(Path(m.group(1).strip()).resolve().parent)
-    return None
-
-
-def _has_cuda_headers(root: Optional[str]) -> bool:
-    if not root:
-        return False
-    p = Path(root)
-    return (p / "include" / "cuda_runtime_api.h").exists() or any(
-        p.glob("targets/*/include/cuda_runtime_api.h"))
-
-
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -206,16 +190,19 @@ def _cuda_section(rep: Report, torch) -> None:
 
 
 def _nvcc_section(rep: Report, torch) -> None:
-    env_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    nvcc = shutil.which("nvcc")
-    if env_home and Path(env_home, "bin", "nvcc").exists():
-        nvcc = str(Path(env_home, "bin", "nvcc"))
-    version = parse_nvcc_version(_run([nvcc, "--version"]) or "") if nvcc else None
-    root = nvcc_toolkit_root(nvcc) if nvcc else None
-    torch_guess = env_home or (str(Path(nvcc).parent.parent) if nvcc else None)
-    rep.nvcc = {"path": nvcc, "version": version, "toolkit_root": root, "CUDA_HOME": env_home,
-                "cuda_home_seen_by_torch": torch_guess}
+    plan = _build_env.cuda_plan(os.environ, torch.version.cuda)
+    nvcc, version, root = plan["nvcc"], plan["nvcc_version"], plan["toolkit_root"]
+    rep.nvcc = {"path": nvcc, "version": version, "toolkit_root": root,
+                "CUDA_HOME": os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"),
+                "cuda_home_seen_by_torch": plan["torch_guess"], "cuda_home_of_setup": plan["cuda_home"],
+                "rebuild_builds_cuda": plan["build_cuda"], "rebuild_reason": plan["reason"]}
     gpu = rep.cuda.get("device_count", 0) > 0
+    if plan["build_cuda"] is None:  # FORCE_CUDA=1 that cannot be honoured: setup.py would stop here
+        rep.add("build", WARN, f"a rebuild (setup.py) would stop: {plan['reason']}",
+                "unset FORCE_CUDA, or install what the message names")
+    else:
+        rep.add("build", INFO, f"a rebuild (setup.py) would build the CUDA kernels: "
+                f"{'yes' if plan['build_cuda'] else 'no'} ({plan['reason']})")
     if not torch.version.cuda:
         rep.add("nvcc", INFO, f"nvcc {version or 'not found'} (not needed with a CPU-only torch)")
         return
@@ -232,11 +219,13 @@ def _nvcc_section(rep: Report, torch) -> None:
                 "refuses to build extensions across CUDA major versions",
                 f"install the CUDA {torch.version.cuda} toolkit and point CUDA_HOME at it, or install "
                 f"the torch wheel for CUDA {version}")
-    if not env_home and torch_guess and not _has_cuda_headers(torch_guess) and _has_cuda_headers(root):
+    guess, home = plan["torch_guess"], plan["cuda_home"]
+    if (not rep.nvcc["CUDA_HOME"] and guess and home and guess != home
+            and not _build_env.has_cuda_headers(guess) and _build_env.has_cuda_headers(home)):
         rep.add("CUDA_HOME", INFO,
-                f"nvcc on PATH is a wrapper: torch alone would guess CUDA_HOME={torch_guess} (no "
-                f"headers there); clora3d's setup.py resolves it to {root}",
-                f"for other extensions: export CUDA_HOME={root}")
+                f"nvcc on PATH is a wrapper: torch alone would guess CUDA_HOME={guess} (no "
+                f"headers there); clora3d's setup.py resolves it to {home}",
+                f"for other extensions: export CUDA_HOME={home}")
 
 
 def _compiler_section(rep: Report) -> None:
@@ -475,8 +464,22 @@ def format_report(rep: Report) -> str:
 
 
 def run(as_json: bool = False, stream=None) -> int:
-    """Collect, print (text or JSON) and return the exit code. Used by tools/doctor.py."""
+    """Collect, write the report (text or JSON) to ``stream`` (stdout) and return the exit code."""
     stream = stream or sys.stdout
     rep = collect()
     stream.write((to_json(rep) if as_json else format_report(rep)) + "\n")
     return rep.exit_code
+
+
+
+def _arguments(p) -> None:
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _doctor(args, parser) -> int:
+    return run(as_json=args.json)
+
+
+COMMANDS = [Command("doctor", "check the installation: versions, GPU, how the kernels were built, the fix",
+                    __doc__.split("\n\n")[0] + "\n\nExit code 0 when clora3d.ops is usable (the PyTorch "
+                    "reference fallback counts, with a warning), 1 when it is not.", _arguments, _doctor)]
