@@ -158,13 +158,13 @@ def _convert(value: Any, tp: Any, path: tuple, where: Callable[[tuple], str], me
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        for a in options:
             try:
                 return _convert(value, a, path, where, meta)
-            except _Bad:
-                continue
+            except _Bad as e:
+                if len(options) == 1 and e.path != path:
+                    raise  # X | None and an item of X is wrong: name the item
         raise _Bad(path, value, describe(tp, meta))
     bounds = [meta.get(k) for k in ("ge", "gt", "le", "lt")]
     if tp in (bool, int, float, str) or origin is Literal:

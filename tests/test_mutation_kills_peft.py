@@ -58,30 +58,34 @@ def test_adapter_refuses_a_base_one_ulp_away(tmp_path):
 
 
 # ------------------------------------------------------------------------------ config messages
+K = "config key 'peft."
+LAYERS = "must be a non-empty list of distinct block indices (>= 0) or null"
+TARGETS = "must be a non-empty list of distinct names from ['qkv', 'proj', 'fc1', 'fc2']"
+
+
 @pytest.mark.parametrize("cfg,message", [
-    ({"NAME": "lora", "rank": 0}, "peft method 'lora': option 'rank' must be > 0, got 0"),
-    ({"NAME": "lora", "alpha": -1.0}, "peft method 'lora': option 'alpha' must be > 0, got -1.0"),
-    ({"NAME": "lora", "dropout": 1.0}, "peft method 'lora': option 'dropout' must be in [0, 1), got 1.0"),
-    ({"NAME": "lora", "dropout": -0.1}, "peft method 'lora': option 'dropout' must be in [0, 1), got -0.1"),
-    ({"NAME": "lora", "rank": 2.0}, "peft method 'lora': option 'rank' must be int (default 8), got 2.0"),
-    ({"NAME": "lora", "rslora": 1}, "peft method 'lora': option 'rslora' must be bool (default False), got 1"),
-    ({"NAME": "lora", "layers": []},
-     "peft method 'lora': layers must be a non-empty list of block indices or null, got []"),
-    ({"NAME": "lora", "layers": [0, True]},
-     "peft method 'lora': layers must be a non-empty list of block indices or null, got [0, True]"),
-    ({"NAME": "lora", "layers": [0, 4, -1]},
-     "peft method 'lora': layers [4, -1] out of range for a backbone with depth 4"),
-    ({"NAME": "lora", "layers": [1, 1]}, "peft method 'lora': layers contains duplicates: [1, 1]"),
-    ({"NAME": "lora", "targets": []},
-     "peft method 'lora': targets must be a non-empty list from ['qkv', 'proj', 'fc1', 'fc2'], got []"),
-    ({"NAME": "lora", "targets": ["qkv", 3]},
-     "peft method 'lora': targets must be a non-empty list from ['qkv', 'proj', 'fc1', 'fc2'], got ['qkv', 3]"),
-    ({"NAME": "lora", "targets": ["qkv", "fc3"]},
-     "peft method 'lora': unknown targets ['fc3']; allowed: ['qkv', 'proj', 'fc1', 'fc2']"),
-    ({"NAME": "lora", "targets": ["fc1", "fc1"]}, "peft method 'lora': targets contains duplicates: ['fc1', 'fc1']"),
-    ({"NAME": "lora", "frozen_bn": "off"}, "peft method 'lora': frozen_bn must be 'eval' or 'train', got 'off'"),
+    ({"NAME": "lora", "rank": 0}, K + "rank' in <config> must be a positive integer, got 0"),
+    ({"NAME": "lora", "alpha": -1.0}, K + "alpha' in <config> must be a positive number, got -1.0"),
+    ({"NAME": "lora", "dropout": 1.0}, K + "dropout' in <config> must be a number in [0, 1), got 1.0"),
+    ({"NAME": "lora", "dropout": -0.1}, K + "dropout' in <config> must be a number in [0, 1), got -0.1"),
+    ({"NAME": "lora", "rank": 2.0}, K + "rank' in <config> must be a positive integer, got 2.0"),
+    ({"NAME": "lora", "rslora": 1}, K + "rslora' in <config> must be true or false, got 1"),
+    ({"NAME": "lora", "layers": []}, K + "layers' in <config> " + LAYERS + ", got []"),
+    ({"NAME": "lora", "layers": [0, True]}, K + "layers.1' in <config> must be an integer >= 0, got True"),
+    ({"NAME": "lora", "layers": [0, 4, -1]}, K + "layers.2' in <config> must be an integer >= 0, got -1"),
+    ({"NAME": "lora", "layers": [0, 4]}, "peft method 'lora': layers [4] out of range for a backbone with depth 4"),
+    ({"NAME": "lora", "layers": [1, 1]}, K + "layers' in <config> " + LAYERS + ", got [1, 1]"),
+    ({"NAME": "lora", "targets": []}, K + "targets' in <config> " + TARGETS + ", got []"),
+    ({"NAME": "lora", "targets": ["qkv", 3]}, K + "targets.1' in <config> must be a string, got 3"),
+    ({"NAME": "lora", "targets": ["qkv", "fc3"]}, K + "targets' in <config> " + TARGETS + ", got ['qkv', 'fc3']"),
+    ({"NAME": "lora", "targets": ["fc1", "fc1"]}, K + "targets' in <config> " + TARGETS + ", got ['fc1', 'fc1']"),
+    ({"NAME": "lora", "frozen_bn": "off"}, K + "frozen_bn' in <config> must be train | eval, got 'off'"),
     ({"NAME": "lora", "extra_trainable": ["norm", ""]},
-     "peft method 'lora': extra_trainable must be a list of parameter/module names, got ['norm', '']"),
+     K + "extra_trainable' in <config> must be a list of parameter/module names, got ['norm', '']"),
+    ({"NAME": "lora", "rnak": 4}, "unknown config key 'peft.rnak' in <config>; did you mean 'rank'? (known keys of "
+     "'peft': alpha, dropout, extra_trainable, frozen_bn, layers, rank, rslora, targets)"),
+    ({"NAME": "lorra"}, "unknown peft method NAME 'lorra'; did you mean 'lora'?; known: ['adapter', 'bitfit', "
+     "'clora', 'dapt', 'full', 'idpt', 'linear', 'lora', 'pointgst', 'pointlora', 'prompt']"),
 ])
 def test_config_errors_exact(cfg, message):
     from clora3d.errors import ConfigError
@@ -100,7 +104,7 @@ def test_config_accepts_boundaries_and_sorts_layers():
 
 def test_long_config_values_are_shortened_in_messages():
     from clora3d.errors import ConfigError
-    from clora3d.peft.base import _short
+    from clora3d.schema import short_repr as _short
 
     assert _short(list(range(20))) == "[0, 1, 2, 3, 4, 5, 6, 7, ...]"
     assert _short([[[[1]]]]) == "[[[[...]]]]"
@@ -167,7 +171,8 @@ def test_load_adapter_errors_exact(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_adapter(copy.deepcopy(base), path)
     assert str(info.value) == (f"{path}: the stored method config is not valid here: "
-                               "peft method 'lora': option 'rank' must be > 0, got 0")
+                               "config key 'peft.rank' in the adapter's metadata must be a positive integer, "
+                               "got 0")
 
     _, m, path = _saved(tmp_path)
     key = sorted(m.adapter_state_dict())[0]
@@ -234,9 +239,9 @@ def test_config_type_rules_exact():
     from clora3d.peft import DEFAULTS
 
     for cfg, message in [
-        ({"alpha": True}, "peft method 'lora': option 'alpha' must be float (default 8.0), got True"),
-        ({"alpha": "x"}, "peft method 'lora': option 'alpha' must be float (default 8.0), got 'x'"),
-        ({"targets": "qkv"}, "peft method 'lora': option 'targets' must be list (default ['qkv', 'proj']), got 'qkv'"),
+        ({"alpha": True}, "config key 'peft.alpha' in <config> must be a positive number, got True"),
+        ({"alpha": "x"}, "config key 'peft.alpha' in <config> must be a positive number, got 'x'"),
+        ({"targets": "qkv"}, "config key 'peft.targets' in <config> must be a list of strings, got 'qkv'"),
     ]:
         with pytest.raises(ConfigError) as info:
             apply_peft(_tiny(), {"NAME": "lora", **cfg})
@@ -328,29 +333,22 @@ def test_remove_of_a_merged_method_restores_the_exact_weights():
     assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
 
 
-def test_check_positive_and_probability_bounds():
+def test_config_bounds_accept_the_boundaries():
     from clora3d.errors import ConfigError
-    from clora3d.peft.base import check_positive, check_probability
 
-    check_positive("m", {"x": 0}, "x", allow_zero=True)
-    check_positive("m", {"x": 1e-9}, "x")
-    check_probability("m", {"p": 0.0}, "p")
-    check_probability("m", {"p": 0.999}, "p")
-    for call, message in [
-        (lambda: check_positive("m", {"x": -1}, "x", allow_zero=True), "peft method 'm': option 'x' must be >= 0, got -1"),
-        (lambda: check_positive("m", {"x": 0}, "x"), "peft method 'm': option 'x' must be > 0, got 0"),
-        (lambda: check_positive("m", {"x": None}, "x"), "peft method 'm': option 'x' must be > 0, got None"),
-        (lambda: check_positive("m", {"x": None}, "x", allow_zero=True),
-         "peft method 'm': option 'x' must be >= 0, got None"),
-        (lambda: check_probability("m", {"p": 1.5}, "p"), "peft method 'm': option 'p' must be in [0, 1), got 1.5"),
+    # >= 0 takes 0, > 0 takes a tiny positive number, [0, 1) takes 0 and 0.999
+    m = apply_peft(_tiny(), {"NAME": "clora", "sade_lambda": 0, "sade_eps": 0.0, "dropout": 0.999})
+    assert m.cfg.sade_lambda == 0.0 and m.cfg.dropout == 0.999
+    m = apply_peft(_tiny(), {"NAME": "lora", "alpha": 1e-9, "dropout": 0.0})
+    assert m.cfg.alpha == 1e-9
+    for cfg, message in [
+        ({"NAME": "lora", "alpha": None}, "config key 'peft.alpha' in <config> must be a positive number, got None"),
+        ({"NAME": "clora", "sade_eps": None}, "config key 'peft.sade_eps' in <config> must be a number >= 0, got None"),
+        ({"NAME": "clora", "dropout": 1.5}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got 1.5"),
     ]:
         with pytest.raises(ConfigError) as info:
-            call()
+            apply_peft(_tiny(), cfg)
         assert str(info.value) == message
-    with pytest.raises(ConfigError) as info:
-        apply_peft(_tiny(), {"NAME": "lora", "layers": [0, "a"]})
-    assert str(info.value) == ("peft method 'lora': layers must be a non-empty list of block indices or null, "
-                               "got [0, 'a']")
 
 
 def test_forward_losses_sum_replace_and_reset():
@@ -494,14 +492,19 @@ def test_merge_and_verify_default_tolerance_is_1e_5():
 
 # ------------------------------------------------------------------------------ CLoRA options
 @pytest.mark.parametrize("cfg,message", [
-    ({"placement": "inside"}, "peft method 'clora': placement must be one of ['parallel', 'pre_proj'], got 'inside'"),
-    ({"init": "normal"}, "peft method 'clora': init must be 'orthogonal' or 'xavier', got 'normal'"),
-    ({"rank": 0}, "peft method 'clora': option 'rank' must be > 0, got 0"),
-    ({"num_spaces": 0}, "peft method 'clora': option 'num_spaces' must be > 0, got 0"),
-    ({"sade_lambda": -0.1}, "peft method 'clora': option 'sade_lambda' must be >= 0, got -0.1"),
-    ({"sade_eps": -1.0}, "peft method 'clora': option 'sade_eps' must be >= 0, got -1.0"),
-    ({"dropout": 1.0}, "peft method 'clora': option 'dropout' must be in [0, 1), got 1.0"),
-    ({"targets": ["proj"]}, "peft method 'clora': unknown targets ['proj']; allowed: ['qkv', 'fc1']"),
+    ({"placement": "inside"}, "config key 'peft.placement' in <config> must be pre_proj | parallel, got 'inside'"),
+    ({"init": "normal"}, "config key 'peft.init' in <config> must be xavier | orthogonal, got 'normal'"),
+    ({"rank": 0}, "config key 'peft.rank' in <config> must be a positive integer, got 0"),
+    ({"num_spaces": 0}, "config key 'peft.num_spaces' in <config> must be a positive integer, got 0"),
+    ({"sade_lambda": -0.1}, "config key 'peft.sade_lambda' in <config> must be a number >= 0, got -0.1"),
+    ({"sade_eps": -1.0}, "config key 'peft.sade_eps' in <config> must be a number >= 0, got -1.0"),
+    ({"dropout": 1.0}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got 1.0"),
+    ({"targets": ["proj"]},
+     "config key 'peft.targets' in <config> must be a non-empty list of distinct names from ['qkv', 'fc1'], got "
+     "['proj']"),
+    ({"placement": "parallel", "targets": ["fc1", "proj", "fc1"]},
+     "config key 'peft.targets' in <config> must be a non-empty list of distinct names from ['qkv', 'proj', 'fc1', "
+     "'fc2'], got ['fc1', 'proj', 'fc1']"),
     ({"layers": [9]}, "peft method 'clora': layers [9] out of range for a backbone with depth 4"),
     ({"placement": "parallel", "bias": True},
      "peft method 'clora': bias: true with placement 'parallel' needs targets that have a bias to merge into, but "
@@ -630,13 +633,13 @@ def test_adapter_block_output_written_out(inp):
 def test_adapter_options_exact_and_zero_start():
     from clora3d.errors import ConfigError
 
-    for cfg, message in [({"input": "output"}, "peft method 'adapter': input must be 'residual' or 'norm2', got 'output'"),
-                         ({"bottleneck": 0}, "peft method 'adapter': option 'bottleneck' must be > 0, got 0"),
-                         ({"dropout": 1.0}, "peft method 'adapter': option 'dropout' must be in [0, 1), got 1.0"),
-                         ({"num_tokens": 0}, "peft method 'prompt': option 'num_tokens' must be > 0, got 0"),
-                         ({"init_std": 0.0}, "peft method 'prompt': option 'init_std' must be > 0, got 0.0"),
-                         ({"dropout": -0.5}, "peft method 'prompt': option 'dropout' must be in [0, 1), got -0.5")]:
-        name = "prompt" if "'prompt'" in message else "adapter"
+    for name, cfg, message in [
+            ("adapter", {"input": "output"}, "config key 'peft.input' in <config> must be residual | norm2, got 'output'"),
+            ("adapter", {"bottleneck": 0}, "config key 'peft.bottleneck' in <config> must be a positive integer, got 0"),
+            ("adapter", {"dropout": 1.0}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got 1.0"),
+            ("prompt", {"num_tokens": 0}, "config key 'peft.num_tokens' in <config> must be a positive integer, got 0"),
+            ("prompt", {"init_std": 0.0}, "config key 'peft.init_std' in <config> must be a positive number, got 0.0"),
+            ("prompt", {"dropout": -0.5}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got -0.5")]:
         with pytest.raises(ConfigError) as info:
             apply_peft(_tiny(), {"NAME": name, **cfg})
         assert str(info.value) == message
@@ -809,6 +812,7 @@ def test_lora_and_prompt_dropout_in_training_only(cfg):
 def test_lora_delta_weights_are_scale_b_a():
     m = apply_peft(_tiny(), {"NAME": "lora", "rank": 3, "alpha": 6.0, "targets": ["fc1"], "layers": [1]})
     _randomize(m)
-    (name, lin, A, B), = m.sites
+    (name, layer), = m.sites
+    A, B = layer.A, layer.B
     assert list(m.delta_weights()) == [name] == ["blocks.blocks.1.mlp.fc1"]
     torch.testing.assert_close(m.delta_weights()[name], 2.0 * (B @ A), rtol=1e-6, atol=1e-7)

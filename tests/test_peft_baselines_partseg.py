@@ -301,7 +301,7 @@ def test_idpt_partseg_prompts_change_only_the_global_feature_path():
 def test_idpt_partseg_config_errors_and_defaults():
     from clora3d.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="generator must be one of"):
+    with pytest.raises(ConfigError, match="generator"):
         apply_peft(tiny_seg(), {"NAME": "idpt", "generator": "pointnet"})
     m = apply_peft(tiny_seg(), {"NAME": "idpt"})  # default generator: the DGCNN one, k 20 <= 32 groups
     assert type(m.mods.generators[0]).__name__ == "PromptGenerator" and len(m.mods.generators) == 3

@@ -37,6 +37,7 @@ class Cfg:
     names: dict[str, float] = spec(factory=dict)
     inner: Inner = spec(factory=Inner)
     anything: Any = None
+    maybe: Optional[list[int]] = spec(None, ge=0)
 
 
 def err(cls, data, **kw) -> str:
@@ -93,6 +94,7 @@ def test_path_prefixes_keys():
     ("many", "ab", "a list of strings"),
     ("names", [1], "a mapping of names to numbers"),
     ("inner", 5, "a mapping"),
+    ("maybe", "x", "a list of (an integer >= 0) or null"),
 ])
 def test_bad_value_names_key_value_expectation_and_origin(key, value, expect):
     msg = err(Cfg, {key: value}, where=origin_of)
@@ -109,6 +111,7 @@ def test_bad_value_names_key_value_expectation_and_origin(key, value, expect):
     ("names", {1: 2.0}, "names.1", 1, "a string key"),
     ("inner", {"k": 0}, "inner.k", 0, "an integer >= 1"),
     ("inner", {"mode": "c"}, "inner.mode", "'c'", "a | b"),
+    ("maybe", [1, -1], "maybe.1", -1, "an integer >= 0"),   # X | None: a bad item of X is named
 ])
 def test_bad_item_names_the_item(key, value, bad_key, bad_value, expect):
     msg = err(Cfg, {key: value}, path=("sec",), where=lambda p: f"file-for-{'.'.join(map(str, p))}")
@@ -157,7 +160,7 @@ def test_long_values_are_cut():
 def test_unknown_key_with_suggestion_and_origin():
     msg = err(Cfg, {"nme": "y"}, path=("peft",), where=lambda p: "cfgs/a.yaml" if p == ("peft", "nme") else "?")
     assert msg == ("unknown config key 'peft.nme' in cfgs/a.yaml; did you mean 'name'? (known keys of 'peft': "
-                   "alt, anything, flag, inner, items, kind, lr, many, n, name, names, opt, pair)")
+                   "alt, anything, flag, inner, items, kind, lr, many, maybe, n, name, names, opt, pair)")
 
 
 def test_unknown_key_top_level_without_suggestion():
@@ -234,7 +237,7 @@ def test_to_dict_plain_nested_and_round_trip():
     d = to_dict(c)
     assert d == {"flag": False, "n": 1, "lr": 1e-3, "name": "x", "kind": "clora", "opt": None, "alt": None,
                  "items": [1, 2], "pair": [0.1, 0.2], "many": ["q"], "names": {}, "inner": {"k": 2, "mode": "a"},
-                 "anything": None}
+                 "anything": None, "maybe": None}
     assert validate(Cfg, d) == c
     assert validate(Cfg, c) == c  # an instance is re-validated through its dict
 

@@ -19,30 +19,42 @@ output. Not mergeable. Each selected block processes n extra tokens (see the FLO
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clora3d.errors import ConfigError
-from clora3d.peft.base import (PeftMethod, check_positive, check_probability, fan_in_uniform_, register_method,
-                               resolve_layers)
+from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults, fan_in_uniform_, layers_spec
+from clora3d.peft.registry import register_method
+from clora3d.schema import spec
 
-ADAPTER_DEFAULTS: dict[str, Any] = {
-    "bottleneck": 64,        # hidden width of the adapter
-    "scale": 0.1,            # AdaptFormer's s
-    "dropout": 0.1,          # dropout after the activation (training only)
-    "input": "residual",     # "residual" (AdaptFormer: the stream before norm2) | "norm2" (its output)
-    "layers": None,          # null -> every block
-}
 
-PROMPT_DEFAULTS: dict[str, Any] = {
-    "num_tokens": 10,        # prompt tokens per selected block
-    "layers": None,          # null -> every block (deep); [0] -> shallow
-    "init_std": 0.02,        # trunc-normal std of the prompts
-    "dropout": 0.0,          # dropout on the prompts (training only)
-}
+@dataclass
+class AdapterConfig(PeftConfig):
+    """Options of ``peft: {NAME: adapter}``."""
+
+    bottleneck: int = spec(64, gt=0, doc="hidden width of the adapter")
+    scale: float = spec(0.1, doc="AdaptFormer's s")
+    dropout: float = spec(0.1, ge=0, lt=1, doc="dropout after the activation (training only)")
+    input: Literal["residual", "norm2"] = spec(
+        "residual", doc="residual (AdaptFormer: the stream before norm2) | norm2 (its output)")
+    layers: list[int] | None = layers_spec()
+
+
+@dataclass
+class PromptConfig(PeftConfig):
+    """Options of ``peft: {NAME: prompt}``."""
+
+    num_tokens: int = spec(10, gt=0, doc="prompt tokens per selected block")
+    layers: list[int] | None = layers_spec("block indices; null = every block (deep); [0] = shallow")
+    init_std: float = spec(0.02, gt=0, doc="trunc-normal std of the prompts")
+    dropout: float = spec(0.0, ge=0, lt=1, doc="dropout on the prompts (training only)")
+
+
+ADAPTER_DEFAULTS = config_defaults(AdapterConfig)
+PROMPT_DEFAULTS = config_defaults(PromptConfig)
 
 
 class AdapterMLP(nn.Module):
@@ -89,18 +101,13 @@ class Adapter(PeftMethod):
     """AdaptFormer parallel adapter (see module docstring)."""
 
     name = "adapter"
-    DEFAULTS = ADAPTER_DEFAULTS
+    config_class = AdapterConfig
 
     def _setup(self) -> None:
-        cfg, n = self.config, self.name
-        check_positive(n, cfg, "bottleneck")
-        check_probability(n, cfg, "dropout")
-        if cfg["input"] not in ("residual", "norm2"):
-            raise ConfigError(f"peft method 'adapter': input must be 'residual' or 'norm2', got {cfg['input']!r}")
-        self.layers = resolve_layers(n, cfg, len(self.blocks))
-        cfg["layers"] = list(self.layers)
+        cfg = self.cfg
+        self.layers = self.resolve_layers()
         d = self.dim
-        self.adapters = nn.ModuleDict({str(i): AdapterMLP(d, cfg["bottleneck"], cfg["dropout"]) for i in self.layers})
+        self.adapters = nn.ModuleDict({str(i): AdapterMLP(d, cfg.bottleneck, cfg.dropout) for i in self.layers})
         ref = self.reference_parameter()
         self.adapters.to(device=ref.device, dtype=ref.dtype)
         self.peft_params = {f"peft.{k}": p for k, p in self.adapters.named_parameters()}
@@ -108,9 +115,9 @@ class Adapter(PeftMethod):
     def _attach(self) -> None:
         self.model.add_module("peft", self.adapters)
         for i in self.layers:
-            stash = _Stash(self.config["input"] == "norm2")
+            stash = _Stash(self.cfg.input == "norm2")
             self._hook_post(self.blocks[i].norm2, stash)
-            self._hook_post(self.blocks[i], _AddAdapter(stash, self.adapters[str(i)], self.config["scale"]))
+            self._hook_post(self.blocks[i], _AddAdapter(stash, self.adapters[str(i)], self.cfg.scale))
 
     def _detach(self) -> None:
         super()._detach()
@@ -157,18 +164,13 @@ class PromptTuning(PeftMethod):
     """Deep prompt tuning (see module docstring)."""
 
     name = "prompt"
-    DEFAULTS = PROMPT_DEFAULTS
+    config_class = PromptConfig
     starts_at_base = False
 
     def _setup(self) -> None:
-        cfg, n = self.config, self.name
-        check_positive(n, cfg, "num_tokens")
-        check_positive(n, cfg, "init_std")
-        check_probability(n, cfg, "dropout")
-        self.layers = resolve_layers(n, cfg, len(self.blocks))
-        cfg["layers"] = list(self.layers)
-        d = self.dim
-        self.store = PromptStore(len(self.layers), cfg["num_tokens"], d, cfg["init_std"])
+        cfg = self.cfg
+        self.layers = self.resolve_layers()
+        self.store = PromptStore(len(self.layers), cfg.num_tokens, self.dim, cfg.init_std)
         ref = self.reference_parameter()
         self.store.to(device=ref.device, dtype=ref.dtype)
         self.peft_params = {"peft.prompts": self.store.prompts}
@@ -176,8 +178,8 @@ class PromptTuning(PeftMethod):
     def _attach(self) -> None:
         self.model.add_module("peft", self.store)
         for k, i in enumerate(self.layers):
-            self._hook_pre(self.blocks[i], _InsertPrompts(self.store, k, self.config["dropout"]))
-            self._hook_post(self.blocks[i], _RemovePrompts(self.config["num_tokens"]))
+            self._hook_pre(self.blocks[i], _InsertPrompts(self.store, k, self.cfg.dropout))
+            self._hook_post(self.blocks[i], _RemovePrompts(self.cfg.num_tokens))
 
     def _detach(self) -> None:
         super()._detach()

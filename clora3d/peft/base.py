@@ -1,183 +1,101 @@
-"""The one PEFT interface: :class:`PeftMethod`, config resolution, base hashing, adapter files.
+"""The PEFT method lifecycle (:class:`PeftMethod`) and the options every method shares (:class:`PeftConfig`).
 
 A method is applied to a :class:`~clora3d.models.backbone.PointTransformer` in four steps:
 
-1. the config is resolved against the method's ``DEFAULTS`` (unknown keys and bad values raise
-   :class:`~clora3d.errors.ConfigError` naming the key);
+1. its config (a dataclass next to the method, e.g. ``LoRAConfig`` in lora.py, subclassing
+   :class:`PeftConfig`) is validated once by :func:`clora3d.schema.validate`: unknown keys and bad
+   values raise :class:`~clora3d.errors.ConfigError` naming the key (checks that need the model, such
+   as block indices against its depth, are made when the method is built);
 2. the trainable set is built explicitly: the method's own base parameters (e.g. biases for BitFit),
    plus the task head, ``cls_token`` and ``cls_pos`` when the model has them (always trained, as in the
    references; for PartSegModel the head is its ``HEAD_PREFIXES`` modules), plus
    ``extra_trainable`` (exact parameter names, or module names whose parameters are all taken);
 3. every other base parameter gets ``requires_grad=False`` and a SHA-256 hash of these frozen
-   parameters (sorted names, dtypes, shapes and bytes) is stored: an adapter file remembers it so it
-   can only be loaded onto the same base weights;
-4. the method attaches its new parameters and hooks without renaming any base key.
+   parameters is stored (:mod:`clora3d.peft.adapter_io`): an adapter file remembers it so it can only
+   be loaded onto the same base weights;
+4. the method attaches its new parameters and hooks without renaming any base key; hooks are held by
+   their removable handles.
 
-Adapter files are ``torch.save`` of plain tensors and dicts and are read with
-``torch.load(weights_only=True)``.
+The registry (name -> config class, method class) is :mod:`clora3d.peft.registry`; adapter files are
+:mod:`clora3d.peft.adapter_io`.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-import clora3d
-from clora3d.errors import CheckpointError, ConfigError
-
-ADAPTER_FORMAT = "clora3d-adapter"
-ADAPTER_FORMAT_VERSION = 1
-
-#: Keys every method accepts, with their defaults.
-COMMON_DEFAULTS: dict[str, Any] = {
-    # Exact parameter names, or module names (all parameters below ``name + "."``), that are trained in
-    # addition to the method's own set. Never substring matching: an entry that names nothing is an error.
-    "extra_trainable": [],
-    # Frozen BatchNorm layers (patch encoder): "train" (default) reproduces the references, whose
-    # frozen BN statistics drift to the downstream data; their buffers are then saved in the adapter.
-    # "eval" (strict) keeps their running statistics fixed (a frozen backbone is really frozen; use
-    # ``method.train()``).
-    "frozen_bn": "train",
-}
+from clora3d.errors import ConfigError
+from clora3d.peft.adapter_io import hash_tensors
+from clora3d.schema import Invalid, short_repr, spec, to_dict, validate
 
 #: Block-relative module paths of the linear layers methods may target.
 BLOCK_LINEARS: dict[str, str] = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
 # ------------------------------------------------------------------------------------------------
-# config helpers
+# config
 # ------------------------------------------------------------------------------------------------
-def _type_name(v: Any) -> str:
-    return type(v).__name__
+def _names_ok(v: list[str]) -> bool:
+    return all(e != "" for e in v)
 
 
-def _short(value: Any, limit: int = 200) -> str:
-    """``repr`` bounded in time and length: a config value may be a huge aliased YAML structure."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 8, 8, 8, 120, 120
-    text = r.repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+def _layers_ok(v: list[int]) -> bool:
+    return len(v) > 0 and len(set(v)) == len(v)
 
 
-def resolve_config(name: str, defaults: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``cfg`` over ``COMMON_DEFAULTS`` + ``defaults``; unknown keys or wrong types raise ConfigError."""
-    known = {**COMMON_DEFAULTS, **defaults}
-    out = copy.deepcopy(known)
-    for key, value in cfg.items():
-        if key == "NAME":
-            continue
-        if key not in known:
-            raise ConfigError(
-                f"peft method {name!r}: unknown option {_short(key)}; known options: {sorted(known)}"
-            )
-        default = known[key]
-        if default is not None and value is not None:
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-                value = float(value) if ok else value
-            elif isinstance(default, (list, tuple)):
-                ok = isinstance(value, (list, tuple))
-                value = list(value) if ok else value
-            else:
-                ok = isinstance(value, type(default))
-            if not ok:
-                raise ConfigError(
-                    f"peft method {name!r}: option {key!r} must be {_type_name(default)} "
-                    f"(default {default!r}), got {_short(value)}"
-                )
-        out[key] = copy.deepcopy(value)
-    out["NAME"] = name
-    if out["frozen_bn"] not in ("eval", "train"):
-        raise ConfigError(f"peft method {name!r}: frozen_bn must be 'eval' or 'train', got {out['frozen_bn']!r}")
-    if not all(isinstance(e, str) and e for e in out["extra_trainable"]):
-        raise ConfigError(f"peft method {name!r}: extra_trainable must be a list of parameter/module names, "
-                          f"got {_short(out['extra_trainable'])}")
-    return out
+def layers_spec(doc: str = "block indices; null = every block") -> Any:
+    """The ``layers`` field: null (every block) or a non-empty list of distinct block indices; the range
+    is checked against the model's depth when the method is built (:meth:`PeftMethod.resolve_layers`)."""
+    return spec(None, ge=0, check=_layers_ok, expect="a non-empty list of distinct block indices (>= 0) or null",
+                doc=doc)
 
 
-def check_positive(name: str, cfg: dict[str, Any], key: str, *, allow_zero: bool = False) -> None:
-    """Raise ConfigError unless ``cfg[key]`` is > 0 (or >= 0 with ``allow_zero``)."""
-    v = cfg[key]
-    if v is None or (v < 0 if allow_zero else v <= 0):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"peft method {name!r}: option {key!r} must be {bound}, got {v!r}")
-
-
-def check_probability(name: str, cfg: dict[str, Any], key: str) -> None:
-    """Raise ConfigError unless ``0 <= cfg[key] < 1``."""
-    v = cfg[key]
-    if not (0.0 <= v < 1.0):
-        raise ConfigError(f"peft method {name!r}: option {key!r} must be in [0, 1), got {v!r}")
-
-
-def resolve_layers(name: str, cfg: dict[str, Any], depth: int) -> list[int]:
-    """``layers: null`` -> every block; otherwise validate the explicit block indices (sorted, unique)."""
-    layers = cfg.get("layers")
-    if layers is None:
-        return list(range(depth))
-    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-        raise ConfigError(f"peft method {name!r}: layers must be a non-empty list of block indices or null, "
-                          f"got {layers!r}")
-    bad = [i for i in layers if not 0 <= i < depth]
-    if bad:
-        raise ConfigError(f"peft method {name!r}: layers {bad} out of range for a backbone with depth {depth}")
-    if len(set(layers)) != len(layers):
-        raise ConfigError(f"peft method {name!r}: layers contains duplicates: {layers}")
-    return sorted(layers)
-
-
-def resolve_targets(name: str, cfg: dict[str, Any], allowed: Iterable[str]) -> list[str]:
-    """Validate ``targets`` against the allowed block linear names (order kept as in ``allowed``)."""
+def normalize_targets(targets: Any, allowed: Iterable[str], key: str = "targets") -> list[str]:
+    """``targets`` checked against ``allowed`` (non-empty, no duplicates) in the order of ``allowed``;
+    for a config's ``__post_init__``."""
     allowed = list(allowed)
-    targets = cfg["targets"]
-    if not targets or not all(isinstance(t, str) for t in targets):
-        raise ConfigError(f"peft method {name!r}: targets must be a non-empty list from {allowed}, got {targets!r}")
-    bad = [t for t in targets if t not in allowed]
-    if bad:
-        raise ConfigError(f"peft method {name!r}: unknown targets {bad}; allowed: {allowed}")
-    if len(set(targets)) != len(targets):
-        raise ConfigError(f"peft method {name!r}: targets contains duplicates: {targets}")
+    if not targets or len(set(targets)) != len(targets) or any(t not in allowed for t in targets):
+        raise Invalid(key, f"a non-empty list of distinct names from {allowed}", targets)
     return [t for t in allowed if t in targets]
 
 
+@dataclass
+class PeftConfig:
+    """Options every method accepts; each method's config subclasses it (and is registered with it)."""
+
+    extra_trainable: list[str] = spec(
+        factory=list, check=_names_ok, expect="a list of parameter/module names",
+        doc="exact parameter names, or module names (all parameters below name + '.'), trained in addition to "
+            "the method's own set; never substring matching: an entry that names nothing is an error")
+    frozen_bn: Literal["train", "eval"] = spec(
+        "train", doc="frozen BatchNorm layers: train (the references; their statistics drift and are saved in "
+                     "the adapter) | eval (strict: running statistics fixed; use method.train())")
+
+
+def config_defaults(cls: type[PeftConfig], *, own: bool = True) -> dict[str, Any]:
+    """``{option: default}`` of a config class (``own``: without the :class:`PeftConfig` options)."""
+    base = {f.name for f in dataclasses.fields(PeftConfig)} if own else set()
+    return {f.name: to_dict(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(cls) if f.name not in base}
+
+
+#: Options every method accepts, with their defaults.
+COMMON_DEFAULTS: dict[str, Any] = config_defaults(PeftConfig, own=False)
+
+
 # ------------------------------------------------------------------------------------------------
-# hashing
+# the interface
 # ------------------------------------------------------------------------------------------------
-def hash_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """Deterministic SHA-256 over sorted names, dtypes, shapes and raw bytes of the tensors."""
-    h = hashlib.sha256()
-    for name, t in sorted(named, key=lambda kv: kv[0]):
-        t = t.detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _plain(obj: Any) -> Any:
-    """Convert tuples to lists recursively so metadata is plain JSON-like data."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def head_parameter_names(model: nn.Module) -> list[str]:
     """Names of the task head's parameters: ``model.head_parameters()`` (PointTransformer), else the
     modules listed in ``model.HEAD_PREFIXES`` (PartSegModel; whole module names ending in '.')."""
@@ -197,20 +115,24 @@ def head_parameter_names(model: nn.Module) -> list[str]:
 # the interface
 # ------------------------------------------------------------------------------------------------
 class PeftMethod:
-    """Base class of every PEFT method; subclasses set ``name``/``DEFAULTS`` and override the hooks.
+    """Base class of every PEFT method; subclasses set ``name``/``config_class`` and override the hooks.
 
-    Subclass hooks: ``_setup()`` (validate config, create new parameters), ``_base_trainable()``
+    ``self.cfg`` is the validated config instance; ``self.config`` the same as a plain dict with ``NAME``
+    and the values the method resolved against the model (``layers``, ``targets``): what adapter files
+    record.
+
+    Subclass hooks: ``_setup()`` (model-dependent checks, create new parameters), ``_base_trainable()``
     (names of base parameters the method itself trains), ``_attach()`` / ``_detach()`` (register and
     remove new parameters + forward hooks), ``_merge_weights()`` / ``_restore_weights()``.
     """
 
     name: ClassVar[str] = ""
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    config_class: ClassVar[type[PeftConfig]] = PeftConfig
     mergeable: ClassVar[bool] = False
     #: True when the adapted model's output equals the base model's at initialisation.
     starts_at_base: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, cfg: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, cfg: PeftConfig | Mapping[str, Any]) -> None:
         if not isinstance(getattr(getattr(model, "blocks", None), "blocks", None), nn.ModuleList):
             raise ValueError(f"peft method {self.name!r}: the model has no transformer blocks 'blocks.blocks'; "
                              f"apply_peft expects a clora3d PointTransformer or PartSegModel "
@@ -218,8 +140,14 @@ class PeftMethod:
         if getattr(model, "_clora3d_peft", None) is not None:
             raise ValueError(f"peft method {self.name!r}: a PEFT method ({model._clora3d_peft.name!r}) is already "
                              f"applied to this model; call .remove() on it first or build a fresh model")
+        if isinstance(cfg, Mapping):  # a plain mapping (with or without NAME): validate it here
+            cfg = validate(self.config_class, {k: v for k, v in cfg.items() if k != "NAME"}, path=("peft",))
+        if type(cfg) is not self.config_class:
+            raise TypeError(f"peft method {self.name!r} takes a {self.config_class.__name__}, got "
+                            f"{type(cfg).__name__}")
         self.model = model
-        self.config = resolve_config(self.name, self.DEFAULTS, cfg)
+        self.cfg = cfg
+        self.config: dict[str, Any] = {**to_dict(cfg), "NAME": self.name}
         self.blocks: list[nn.Module] = list(model.blocks.blocks)
         self.merged = False
         self._handles: list[Any] = []
@@ -235,7 +163,7 @@ class PeftMethod:
         self._base_names = list(base)
         own = list(self._base_trainable())
         always = head_parameter_names(model) + [n for n in ("cls_token", "cls_pos") if n in base]
-        extra = self._resolve_extra(base, self.config["extra_trainable"])
+        extra = self._resolve_extra(base, self.cfg.extra_trainable)
         names = set(own) | set(always) | set(extra)
         self.base_trainable_names: list[str] = [n for n in self._base_names if n in names]
         for n, p in base.items():
@@ -257,7 +185,7 @@ class PeftMethod:
 
     # -- subclass hooks ---------------------------------------------------------------------------
     def _setup(self) -> None:
-        """Validate method options and create new parameters into ``self.peft_params``."""
+        """Model-dependent checks; create new parameters into ``self.peft_params``."""
 
     def _base_trainable(self) -> Iterable[str]:
         """Names of base parameters the method trains (besides head, cls tokens and extras)."""
@@ -267,12 +195,10 @@ class PeftMethod:
         """Register new parameters/modules and forward hooks on the model."""
 
     def _detach(self) -> None:
-        """Remove what ``_attach`` registered (hooks via ``self._handles``, modules swapped in with
-        ``replace_module`` are swapped back)."""
-        for module, hook_id in self._handles:
-            for attr in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-                         "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
-                getattr(module, attr, {}).pop(hook_id, None)
+        """Remove what ``_attach`` registered (hooks through their removable handles, modules swapped in
+        with ``replace_module`` are swapped back)."""
+        for handle in self._handles:
+            handle.remove()
         self._handles.clear()
         for path, (_, original) in reversed(list(self._replaced.items())):
             parent, _, leaf = path.rpartition(".")
@@ -297,7 +223,7 @@ class PeftMethod:
             under = [n for n in base if n.startswith(e + ".")]
             if not under:
                 raise ConfigError(
-                    f"peft method {self.name!r}: extra_trainable entry {_short(e)} is neither a parameter name nor a "
+                    f"peft method {self.name!r}: extra_trainable entry {short_repr(e)} is neither a parameter name nor a "
                     f"module name of the backbone (example names: {self._base_examples(base)})"
                 )
             out.extend(under)
@@ -306,6 +232,19 @@ class PeftMethod:
     @staticmethod
     def _base_examples(base: dict[str, nn.Parameter]) -> list[str]:
         return [n for n in base if n.startswith(("cls_", "norm.", "blocks.blocks.0.", "pos_embed.0"))][:8]
+
+    def resolve_layers(self) -> list[int]:
+        """``cfg.layers`` checked against the model's depth, sorted (null: every block); recorded in
+        ``self.config``."""
+        depth, layers = len(self.blocks), self.cfg.layers
+        if layers is None:
+            layers = list(range(depth))
+        bad = [i for i in layers if not 0 <= i < depth]
+        if bad:
+            raise ConfigError(f"peft method {self.name!r}: layers {bad} out of range for a backbone with depth "
+                              f"{depth}")
+        self.config["layers"] = sorted(layers)
+        return sorted(layers)
 
     def reference_parameter(self) -> nn.Parameter:
         """A backbone parameter whose device and dtype new PEFT tensors follow."""
@@ -389,14 +328,14 @@ class PeftMethod:
         self._forward_losses.clear()
         return total
 
-    # Hooks are callable objects (not closures) and are recorded as (module, hook id): a deepcopy of an
-    # adapted model then gets hooks bound to its own copies of the PEFT parameters, and removing them
-    # on the copy leaves the original untouched.
+    # Hooks are callable objects (not closures) held by their removable handles: a deepcopy of an adapted
+    # model copies the method with it (model._clora3d_peft), so the copy's hooks are bound to its own PEFT
+    # parameters and its handles to its own modules' hook dicts; removing them leaves the original alone.
     def _hook_pre(self, module: nn.Module, fn: Any) -> None:
-        self._handles.append((module, module.register_forward_pre_hook(fn).id))
+        self._handles.append(module.register_forward_pre_hook(fn))
 
     def _hook_post(self, module: nn.Module, fn: Any) -> None:
-        self._handles.append((module, module.register_forward_hook(fn).id))
+        self._handles.append(module.register_forward_hook(fn))
 
     # -- public API -------------------------------------------------------------------------------
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
@@ -407,12 +346,9 @@ class PeftMethod:
         return out
 
     def no_weight_decay(self) -> set[str]:
-        """Names of trainable parameters to exclude from weight decay: 1-D tensors (biases, norm weights),
-        ``cls_token``/``cls_pos``, plus method-specific stacked bias vectors (CLoRA's per-LRM ``bias``)."""
-        return {n for n, p in self.trainable_parameters().items()
-                if p.ndim <= 1 or n in ("cls_token", "cls_pos") or n in self._no_decay_extra()}
-
-    def _no_decay_extra(self) -> set[str]:
+        """Names of the method's trainable parameters that take no weight decay whatever their shape or
+        name (e.g. CLoRA's stacked per-LRM bias vectors). The optimizer applies the reference rule
+        (``clora3d.engine.optim.is_no_decay``: 1-D tensors, ``*.bias``, tokens) and adds these."""
         return set()
 
     def regularization_loss(self) -> torch.Tensor:
@@ -475,7 +411,7 @@ class PeftMethod:
     def train(self, mode: bool = True) -> None:
         """``model.train(mode)``, then (``frozen_bn: eval``) put BatchNorms with only frozen params in eval mode."""
         self.model.train(mode)
-        if mode and self.config["frozen_bn"] == "eval":
+        if mode and self.cfg.frozen_bn == "eval":
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     ps = list(m.parameters(recurse=False))
@@ -489,7 +425,7 @@ class PeftMethod:
     def saved_buffer_names(self) -> list[str]:
         """BatchNorm buffers stored in the adapter: BNs with a trainable parameter (the head's), and every
         BN when ``frozen_bn`` is ``"train"`` (their statistics then drift during fine-tuning)."""
-        keep_all = self.config["frozen_bn"] == "train"
+        keep_all = self.cfg.frozen_bn == "train"
         out = []
         for mname, m in self.model.named_modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -507,25 +443,16 @@ class PeftMethod:
         return out
 
     def metadata(self) -> dict[str, Any]:
-        """What an adapter file records besides its tensors."""
-        return {
-            "format": ADAPTER_FORMAT,
-            "format_version": ADAPTER_FORMAT_VERSION,
-            "method": self.name,
-            "config": _plain(self.config),
-            "clora3d_version": str(clora3d.__version__),
-            "torch_version": str(torch.__version__),
-            "base_hash": self.base_hash,
-            "base_hash_numel": int(self.num_frozen_hashed),
-            "model_config": _plain(getattr(self.model, "config", {})),
-        }
+        """What an adapter file records besides its tensors (:func:`clora3d.peft.adapter_io.adapter_metadata`)."""
+        from clora3d.peft.adapter_io import adapter_metadata
+
+        return adapter_metadata(self)
 
     def save_adapter(self, path: str | os.PathLike) -> Path:
         """Write the adapter file (``torch.save`` of plain tensors/dicts); returns the path."""
-        from clora3d.storage import atomic_torch_save
+        from clora3d.peft.adapter_io import save_adapter
 
-        return atomic_torch_save({"metadata": self.metadata(), "state": self.adapter_state_dict()},
-                                 Path(path), what="adapter")
+        return save_adapter(self, path)
 
     def refresh_base_hash(self) -> str:
         """Re-hash the frozen base parameters, after weights were loaded into the adapted model
@@ -536,97 +463,15 @@ class PeftMethod:
         return self.base_hash
 
     @classmethod
-    def load_adapter(cls, model: nn.Module, path: str | os.PathLike) -> "PeftMethod":
-        """Alias of :func:`load_adapter`."""
+    def load_adapter(cls, model: nn.Module, path: str | os.PathLike) -> PeftMethod:
+        """Alias of :func:`clora3d.peft.adapter_io.load_adapter`."""
+        from clora3d.peft.adapter_io import load_adapter
+
         return load_adapter(model, path)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.trainable_parameters().values())
         return f"{type(self).__name__}(name={self.name!r}, trainable={n}, merged={self.merged})"
-
-
-# ------------------------------------------------------------------------------------------------
-# registry and entry points
-# ------------------------------------------------------------------------------------------------
-METHODS: dict[str, type[PeftMethod]] = {}
-
-
-def register_method(cls: type[PeftMethod]) -> type[PeftMethod]:
-    """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
-    METHODS[cls.name] = cls
-    return cls
-
-
-def apply_peft(model: nn.Module, cfg: dict[str, Any]) -> PeftMethod:
-    """Apply the method ``cfg["NAME"]`` with its options to ``model`` (in place) and return it."""
-    if not isinstance(cfg, dict) or "NAME" not in cfg:
-        raise ConfigError(f"peft config must be a mapping with a NAME key in {sorted(METHODS)}, got {cfg!r}")
-    name = cfg["NAME"]
-    if name not in METHODS:
-        raise ConfigError(f"unknown peft method NAME {name!r}; known: {sorted(METHODS)}")
-    return METHODS[name](model, cfg)
-
-
-def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read an adapter file safely; returns ``(metadata, state)``."""
-    from clora3d.storage import safe_torch_load
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"adapter file not found: {path}")
-    blob = safe_torch_load(path, what="adapter file")
-    if not isinstance(blob, dict) or not isinstance(blob.get("metadata"), dict) \
-            or blob["metadata"].get("format") != ADAPTER_FORMAT or not isinstance(blob.get("state"), dict):
-        raise CheckpointError(f"{path} is not a clora3d adapter file (expected a dict with 'metadata' of format "
-                              f"{ADAPTER_FORMAT!r} and 'state'); full checkpoints load with "
-                              f"clora3d.models.checkpoint.load_pretrained")
-    return blob["metadata"], blob["state"]
-
-
-def load_adapter(model: nn.Module, path: str | os.PathLike) -> PeftMethod:
-    """Apply the method recorded in the adapter file to ``model`` and load its tensors.
-
-    ``model`` must be the plain backbone with the same base weights the adapter was trained on
-    (checked with the stored hash of the frozen parameters); otherwise CheckpointError.
-    """
-    meta, state = read_adapter(path)
-    if meta.get("format_version") != ADAPTER_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: adapter format version {meta.get('format_version')} is not supported "
-                              f"(this clora3d reads version {ADAPTER_FORMAT_VERSION})")
-    if meta.get("clora3d_version") != clora3d.__version__:
-        warnings.warn(f"{path} was written by clora3d {meta.get('clora3d_version')}, this is "
-                      f"{clora3d.__version__}", stacklevel=2)
-    try:
-        method = apply_peft(model, dict(meta["config"]))
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: the stored method config is not valid here: {e}") from e
-    try:
-        if method.base_hash != meta["base_hash"]:
-            raise CheckpointError(
-                f"{path}: adapter was trained on different base weights (frozen-parameter hash "
-                f"{meta['base_hash'][:12]}..., this model {method.base_hash[:12]}...). Load the same pre-trained "
-                f"checkpoint into the model before load_adapter"
-            )
-        expected = method.adapter_state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(f"{path}: adapter keys do not match method {method.name!r}: missing {missing[:10]}, "
-                                  f"unexpected {unexpected[:10]}")
-        for k, v in state.items():
-            if tuple(v.shape) != tuple(expected[k].shape):
-                raise CheckpointError(
-                    f"{path}: size mismatch for {k}: adapter {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                    + (" (build the model with the adapter's cls_dim)" if k.startswith("cls_head_finetune") else "")
-                )
-        targets = {**dict(model.named_buffers()), **method.trainable_parameters()}
-        with torch.no_grad():
-            for k, v in state.items():
-                targets[k].copy_(v)
-    except BaseException:
-        method.remove()
-        raise
-    return method
 
 
 def fan_in_uniform_(weight: torch.Tensor) -> None:

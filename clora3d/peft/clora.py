@@ -31,43 +31,56 @@ Trainable parameters: ``p (d_in r + r d_out)`` per space set plus ``m p r^2`` co
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
-from clora3d.peft.base import (PeftMethod, check_positive, check_probability, register_method, resolve_layers,
-                               resolve_targets)
-
-#: Every CLoRA option and its default (also written, resolved, into adapter metadata).
-CLORA_DEFAULTS: dict[str, Any] = {
-    "rank": 8,                  # r: size of each shared space
-    "num_spaces": 4,            # p: number of shared down/up space pairs (p = 1 is an ablation)
-    "placement": "pre_proj",    # "pre_proj" | "parallel"
-    "targets": None,            # null -> placement default: pre_proj ["qkv", "fc1"], parallel ["qkv", "proj"]
-    "layers": None,             # null -> every block; else explicit block indices
-    "scale": 1.0,               # multiplies dW
-    "dropout": 0.0,             # dropout on the input of the low-rank branch (training only)
-    "bias": False,              # per-LRM bias vector (pre_proj: size d_in, parallel: size d_out)
-    # "xavier" (independent spaces) | "orthogonal" (the p spaces jointly orthonormal when p*r <= d).
-    # xavier by default: with jointly orthogonal D_h every D_a^T D_b is 0, so SADE and its gradient
-    # stay exactly 0 until the spaces drift (docs/peft.md, "SADE defaults", tools/sade_ablation.py)
-    "init": "xavier",
-    "shared_q": False,          # CLoRA#: one Q per space shared by all LRMs of a set (identical dW)
-    "sade": True,               # false -> no SADE term (ablation)
-    "sade_lambda": 0.01,        # weight of L_SADE in the total loss (not published; see the ablation)
-    # normalised variant (each pair term in [0, 1], scale-free): the unnormalised term grows like
-    # ||Q||^4 from Q = 0, so its gradient is ~1e-13 of the task gradient early and <= 0.4% on average
-    "sade_normalize": True,
-    "sade_eps": 1e-12,          # added to the normaliser
-}
+from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults, layers_spec, normalize_targets
+from clora3d.peft.registry import register_method
+from clora3d.schema import spec
 
 PLACEMENT_TARGETS = {"pre_proj": ["qkv", "fc1"], "parallel": ["qkv", "proj", "fc1", "fc2"]}
 DEFAULT_TARGETS = {"pre_proj": ["qkv", "fc1"], "parallel": ["qkv", "proj"]}
 #: For pre_proj, the LayerNorm whose output feeds each target (and nothing else) in the canonical Block.
 PRE_NORM = {"qkv": "norm1", "fc1": "norm2"}
+
+
+@dataclass
+class CLoRAConfig(PeftConfig):
+    """Options of ``peft: {NAME: clora}`` (written, resolved, into adapter metadata)."""
+
+    rank: int = spec(8, gt=0, doc="r: size of each shared space")
+    num_spaces: int = spec(4, gt=0, doc="p: number of shared down/up space pairs (p = 1 is an ablation)")
+    placement: Literal["pre_proj", "parallel"] = spec("pre_proj", doc="pre_proj | parallel")
+    targets: list[str] | None = spec(
+        None, doc="null -> placement default: pre_proj [qkv, fc1], parallel [qkv, proj]")
+    layers: list[int] | None = layers_spec()
+    scale: float = spec(1.0, doc="multiplies dW")
+    dropout: float = spec(0.0, ge=0, lt=1, doc="dropout on the input of the low-rank branch (training only)")
+    bias: bool = spec(False, doc="per-LRM bias vector (pre_proj: size d_in, parallel: size d_out)")
+    # xavier by default: with jointly orthogonal D_h every D_a^T D_b is 0, so SADE and its gradient
+    # stay exactly 0 until the spaces drift (docs/peft.md, "SADE defaults", tools/sade_ablation.py)
+    init: Literal["xavier", "orthogonal"] = spec(
+        "xavier", doc="xavier (independent spaces) | orthogonal (the p spaces jointly orthonormal when p*r <= d)")
+    shared_q: bool = spec(False, doc="CLoRA#: one Q per space shared by all LRMs of a set (identical dW)")
+    sade: bool = spec(True, doc="false -> no SADE term (ablation)")
+    sade_lambda: float = spec(0.01, ge=0, doc="weight of L_SADE in the total loss (not published; see the ablation)")
+    # the unnormalised term grows like ||Q||^4 from Q = 0, so its gradient is ~1e-13 of the task gradient
+    # early and <= 0.4% on average
+    sade_normalize: bool = spec(True, doc="normalised variant: each pair term in [0, 1], scale-free")
+    sade_eps: float = spec(1e-12, ge=0, doc="added to the normaliser")
+
+    def __post_init__(self) -> None:
+        targets = DEFAULT_TARGETS[self.placement] if self.targets is None else self.targets
+        self.targets = normalize_targets(targets, PLACEMENT_TARGETS[self.placement])
+
+
+#: Every CLoRA option and its default (the dataclass above is the source).
+CLORA_DEFAULTS = config_defaults(CLoRAConfig)
 
 
 class CLoRASpaces(nn.Module):
@@ -219,29 +232,15 @@ class CLoRA(PeftMethod):
     """Collaborative LoRA (see module docstring for the maths, placements and options)."""
 
     name = "clora"
-    DEFAULTS = CLORA_DEFAULTS
+    config_class = CLoRAConfig
     mergeable = True
 
     # -- setup ------------------------------------------------------------------------------------
     def _setup(self) -> None:
-        cfg, n = self.config, self.name
-        if cfg["placement"] not in PLACEMENT_TARGETS:
-            raise ConfigError(f"peft method 'clora': placement must be one of {sorted(PLACEMENT_TARGETS)}, "
-                              f"got {cfg['placement']!r}")
-        if cfg["init"] not in ("orthogonal", "xavier"):
-            raise ConfigError(f"peft method 'clora': init must be 'orthogonal' or 'xavier', got {cfg['init']!r}")
-        check_positive(n, cfg, "rank")
-        check_positive(n, cfg, "num_spaces")
-        check_positive(n, cfg, "sade_lambda", allow_zero=True)
-        check_positive(n, cfg, "sade_eps", allow_zero=True)
-        check_probability(n, cfg, "dropout")
-        if cfg["targets"] is None:
-            cfg["targets"] = list(DEFAULT_TARGETS[cfg["placement"]])
-        self.targets = resolve_targets(n, cfg, PLACEMENT_TARGETS[cfg["placement"]])
-        cfg["targets"] = list(self.targets)
-        self.layers = resolve_layers(n, cfg, len(self.blocks))
-        cfg["layers"] = list(self.layers)
-        pre = cfg["placement"] == "pre_proj"
+        cfg = self.cfg
+        self.targets = list(cfg.targets)
+        self.layers = self.resolve_layers()
+        pre = cfg.placement == "pre_proj"
 
         # LRMs in order (layer-major); group them by (d_in, d_out)
         self.lrms: list[tuple[int, str, str, int]] = []  # (block, target, group key, index in group)
@@ -254,7 +253,7 @@ class CLoRA(PeftMethod):
                     raise ConfigError(f"peft method 'clora': {self.block_linear_name(i, t)} is not an nn.Linear")
                 d_in = lin.in_features
                 d_out = lin.in_features if pre else lin.out_features
-                if cfg["bias"] and not pre and lin.bias is None:
+                if cfg.bias and not pre and lin.bias is None:
                     raise ConfigError(
                         f"peft method 'clora': bias: true with placement 'parallel' needs targets that have a bias "
                         f"to merge into, but {self.block_linear_name(i, t)} has none; drop {t!r} from targets or "
@@ -265,8 +264,8 @@ class CLoRA(PeftMethod):
                 self.lrms.append((i, t, key, counts.get(key, 0)))
                 counts[key] = counts.get(key, 0) + 1
         self.spaces = nn.ModuleDict({
-            key: CLoRASpaces(d_in, d_out, cfg["rank"], cfg["num_spaces"], counts[key], cfg["shared_q"],
-                             (d_in if pre else d_out) if cfg["bias"] else None, cfg["init"])
+            key: CLoRASpaces(d_in, d_out, cfg.rank, cfg.num_spaces, counts[key], cfg.shared_q,
+                             (d_in if pre else d_out) if cfg.bias else None, cfg.init)
             for key, (d_in, d_out) in shapes.items()
         })
         ref = self.reference_parameter()
@@ -277,10 +276,10 @@ class CLoRA(PeftMethod):
     # -- hooks ------------------------------------------------------------------------------------
     def _attach(self) -> None:
         self.model.add_module("peft", self.spaces)
-        self._cache = _FactorCache(self.spaces, float(self.config["scale"]))
+        self._cache = _FactorCache(self.spaces, float(self.cfg.scale))
         self._hook_pre(self.model.blocks, self._cache.fill)
         self._hook_post(self.model.blocks, self._cache.clear)
-        pre = self.config["placement"] == "pre_proj"
+        pre = self.cfg.placement == "pre_proj"
         for i, t, key, j in self.lrms:
             lin = self.block_linear(i, t)
             if pre:
@@ -293,11 +292,11 @@ class CLoRA(PeftMethod):
         if "peft" in self.model._modules:
             del self.model._modules["peft"]
 
-    def _make_pre_hook(self, key: str, j: int) -> "_PreProjHook":
-        return _PreProjHook(self._cache, key, j, self.config["dropout"])
+    def _make_pre_hook(self, key: str, j: int) -> _PreProjHook:
+        return _PreProjHook(self._cache, key, j, self.cfg.dropout)
 
-    def _make_post_hook(self, key: str, j: int) -> "_ParallelHook":
-        return _ParallelHook(self._cache, key, j, self.config["dropout"])
+    def _make_post_hook(self, key: str, j: int) -> _ParallelHook:
+        return _ParallelHook(self._cache, key, j, self.cfg.dropout)
 
     # -- inspection -------------------------------------------------------------------------------
     def lrm_names(self) -> list[str]:
@@ -306,19 +305,20 @@ class CLoRA(PeftMethod):
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
         """``dW_j`` (d_in x d_out, scale included) per LRM, keyed by target linear name."""
-        s = self.config["scale"]
+        s = self.cfg.scale
         return {self.block_linear_name(i, t): s * self.spaces[key].delta(j) for i, t, key, j in self.lrms}
 
-    def _no_decay_extra(self) -> set[str]:
+    def no_weight_decay(self) -> set[str]:
+        """The stacked per-LRM bias vectors (m, d): biases, although 2-D."""
         return {f"peft.{k}.bias" for k, sp in self.spaces.items() if sp.bias is not None}
 
     def regularization_loss(self) -> torch.Tensor:
-        cfg = self.config
+        cfg = self.cfg
         zero = self.reference_parameter().new_zeros(())
-        if not cfg["sade"] or cfg["sade_lambda"] == 0.0:
+        if not cfg.sade or cfg.sade_lambda == 0.0:
             return zero
-        total = sum((sp.sade(cfg["sade_normalize"], cfg["sade_eps"]) for sp in self.spaces.values()), zero)
-        return cfg["sade_lambda"] * total
+        total = sum((sp.sade(cfg.sade_normalize, cfg.sade_eps) for sp in self.spaces.values()), zero)
+        return cfg.sade_lambda * total
 
     # -- merge ------------------------------------------------------------------------------------
     def _keep(self, name: str, t: torch.Tensor) -> None:
@@ -326,7 +326,7 @@ class CLoRA(PeftMethod):
             self._originals[name] = t.detach().clone()
 
     def _merge_weights(self) -> None:
-        pre = self.config["placement"] == "pre_proj"
+        pre = self.cfg.placement == "pre_proj"
         deltas = self.delta_weights()
         self._originals = {}
         for i, t, key, j in self.lrms:

@@ -36,25 +36,45 @@ mergeable (the adapter is non-linear and the prompts change the sequence).
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clora3d.errors import ConfigError
-from clora3d.peft.base import PeftMethod, check_positive, check_probability, register_method
-
-DAPT_DEFAULTS: dict[str, Any] = {
-    "rank": 64,                 # adapter bottleneck (reference: 64 ScanObjectNN, 72 ModelNet40)
-    "adapter_dropout": 0.0,     # dropout inside the adapter (reference: 0.2 PB_T50_RS, 0.5 OBJ_BG, else 0)
-    "class_token": True,        # head input includes the cls token
-    "prompt_token": "mean",     # pooling of the internal prompts into the head input: mean | max | none
-    "patch_token": "max",       # pooling of the patch tokens into the head input: max | mean | none
-    "ssf_std": 0.02,            # std of the SSF init around gamma = 1, beta = 0
-}
+from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults
+from clora3d.peft.registry import register_method
+from clora3d.schema import spec
 
 _POOLS = ("mean", "max", "none")
+
+
+@dataclass
+class DAPTConfig(PeftConfig):
+    """Options of ``peft: {NAME: dapt}``."""
+
+    rank: int = spec(64, gt=0, doc="adapter bottleneck (reference: 64 ScanObjectNN, 72 ModelNet40)")
+    adapter_dropout: float = spec(
+        0.0, ge=0, lt=1, doc="dropout inside the adapter (reference: 0.2 PB_T50_RS, 0.5 OBJ_BG, else 0)")
+    class_token: bool = spec(True, doc="head input includes the cls token")
+    prompt_token: Literal["mean", "max", "none"] = spec(
+        "mean", doc="pooling of the internal prompts into the head input: mean | max | none")
+    patch_token: Literal["max", "mean", "none"] = spec(
+        "max", doc="pooling of the patch tokens into the head input: max | mean | none")
+    ssf_std: float = spec(0.02, ge=0, doc="std of the SSF init around gamma = 1, beta = 0")
+
+    def __post_init__(self) -> None:
+        if self.head_parts() == 0:
+            raise ValueError("the head input is empty; set class_token: true or a prompt_token / patch_token "
+                             "pooling")
+
+    def head_parts(self) -> int:
+        """Pieces concatenated into the head input (cls token, pooled prompts, pooled patches)."""
+        return int(self.class_token) + (self.prompt_token != "none") + (self.patch_token != "none")
+
+
+DAPT_DEFAULTS = config_defaults(DAPTConfig)
 
 
 class SSF(nn.Module):
@@ -180,34 +200,25 @@ class DAPT(PeftMethod):
     """DAPT (see module docstring)."""
 
     name = "dapt"
-    DEFAULTS = DAPT_DEFAULTS
+    config_class = DAPTConfig
     starts_at_base = False
 
     def _setup(self) -> None:
-        cfg, n = self.config, self.name
-        check_positive(n, cfg, "rank")
-        check_positive(n, cfg, "ssf_std", allow_zero=True)
-        check_probability(n, cfg, "adapter_dropout")
-        for key in ("prompt_token", "patch_token"):
-            if cfg[key] not in _POOLS:
-                raise ConfigError(f"peft method 'dapt': {key} must be one of {list(_POOLS)}, got {cfg[key]!r}")
-        parts = int(cfg["class_token"]) + (cfg["prompt_token"] != "none") + (cfg["patch_token"] != "none")
-        if parts == 0:
-            raise ConfigError("peft method 'dapt': the head input is empty; set class_token: true or a "
-                              "prompt_token / patch_token pooling")
+        cfg = self.cfg
+        parts = cfg.head_parts()
         model = self.model
         if not hasattr(model, "pool") or not hasattr(model, "encoder") or not hasattr(model, "group_divider"):
             raise ValueError("dapt needs a PointTransformer or PartSegModel (group_divider, encoder, pool)")
         d = self.dim
         hidden = self.blocks[0].mlp.fc1.out_features
         ref = self.reference_parameter()
-        self.mods = DAPTModules(d, hidden, len(self.blocks), cfg["rank"], cfg["adapter_dropout"],
-                                cfg["ssf_std"]).to(device=ref.device, dtype=ref.dtype)
+        self.mods = DAPTModules(d, hidden, len(self.blocks), cfg.rank, cfg.adapter_dropout,
+                                cfg.ssf_std).to(device=ref.device, dtype=ref.dtype)
         self.lead = self.num_lead_tokens
         if self.is_partseg:  # the prompts sit before the patches, which the part-seg pool reads (last G)
             self.pool = self.head = None
         else:
-            self.pool = DAPTPool(self.num_patches, cfg["class_token"], cfg["prompt_token"], cfg["patch_token"])
+            self.pool = DAPTPool(self.num_patches, cfg.class_token, cfg.prompt_token, cfg.patch_token)
             head_in = parts * d
             self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
         self.peft_params = {f"peft.{k}": p for k, p in self.mods.named_parameters()}

@@ -35,28 +35,37 @@ ViT-S, mlp generators: 3 x 148,224 + prompt_pos 384 + part-seg head 5,238,706 = 
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
-from clora3d.peft.base import PeftMethod, check_positive, register_method
-
-IDPT_DEFAULTS: dict[str, Any] = {
-    "prompt_layer": -1,          # the prompt is generated and inserted before this block; negative counts from
-                                 # the end (-1 = the last block: 11 on ViT-S, the reference; 6 on OBJ_ONLY)
-    "k": 20,                     # neighbours of each token in the EdgeConv layers (reference: 20)
-    "cls_type": "all",           # head input: all | promptonly | promptcls | pointcls
-    "train_prompt_pos": False,   # the reference leaves prompt_pos at its random init (classification)
-    "generator": "dgcnn",        # prompt generator: dgcnn (3 EdgeConvs; reference classification) or mlp
-                                 # (Conv1d + BN + LeakyReLU + max; the reference's part-seg generator)
-}
-
-_GENERATORS = ("dgcnn", "mlp")
+from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults
+from clora3d.peft.registry import register_method
+from clora3d.schema import spec
 
 _CLS_TYPES = {"all": 3, "promptonly": 1, "promptcls": 2, "pointcls": 2}
+
+
+@dataclass
+class IDPTConfig(PeftConfig):
+    """Options of ``peft: {NAME: idpt}``."""
+
+    prompt_layer: int = spec(-1, doc="the prompt is generated and inserted before this block; negative counts "
+                                     "from the end (-1 = the last block: 11 on ViT-S, the reference)")
+    k: int = spec(20, gt=0, doc="neighbours of each token in the EdgeConv layers (reference: 20)")
+    cls_type: Literal["all", "promptonly", "promptcls", "pointcls"] = spec(
+        "all", doc="head input: all | promptonly | promptcls | pointcls")
+    train_prompt_pos: bool = spec(
+        False, doc="the reference leaves prompt_pos at its random init (classification)")
+    generator: Literal["dgcnn", "mlp"] = spec(
+        "dgcnn", doc="prompt generator: dgcnn (3 EdgeConvs; reference classification) or mlp (Conv1d + BN + "
+                     "LeakyReLU + max; the reference's part-seg generator)")
+
+
+IDPT_DEFAULTS = config_defaults(IDPTConfig)
 
 
 def edge_features(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -231,46 +240,39 @@ class IDPT(PeftMethod):
     """IDPT (see module docstring)."""
 
     name = "idpt"
-    DEFAULTS = IDPT_DEFAULTS
+    config_class = IDPTConfig
     starts_at_base = False
 
     def _setup(self) -> None:
-        cfg, n = self.config, self.name
-        check_positive(n, cfg, "k")
-        if cfg["generator"] not in _GENERATORS:
-            raise ConfigError(f"peft method 'idpt': generator must be one of {list(_GENERATORS)}, "
-                              f"got {cfg['generator']!r}")
-        if cfg["cls_type"] not in _CLS_TYPES:
-            raise ConfigError(f"peft method 'idpt': cls_type must be one of {sorted(_CLS_TYPES)}, "
-                              f"got {cfg['cls_type']!r}")
+        cfg = self.cfg
         depth = len(self.blocks)
         # part seg: a prompt before every fetched block instead (prompt_layer does not apply)
-        if not self.is_partseg and not -depth <= cfg["prompt_layer"] < depth:
-            raise ConfigError(f"peft method 'idpt': prompt_layer {cfg['prompt_layer']} out of range for a backbone "
+        if not self.is_partseg and not -depth <= cfg.prompt_layer < depth:
+            raise ConfigError(f"peft method 'idpt': prompt_layer {cfg.prompt_layer} out of range for a backbone "
                               f"with depth {depth}")
-        self.layer = cfg["prompt_layer"] % depth
+        self.layer = cfg.prompt_layer % depth
         model = self.model
         if not hasattr(model, "pool") or not hasattr(model, "group_divider"):
             raise ValueError("idpt needs a PointTransformer or PartSegModel (group_divider, pool)")
         G = self.num_patches
-        if cfg["generator"] == "dgcnn" and cfg["k"] > G:
-            raise ConfigError(f"peft method 'idpt': k={cfg['k']} exceeds the number of tokens "
+        if cfg.generator == "dgcnn" and cfg.k > G:
+            raise ConfigError(f"peft method 'idpt': k={cfg.k} exceeds the number of tokens "
                               f"(num_group={G})")
         ref = self.reference_parameter()
         self.seg_layers = list(model.fetch_idx) if self.is_partseg else []
-        self.mods = IDPTModules(self.dim, cfg["k"], cfg["train_prompt_pos"], cfg["generator"],
+        self.mods = IDPTModules(self.dim, cfg.k, cfg.train_prompt_pos, cfg.generator,
                                 n_seg=len(self.seg_layers)).to(device=ref.device, dtype=ref.dtype)
         if self.is_partseg:
             self.pool, self.head = IDPTSegPool(), None
         else:
-            self.pool = IDPTPool(cfg["cls_type"])
-            head_in = _CLS_TYPES[cfg["cls_type"]] * self.dim
+            self.pool = IDPTPool(cfg.cls_type)
+            head_in = _CLS_TYPES[cfg.cls_type] * self.dim
             self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
         self.peft_params = {f"peft.{k}": p for k, p in self.mods.named_parameters()}
 
     def saved_buffer_names(self) -> list[str]:
         """Besides the BatchNorm buffers, the fixed random ``prompt_pos`` (unless it is trained)."""
-        extra = [] if self.config["train_prompt_pos"] else ["peft.prompt_pos"]
+        extra = [] if self.cfg.train_prompt_pos else ["peft.prompt_pos"]
         return super().saved_buffer_names() + extra
 
     def _attach(self) -> None:

@@ -10,31 +10,52 @@ For ViT-S with r = 8 on qkv + proj: 12 * 8 * (384 + 1152 + 384 + 384) = 221,184 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
-from clora3d.peft.base import (BLOCK_LINEARS, PeftMethod, check_positive, check_probability, fan_in_uniform_,
-                               register_method, resolve_layers, resolve_targets)
+from clora3d.peft.base import (
+    BLOCK_LINEARS,
+    PeftConfig,
+    PeftMethod,
+    config_defaults,
+    fan_in_uniform_,
+    layers_spec,
+    normalize_targets,
+)
+from clora3d.peft.registry import register_method
+from clora3d.schema import spec
 
-LORA_DEFAULTS: dict[str, Any] = {
-    "rank": 8,                      # r
-    "alpha": 8.0,                   # scale = alpha / r (PointLoRA: r = alpha = 8)
-    "dropout": 0.0,                 # dropout on the LoRA branch input (training only)
-    "targets": ["qkv", "proj"],     # any of qkv, proj, fc1, fc2
-    "layers": None,                 # null -> every block
-    "rslora": False,                # scale = alpha / sqrt(r)
-}
+
+@dataclass
+class LoRAConfig(PeftConfig):
+    """Options of ``peft: {NAME: lora}``."""
+
+    rank: int = spec(8, gt=0, doc="r")
+    alpha: float = spec(8.0, gt=0, doc="scale = alpha / r (PointLoRA: r = alpha = 8)")
+    dropout: float = spec(0.0, ge=0, lt=1, doc="dropout on the LoRA branch input (training only)")
+    targets: list[str] = spec(factory=lambda: ["qkv", "proj"], doc="any of qkv, proj, fc1, fc2")
+    layers: list[int] | None = layers_spec()
+    rslora: bool = spec(False, doc="scale = alpha / sqrt(r)")
+
+    def __post_init__(self) -> None:
+        self.targets = normalize_targets(self.targets, BLOCK_LINEARS)
 
 
-class _LoRAHook:
-    """Forward hook of a target linear: ``y -> y + scale * dropout(x) A^T B^T``."""
+#: LoRA's own options and their defaults (the dataclass above is the source).
+LORA_DEFAULTS = config_defaults(LoRAConfig)
 
-    def __init__(self, A: nn.Parameter, B: nn.Parameter, scale: float, p: float) -> None:
-        self.A, self.B, self.scale, self.p = A, B, scale, p
+
+class LoRALayer:
+    """The low-rank update of one target linear: forward hook ``y -> y + scale * dropout(x) A^T B^T``,
+    its delta ``scale * B A``, and merge / exact unmerge into the linear's weight."""
+
+    def __init__(self, lin: nn.Linear, A: nn.Parameter, B: nn.Parameter, scale: float, p: float) -> None:
+        self.lin, self.A, self.B, self.scale, self.p = lin, A, B, scale, p
+        self.original: torch.Tensor | None = None
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x = F.dropout(args[0], self.p, module.training) if self.p > 0 else args[0]
@@ -42,27 +63,38 @@ class _LoRAHook:
         z = x.reshape(-1, x.shape[-1]) @ self.A.t()
         return torch.addmm(out.reshape(-1, out.shape[-1]), z, self.B.t(), alpha=self.scale).view(out.shape)
 
+    def delta(self) -> torch.Tensor:
+        """``scale * B A`` (d_out x d_in, the nn.Linear weight layout)."""
+        return self.scale * (self.B @ self.A)
+
+    def merge(self) -> None:
+        """``W += scale * B A`` computed in float64; the original W is kept for :meth:`unmerge`."""
+        W = self.lin.weight
+        self.original = W.detach().clone()
+        dW = self.scale * (self.B.detach().to(torch.float64) @ self.A.detach().to(torch.float64))
+        W.copy_((W.detach().to(torch.float64) + dW).to(W.dtype))
+
+    def unmerge(self) -> None:
+        """Restore the original W exactly."""
+        self.lin.weight.copy_(self.original)
+        self.original = None
+
 
 @register_method
 class LoRA(PeftMethod):
     """Low-rank update ``W + scale * B A`` on the chosen block linears."""
 
     name = "lora"
-    DEFAULTS = LORA_DEFAULTS
+    config_class = LoRAConfig
     mergeable = True
 
     def _setup(self) -> None:
-        cfg, n = self.config, self.name
-        check_positive(n, cfg, "rank")
-        check_positive(n, cfg, "alpha")
-        check_probability(n, cfg, "dropout")
-        self.targets = resolve_targets(n, cfg, list(BLOCK_LINEARS))
-        cfg["targets"] = list(self.targets)
-        self.layers = resolve_layers(n, cfg, len(self.blocks))
-        cfg["layers"] = list(self.layers)
-        r = cfg["rank"]
-        self.scale = cfg["alpha"] / (math.sqrt(r) if cfg["rslora"] else r)
-        self.sites: list[tuple[str, nn.Linear, nn.Parameter, nn.Parameter]] = []
+        cfg = self.cfg
+        self.targets = list(cfg.targets)
+        self.layers = self.resolve_layers()
+        r = cfg.rank
+        self.scale = cfg.alpha / (math.sqrt(r) if cfg.rslora else r)
+        self.sites: list[tuple[str, LoRALayer]] = []
         ref = self.reference_parameter()
         for i in self.layers:
             for t in self.targets:
@@ -73,39 +105,31 @@ class LoRA(PeftMethod):
                 fan_in_uniform_(A)
                 B = nn.Parameter(torch.zeros(lin.out_features, r, device=ref.device, dtype=ref.dtype))
                 name = self.block_linear_name(i, t)
-                self.sites.append((name, lin, A, B))
+                self.sites.append((name, LoRALayer(lin, A, B, self.scale, cfg.dropout)))
                 self.peft_params[f"{name}.lora_A"] = A
                 self.peft_params[f"{name}.lora_B"] = B
-        self._originals: dict[str, torch.Tensor] = {}
 
     def _attach(self) -> None:
-        for _, lin, A, B in self.sites:
-            lin.register_parameter("lora_A", A)
-            lin.register_parameter("lora_B", B)
-            self._hook_post(lin, self._make_hook(A, B))
+        for _, layer in self.sites:
+            layer.lin.register_parameter("lora_A", layer.A)
+            layer.lin.register_parameter("lora_B", layer.B)
+            self._hook_post(layer.lin, layer)
 
     def _detach(self) -> None:
         super()._detach()
-        for _, lin, _, _ in self.sites:
+        for _, layer in self.sites:
             for k in ("lora_A", "lora_B"):
-                if k in lin._parameters:
-                    del lin._parameters[k]
-
-    def _make_hook(self, A: nn.Parameter, B: nn.Parameter) -> "_LoRAHook":
-        return _LoRAHook(A, B, self.scale, self.config["dropout"])
+                if k in layer.lin._parameters:
+                    del layer.lin._parameters[k]
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
         """``scale * B A`` (d_out x d_in, the nn.Linear weight layout) per target."""
-        return {name: self.scale * (B @ A) for name, _, A, B in self.sites}
+        return {name: layer.delta() for name, layer in self.sites}
 
     def _merge_weights(self) -> None:
-        self._originals = {}
-        for name, lin, A, B in self.sites:
-            self._originals[name] = lin.weight.detach().clone()
-            dW = self.scale * (B.detach().to(torch.float64) @ A.detach().to(torch.float64))
-            lin.weight.copy_((lin.weight.detach().to(torch.float64) + dW).to(lin.weight.dtype))
+        for _, layer in self.sites:
+            layer.merge()
 
     def _restore_weights(self) -> None:
-        for name, lin, _, _ in self.sites:
-            lin.weight.copy_(self._originals[name])
-        self._originals = {}
+        for _, layer in self.sites:
+            layer.unmerge()

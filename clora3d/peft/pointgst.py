@@ -29,21 +29,30 @@ ViT-S, 15 classes, rank 36: 12 x 29,544 + cls 768 + head 267,535 = 622,831. New 
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
-from clora3d.peft.base import PeftMethod, check_positive, register_method, resolve_layers
+from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults, layers_spec
+from clora3d.peft.registry import register_method
+from clora3d.schema import spec
 
-POINTGST_DEFAULTS: dict[str, Any] = {
-    "rank": 36,              # width r of the spectral adapter
-    "local_size": 32,        # tokens per local sub-group (reference `local: 32`); must divide num_group
-    "scale": 1.0,            # output scale of the adapter (reference: 1)
-    "layers": None,          # null -> every block
-}
+
+@dataclass
+class PointGSTConfig(PeftConfig):
+    """Options of ``peft: {NAME: pointgst}``."""
+
+    rank: int = spec(36, gt=0, doc="width r of the spectral adapter")
+    local_size: int = spec(32, gt=0, doc="tokens per local sub-group (reference `local: 32`); must divide "
+                                         "num_group")
+    scale: float = spec(1.0, doc="output scale of the adapter (reference: 1)")
+    layers: list[int] | None = layers_spec()
+
+
+POINTGST_DEFAULTS = config_defaults(PointGSTConfig)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,24 +178,21 @@ class PointGST(PeftMethod):
     """PointGST (see module docstring)."""
 
     name = "pointgst"
-    DEFAULTS = POINTGST_DEFAULTS
+    config_class = PointGSTConfig
 
     def _setup(self) -> None:
-        cfg, n = self.config, self.name
-        check_positive(n, cfg, "rank")
-        check_positive(n, cfg, "local_size")
+        cfg = self.cfg
         if not hasattr(self.model, "group_divider"):
             raise ValueError("pointgst needs a PointTransformer (group_divider gives the patch centres)")
         G = int(getattr(self.model, "num_group", 0) or self.model.group_divider.num_group)
-        if G % cfg["local_size"]:
-            raise ConfigError(f"peft method 'pointgst': local_size={cfg['local_size']} must divide the model's "
+        if G % cfg.local_size:
+            raise ConfigError(f"peft method 'pointgst': local_size={cfg.local_size} must divide the model's "
                               f"num_group={G}")
-        self.layers = resolve_layers(n, cfg, len(self.blocks))
-        cfg["layers"] = list(self.layers)
+        self.layers = self.resolve_layers()
         ref = self.reference_parameter()
-        self.adapters = nn.ModuleDict({str(i): PCSA(self.dim, cfg["rank"], cfg["scale"]) for i in self.layers})
+        self.adapters = nn.ModuleDict({str(i): PCSA(self.dim, cfg.rank, cfg.scale) for i in self.layers})
         self.adapters.to(device=ref.device, dtype=ref.dtype)
-        self.state = SpectralState(cfg["local_size"])
+        self.state = SpectralState(cfg.local_size)
         self.peft_params = {f"peft.{k}": p for k, p in self.adapters.named_parameters()}
 
     def _attach(self) -> None:

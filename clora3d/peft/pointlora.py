@@ -40,7 +40,8 @@ classification count without the cls token and head, 504,449, + part-seg head 5,
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,22 +49,42 @@ from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
 from clora3d.models.grouping import Group
-from clora3d.peft.base import (PeftMethod, check_positive, fan_in_uniform_, register_method, resolve_layers,
-                               resolve_targets)
+from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults, fan_in_uniform_, layers_spec, normalize_targets
+from clora3d.peft.registry import register_method
+from clora3d.schema import spec
 
-POINTLORA_DEFAULTS: dict[str, Any] = {
-    "rank": 8,                                  # LoRA rank r
-    "alpha": 8.0,                               # LoRA scale alpha / r (reference: r = alpha = 8, i.e. 1)
-    "targets": ["qkv", "proj"],                 # LoRA + prompt branch on these linears (qkv and/or proj)
-    "layers": None,                             # null -> every block
-    "prompt_hidden": 32,                        # hidden width of the four prompt MLPs
-    "prompt_span": 128,                         # tokens 1..prompt_span get the token prompt (reference: 128)
-    "scales": [[128, 32, 32], [64, 64, 8]],     # extra groupings: [num_group, group_size, tokens kept]
-    "scale_weights": [1.0, 0.25],               # weight of each scale's mask-entropy term
-    "mask_loss_weight": 0.004,                  # weight of the mask loss added to the task loss
-    "train_first_conv": True,                   # train encoder.first_conv (reference: yes)
-    "train_pos_embed": True,                    # train pos_embed (reference: yes)
-}
+
+@dataclass
+class PointLoRAConfig(PeftConfig):
+    """Options of ``peft: {NAME: pointlora}``."""
+
+    rank: int = spec(8, gt=0, doc="LoRA rank r")
+    alpha: float = spec(8.0, gt=0, doc="LoRA scale alpha / r (reference: r = alpha = 8, i.e. 1)")
+    targets: list[str] = spec(factory=lambda: ["qkv", "proj"],
+                              doc="LoRA + prompt branch on these linears (qkv and/or proj)")
+    layers: list[int] | None = layers_spec()
+    prompt_hidden: int = spec(32, gt=0, doc="hidden width of the four prompt MLPs")
+    prompt_span: int = spec(128, gt=0, doc="tokens 1..prompt_span get the token prompt (reference: 128)")
+    scales: list[tuple[int, int, int]] = spec(factory=lambda: [[128, 32, 32], [64, 64, 8]], gt=0,
+                                              doc="extra groupings: [num_group, group_size, tokens kept]")
+    scale_weights: list[float] = spec(factory=lambda: [1.0, 0.25],
+                                      doc="weight of each scale's mask-entropy term")
+    mask_loss_weight: float = spec(0.004, ge=0, doc="weight of the mask loss added to the task loss")
+    train_first_conv: bool = spec(True, doc="train encoder.first_conv (reference: yes)")
+    train_pos_embed: bool = spec(True, doc="train pos_embed (reference: yes)")
+
+    def __post_init__(self) -> None:
+        self.targets = normalize_targets(self.targets, ["qkv", "proj"])
+        self.scales = [tuple(s) for s in self.scales]
+        bad = [list(s) for s in self.scales if s[2] > s[0]]
+        if bad:
+            raise ValueError(f"scales {bad} keep more tokens than the scale has groups")
+        if len(self.scale_weights) != len(self.scales):
+            raise ValueError(f"scale_weights has {len(self.scale_weights)} entries for {len(self.scales)} scales; "
+                             f"give one weight per scale")
+
+
+POINTLORA_DEFAULTS = config_defaults(PointLoRAConfig)
 
 
 def _prompt_mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -117,7 +138,7 @@ class _StashPoints:
 class _AppendSelected:
     """Forward pre-hook of the block stack: append the selected multi-scale tokens to ``(x, pos)``."""
 
-    def __init__(self, method: "PointLoRA", stash: _StashPoints, mods: PointLoRAModules,
+    def __init__(self, method: PointLoRA, stash: _StashPoints, mods: PointLoRAModules,
                  groupers: list[Group], kept: list[int], weights: list[float], loss_weight: float,
                  before_patches: bool = False) -> None:
         self.method, self.stash, self.mods = method, stash, mods
@@ -194,39 +215,22 @@ class PointLoRA(PeftMethod):
     """PointLoRA (see module docstring)."""
 
     name = "pointlora"
-    DEFAULTS = POINTLORA_DEFAULTS
+    config_class = PointLoRAConfig
     starts_at_base = False
 
     def _setup(self) -> None:
-        cfg, n = self.config, self.name
-        for key in ("rank", "alpha", "prompt_hidden", "prompt_span"):
-            check_positive(n, cfg, key)
-        check_positive(n, cfg, "mask_loss_weight", allow_zero=True)
+        cfg = self.cfg
         if not hasattr(self.model, "group_divider") or not hasattr(self.model, "pos_embed"):
             raise ValueError("pointlora needs a PointTransformer (group_divider, encoder, pos_embed)")
-        self.targets = resolve_targets(n, cfg, ["qkv", "proj"])
-        cfg["targets"] = list(self.targets)
-        self.layers = resolve_layers(n, cfg, len(self.blocks))
-        cfg["layers"] = list(self.layers)
-        scales = cfg["scales"]
-        if not all(isinstance(s, (list, tuple)) and len(s) == 3 and
-                   all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s) for s in scales):
-            raise ConfigError(f"peft method 'pointlora': scales must be a list of [num_group, group_size, kept] "
-                              f"positive integers, got {scales!r}")
-        bad = [list(s) for s in scales if s[2] > s[0]]
-        if bad:
-            raise ConfigError(f"peft method 'pointlora': scales {bad} keep more tokens than the scale has groups")
-        if len(cfg["scale_weights"]) != len(scales):
-            raise ConfigError(f"peft method 'pointlora': scale_weights has {len(cfg['scale_weights'])} entries "
-                              f"for {len(scales)} scales; give one weight per scale")
-        cfg["scales"] = [list(s) for s in scales]
-        cfg["scale_weights"] = [float(w) for w in cfg["scale_weights"]]
-        d, r = self.dim, cfg["rank"]
+        self.targets = list(cfg.targets)
+        self.layers = self.resolve_layers()
+        scales = cfg.scales
+        d, r = self.dim, cfg.rank
         ref = self.reference_parameter()
-        self.mods = PointLoRAModules(d, cfg["prompt_hidden"], self.targets).to(device=ref.device, dtype=ref.dtype)
+        self.mods = PointLoRAModules(d, cfg.prompt_hidden, self.targets).to(device=ref.device, dtype=ref.dtype)
         self.groupers = [Group(s[0], s[1]) for s in scales]
         self.kept = [s[2] for s in scales]
-        self.scale = cfg["alpha"] / r
+        self.scale = cfg.alpha / r
         self.sites: list[tuple[str, nn.Linear, nn.Parameter, nn.Parameter, str]] = []
         for i in self.layers:
             for t in self.targets:
@@ -244,9 +248,9 @@ class PointLoRA(PeftMethod):
 
     def _base_trainable(self) -> Iterable[str]:
         prefixes = []
-        if self.config["train_first_conv"]:
+        if self.cfg.train_first_conv:
             prefixes.append("encoder.first_conv.")
-        if self.config["train_pos_embed"]:
+        if self.cfg.train_pos_embed:
             prefixes.append("pos_embed.")
         return [nm for nm, _ in self.model.named_parameters() if nm.startswith(tuple(prefixes))] if prefixes else []
 
@@ -260,11 +264,11 @@ class PointLoRA(PeftMethod):
         self._hook_pre(self.model.group_divider, stash)
         seg = self.is_partseg
         self._hook_pre(self.model.blocks, _AppendSelected(self, stash, self.mods, self.groupers, self.kept,
-                                                          self.config["scale_weights"],
-                                                          self.config["mask_loss_weight"], before_patches=seg))
+                                                          self.cfg.scale_weights,
+                                                          self.cfg.mask_loss_weight, before_patches=seg))
         n_sel = sum(self.kept)
         for blk in self.blocks:
-            self._hook_pre(blk, _TokenPrompts(self.mods, self.config["prompt_span"], n_sel, before_patches=seg))
+            self._hook_pre(blk, _TokenPrompts(self.mods, self.cfg.prompt_span, n_sel, before_patches=seg))
 
     def _detach(self) -> None:
         super()._detach()

@@ -14,20 +14,39 @@ Exact trainable sets (all three also train the head ``cls_head_finetune.*``, ``c
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from torch import nn
 
-from clora3d.peft.base import PeftMethod, register_method, resolve_layers
+from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults, layers_spec
+from clora3d.peft.registry import register_method
+from clora3d.schema import spec
 
-FULL_DEFAULTS: dict[str, Any] = {}
-LINEAR_DEFAULTS: dict[str, Any] = {}
-BITFIT_DEFAULTS: dict[str, Any] = {
-    "layernorm": True,    # train norm1.bias / norm2.bias of each selected block
-    "final_norm": True,   # train the final norm.bias
-    "embed": False,       # train biases of the patch encoder, pos_embed and reduce_dim
-    "layers": None,       # null -> every block
-}
+
+@dataclass
+class FullConfig(PeftConfig):
+    """Options of ``peft: {NAME: full}`` (only the common ones)."""
+
+
+@dataclass
+class LinearConfig(PeftConfig):
+    """Options of ``peft: {NAME: linear}`` (only the common ones)."""
+
+
+@dataclass
+class BitFitConfig(PeftConfig):
+    """Options of ``peft: {NAME: bitfit}``."""
+
+    layernorm: bool = spec(True, doc="train norm1.bias / norm2.bias of each selected block")
+    final_norm: bool = spec(True, doc="train the final norm.bias")
+    embed: bool = spec(False, doc="train biases of the patch encoder, pos_embed and reduce_dim")
+    layers: list[int] | None = layers_spec()
+
+
+FULL_DEFAULTS = config_defaults(FullConfig)
+LINEAR_DEFAULTS = config_defaults(LinearConfig)
+BITFIT_DEFAULTS = config_defaults(BitFitConfig)
 
 
 @register_method
@@ -35,7 +54,7 @@ class FullFineTune(PeftMethod):
     """Every parameter is trained (the adapter file then holds the whole model)."""
 
     name = "full"
-    DEFAULTS = FULL_DEFAULTS
+    config_class = FullConfig
     mergeable = True  # nothing to fold: merge/unmerge are no-ops
 
     def _base_trainable(self) -> Iterable[str]:
@@ -53,7 +72,7 @@ class LinearProbe(PeftMethod):
     """Only the task head, ``cls_token`` and ``cls_pos`` are trained."""
 
     name = "linear"
-    DEFAULTS = LINEAR_DEFAULTS
+    config_class = LinearConfig
     mergeable = True
 
     def _merge_weights(self) -> None:
@@ -73,24 +92,23 @@ class BitFit(PeftMethod):
     """Bias terms only (see module docstring for the exact list)."""
 
     name = "bitfit"
-    DEFAULTS = BITFIT_DEFAULTS
+    config_class = BitFitConfig
     mergeable = True
 
     def _setup(self) -> None:
-        self.layers = resolve_layers(self.name, self.config, len(self.blocks))
-        self.config["layers"] = list(self.layers)
+        self.layers = self.resolve_layers()
 
     def _base_trainable(self) -> Iterable[str]:
-        cfg, out = self.config, []
+        cfg, out = self.cfg, []
         for i in self.layers:
             blk, pre = self.blocks[i], f"blocks.blocks.{i}"
             for sub in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
                 out += _bias_name(f"{pre}.{sub}", blk.get_submodule(sub))
-            if cfg["layernorm"]:
+            if cfg.layernorm:
                 out += _bias_name(f"{pre}.norm1", blk.norm1) + _bias_name(f"{pre}.norm2", blk.norm2)
-        if cfg["final_norm"]:
+        if cfg.final_norm:
             out += _bias_name("norm", self.model.norm)
-        if cfg["embed"]:
+        if cfg.embed:
             for root in ("encoder", "pos_embed", "reduce_dim"):
                 mod = getattr(self.model, root, None)
                 if mod is None:
