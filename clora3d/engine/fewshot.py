@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -42,6 +43,9 @@ from clora3d.errors import ConfigError
 
 __all__ = ["SETTINGS", "run_fewshot", "summarize", "format_table", "fold_dataset_cfg",
            "setting_name", "missing_folds", "LAST_CKPT_NAMES"]
+
+log = logging.getLogger(__name__)
+_LOG = log  # run_fewshot's (deprecated) ``log`` argument shadows the name
 
 SETTINGS: tuple[tuple[int, int], ...] = ((5, 10), (5, 20), (10, 10), (10, 20))
 FEWSHOT_DATASET = "ModelNetFewShot"
@@ -198,7 +202,7 @@ def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[i
                 seeds: Sequence[int] | None = None,
                 generate_from: str | Path | None = None, generate_seed: int = 0,
                 train_fn: Callable[..., Mapping[str, Any]] | None = None,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the few-shot grid and return ``{"folds": [...], "summary": {...}, "table"}``.
 
     ``cfg`` is a resolved config whose dataset splits use ``ModelNetFewShot``; each run gets a copy
@@ -210,7 +214,11 @@ def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[i
     seed and summarised over folds and over seeds); ``None`` = one run per fold with the config's
     own seed (the reference protocol, the original folder layout).
     ``train_fn`` defaults to :func:`clora3d.engine.trainer.train`.
+    Progress messages go to the ``clora3d.engine.fewshot`` logger (INFO); ``log`` (deprecated) is a
+    callable that receives them instead.
     """
+    if log is None:
+        log = _LOG.info
     out_dir = Path(out_dir)
     grid = [(int(w), int(s), int(f)) for w in ways for s in shots for f in folds]
     if seeds is not None:
