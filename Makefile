@@ -91,8 +91,8 @@ bench: install
 	  if $(PIP) $(PIN) -q $$p >/dev/null 2>&1; then echo "bench: peer $$p installed"; \
 	  else echo "bench: peer $$p SKIPPED: no wheel of it installs here (pip install --only-binary :all: $$p failed)"; fi; \
 	done
-	$(VPY) tools/bench_ops.py
-	$(VPY) tools/bench_model.py
+	$(VPY) benchmarks/bench_ops.py
+	$(VPY) benchmarks/bench_model.py
 
 # On a machine with a GPU and no internet: build the kernels for this GPU only, run every CUDA test
 # (none may skip), the direct bad calls and the torch.compile tests, the kernel and model benchmarks

@@ -22,9 +22,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_ops import Row  # noqa: E402  (one timed implementation of one op at one size)
 from clora3d import ops  # noqa: E402
 from clora3d.ops import _backend  # noqa: E402
 from clora3d.ops import reference as ref  # noqa: E402
-from clora3d.ops.bench import Row  # noqa: E402  (one timed implementation of one op at one size)
 
 
 def timer(device: torch.device, fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:

@@ -1,25 +1,23 @@
 #!/usr/bin/env python
 """CPU throughput benchmark of ViT-S classification: forward / full fine-tuning / frozen-backbone steps.
 
-Prints a Markdown table (samples/s, GFLOP/s, % of the fp32 matmul peak measured in the same run,
-peak memory); --json writes the numbers. Heavy (a few minutes on 2 cores): run it once, not in a loop.
-
-Example: python tools/bench_model.py --batch 32 --points 1024 --json bench_model.json
+python tools/bench_model.py --batch 32 --points 1024 --json bench_model.json
+Heavy (a few minutes on 2 cores): run it once, not in a loop.
+The benchmark lives in benchmarks/bench_model.py (not in the installed package); this is its entry point.
 """
-from __future__ import annotations
-
+import logging
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's clora3d and benchmarks/
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        import clora3d  # noqa: F401
-    except ModuleNotFoundError:  # running from a source checkout that is not pip-installed
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from clora3d.profile.bench_model import main as bench_main
+from benchmarks.bench_model import main as _main  # noqa: E402
 
-    bench_main(argv)
+
+def main(argv=None) -> int:
+    logging.basicConfig(format="%(message)s")  # other libraries: warnings only (faiss is chatty at INFO)
+    logging.getLogger("benchmarks").setLevel(logging.INFO)
+    _main(argv, prog="tools/bench_model.py")
     return 0
 
 

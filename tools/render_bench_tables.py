@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from clora3d.ops import bench  # noqa: E402
+from benchmarks import bench_ops as bench  # noqa: E402
 
 DEFAULT_JSON = "docs/bench/ops_cpu.json"
 FLOPS_JSON = "docs/bench/flops_vit_s.json"

@@ -5,25 +5,40 @@ One run produces one table: FPS and kNN at the ModelNet (B32 N1024 S64 K32), Sca
 backward at B32 N1024 M1024. Every implementation gets the same inputs (points on a jittered
 sphere surface, like normalised object scans); times are wall-clock medians. ``speedup`` is the
 fastest peer's median divided by the row's median (> 1: faster than every peer).
-Used by ``tools/bench_ops.py``; tests never time anything.
+
+    python benchmarks/bench_ops.py --repeats 9 --json docs/bench/ops_cpu.json   (or tools/bench_ops.py)
+
+then ``python tools/render_bench_tables.py`` renders README.md's and docs/ops.md's tables from that
+JSON (:func:`render_tables`). Tests never time anything.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
+import logging
 import os
 import platform
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from clora3d.ops import _backend
-from clora3d.ops import api as ops
-from clora3d.ops import reference as ref
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from clora3d.ops import _backend  # noqa: E402
+from clora3d.ops import api as ops  # noqa: E402
+from clora3d.ops import reference as ref  # noqa: E402
+
+log = logging.getLogger("benchmarks.bench_ops")
 
 # (label, B, N, S, K)
 SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -339,13 +354,14 @@ def write_json(path: str, rows: list[Row], command: Optional[str] = None) -> Non
     benchmark table in README.md and docs/ops.md is rendered from (:func:`render_tables`)."""
     from datetime import datetime, timezone
 
+    from clora3d.storage import atomic_write_bytes
+
     env = environment()
     env["date_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if command:
         env["command"] = command
-    with open(path, "w") as f:
-        json.dump({"environment": env, "rows": [asdict(r) for r in rows]}, f, indent=2)
-        f.write("\n")
+    blob = json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
+    atomic_write_bytes(path, blob.encode(), what="benchmark JSON")
 
 
 # ----------------------------------------------------------------------------- tables from the JSON
@@ -445,3 +461,38 @@ def replace_between_markers(text: str, name: str, block: str, where: str = "file
     a = text.index(begin) + len(begin)
     b = text.index(end)
     return text[:a] + "\n" + block.rstrip("\n") + "\n" + text[b:]
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None, prog: str = "benchmarks/bench_ops.py") -> int:
+    """Time the ops, print the environment and the table (stdout); ``--json`` also writes the JSON."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=7, help="timed runs per implementation (median reported)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None, help="subset of sizes")
+    ap.add_argument("--ops", nargs="+", choices=["fps", "knn", "chamfer"], default=["fps", "knn", "chamfer"])
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every implementation")
+    ap.add_argument("--json", metavar="PATH", default=None, help="also write rows + environment as JSON")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows = run_benchmarks(repeats=args.repeats, warmup=args.warmup, sizes=args.sizes,
+                          ops_to_run=tuple(args.ops), progress=not args.no_progress)
+    env = environment()
+    print(f"CPU: {env['cpu']} ({env['cpu_count']} logical), torch {env['torch']}, {env['torch_threads']} threads, "
+          f"load average (1/5/15 min) at the end: {env['loadavg_1_5_15min']}")
+    print(f"peers: {', '.join(f'{k} {v}' for k, v in env['peers'].items()) or 'none'}")
+    print(format_table(rows))
+    if args.json:
+        given = sys.argv[1:] if argv is None else list(argv)
+        write_json(args.json, rows, command=f"python {prog} " + " ".join(given))
+        log.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(message)s")  # other libraries: warnings only (faiss is chatty at INFO)
+    logging.getLogger("benchmarks").setLevel(logging.INFO)
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""CPU throughput benchmark of the classification model (logic of ``tools/bench_model.py``).
+"""CPU throughput benchmark of the classification model: ``python benchmarks/bench_model.py``
+(or ``tools/bench_model.py``) ``[--batch 32] [--points 1024] [--json out.json]``.
 
 For ViT-S classification (default B=32, 1024 points, 64 groups x 32) it measures, in ONE run:
 
@@ -28,12 +29,18 @@ import json
 import multiprocessing as mp
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing (also in the spawned workers)
+    sys.path.insert(0, str(ROOT))
 
 MODES = ("forward", "train_full", "train_frozen")
 
@@ -173,9 +180,10 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description="CPU throughput of the classification model "
-                                                 "(forward, full fine-tuning and frozen-backbone steps).")
+def main(argv: list[str] | None = None, prog: str = "benchmarks/bench_model.py") -> dict[str, Any]:
+    """Run the benchmark, print the table (stdout); ``--json`` also writes the results."""
+    parser = argparse.ArgumentParser(prog=prog, description="CPU throughput of the classification model "
+                                                            "(forward, full fine-tuning and frozen-backbone steps).")
     parser.add_argument("--preset", default="vit_s")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--points", type=int, default=1024)
@@ -197,6 +205,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "profile_table" in r:
             print("\ntorch.profiler, one full fine-tuning step:\n" + r.pop("profile_table"))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+        from clora3d.storage import atomic_write_bytes
+
+        atomic_write_bytes(args.json, json.dumps(result, indent=2).encode(), what="benchmark JSON")
     return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""Benchmarks and the GPU check: scripts run from a checkout (``python benchmarks/<name>.py``, the
+Makefile's ``bench`` and ``gpu-check``), not part of the installed clora3d package; nothing in
+clora3d imports them.
+
+    bench_ops.py    CPU kernels against the reference and the installed peers (tools/bench_ops.py)
+    bench_model.py  CPU throughput of ViT-S classification steps (tools/bench_model.py)
+    gpu_bench.py    kernels and the model's training step on a GPU
+    gpu_check.py    ``make gpu-check``: build for the local GPU, CUDA tests, gpu_bench, one report
+    step_ops.py     CPU proxies of GPU step cost (aten ops and host syncs per training step)
+"""
