@@ -250,8 +250,9 @@ def test_build_plan_of_a_real_folder_layout(tmp_path):
 
 # ---------------------------------------------------------------- the real environment + CLI
 
-def test_cli_json_matches_exit_code():
-    out = subprocess.run([sys.executable, str(REPO / "tools" / "doctor.py"), "--json"],
+@pytest.mark.parametrize("command", [["tools/doctor.py"], ["-m", "clora3d", "doctor"]])
+def test_cli_json_matches_exit_code(command):
+    out = subprocess.run([sys.executable, *command, "--json"],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     data = json.loads(out.stdout)
     assert out.returncode == data["exit_code"]

@@ -252,3 +252,37 @@ def test_block_called_outside_the_stack_after_a_forward(base, pts):
             p.mul_(2.0)
         second = block(x)
     assert not torch.equal(first, second)  # not a stale cache
+
+
+# -- weight decay: one rule (engine.optim.is_no_decay) plus what the method names -----------------
+_OPT_CFG = {"optimizer": {"NAME": "AdamW", "lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8},
+            "scheduler": {"NAME": "none"}, "train": {"epochs": 1}}
+
+
+def _groups(method) -> dict[float, set[str]]:
+    from clora3d.engine.build import build_optimizer  # what the trainer calls
+
+    opt, _ = build_optimizer(method, _OPT_CFG)
+    return {g["weight_decay"]: set(g["names"]) for g in opt.param_groups}
+
+
+def test_clora_bias_takes_no_weight_decay_through_the_trainers_optimizer(base):
+    m = apply_peft(copy.deepcopy(base), {"NAME": "clora", "bias": True, "rank": 2, "num_spaces": 2})
+    groups = _groups(m)
+    key = f"s{D}x{D}"
+    assert f"peft.{key}.bias" in groups[0.0] and m.trainable_parameters()[f"peft.{key}.bias"].ndim == 2
+    assert {f"peft.{key}.D", f"peft.{key}.U", f"peft.{key}.Q"} <= groups[0.05]
+    assert {"cls_token", "cls_head_finetune.0.bias"} <= groups[0.0]  # the reference rule
+    assert "cls_pos" in groups[0.05]  # the reference decays it (optimizer.no_decay_cls_pos: false)
+    assert groups[0.0] | groups[0.05] == set(m.trainable_parameters())
+
+
+def test_the_optimizer_asks_the_method_for_its_no_decay_names(base, monkeypatch):
+    # a name the reference rule would decay (2-D, no '.bias', no 'token') moves because the method says so
+    from clora3d.peft.clora import CLoRA
+
+    key = f"s{D}x{D}"
+    monkeypatch.setattr(CLoRA, "no_weight_decay", lambda self: {f"peft.{key}.Q"})
+    m = apply_peft(copy.deepcopy(base), {"NAME": "clora", "rank": 2, "num_spaces": 2})
+    groups = _groups(m)
+    assert f"peft.{key}.Q" in groups[0.0] and f"peft.{key}.D" in groups[0.05]

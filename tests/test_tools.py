@@ -41,7 +41,6 @@ def _write_ascii_ply(path: Path, xyz: np.ndarray) -> Path:
 
 from np_refs import np_fps as _np_fps  # noqa: E402
 
-
 MODEL = {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 40, "drop_path_rate": 0.0}
 
 
@@ -331,3 +330,101 @@ def test_visualize_real_shapenetpart_sample(shared_data, tmp_path):
     out = tmp_path / "real.png"
     assert viz.main(["partseg", str(pts), "--labels", str(seg), "--out", str(out), "--quiet"]) == 0
     _png_ok(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# the command line (clora3d/cli/): python -m clora3d, console script, one error path, logging
+# ------------------------------------------------------------------------------------------------
+
+def test_python_m_clora3d_without_command_prints_version_and_kernels():
+    import clora3d
+
+    r = subprocess.run([sys.executable, "-m", "clora3d"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"clora3d {clora3d.__version__}" and lines[1].startswith("clora3d kernels: ")
+    r = subprocess.run([sys.executable, "-m", "clora3d", "--version"], capture_output=True, text=True, timeout=120,
+                       cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == f"clora3d {clora3d.__version__}"
+    r = subprocess.run([sys.executable, "-m", "clora3d", "no-such-command"], capture_output=True, text=True,
+                       timeout=120, cwd=REPO)
+    assert r.returncode == 2 and "invalid choice: 'no-such-command'" in r.stderr
+
+
+def test_console_script_is_the_cli_main(capsys):
+    tomllib = pytest.importorskip("tomllib")
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["clora3d"]
+    module, func = target.split(":")
+    main = getattr(importlib.import_module(module), func)
+    from clora3d import cli
+
+    assert main is cli.main
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("clora3d ")
+
+
+def test_cli_and_tool_report_the_same_user_error(tmp_path, merged_model, capsys):
+    from clora3d import cli
+
+    _, ckpt, cfg = merged_model
+    args = ["--cfg", str(cfg), "--ckpt", str(ckpt), str(tmp_path / "missing.ply")]
+    err = _one_line_error(capsys, cli.main(["infer", *args]))
+    assert "missing.ply" in err and len(err.splitlines()) == 1
+    assert _one_line_error(capsys, _tool("infer").main(args)) == err
+    # bad usage is argparse's exit 2 with the command's own usage line
+    with pytest.raises(SystemExit) as e:
+        cli.main(["infer", "--ckpt", str(ckpt)])
+    assert e.value.code == 2 and "usage: clora3d infer" in capsys.readouterr().err
+
+
+def test_cli_interrupt_exits_130_with_the_hint(monkeypatch, capsys):
+    import clora3d.engine.config as config
+    from clora3d import cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config, "load_config", interrupted)
+    assert cli.main(["train", "--cfg", "x.yaml"]) == 130
+    assert capsys.readouterr().err == "interrupted; continue with --resume\n"
+
+
+def test_cli_logging_levels_go_to_stderr_and_are_restored(tmp_path, monkeypatch, capsys):
+    """-v / default / -q (before or after the command): clora3d's messages on stderr at that level,
+    the result on stdout; the logging state is what it was once the command returns."""
+    import logging
+
+    import clora3d.data.synthetic as syn
+    from clora3d import cli
+
+    def fake_write(out, **kw):
+        logging.getLogger("clora3d.data.synthetic").debug("DEBUG-LINE")
+        logging.getLogger("clora3d.data.synthetic").warning("WARN-LINE")
+
+    monkeypatch.setattr(syn, "write_modelnet40", fake_write)
+    ours, root = logging.getLogger("clora3d"), logging.getLogger()
+    level, handlers = ours.level, list(root.handlers)
+    base = ["make-synthetic", "--root", str(tmp_path), "--format", "modelnet40"]
+    seen = {}
+    for flags in ([], ["-v"], ["-q"], ["-qq"]):
+        for argv in ([*flags, *base], [*base, *flags]):
+            assert cli.main(argv) == 0
+            cap = capsys.readouterr()
+            assert cap.out == f"modelnet40 -> {tmp_path / 'ModelNet' / 'modelnet40_normal_resampled'}\n"
+            got = ("DEBUG-LINE" in cap.err, "done in" in cap.err, "warning: WARN-LINE" in cap.err)
+            assert seen.setdefault(tuple(flags), got) == got, argv  # the same before and after the command
+            assert ours.level == level and root.handlers == handlers
+    assert seen == {(): (False, True, True), ("-v",): (True, True, True), ("-q",): (False, False, True),
+                    ("-qq",): (False, False, False)}
+
+
+def test_library_imports_none_of_the_applications():
+    code = ("import importlib.util, sys\n"
+            "import clora3d, clora3d.ops, clora3d.data, clora3d.models, clora3d.profile, clora3d.engine.infer\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('clora3d.cli', 'benchmarks'))))\n"
+            "print([n for n in ('clora3d.doctor', 'clora3d.ops.bench', 'clora3d.profile.bench_model')\n"
+            "       if importlib.util.find_spec(n) is not None])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["[]", "[]"]

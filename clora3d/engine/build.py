@@ -131,7 +131,7 @@ def build_optimizer(method: Any, cfg: Mapping[str, Any]):
     """``(optimizer, scheduler)`` over exactly the method's trainable parameters."""
     from clora3d.engine.optim import build_optimizer as _optimizer, build_scheduler
 
-    optimizer = _optimizer(dict(method.trainable_parameters()), cfg["optimizer"])
+    optimizer = _optimizer(dict(method.trainable_parameters()), cfg["optimizer"], exempt=method.no_weight_decay())
     scheduler = build_scheduler(optimizer, cfg["scheduler"], cfg["train"]["epochs"])
     return optimizer, scheduler
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any, Mapping
 
 import torch
@@ -35,8 +36,11 @@ def is_no_decay(name: str, param: torch.Tensor, *, no_decay_cls_pos: bool = Fals
 
 
 def param_groups(named_params: Mapping[str, nn.Parameter], weight_decay: float, *,
-                 no_decay_cls_pos: bool = False) -> list[dict[str, Any]]:
+                 no_decay_cls_pos: bool = False, exempt: Collection[str] = ()) -> list[dict[str, Any]]:
     """Two AdamW groups (decay / no decay) over ``named_params`` that require grad.
+
+    No decay: :func:`is_no_decay` (the one rule), plus the names in ``exempt``: what the PEFT method
+    says the rule cannot tell (``method.no_weight_decay()``, e.g. CLoRA's stacked 2-D biases).
 
     Group order and the order of parameters inside each group follow ``named_params``.
     Each group carries the parameter names under ``"names"`` (ignored by torch optimizers).
@@ -48,7 +52,7 @@ def param_groups(named_params: Mapping[str, nn.Parameter], weight_decay: float, 
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        g = no_decay if is_no_decay(name, p, no_decay_cls_pos=no_decay_cls_pos) else decay
+        g = no_decay if name in exempt or is_no_decay(name, p, no_decay_cls_pos=no_decay_cls_pos) else decay
         g["params"].append(p)
         g["names"].append(name)
     groups = [g for g in (no_decay, decay) if g["params"]]
@@ -58,11 +62,11 @@ def param_groups(named_params: Mapping[str, nn.Parameter], weight_decay: float, 
     return groups
 
 
-def build_optimizer(named_params: Mapping[str, nn.Parameter], cfg_opt: Mapping[str, Any]
-                    ) -> torch.optim.Optimizer:
+def build_optimizer(named_params: Mapping[str, nn.Parameter], cfg_opt: Mapping[str, Any], *,
+                    exempt: Collection[str] = ()) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD over :func:`param_groups` from the ``optimizer`` config section."""
     groups = param_groups(named_params, cfg_opt["weight_decay"],
-                          no_decay_cls_pos=cfg_opt.get("no_decay_cls_pos", False))
+                          no_decay_cls_pos=cfg_opt.get("no_decay_cls_pos", False), exempt=exempt)
     name = cfg_opt["NAME"]
     lr = float(cfg_opt["lr"])
     # on CUDA the fused kernels update every parameter in a few launches and never read the step
