@@ -12,6 +12,10 @@ the build's own answer. An application, not part of the library: nothing in clor
 
 Exit code: 0 when clora3d.ops is usable (the pure-PyTorch reference fallback counts as usable but
 is reported as a warning), 1 when it is not. Nothing here runs at import time.
+
+Longer than 400 lines on purpose: it is one job, one function per section of the report (python,
+torch, GPU, nvcc, compiler, extension, ops, optional packages), each turning facts into findings
+with their fix; splitting the sections apart would scatter the wording of the fixes.
 """
 from __future__ import annotations
 
