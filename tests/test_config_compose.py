@@ -17,7 +17,9 @@ from clora3d.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CFGS = REPO / "cfgs"
-SNAPSHOT = json.loads((REPO / "tests" / "fixtures" / "cfgs_leaves_merged.json").read_text())["leaves"]
+_FIXTURE = json.loads((REPO / "tests" / "fixtures" / "cfgs_leaves_merged.json").read_text())
+SNAPSHOT = _FIXTURE["leaves"]  # merged, before validation
+RESOLVED = _FIXTURE["resolved"]  # load_config's output at 705bf1d (the hand-written schema)
 
 #: leaves that carried settings beyond _base_ + name (kept as files; composition differs from them)
 REAL_LEAVES = {
@@ -53,7 +55,9 @@ def test_composition_equals_the_old_leaf(leaf):
     cfg, _, _ = _compose(task, method[:-5], None, protocol, None)
     _strip_replace(cfg)
     assert cfg == SNAPSHOT[leaf]
-    assert compose_config(task, method[:-5], protocol=protocol) == validate_config(SNAPSHOT[leaf])
+    # validated by the typed configs: the same resolved config as the old hand-written schema gave
+    resolved = compose_config(task, method[:-5], protocol=protocol)
+    assert resolved == RESOLVED[leaf] and validate_config(resolved) == resolved
 
 
 def test_two_line_leaves_are_gone_and_the_others_unchanged():

@@ -44,23 +44,16 @@ def build_dataset(cfg: dict, split: str):
     """Instantiate ``cfg["NAME"]`` with the other keys of ``cfg`` as arguments, for ``split``.
 
     Example: ``build_dataset({"NAME": "ScanObjectNN", "root": "data/ScanObjectNN",
-    "variant": "PB_T50_RS"}, "train")``. Unknown names/keys and missing required keys raise
-    ConfigError naming them.
+    "variant": "PB_T50_RS"}, "train")``. The typed config of the NAME (clora3d.data.config) validates
+    ``cfg``: unknown names/keys, bad values and missing required keys raise ConfigError naming them.
     """
-    if not isinstance(cfg, dict) or "NAME" not in cfg:
-        raise ConfigError(f"dataset config needs a NAME key (one of {sorted(DATASETS)}), got {cfg!r}")
-    name = cfg["NAME"]
-    if name not in DATASETS:
-        raise ConfigError(f"dataset NAME {name!r} is unknown; known: {sorted(DATASETS)}")
-    kwargs = {k: v for k, v in cfg.items() if k != "NAME"}
-    accepted = DATASET_KEYS[name]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ConfigError(f"dataset {name}: unknown key(s) {unknown}; accepted: {sorted(accepted)}")
-    missing = sorted(k for k, v in accepted.items() if v == "<required>" and k not in kwargs)
-    if missing:
-        raise ConfigError(f"dataset {name}: missing required key(s) {missing}")
-    return DATASETS[name](split=split, **kwargs)
+    from clora3d.data.config import validate_dataset
+
+    kwargs = validate_dataset(cfg)
+    if "split" in kwargs:
+        raise ConfigError(f"build_dataset: pass the split as the argument, not as a key (got split "
+                          f"{kwargs['split']!r} in the config and {split!r})")
+    return DATASETS[kwargs.pop("NAME")](split=split, **kwargs)
 
 
 __all__ = [

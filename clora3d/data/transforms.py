@@ -188,18 +188,9 @@ TRANSFORM_KEYS: dict[str, set[str]] = {
 
 
 def build_transforms(specs: Optional[Sequence[dict[str, Any]]]) -> Compose:
-    """Build a :class:`Compose` from ``[{"NAME": "RotateY"}, {"NAME": "Jitter", "std": 0.01}, ...]``."""
-    out = []
-    for i, spec in enumerate(specs or []):
-        if not isinstance(spec, dict) or "NAME" not in spec:
-            raise ConfigError(f"transforms[{i}]: expected a mapping with a NAME key, got {spec!r}")
-        name = spec["NAME"]
-        if name not in TRANSFORMS:
-            raise ConfigError(f"transforms[{i}]: unknown transform {name!r}; known: {sorted(TRANSFORMS)}")
-        kwargs = {k: v for k, v in spec.items() if k != "NAME"}
-        unknown = set(kwargs) - TRANSFORM_KEYS[name]
-        if unknown:
-            raise ConfigError(f"transforms[{i}] ({name}): unknown key(s) {sorted(unknown)}; accepted: "
-                              f"{sorted(TRANSFORM_KEYS[name])}")
-        out.append(TRANSFORMS[name](**kwargs))
-    return Compose(out)
+    """Build a :class:`Compose` from ``[{"NAME": "RotateY"}, {"NAME": "Jitter", "std": 0.01}, ...]``
+    (validated by the transforms' typed configs, clora3d.data.config)."""
+    from clora3d.data.config import validate_transforms
+
+    return Compose([TRANSFORMS[s["NAME"]](**{k: v for k, v in s.items() if k != "NAME"})
+                    for s in validate_transforms(specs, path=("transforms",))])

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from clora3d.engine.config import SCHEMA, load_config, validate_config
+from clora3d.engine.config import compose_config, load_config, validate_config
 
-__all__ = ["SCHEMA", "load_config", "validate_config", "train"]
+__all__ = ["load_config", "compose_config", "validate_config", "train"]
 
 
 def train(cfg: dict, **kwargs: Any) -> dict:

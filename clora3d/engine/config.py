@@ -1,4 +1,4 @@
-"""YAML configs with ``_base_`` inheritance, ``--set`` overrides and a validated schema.
+"""YAML configs with ``_base_`` inheritance, ``--set`` overrides, composition by task and method.
 
 Loading rules (see cfgs/README.md for the user-facing description):
 
@@ -11,28 +11,29 @@ Loading rules (see cfgs/README.md for the user-facing description):
   into it (e.g. to switch ``peft`` from LoRA to adapters without inheriting ``rank``).
 * ``overrides`` (``--set a.b=c``) are applied last; ``c`` is parsed as YAML (``1e-3``, ``true``,
   ``[1, 2]``, ``{NAME: RotateY}``).
-* Every section has a fixed set of keys with defaults (``SCHEMA``); an unknown key raises
-  :class:`~clora3d.errors.ConfigError` naming the key and the file (or ``--set``) it came from.
-  The keys of ``model``, ``peft`` and each ``dataset`` split are checked against the constructor
-  signature of the class named by their ``NAME``.
+* :func:`compose_config` builds the same kind of merge from ``cfgs/_base_/`` by task, method,
+  protocol and model names instead of a file.
+* The merged config is validated once by the typed configs (:mod:`clora3d.engine.run_config`
+  dispatches each section to the dataclass declared next to its code); the loader tracks which file
+  (or ``--set``) set every key, so an unknown key or a bad value is one
+  :class:`~clora3d.errors.ConfigError` naming the key, the value and that file.
 """
 from __future__ import annotations
 
 import copy
 import difflib
-import inspect
-import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
 from clora3d.errors import ConfigError
+from clora3d.schema import short_repr as _short_repr
+from clora3d.storage import to_plain
 
 __all__ = [
-    "SCHEMA", "load_config", "compose_config", "composition_choices", "validate_config", "apply_overrides",
+    "load_config", "compose_config", "composition_choices", "validate_config", "apply_overrides",
     "parse_override", "dump_config", "save_config", "default_point_all",
 ]
 
@@ -61,197 +62,6 @@ _Loader.add_implicit_resolver(
 def _yaml_load(text_or_stream: Any) -> Any:
     return yaml.load(text_or_stream, Loader=_Loader)
 REPLACE_KEY = "_replace_"
-
-
-# ----------------------------------------------------------------------------------------------
-# Schema
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Key:
-    """One config key: default value, a checker and a one-line description."""
-
-    default: Any
-    check: Callable[[Any], bool]
-    expect: str
-    doc: str = ""
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _pos_int(v: Any) -> bool:
-    return _is_int(v) and v > 0
-
-
-def _nonneg_int(v: Any) -> bool:
-    return _is_int(v) and v >= 0
-
-
-def _nonneg_num(v: Any) -> bool:
-    return _is_num(v) and v >= 0
-
-
-def _opt(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: v is None or check(v)
-
-
-def _choice(*options: Any) -> Callable[[Any], bool]:
-    return lambda v: any(v == o and type(v) is type(o) for o in options)
-
-
-def _is_str(v: Any) -> bool:
-    return isinstance(v, str) and v != ""
-
-
-def _is_bool(v: Any) -> bool:
-    return isinstance(v, bool)
-
-
-def _transform_list(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(t, dict) and "NAME" in t for t in v)
-
-
-def _betas(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v)
-
-
-#: Sections whose keys are fixed here. ``model``, ``peft`` and ``dataset.<split>`` are open
-#: sections checked against the library's constructors (see ``_validate_library_sections``).
-SCHEMA: dict[str, dict[str, Key] | Key] = {
-    "name": Key(None, _opt(_is_str), "a string",
-                "experiment name; default: the config file stem ('run' for a dict built in code)"),
-    "task": Key("classification", _choice("classification", "partseg", "pretrain"),
-                "classification | partseg | pretrain", "what is trained"),
-    "seed": Key(0, _nonneg_int, "an integer >= 0", "base seed; rank r uses seed + r for the model RNG"),
-    "data": {
-        "npoints": Key(1024, _pos_int, "a positive integer", "points fed to the model"),
-        "point_all": Key(None, _opt(_pos_int), "a positive integer or null",
-                         "train: FPS to point_all, then a random subset of npoints shared by the "
-                         "batch; null = reference table (1024->1200, 2048->2400, 4096->4800, "
-                         "8192->8192, else npoints), capped at the points available"),
-        "train_sampling": Key("fps_subset", _choice("fps_subset", "fps", "none"),
-                              "fps_subset | fps | none",
-                              "fps_subset = reference train pipeline; fps = deterministic FPS; "
-                              "none = use the dataset's points as they are (part segmentation)"),
-        "train_transforms": Key([], _transform_list, "a list of {NAME: ...} mappings",
-                                "batched augmentations after sampling (clora3d.data.build_transforms)"),
-    },
-    "optimizer": {
-        "NAME": Key("AdamW", _choice("AdamW", "Adam", "SGD"), "AdamW | Adam | SGD", "optimizer"),
-        "lr": Key(5e-4, lambda v: _is_num(v) and v > 0, "a positive number", "base learning rate"),
-        "weight_decay": Key(0.05, _nonneg_num, "a number >= 0",
-                            "decay of the decayed group (no decay: 1-D params, *.bias, names "
-                            "containing 'token')"),
-        "betas": Key([0.9, 0.999], _betas, "two numbers in [0, 1)", "Adam/AdamW betas"),
-        "eps": Key(1e-8, lambda v: _is_num(v) and v > 0, "a positive number", "Adam/AdamW eps"),
-        "momentum": Key(0.9, _nonneg_num, "a number >= 0", "SGD momentum"),
-        "nesterov": Key(True, _is_bool, "true or false", "SGD Nesterov"),
-        "no_decay_cls_pos": Key(False, _is_bool, "true or false",
-                                "also exempt cls_pos from weight decay (the reference decays it)"),
-    },
-    "scheduler": {
-        "NAME": Key("CosLR", _choice("CosLR", "none"), "CosLR | none",
-                    "CosLR = timm-0.4.5 CosineLRScheduler stepped once per epoch; none = constant"),
-        "epochs": Key(None, _opt(_pos_int), "a positive integer or null",
-                      "t_initial of the cosine; null = train.epochs"),
-        "warmup_epochs": Key(10, _nonneg_int, "an integer >= 0", "linear warm-up epochs"),
-        "lr_min": Key(1e-6, _nonneg_num, "a number >= 0", "cosine floor"),
-        "warmup_lr_init": Key(1e-6, _nonneg_num, "a number >= 0", "lr at the start of warm-up"),
-    },
-    "train": {
-        "epochs": Key(300, _pos_int, "a positive integer",
-                      "epochs to run (the reference runs max_epoch + 1 = 301)"),
-        "batch_size": Key(32, _pos_int, "a positive integer",
-                          "GLOBAL batch; each of W ranks gets batch_size / W"),
-        "grad_clip": Key(10.0, _opt(lambda v: _is_num(v) and v > 0), "a positive number or null",
-                         "clip_grad_norm_ max norm over the trainable params; null = off "
-                         "(default 10 for fine-tuning, null for pre-training: the references)"),
-        "amp": Key(False, _choice(False, "fp16", "bf16"), "false | fp16 | bf16",
-                   "mixed precision, CUDA only (ignored with a warning on CPU)"),
-        "matmul_precision": Key("highest", _choice("highest", "high", "medium"), "highest | high | medium",
-                                "torch.set_float32_matmul_precision: high = TF32 tensor cores for float32 "
-                                "matmuls on CUDA (faster, ~1e-3 relative error); highest = exact float32"),
-        "compile": Key(False, _choice(False, True, "reduce-overhead", "max-autotune", "aot_eager"),
-                       "false | true | reduce-overhead | max-autotune | aot_eager",
-                       "torch.compile(fullgraph=True) of the training forward: true = Inductor's default "
-                       "mode, reduce-overhead = Inductor + CUDA graphs, aot_eager = no code generation "
-                       "(debugging); evaluation and checkpoints use the plain model (docs/training.md)"),
-        "num_workers": Key(4, _nonneg_int, "an integer >= 0", "DataLoader workers"),
-        "val_freq": Key(1, _pos_int, "a positive integer",
-                        "evaluate every val_freq epochs (and always after the last epoch)"),
-        "deterministic": Key(True, _is_bool, "true or false",
-                             "torch.use_deterministic_algorithms(warn_only) + cudnn flags"),
-        "select_on_test": Key(True, _is_bool, "true or false",
-                              "REFERENCE QUIRK: evaluate every epoch on dataset.test and pick the "
-                              "best epoch on it (Point-MAE & co.); false = pick on dataset.val, "
-                              "then report test metrics of the last and best weights"),
-        "drop_last": Key(True, _is_bool, "true or false", "drop the incomplete last train batch"),
-        "device": Key("auto", _choice("auto", "cpu", "cuda"), "auto | cpu | cuda",
-                      "auto = cuda when available"),
-        "sync_bn": Key(False, _is_bool, "true or false", "SyncBatchNorm under DDP (CUDA only)"),
-        "label_smoothing": Key(0.0, lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)",
-                               "cross-entropy label smoothing (classification)"),
-        "partseg_double_step": Key(True, _is_bool, "true or false",
-                                   "REFERENCE QUIRK of Point-MAE part seg (default): two optimizer "
-                                   "steps per batch (before and after clipping); false = one step"),
-        "pretrain_select": Key("last", _choice("last", "test_loss"), "last | test_loss",
-                               "pre-training: last = keep the last epoch, no model selection "
-                               "(reference); test_loss = also write ckpt-best.pth at the lowest "
-                               "Chamfer loss on dataset.test"),
-        "snapshot_every": Key(None, _opt(_pos_int), "a positive integer or null",
-                              "also keep ckpt-epoch-XXX.pth every N epochs from snapshot_from "
-                              "(pre-training default 25, as the reference)"),
-        "snapshot_from": Key(0, _nonneg_int, "an integer >= 0",
-                             "first epoch eligible for snapshots (pre-training default 250)"),
-        "save_best": Key(True, _is_bool, "true or false", "write ckpt-best.pth"),
-    },
-    "eval": {
-        "vote": Key(0, _choice(0, 10), "0 or 10",
-                    "after training, also evaluate the best and last weights with 10-view "
-                    "scale&translate voting, reported separately as vote@10"),
-        "vote_passes": Key(1, _pos_int, "a positive integer",
-                           "voting passes; > 1 also reports the best and the mean of the passes "
-                           "(reference protocol: best of 299 passes, acc_vote@10_max_of_299)"),
-        "batch_size": Key(None, _opt(_pos_int), "a positive integer or null",
-                          "evaluation batch; null = 2 x train.batch_size (reference)"),
-    },
-    "log": {
-        "root": Key("experiments", _is_str, "a path", "run dirs go to <root>/<name>"),
-        "tensorboard": Key(True, _is_bool, "true or false", "TensorBoard scalars in <run>/tb"),
-        "csv": Key(True, _is_bool, "true or false", "per-epoch metrics.csv"),
-        "json": Key(True, _is_bool, "true or false", "per-epoch metrics.jsonl + result.json"),
-        "progress": Key(True, _is_bool, "true or false", "tqdm progress bars"),
-    },
-}
-
-OPEN_SECTIONS = ("model", "peft", "dataset")
-MODEL_ENGINE_KEYS = {
-    "NAME": "model class (PointTransformer | PartSegModel | PointMAE)",
-    "preset": "optional preset (vit_s | tiny ...) from which the other keys override",
-    "frozen_bn": "train (default, the references: a frozen BatchNorm's statistics drift to the "
-                 "new data) | eval (strict: BatchNorm with frozen params keeps its statistics)",
-}
-#: frozen-BN policy when neither model.frozen_bn nor peft.frozen_bn is given (reference behaviour)
-DEFAULT_FROZEN_BN = "train"
-DATASET_SPLIT_KEYS = ("train", "val", "test")
-DATASET_ENGINE_KEYS = {
-    "NAME": "dataset class",
-    "split": "split passed to build_dataset (default: the section name)",
-    "from_train": "val only: hold out this fraction (0..1) of the train set instead",
-}
-
-#: Reference table for the FPS pre-sampling size of the training pipeline (point_mae_family §1.4).
-_POINT_ALL = {1024: 1200, 2048: 2400, 4096: 4800, 8192: 8192}
-
-
-def default_point_all(npoints: int) -> int:
-    """``point_all`` used by the reference runner for ``npoints`` (npoints itself if not listed)."""
-    return _POINT_ALL.get(npoints, npoints)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,7 +361,15 @@ DEFAULT_MODEL = "vit_s"
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
+def default_point_all(npoints: int) -> int:
+    """:func:`clora3d.data.config.default_point_all` (the trainer and tools import it from here)."""
+    from clora3d.data.config import default_point_all as point_all
+
+    return point_all(npoints)
+
+
 def _where(origins: Origins | None, p: Path_, source: str) -> str:
+    """The file (or ``--set``) that set key path ``p`` (its closest set ancestor), else ``source``."""
     if origins:
         for i in range(len(p), 0, -1):
             if p[:i] in origins:
@@ -559,289 +377,24 @@ def _where(origins: Origins | None, p: Path_, source: str) -> str:
     return source
 
 
-def _unknown(key_path: Path_, known: Iterable[str], origins: Origins | None, source: str,
-             hint: str = "") -> ConfigError:
-    dotted = ".".join(map(str, key_path))
-    known = sorted(known)
-    close = difflib.get_close_matches(str(key_path[-1]), known, n=1)
-    did = f"; did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown config key '{dotted}' in {_where(origins, key_path, source)}{did} "
-                       f"(known keys{hint}: {', '.join(known)})")
+def validate_config(cfg: Mapping, *, origins: Origins | None = None, source: str = "<config>") -> dict:
+    """Fill defaults and validate ``cfg`` (idempotent); returns a new plain dict.
 
-
-def _bad_value(key_path: Path_, value: Any, expect: str, origins: Origins | None, source: str) -> ConfigError:
-    dotted = ".".join(map(str, key_path))
-    return ConfigError(f"config key '{dotted}' in {_where(origins, key_path, source)} must be "
-                       f"{expect}, got {_short_repr(value)}")
-
-
-def _short_repr(value: Any, limit: int = 200) -> str:
-    """``repr`` bounded in time and length (a value may be a huge aliased structure)."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 8, 8, 8, 120, 120
-    text = r.repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-#: Defaults that depend on the task (applied when the key is absent): the references' pre-training
-#: runner (Point-MAE tools/runner_pretrain.py) does not clip gradients and keeps
-#: ckpt-epoch-XXX.pth every 25 epochs from epoch 250.
-TASK_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
-    "pretrain": {("train", "grad_clip"): None, ("train", "snapshot_every"): 25,
-                 ("train", "snapshot_from"): 250},
-}
-
-
-def validate_config(cfg: Mapping, *, origins: Origins | None = None, source: str = "<config>",
-                    check_library: bool = True) -> dict:
-    """Fill defaults and validate ``cfg`` (idempotent). Returns a new dict.
-
-    ``check_library`` also checks the open sections (model, peft, dataset.*) against the
-    constructor signatures of the classes they name.
+    Dispatches to the typed configs (:func:`clora3d.engine.run_config.validate_run`: the trainer's
+    sections, and the model / peft / dataset / data / optimizer / scheduler configs declared next to
+    their code); ``origins`` (key path -> file or ``--set``) name where a bad key came from.
     """
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"config from {source} must be a mapping, got {type(cfg).__name__}")
-    cfg = copy.deepcopy(dict(cfg))
-    cfg.pop(BASE_KEY, None)
-    for (sec_name, key), value in TASK_DEFAULTS.get(cfg.get("task"), {}).items():
-        sec = cfg.get(sec_name)
-        if sec is None:
-            sec = cfg[sec_name] = {}
-        if isinstance(sec, dict) and key not in sec:
-            sec[key] = copy.deepcopy(value)
-    known_top = set(SCHEMA) | set(OPEN_SECTIONS)
-    for k in cfg:
-        if k not in known_top:
-            raise _unknown((k,), known_top, origins, source, " at the top level")
-    out: dict = {}
-    for k, spec in SCHEMA.items():
-        if isinstance(spec, Key):
-            v = cfg.get(k, copy.deepcopy(spec.default))
-            if not spec.check(v):
-                raise _bad_value((k,), v, spec.expect, origins, source)
-            out[k] = v
-            continue
-        sec = cfg.get(k)
-        if sec is None:
-            sec = {}
-        if not isinstance(sec, dict):
-            raise _bad_value((k,), sec, "a mapping", origins, source)
-        for kk in sec:
-            if kk not in spec:
-                raise _unknown((k, kk), spec, origins, source, f" of '{k}'")
-        res = {}
-        for kk, key in spec.items():
-            v = sec.get(kk, copy.deepcopy(key.default))
-            if isinstance(v, int) and not isinstance(v, bool) and key.check(float(v)) \
-                    and not key.check(v):
-                v = float(v)
-            if not key.check(v):
-                raise _bad_value((k, kk), v, key.expect, origins, source)
-            if isinstance(v, tuple):
-                v = list(v)
-            res[kk] = v
-        out[k] = res
+    from clora3d.engine.run_config import validate_run
 
-    if out["name"] is None:  # a dict built in code, not loaded from a file
-        out["name"] = "run"
-    task = out["task"]
-    # open sections -------------------------------------------------------------------------
-    model = cfg.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("NAME"), str):
-        raise _bad_value(("model",), model, "a mapping with a NAME key (PointTransformer | "
-                         "PartSegModel | PointMAE)", origins, source)
-    model = dict(model)
-    peft = cfg.get("peft")
-    if peft is None:
-        peft = {"NAME": "full"}
-    if not isinstance(peft, dict) or not isinstance(peft.get("NAME"), str):
-        raise _bad_value(("peft",), peft, "a mapping with a NAME key (full | linear | lora | clora "
-                         "| adapter | prompt | bitfit)", origins, source)
-    peft = dict(peft)
-    # One BatchNorm policy: model.frozen_bn (the engine applies it after model.train()) and the
-    # PEFT method's frozen_bn (which decides the BN buffers stored in adapter files) must agree.
-    fb_model, fb_peft = model.get("frozen_bn"), peft.get("frozen_bn")
-    if fb_model is not None and fb_peft is not None and fb_model != fb_peft:
-        raise ConfigError(f"model.frozen_bn={fb_model!r} ({_where(origins, ('model', 'frozen_bn'), source)})"
-                          f" and peft.frozen_bn={fb_peft!r} "
-                          f"({_where(origins, ('peft', 'frozen_bn'), source)}) disagree; set only "
-                          f"model.frozen_bn")
-    # default "train" = the references (their frozen patch encoder's BN runs in train mode, its
-    # statistics drift to the downstream data); "eval" is the strict switch
-    fb = fb_model if fb_model is not None else (fb_peft if fb_peft is not None
-                                                else DEFAULT_FROZEN_BN)
-    if fb not in ("eval", "train"):
-        raise _bad_value(("model", "frozen_bn"), fb, "eval or train", origins, source)
-    model["frozen_bn"] = fb
-    if task != "pretrain":
-        peft["frozen_bn"] = fb
-    out["model"] = model
-    out["peft"] = peft
-
-    ds = cfg.get("dataset")
-    if not isinstance(ds, dict) or "train" not in ds:
-        raise _bad_value(("dataset",), ds, "a mapping with at least a 'train' split", origins, source)
-    for split in ds:
-        if split not in DATASET_SPLIT_KEYS:
-            raise _unknown(("dataset", split), DATASET_SPLIT_KEYS, origins, source, " of 'dataset'")
-    out_ds = {}
-    for split, sec in ds.items():
-        if sec is None:
-            continue
-        if not isinstance(sec, dict):
-            raise _bad_value(("dataset", split), sec, "a mapping", origins, source)
-        sec = dict(sec)
-        if "from_train" in sec:
-            if split != "val":
-                raise _unknown(("dataset", split, "from_train"), [], origins, source,
-                               f" (from_train is only allowed in dataset.val)")
-            ft = sec["from_train"]
-            if not (_is_num(ft) and 0 < ft < 1) or set(sec) != {"from_train"}:
-                raise _bad_value(("dataset", "val"), sec, "{from_train: FRACTION} with 0 < "
-                                 "FRACTION < 1 and no other key", origins, source)
-        elif not isinstance(sec.get("NAME"), str):
-            raise _bad_value(("dataset", split), sec, "a mapping with a NAME key", origins, source)
-        out_ds[split] = sec
-    out["dataset"] = out_ds
-
-    # cross-field rules ---------------------------------------------------------------------
-    if task in ("classification", "partseg"):
-        if out["train"]["select_on_test"]:
-            if "test" not in out_ds:
-                raise ConfigError(f"train.select_on_test is true but dataset.test is missing in "
-                                  f"{source}: add the test split (it is evaluated every epoch)")
-            if "val" in out_ds:
-                raise ConfigError(f"dataset.val in {_where(origins, ('dataset', 'val'), source)} "
-                                  f"is unused with train.select_on_test: true (the best epoch is "
-                                  f"picked on dataset.test); remove it or set "
-                                  f"train.select_on_test=false")
-        elif "val" not in out_ds:
-            raise ConfigError(f"train.select_on_test is false but dataset.val is missing in "
-                              f"{source}: add a validation split, e.g. dataset.val: "
-                              f"{{from_train: 0.1}}")
-    if out["eval"]["vote_passes"] > 1 and not out["eval"]["vote"]:
-        raise ConfigError(f"eval.vote_passes={out['eval']['vote_passes']} in "
-                          f"{_where(origins, ('eval', 'vote_passes'), source)} needs eval.vote=10 "
-                          f"(passes of what?); set eval.vote=10 or use --vote-passes, which sets both")
-    if out["train"]["pretrain_select"] != "last" and task != "pretrain":
-        raise ConfigError(f"train.pretrain_select={out['train']['pretrain_select']!r} in "
-                          f"{_where(origins, ('train', 'pretrain_select'), source)} applies to "
-                          f"task: pretrain only (this config is task: {task})")
-    if out["eval"]["vote"] and task != "classification":
-        raise ConfigError(f"eval.vote={out['eval']['vote']} in "
-                          f"{_where(origins, ('eval', 'vote'), source)}: voting is defined for "
-                          f"classification only")
-    if task == "pretrain" and out["peft"]["NAME"] != "full":
-        raise ConfigError(f"peft.NAME={out['peft']['NAME']!r} with task: pretrain in "
-                          f"{_where(origins, ('peft', 'NAME'), source)}: pre-training trains the "
-                          f"whole model; use peft: {{NAME: full}}")
-    if check_library:
-        _validate_library_sections(out, origins, source)
-    return out
-
-
-def _signature_keys(fn: Callable) -> tuple[set[str], bool]:
-    """Named parameters of ``fn`` (minus self / positional-only) and whether it takes **kwargs."""
-    sig = inspect.signature(fn)
-    names, var_kw = set(), False
-    for name, p in sig.parameters.items():
-        if p.kind is inspect.Parameter.VAR_KEYWORD:
-            var_kw = True
-        elif p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) \
-                and name != "self":
-            names.add(name)
-    return names, var_kw
-
-
-def _check_against(section: dict, path: Path_, allowed: set[str], origins: Origins | None,
-                   source: str, what: str) -> None:
-    for k in section:
-        if k not in allowed:
-            raise _unknown(path + (k,), allowed, origins, source, f" of {what}")
-
-
-MODEL_NAMES = ("PointTransformer", "PartSegModel", "PointMAE")
-
-
-def _model_class(name: str) -> Any:
-    """The model class a ``model.NAME`` selects (None when unknown)."""
-    if name not in MODEL_NAMES:
-        return None
-    import clora3d.models as models
-    return getattr(models, name, None)
-
-
-def _dataset_class(name: str) -> Any:
-    """The dataset class a ``dataset.<split>.NAME`` selects (None when unknown)."""
-    import clora3d.data as data
-    registry = getattr(data, "DATASETS", None)
-    if isinstance(registry, Mapping):
-        return registry.get(name)
-    cls = getattr(data, name, None)
-    return cls if inspect.isclass(cls) else None
-
-
-def _peft_allowed_keys(name: str) -> set[str] | None | bool:
-    """Option names of PEFT method ``name``; False when unknown, None when not introspectable."""
-    import clora3d.peft as peft
-    defaults = getattr(peft, "DEFAULTS", None)
-    if not isinstance(defaults, Mapping):
-        return None
-    if name not in defaults:
-        return False
-    return set(defaults[name]) | set(getattr(peft, "COMMON_DEFAULTS", {}))
-
-
-def _validate_library_sections(cfg: dict, origins: Origins | None, source: str) -> None:
-    """Check model / peft / dataset keys against the constructors their NAME selects."""
-    m = cfg["model"]
-    cls = _model_class(m["NAME"])
-    if cls is None:
-        raise _bad_value(("model", "NAME"), m["NAME"], f"one of {list(MODEL_NAMES)}",
-                         origins, source)
-    names, var_kw = _signature_keys(cls)
-    if not var_kw:
-        _check_against(m, ("model",), names | set(MODEL_ENGINE_KEYS), origins, source,
-                       f"model {m['NAME']}")
-
-    p = cfg["peft"]
-    allowed = _peft_allowed_keys(p["NAME"])
-    if allowed is False:
-        raise _bad_value(("peft", "NAME"), p["NAME"], "a known PEFT method (full | linear | lora "
-                         "| clora | adapter | prompt | bitfit)", origins, source)
-    if allowed is not None:
-        _check_against(p, ("peft",), set(allowed) | {"NAME"}, origins, source,
-                       f"peft method {p['NAME']}")
-
-    from clora3d.data import build_transforms
-    try:
-        build_transforms(cfg["data"]["train_transforms"])
-    except ConfigError as e:
-        raise ConfigError(f"data.train_transforms in "
-                          f"{_where(origins, ('data', 'train_transforms'), source)}: {e}") from None
-
-    for split, sec in cfg["dataset"].items():
-        if "from_train" in sec:
-            continue
-        dcls = _dataset_class(sec["NAME"])
-        if dcls is None:
-            raise _bad_value(("dataset", split, "NAME"), sec["NAME"], "a dataset class of "
-                             "clora3d.data (ModelNet40 | ModelNetFewShot | ScanObjectNN | "
-                             "ShapeNetPart | ShapeNet55 ...)", origins, source)
-        names, var_kw = _signature_keys(dcls)
-        if not var_kw:
-            _check_against(sec, ("dataset", split), names | {"NAME", "split"}, origins, source,
-                           f"dataset {sec['NAME']}")
+    return validate_run(cfg, where=lambda p: _where(origins, p, source), source=source)
 
 
 # ----------------------------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------------------------
 def dump_config(cfg: Mapping) -> str:
-    """The resolved config as YAML text (keys in schema order)."""
-    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
+    """The resolved config as YAML text (keys in the order of the typed configs)."""
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False, default_flow_style=None)
 
 
 def save_config(cfg: Mapping, path: str | Path) -> None:
@@ -849,11 +402,3 @@ def save_config(cfg: Mapping, path: str | Path) -> None:
     from clora3d.storage import atomic_write_bytes
 
     atomic_write_bytes(Path(path), dump_config(cfg).encode("utf-8"), what="config")
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj

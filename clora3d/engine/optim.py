@@ -15,15 +15,49 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Optional
 
 import torch
 from torch import nn
 
 from clora3d.errors import ConfigError
+from clora3d.schema import spec
 
-__all__ = ["is_no_decay", "param_groups", "build_optimizer", "CosineWarmupLR", "ConstantLR",
-           "build_scheduler"]
+__all__ = ["OptimizerConfig", "SchedulerConfig", "is_no_decay", "param_groups", "build_optimizer",
+           "CosineWarmupLR", "ConstantLR", "build_scheduler"]
+
+
+def _betas(v: list) -> bool:
+    return len(v) == 2
+
+
+@dataclass
+class OptimizerConfig:
+    """The ``optimizer`` section."""
+
+    NAME: Literal["AdamW", "Adam", "SGD"] = spec("AdamW", doc="optimizer")
+    lr: float = spec(5e-4, gt=0, doc="base learning rate")
+    weight_decay: float = spec(0.05, ge=0, doc="decay of the decayed group (no decay: 1-D params, *.bias, names "
+                               "containing 'token')")
+    betas: list[float] = spec(factory=lambda: [0.9, 0.999], ge=0, lt=1, check=_betas,
+                              expect="two numbers in [0, 1)", doc="Adam/AdamW betas")
+    eps: float = spec(1e-8, gt=0, doc="Adam/AdamW eps")
+    momentum: float = spec(0.9, ge=0, doc="SGD momentum")
+    nesterov: bool = spec(True, doc="SGD Nesterov")
+    no_decay_cls_pos: bool = spec(False, doc="also exempt cls_pos from weight decay (the reference decays it)")
+
+
+@dataclass
+class SchedulerConfig:
+    """The ``scheduler`` section."""
+
+    NAME: Literal["CosLR", "none"] = spec("CosLR", doc="CosLR = timm-0.4.5 CosineLRScheduler stepped once per "
+                                          "epoch; none = constant")
+    epochs: Optional[int] = spec(None, gt=0, doc="t_initial of the cosine; null = train.epochs")
+    warmup_epochs: int = spec(10, ge=0, doc="linear warm-up epochs")
+    lr_min: float = spec(1e-6, ge=0, doc="cosine floor")
+    warmup_lr_init: float = spec(1e-6, ge=0, doc="lr at the start of warm-up")
 
 
 def is_no_decay(name: str, param: torch.Tensor, *, no_decay_cls_pos: bool = False) -> bool:
