@@ -409,14 +409,14 @@ class PeftMethod:
         self.model._clora3d_peft = None
 
     def train(self, mode: bool = True) -> None:
-        """``model.train(mode)``, then (``frozen_bn: eval``) put BatchNorms with only frozen params in eval mode."""
+        """``model.train(mode)``, then the run's frozen-BN policy (``frozen_bn``, set from ``model.frozen_bn`` by
+        ``engine.build``): with ``eval``, BatchNorms whose parameters are all frozen stay in eval mode. The
+        trainer calls only this."""
+        from clora3d.models.utils import apply_frozen_bn_policy
+
         self.model.train(mode)
-        if mode and self.cfg.frozen_bn == "eval":
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    ps = list(m.parameters(recurse=False))
-                    if not any(p.requires_grad for p in ps):
-                        m.eval()
+        if mode:
+            apply_frozen_bn_policy(self.model, self.cfg.frozen_bn)
 
     def eval(self) -> None:
         """``model.eval()``."""
