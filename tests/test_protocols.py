@@ -118,8 +118,8 @@ def test_vote_passes_cli_sets_config_and_reports_labelled(tmp_path, mn_root, cap
     assert tool.main(["--cfg", str(cfg_path), "--run-dir", str(tmp_path / "r3"),
                       "--vote-passes", "3"]) == 0
     monkeypatch.undo()
-    out = capsys.readouterr().out  # log lines, then the JSON summary
-    printed = json.loads(out[out.index("\n{\n") + 1:])
+    out = capsys.readouterr().out  # the JSON summary (the run's log lines go to the logger: stderr)
+    printed = json.loads(out[out.index("{\n"):])
     res = json.loads((tmp_path / "r3" / "result.json").read_text())
     # the three figures are the first, the best and the mean of three by-hand replayed vote passes
     # (10 views each, one generator running on) of the model evaluated: last epoch, then best epoch

@@ -13,6 +13,7 @@ the whole ``data/`` layout of data/README.md.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 from clora3d.data.modelnet import write_fewshot_folds_from_arrays
 from clora3d.data.scanobjectnn import SCANOBJECTNN_CLASSES, SCANOBJECTNN_FILES
 from clora3d.data.shapenet import CATEGORY_NAMES, SEG_CLASSES, SYNSETS
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
@@ -768,11 +771,12 @@ FULL_SIZES: dict[str, dict] = {
 }
 
 
-def write_all(root: PathLike, small: bool = True, seed: int = 0, formats: Optional[Sequence[str]] = None,
-              verbose: bool = False) -> dict[str, Path]:
+def write_all(root: PathLike, small: bool = True, seed: int = 0,
+              formats: Optional[Sequence[str]] = None) -> dict[str, Path]:
     """Write every format (or ``formats``) under ``root`` in the data/README.md layout.
 
     Returns {format: folder}. ``small=True`` is sized for tests and the CPU demo (a few seconds).
+    Each format written is logged (INFO) with its folder and time.
     """
     root = Path(root)
     sizes = SMALL_SIZES if small else FULL_SIZES
@@ -796,6 +800,5 @@ def write_all(root: PathLike, small: bool = True, seed: int = 0, formats: Option
         elif fmt == "shapenet55":
             write_shapenet55(d, seed=seed, **sizes[fmt])
         out[fmt] = d
-        if verbose:
-            print(f"{fmt:14s} -> {d}  ({time.perf_counter() - t0:.1f} s)")
+        log.info("%-14s -> %s  (%.1f s)", fmt, d, time.perf_counter() - t0)
     return out

@@ -4,20 +4,23 @@ A run dir holds everything needed to reproduce and audit a run:
 
     config.yaml      the resolved config (every key, defaults filled in)
     env.json         git commit (+ dirty flag), package versions, python, platform, GPU, argv
-    log.txt          the stdout log (appended across resumes)
+    log.txt          the run's messages, time-stamped (appended across resumes)
     metrics.csv      one row per epoch (rewritten from the full history every epoch)
     metrics.jsonl    the same as JSON lines
     result.json      the final result dict of ``train`` (last and best metrics)
     tb/              TensorBoard scalars (optional; tensorboard is imported lazily)
     ckpt-last.pth, ckpt-best.pth
 
-Only rank 0 writes; other ranks get a logger that prints nothing.
+Only rank 0 writes; other ranks get a logger that does nothing. :meth:`RunLogger.info` messages also
+go to this module's stdlib logger (``clora3d.engine.logging``, level INFO): the command line shows
+them on stderr (``clora3d.cli.configure_logging``), a library caller configures logging as it likes.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -31,6 +34,8 @@ from typing import Any, Mapping
 from clora3d.storage import atomic_write_bytes, to_plain
 
 __all__ = ["RunLogger", "environment_info", "git_info"]
+
+log = logging.getLogger(__name__)
 
 _DIST_NAME = {"yaml": "PyYAML"}
 _PACKAGES = ("torch", "numpy", "yaml", "h5py", "tqdm", "plyfile", "scipy", "open3d", "tensorboard")
@@ -128,10 +133,10 @@ class RunLogger:
 
     # -- text ----------------------------------------------------------------------------------
     def info(self, msg: str) -> None:
-        """Print ``msg`` and append it (time-stamped) to log.txt."""
+        """Log ``msg`` (INFO, this module's logger) and append it (time-stamped) to log.txt."""
         if not self.enabled:
             return
-        print(msg, flush=True)
+        log.info("%s", msg)
         if self._log_file is not None:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             try:
