@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from clora3d.engine.config import compose_config, load_config, parse_override, validate_config
 from clora3d.engine.run_config import RunConfig
-from clora3d.schema import field_docs
 from clora3d.errors import ConfigError
+from clora3d.schema import field_docs
 
 REPO = Path(__file__).resolve().parents[1]
 CFGS = REPO / "cfgs"

@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from clora3d.engine.config import (_compose, _load_file, _strip_replace, compose_config, composition_choices,
-                                   load_config, validate_config)
+from clora3d.engine.config import (
+    _compose,
+    _load_file,
+    _strip_replace,
+    compose_config,
+    composition_choices,
+    load_config,
+    validate_config,
+)
 from clora3d.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

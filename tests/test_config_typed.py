@@ -206,3 +206,20 @@ def test_readme_key_tables_match_the_dataclasses():
     engine_keys = {"model.NAME", "model.preset", "model.frozen_bn", "peft.NAME", "dataset.train", "dataset.val",
                    "dataset.test", "dataset.<split>.split", "dataset.val.from_train"}
     assert documented - fields == engine_keys, sorted(documented - fields - engine_keys)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["eval.vote_passes=3"], r"eval\.vote_passes=3 in --set eval\.vote_passes=3 needs eval\.vote=10"),
+    (["train.pretrain_select=test_loss"], r"train\.pretrain_select='test_loss' in --set .* task: pretrain only"),
+    (["task=partseg", "model={NAME: PartSegModel, preset: tiny}", "eval.vote=10"],
+     r"eval\.vote=10 in --set eval\.vote=10: voting is defined for classification only"),
+    (["task=pretrain", "model={NAME: PointMAE, preset: tiny}", "peft.NAME=lora"],
+     r"peft\.NAME='lora' with task: pretrain in --set peft\.NAME=lora"),
+    (["dataset.val={from_train: 0.1}"], r"dataset\.val in --set dataset\.val=\{from_train: 0\.1\} is unused"),
+    (["train.select_on_test=false", "dataset.val={from_train: 1}"],
+     r"'dataset\.val' in --set dataset\.val=\{from_train: 1\} must be \{from_train: FRACTION\}"),
+    (["dataset.test.from_train=0.1"], r"'dataset\.test\.from_train' in --set dataset\.test\.from_train=0\.1"),
+])
+def test_cross_section_rules_name_the_origin(tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(_write(tmp_path, "run.yaml", MINIMAL), overrides)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -103,7 +104,7 @@ def _read_yaml(path: Path, referenced_from: str | None) -> Any:
         raise ConfigError(f"_base_ in {referenced_from} names {path}, which is not a .yaml/.yml "
                           "config file; it was not read")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = _yaml_load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
