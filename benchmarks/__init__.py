@@ -8,3 +8,13 @@ clora3d imports them.
     gpu_check.py    ``make gpu-check``: build for the local GPU, CUDA tests, gpu_bench, one report
     step_ops.py     CPU proxies of GPU step cost (aten ops and host syncs per training step)
 """
+import logging
+
+
+def run_script(main, argv=None, prog=None) -> int:
+    """Run a benchmark's ``main(argv, prog=...)`` as a script: its messages (the ``benchmarks`` loggers)
+    at INFO on stderr, other libraries' warnings only (faiss, for one, is chatty at INFO)."""
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("benchmarks").setLevel(logging.INFO)
+    main(argv, prog=prog)
+    return 0

@@ -180,10 +180,11 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "benchmarks/bench_model.py") -> dict[str, Any]:
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table (stdout); ``--json`` also writes the results."""
-    parser = argparse.ArgumentParser(prog=prog, description="CPU throughput of the classification model "
-                                                            "(forward, full fine-tuning and frozen-backbone steps).")
+    parser = argparse.ArgumentParser(prog=prog or "benchmarks/bench_model.py",
+                                     description="CPU throughput of the classification model "
+                                                 "(forward, full fine-tuning and frozen-backbone steps).")
     parser.add_argument("--preset", default="vit_s")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--points", type=int, default=1024)
@@ -212,4 +213,6 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/bench_model.py")
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import run_script
+
+    sys.exit(run_script(main))

@@ -464,8 +464,9 @@ def replace_between_markers(text: str, name: str, block: str, where: str = "file
 
 
 # ----------------------------------------------------------------------------- command line
-def main(argv: list[str] | None = None, prog: str = "benchmarks/bench_ops.py") -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Time the ops, print the environment and the table (stdout); ``--json`` also writes the JSON."""
+    prog = prog or "benchmarks/bench_ops.py"
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7, help="timed runs per implementation (median reported)")
@@ -493,6 +494,6 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/bench_ops.py") -
 
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(message)s")  # other libraries: warnings only (faiss is chatty at INFO)
-    logging.getLogger("benchmarks").setLevel(logging.INFO)
-    sys.exit(main())
+    from benchmarks import run_script
+
+    sys.exit(run_script(main))

@@ -5,20 +5,16 @@ python tools/bench_ops.py --repeats 9 --json docs/bench/ops_cpu.json
 then python tools/render_bench_tables.py renders README.md's and docs/ops.md's tables from that JSON.
 The benchmark lives in benchmarks/bench_ops.py (not in the installed package); this is its entry point.
 """
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's clora3d and benchmarks/
 
-from benchmarks.bench_ops import main as _main  # noqa: E402
+from benchmarks import bench_ops, run_script  # noqa: E402
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(format="%(message)s")  # other libraries: warnings only (faiss is chatty at INFO)
-    logging.getLogger("benchmarks").setLevel(logging.INFO)
-    _main(argv, prog="tools/bench_ops.py")
-    return 0
+    return run_script(bench_ops.main, argv, prog="tools/bench_ops.py")
 
 
 if __name__ == "__main__":
