@@ -28,8 +28,8 @@ from clora3d.data.common import normalize_unit_sphere
 from clora3d.engine.build import model_spec  # noqa: F401  (re-exported: its historical home)
 from clora3d.errors import CheckpointError, ConfigError, DataError
 
-__all__ = ["Predictor", "load_run", "check_device", "model_spec", "find_point_files", "normalize_unit_sphere", "resample",
-           "POINT_EXTENSIONS", "RUN_CKPT_NAMES"]
+__all__ = ["Predictor", "load_run", "check_device", "model_spec", "find_point_files", "normalize_unit_sphere",
+           "resample", "POINT_EXTENSIONS", "RUN_CKPT_NAMES"]
 
 POINT_EXTENSIONS = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts", ".npy", ".npz", ".txt",
                     ".csv", ".off", ".obj")

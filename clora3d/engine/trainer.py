@@ -8,12 +8,12 @@ batch pipeline and seeding in ``engine.pipeline`` (re-exported here).
 ``train(cfg, ckpt=..., resume=..., run_dir=...)`` runs one config end to end:
 
 1. validate the config, start DDP when launched by torchrun, seed, create / reopen the run dir;
-2. build the model (``clora3d.models.build_model``), load the pre-trained checkpoint
-   (``load_pretrained``), apply the PEFT method (``clora3d.peft.apply_peft``); the optimizer sees
-   exactly the method's ``trainable_parameters()`` (AdamW groups, see ``optim``), the loss adds the
-   method's ``regularization_loss()``;
-3. every epoch: ``method.train()`` (train mode + the frozen-BN policy ``model.frozen_bn``), the reference batch pipeline (FPS to
-   ``point_all``, one random subset of ``npoints`` shared by the batch, then the augmentations),
+2. build the model, load the pre-trained checkpoint, apply the PEFT method (``engine.build``); the
+   optimizer sees exactly the method's ``trainable_parameters()`` (AdamW groups, see ``optim``), the
+   loss adds the method's ``regularization_loss()``;
+3. every epoch: ``method.train()`` (train mode + the frozen-BN policy ``model.frozen_bn``), the
+   reference batch pipeline (FPS to ``point_all``, one random subset of ``npoints`` shared by the
+   batch, then the augmentations),
    loss, backward, gradient clipping, step; the scheduler steps once at the end of the epoch;
    evaluation every ``val_freq`` epochs; ``ckpt-best.pth`` when the selection metric improves and
    ``ckpt-last.pth`` (full state) after every epoch, both written atomically;
@@ -39,15 +39,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from clora3d.engine import build
-from clora3d.engine.callbacks import (BEST_CKPT, LAST_CKPT, default_callbacks, load_checkpoint, resume,
-                                      snapshot_due)
+from clora3d.engine.callbacks import BEST_CKPT, LAST_CKPT, default_callbacks, resume, snapshot_due
 from clora3d.engine.config import dump_config, validate_config
 from clora3d.engine.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, cleanup_distributed,
                                         init_distributed, maybe_sync_bn, unwrap)
 from clora3d.engine.logging import RunLogger, environment_info
 from clora3d.engine.pipeline import (TrainBatchPipeline, collate, derive_seed, deterministic, seed_everything,
                                      to_device, worker_init)
-from clora3d.engine.tasks import fmt, get_task
+from clora3d.engine.report import final_report, scalars as _scalars
+from clora3d.engine.tasks import get_task
 from clora3d.errors import CheckpointError, ConfigError
 
 __all__ = ["train", "derive_seed", "seed_everything", "TrainBatchPipeline", "LAST_CKPT", "BEST_CKPT",
@@ -368,80 +368,14 @@ class _Trainer:
         as the reference runner, which writes no ckpt-best.pth)."""
         return self.task.selects
 
-    def _protocol(self) -> dict[str, Any]:
-        """The protocol knobs in effect, labelled (reference value vs clora3d switch), for results."""
-        fb = self.cfg["model"]["frozen_bn"]
-        out: dict[str, Any] = {"frozen_bn": fb + (
-            " (reference: frozen BN statistics drift)" if fb == "train"
-            else " (strict: frozen BN statistics fixed; the references let them drift)"),
-            "grad_clip": self.cfg["train"]["grad_clip"]}
-        out.update(self.task.protocol(self.select_split))
-        return out
-
     def _finish(self) -> dict[str, Any]:
-        cfg, split = self.cfg, self.select_split
-        if not self.history:
-            raise ConfigError(f"nothing to do: the run in {self.run_dir} already finished "
-                              f"train.epochs={cfg['train']['epochs']}")
-        last_epoch = self.history[-1]["epoch"]
-        evals = [h for h in self.history if split in h]
-        last = {"epoch": last_epoch, **(evals[-1][split] if evals and evals[-1]["epoch"] == last_epoch else {})}
-        best = dict(self.best) if self.best else {"epoch": None}
-        self.task.finish_best(best, evals, split, self.log)
-        vote, passes = cfg["eval"]["vote"], cfg["eval"]["vote_passes"]
-        need_test = split == "val" and self.test_loader is not None
-        if need_test or vote:
-            last_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-            self._final_evaluations(last, need_test, vote, passes)
-            if best.get("epoch") is not None and cfg["train"]["save_best"]:
-                barrier()
-                self.model.load_state_dict(load_checkpoint(self.run_dir / BEST_CKPT)["model"])
-                self._final_evaluations(best, need_test, vote, passes)
-                self.model.load_state_dict(last_state)
-        key = self.task.select_key
-        self.log.info(f"done. last epoch {last_epoch}: {key} = {fmt(last, key)}; best epoch "
-                      f"{best.get('epoch')} (selected on {split}): {key} = {fmt(best, key)}"
-                      + (f"; test: last {last['test'].get(key)}, best {best.get('test', {}).get(key)}"
-                         if "test" in last else "")
-                      + (f"; vote@{vote} (first pass): last {last.get(f'acc_vote@{vote}')}, best "
-                         f"{best.get(f'acc_vote@{vote}')}" if vote else "")
-                      + (f"; vote@{vote} best of {passes} passes (reference protocol"
-                         f"{'' if passes == 299 else ' with 299'}): last "
-                         f"{last.get(f'acc_vote@{vote}_max_of_{passes}')}, best "
-                         f"{best.get(f'acc_vote@{vote}_max_of_{passes}')}" if vote and passes > 1
-                         else ""))
-        return {"run_dir": str(self.run_dir), "task": self.task.name,
-                "selected_on": split if self.selects else "last",
-                "protocol": self._protocol(), "last": last, "best": best, "history": self.history}
-
-    def _final_evaluations(self, into: dict[str, Any], need_test: bool, vote: int, passes: int) -> None:
-        """The test set (when selection ran on val) and vote@N of the model as it is now."""
-        if need_test:
-            into["test"] = _scalars(self._evaluate(self.test_loader))
-        if vote:
-            into.update(_vote_keys(self._evaluate(self.test_loader, vote=vote, vote_passes=passes)))
+        """The run's result: last and best epoch (+ test set / vote@N), protocol, history."""
+        return final_report(self)
 
 
 # ----------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------
-def _vote_keys(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if k.startswith("acc_vote@")}
-
-
-def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Numeric entries (and the per-category table) of an evaluation result."""
-    from clora3d.storage import to_plain
-
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = float(v) if isinstance(v, float) else int(v)
-        elif k == "per_category" and isinstance(v, Mapping):
-            out[k] = to_plain(v)
-    return out
-
-
 def _progress(it: Iterable, *, enabled: bool, desc: str) -> Iterable:
     if not enabled:
         return it
