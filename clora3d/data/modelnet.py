@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -180,13 +180,21 @@ class ModelNet40(Dataset):
         return len(self._points)
 
     def __getitem__(self, index: int) -> dict:
-        pts = self._points[index][: self.n_points]
-        xyz = normalize_unit_sphere(pts[:, :3].astype(np.float64))
-        out = np.concatenate([xyz, pts[:, 3:6]], axis=1) if self.use_normals else xyz
-        if self.split == "train":
-            out = out[self._rng.get().permutation(out.shape[0])]
-        return {"points": torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)),
-                "label": torch.tensor(int(self._labels[index]), dtype=torch.int64)}
+        return _cloud_item(self._points[index], self._labels[index], self.n_points, self.use_normals,
+                           self._rng.get() if self.split == "train" else None)
+
+
+def _cloud_item(pts: np.ndarray, label: Any, n_points: Optional[int], use_normals: bool,
+                rng: Optional[np.random.Generator]) -> dict:
+    """A ModelNet sample: the first ``n_points`` points (all when None), xyz normalised to the unit
+    sphere (normals kept with ``use_normals``), points shuffled with ``rng`` when given (training)."""
+    pts = pts[:n_points]
+    xyz = normalize_unit_sphere(pts[:, :3])
+    out = np.concatenate([xyz, pts[:, 3:6]], axis=1) if use_normals else xyz
+    if rng is not None:
+        out = out[rng.permutation(out.shape[0])]
+    return {"points": torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)),
+            "label": torch.tensor(int(label), dtype=torch.int64)}
 
 
 # ----------------------------------------------------------------------------------------- few-shot
@@ -363,12 +371,5 @@ class ModelNetFewShot(Dataset):
         return len(self._points)
 
     def __getitem__(self, index: int) -> dict:
-        pts = self._points[index]
-        if self.n_points is not None:
-            pts = pts[: self.n_points]
-        xyz = normalize_unit_sphere(pts[:, :3].astype(np.float64))
-        out = np.concatenate([xyz, pts[:, 3:6]], axis=1) if self.use_normals else xyz
-        if self.split == "train":
-            out = out[self._rng.get().permutation(out.shape[0])]
-        return {"points": torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)),
-                "label": torch.tensor(int(self._labels[index]), dtype=torch.int64)}
+        return _cloud_item(self._points[index], self._labels[index], self.n_points, self.use_normals,
+                           self._rng.get() if self.split == "train" else None)
