@@ -286,3 +286,40 @@ def test_the_optimizer_asks_the_method_for_its_no_decay_names(base, monkeypatch)
     m = apply_peft(copy.deepcopy(base), {"NAME": "clora", "rank": 2, "num_spaces": 2})
     groups = _groups(m)
     assert f"peft.{key}.Q" in groups[0.0] and f"peft.{key}.D" in groups[0.05]
+
+
+@pytest.mark.parametrize("placement", ["pre_proj", "parallel"])
+def test_each_lrm_layer_owns_its_merge_and_exact_unmerge(base, placement):
+    cfg = {"NAME": "clora", "placement": placement, "bias": True, "rank": 2, "num_spaces": 2, "scale": 0.5}
+    if placement == "parallel":
+        cfg["targets"] = ["proj", "fc1"]  # targets with a bias
+    m = apply_peft(copy.deepcopy(base), cfg)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in m.spaces.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    lrm = m.lrm_layers[0]
+    i, t, key, j = m.lrms[0]
+    sp = m.spaces[key]
+    # independent float64 reference: dW = scale * sum_h D_h Q_h^j U_h
+    D, Q, U = (x.detach().double() for x in (sp.D, sp.Q[j], sp.U))
+    dW = 0.5 * sum(D[h] @ Q[h] @ U[h] for h in range(D.shape[0]))
+    b = sp.bias[j].detach().double()
+    W0 = lrm.lin.weight.detach().double()
+    with torch.no_grad():
+        lrm.merge()
+    if placement == "pre_proj":   # qkv has no bias: b_j folds into norm1's bias
+        W_ref = W0 + W0 @ dW.T
+        torch.testing.assert_close(lrm.norm.bias.detach().double(),
+                                   before[f"blocks.blocks.{i}.norm1.bias"].double() + b, rtol=0, atol=1e-7)
+    else:
+        W_ref = W0 + dW.T
+        torch.testing.assert_close(lrm.lin.bias.detach().double(),
+                                   before[f"{lrm.name}.bias"].double() + b, rtol=0, atol=1e-7)
+    torch.testing.assert_close(lrm.lin.weight.detach().double(), W_ref, rtol=0, atol=1e-6)
+    changed = {k for k, v in m.model.state_dict().items() if k in before and not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(f"blocks.blocks.{i}.") for k in changed)  # only its own block
+    with torch.no_grad():
+        lrm.unmerge()
+    assert all(torch.equal(v, before[k]) for k, v in m.model.state_dict().items())

@@ -195,12 +195,34 @@ def _low_rank_add(base: torch.Tensor, x: torch.Tensor, dcat: torch.Tensor, v: to
     return torch.addmm(base.reshape(-1, base.shape[-1]), z, v).view(*lead, v.shape[-1])
 
 
-class _PreProjHook:
-    """Forward pre-hook of a target linear: ``x -> (x + b_j) + scale * dropout(x + b_j) dW_j``."""
+class _LRM:
+    """One low-rank module on a target linear: its forward hook (subclasses), its update ``dW_j`` and
+    its merge into the frozen weights (float64) with an exact unmerge (the originals are kept)."""
 
-    def __init__(self, cache: _FactorCache, key: str, j: int, p: float) -> None:
-        self.cache, self.key, self.j, self.p = cache, key, j, p
+    def __init__(self, cache: _FactorCache, key: str, j: int, p: float, lin: nn.Linear, name: str,
+                 norm: nn.Module | None = None, norm_name: str = "") -> None:
+        self.cache, self.key, self.j, self.p, self.lin, self.name = cache, key, j, p, lin, name
+        self.norm, self.norm_name = norm, norm_name
         self.space = cache.spaces[key]
+        self.originals: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def delta(self) -> torch.Tensor:
+        """``dW_j`` (d_in x d_out, scale included)."""
+        return self.cache.scale * self.space.delta(self.j)
+
+    def _set(self, t: torch.Tensor, value64: torch.Tensor) -> None:
+        self.originals.append((t, t.detach().clone()))
+        t.copy_(value64.to(t.dtype))
+
+    def unmerge(self) -> None:
+        """Put back exactly the tensors :meth:`merge` changed."""
+        for t, original in reversed(self.originals):
+            t.copy_(original)
+        self.originals = []
+
+
+class _PreProjHook(_LRM):
+    """Forward pre-hook of a target linear: ``x -> (x + b_j) + scale * dropout(x + b_j) dW_j``."""
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
@@ -210,13 +232,26 @@ class _PreProjHook:
         dcat, v = self.cache.get(self.key, self.j)
         return (_low_rank_add(x, xd, dcat, v),) + tuple(args[1:])
 
+    def merge(self) -> None:
+        """``W' = W (I + dW)^T``; the bias ``b_j`` folds as ``b' = b + W' b_j``, or into the preceding
+        LayerNorm's bias (whose output feeds only this linear) when the linear has none."""
+        lin, W64 = self.lin, self.lin.weight.detach().to(torch.float64)
+        W_new = W64 + W64 @ self.delta().detach().to(torch.float64).T
+        bias = self.space.bias
+        if bias is not None:
+            b_j = bias[self.j].detach().to(torch.float64)
+            if lin.bias is not None:
+                self._set(lin.bias, lin.bias.detach().to(torch.float64) + W_new @ b_j)
+            else:
+                if getattr(self.norm, "bias", None) is None:
+                    raise RuntimeError(f"clora merge: {self.name} has no bias and {self.norm_name} has none to fold "
+                                       f"the per-LRM bias into")
+                self._set(self.norm.bias, self.norm.bias.detach().to(torch.float64) + b_j)
+        self._set(lin.weight, W_new)
 
-class _ParallelHook:
+
+class _ParallelHook(_LRM):
     """Forward hook of a target linear: ``y -> y + scale * dropout(x) dW_j (+ b_j)``."""
-
-    def __init__(self, cache: _FactorCache, key: str, j: int, p: float) -> None:
-        self.cache, self.key, self.j, self.p = cache, key, j, p
-        self.space = cache.spaces[key]
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x = F.dropout(args[0], self.p, module.training) if self.p > 0 else args[0]
@@ -225,6 +260,14 @@ class _ParallelHook:
         if self.space.bias is not None:
             out = out + self.space.bias[self.j]
         return out
+
+    def merge(self) -> None:
+        """``W' = W + dW^T``, ``b' = b + b_j``."""
+        lin = self.lin
+        bias = self.space.bias
+        if bias is not None:
+            self._set(lin.bias, lin.bias.detach().to(torch.float64) + bias[self.j].detach())
+        self._set(lin.weight, lin.weight.detach().to(torch.float64) + self.delta().detach().to(torch.float64).T)
 
 
 @register_method
@@ -271,32 +314,29 @@ class CLoRA(PeftMethod):
         ref = self.reference_parameter()
         self.spaces.to(device=ref.device, dtype=ref.dtype)
         self.peft_params = {f"peft.{n_}": p for n_, p in self.spaces.named_parameters()}
-        self._originals: dict[str, torch.Tensor] = {}
+        self._cache = _FactorCache(self.spaces, float(cfg.scale))
+        kind = _PreProjHook if pre else _ParallelHook
+        #: the LRM layers, in the order of ``self.lrms``: each is its linear's hook and owns its merge
+        self.lrm_layers: list[_LRM] = [
+            kind(self._cache, key, j, cfg.dropout, self.block_linear(i, t), self.block_linear_name(i, t),
+                 *((getattr(self.blocks[i], PRE_NORM[t]), f"blocks.blocks.{i}.{PRE_NORM[t]}") if pre else ()))
+            for i, t, key, j in self.lrms]
 
     # -- hooks ------------------------------------------------------------------------------------
     def _attach(self) -> None:
         self.model.add_module("peft", self.spaces)
-        self._cache = _FactorCache(self.spaces, float(self.cfg.scale))
         self._hook_pre(self.model.blocks, self._cache.fill)
         self._hook_post(self.model.blocks, self._cache.clear)
-        pre = self.cfg.placement == "pre_proj"
-        for i, t, key, j in self.lrms:
-            lin = self.block_linear(i, t)
-            if pre:
-                self._hook_pre(lin, self._make_pre_hook(key, j))
+        for lrm in self.lrm_layers:
+            if isinstance(lrm, _PreProjHook):
+                self._hook_pre(lrm.lin, lrm)
             else:
-                self._hook_post(lin, self._make_post_hook(key, j))
+                self._hook_post(lrm.lin, lrm)
 
     def _detach(self) -> None:
         super()._detach()
         if "peft" in self.model._modules:
             del self.model._modules["peft"]
-
-    def _make_pre_hook(self, key: str, j: int) -> _PreProjHook:
-        return _PreProjHook(self._cache, key, j, self.cfg.dropout)
-
-    def _make_post_hook(self, key: str, j: int) -> _ParallelHook:
-        return _ParallelHook(self._cache, key, j, self.cfg.dropout)
 
     # -- inspection -------------------------------------------------------------------------------
     def lrm_names(self) -> list[str]:
@@ -305,8 +345,7 @@ class CLoRA(PeftMethod):
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
         """``dW_j`` (d_in x d_out, scale included) per LRM, keyed by target linear name."""
-        s = self.cfg.scale
-        return {self.block_linear_name(i, t): s * self.spaces[key].delta(j) for i, t, key, j in self.lrms}
+        return {lrm.name: lrm.delta() for lrm in self.lrm_layers}
 
     def no_weight_decay(self) -> set[str]:
         """The stacked per-LRM bias vectors (m, d): biases, although 2-D."""
@@ -321,47 +360,10 @@ class CLoRA(PeftMethod):
         return cfg.sade_lambda * total
 
     # -- merge ------------------------------------------------------------------------------------
-    def _keep(self, name: str, t: torch.Tensor) -> None:
-        if name not in self._originals:
-            self._originals[name] = t.detach().clone()
-
     def _merge_weights(self) -> None:
-        pre = self.cfg.placement == "pre_proj"
-        deltas = self.delta_weights()
-        self._originals = {}
-        for i, t, key, j in self.lrms:
-            lname = self.block_linear_name(i, t)
-            lin = self.block_linear(i, t)
-            W = lin.weight
-            dW = deltas[lname].to(torch.float64)
-            self._keep(f"{lname}.weight", W)
-            W64 = W.detach().to(torch.float64)
-            bias = self.spaces[key].bias
-            if pre:
-                W_new = W64 + W64 @ dW.T                     # W (I + dW)^T
-                if bias is not None:
-                    b_j = bias[j].detach().to(torch.float64)
-                    if lin.bias is not None:
-                        self._keep(f"{lname}.bias", lin.bias)
-                        lin.bias.copy_((lin.bias.detach().to(torch.float64) + W_new @ b_j).to(lin.bias.dtype))
-                    else:
-                        norm = getattr(self.blocks[i], PRE_NORM[t])
-                        if getattr(norm, "bias", None) is None:
-                            raise RuntimeError(f"clora merge: {lname} has no bias and blocks.blocks.{i}."
-                                               f"{PRE_NORM[t]} has none to fold the per-LRM bias into")
-                        nname = f"blocks.blocks.{i}.{PRE_NORM[t]}.bias"
-                        self._keep(nname, norm.bias)
-                        norm.bias.copy_((norm.bias.detach().to(torch.float64) + b_j).to(norm.bias.dtype))
-            else:
-                W_new = W64 + dW.T
-                if bias is not None:
-                    self._keep(f"{lname}.bias", lin.bias)
-                    lin.bias.copy_((lin.bias.detach().to(torch.float64) + bias[j].detach()).to(lin.bias.dtype))
-            W.copy_(W_new.to(W.dtype))
+        for lrm in self.lrm_layers:
+            lrm.merge()
 
     def _restore_weights(self) -> None:
-        params = dict(self.model.named_parameters())
-        for name, t in self._originals.items():
-            params[name].copy_(t)
-        self._originals = {}
-
+        for lrm in reversed(self.lrm_layers):
+            lrm.unmerge()
