@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("mutate")
 
 # group -> (files to mutate, pytest arguments that select the tests guarding them)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
@@ -544,7 +546,7 @@ def main() -> int:
     args = ap.parse_args()
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or shutil.which("mutmut")
     if mutmut is None and not args.report_only:
-        print("mutate: mutmut is not installed; pip install -r requirements/mutate.txt", file=sys.stderr)
+        log.error("mutmut is not installed; pip install -r requirements/mutate.txt")
         return 2
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     if args.retry:
@@ -554,7 +556,7 @@ def main() -> int:
             files, tests = GROUPS[g]
             changed = [f for f in files if (REPO / f).read_bytes() != (work / f).read_bytes()]
             if changed:
-                print(f"mutate: {g}: {changed} changed since the last run; run the group again", file=sys.stderr)
+                log.error("%s: %s changed since the last run; run the group again", g, changed)
                 return 2
             todo = [m for m, st in prev["status"].items() if st in SURVIVED and m not in EQUIVALENT]
             for rel in subprocess.run(["git", "ls-files", "tests"], cwd=REPO, capture_output=True, text=True,
@@ -573,32 +575,35 @@ def main() -> int:
                  "retried": {"mutants": len(todo), "wall_s": round(time.time() - t0),
                              "returncode": proc.returncode if proc else 0}}
             (OUT_DIR / f"{g}.json").write_text(json.dumps(r, indent=1))
-            print(f"mutate: {g}: re-ran {len(todo)} survivors, "
-                  f"{sum(1 for m in todo if status.get(m) in SURVIVED)} still survive", flush=True)
+            log.info("%s: re-ran %d survivors, %d still survive", g, len(todo),
+                     sum(1 for m in todo if status.get(m) in SURVIVED))
     elif args.collect:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         for g in args.groups:
             work = OUT_DIR / g
             status, diffs = collect(work, env)
             files, tests = _cfg_selection(work)
-            log = OUT_DIR / f"{g}.log"
-            wall = round(log.stat().st_mtime - (work / "setup.cfg").stat().st_mtime) if log.exists() else None
+            log_file = OUT_DIR / f"{g}.log"
+            wall = (round(log_file.stat().st_mtime - (work / "setup.cfg").stat().st_mtime) if log_file.exists()
+                    else None)
             (OUT_DIR / f"{g}.json").write_text(json.dumps(
                 {"group": g, "files": files, "tests": tests, "returncode": None, "wall_s": wall,
                  "status": status, "diffs": diffs}, indent=1))
-            print(f"mutate: {g}: collected {len(status)} mutants from {work.relative_to(REPO)}", flush=True)
+            log.info("%s: collected %d mutants from %s", g, len(status), work.relative_to(REPO))
     elif not args.report_only:
         for g in args.groups:
-            print(f"mutate: group {g} ...", flush=True)
+            log.info("group %s ...", g)
             r = run_group(g, args.max_children, mutmut)
             (OUT_DIR / f"{g}.json").write_text(json.dumps(r, indent=1))
-            print(f"mutate: {g}: {len(r['status'])} mutants, "
-                  f"{sum(1 for s in r['status'].values() if s == 'survived')} survived, {r['wall_s']} s", flush=True)
+            log.info("%s: %d mutants, %d survived, %s s", g, len(r["status"]),
+                     sum(1 for s in r["status"].values() if s == "survived"), r["wall_s"])
     results = [json.loads((OUT_DIR / f"{g}.json").read_text()) for g in GROUPS if (OUT_DIR / f"{g}.json").exists()]
     REPORT.write_text(summarise(results))
-    print(f"mutate: wrote {REPORT.relative_to(REPO)}")
+    log.info("wrote %s", REPORT.relative_to(REPO))
     return 0
 
 
 if __name__ == "__main__":
+    logging.basicConfig(format="mutate: %(message)s")
+    log.setLevel(logging.INFO)
     sys.exit(main())
