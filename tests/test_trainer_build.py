@@ -139,3 +139,27 @@ def test_build_datasets_holdout(tmp_path, mn_root):
     assert splits.attribute("class_names") is not None
     again = build.build_datasets(cfg)
     assert again.val.indices == splits.val.indices  # seeded: the same hold-out every time
+
+
+def test_one_weight_decay_rule_through_the_builder(tmp_path, mn_root):
+    """No decay exactly for 1-D tensors, ``*.bias`` and names with ``token`` (the reference's
+    add_weight_decay, written out here) plus what the method names; ``cls_pos`` is decayed as in the
+    reference. CLoRA with per-LRM biases, whose stacked (m, d) bias is 2-D."""
+    cfg = _cfg(tmp_path, mn_root, peft="{NAME: clora, bias: true}")
+    run = build.build(cfg)
+    groups = {g["weight_decay"]: set(g["names"]) for g in run.optimizer.param_groups}
+    assert set(groups) == {0.0, 0.05}
+    trainable = run.method.trainable_parameters()
+    by_hand = {n for n, p in trainable.items() if p.ndim <= 1 or n.endswith(".bias") or "token" in n}
+    extra = run.method.no_weight_decay()
+    assert extra and all(trainable[n].ndim == 2 for n in extra)  # the stacked biases
+    assert groups[0.0] == by_hand | extra
+    assert groups[0.05] == set(trainable) - groups[0.0]
+    assert "cls_pos" in groups[0.05] and "cls_token" in groups[0.0]
+    # the builder asks the method: a name it exempts leaves the decayed group whatever its shape
+    model = build.build_model(cfg)
+    method = build.build_method(model, {**cfg, "peft": {"NAME": "full"}})
+    method.no_weight_decay = lambda: {"blocks.blocks.0.attn.qkv.weight"}
+    opt, _ = build.build_optimizer(method, cfg)
+    no_decay = next(set(g["names"]) for g in opt.param_groups if g["weight_decay"] == 0.0)
+    assert "blocks.blocks.0.attn.qkv.weight" in no_decay and "blocks.blocks.1.attn.qkv.weight" not in no_decay
