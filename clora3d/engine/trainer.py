@@ -229,8 +229,8 @@ class _Trainer:
         subset_gen = torch.Generator().manual_seed(derive_seed(seed, "subset", epoch))
         aug_gen = torch.Generator().manual_seed(derive_seed(seed, "aug", epoch))  # shared by ranks
         self.train_sampler.set_epoch(epoch)
-        self.net.train()
-        self.method.train()  # train mode + the frozen-BN policy (model.frozen_bn): one place
+        self.net.train()  # the DDP wrapper's own flag; the model's modules are set by the method:
+        self.method.train()  # train mode + the frozen-BN policy (model.frozen_bn), decided there only
         params = self.params
         clip = cfg["train"]["grad_clip"]
         double = self.task.double_step()
