@@ -9,8 +9,9 @@ every method also accepts are in ``COMMON_DEFAULTS``); ``docs/peft.md`` explains
 """
 from clora3d.peft.adapter import ADAPTER_DEFAULTS, PROMPT_DEFAULTS, Adapter, AdapterConfig, PromptConfig, PromptTuning
 from clora3d.peft.adapter_io import hash_tensors, load_adapter, read_adapter, save_adapter
-from clora3d.peft.base import BLOCK_LINEARS, COMMON_DEFAULTS, PeftConfig, PeftMethod, config_defaults
+from clora3d.peft.base import PeftMethod
 from clora3d.peft.clora import CLORA_DEFAULTS, CLoRA, CLoRAConfig, CLoRASpaces
+from clora3d.peft.config import BLOCK_LINEARS, COMMON_DEFAULTS, PeftConfig, config_defaults
 from clora3d.peft.dapt import DAPT, DAPT_DEFAULTS, DAPTConfig
 from clora3d.peft.idpt import IDPT, IDPT_DEFAULTS, IDPTConfig
 from clora3d.peft.lora import LORA_DEFAULTS, LoRA, LoRAConfig

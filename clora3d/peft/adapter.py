@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults, fan_in_uniform_, layers_spec
+from clora3d.peft.base import PeftMethod, fan_in_uniform_
+from clora3d.peft.config import PeftConfig, config_defaults, layers_spec
 from clora3d.peft.registry import register_method
 from clora3d.schema import spec
 

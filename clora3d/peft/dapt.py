@@ -43,7 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults
+from clora3d.peft.base import PeftMethod
+from clora3d.peft.config import PeftConfig, config_defaults
 from clora3d.peft.registry import register_method
 from clora3d.schema import spec
 

@@ -49,7 +49,8 @@ from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
 from clora3d.models.grouping import Group
-from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults, fan_in_uniform_, layers_spec, normalize_targets
+from clora3d.peft.base import PeftMethod, fan_in_uniform_
+from clora3d.peft.config import PeftConfig, config_defaults, layers_spec, normalize_targets
 from clora3d.peft.registry import register_method
 from clora3d.schema import spec
 

@@ -14,7 +14,8 @@ from typing import Any
 from torch import nn
 
 from clora3d.errors import ConfigError
-from clora3d.peft.base import PeftConfig, PeftMethod
+from clora3d.peft.base import PeftMethod
+from clora3d.peft.config import PeftConfig
 from clora3d.schema import short_repr, validate
 
 #: Every registered method class by name.

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from clora3d.peft.base import PeftConfig, PeftMethod, config_defaults, layers_spec
+from clora3d.peft.base import PeftMethod
+from clora3d.peft.config import PeftConfig, config_defaults, layers_spec
 from clora3d.peft.registry import register_method
 from clora3d.schema import spec
 
