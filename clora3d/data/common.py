@@ -1,8 +1,6 @@
 """Helpers shared by the data set loaders: expected layouts, errors, seeding, normalisation, FPS."""
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional
