@@ -212,8 +212,8 @@ def pointlora_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor
     L = x.shape[1]
     span = min(cfg["prompt_span"], L - 1)
     lora = {}
-    for name, lin, A, B, t in method.sites:
-        lora[(name.split(".")[2], t)] = (A, B, mods.prompt_linear[t])
+    for name, layer, t in method.sites:
+        lora[(name.split(".")[2], t)] = (layer.A, layer.B, mods.prompt_linear[t])
     for i, blk in enumerate(model.blocks.blocks):
         h = x + pos
         h = h.clone()
@@ -282,8 +282,8 @@ def test_pointlora_init_lora_is_zero_and_prompts_act():
     model = tiny()
     method = apply_peft(model, TINY_PLORA)
     assert not method.starts_at_base
-    for _, _, _, B, _ in method.sites:
-        assert torch.count_nonzero(B) == 0
+    for _, layer, _ in method.sites:
+        assert torch.count_nonzero(layer.B) == 0
     x = torch.randn(2, 7, 96)
     lin = model.blocks.blocks[1].attn.qkv
     want = x @ lin.weight.T + seq_mlp(method.mods.prompt_linear["qkv"], x)

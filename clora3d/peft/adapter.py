@@ -112,18 +112,13 @@ class Adapter(PeftMethod):
         ref = self.reference_parameter()
         self.adapters.to(device=ref.device, dtype=ref.dtype)
         self.peft_params = {f"peft.{k}": p for k, p in self.adapters.named_parameters()}
+        self.peft_module = self.adapters
 
     def _attach(self) -> None:
-        self.model.add_module("peft", self.adapters)
         for i in self.layers:
             stash = _Stash(self.cfg.input == "norm2")
             self._hook_post(self.blocks[i].norm2, stash)
             self._hook_post(self.blocks[i], _AddAdapter(stash, self.adapters[str(i)], self.cfg.scale))
-
-    def _detach(self) -> None:
-        super()._detach()
-        if "peft" in self.model._modules:
-            del self.model._modules["peft"]
 
 
 class PromptStore(nn.Module):
@@ -175,14 +170,9 @@ class PromptTuning(PeftMethod):
         ref = self.reference_parameter()
         self.store.to(device=ref.device, dtype=ref.dtype)
         self.peft_params = {"peft.prompts": self.store.prompts}
+        self.peft_module = self.store
 
     def _attach(self) -> None:
-        self.model.add_module("peft", self.store)
         for k, i in enumerate(self.layers):
             self._hook_pre(self.blocks[i], _InsertPrompts(self.store, k, self.cfg.dropout))
             self._hook_post(self.blocks[i], _RemovePrompts(self.cfg.num_tokens))
-
-    def _detach(self) -> None:
-        super()._detach()
-        if "peft" in self.model._modules:
-            del self.model._modules["peft"]

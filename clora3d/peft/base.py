@@ -105,6 +105,9 @@ class PeftMethod:
         self.peft_params: dict[str, nn.Parameter] = {}
         #: per-forward loss terms recorded by the method's hooks (see ``record_forward_loss``)
         self._forward_losses: dict[str, torch.Tensor] = {}
+        #: the module holding the new parameters (set by ``_setup``), attached as ``model.peft`` while the
+        #: method is attached (its parameters are then ``peft.*``)
+        self.peft_module: nn.Module | None = None
         #: modules swapped in by ``replace_module`` while attached: path -> (new, original)
         self._replaced: dict[str, tuple[nn.Module, nn.Module]] = {}
         self._setup()
@@ -128,10 +131,10 @@ class PeftMethod:
         model._clora3d_peft = self
 
     def _attach_all(self) -> None:
+        if self.peft_module is not None:
+            self.model.add_module("peft", self.peft_module)
+            self.peft_module.train(self.model.training)  # a newly attached module follows the model's mode
         self._attach()
-        peft = self.model._modules.get("peft")
-        if peft is not None:  # a newly attached module follows the model's train/eval mode
-            peft.train(self.model.training)
 
     # -- subclass hooks ---------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -146,7 +149,7 @@ class PeftMethod:
 
     def _detach(self) -> None:
         """Remove what ``_attach`` registered (hooks through their removable handles, modules swapped in
-        with ``replace_module`` are swapped back)."""
+        with ``replace_module`` are swapped back) and ``model.peft``."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -156,6 +159,8 @@ class PeftMethod:
             original.train(self.model.training)  # it missed the model's train()/eval() while swapped out
         self._replaced.clear()
         self._forward_losses.clear()
+        if self.peft_module is not None and self.model._modules.get("peft") is self.peft_module:
+            del self.model._modules["peft"]
 
     def _merge_weights(self) -> None:
         raise NotImplementedError
@@ -224,8 +229,11 @@ class PeftMethod:
         return int(self.model.group_divider.num_group)
 
     def block_linear(self, i: int, target: str) -> nn.Linear:
-        """The ``target`` linear layer (qkv/proj/fc1/fc2) of block ``i``."""
-        return self.blocks[i].get_submodule(BLOCK_LINEARS[target])
+        """The ``target`` linear layer (qkv/proj/fc1/fc2) of block ``i`` (ConfigError when it is not one)."""
+        lin = self.blocks[i].get_submodule(BLOCK_LINEARS[target])
+        if not isinstance(lin, nn.Linear):
+            raise ConfigError(f"peft method {self.name!r}: {self.block_linear_name(i, target)} is not an nn.Linear")
+        return lin
 
     @staticmethod
     def block_linear_name(i: int, target: str) -> str:

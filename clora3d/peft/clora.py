@@ -293,8 +293,6 @@ class CLoRA(PeftMethod):
         for i in self.layers:
             for t in self.targets:
                 lin = self.block_linear(i, t)
-                if not isinstance(lin, nn.Linear):
-                    raise ConfigError(f"peft method 'clora': {self.block_linear_name(i, t)} is not an nn.Linear")
                 d_in = lin.in_features
                 d_out = lin.in_features if pre else lin.out_features
                 if cfg.bias and not pre and lin.bias is None:
@@ -315,6 +313,7 @@ class CLoRA(PeftMethod):
         ref = self.reference_parameter()
         self.spaces.to(device=ref.device, dtype=ref.dtype)
         self.peft_params = {f"peft.{n_}": p for n_, p in self.spaces.named_parameters()}
+        self.peft_module = self.spaces
         self._cache = _FactorCache(self.spaces, float(cfg.scale))
         kind = _PreProjHook if pre else _ParallelHook
         #: the LRM layers, in the order of ``self.lrms``: each is its linear's hook and owns its merge
@@ -325,7 +324,6 @@ class CLoRA(PeftMethod):
 
     # -- hooks ------------------------------------------------------------------------------------
     def _attach(self) -> None:
-        self.model.add_module("peft", self.spaces)
         self._hook_pre(self.model.blocks, self._cache.fill)
         self._hook_post(self.model.blocks, self._cache.clear)
         for lrm in self.lrm_layers:
@@ -333,11 +331,6 @@ class CLoRA(PeftMethod):
                 self._hook_pre(lrm.lin, lrm)
             else:
                 self._hook_post(lrm.lin, lrm)
-
-    def _detach(self) -> None:
-        super()._detach()
-        if "peft" in self.model._modules:
-            del self.model._modules["peft"]
 
     # -- inspection -------------------------------------------------------------------------------
     def lrm_names(self) -> list[str]:

@@ -223,10 +223,10 @@ class DAPT(PeftMethod):
             head_in = parts * d
             self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
         self.peft_params = {f"peft.{k}": p for k, p in self.mods.named_parameters()}
+        self.peft_module = self.mods
 
     def _attach(self) -> None:
         model, mods = self.model, self.mods
-        model.add_module("peft", mods)
         model.blocks.pos_every_block = False
         if self.pool is not None:
             self.replace_module("pool", self.pool)
@@ -245,5 +245,3 @@ class DAPT(PeftMethod):
     def _detach(self) -> None:
         super()._detach()
         self.model.blocks.pos_every_block = True
-        if "peft" in self.model._modules:
-            del self.model._modules["peft"]

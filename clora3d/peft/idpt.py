@@ -270,6 +270,7 @@ class IDPT(PeftMethod):
             head_in = _CLS_TYPES[cfg.cls_type] * self.dim
             self.head = self.make_head(head_in) if head_in != model.cls_head_finetune[0].in_features else None
         self.peft_params = {f"peft.{k}": p for k, p in self.mods.named_parameters()}
+        self.peft_module = self.mods
 
     def saved_buffer_names(self) -> list[str]:
         """Besides the BatchNorm buffers, the fixed random ``prompt_pos`` (unless it is trained)."""
@@ -278,7 +279,6 @@ class IDPT(PeftMethod):
 
     def _attach(self) -> None:
         model = self.model
-        model.add_module("peft", self.mods)
         model.blocks.pos_every_block = False
         self.replace_module("pool", self.pool)
         if self.head is not None:
@@ -298,5 +298,3 @@ class IDPT(PeftMethod):
     def _detach(self) -> None:
         super()._detach()
         self.model.blocks.pos_every_block = True
-        if "peft" in self.model._modules:
-            del self.model._modules["peft"]

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clora3d.errors import ConfigError
 from clora3d.peft.base import PeftMethod, fan_in_uniform_
 from clora3d.peft.config import BLOCK_LINEARS, PeftConfig, config_defaults, layers_spec, normalize_targets
 from clora3d.peft.registry import register_method
@@ -46,9 +45,19 @@ class LoRALayer:
     """The low-rank update of one target linear: forward hook ``y -> y + scale * dropout(x) A^T B^T``,
     its delta ``scale * B A``, and merge / exact unmerge into the linear's weight."""
 
-    def __init__(self, lin: nn.Linear, A: nn.Parameter, B: nn.Parameter, scale: float, p: float) -> None:
+    def __init__(self, lin: nn.Linear, A: nn.Parameter, B: nn.Parameter, scale: float, p: float = 0.0) -> None:
         self.lin, self.A, self.B, self.scale, self.p = lin, A, B, scale, p
         self.original: torch.Tensor | None = None
+
+    @classmethod
+    def on(cls, lin: nn.Linear, rank: int, scale: float, p: float = 0.0, **extra: object) -> LoRALayer:
+        """A zero update on ``lin``: ``A`` (rank x d_in) kaiming-uniform(a=sqrt(5)), ``B`` (d_out x rank) zeros,
+        on the linear's device and dtype; ``extra`` goes to a subclass's constructor."""
+        w = lin.weight
+        A = nn.Parameter(torch.empty(rank, lin.in_features, device=w.device, dtype=w.dtype))
+        fan_in_uniform_(A)
+        B = nn.Parameter(torch.zeros(lin.out_features, rank, device=w.device, dtype=w.dtype))
+        return cls(lin, A, B, scale, p, **extra)
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x = F.dropout(args[0], self.p, module.training) if self.p > 0 else args[0]
@@ -88,19 +97,13 @@ class LoRA(PeftMethod):
         r = cfg.rank
         self.scale = cfg.alpha / (math.sqrt(r) if cfg.rslora else r)
         self.sites: list[tuple[str, LoRALayer]] = []
-        ref = self.reference_parameter()
         for i in self.layers:
             for t in self.targets:
-                lin = self.block_linear(i, t)
-                if not isinstance(lin, nn.Linear):
-                    raise ConfigError(f"peft method 'lora': {self.block_linear_name(i, t)} is not an nn.Linear")
-                A = nn.Parameter(torch.empty(r, lin.in_features, device=ref.device, dtype=ref.dtype))
-                fan_in_uniform_(A)
-                B = nn.Parameter(torch.zeros(lin.out_features, r, device=ref.device, dtype=ref.dtype))
-                name = self.block_linear_name(i, t)
-                self.sites.append((name, LoRALayer(lin, A, B, self.scale, cfg.dropout)))
-                self.peft_params[f"{name}.lora_A"] = A
-                self.peft_params[f"{name}.lora_B"] = B
+                name, layer = self.block_linear_name(i, t), LoRALayer.on(self.block_linear(i, t), r, self.scale,
+                                                                         cfg.dropout)
+                self.sites.append((name, layer))
+                self.peft_params[f"{name}.lora_A"] = layer.A
+                self.peft_params[f"{name}.lora_B"] = layer.B
 
     def _attach(self) -> None:
         for _, layer in self.sites:

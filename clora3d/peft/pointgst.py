@@ -195,16 +195,11 @@ class PointGST(PeftMethod):
         self.adapters.to(device=ref.device, dtype=ref.dtype)
         self.state = SpectralState(cfg.local_size)
         self.peft_params = {f"peft.{k}": p for k, p in self.adapters.named_parameters()}
+        self.peft_module = self.adapters
 
     def _attach(self) -> None:
-        self.model.add_module("peft", self.adapters)
         self._hook_post(self.model.group_divider, self.state)
         for i in self.layers:
             stash = _Stash()
             self._hook_pre(self.blocks[i].norm2, stash)
             self._hook_post(self.blocks[i], _AddPCSA(stash, self.adapters[str(i)], self.state))
-
-    def _detach(self) -> None:
-        super()._detach()
-        if "peft" in self.model._modules:
-            del self.model._modules["peft"]

@@ -47,10 +47,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clora3d.errors import ConfigError
 from clora3d.models.grouping import Group
-from clora3d.peft.base import PeftMethod, fan_in_uniform_
+from clora3d.peft.base import PeftMethod
 from clora3d.peft.config import PeftConfig, config_defaults, layers_spec, normalize_targets
+from clora3d.peft.lora import LoRALayer
 from clora3d.peft.registry import register_method
 from clora3d.schema import spec
 
@@ -200,11 +200,14 @@ class _TokenPrompts:
         return (x,) + tuple(args[1:])
 
 
-class _LoRAPromptHook:
-    """Forward hook of a target linear: ``y + scale * x A^T B^T + prompt(x)``."""
+class _LoRAPromptLayer(LoRALayer):
+    """LoRA plus the prompt branch on a target linear: forward hook ``y + scale * x A^T B^T + prompt(x)``
+    (not mergeable: the prompt is non-linear)."""
 
-    def __init__(self, A: nn.Parameter, B: nn.Parameter, scale: float, prompt: nn.Module) -> None:
-        self.A, self.B, self.scale, self.prompt = A, B, scale, prompt
+    def __init__(self, lin: nn.Linear, A: nn.Parameter, B: nn.Parameter, scale: float, p: float = 0.0, *,
+                 prompt: nn.Module) -> None:
+        super().__init__(lin, A, B, scale, p)
+        self.prompt = prompt
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x = args[0]
@@ -232,20 +235,17 @@ class PointLoRA(PeftMethod):
         self.groupers = [Group(s[0], s[1]) for s in scales]
         self.kept = [s[2] for s in scales]
         self.scale = cfg.alpha / r
-        self.sites: list[tuple[str, nn.Linear, nn.Parameter, nn.Parameter, str]] = []
+        #: (target linear name, its LoRA + prompt layer, target)
+        self.sites: list[tuple[str, _LoRAPromptLayer, str]] = []
         for i in self.layers:
             for t in self.targets:
-                lin = self.block_linear(i, t)
-                if not isinstance(lin, nn.Linear):
-                    raise ConfigError(f"peft method 'pointlora': {self.block_linear_name(i, t)} is not an nn.Linear")
-                A = nn.Parameter(torch.empty(r, lin.in_features, device=ref.device, dtype=ref.dtype))
-                fan_in_uniform_(A)
-                B = nn.Parameter(torch.zeros(lin.out_features, r, device=ref.device, dtype=ref.dtype))
                 name = self.block_linear_name(i, t)
-                self.sites.append((name, lin, A, B, t))
-                self.peft_params[f"{name}.lora_A"] = A
-                self.peft_params[f"{name}.lora_B"] = B
+                layer = _LoRAPromptLayer.on(self.block_linear(i, t), r, self.scale, prompt=self.mods.prompt_linear[t])
+                self.sites.append((name, layer, t))
+                self.peft_params[f"{name}.lora_A"] = layer.A
+                self.peft_params[f"{name}.lora_B"] = layer.B
         self.peft_params.update({f"peft.{k}": p for k, p in self.mods.named_parameters()})
+        self.peft_module = self.mods
 
     def _base_trainable(self) -> Iterable[str]:
         prefixes = []
@@ -256,11 +256,10 @@ class PointLoRA(PeftMethod):
         return [nm for nm, _ in self.model.named_parameters() if nm.startswith(tuple(prefixes))] if prefixes else []
 
     def _attach(self) -> None:
-        self.model.add_module("peft", self.mods)
-        for _, lin, A, B, t in self.sites:
-            lin.register_parameter("lora_A", A)
-            lin.register_parameter("lora_B", B)
-            self._hook_post(lin, _LoRAPromptHook(A, B, self.scale, self.mods.prompt_linear[t]))
+        for _, layer, _ in self.sites:
+            layer.lin.register_parameter("lora_A", layer.A)
+            layer.lin.register_parameter("lora_B", layer.B)
+            self._hook_post(layer.lin, layer)
         stash = _StashPoints()
         self._hook_pre(self.model.group_divider, stash)
         seg = self.is_partseg
@@ -273,9 +272,7 @@ class PointLoRA(PeftMethod):
 
     def _detach(self) -> None:
         super()._detach()
-        for _, lin, _, _, _ in self.sites:
+        for _, layer, _ in self.sites:
             for k in ("lora_A", "lora_B"):
-                if k in lin._parameters:
-                    del lin._parameters[k]
-        if "peft" in self.model._modules:
-            del self.model._modules["peft"]
+                if k in layer.lin._parameters:
+                    del layer.lin._parameters[k]
