@@ -386,3 +386,46 @@ def test_lora_scale_alpha_over_r_or_sqrt_r(base, rslora, scale):
     method.merge()
     torch.testing.assert_close(lin.weight.double(), W0.double() + scale * B.double() @ A.double(),
                                rtol=1e-5, atol=1e-6)
+
+
+# -- registry: name -> (config class, method class) --------------------------------------------------
+def test_registry_pairs_name_config_and_method(base):
+    from clora3d.peft import CLoRA, CLoRAConfig, LoRA, LoRAConfig, build_config, config_class, method_names
+    from clora3d.peft.registry import method_class
+
+    assert method_names() == ["adapter", "bitfit", "clora", "dapt", "full", "idpt", "linear", "lora", "pointgst",
+                              "pointlora", "prompt"]
+    assert config_class("lora") is LoRAConfig and method_class("clora") is CLoRA
+    with pytest.raises(ConfigError, match=r"unknown peft method NAME 'clorra'; did you mean 'clora'\?"):
+        config_class("clorra")
+    cfg = build_config({"NAME": "lora", "rank": 2, "targets": ["fc2", "qkv"]})
+    assert cfg == LoRAConfig(rank=2, targets=["qkv", "fc2"])          # targets in block order
+    # a validated config instance and the equivalent mapping build the same method
+    a = apply_peft(copy.deepcopy(base), LoRAConfig(rank=2, layers=[1]))
+    b = apply_peft(copy.deepcopy(base), {"NAME": "lora", "rank": 2, "layers": [1]})
+    assert type(a) is LoRA and a.config == b.config == {
+        "NAME": "lora", "rank": 2, "alpha": 8.0, "dropout": 0.0, "targets": ["qkv", "proj"], "layers": [1],
+        "rslora": False, "extra_trainable": [], "frozen_bn": "train"}
+    assert a.cfg == LoRAConfig(rank=2, layers=[1])
+    with pytest.raises(TypeError, match="takes a CLoRAConfig, got LoRAConfig"):
+        CLoRA(copy.deepcopy(base), LoRAConfig())
+    with pytest.raises(ConfigError, match="in the run file"):
+        apply_peft(copy.deepcopy(base), {"NAME": "clora", "rank": 0}, where=lambda p: "the run file")
+    assert CLoRAConfig().targets == ["qkv", "fc1"] and CLoRAConfig(placement="parallel").targets == ["qkv", "proj"]
+
+
+def test_register_method_refuses_a_config_class_twice():
+    from clora3d.peft import LoRA
+    from clora3d.peft.registry import register_method
+
+    class Twin(LoRA):
+        name = "lora_twin"
+
+    with pytest.raises(TypeError, match="already 'lora'"):
+        register_method(Twin)
+
+    class Nameless(LoRA):
+        name = ""
+
+    with pytest.raises(TypeError, match="needs a name"):
+        register_method(Nameless)
