@@ -261,14 +261,11 @@ def validate(cls: type, data: Mapping, *, path: tuple[str, ...] = (),
 # back to plain data; documentation
 # ------------------------------------------------------------------------------------------------
 def to_dict(instance: Any) -> Any:
-    """The dataclass ``instance`` as plain nested dicts/lists (tuples become lists), JSON/YAML-safe."""
-    if dataclasses.is_dataclass(instance) and not isinstance(instance, type):
-        return {f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
-    if isinstance(instance, Mapping):
-        return {k: to_dict(v) for k, v in instance.items()}
-    if isinstance(instance, (list, tuple)):
-        return [to_dict(v) for v in instance]
-    return instance
+    """The dataclass ``instance`` as plain nested dicts/lists (tuples become lists), JSON/YAML-safe
+    (:func:`clora3d.storage.to_plain`, the one converter)."""
+    from clora3d.storage import to_plain
+
+    return to_plain(instance)
 
 
 @dataclass(frozen=True)
