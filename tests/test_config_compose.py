@@ -32,7 +32,6 @@ RESOLVED = _FIXTURE["resolved"]  # load_config's output at 705bf1d (the hand-wri
 REAL_LEAVES = {
     "modelnet40/dapt.yaml", "scan_objbg/dapt.yaml", "scan_objonly/dapt.yaml", "scan_hardest/dapt.yaml",
     "fewshot/dapt.yaml", "scan_objbg/idpt.yaml", "scan_objonly/idpt.yaml",
-    "scan_objbg_rotate/idpt.yaml", "scan_objonly_rotate/idpt.yaml",  # based on the two above
     "shapenetpart/dapt.yaml", "shapenetpart/idpt.yaml", "shapenetpart/pointgst.yaml",
     "shapenetpart/pointlora.yaml",
 }
@@ -113,11 +112,9 @@ def test_overrides_and_origins(tmp_path):
                                            r"fewshot, modelnet40, scan_hardest, scan_objbg, scan_objonly, shapenetpart"),
     (dict(task="modelnet40", peft="cloraa"), r"unknown --peft 'cloraa'; did you mean 'clora'\?.*adapter, bitfit"),
     (dict(task="modelnet40", peft="clora", model="vit_b"), r"unknown --model 'vit_b'.*vit_s"),
+    (dict(task="modelnet40", peft="clora", protocol="rotate", model="vit_b"), r"unknown --model 'vit_b'"),
     (dict(task="modelnet40", peft="clora", protocol="../../x"), r"unknown --protocol '\.\./\.\./x'.*rotate, "
                                                                  r"scale_translate"),
-    (dict(task="shapenetpart", peft="clora", model="vit_s"), r"task 'shapenetpart' defines its own model "
-                                                             r"\(PartSegModel\)"),
-    (dict(task="modelnet40", peft="dapt", model="vit_s"), r"modelnet40/dapt\.yaml fixes the model"),
 ])
 def test_unknown_names_list_the_available_ones(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -141,3 +138,29 @@ def test_train_cli_task_and_peft(tmp_path):
     r = subprocess.run([sys.executable, tool, "--task", "modelnet40"], capture_output=True, text=True,
                        cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "--peft" in r.stderr
+
+
+def test_model_choice(tmp_path):
+    """--model vit_s is the default everywhere; another model file composes where the layers are used and
+    is refused, with the reason, by a task or pair file that fixes the model."""
+    assert compose_config("shapenetpart", "clora", model="vit_s") == compose_config("shapenetpart", "clora")
+    assert compose_config("modelnet40", "dapt", model="vit_s") == compose_config("modelnet40", "dapt")
+    shutil.copytree(CFGS / "_base_", tmp_path / "_base_")
+    (tmp_path / "modelnet40").mkdir()
+    shutil.copy(CFGS / "modelnet40" / "dapt.yaml", tmp_path / "modelnet40" / "dapt.yaml")
+    (tmp_path / "_base_" / "models" / "vit_t.yaml").write_text(
+        "model: {NAME: PointTransformer, trans_dim: 192, depth: 12, num_heads: 3, encoder_dims: 192}\n")
+    cfg = compose_config("modelnet40", "lora", model="vit_t", root=tmp_path)
+    assert cfg["model"]["trans_dim"] == 192 and cfg["model"]["num_group"] == 64 and cfg["name"] == "modelnet40_lora"
+    with pytest.raises(ConfigError, match=r"--model vit_t: task 'shapenetpart' defines its own model \(PartSegModel\)"):
+        compose_config("shapenetpart", "lora", model="vit_t", root=tmp_path)
+    with pytest.raises(ConfigError, match=r"--model vit_t: .*modelnet40/dapt\.yaml fixes the model"):
+        compose_config("modelnet40", "dapt", model="vit_t", root=tmp_path)
+
+
+def test_protocol_on_top_of_a_pair_file():
+    """A pair file keeps its settings under another protocol: cfgs/scan_hardest/dapt.yaml + rotate."""
+    rot = compose_config("scan_hardest", "dapt", protocol="rotate")
+    st = load_config(CFGS / "scan_hardest" / "dapt.yaml")
+    assert rot["name"] == "scan_hardest_rotate_dapt" and rot["data"]["train_transforms"][0]["NAME"] == "RotateY"
+    assert rot["peft"] == st["peft"] and rot["model"] == st["model"] and rot["peft"]["adapter_dropout"] == 0.2

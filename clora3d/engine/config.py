@@ -303,15 +303,39 @@ def _compose(task: str, peft: str, model: str | None, protocol: str | None,
             did = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown --{kind} {value!r}{did} (available in {root / BASE_KEY}: "
                               f"{', '.join(choices[kind]) or 'none'})")
+    if model == DEFAULT_MODEL:  # the model of the shipped pair files and of a task that names its own
+        model = None
     base = root.resolve() / BASE_KEY
-    pair = root.resolve() / ("_".join([task] + ([protocol] if protocol else []))) / f"{peft}.yaml"
-    if pair.is_file():  # the pair's own reference settings on top of the same layers (cfgs/README.md)
-        if model is not None:
-            raise ConfigError(f"--model {model}: {pair} fixes the model of {task} x {peft}; drop --model, or "
-                              f"use --cfg {pair} --set model.KEY=VALUE")
-        cfg, origins = _load_file(pair, referenced_from=source)
-        cfg.setdefault("name", "_".join([task] + ([protocol] if protocol else []) + [peft]))
-        return cfg, origins, source
+    name = "_".join([task] + ([protocol] if protocol else []) + [peft])
+    protocol_file = [base / "protocols" / f"{protocol}.yaml"] if protocol else []
+    # a pair whose reference settings go beyond the layers keeps a file (cfgs/README.md): the pair's
+    # file for this protocol, else the pair's file with the protocol on top, else the layers
+    pair = root.resolve() / f"{task}_{protocol}" / f"{peft}.yaml" if protocol else None
+    if pair is not None and pair.is_file():
+        files = [pair]
+    elif (root.resolve() / task / f"{peft}.yaml").is_file():
+        pair = root.resolve() / task / f"{peft}.yaml"
+        files = [pair] + protocol_file
+    else:
+        files = []
+    if files and model is not None:
+        raise ConfigError(f"--model {model}: {pair} fixes the model of {task} x {peft}; drop --model, or "
+                          f"use --cfg {pair} --set model.KEY=VALUE")
+    if not files:
+        files = _layers(base, task, model) + protocol_file + [base / "peft" / f"{peft}.yaml"]
+    cfg: dict = {}
+    origins: Origins = {}
+    for f in files:
+        sub, sub_org = _load_file(f, referenced_from=source)
+        _merge(cfg, origins, sub, sub_org)
+    if cfg.get("name") != name:
+        cfg["name"] = name
+        origins[("name",)] = source
+    return cfg, origins, source
+
+
+def _layers(base: Path, task: str, model: str | None) -> list[Path]:
+    """recipe, the model (unless the task names its own), the task."""
     task_file = base / "tasks" / f"{task}.yaml"
     task_cfg, _ = _load_file(task_file)
     own_model = isinstance(task_cfg.get("model"), dict) and "NAME" in task_cfg["model"]
@@ -322,18 +346,7 @@ def _compose(task: str, peft: str, model: str | None, protocol: str | None,
     files = [base / "recipe.yaml"]
     if not own_model:
         files.append(base / "models" / f"{model or DEFAULT_MODEL}.yaml")
-    files.append(task_file)
-    if protocol is not None:
-        files.append(base / "protocols" / f"{protocol}.yaml")
-    files.append(base / "peft" / f"{peft}.yaml")
-    cfg: dict = {}
-    origins: Origins = {}
-    for f in files:
-        sub, sub_org = _load_file(f, referenced_from=source)
-        _merge(cfg, origins, sub, sub_org)
-    cfg["name"] = "_".join([task] + ([protocol] if protocol else []) + [peft])
-    origins[("name",)] = source
-    return cfg, origins, source
+    return files + [task_file]
 
 
 def compose_config(task: str, peft: str, *, model: str | None = None, protocol: str | None = None,
@@ -341,11 +354,13 @@ def compose_config(task: str, peft: str, *, model: str | None = None, protocol: 
     """The run config of ``task`` x ``peft`` (``tools/train.py --task modelnet40 --peft clora``), validated.
 
     Merges ``cfgs/_base_/recipe.yaml``, ``models/<model>.yaml`` (default ``vit_s``; skipped for a task
-    whose file names its own ``model.NAME``, e.g. shapenetpart), ``tasks/<task>.yaml``,
+    whose file names its own ``model.NAME``, e.g. shapenetpart, which refuses another ``model``),
+    ``tasks/<task>.yaml``,
     ``protocols/<protocol>.yaml`` (optional, e.g. ``rotate``) and ``peft/<peft>.yaml`` in that order, then
     ``overrides`` (``--set``). A pair whose reference settings go beyond these layers keeps a file
-    ``cfgs/<task>[_<protocol>]/<peft>.yaml`` (e.g. DAPT's per-task bottleneck), which bases on the same
-    layers; it is used instead when it exists. The run name is ``<task>_<peft>``
+    ``cfgs/<task>/<peft>.yaml`` (e.g. DAPT's per-task bottleneck), which bases on the same layers; when
+    it exists it is used instead, with the protocol merged on top (or ``cfgs/<task>_<protocol>/<peft>.yaml``
+    when that exists). The run name is ``<task>_<peft>``
     (``<task>_<protocol>_<peft>`` with a protocol). An unknown name raises ConfigError listing the
     available ones.
     """
