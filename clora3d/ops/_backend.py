@@ -80,11 +80,11 @@ def native_module() -> Any:
                 _library.register()
                 _build_info = dict(_native.build_info())
         log = logging.getLogger("clora3d.ops")
-        if log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.DEBUG):  # debug: the command line shows INFO, and a user error stays one line
             try:
-                log.info(kernels_summary())
+                log.debug(kernels_summary())
             except ValueError as exc:  # a bad CLORA3D_OPS: reported on the first op call
-                log.info(str(exc))
+                log.debug(str(exc))
     return _native
 
 
