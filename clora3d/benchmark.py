@@ -76,6 +76,10 @@ class BenchSize:
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 2
+    #: stochastic depth of the fine-tuned backbone; 0, not the ViT-S recipe's 0.1: with 4 blocks, 0.1
+    #: made full fine-tuning bimodal (scan accuracy 35.4 / 37.5 / 61.9 over three seeds of one
+    #: pre-training; 57.1 / 55.2 / 56.7 with 0)
+    drop_path: float = 0.0
     tasks: tuple[str, ...] = ("scan", "fewshot")
     workers: int = 0             # processes running fine-tuning jobs in parallel; 0 = one per CPU core
 
@@ -151,15 +155,16 @@ def component_similarity(method: Any) -> float:
 
 
 def build_finetune_model(pretrained: Mapping[str, torch.Tensor], num_classes: int, peft_cfg: Mapping[str, Any],
-                         seed: int) -> tuple[torch.nn.Module, Any]:
-    """Tiny backbone with ``num_classes`` outputs, pre-trained weights loaded, PEFT method applied."""
+                         seed: int, drop_path: float = 0.0) -> tuple[torch.nn.Module, Any]:
+    """Tiny backbone with ``num_classes`` outputs and stochastic depth ``drop_path``, pre-trained
+    weights loaded, PEFT method applied."""
     from clora3d.engine.trainer import seed_everything
     from clora3d.models.backbone import PointTransformer
     from clora3d.models.checkpoint import load_pretrained
     from clora3d.peft import apply_peft
 
     seed_everything(seed)
-    model = PointTransformer.from_preset("tiny", cls_dim=num_classes, drop_path_rate=0.1)
+    model = PointTransformer.from_preset("tiny", cls_dim=num_classes, drop_path_rate=drop_path)
     load_pretrained(model, dict(pretrained), log=None)
     method = apply_peft(model, dict(peft_cfg))
     return model, method
@@ -196,7 +201,7 @@ def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any]
     from clora3d.profile import parameter_report
 
     t0 = time.perf_counter()
-    model, method = build_finetune_model(pretrained, task["num_classes"], peft_cfg, seed)
+    model, method = build_finetune_model(pretrained, task["num_classes"], peft_cfg, seed, size.drop_path)
     trainable = method.trainable_parameters()
     lr = size.lr if lr is None else lr
     opt = build_optimizer(trainable, {"NAME": "AdamW", "lr": lr, "weight_decay": size.weight_decay,

@@ -206,3 +206,22 @@ def test_per_method_learning_rate_reaches_the_optimizer():
     assert frozen["runs"][0]["lr"] == 0.0 and moved["runs"][0]["lr"] == size.lr
     assert "| linear | " in B.format_table(frozen["summary"], ["scan"]) and " | 0 | " in B.format_table(frozen["summary"], ["scan"])
     assert B.BENCH_LR == {} or set(B.BENCH_LR) <= set(B.BENCH_METHODS)
+
+
+def test_drop_path_of_the_size_reaches_the_fine_tuned_model():
+    """``BenchSize.drop_path`` is the stochastic depth of the model every run fine-tunes: 0 (the
+    benchmark's default) builds no DropPath at all, 0.2 builds the ViT schedule linspace(0, 0.2,
+    depth) over the blocks (the kept run's model is the one trained)."""
+    from clora3d.models.transformer import DropPath
+
+    torch.manual_seed(0)
+    pretrained = PointTransformer.from_preset("tiny", cls_dim=4).state_dict()
+    assert B.BenchSize().drop_path == 0.0
+    for rate in (0.0, 0.2):
+        size = B.BenchSize(num_classes=4, n_train=2, n_test=1, epochs=1, batch_size=4, seeds=(0,), npoints=64,
+                           point_all=80, tasks=("scan",), workers=1, drop_path=rate)
+        res = B.run_benchmark(pretrained, size, {"linear": {"NAME": "linear"}}, log=lambda m: None, keep=("linear",))
+        probs = [m.drop_prob for m in res["kept"]["linear"]["model"].modules() if isinstance(m, DropPath)]
+        depth = len(res["kept"]["linear"]["model"].blocks.blocks)
+        want = [float(v) for v in torch.linspace(0, rate, depth)][1:] if rate else []
+        assert probs == pytest.approx(want)
