@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from clora3d import benchmark as B
+from benchmarks import ranking as B
 from clora3d.data.synthetic import SYNTHETIC_CLASSES, make_scan_shape, make_shape
 from clora3d.models import PointTransformer
 from clora3d.peft import apply_peft

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from clora3d import benchmark as B
-from clora3d import demo
+from benchmarks import ranking as B
+from benchmarks import demo
 from clora3d.data.synthetic import SYNTHETIC_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]

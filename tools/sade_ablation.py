@@ -6,7 +6,7 @@ task gradient norm on the CLoRA parameters, and how similar each LRM's component
     python tools/sade_ablation.py                      # pre-trains the demo backbone first (~2-4 min)
     python tools/sade_ablation.py --ckpt demo_out/pretrain.pth   # reuse the demo's pre-training
 
-See clora3d/benchmark.py (sade_ablation, SADE_VARIANTS)."""
+See benchmarks/ranking.py (sade_ablation, SADE_VARIANTS)."""
 import argparse
 import json
 import sys
@@ -28,8 +28,8 @@ def main() -> int:
 
     import torch
 
-    from clora3d import benchmark as B
-    from clora3d import demo
+    from benchmarks import ranking as B
+    from benchmarks import demo
     from clora3d.errors import Clora3dError
     from clora3d.models.checkpoint import read_checkpoint
 

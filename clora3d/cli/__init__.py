@@ -6,7 +6,7 @@
     python -m clora3d                          (no command: the version and which kernels are active)
 
 Commands: train, evaluate, fewshot (:mod:`clora3d.cli.runs`); infer, export, visualize
-(:mod:`clora3d.cli.files`); flops, make-synthetic, demo (:mod:`clora3d.cli.apps`); doctor
+(:mod:`clora3d.cli.files`); flops, make-synthetic (:mod:`clora3d.cli.apps`); doctor
 (:mod:`clora3d.cli.doctor`). ``clora3d COMMAND --help`` lists a command's options.
 
 Output: what a command was asked for (a table, a JSON summary, a file path, the doctor's report)

@@ -1,8 +1,9 @@
 """Commands that make things: ``flops`` (parameters / FLOPs of every method), ``make-synthetic``
-(synthetic data sets in the real on-disk formats), ``demo`` (the whole job on synthetic data).
+(synthetic data sets in the real on-disk formats).
 
 Results go to stdout (the Markdown table; the folder each format was written to); messages through
-logging. ``demo`` runs the lead's demo module, imported by name when it runs (:data:`DEMO_MODULE`).
+logging. The demo is an application of the checkout, not a command of the installed package:
+``benchmarks/demo.py`` (``tools/demo.py``, ``make demo``).
 """
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ from pathlib import Path
 from clora3d.cli import Command
 
 log = logging.getLogger(__name__)
-
-#: the module whose ``run(out, quick=..., pretrain_seed=..., pretrain_threads=..., methods=...)`` is the demo
-DEMO_MODULE = "clora3d.demo"
 
 # ------------------------------------------------------------------------------------------------
 # flops
@@ -136,44 +134,9 @@ def _make_synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     return 0
 
 
-# ------------------------------------------------------------------------------------------------
-# demo
-# ------------------------------------------------------------------------------------------------
-DEMO_DOC = """\
-The main job on the embedded default data: pre-train, benchmark every PEFT method on shifted
-synthetic scans, real-data check, fine-tune CLoRA on files, evaluate, profile, export, infer, render.
-
-    clora3d demo [--quick] [--out demo_out] [--pretrain-seed 1 --methods full,linear]
-"""
-
-
-def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo_out", help="output folder (data, runs, exports, renders)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and 1 epoch: a smoke test")
-    p.add_argument("--pretrain-seed", type=int, default=0,
-                   help="seed of the Point-MAE pre-training (another pre-trained backbone; default 0)")
-    p.add_argument("--pretrain-threads", type=int, default=1,
-                   help="intra-op threads of the pre-training stage (float sums, and so the backbone, "
-                        "depend on it; default 1)")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated benchmark rows to run (default: every method), e.g. full,linear")
-
-
-def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import importlib
-
-    demo = importlib.import_module(DEMO_MODULE)
-    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
-    demo.run(args.out, quick=args.quick, pretrain_seed=args.pretrain_seed,
-             pretrain_threads=args.pretrain_threads, methods=methods)
-    return 0
-
-
 COMMANDS = [
     Command("flops", "parameters / adapter size / FLOPs of every PEFT method", FLOPS_DOC, _flops_arguments,
             _flops),
     Command("make-synthetic", "write synthetic data sets in the real on-disk formats", SYNTHETIC_DOC,
             _synthetic_arguments, _make_synthetic),
-    Command("demo", "the whole job on synthetic data (make demo)", DEMO_DOC, _demo_arguments, _demo,
-            on_interrupt="run it again to start over"),
 ]

@@ -5,7 +5,7 @@ Stages (each shows progress):
  2. pre-train the tiny backbone with the Point-MAE objective on the clean ShapeNet-55-format shapes
     and save it in the official Point-MAE checkpoint layout (every later stage loads it exactly as
     it would load ``pretrain.pth``; one pre-training shared by every method);
- 3. the benchmark (:mod:`clora3d.benchmark`): every PEFT method of the project fine-tunes that
+ 3. the benchmark (:mod:`benchmarks.ranking`): every PEFT method of the project fine-tunes that
     checkpoint on the same budget on a shifted distribution (ScanObjectNN-like partial scans with
     clutter and noise) and on few-shot episodes of it, several seeds; mean +- std accuracy,
     trainable parameters, wall time;
@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from clora3d.benchmark import BenchSize
+from benchmarks.ranking import BenchSize
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("clora",)  # fine-tuned by the trainer on files (stage 5); the benchmark runs every method
@@ -180,7 +180,7 @@ def run(out: str | Path = "demo_out", quick: bool = False, pretrain_seed: int = 
 
     ``pretrain_seed`` / ``pretrain_threads``: the pre-training condition (trainer seed, intra-op
     threads of the pre-training stage only). ``methods``: benchmark rows to run (labels of
-    :data:`clora3d.benchmark.BENCH_METHODS`; default all), e.g. ``["full", "linear"]`` to check the
+    :data:`benchmarks.ranking.BENCH_METHODS`; default all), e.g. ``["full", "linear"]`` to check the
     separation under another pre-training condition in a few minutes.
 
     Everything runs on one intra-op thread (the benchmark's jobs run one process per core): float
@@ -192,7 +192,7 @@ def run(out: str | Path = "demo_out", quick: bool = False, pretrain_seed: int = 
         raise ValueError(f"demo: pretrain_seed (--pretrain-seed) must be an integer >= 0, got {pretrain_seed!r}")
     if isinstance(pretrain_threads, bool) or not isinstance(pretrain_threads, int) or pretrain_threads < 1:
         raise ValueError(f"demo: pretrain_threads (--pretrain-threads) must be an integer >= 1, got {pretrain_threads!r}")
-    from clora3d.benchmark import BENCH_METHODS
+    from benchmarks.ranking import BENCH_METHODS
 
     methods = list(BENCH_METHODS) if methods is None else list(methods)
     unknown = [m for m in methods if m not in BENCH_METHODS]
@@ -209,7 +209,7 @@ def run(out: str | Path = "demo_out", quick: bool = False, pretrain_seed: int = 
 
 def _run(out: str | Path, quick: bool, pretrain_seed: int, pretrain_threads: int,
          methods: list[str]) -> dict[str, Any]:
-    from clora3d import benchmark as B
+    from benchmarks import ranking as B
     from clora3d.data.synthetic import SYNTHETIC_CLASSES
     from clora3d.models.checkpoint import read_checkpoint
 
@@ -401,3 +401,36 @@ def export_and_show(out: Path, data: dict[str, Path], clora_run: Path,
         print(f"render -> {p}")
     return {"export": exp, "infer_stdout": proc.stdout, "infer_file": str(sample),
             "renders": [str(p) for p in pngs]}
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``python benchmarks/demo.py`` / ``tools/demo.py`` / ``make demo``: parse the options, run every
+    stage; a user error (bad option value, missing data) is one ``error:`` line and exit 2."""
+    import argparse
+
+    from clora3d.errors import run_tool
+
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="demo_out", help="output folder (data, runs, exports, renders)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes and 1 epoch: a smoke test")
+    ap.add_argument("--pretrain-seed", type=int, default=0,
+                    help="seed of the Point-MAE pre-training (another pre-trained backbone; default 0)")
+    ap.add_argument("--pretrain-threads", type=int, default=1,
+                    help="intra-op threads of the pre-training stage (float sums, and so the backbone, "
+                         "depend on it; default 1)")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated benchmark rows to run (default: every method), e.g. full,linear")
+    args = ap.parse_args(argv)
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
+
+    def body() -> int:
+        run(args.out, quick=args.quick, pretrain_seed=args.pretrain_seed,
+            pretrain_threads=args.pretrain_threads, methods=methods)
+        return 0
+
+    return run_tool(body)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
