@@ -175,7 +175,8 @@ def profile_method(run_dir: Path, out: Path, npoints: int) -> dict[str, Any]:
 
 
 def run(out: str | Path = "demo_out", quick: bool = False, pretrain_seed: int = 0,
-        pretrain_threads: int = 1, methods: Sequence[str] | None = None) -> dict[str, Any]:
+        pretrain_threads: int = 1, methods: Sequence[str] | None = None,
+        record: str | Path | None = None) -> dict[str, Any]:
     """Run every stage; returns the result dict that is also written to ``<out>/demo_result.json``.
 
     ``pretrain_seed`` / ``pretrain_threads``: the pre-training condition (trainer seed, intra-op
@@ -202,13 +203,13 @@ def run(out: str | Path = "demo_out", quick: bool = False, pretrain_seed: int = 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(out, quick, pretrain_seed, pretrain_threads, methods)
+        return _run(out, quick, pretrain_seed, pretrain_threads, methods, record)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(out: str | Path, quick: bool, pretrain_seed: int, pretrain_threads: int,
-         methods: list[str]) -> dict[str, Any]:
+         methods: list[str], record: str | Path | None = None) -> dict[str, Any]:
     from benchmarks import ranking as B
     from clora3d.data.synthetic import SYNTHETIC_CLASSES
     from clora3d.models.checkpoint import read_checkpoint
@@ -303,28 +304,72 @@ def _run(out: str | Path, quick: bool, pretrain_seed: int, pretrain_threads: int
                f"otherwise (a method's lr is part of its recipe); {B.benchmark_workers(bsize)} worker "
                f"process(es) x 1 thread; last-epoch accuracy, mean ± std "
                f"over seeds {list(bsize.seeds)}; wall time per run (scan + few-shot)")
-    sep_line = B.format_separation(bench["summary"], bsize.tasks)
-    table = format_table(rows)
-    pheader = (f"pipeline on files: CLoRA fine-tuned by tools/train.py's trainer on synthetic ModelNet40-format "
-               f"data ({size.num_classes} classes, {size.n_train} train / {size.n_test} test shapes per class, "
-               f"{size.finetune_epochs} epochs); GFLOPs = 2 x MACs of one 256-point sample, FPS/kNN excluded")
-    real_line = format_real(real)
-    text = (bheader + "\n\n" + btable + "\n\n" + sep_line + "\n\n" + real_line + "\n\n"
-            + pheader + "\n\n" + table)
-    print("\n" + text)
     cpu = _cpu_seconds()
-    print(f"\nstage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_times.items())
-          + f"; total {total:.0f} s; CPU time {cpu:.0f} s (this process and its children, all threads; "
-          f"on {B.benchmark_workers(bsize)} idle cores the benchmark's wall time is about its CPU time / "
-          f"{B.benchmark_workers(bsize)})")
     result = {"cpu_s": cpu, "header": bheader, "benchmark": {"summary": bench["summary"], "runs": bench["runs"],
                                                 "separation": sep, "size": dict(bsize.__dict__)},
               "real_check": real, "rows": rows, "stage_times_s": stage_times, "total_s": total,
-              "quick": quick, "pretrain_seed": pretrain_seed, "pretrain_threads": pretrain_threads, **extras}
+              "quick": quick, "pretrain_seed": pretrain_seed, "pretrain_threads": pretrain_threads,
+              "workers": B.benchmark_workers(bsize), "size": dict(size.__dict__), **extras}
+    text = render_text(result)
+    print("\n" + text)
+    print("\n" + timing_line(result))
     (out / "demo_table.md").write_text(text + "\n")
     (out / "demo_result.json").write_text(json.dumps(result, indent=2, default=str))
+    if record is not None:
+        Path(record).parent.mkdir(parents=True, exist_ok=True)
+        Path(record).write_text(json.dumps(doc_record(result), indent=2, default=str) + "\n")
+        print(f"record for the docs (tools/render_bench_tables.py renders it): {record}")
     print(f"\nresults: {out / 'demo_table.md'}, {out / 'demo_result.json'}")
     return result
+
+
+def render_text(result: dict[str, Any]) -> str:
+    """The demo's printed tables, from its result (what ``run`` prints and the README shows)."""
+    from benchmarks import ranking as B
+
+    tasks = result["benchmark"]["size"]["tasks"]
+    summary = result["benchmark"]["summary"]
+    size = result["size"]
+    pheader = (f"pipeline on files: CLoRA fine-tuned by tools/train.py's trainer on synthetic ModelNet40-format "
+               f"data ({size['num_classes']} classes, {size['n_train']} train / {size['n_test']} test shapes per "
+               f"class, {size['finetune_epochs']} epochs); GFLOPs = 2 x MACs of one 256-point sample, FPS/kNN "
+               f"excluded")
+    return (result["header"] + "\n\n" + B.format_table(summary, tasks) + "\n\n"
+            + B.format_separation(summary, tasks) + "\n\n" + format_real(result["real_check"]) + "\n\n"
+            + pheader + "\n\n" + format_table(result["rows"]))
+
+
+def timing_line(result: dict[str, Any]) -> str:
+    """Stage wall times, total and CPU time of one demo run."""
+    workers = result.get("workers", 1)
+    return ("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["stage_times_s"].items())
+            + f"; total {result['total_s']:.0f} s; CPU time {result['cpu_s']:.0f} s (this process and its "
+            f"children, all threads; {workers} benchmark worker process(es))")
+
+
+#: result keys that name files of one run's output folder (left out of the record kept in docs/)
+_RUN_LOCAL = ("export", "infer_stdout", "infer_file", "renders")
+
+
+def doc_record(result: dict[str, Any]) -> dict[str, Any]:
+    """What docs/bench/demo*.json keep of a result: everything but the paths of the run's own folder."""
+    return {k: v for k, v in result.items() if k not in _RUN_LOCAL}
+
+
+def readme_block(record: dict[str, Any], json_rel: str, command: str) -> str:
+    """The README's rendering of a demo record (docs/bench/demo*.json): provenance, timing, the
+    header and text lines in code blocks, the tables as Markdown (tools/render_bench_tables.py)."""
+    from benchmarks import ranking as B
+
+    tasks = record["benchmark"]["size"]["tasks"]
+    summary = record["benchmark"]["summary"]
+    text = render_text(record)
+    btable = B.format_table(summary, tasks)
+    ptable = format_table(record["rows"])
+    head, rest = text.split("\n\n" + btable + "\n\n", 1)
+    middle = rest[:-len("\n\n" + ptable)] if ptable and rest.endswith(ptable) else rest
+    return (f"From `{json_rel}`, written by `{command}` (rendered by `tools/render_bench_tables.py`); "
+            f"{timing_line(record)}.\n\n```\n{head}\n```\n\n{btable}\n\n```\n{middle}\n```\n\n{ptable}")
 
 
 def _cpu_seconds() -> float:
@@ -420,12 +465,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                          "depend on it; default 1)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated benchmark rows to run (default: every method), e.g. full,linear")
+    ap.add_argument("--record", default=None,
+                    help="also write the result without the run folder's paths to this JSON file (the docs' "
+                         "copies: docs/bench/demo.json, rendered into the README by tools/render_bench_tables.py)")
     args = ap.parse_args(argv)
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
 
     def body() -> int:
         run(args.out, quick=args.quick, pretrain_seed=args.pretrain_seed,
-            pretrain_threads=args.pretrain_threads, methods=methods)
+            pretrain_threads=args.pretrain_threads, methods=methods, record=args.record)
         return 0
 
     return run_tool(body)

@@ -5,7 +5,12 @@
   `<!-- bench_ops:summary:begin/end -->` (README.md) and `<!-- bench_ops:full:begin/end -->`
   (docs/ops.md) markers;
 - parameters / FLOPs of every PEFT method: what `python tools/flops.py --json
-  docs/bench/flops_vit_s.json` writes, between the `<!-- flops:begin/end -->` markers of README.md.
+  docs/bench/flops_vit_s.json` writes, between the `<!-- flops:begin/end -->` markers of README.md;
+- the demo's ranking benchmark: what `python tools/demo.py --record docs/bench/demo.json` (and
+  `--pretrain-seed 1 --methods full,linear --record docs/bench/demo_pretrain_seed1.json`) write,
+  between the `<!-- demo:begin/end -->` and `<!-- demo_seed1:begin/end -->` markers of README.md;
+- the SADE ablation: what `python tools/sade_ablation.py --record docs/bench/sade_ablation.json`
+  writes, between the `<!-- sade_ablation:begin/end -->` markers of docs/peft.md.
 
 `--check` changes nothing and exits 1 when a file differs from the rendering.
 """
@@ -24,7 +29,26 @@ from benchmarks import bench_ops as bench  # noqa: E402
 DEFAULT_JSON = "docs/bench/ops_cpu.json"
 FLOPS_JSON = "docs/bench/flops_vit_s.json"
 FLOPS_MARKER = "flops"
-TARGETS = {"README.md": ["summary", FLOPS_MARKER], "docs/ops.md": ["full"]}
+#: marker -> (JSON file, the command that writes it)
+DEMO_BLOCKS = {
+    "demo": ("docs/bench/demo.json", "python tools/demo.py --record docs/bench/demo.json"),
+    "demo_seed1": ("docs/bench/demo_pretrain_seed1.json",
+                   "python tools/demo.py --pretrain-seed 1 --methods full,linear --record "
+                   "docs/bench/demo_pretrain_seed1.json"),
+}
+SADE_JSON = "docs/bench/sade_ablation.json"
+SADE_MARKER = "sade_ablation"
+TARGETS = {"README.md": ["summary", FLOPS_MARKER, *DEMO_BLOCKS], "docs/ops.md": ["full"],
+           "docs/peft.md": [SADE_MARKER]}
+
+
+def sade_block(json_path: str = SADE_JSON, repo: Path = REPO) -> str:
+    from benchmarks import ranking
+
+    rec = json.loads((repo / json_path).read_text())
+    return (f"From `{json_path}`, written by `python tools/sade_ablation.py --record {json_path}` "
+            f"(rendered by `tools/render_bench_tables.py`).\n\n```\n{rec['header']}\n```\n\n"
+            + ranking.format_ablation(rec["rows"]))
 
 
 def flops_block(json_path: str = FLOPS_JSON, repo: Path = REPO) -> str:
@@ -40,11 +64,16 @@ def rendered(json_path: str = DEFAULT_JSON, repo: Path = REPO, flops_json: str =
     data = json.loads((repo / json_path).read_text())
     blocks = bench.render_tables(data, json_path)
     blocks[FLOPS_MARKER] = flops_block(flops_json, repo)
+    from benchmarks import demo
+
+    for marker, (rel_json, command) in DEMO_BLOCKS.items():
+        blocks[marker] = demo.readme_block(json.loads((repo / rel_json).read_text()), rel_json, command)
+    blocks[SADE_MARKER] = sade_block(SADE_JSON, repo)
     out = {}
     for rel, names in TARGETS.items():
         text = (repo / rel).read_text()
         for name in names:
-            marker = FLOPS_MARKER if name == FLOPS_MARKER else bench.MARKERS[name]
+            marker = bench.MARKERS.get(name, name)
             text = bench.replace_between_markers(text, marker, blocks[name], where=rel)
         out[rel] = text
     return out

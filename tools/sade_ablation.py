@@ -24,6 +24,9 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds")
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the demo's)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and 1 epoch: a smoke test")
+    ap.add_argument("--record", default=None, help="also write header, rows and runs to this JSON file (the "
+                                                   "docs' copy: docs/bench/sade_ablation.json, rendered into "
+                                                   "docs/peft.md by tools/render_bench_tables.py)")
     args = ap.parse_args()
 
     import torch
@@ -61,6 +64,11 @@ def main() -> int:
         (out / "sade_ablation.json").write_text(json.dumps(
             {"header": header, "rows": res["rows"], "runs": res["runs"], "ckpt": str(ckpt),
              "total_s": time.perf_counter() - t0}, indent=2, default=str))
+        if args.record:
+            Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.record).write_text(json.dumps(
+                {"header": header, "rows": res["rows"], "runs": res["runs"],
+                 "total_s": time.perf_counter() - t0}, indent=2, default=str) + "\n")
         print(f"\ntotal {time.perf_counter() - t0:.0f} s; results: {out / 'sade_ablation.md'}")
     except Clora3dError as e:
         print(f"error: {e}", file=sys.stderr)
