@@ -18,6 +18,7 @@ Install torch first, then::
 The decision logic lives in small pure functions so tests/test_build.py can check it without
 compiling anything; nothing below the ``__main__`` guard runs on import.
 """
+
 from __future__ import annotations
 
 import glob
@@ -57,8 +58,9 @@ find_cuda_home = _build_env.find_cuda_home
 decide_cuda = _build_env.decide_cuda
 
 
-def resolve_arch_list(env: Mapping[str, str], device_capabilities: Sequence[tuple[int, int]],
-                      torch_arch_list: Sequence[str]) -> tuple[str, str]:
+def resolve_arch_list(
+    env: Mapping[str, str], device_capabilities: Sequence[tuple[int, int]], torch_arch_list: Sequence[str]
+) -> tuple[str, str]:
     """The TORCH_CUDA_ARCH_LIST to build for, and where it came from.
 
     Order: the user's TORCH_CUDA_ARCH_LIST; else the visible GPUs (newest + PTX, as torch does);
@@ -72,11 +74,14 @@ def resolve_arch_list(env: Mapping[str, str], device_capabilities: Sequence[tupl
         if bad or not items:
             raise RuntimeError(
                 f"TORCH_CUDA_ARCH_LIST={user!r} is not understood (bad entries: {bad}). "
-                "Use e.g. TORCH_CUDA_ARCH_LIST=\"8.0;8.6;9.0+PTX\".")
+                'Use e.g. TORCH_CUDA_ARCH_LIST="8.0;8.6;9.0+PTX".'
+            )
         return ";".join(items), "TORCH_CUDA_ARCH_LIST"
     if device_capabilities:
-        archs = sorted({f"{major}.{minor}" for major, minor in device_capabilities},
-                       key=lambda a: tuple(int(x) for x in a.split(".")))
+        archs = sorted(
+            {f"{major}.{minor}" for major, minor in device_capabilities},
+            key=lambda a: tuple(int(x) for x in a.split(".")),
+        )
         archs[-1] += "+PTX"
         return ";".join(archs), "visible GPUs"
     sms = []
@@ -88,7 +93,8 @@ def resolve_arch_list(env: Mapping[str, str], device_capabilities: Sequence[tupl
         raise RuntimeError(
             "No GPU is visible and TORCH_CUDA_ARCH_LIST is unset, and torch reports no compiled "
             "architectures to fall back on. Set TORCH_CUDA_ARCH_LIST for your GPU, e.g. "
-            "TORCH_CUDA_ARCH_LIST=\"8.6\" (RTX 30xx), \"8.9\" (RTX 40xx), \"9.0\" (H100).")
+            'TORCH_CUDA_ARCH_LIST="8.6" (RTX 30xx), "8.9" (RTX 40xx), "9.0" (H100).'
+        )
     archs = [f"{a}.{b}" for a, b in sorted(set(sms))]
     archs[-1] += "+PTX"
     return ";".join(archs), "torch.cuda.get_arch_list() (no GPU visible)"
@@ -108,8 +114,11 @@ def cuda_define_macros(arch_list: str) -> list[tuple[str, Optional[str]]]:
     """Macros of a CUDA build. CLORA3D_CUDA_ARCHS names the C string ``clora3d_cuda_archs``
     (declared in csrc/cuda/cuda_ops.h, e.g. "8.0;8.6+PTX"), so ``std::string(CLORA3D_CUDA_ARCHS)``
     works in any file that includes that header."""
-    return [("WITH_CUDA", None), ("CLORA3D_CUDA_ARCHS", "clora3d_cuda_archs"),
-            ("CLORA3D_CUDA_ARCH_TOKENS", arch_macro_value(arch_list))]
+    return [
+        ("WITH_CUDA", None),
+        ("CLORA3D_CUDA_ARCHS", "clora3d_cuda_archs"),
+        ("CLORA3D_CUDA_ARCH_TOKENS", arch_macro_value(arch_list)),
+    ]
 
 
 def openmp_flags(platform: str = sys.platform) -> tuple[list[str], list[str]]:
@@ -143,15 +152,15 @@ def toolkit_has_header(cuda_home: Optional[str], header: str) -> bool:
 
 def cpu_sources(root: Path = HERE) -> list[str]:
     return ["csrc/bindings.cpp"] + sorted(
-        str(Path(p).relative_to(root)) for p in glob.glob(str(root / "csrc" / "cpu" / "*.cpp")))
+        str(Path(p).relative_to(root)) for p in glob.glob(str(root / "csrc" / "cpu" / "*.cpp"))
+    )
 
 
 def cuda_sources(root: Path = HERE) -> list[str]:
     return sorted(str(Path(p).relative_to(root)) for p in glob.glob(str(root / "csrc" / "cuda" / "*.cu")))
 
 
-_BINARY_COMMANDS = {"build_ext", "build", "bdist_wheel", "develop", "editable_wheel", "install",
-                    "bdist_egg"}
+_BINARY_COMMANDS = {"build_ext", "build", "bdist_wheel", "develop", "editable_wheel", "install", "bdist_egg"}
 
 
 def builds_binaries(argv: Sequence[str]) -> bool:
@@ -166,8 +175,10 @@ def _log(msg: str) -> None:
 def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exercised by real builds
     """(ext_modules, cmdclass) for setuptools; empty when torch is not importable."""
     if env_flag(env, "CLORA3D_NO_KERNELS"):
-        _log("CLORA3D_NO_KERNELS=1: building without compiled kernels (every op runs its PyTorch "
-             "reference, 30-60x slower on the CPU).")
+        _log(
+            "CLORA3D_NO_KERNELS=1: building without compiled kernels (every op runs its PyTorch "
+            "reference, 30-60x slower on the CPU)."
+        )
         return [], {}
     try:
         import torch
@@ -179,7 +190,8 @@ def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exerc
             "the torch that will run them. Install torch first, then clora3d:\n"
             f"    {sys.executable} -m pip install torch\n"
             f"    {sys.executable} -m pip install .\n"
-            "(or set CLORA3D_NO_KERNELS=1 to build without kernels on purpose).") from None
+            "(or set CLORA3D_NO_KERNELS=1 to build without kernels on purpose)."
+        ) from None
     if not (HERE / "csrc" / "bindings.cpp").exists():
         _log("csrc/bindings.cpp is missing: building without compiled kernels.")
         return [], {}
@@ -210,8 +222,7 @@ def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exerc
         arch_list, arch_source = resolve_arch_list(env, caps, torch.cuda.get_arch_list())
         # torch's own default crashes with no GPU visible and no TORCH_CUDA_ARCH_LIST; pin it.
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
-        _log(f"CUDA kernels: ON ({reason}); architectures {arch_list} from {arch_source}; "
-             f"CUDA_HOME={cuda_home}")
+        _log(f"CUDA kernels: ON ({reason}); architectures {arch_list} from {arch_source}; CUDA_HOME={cuda_home}")
         sources += cuda_sources()
         define_macros += cuda_define_macros(arch_list)
         extra_compile_args["nvcc"] = ["-O3"]
@@ -227,8 +238,10 @@ def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exerc
         define_macros=define_macros,
         extra_compile_args=extra_compile_args,
         extra_link_args=omp_link,
-        depends=sorted(glob.glob(str(HERE / "csrc" / "**" / "*.h"), recursive=True)
-                       + glob.glob(str(HERE / "csrc" / "**" / "*.cuh"), recursive=True)),
+        depends=sorted(
+            glob.glob(str(HERE / "csrc" / "**" / "*.h"), recursive=True)
+            + glob.glob(str(HERE / "csrc" / "**" / "*.cuh"), recursive=True)
+        ),
     )
     use_ninja = shutil.which("ninja") is not None
     if not use_ninja:

@@ -8,6 +8,7 @@ clora3d imports them.
     gpu_check.py    ``make gpu-check``: build for the local GPU, CUDA tests, gpu_bench, one report
     step_ops.py     CPU proxies of GPU step cost (aten ops and host syncs per training step)
 """
+
 import logging
 
 

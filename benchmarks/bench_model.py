@@ -22,6 +22,7 @@ Memory: every configuration runs in a fresh subprocess; we report its peak resid
 during the measured steps over the mark reached after building model, data and optimizer.
 (tracemalloc does not see torch's allocations.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
         t0 = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best / 1e9
+    return 2.0 * n**3 / best / 1e9
 
 
 def _maxrss_mb() -> float:
@@ -105,7 +106,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(spec["threads"])
     model, step = _build(spec)
     rss_ready = _maxrss_mb()
-    step()                                                   # warm-up (allocator, kernels)
+    step()  # warm-up (allocator, kernels)
     times = []
     for _ in range(spec["steps"]):
         t0 = time.perf_counter()
@@ -113,13 +114,22 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     rss_peak = _maxrss_mb()
     flops = _count_flops(step)
-    model.encoder.split_global = False                       # the reference's encoder computation
+    model.encoder.split_global = False  # the reference's encoder computation
     flops_ref = _count_flops(step)
     model.encoder.split_global = True
-    out = dict(spec, seconds=min(times), median_seconds=statistics.median(times), times=times, flops=flops, flops_reference=flops_ref,
-               rss_ready_mb=rss_ready, rss_peak_mb=rss_peak)
+    out = dict(
+        spec,
+        seconds=min(times),
+        median_seconds=statistics.median(times),
+        times=times,
+        flops=flops,
+        flops_reference=flops_ref,
+        rss_ready_mb=rss_ready,
+        rss_peak_mb=rss_peak,
+    )
     if spec.get("profile") and spec["mode"] == "train_full":
         from torch.profiler import ProfilerActivity, profile
+
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
         out["profile_table"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
@@ -132,17 +142,33 @@ def _run_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
         return pool.apply(run_config, (spec,))
 
 
-def benchmark(preset: str = "vit_s", batch: int = 32, points: int = 1024, cls_dim: int = 40, steps: int = 3,
-              threads: int | None = None, modes: tuple[str, ...] = MODES, profile: bool = False,
-              isolate: bool = True) -> dict[str, Any]:
+def benchmark(
+    preset: str = "vit_s",
+    batch: int = 32,
+    points: int = 1024,
+    cls_dim: int = 40,
+    steps: int = 3,
+    threads: int | None = None,
+    modes: tuple[str, ...] = MODES,
+    profile: bool = False,
+    isolate: bool = True,
+) -> dict[str, Any]:
     """Run every mode (each in its own subprocess when ``isolate``) and return the results."""
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     peak_before = matmul_peak_gflops()
     rows = []
     for mode in modes:
-        spec = dict(preset=preset, batch=batch, points=points, cls_dim=cls_dim, steps=steps, threads=threads,
-                    mode=mode, profile=profile)
+        spec = dict(
+            preset=preset,
+            batch=batch,
+            points=points,
+            cls_dim=cls_dim,
+            steps=steps,
+            threads=threads,
+            mode=mode,
+            profile=profile,
+        )
         rows.append(_run_in_subprocess(spec) if isolate else run_config(spec))
     peak_after = matmul_peak_gflops()
     peak = max(peak_before, peak_after)
@@ -152,39 +178,52 @@ def benchmark(preset: str = "vit_s", batch: int = 32, points: int = 1024, cls_di
         r["reference_gflops_per_s"] = r["flops_reference"] / r["seconds"] / 1e9
         r["fraction_of_peak"] = r["gflops_per_s"] / peak
         r["reference_fraction_of_peak"] = r["reference_gflops_per_s"] / peak
-    return dict(matmul_peak_gflops=peak, matmul_peak_before=peak_before, matmul_peak_after=peak_after,
-                threads=threads, torch=torch.__version__, rows=rows)
+    return dict(
+        matmul_peak_gflops=peak,
+        matmul_peak_before=peak_before,
+        matmul_peak_after=peak_after,
+        threads=threads,
+        torch=torch.__version__,
+        rows=rows,
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:
     """Markdown table of a ``benchmark`` result."""
-    lines = [f"matmul fp32 peak: {result['matmul_peak_gflops']:.1f} GFLOP/s "
-             f"(before {result['matmul_peak_before']:.1f}, after {result['matmul_peak_after']:.1f}; "
-             f"{result['threads']} threads, torch {result['torch']})", "",
-             "| mode | s/step best (median) | samples/s | GFLOP/step executed (reference) | GFLOP/s executed (reference) "
-             "| % of matmul peak executed (reference) | peak RSS MB | RSS growth MB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"matmul fp32 peak: {result['matmul_peak_gflops']:.1f} GFLOP/s "
+        f"(before {result['matmul_peak_before']:.1f}, after {result['matmul_peak_after']:.1f}; "
+        f"{result['threads']} threads, torch {result['torch']})",
+        "",
+        "| mode | s/step best (median) | samples/s | GFLOP/step executed (reference) | GFLOP/s executed (reference) "
+        "| % of matmul peak executed (reference) | peak RSS MB | RSS growth MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         lines.append(
             f"| {r['mode']} | {r['seconds']:.2f} ({r['median_seconds']:.2f}) | {r['samples_per_s']:.1f} | {r['flops'] / 1e9:.1f} "
             f"({r['flops_reference'] / 1e9:.1f}) | {r['gflops_per_s']:.1f} ({r['reference_gflops_per_s']:.1f}) "
             f"| {100 * r['fraction_of_peak']:.1f} ({100 * r['reference_fraction_of_peak']:.1f}) "
-            f"| {r['rss_peak_mb']:.0f} | {r['rss_peak_mb'] - r['rss_ready_mb']:.0f} |")
+            f"| {r['rss_peak_mb']:.0f} | {r['rss_peak_mb'] - r['rss_ready_mb']:.0f} |"
+        )
     b = result["rows"][0]
     lines.append("")
-    lines.append(f"{b['preset']} classification, B={b['batch']}, {b['points']} points, CPU; rates use the best "
-                 f"of {b['steps']} timed steps (after 1 warm-up), like the best-of matmul peak. FLOPs: "
-                 "FlopCounterMode (matmul/conv/SDPA fwd+bwd, 2 per MAC; no elementwise/norm/optimizer/FPS/kNN). "
-                 "Memory: ru_maxrss per fresh subprocess; growth = high-water mark after the steps minus "
-                 "after building model+data+optimizer.")
+    lines.append(
+        f"{b['preset']} classification, B={b['batch']}, {b['points']} points, CPU; rates use the best "
+        f"of {b['steps']} timed steps (after 1 warm-up), like the best-of matmul peak. FLOPs: "
+        "FlopCounterMode (matmul/conv/SDPA fwd+bwd, 2 per MAC; no elementwise/norm/optimizer/FPS/kNN). "
+        "Memory: ru_maxrss per fresh subprocess; growth = high-water mark after the steps minus "
+        "after building model+data+optimizer."
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table (stdout); ``--json`` also writes the results."""
-    parser = argparse.ArgumentParser(prog=prog or "benchmarks/bench_model.py",
-                                     description="CPU throughput of the classification model "
-                                                 "(forward, full fine-tuning and frozen-backbone steps).")
+    parser = argparse.ArgumentParser(
+        prog=prog or "benchmarks/bench_model.py",
+        description="CPU throughput of the classification model (forward, full fine-tuning and frozen-backbone steps).",
+    )
     parser.add_argument("--preset", default="vit_s")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--points", type=int, default=1024)
@@ -199,8 +238,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
     bad = [m for m in modes if m not in MODES]
     if bad:
         parser.error(f"unknown mode(s) {bad}; choose from {MODES}")
-    result = benchmark(args.preset, args.batch, args.points, args.cls_dim, args.steps, args.threads, modes,
-                       args.profile)
+    result = benchmark(
+        args.preset, args.batch, args.points, args.cls_dim, args.steps, args.threads, modes, args.profile
+    )
     print(format_table(result))
     for r in result["rows"]:
         if "profile_table" in r:

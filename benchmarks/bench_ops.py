@@ -11,6 +11,7 @@ fastest peer's median divided by the row's median (> 1: faster than every peer).
 then ``python tools/render_bench_tables.py`` renders README.md's and docs/ops.md's tables from that
 JSON (:func:`render_tables`). Tests never time anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -148,13 +149,25 @@ def _fps_impls(xyz: torch.Tensor, S: int) -> list[tuple[str, str, Callable[[], o
     fpsample = _try_import("fpsample")
     if fpsample is not None:
         h = 3 if xyz.shape[1] <= 2048 else 7
-        impls.append(("fpsample.fps_sampling", "peer", lambda: [fpsample.fps_sampling(p, S, start_idx=0) for p in pts], ""))
-        impls.append((
-            "fpsample.fps_npdu_kdtree_sampling", "peer",
-            lambda: [fpsample.fps_npdu_kdtree_sampling(p, S, start_idx=0) for p in pts], "approximate"))
-        impls.append((
-            f"fpsample.bucket_fps_kdline (h={h})", "peer",
-            lambda: [fpsample.bucket_fps_kdline_sampling(p, S, h=h, start_idx=0) for p in pts], ""))
+        impls.append(
+            ("fpsample.fps_sampling", "peer", lambda: [fpsample.fps_sampling(p, S, start_idx=0) for p in pts], "")
+        )
+        impls.append(
+            (
+                "fpsample.fps_npdu_kdtree_sampling",
+                "peer",
+                lambda: [fpsample.fps_npdu_kdtree_sampling(p, S, start_idx=0) for p in pts],
+                "approximate",
+            )
+        )
+        impls.append(
+            (
+                f"fpsample.bucket_fps_kdline (h={h})",
+                "peer",
+                lambda: [fpsample.bucket_fps_kdline_sampling(p, S, h=h, start_idx=0) for p in pts],
+                "",
+            )
+        )
     o3d = _try_import("open3d")
     if o3d is not None:
         pts64 = [p.astype(np.float64) for p in pts]
@@ -185,15 +198,22 @@ def _knn_impls(query: torch.Tensor, xyz: torch.Tensor, k: int) -> list[tuple[str
     rs = [c.numpy() for c in xyz]
     pykdtree = _try_import("pykdtree.kdtree")
     if pykdtree is not None:
-        impls.append(("pykdtree (build + query)", "peer",
-                      lambda: [pykdtree.KDTree(r).query(q, k=k) for q, r in zip(qs, rs)], ""))
+        impls.append(
+            ("pykdtree (build + query)", "peer", lambda: [pykdtree.KDTree(r).query(q, k=k) for q, r in zip(qs, rs)], "")
+        )
     spatial = _try_import("scipy.spatial")
     if spatial is not None:
-        impls.append(("scipy cKDTree (build + query)", "peer",
-                      lambda: [spatial.cKDTree(r).query(q, k=k, workers=threads) for q, r in zip(qs, rs)],
-                      f"workers={threads}"))
+        impls.append(
+            (
+                "scipy cKDTree (build + query)",
+                "peer",
+                lambda: [spatial.cKDTree(r).query(q, k=k, workers=threads) for q, r in zip(qs, rs)],
+                f"workers={threads}",
+            )
+        )
     faiss = _try_import("faiss")
     if faiss is not None:
+
         def _faiss():
             out = []
             for q, r in zip(qs, rs):
@@ -416,21 +436,32 @@ def summary_rows(data: dict) -> list[dict]:
             missing = [p for p in OP_PEERS.get(op, ()) if p not in data.get("environment", {}).get("peers", {})]
             if missing:
                 verdict += f" against the installed peers only ({', '.join(missing)} not installed)"
-        out.append({"op": op, "size": size, "native_ms": native and native["median_ms"],
-                    "native_1t_ms": native1 and native1["median_ms"],
-                    "reference_ms": refr and refr["median_ms"],
-                    "peer": fastest and fastest["impl"], "peer_ms": fastest and fastest["median_ms"],
-                    "speedup": speed, "speedup_1t": speed1, "bar": verdict})
+        out.append(
+            {
+                "op": op,
+                "size": size,
+                "native_ms": native and native["median_ms"],
+                "native_1t_ms": native1 and native1["median_ms"],
+                "reference_ms": refr and refr["median_ms"],
+                "peer": fastest and fastest["impl"],
+                "peer_ms": fastest and fastest["median_ms"],
+                "speedup": speed,
+                "speedup_1t": speed1,
+                "bar": verdict,
+            }
+        )
     return out
 
 
 def _env_line(env: dict) -> str:
     peers = ", ".join(f"{k} {v}" for k, v in env.get("peers", {}).items()) or "none"
     missing = [p for p in PEER_PACKAGES if p not in env.get("peers", {})]
-    return (f"{env.get('cpu')} ({env.get('cpu_count')} logical CPUs), torch {env.get('torch')}, "
-            f"{env.get('torch_threads')} threads, {env.get('date_utc', 'date not recorded')}, "
-            f"load average (1/5/15 min) at the end {env.get('loadavg_1_5_15min')}; "
-            f"peers installed: {peers}" + (f"; not installed: {', '.join(missing)}" if missing else ""))
+    return (
+        f"{env.get('cpu')} ({env.get('cpu_count')} logical CPUs), torch {env.get('torch')}, "
+        f"{env.get('torch_threads')} threads, {env.get('date_utc', 'date not recorded')}, "
+        f"load average (1/5/15 min) at the end {env.get('loadavg_1_5_15min')}; "
+        f"peers installed: {peers}" + (f"; not installed: {', '.join(missing)}" if missing else "")
+    )
 
 
 def render_tables(data: dict, source: str) -> dict[str, str]:
@@ -439,16 +470,24 @@ def render_tables(data: dict, source: str) -> dict[str, str]:
     cmd = env.get("command", "python tools/bench_ops.py")
     head = f"From `{source}`, written by one run of `{cmd}`: {_env_line(env)}."
     full = head + "\n\n" + format_table([Row(**{k: v for k, v in r.items()}) for r in data["rows"]])
-    lines = [head + " Median wall time in ms; speed-up = fastest installed peer / clora3d native.", "",
-             "| op, size | clora3d native | native, 1 thread | pure-torch reference | fastest peer | "
-             "speed-up (1 thread) | bar |",
-             "|---|---:|---:|---:|---|---:|---|"]
+    lines = [
+        head + " Median wall time in ms; speed-up = fastest installed peer / clora3d native.",
+        "",
+        "| op, size | clora3d native | native, 1 thread | pure-torch reference | fastest peer | "
+        "speed-up (1 thread) | bar |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
     for r in summary_rows(data):
         peer = f"{r['peer']} {_fmt_ms(r['peer_ms'])}" if r["peer"] else "none installed"
-        sp = (f"{r['speedup']:.1f}x ({r['speedup_1t']:.1f}x)" if r["speedup"] is not None
-              and r["speedup_1t"] is not None else "-")
-        lines.append(f"| {r['op']} {r['size']} | {_fmt_ms(r['native_ms'])} | {_fmt_ms(r['native_1t_ms'])} | "
-                     f"{_fmt_ms(r['reference_ms'])} | {peer} | {sp} | {r['bar']} |")
+        sp = (
+            f"{r['speedup']:.1f}x ({r['speedup_1t']:.1f}x)"
+            if r["speedup"] is not None and r["speedup_1t"] is not None
+            else "-"
+        )
+        lines.append(
+            f"| {r['op']} {r['size']} | {_fmt_ms(r['native_ms'])} | {_fmt_ms(r['native_1t_ms'])} | "
+            f"{_fmt_ms(r['reference_ms'])} | {peer} | {sp} | {r['bar']} |"
+        )
     return {"full": full, "summary": "\n".join(lines)}
 
 
@@ -467,8 +506,9 @@ def replace_between_markers(text: str, name: str, block: str, where: str = "file
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Time the ops, print the environment and the table (stdout); ``--json`` also writes the JSON."""
     prog = prog or "benchmarks/bench_ops.py"
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=7, help="timed runs per implementation (median reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None, help="subset of sizes")
@@ -479,11 +519,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows = run_benchmarks(repeats=args.repeats, warmup=args.warmup, sizes=args.sizes,
-                          ops_to_run=tuple(args.ops), progress=not args.no_progress)
+    rows = run_benchmarks(
+        repeats=args.repeats,
+        warmup=args.warmup,
+        sizes=args.sizes,
+        ops_to_run=tuple(args.ops),
+        progress=not args.no_progress,
+    )
     env = environment()
-    print(f"CPU: {env['cpu']} ({env['cpu_count']} logical), torch {env['torch']}, {env['torch_threads']} threads, "
-          f"load average (1/5/15 min) at the end: {env['loadavg_1_5_15min']}")
+    print(
+        f"CPU: {env['cpu']} ({env['cpu_count']} logical), torch {env['torch']}, {env['torch_threads']} threads, "
+        f"load average (1/5/15 min) at the end: {env['loadavg_1_5_15min']}"
+    )
     print(f"peers: {', '.join(f'{k} {v}' for k, v in env['peers'].items()) or 'none'}")
     print(format_table(rows))
     if args.json:

@@ -14,6 +14,7 @@ trainable parameters) and inference (eval, no_grad); samples/s and peak allocate
 Times are medians of CUDA-event-timed calls after warm-up (``--quick``: fewer calls and tiny
 sizes, for tests on the CPU). Ratios are only meaningful within one run. Tests never time anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,10 @@ def kernel_cases(device: torch.device, quick: bool) -> list[tuple[str, str, list
     for label, (B, N, S, K) in sizes.items():
         xyz = _cloud(B, N, 0, device)
         center = ops.fps_sample(xyz, S)
-        impls = [("clora3d", "clora3d", lambda: ops.furthest_point_sample(xyz, S)),
-                 ("reference (torch)", "reference", lambda: ref.furthest_point_sample(xyz, S, 0))]
+        impls = [
+            ("clora3d", "clora3d", lambda: ops.furthest_point_sample(xyz, S)),
+            ("reference (torch)", "reference", lambda: ref.furthest_point_sample(xyz, S, 0)),
+        ]
         if p2 is not None:
             impls.append(("pointnet2_ops", "peer", lambda: p2.furthest_point_sample(xyz, S)))
         cases.append(("fps", label, impls))
@@ -96,17 +99,20 @@ def kernel_cases(device: torch.device, quick: bool) -> list[tuple[str, str, list
             d = torch.cdist(center, xyz)
             return d.topk(K, dim=-1, largest=False)
 
-        impls = [("clora3d", "clora3d", lambda: ops.knn(center, xyz, K)),
-                 ("torch cdist+topk", "peer", cdist_topk)]
+        impls = [("clora3d", "clora3d", lambda: ops.knn(center, xyz, K)), ("torch cdist+topk", "peer", cdist_topk)]
         cases.append(("knn", label, impls))
 
         _, idx = ops.knn(center, xyz, K)
         feats = torch.randn(B, N, 384 if not quick else 16, device=device)
         flat = idx.reshape(B, -1)
-        impls = [("clora3d", "clora3d", lambda: ops.gather_points(feats, idx)),
-                 ("torch.gather", "peer",
-                  lambda: torch.gather(feats, 1, flat.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
-                  .reshape(B, S, K, -1))]
+        impls = [
+            ("clora3d", "clora3d", lambda: ops.gather_points(feats, idx)),
+            (
+                "torch.gather",
+                "peer",
+                lambda: torch.gather(feats, 1, flat.unsqueeze(-1).expand(-1, -1, feats.shape[-1])).reshape(B, S, K, -1),
+            ),
+        ]
         if p2 is not None:
             ft = feats.transpose(1, 2).contiguous()
             idx32 = idx.int().contiguous()
@@ -141,8 +147,11 @@ def kernel_cases(device: torch.device, quick: bool) -> list[tuple[str, str, list
     cases.append(("three_nn + interpolate", lbl, impls))
 
     # Chamfer-L2 forward + backward: Point-MAE's loss on B*M masked patches of 32 points
-    for lbl, (B, N, M) in ({"mae patches 4864 x 32 x 32": (4864, 32, 32), "B32 N1024 M1024": (32, 1024, 1024)}
-                           if not quick else {"quick 8 x 32 x 32": (8, 32, 32)}).items():
+    for lbl, (B, N, M) in (
+        {"mae patches 4864 x 32 x 32": (4864, 32, 32), "B32 N1024 M1024": (32, 1024, 1024)}
+        if not quick
+        else {"quick 8 x 32 x 32": (8, 32, 32)}
+    ).items():
         a = _cloud(B, N, 3, device).requires_grad_(True)
         b = _cloud(B, M, 4, device)
 
@@ -182,8 +191,13 @@ def run_kernels(device: torch.device, quick: bool = False) -> list[Row]:
 MODEL_METHODS = {"full": {"NAME": "full"}, "clora": {"NAME": "clora"}, "lora r8": {"NAME": "lora", "rank": 8}}
 
 
-def run_model(device: torch.device, quick: bool = False, methods=tuple(MODEL_METHODS),
-              precisions=("fp32", "tf32", "bf16"), compile_model: bool = False) -> list[dict]:
+def run_model(
+    device: torch.device,
+    quick: bool = False,
+    methods=tuple(MODEL_METHODS),
+    precisions=("fp32", "tf32", "bf16"),
+    compile_model: bool = False,
+) -> list[dict]:
     from torch.nn import functional as F
 
     from clora3d.models import build_model
@@ -203,8 +217,11 @@ def run_model(device: torch.device, quick: bool = False, methods=tuple(MODEL_MET
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=device.type == "cuda")
             fwd = torch.compile(model, fullgraph=True) if compile_model else model
-            ac = (torch.autocast(device.type, dtype=torch.bfloat16) if prec == "bf16"
-                  else torch.autocast(device.type, enabled=False))
+            ac = (
+                torch.autocast(device.type, dtype=torch.bfloat16)
+                if prec == "bf16"
+                else torch.autocast(device.type, enabled=False)
+            )
 
             def step():
                 model.train()
@@ -229,9 +246,20 @@ def run_model(device: torch.device, quick: bool = False, methods=tuple(MODEL_MET
             finally:
                 torch.set_float32_matmul_precision("highest")
             ms = statistics.median(t_step)
-            rows.append(dict(method=name, precision=prec + (" + compile" if compile_model else ""),
-                             trainable=sum(p.numel() for p in params), step_ms=ms, samples_per_s=1e3 * B / ms,
-                             peak_mib=peak, inference_ms=statistics.median(t_inf), preset=preset, batch=B, points=N))
+            rows.append(
+                dict(
+                    method=name,
+                    precision=prec + (" + compile" if compile_model else ""),
+                    trainable=sum(p.numel() for p in params),
+                    step_ms=ms,
+                    samples_per_s=1e3 * B / ms,
+                    peak_mib=peak,
+                    inference_ms=statistics.median(t_inf),
+                    preset=preset,
+                    batch=B,
+                    points=N,
+                )
+            )
             if device.type == "cuda":  # the next configuration rebinds model / opt; free the cache
                 torch.cuda.empty_cache()
     return rows
@@ -251,11 +279,15 @@ def kernel_table(rows: list[Row]) -> str:
 
 
 def model_table(rows: list[dict]) -> str:
-    lines = ["| method | precision | trainable | train step ms | samples/s | peak MiB | inference ms |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | precision | trainable | train step ms | samples/s | peak MiB | inference ms |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['precision']} | {r['trainable']:,} | {r['step_ms']:.2f} | "
-                     f"{r['samples_per_s']:.0f} | {_f(r['peak_mib'], '{:.0f}')} | {r['inference_ms']:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['precision']} | {r['trainable']:,} | {r['step_ms']:.2f} | "
+            f"{r['samples_per_s']:.0f} | {_f(r['peak_mib'], '{:.0f}')} | {r['inference_ms']:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ Steps, each logged under ``--out`` (default ``build/gpu-check``):
 Needs only torch, numpy, pytest and hypothesis (no open3d, no tensorboard, no internet).
 Exit status: 0 when the build and every test passed, 1 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,17 @@ EXTRA_TESTS = ["tests/test_ops_direct.py", "tests/test_compile.py", "tests/test_
 def cuda_test_files() -> list[str]:
     """Test files with CUDA tests (``pytest.mark.cuda``); collecting only these keeps the check
     independent of the optional packages other test files import."""
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
-                  if "pytest.mark.cuda" in p.read_text())
+    return sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "pytest.mark.cuda" in p.read_text()
+    )
 
 
 def _run(cmd: list[str], log: Path, env: dict | None = None, timeout: int = 1200) -> tuple[int, float, str]:
     t = time.time()
     with open(log, "w") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT,
-                              timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout
+        )
     return proc.returncode, time.time() - t, log.read_text(errors="replace")
 
 
@@ -71,20 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     arch = gpu_arch()
     if not args.skip_build:
         jobs = str(max(1, os.cpu_count() or 1))
-        rc, secs, text = _run([sys.executable, "setup.py", "build_ext", "--inplace"], out / "build.log",
-                              env={"FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": jobs})
+        rc, secs, text = _run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"],
+            out / "build.log",
+            env={"FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": jobs},
+        )
         report.append(f"build: TORCH_CUDA_ARCH_LIST={arch}, {'ok' if rc == 0 else 'FAILED'} in {secs:.0f} s")
         if rc != 0:
             print("\n".join(report) + "\n" + text[-6000:])
             return 1
 
-    rc, secs, text = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-m", "cuda",
-                           *cuda_test_files()], out / "tests_cuda.log", env={"CLORA3D_REQUIRE_CUDA": "1"})
+    rc, secs, text = _run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-m", "cuda", *cuda_test_files()],
+        out / "tests_cuda.log",
+        env={"CLORA3D_REQUIRE_CUDA": "1"},
+    )
     summary = (re.findall(r"^=+ (.*) in [\d.]+s", text, re.M) or ["no summary (see log)"])[-1]
     report.append(f"CUDA tests (-m cuda, nothing may skip): {summary} ({secs:.0f} s)")
     ok &= rc == 0
-    rc, secs, text2 = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-m", "not cuda",
-                            *EXTRA_TESTS], out / "tests_ops_compile.log", env={"CLORA3D_REQUIRE_CUDA": "1"})
+    rc, secs, text2 = _run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-m", "not cuda", *EXTRA_TESTS],
+        out / "tests_ops_compile.log",
+        env={"CLORA3D_REQUIRE_CUDA": "1"},
+    )
     summary2 = (re.findall(r"^=+ (.*) in [\d.]+s", text2, re.M) or ["no summary (see log)"])[-1]
     report.append(f"direct bad calls, torch.compile / export, step-cost proxies (CPU parts): {summary2} ({secs:.0f} s)")
     ok &= rc == 0

@@ -20,13 +20,15 @@ cosine similarity of each LRM's components at the end (see :func:`component_simi
 Everything stays in memory (no files): the library's model, checkpoint loader, PEFT interface,
 optimizer/scheduler and training batch pipeline are used as the trainer uses them.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,19 +62,19 @@ BENCH_LR: dict[str, float] = {}
 class BenchSize:
     """Data, budget and seeds of one benchmark run."""
 
-    n_train: int = 16            # scan task: train scans per class
-    n_test: int = 10             # scan task: test scans per class
-    way: int = 5                 # few-shot task
+    n_train: int = 16  # scan task: train scans per class
+    n_test: int = 10  # scan task: test scans per class
+    way: int = 5  # few-shot task
     shot: int = 10
-    fewshot_test: int = 10       # test scans per class of an episode
-    fewshot_pool: int = 20       # scans per class in the few-shot pool (train and test draw apart)
-    epochs: int = 20             # scan task
+    fewshot_test: int = 10  # test scans per class of an episode
+    fewshot_pool: int = 20  # scans per class in the few-shot pool (train and test draw apart)
+    epochs: int = 20  # scan task
     fewshot_epochs: int = 20
     batch_size: int = 16
     seeds: tuple[int, ...] = (0, 1, 2)
-    num_classes: int = 16        # synthetic classes used
-    npoints: int = 256           # points the model sees
-    point_all: int = 320         # points per generated scan (training subsets npoints of them)
+    num_classes: int = 16  # synthetic classes used
+    npoints: int = 256  # points the model sees
+    point_all: int = 320  # points per generated scan (training subsets npoints of them)
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 2
@@ -81,7 +83,7 @@ class BenchSize:
     #: pre-training; 57.1 / 55.2 / 56.7 with 0)
     drop_path: float = 0.0
     tasks: tuple[str, ...] = ("scan", "fewshot")
-    workers: int = 0             # processes running fine-tuning jobs in parallel; 0 = one per CPU core
+    workers: int = 0  # processes running fine-tuning jobs in parallel; 0 = one per CPU core
 
 
 def peft_config(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,18 +101,22 @@ def make_scans(labels: Sequence[int], n_points: int, seed: Any) -> np.ndarray:
     from clora3d.data.synthetic import make_scan_shape
 
     seed = list(seed) if isinstance(seed, (list, tuple)) else [seed]
-    return np.stack([make_scan_shape(int(c), n_points, np.random.default_rng([*seed, i]))[0]
-                     for i, c in enumerate(labels)])
+    return np.stack(
+        [make_scan_shape(int(c), n_points, np.random.default_rng([*seed, i]))[0] for i, c in enumerate(labels)]
+    )
 
 
 def scan_task(size: BenchSize, data_seed: int = 0) -> dict[str, torch.Tensor]:
     """The ``scan`` task: every class, ``n_train`` + ``n_test`` scans each (fixed by ``data_seed``)."""
     ytr = np.repeat(np.arange(size.num_classes), size.n_train)
     yte = np.repeat(np.arange(size.num_classes), size.n_test)
-    return {"train_x": torch.from_numpy(make_scans(ytr, size.point_all, (data_seed, 100))),
-            "train_y": torch.from_numpy(ytr), "num_classes": size.num_classes,
-            "test_x": torch.from_numpy(make_scans(yte, size.point_all, (data_seed, 101))),
-            "test_y": torch.from_numpy(yte)}
+    return {
+        "train_x": torch.from_numpy(make_scans(ytr, size.point_all, (data_seed, 100))),
+        "train_y": torch.from_numpy(ytr),
+        "num_classes": size.num_classes,
+        "test_x": torch.from_numpy(make_scans(yte, size.point_all, (data_seed, 101))),
+        "test_y": torch.from_numpy(yte),
+    }
 
 
 def fewshot_pool(size: BenchSize, data_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -128,15 +134,22 @@ def fewshot_episode(pool: tuple[np.ndarray, np.ndarray], size: BenchSize, seed: 
     for c in classes:
         idx = rng.permutation(np.flatnonzero(y == c))
         if len(idx) < size.shot + size.fewshot_test:
-            raise ValueError(f"few-shot pool has {len(idx)} scans of class {c}, fewer than shot + "
-                             f"fewshot_test = {size.shot + size.fewshot_test}; raise fewshot_pool")
-        tr.append(idx[:size.shot])
-        te.append(idx[size.shot:size.shot + size.fewshot_test])
+            raise ValueError(
+                f"few-shot pool has {len(idx)} scans of class {c}, fewer than shot + "
+                f"fewshot_test = {size.shot + size.fewshot_test}; raise fewshot_pool"
+            )
+        tr.append(idx[: size.shot])
+        te.append(idx[size.shot : size.shot + size.fewshot_test])
     remap = {int(c): k for k, c in enumerate(classes)}
     tr, te = np.concatenate(tr), np.concatenate(te)
-    return {"train_x": torch.from_numpy(x[tr]), "train_y": torch.tensor([remap[int(v)] for v in y[tr]]),
-            "test_x": torch.from_numpy(x[te]), "test_y": torch.tensor([remap[int(v)] for v in y[te]]),
-            "num_classes": size.way, "classes": classes.tolist()}
+    return {
+        "train_x": torch.from_numpy(x[tr]),
+        "train_y": torch.tensor([remap[int(v)] for v in y[tr]]),
+        "test_x": torch.from_numpy(x[te]),
+        "test_y": torch.tensor([remap[int(v)] for v in y[te]]),
+        "num_classes": size.way,
+        "classes": classes.tolist(),
+    }
 
 
 # -------------------------------------------------------------------------------------- training
@@ -154,8 +167,13 @@ def component_similarity(method: Any) -> float:
     return tot / cnt if cnt else float("nan")
 
 
-def build_finetune_model(pretrained: Mapping[str, torch.Tensor], num_classes: int, peft_cfg: Mapping[str, Any],
-                         seed: int, drop_path: float = 0.0) -> tuple[torch.nn.Module, Any]:
+def build_finetune_model(
+    pretrained: Mapping[str, torch.Tensor],
+    num_classes: int,
+    peft_cfg: Mapping[str, Any],
+    seed: int,
+    drop_path: float = 0.0,
+) -> tuple[torch.nn.Module, Any]:
     """Tiny backbone with ``num_classes`` outputs and stochastic depth ``drop_path``, pre-trained
     weights loaded, PEFT method applied."""
     from clora3d.engine.trainer import seed_everything
@@ -171,8 +189,14 @@ def build_finetune_model(pretrained: Mapping[str, torch.Tensor], num_classes: in
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, npoints: int,
-             classes: Sequence[int] | None = None, batch: int = 64) -> tuple[float, torch.Tensor]:
+def accuracy(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    npoints: int,
+    classes: Sequence[int] | None = None,
+    batch: int = 64,
+) -> tuple[float, torch.Tensor]:
     """Overall accuracy (%) of ``model`` on clouds ``x`` (FPS to ``npoints``) and the predictions;
     ``classes`` restricts the argmax to those logits (predictions are then indices into it)."""
     from clora3d.engine.trainer import TrainBatchPipeline
@@ -181,7 +205,7 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, npoints: 
     model.eval()
     preds = []
     for i in range(0, len(x), batch):
-        logits = model(fps(x[i:i + batch].float()))
+        logits = model(fps(x[i : i + batch].float()))
         if classes is not None:
             logits = logits[:, list(classes)]
         preds.append(logits.argmax(-1))
@@ -189,9 +213,18 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, npoints: 
     return 100.0 * float((pred == y).float().mean()), pred
 
 
-def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any], task: Mapping[str, Any],
-             size: BenchSize, seed: int, epochs: int, *, sade_stats: bool = False,
-             keep_model: bool = False, lr: float | None = None) -> dict[str, Any]:
+def finetune(
+    pretrained: Mapping[str, torch.Tensor],
+    peft_cfg: Mapping[str, Any],
+    task: Mapping[str, Any],
+    size: BenchSize,
+    seed: int,
+    epochs: int,
+    *,
+    sade_stats: bool = False,
+    keep_model: bool = False,
+    lr: float | None = None,
+) -> dict[str, Any]:
     """Fine-tune the pre-trained tiny backbone on ``task`` with one method (learning rate ``lr``,
     default ``size.lr``); returns accuracy, wall time, parameter counts (and SADE statistics for
     CLoRA with ``sade_stats``)."""
@@ -204,10 +237,12 @@ def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any]
     model, method = build_finetune_model(pretrained, task["num_classes"], peft_cfg, seed, size.drop_path)
     trainable = method.trainable_parameters()
     lr = size.lr if lr is None else lr
-    opt = build_optimizer(trainable, {"NAME": "AdamW", "lr": lr, "weight_decay": size.weight_decay,
-                                      "betas": (0.9, 0.999), "eps": 1e-8})
-    sched = build_scheduler(opt, {"NAME": "CosLR", "lr_min": 1e-6, "warmup_epochs": size.warmup_epochs,
-                                  "warmup_lr_init": 1e-5}, epochs)
+    opt = build_optimizer(
+        trainable, {"NAME": "AdamW", "lr": lr, "weight_decay": size.weight_decay, "betas": (0.9, 0.999), "eps": 1e-8}
+    )
+    sched = build_scheduler(
+        opt, {"NAME": "CosLR", "lr_min": 1e-6, "warmup_epochs": size.warmup_epochs, "warmup_lr_init": 1e-5}, epochs
+    )
     pipe = TrainBatchPipeline("fps_subset", size.npoints, size.point_all, ScaleAndTranslate())
     params = list({id(p): p for p in trainable.values()}.values())
     clora_params = list(method.peft_params.values()) if method.name == "clora" else []
@@ -224,7 +259,7 @@ def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any]
         order = torch.randperm(n, generator=gen)
         method.train()
         for i in range(0, n - bs + 1, bs):  # drop_last, as the reference loaders
-            idx = order[i:i + bs]
+            idx = order[i : i + bs]
             pts = pipe(x[idx].float(), subset_gen=sub, aug_gen=aug)
             task_loss = F.cross_entropy(model(pts), y[idx].long())
             reg = method.regularization_loss()
@@ -234,8 +269,13 @@ def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any]
             (task_loss + reg).backward()
             if track:
                 rn = math.sqrt(sum(float(g.pow(2).sum()) for g in g_reg if g is not None))
-                tn = math.sqrt(sum(float((p.grad - (g if g is not None else 0)).pow(2).sum())
-                                   for p, g in zip(clora_params, g_reg) if p.grad is not None))
+                tn = math.sqrt(
+                    sum(
+                        float((p.grad - (g if g is not None else 0)).pow(2).sum())
+                        for p, g in zip(clora_params, g_reg)
+                        if p.grad is not None
+                    )
+                )
                 ratios.append(rn / tn if tn > 0 else float("nan"))
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             opt.step()
@@ -243,8 +283,14 @@ def finetune(pretrained: Mapping[str, torch.Tensor], peft_cfg: Mapping[str, Any]
         sched.step(epoch)
     acc, _ = accuracy(model, task["test_x"], task["test_y"], size.npoints)
     rep = parameter_report(model, method)
-    out: dict[str, Any] = {"acc": acc, "wall_s": time.perf_counter() - t0, "steps": step, "lr": lr,
-                           "trainable": rep["trainable"], "trainable_no_head": rep.get("trainable_without_head")}
+    out: dict[str, Any] = {
+        "acc": acc,
+        "wall_s": time.perf_counter() - t0,
+        "steps": step,
+        "lr": lr,
+        "trainable": rep["trainable"],
+        "trainable_no_head": rep.get("trainable_without_head"),
+    }
     if method.name == "clora":
         out["similarity"] = component_similarity(method)
         out["sade"] = float(method.regularization_loss().detach())
@@ -272,8 +318,15 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _finetune_job(pretrained: Mapping[str, torch.Tensor], cfg: Mapping[str, Any], task: Mapping[str, Any],
-                  size: BenchSize, seed: int, epochs: int, lr: float) -> dict[str, Any]:
+def _finetune_job(
+    pretrained: Mapping[str, torch.Tensor],
+    cfg: Mapping[str, Any],
+    task: Mapping[str, Any],
+    size: BenchSize,
+    seed: int,
+    epochs: int,
+    lr: float,
+) -> dict[str, Any]:
     return finetune(pretrained, cfg, task, size, seed, epochs, lr=lr)
 
 
@@ -283,10 +336,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
-                  methods: Mapping[str, Mapping[str, Any]] | None = None,
-                  log: Callable[[str], None] = print, keep: Sequence[str] = (),
-                  lrs: Mapping[str, float] | None = None) -> dict[str, Any]:
+def run_benchmark(
+    pretrained: Mapping[str, torch.Tensor],
+    size: BenchSize,
+    methods: Mapping[str, Mapping[str, Any]] | None = None,
+    log: Callable[[str], None] = print,
+    keep: Sequence[str] = (),
+    lrs: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
     """Every method x task x seed; returns per-run results and per-method summaries.
 
     ``lrs``: label -> learning rate for methods that do not use ``size.lr`` (default
@@ -301,17 +358,26 @@ def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
     if "scan" in size.tasks:
         tasks["scan"] = scan_task(size)
     pool = fewshot_pool(size) if "fewshot" in size.tasks else None
-    log(f"benchmark data: scan task {size.num_classes} classes x ({size.n_train} train + {size.n_test} test), "
+    log(
+        f"benchmark data: scan task {size.num_classes} classes x ({size.n_train} train + {size.n_test} test), "
         f"few-shot {size.way}-way {size.shot}-shot x {size.fewshot_test} test per class from a pool of "
-        f"{size.fewshot_pool} per class ({time.perf_counter() - t0:.1f} s)")
+        f"{size.fewshot_pool} per class ({time.perf_counter() - t0:.1f} s)"
+    )
     jobs: list[dict[str, Any]] = []
     for label, spec in methods.items():
         cfg = peft_config(spec)
         for task_name in size.tasks:
             for seed in size.seeds:
-                jobs.append({"label": label, "cfg": cfg, "task_name": task_name, "seed": seed,
-                             "lr": lrs.get(label, size.lr),
-                             "keep": label in keep and task_name == "scan" and seed == size.seeds[0]})
+                jobs.append(
+                    {
+                        "label": label,
+                        "cfg": cfg,
+                        "task_name": task_name,
+                        "seed": seed,
+                        "lr": lrs.get(label, size.lr),
+                        "keep": label in keep and task_name == "scan" and seed == size.seeds[0],
+                    }
+                )
 
     def task_of(job: Mapping[str, Any]) -> dict[str, Any]:
         return tasks["scan"] if job["task_name"] == "scan" else fewshot_episode(pool, size, job["seed"])
@@ -321,8 +387,10 @@ def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
 
     def done(job: Mapping[str, Any], r: dict[str, Any]) -> dict[str, Any]:
         r.update(method=job["label"], task=job["task_name"], seed=job["seed"])
-        log(f"  {job['label']:16s} {job['task_name']:8s} seed {job['seed']}: acc {r['acc']:6.2f}%  "
-            f"({r['wall_s']:.1f} s, {r['steps']} steps)")
+        log(
+            f"  {job['label']:16s} {job['task_name']:8s} seed {job['seed']}: acc {r['acc']:6.2f}%  "
+            f"({r['wall_s']:.1f} s, {r['steps']} steps)"
+        )
         return r
 
     workers = benchmark_workers(size)
@@ -330,8 +398,16 @@ def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
     results: dict[int, dict[str, Any]] = {}
     if workers <= 1:
         for i, job in enumerate(jobs):
-            r = finetune(pretrained, job["cfg"], task_of(job), size, job["seed"], epochs_of(job),
-                         keep_model=job["keep"], lr=job["lr"])
+            r = finetune(
+                pretrained,
+                job["cfg"],
+                task_of(job),
+                size,
+                job["seed"],
+                epochs_of(job),
+                keep_model=job["keep"],
+                lr=job["lr"],
+            )
             if job["keep"]:
                 kept[job["label"]] = {"model": r.pop("model"), "method": r.pop("method")}
             results[i] = done(job, r)
@@ -345,15 +421,33 @@ def run_benchmark(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                        initializer=_worker_init) as ex:
-                futs = {ex.submit(_finetune_job, dict(pretrained), job["cfg"], task_of(job), size,
-                                  job["seed"], epochs_of(job), job["lr"]): i
-                        for i, job in enumerate(jobs) if not job["keep"]}
+            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
+                futs = {
+                    ex.submit(
+                        _finetune_job,
+                        dict(pretrained),
+                        job["cfg"],
+                        task_of(job),
+                        size,
+                        job["seed"],
+                        epochs_of(job),
+                        job["lr"],
+                    ): i
+                    for i, job in enumerate(jobs)
+                    if not job["keep"]
+                }
                 for i, job in enumerate(jobs):
                     if job["keep"]:
-                        r = finetune(pretrained, job["cfg"], task_of(job), size, job["seed"], epochs_of(job),
-                                     keep_model=True, lr=job["lr"])
+                        r = finetune(
+                            pretrained,
+                            job["cfg"],
+                            task_of(job),
+                            size,
+                            job["seed"],
+                            epochs_of(job),
+                            keep_model=True,
+                            lr=job["lr"],
+                        )
                         kept[job["label"]] = {"model": r.pop("model"), "method": r.pop("method")}
                         results[i] = done(job, r)
                 for fut in cf.as_completed(futs):
@@ -371,8 +465,12 @@ def summarise(runs: list[dict[str, Any]], methods: Sequence[str], tasks: Sequenc
     rows = []
     for m in methods:
         mine = [r for r in runs if r["method"] == m]
-        row: dict[str, Any] = {"method": m, "trainable": mine[0]["trainable"],
-                               "trainable_no_head": mine[0]["trainable_no_head"], "lr": mine[0].get("lr")}
+        row: dict[str, Any] = {
+            "method": m,
+            "trainable": mine[0]["trainable"],
+            "trainable_no_head": mine[0]["trainable_no_head"],
+            "lr": mine[0].get("lr"),
+        }
         for t in tasks:
             accs = [r["acc"] for r in mine if r["task"] == t]
             row[f"{t}_mean"], row[f"{t}_std"] = mean_std(accs)
@@ -391,15 +489,20 @@ def _fmt_params(n: int | None) -> str:
 def format_table(rows: list[dict[str, Any]], tasks: Sequence[str]) -> str:
     """Markdown table of :func:`summarise` rows."""
     names = {"scan": "scan acc (%)", "fewshot": "few-shot acc (%)"}
-    head = "| method | " + " | ".join(names.get(t, t) for t in tasks) + \
-        " | trainable params (w/o head) | lr | wall time / run |"
+    head = (
+        "| method | "
+        + " | ".join(names.get(t, t) for t in tasks)
+        + " | trainable params (w/o head) | lr | wall time / run |"
+    )
     lines = [head, "|---|" + "---:|" * (len(tasks) + 3)]
     for r in rows:
         accs = " | ".join(f"{r[f'{t}_mean']:.1f} ± {r[f'{t}_std']:.1f}" for t in tasks)
         walls = " + ".join(f"{r[f'{t}_wall_s']:.0f}" for t in tasks)
         lr = "-" if r.get("lr") is None else f"{r['lr']:g}"
-        lines.append(f"| {r['method']} | {accs} | {_fmt_params(r['trainable'])} "
-                     f"({_fmt_params(r['trainable_no_head'])}) | {lr} | {walls} s |")
+        lines.append(
+            f"| {r['method']} | {accs} | {_fmt_params(r['trainable'])} "
+            f"({_fmt_params(r['trainable_no_head'])}) | {lr} | {walls} s |"
+        )
     return "\n".join(lines)
 
 
@@ -428,10 +531,15 @@ def format_separation(rows: list[dict[str, Any]], tasks: Sequence[str]) -> str:
         sep = separation(rows, t)
         if sep is None:
             continue
-        verdict = ("separates full fine-tuning from linear probing" if sep["ratio"] >= SEPARATES_AT else
-                   f"does NOT separate full fine-tuning from linear probing (below {SEPARATES_AT:g} x)")
-        lines.append(f"{t}: full - linear = {sep['gap']:.1f} points = {sep['ratio']:.1f} x the larger std "
-                     f"({sep['std']:.1f}): {verdict}")
+        verdict = (
+            "separates full fine-tuning from linear probing"
+            if sep["ratio"] >= SEPARATES_AT
+            else f"does NOT separate full fine-tuning from linear probing (below {SEPARATES_AT:g} x)"
+        )
+        lines.append(
+            f"{t}: full - linear = {sep['gap']:.1f} points = {sep['ratio']:.1f} x the larger std "
+            f"({sep['std']:.1f}): {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -442,8 +550,9 @@ def shared_data_dir() -> Path | None:
     return d if d.is_dir() else None
 
 
-def real_modelnet_check(model: torch.nn.Module, class_names: Sequence[str], npoints: int,
-                        root: Path | None = None) -> dict[str, Any]:
+def real_modelnet_check(
+    model: torch.nn.Module, class_names: Sequence[str], npoints: int, root: Path | None = None
+) -> dict[str, Any]:
     """Classify the real ModelNet40 shapes of the classes shared by ``class_names`` and ModelNet40.
 
     ``root``: a ``modelnet40_normal_resampled`` folder (default: the one in ../shared/data). Each
@@ -479,9 +588,14 @@ def real_modelnet_check(model: torch.nn.Module, class_names: Sequence[str], npoi
     y = torch.tensor(labels)
     idx = [list(class_names).index(c) for c in shared]
     acc, pred = accuracy(model, x, y, npoints, classes=idx)
-    return {"classes": shared, "n": len(files), "correct": int((pred == y).sum()), "acc": acc,
-            "chance": 100.0 / len(shared),
-            "per_shape": [(f.stem, shared[int(p)]) for f, p in zip(files, pred)]}
+    return {
+        "classes": shared,
+        "n": len(files),
+        "correct": int((pred == y).sum()),
+        "acc": acc,
+        "chance": 100.0 / len(shared),
+        "per_shape": [(f.stem, shared[int(p)]) for f, p in zip(files, pred)],
+    }
 
 
 # ------------------------------------------------------------------------------- SADE ablation
@@ -499,9 +613,12 @@ SADE_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def sade_ablation(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
-                  variants: Mapping[str, Mapping[str, Any]] | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+def sade_ablation(
+    pretrained: Mapping[str, torch.Tensor],
+    size: BenchSize,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """CLoRA on the ``scan`` task for every variant x seed: accuracy, SADE-to-task gradient-norm
     ratio on the CLoRA parameters (at the second step, the first with Q != 0, and the mean over
     all steps), end-of-training component similarity and SADE value."""
@@ -512,18 +629,28 @@ def sade_ablation(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
         cfg = peft_config({"NAME": "clora", **over})
         for seed in size.seeds:
             r = finetune(pretrained, cfg, task, size, seed, size.epochs, sade_stats=True)
-            r.update(variant=label, seed=seed, init=cfg.get("init", "default"),
-                     sade_lambda=cfg["sade_lambda"] if cfg.get("sade", True) else 0.0,
-                     normalize=bool(cfg.get("sade_normalize", False)) and cfg.get("sade", True))
+            r.update(
+                variant=label,
+                seed=seed,
+                init=cfg.get("init", "default"),
+                sade_lambda=cfg["sade_lambda"] if cfg.get("sade", True) else 0.0,
+                normalize=bool(cfg.get("sade_normalize", False)) and cfg.get("sade", True),
+            )
             runs.append(r)
-            log(f"  {label:22s} seed {seed}: acc {r['acc']:6.2f}%  similarity {r['similarity']:.4f}  "
+            log(
+                f"  {label:22s} seed {seed}: acc {r['acc']:6.2f}%  similarity {r['similarity']:.4f}  "
                 f"grad ratio first {r.get('grad_ratio_first', 0.0):.2e} mean {r.get('grad_ratio_mean', 0.0):.2e}  "
-                f"({r['wall_s']:.1f} s)")
+                f"({r['wall_s']:.1f} s)"
+            )
     rows = []
     for label in variants:
         mine = [r for r in runs if r["variant"] == label]
-        row = {"variant": label, "init": mine[0]["init"], "sade_lambda": mine[0]["sade_lambda"],
-               "normalize": mine[0]["normalize"]}
+        row = {
+            "variant": label,
+            "init": mine[0]["init"],
+            "sade_lambda": mine[0]["sade_lambda"],
+            "normalize": mine[0]["normalize"],
+        }
         row["acc_mean"], row["acc_std"] = mean_std([r["acc"] for r in mine])
         row["sim_mean"], row["sim_std"] = mean_std([r["similarity"] for r in mine])
         for k in ("grad_ratio_first", "grad_ratio_mean"):
@@ -534,11 +661,15 @@ def sade_ablation(pretrained: Mapping[str, torch.Tensor], size: BenchSize,
 
 def format_ablation(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`sade_ablation` rows."""
-    lines = ["| variant | init | lambda | normalised | scan acc (%) | component similarity at end | "
-             "SADE / task grad, 2nd step | SADE / task grad, mean |",
-             "|---|---|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | init | lambda | normalised | scan acc (%) | component similarity at end | "
+        "SADE / task grad, 2nd step | SADE / task grad, mean |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['init']} | {r['sade_lambda']:g} | {'yes' if r['normalize'] else 'no'} | "
-                     f"{r['acc_mean']:.1f} ± {r['acc_std']:.1f} | {r['sim_mean']:.4f} ± {r['sim_std']:.4f} | "
-                     f"{r['grad_ratio_first']:.2e} | {r['grad_ratio_mean']:.2e} |")
+        lines.append(
+            f"| {r['variant']} | {r['init']} | {r['sade_lambda']:g} | {'yes' if r['normalize'] else 'no'} | "
+            f"{r['acc_mean']:.1f} ± {r['acc_std']:.1f} | {r['sim_mean']:.4f} ± {r['sim_std']:.4f} | "
+            f"{r['grad_ratio_first']:.2e} | {r['grad_ratio_mean']:.2e} |"
+        )
     return "\n".join(lines)

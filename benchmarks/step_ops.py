@@ -14,6 +14,7 @@ the fused CUDA AdamW does not) counts the ops that return a device value to the 
 the data: ``_local_scalar_dense`` (``.item()``, ``bool()``, ``int()``), ``is_nonzero``, ``equal``,
 ``nonzero``, ``masked_select``, ``unique*``, ``_assert_async`` excluded (asynchronous).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SYNC_OPS = ("_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "unique", "_unique",
-            "_unique2", "unique_consecutive", "unique_dim")
+SYNC_OPS = (
+    "_local_scalar_dense",
+    "is_nonzero",
+    "equal",
+    "nonzero",
+    "masked_select",
+    "unique",
+    "_unique",
+    "_unique2",
+    "unique_consecutive",
+    "unique_dim",
+)
 
 METHODS = {
     "full": {"NAME": "full"},
@@ -93,20 +104,32 @@ def count_step(method: str, preset: str = "tiny", batch: int = 2, points: int | 
     with CountOps() as o:
         opt_step()
     syncs = {k: v for k, v in c.ops.items() if k in SYNC_OPS}
-    return {"method": method, "preset": preset, "batch": batch, "aten_ops": sum(c.ops.values()) + sum(o.ops.values()),
-            "fwd_bwd_ops": sum(c.ops.values()), "optimizer_ops": sum(o.ops.values()),
-            "host_syncs": sum(syncs.values()), "sync_ops": syncs, "trainable": sum(p.numel() for p in params),
-            "top_ops": c.ops.most_common(12)}
+    return {
+        "method": method,
+        "preset": preset,
+        "batch": batch,
+        "aten_ops": sum(c.ops.values()) + sum(o.ops.values()),
+        "fwd_bwd_ops": sum(c.ops.values()),
+        "optimizer_ops": sum(o.ops.values()),
+        "host_syncs": sum(syncs.values()),
+        "sync_ops": syncs,
+        "trainable": sum(p.numel() for p in params),
+        "top_ops": c.ops.most_common(12),
+    }
 
 
 def table(rows: list[dict]) -> str:
     full = {r["preset"]: r["aten_ops"] for r in rows if r["method"] == "full"}
-    lines = ["| method | preset | aten ops / step (fwd+bwd, optimizer) | vs full FT | host syncs fwd+bwd | trainable |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| method | preset | aten ops / step (fwd+bwd, optimizer) | vs full FT | host syncs fwd+bwd | trainable |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         ratio = f"{r['aten_ops'] / full[r['preset']]:.2f}" if r["preset"] in full else "-"
-        lines.append(f"| {r['method']} | {r['preset']} B{r['batch']} | {r['aten_ops']} ({r['fwd_bwd_ops']}, "
-                     f"{r['optimizer_ops']}) | {ratio} | {r['host_syncs']} | {r['trainable']:,} |")
+        lines.append(
+            f"| {r['method']} | {r['preset']} B{r['batch']} | {r['aten_ops']} ({r['fwd_bwd_ops']}, "
+            f"{r['optimizer_ops']}) | {ratio} | {r['host_syncs']} | {r['trainable']:,} |"
+        )
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ When the target environment has no torch, building a wheel stops with a message 
 run, instead of installing a package without kernels. ``CLORA3D_NO_KERNELS=1`` builds the
 pure-Python package on purpose (every op then runs its PyTorch reference).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,10 @@ import tempfile
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F401,F403  (every hook we do not wrap)
 
-_PROBE = ("import os, torch; print(os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))); "
-          "print(torch.__version__)")
+_PROBE = (
+    "import os, torch; print(os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))); "
+    "print(torch.__version__)"
+)
 # variables with which pip (and build) hide the target environment from the build process
 _ISOLATION_VARS = ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME", "PYTHONSAFEPATH")
 
@@ -45,8 +48,9 @@ def _target_torch_site() -> tuple[str, str] | None:
     env = {k: v for k, v in os.environ.items() if k not in _ISOLATION_VARS}
     with tempfile.TemporaryDirectory() as cwd:  # never pick up a ./torch folder
         try:
-            r = subprocess.run([sys.executable, "-c", _PROBE], env=env, cwd=cwd, capture_output=True,
-                               text=True, timeout=600)
+            r = subprocess.run(
+                [sys.executable, "-c", _PROBE], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+            )
         except (OSError, subprocess.SubprocessError):
             return None
     lines = r.stdout.strip().splitlines()
@@ -67,7 +71,8 @@ def _ensure_torch() -> None:
             f"    {sys.executable} -m pip install torch\n"
             f"    {sys.executable} -m pip install .        (or: pip install git+<url>)\n"
             "(CLORA3D_NO_KERNELS=1 builds the package without kernels; every op then runs its "
-            "30-60x slower PyTorch reference.)")
+            "30-60x slower PyTorch reference.)"
+        )
     site, version = found
     if site not in sys.path:
         sys.path.append(site)

@@ -9,6 +9,7 @@ Two users ask the same question and must get the same answer:
 
 Nothing runs at import time.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["env_flag", "nvcc_reported_home", "has_cuda_headers", "is_cuda_home", "find_cuda_home",
-           "parse_nvcc_version", "decide_cuda", "cuda_plan"]
+__all__ = [
+    "env_flag",
+    "nvcc_reported_home",
+    "has_cuda_headers",
+    "is_cuda_home",
+    "find_cuda_home",
+    "parse_nvcc_version",
+    "decide_cuda",
+    "cuda_plan",
+]
 
 
 def env_flag(env: Mapping[str, str], name: str) -> Optional[bool]:
@@ -39,8 +48,12 @@ def _nvcc_name() -> str:
 def nvcc_reported_home(nvcc: str, timeout: float = 60.0) -> Optional[str]:
     """Ask nvcc where its toolkit lives (works through wrapper scripts such as /usr/local/bin/nvcc)."""
     try:
-        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     for line in (out.stdout + out.stderr).splitlines():
@@ -55,8 +68,7 @@ def has_cuda_headers(path: Optional[str]) -> bool:
     if not path:
         return False
     p = Path(path)
-    return (p / "include" / "cuda_runtime_api.h").exists() or any(
-        p.glob("targets/*/include/cuda_runtime_api.h"))
+    return (p / "include" / "cuda_runtime_api.h").exists() or any(p.glob("targets/*/include/cuda_runtime_api.h"))
 
 
 def is_cuda_home(path: Optional[str]) -> bool:
@@ -111,8 +123,9 @@ def _nvcc_version(nvcc: str) -> Optional[str]:
     return parse_nvcc_version(out.stdout + out.stderr)
 
 
-def decide_cuda(env: Mapping[str, str], torch_cuda_version: Optional[str],
-                cuda_home: Optional[str]) -> tuple[bool, str]:
+def decide_cuda(
+    env: Mapping[str, str], torch_cuda_version: Optional[str], cuda_home: Optional[str]
+) -> tuple[bool, str]:
     """Whether to build the CUDA kernels, and why (the reason is printed during the build).
 
     Raises RuntimeError when FORCE_CUDA=1 asks for something impossible, naming the fix.
@@ -127,12 +140,14 @@ def decide_cuda(env: Mapping[str, str], torch_cuda_version: Optional[str],
         if not torch_cuda_version:
             raise RuntimeError(
                 "FORCE_CUDA=1 but the installed torch is a CPU-only build (torch.version.cuda is None). "
-                "Install a CUDA build of torch (https://pytorch.org/get-started/locally/) or unset FORCE_CUDA.")
+                "Install a CUDA build of torch (https://pytorch.org/get-started/locally/) or unset FORCE_CUDA."
+            )
         if not has_nvcc:
             raise RuntimeError(
                 "FORCE_CUDA=1 but no CUDA toolkit (bin/nvcc + include/cuda_runtime_api.h) was found "
                 f"(CUDA_HOME guess: {cuda_home!r}). Install the CUDA toolkit matching torch "
-                f"{torch_cuda_version} and set CUDA_HOME=/path/to/cuda, or unset FORCE_CUDA.")
+                f"{torch_cuda_version} and set CUDA_HOME=/path/to/cuda, or unset FORCE_CUDA."
+            )
         return True, "FORCE_CUDA=1"
     if not torch_cuda_version:
         return False, "torch is a CPU-only build"
@@ -159,6 +174,12 @@ def cuda_plan(env: Mapping[str, str], torch_cuda_version: Optional[str]) -> dict
         build, reason = decide_cuda(env, torch_cuda_version, cuda_home)
     except RuntimeError as e:
         build, reason = None, str(e)
-    return {"cuda_home": cuda_home, "nvcc": nvcc, "nvcc_version": _nvcc_version(nvcc) if nvcc else None,
-            "toolkit_root": nvcc_reported_home(nvcc) if nvcc else None,
-            "torch_guess": torch_cuda_home_guess(env), "build_cuda": build, "reason": reason}
+    return {
+        "cuda_home": cuda_home,
+        "nvcc": nvcc,
+        "nvcc_version": _nvcc_version(nvcc) if nvcc else None,
+        "toolkit_root": nvcc_reported_home(nvcc) if nvcc else None,
+        "torch_guess": torch_cuda_home_guess(env),
+        "build_cuda": build,
+        "reason": reason,
+    }

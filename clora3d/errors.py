@@ -3,9 +3,10 @@
 Each carries a message that names the offending file, key or shape and what was expected, so that
 tools can print it on one line instead of a traceback.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class Clora3dError(Exception):
@@ -52,8 +53,7 @@ class StorageError(Clora3dError, OSError):
 #: clora3d's own errors plus the stdlib ones raised for a missing, unreadable or malformed input
 #: (OSError covers a directory where a file belongs, permissions, a full disk; UnicodeError a
 #: non-UTF-8 text file; RecursionError an absurdly nested input).
-USER_ERRORS: tuple[type[BaseException], ...] = (Clora3dError, OSError, ValueError, UnicodeError,
-                                                 RecursionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (Clora3dError, OSError, ValueError, UnicodeError, RecursionError)
 
 #: longest message a tool prints; longer ones (a huge value echoed back) are cut
 MAX_MESSAGE_CHARS = 2000
@@ -63,15 +63,18 @@ def format_user_error(e: BaseException) -> str:
     """The one-line ``error: ...`` text for a user error: names the file for OS errors, never
     longer than :data:`MAX_MESSAGE_CHARS`."""
     if isinstance(e, RecursionError):
-        msg = ("input is nested too deeply to process (a config or data file with thousands of "
-               "nested levels); flatten it")
+        msg = (
+            "input is nested too deeply to process (a config or data file with thousands of nested levels); flatten it"
+        )
     elif isinstance(e, UnicodeDecodeError):
-        msg = (f"a text file is not valid UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8")
+        msg = f"a text file is not valid UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8"
     elif isinstance(e, OSError) and not isinstance(e, Clora3dError) and e.filename is not None:
-        kind = {IsADirectoryError: "is a directory, expected a file",
-                NotADirectoryError: "a part of the path is not a directory",
-                FileNotFoundError: "not found",
-                PermissionError: "permission denied"}.get(type(e), e.strerror or str(e))
+        kind = {
+            IsADirectoryError: "is a directory, expected a file",
+            NotADirectoryError: "a part of the path is not a directory",
+            FileNotFoundError: "not found",
+            PermissionError: "permission denied",
+        }.get(type(e), e.strerror or str(e))
         msg = f"{e.filename}: {kind}"
     else:
         msg = str(e) or type(e).__name__
@@ -80,7 +83,7 @@ def format_user_error(e: BaseException) -> str:
     return f"error: {msg}"
 
 
-def run_tool(main: "Callable[[], int | None]") -> int:
+def run_tool(main: Callable[[], int | None]) -> int:
     """Run a tool's body: a user error is one ``error: ...`` line on stderr and exit code 2."""
     import sys
 

@@ -8,6 +8,7 @@ An optional package can be unusable for two different reasons, and they need dif
   file"). Telling that user to ``pip install`` it again is wrong advice; the message names the
   missing library and the Debian/Ubuntu package that provides it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -46,9 +47,12 @@ def explain_import_failure(name: str, exc: BaseException) -> str:
     if m:
         lib = m.group(1)
         pkg = DEBIAN_PACKAGE_OF_LIBRARY.get(lib)
-        fix = (f"install it with `apt-get install {pkg}` (Debian/Ubuntu)" if pkg
-               else "install the system package that provides it")
-        return (f"{name} is installed but cannot load: the system library {lib} is missing; {fix}")
+        fix = (
+            f"install it with `apt-get install {pkg}` (Debian/Ubuntu)"
+            if pkg
+            else "install the system package that provides it"
+        )
+        return f"{name} is installed but cannot load: the system library {lib} is missing; {fix}"
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == name.split(".")[0]:
         return f"{name} is not installed: pip install {pip_name}"
     return f"{name} is installed but failed to import ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"

@@ -20,6 +20,7 @@ docs come from :func:`spec`. Unknown keys are errors (with a "did you mean"), mi
 too. ``__post_init__`` may raise ``ValueError`` (or :class:`Invalid` naming the field) for
 cross-field rules; it becomes the same one-line ConfigError.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ from clora3d.errors import ConfigError
 
 __all__ = ["spec", "validate", "to_dict", "field_docs", "FieldDoc", "Invalid", "short_repr"]
 
+
 class Invalid(ValueError):
     """Raised by a config's ``__post_init__``: field ``key`` (a name or dotted sub-path) holds ``value``
     but must be ``expect``; ``validate`` turns it into the usual message with the key's origin."""
@@ -45,9 +47,18 @@ class Invalid(ValueError):
         self.key, self.expect, self.value = key, expect, value
 
 
-def spec(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, ge: float | None = None,
-         gt: float | None = None, le: float | None = None, lt: float | None = None,
-         check: Callable[[Any], bool] | None = None, expect: str | None = None, doc: str = "") -> Any:
+def spec(
+    default: Any = MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    check: Callable[[Any], bool] | None = None,
+    expect: str | None = None,
+    doc: str = "",
+) -> Any:
     """A dataclass field with bounds (applied to a non-None value), an extra ``check`` (``expect`` says
     what it requires, for the message) and a one-line ``doc``. No default and no factory: required."""
     if check is not None and expect is None:
@@ -73,8 +84,13 @@ def _dotted(path: tuple) -> str:
 # ------------------------------------------------------------------------------------------------
 # what a type expects, in words
 # ------------------------------------------------------------------------------------------------
-_PLURAL = {"an integer": "integers", "a number": "numbers", "a string": "strings", "true or false": "booleans",
-           "a mapping": "mappings"}
+_PLURAL = {
+    "an integer": "integers",
+    "a number": "numbers",
+    "a string": "strings",
+    "true or false": "booleans",
+    "a mapping": "mappings",
+}
 
 
 def _literal_word(v: Any) -> str:
@@ -169,11 +185,16 @@ def _convert(value: Any, tp: Any, path: tuple, where: Callable[[tuple], str], me
     bounds = [meta.get(k) for k in ("ge", "gt", "le", "lt")]
     if tp in (bool, int, float, str) or origin is Literal:
         if tp in (int, float):
-            ok = not isinstance(value, bool) and (isinstance(value, int) or (
-                tp is float and isinstance(value, float) and math.isfinite(value)))
+            ok = not isinstance(value, bool) and (
+                isinstance(value, int) or (tp is float and isinstance(value, float) and math.isfinite(value))
+            )
             ge, gt, le, lt = bounds
-            ok = ok and not ((ge is not None and value < ge) or (gt is not None and value <= gt)
-                             or (le is not None and value > le) or (lt is not None and value >= lt))
+            ok = ok and not (
+                (ge is not None and value < ge)
+                or (gt is not None and value <= gt)
+                or (le is not None and value > le)
+                or (lt is not None and value >= lt)
+            )
         elif origin is Literal:
             ok = any(value == a and type(value) is type(a) for a in args)
         else:
@@ -187,8 +208,9 @@ def _convert(value: Any, tp: Any, path: tuple, where: Callable[[tuple], str], me
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise _Bad(path, value, describe(tp, meta))
-            return tuple(_convert(v, a, path + (i,), where, _item_meta(meta))
-                         for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(
+                _convert(v, a, path + (i,), where, _item_meta(meta)) for i, (v, a) in enumerate(zip(value, args))
+            )
         item = args[0] if args else Any
         out = [_convert(v, item, path + (i,), where, _item_meta(meta)) for i, v in enumerate(value)]
         return out if origin is list else tuple(out)
@@ -207,8 +229,9 @@ def _convert(value: Any, tp: Any, path: tuple, where: Callable[[tuple], str], me
     raise TypeError(f"clora3d.schema: unsupported field type {tp!r} at {_dotted(path)}")
 
 
-def validate(cls: type, data: Mapping, *, path: tuple[str, ...] = (),
-             where: Callable[[tuple[str, ...]], str] | None = None) -> Any:
+def validate(
+    cls: type, data: Mapping, *, path: tuple[str, ...] = (), where: Callable[[tuple[str, ...]], str] | None = None
+) -> Any:
     """Build the dataclass ``cls`` from ``data``; every problem is ONE ConfigError naming the dotted key
     (``path`` + field), the value, what was expected and ``where(key_path)``."""
     where = where or (lambda p: "<config>")
@@ -227,15 +250,19 @@ def validate(cls: type, data: Mapping, *, path: tuple[str, ...] = (),
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             did = f"; did you mean '{close[0]}'?" if close else ""
             hint = f" of '{_dotted(path)}'" if path else " at the top level"
-            raise ConfigError(f"unknown config key '{_dotted(kp)}' in {where(kp)}{did} "
-                              f"(known keys{hint}: {', '.join(sorted(fields))})")
+            raise ConfigError(
+                f"unknown config key '{_dotted(kp)}' in {where(kp)}{did} "
+                f"(known keys{hint}: {', '.join(sorted(fields))})"
+            )
     kwargs = {}
     for name, f in fields.items():
         kp = path + (name,)
         if name not in data:
             if f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"config key '{_dotted(kp)}' in {where(kp)} is required (no default): set it to "
-                                  f"{describe(hints[name], f.metadata)}")
+                raise ConfigError(
+                    f"config key '{_dotted(kp)}' in {where(kp)} is required (no default): set it to "
+                    f"{describe(hints[name], f.metadata)}"
+                )
             continue
         try:
             value = _convert(data[name], hints[name], kp, where, f.metadata)
@@ -294,7 +321,10 @@ def field_docs(cls: type, prefix: str = "") -> list[FieldDoc]:
         if dataclasses.is_dataclass(tp):
             out.extend(field_docs(tp, name + "."))
             continue
-        default = f.default if f.default is not MISSING else (
-            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        default = (
+            f.default
+            if f.default is not MISSING
+            else (f.default_factory() if f.default_factory is not MISSING else MISSING)
+        )
         out.append(FieldDoc(name, describe(tp, f.metadata), to_dict(default), f.metadata.get("doc", "")))
     return out

@@ -17,6 +17,7 @@
 * :func:`to_plain`: the one converter of configs, metrics and metadata to plain JSON/YAML data
   (dicts with string keys, lists, str, int, float, bool, None) before they are written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,13 +30,23 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from clora3d.errors import CheckpointError, CheckpointNotFoundError, StorageError, UnsafeCheckpointError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_torch_save", "safe_torch_load",
-           "tensor_checksum", "verify_checksum", "clean_stale_tmp", "to_plain", "CHECKSUM_KEY"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_torch_save",
+    "safe_torch_load",
+    "tensor_checksum",
+    "verify_checksum",
+    "clean_stale_tmp",
+    "to_plain",
+    "CHECKSUM_KEY",
+]
 
 CHECKSUM_KEY = "_clora3d_checksum"
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+\.tmp$")
@@ -93,8 +104,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_tmp(folder: str | os.PathLike, name: str | None = None, *,
-                    max_age_s: float = 3600.0) -> list[Path]:
+def clean_stale_tmp(folder: str | os.PathLike, name: str | None = None, *, max_age_s: float = 3600.0) -> list[Path]:
     """Remove temporary files of interrupted atomic writes in ``folder`` (of target ``name`` only,
     when given): those whose writer process is gone, and old ones without a process id (written
     before process ids were recorded) once older than ``max_age_s``. Returns the removed paths."""
@@ -131,8 +141,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, what:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StorageError(f"cannot write {what} {path}: cannot create its folder ({e.strerror or e})"
-                           ) from None
+        raise StorageError(f"cannot write {what} {path}: cannot create its folder ({e.strerror or e})") from None
     clean_stale_tmp(path.parent, path.name)
     existed = path.exists()
     tmp = _tmp_name(path)
@@ -154,7 +163,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, what:
         if err is not None and not isinstance(err, StorageError):
             why = os.strerror(err.errno) if err.errno else str(err)
             hint = " (free some space and retry)" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-            kept = (f"the previous {path.name} is unchanged" if existed else "nothing was written")
+            kept = f"the previous {path.name} is unchanged" if existed else "nothing was written"
             se = StorageError(f"cannot write {what} {path}: {why}{hint}; {kept}")
             se.errno, se.strerror, se.filename = err.errno, why, str(path)
             raise se from None
@@ -210,24 +219,26 @@ def verify_checksum(obj: Any, path: str | os.PathLike, what: str = "checkpoint")
         return obj
     stored = obj.pop(CHECKSUM_KEY)
     if not isinstance(stored, dict) or stored.get("algorithm") != "sha256":
-        raise CheckpointError(f"{what} {path} has an unreadable checksum entry; the file is corrupt: "
-                              "restore it from a backup or write it again")
+        raise CheckpointError(
+            f"{what} {path} has an unreadable checksum entry; the file is corrupt: "
+            "restore it from a backup or write it again"
+        )
     got = tensor_checksum(obj)
     if got["digest"] != stored.get("digest") or got["tensors"] != stored.get("tensors"):
-        raise CheckpointError(f"{what} {path} is corrupt: its tensors do not match the checksum "
-                              "stored when it was written (bit flip or damaged copy); restore it "
-                              "from a backup or write it again")
+        raise CheckpointError(
+            f"{what} {path} is corrupt: its tensors do not match the checksum "
+            "stored when it was written (bit flip or damaged copy); restore it "
+            "from a backup or write it again"
+        )
     return obj
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike, *, what: str = "checkpoint",
-                      checksum: bool = True) -> Path:
+def atomic_torch_save(obj: Any, path: str | os.PathLike, *, what: str = "checkpoint", checksum: bool = True) -> Path:
     """``torch.save(obj)`` atomically; a dict gets a checksum of its tensors (see module doc)."""
     import torch
 
     if checksum and isinstance(obj, dict):
-        obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY},
-               CHECKSUM_KEY: tensor_checksum(obj)}
+        obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: tensor_checksum(obj)}
     return atomic_write(path, lambda f: torch.save(obj, f), what=what)
 
 
@@ -258,14 +269,17 @@ def safe_torch_load(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
             f"refused to load {what} {p}: it references Python objects outside torch's weights-only "
             f"allow-list, so loading it could run code; nothing was executed. Use only files from a "
             f"source you trust, saved as plain tensors (torch.save(model.state_dict(), ...))"
-            + (f" [{culprit[:200]}]" if culprit else "")) from None
+            + (f" [{culprit[:200]}]" if culprit else "")
+        ) from None
     except MemoryError:
-        raise CheckpointError(f"cannot read {what} {p}: out of memory (the file is corrupt or far "
-                              "larger than a model)") from None
+        raise CheckpointError(
+            f"cannot read {what} {p}: out of memory (the file is corrupt or far larger than a model)"
+        ) from None
     except Exception as exc:  # corrupt / foreign files fail in arbitrary ways inside the unpickler
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise CheckpointError(f"cannot read {what} {p}: {type(exc).__name__}: {detail} (the file is "
-                              "corrupt or not a PyTorch checkpoint)") from None
+        raise CheckpointError(
+            f"cannot read {what} {p}: {type(exc).__name__}: {detail} (the file is corrupt or not a PyTorch checkpoint)"
+        ) from None
     return verify_checksum(obj, p, what)
 
 

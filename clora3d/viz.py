@@ -4,21 +4,28 @@ Nothing is imported from matplotlib at module import; every function builds its 
 an Agg canvas (no pyplot global state, works headless). Clouds are drawn with the data sets' y axis
 pointing up (ModelNet / ShapeNet convention): matplotlib's vertical axis shows y, depth shows z.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["render_cloud", "render_partseg", "plot_training_curves", "load_history", "part_colors",
-           "load_labelled_cloud"]
+__all__ = [
+    "render_cloud",
+    "render_partseg",
+    "plot_training_curves",
+    "load_history",
+    "part_colors",
+    "load_labelled_cloud",
+]
 
-_HISTORY_FILES = ("metrics.jsonl", "metrics.csv", "history.json", "history.jsonl", "history.csv",
-                  "metrics.json")
+_HISTORY_FILES = ("metrics.jsonl", "metrics.csv", "history.json", "history.jsonl", "history.csv", "metrics.json")
 #: per-epoch entries that are bookkeeping, not curves
 _SKIP_SUFFIXES = ("time", "count", "correct", "is_best", "num_shapes")
 
@@ -57,8 +64,7 @@ def part_colors(labels: Sequence[int] | np.ndarray) -> np.ndarray:
     return cmap(slot % 20)
 
 
-def _scatter(ax, pts: np.ndarray, colors: Any, point_size: float, elev: float, azim: float,
-             title: str | None) -> None:
+def _scatter(ax, pts: np.ndarray, colors: Any, point_size: float, elev: float, azim: float, title: str | None) -> None:
     ax.scatter(pts[:, 0], pts[:, 2], pts[:, 1], c=colors, s=point_size, depthshade=False, linewidths=0)
     center = (pts.max(0) + pts.min(0)) / 2
     half = max(float((pts.max(0) - pts.min(0)).max()) / 2, 1e-6)
@@ -81,9 +87,17 @@ def _save(fig, out: str | Path) -> Path:
     return out
 
 
-def render_cloud(points: Any, out: str | Path, *, colors: Any = None, title: str | None = None,
-                 point_size: float = 2.0, elev: float = 20.0, azim: float = -60.0,
-                 size: float = 5.0) -> Path:
+def render_cloud(
+    points: Any,
+    out: str | Path,
+    *,
+    colors: Any = None,
+    title: str | None = None,
+    point_size: float = 2.0,
+    elev: float = 20.0,
+    azim: float = -60.0,
+    size: float = 5.0,
+) -> Path:
     """Render one cloud ``(N, 3)`` to a PNG; default colour encodes height (y)."""
     pts = _as_points(points)
     fig = _figure(1, size)
@@ -97,10 +111,19 @@ def render_cloud(points: Any, out: str | Path, *, colors: Any = None, title: str
     return _save(fig, out)
 
 
-def render_partseg(points: Any, labels: Any, out: str | Path, *, gt: Any = None,
-                   part_names: Mapping[int, str] | None = None, title: str | None = None,
-                   point_size: float = 2.0, elev: float = 20.0, azim: float = -60.0,
-                   size: float = 5.0) -> Path:
+def render_partseg(
+    points: Any,
+    labels: Any,
+    out: str | Path,
+    *,
+    gt: Any = None,
+    part_names: Mapping[int, str] | None = None,
+    title: str | None = None,
+    point_size: float = 2.0,
+    elev: float = 20.0,
+    azim: float = -60.0,
+    size: float = 5.0,
+) -> Path:
     """Render part labels colour-coded (prediction, and ground truth beside it when ``gt`` given).
 
     A legend lists the parts present (``part_names`` maps a global part id to its name).
@@ -122,8 +145,7 @@ def render_partseg(points: Any, labels: Any, out: str | Path, *, gt: Any = None,
         ax = fig.add_subplot(1, len(panels), i + 1, projection="3d")
         _scatter(ax, pts, part_colors(lb), point_size, elev, azim, name)
     present = sorted(set(np.concatenate([p[1] for p in panels]).tolist()))
-    handles = [Patch(color=part_colors([p])[0], label=(part_names or {}).get(p, f"part {p}"))
-               for p in present]
+    handles = [Patch(color=part_colors([p])[0], label=(part_names or {}).get(p, f"part {p}")) for p in present]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
     if title and gt is not None:
         fig.suptitle(title)
@@ -136,16 +158,16 @@ def _read_labels(path: Path) -> np.ndarray:
     try:
         arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, ndmin=1)
     except (OSError, ValueError) as e:
-        raise ValueError(f"viz: cannot read labels from {path} ({e}); expected one integer per "
-                         "point (.txt or .npy)") from None
+        raise ValueError(
+            f"viz: cannot read labels from {path} ({e}); expected one integer per point (.txt or .npy)"
+        ) from None
     arr = np.asarray(arr)
     if arr.ndim == 2 and arr.shape[1] >= 4:  # "x y z label" rows as written by tools/infer.py
         arr = arr[:, -1]
     return arr.reshape(-1).astype(np.int64)
 
 
-def load_labelled_cloud(file: str | Path, labels: str | Path | None = None
-                        ) -> tuple[np.ndarray, np.ndarray | None]:
+def load_labelled_cloud(file: str | Path, labels: str | Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """``(xyz, part labels or None)``: labels from ``labels`` (one per point, or ``x y z label``
     rows), else the last column of a 4- or 7-column text/npy file (ShapeNetPart ``x y z nx ny nz
     part``), else None."""
@@ -156,8 +178,7 @@ def load_labelled_cloud(file: str | Path, labels: str | Path | None = None
         xyz, _ = read_point_cloud(path)
         lab = _read_labels(Path(labels))
         if lab.shape[0] != xyz.shape[0]:
-            raise ValueError(f"viz: {labels} has {lab.shape[0]} labels but {path} has "
-                             f"{xyz.shape[0]} points")
+            raise ValueError(f"viz: {labels} has {lab.shape[0]} labels but {path} has {xyz.shape[0]} points")
         return xyz, lab
     if path.suffix.lower() in (".txt", ".npy") and path.is_file():
         try:
@@ -193,9 +214,11 @@ def load_history(run: str | Path | Mapping[str, Any] | Sequence[Mapping[str, Any
     if path.is_dir():
         cands = [path / n for n in _HISTORY_FILES if (path / n).is_file()]
         if not cands:
-            raise FileNotFoundError(f"viz: no training history in {path} (looked for "
-                                    f"{', '.join(_HISTORY_FILES)}); pass the run folder written by "
-                                    "tools/train.py")
+            raise FileNotFoundError(
+                f"viz: no training history in {path} (looked for "
+                f"{', '.join(_HISTORY_FILES)}); pass the run folder written by "
+                "tools/train.py"
+            )
         path = cands[0]
     elif not path.is_file():
         raise FileNotFoundError(f"viz: {path} does not exist; pass a run folder or its history file")
@@ -232,8 +255,7 @@ def _group_of(key: str) -> str:
     return "metrics"
 
 
-def plot_training_curves(run: Any, out: str | Path, *, keys: Iterable[str] | None = None,
-                         size: float = 4.0) -> Path:
+def plot_training_curves(run: Any, out: str | Path, *, keys: Iterable[str] | None = None, size: float = 4.0) -> Path:
     """Plot every numeric per-epoch series (losses, metrics, learning rate in separate panels)."""
     from matplotlib.ticker import MaxNLocator
 
@@ -262,8 +284,9 @@ def plot_training_curves(run: Any, out: str | Path, *, keys: Iterable[str] | Non
         ax = fig.add_subplot(1, len(order), i + 1)
         for k in groups[g]:
             pts = series[k]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
-                    markersize=3, label=k)
+            ax.plot(
+                [p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, markersize=3, label=k
+            )
         ax.set_xlabel(xkey or "record")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(g)

@@ -19,8 +19,8 @@
 #include <torch/library.h>
 
 #include <string>
-#include <utility>
 #include <tuple>
+#include <utility>
 
 #include "cpu/cpu_ops.h"
 
@@ -54,8 +54,7 @@ void check_float(const at::Tensor& t, const char* name) {
 // Features (not coordinates): float32 / float64 / float16 / bfloat16.
 void check_feature_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.defined(), name, " is undefined");
-  TORCH_CHECK(is_float(t) || is_half(t), name, " must be float32, float64, float16 or bfloat16, got ",
-              t.scalar_type());
+  TORCH_CHECK(is_float(t) || is_half(t), name, " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
 }
 
 void check_long(const at::Tensor& t, const char* name) {
@@ -74,13 +73,13 @@ void check_points(const at::Tensor& t, const char* name) {
 }
 
 void check_same(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn, bool dtype = true) {
-  TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ", a.device(),
-              " and ", b.device());
+  TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ", a.device(), " and ",
+              b.device());
   if (dtype)
-    TORCH_CHECK(a.scalar_type() == b.scalar_type(), an, " and ", bn, " must have the same dtype, got ",
-                a.scalar_type(), " and ", b.scalar_type());
-  TORCH_CHECK(a.size(0) == b.size(0), an, " and ", bn, " must have the same batch size, got ", a.size(0),
-              " and ", b.size(0));
+    TORCH_CHECK(a.scalar_type() == b.scalar_type(), an, " and ", bn, " must have the same dtype, got ", a.scalar_type(),
+                " and ", b.scalar_type());
+  TORCH_CHECK(a.size(0) == b.size(0), an, " and ", bn, " must have the same batch size, got ", a.size(0), " and ",
+              b.size(0));
 }
 
 // (min, max) of a non-empty int64 CPU tensor: one serial pass (no torch parallel region, which can
@@ -111,7 +110,8 @@ void check_finite_cpu(const at::Tensor& t_in, const char* name) {
   if (t_in.numel() == 0) return;
   const at::Tensor t = t_in.contiguous();
   bool ok = true;
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "check_finite", [&] { ok = all_finite_cpu(t.data_ptr<scalar_t>(), t.numel()); });
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "check_finite",
+                             [&] { ok = all_finite_cpu(t.data_ptr<scalar_t>(), t.numel()); });
   TORCH_CHECK(ok, name, " must hold finite coordinates, found NaN or inf");
 }
 
@@ -154,8 +154,8 @@ void gather_backward_args(const at::Tensor& grad, const at::Tensor& idx, int64_t
   check_long(idx, "idx");
   check_rank(idx, 2, "idx");
   check_same(grad, "grad_out", idx, "idx", false);
-  TORCH_CHECK(idx.size(1) == grad.size(1), "idx (B,S) and grad_out (B,S,C) disagree on S: ", idx.sizes(),
-              " vs ", grad.sizes());
+  TORCH_CHECK(idx.size(1) == grad.size(1), "idx (B,S) and grad_out (B,S,C) disagree on S: ", idx.sizes(), " vs ",
+              grad.sizes());
   TORCH_CHECK(N >= 0, "N must be >= 0, got ", N);
   TORCH_CHECK(N > 0 || idx.numel() == 0, "N = 0 but idx selects ", idx.size(1), " points");
 }
@@ -192,8 +192,8 @@ void three_interpolate_backward_args(const at::Tensor& grad, const at::Tensor& i
   check_feature_float(grad, "grad_out");
   check_rank(grad, 3, "grad_out");
   interp_idx_weight_args(grad, "grad_out", idx, weight);
-  TORCH_CHECK(idx.size(1) == grad.size(1), "idx (B,n,3) and grad_out (B,n,C) disagree on n: ", idx.sizes(),
-              " vs ", grad.sizes());
+  TORCH_CHECK(idx.size(1) == grad.size(1), "idx (B,n,3) and grad_out (B,n,C) disagree on n: ", idx.sizes(), " vs ",
+              grad.sizes());
   TORCH_CHECK(m >= 0, "m must be >= 0, got ", m);
   TORCH_CHECK(m > 0 || idx.size(1) == 0, "m = 0 but there are ", idx.size(1), " interpolated points");
 }
@@ -202,8 +202,8 @@ void chamfer_forward_args(const at::Tensor& a, const at::Tensor& b) {
   check_points(a, "a");
   check_points(b, "b");
   check_same(a, "a", b, "b");
-  TORCH_CHECK(a.size(1) >= 1 && b.size(1) >= 1, "a and b must hold at least one point each, got ", a.sizes(),
-              " and ", b.sizes());
+  TORCH_CHECK(a.size(1) >= 1 && b.size(1) >= 1, "a and b must hold at least one point each, got ", a.sizes(), " and ",
+              b.sizes());
 }
 
 void chamfer_backward_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& ia, const at::Tensor& ib,
@@ -216,10 +216,10 @@ void chamfer_backward_args(const at::Tensor& a, const at::Tensor& b, const at::T
   check_float(ga, "grad_dist_a");
   check_float(gb, "grad_dist_b");
   const int64_t B = a.size(0), N = a.size(1), M = b.size(1);
-  TORCH_CHECK(ia.dim() == 2 && ia.size(0) == B && ia.size(1) == N, "idx_a must have shape (", B, ", ", N,
-              "), got ", ia.sizes());
-  TORCH_CHECK(ib.dim() == 2 && ib.size(0) == B && ib.size(1) == M, "idx_b must have shape (", B, ", ", M,
-              "), got ", ib.sizes());
+  TORCH_CHECK(ia.dim() == 2 && ia.size(0) == B && ia.size(1) == N, "idx_a must have shape (", B, ", ", N, "), got ",
+              ia.sizes());
+  TORCH_CHECK(ib.dim() == 2 && ib.size(0) == B && ib.size(1) == M, "idx_b must have shape (", B, ", ", M, "), got ",
+              ib.sizes());
   TORCH_CHECK(ga.sizes() == ia.sizes(), "grad_dist_a must have shape ", ia.sizes(), ", got ", ga.sizes());
   TORCH_CHECK(gb.sizes() == ib.sizes(), "grad_dist_b must have shape ", ib.sizes(), ", got ", gb.sizes());
   check_same(a, "a", ia, "idx_a", false);
@@ -266,16 +266,15 @@ std::tuple<at::Tensor, at::Tensor> three_nn_cpu_impl(const at::Tensor& unknown, 
   return three_nn_cpu(unknown.contiguous(), known.contiguous());
 }
 
-at::Tensor three_interpolate_forward_cpu_impl(const at::Tensor& feat, const at::Tensor& idx,
-                                              const at::Tensor& weight) {
+at::Tensor three_interpolate_forward_cpu_impl(const at::Tensor& feat, const at::Tensor& idx, const at::Tensor& weight) {
   three_interpolate_forward_args(feat, idx, weight);
   check_index_range_cpu(idx, feat.size(1), "idx");
   return three_interpolate_forward_cpu(up(feat).contiguous(), idx.contiguous(), up(weight).contiguous())
       .to(feat.scalar_type());
 }
 
-at::Tensor three_interpolate_backward_cpu_impl(const at::Tensor& grad, const at::Tensor& idx,
-                                               const at::Tensor& weight, int64_t m) {
+at::Tensor three_interpolate_backward_cpu_impl(const at::Tensor& grad, const at::Tensor& idx, const at::Tensor& weight,
+                                               int64_t m) {
   three_interpolate_backward_args(grad, idx, weight, m);
   check_index_range_cpu(idx, m, "idx");
   return three_interpolate_backward_cpu(up(grad).contiguous(), idx.contiguous(), up(weight).contiguous(), m)
@@ -345,8 +344,8 @@ at::Tensor three_interpolate_forward_cuda_impl(const at::Tensor& feat, const at:
   return three_interpolate_forward_cuda(feat.contiguous(), idx.contiguous(), weight.contiguous());
 }
 
-at::Tensor three_interpolate_backward_cuda_impl(const at::Tensor& grad, const at::Tensor& idx,
-                                                const at::Tensor& weight, int64_t m) {
+at::Tensor three_interpolate_backward_cuda_impl(const at::Tensor& grad, const at::Tensor& idx, const at::Tensor& weight,
+                                                int64_t m) {
   three_interpolate_backward_args(grad, idx, weight, m);
   CLORA3D_CUDA_GUARD(grad);
   return three_interpolate_backward_cuda(grad.contiguous(), idx.contiguous(), weight.contiguous(), m);
@@ -373,7 +372,8 @@ std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda_impl(const at::Tensor& 
 #else  // built without CUDA: a CUDA tensor gets one clear error instead of the dispatcher's
 
 [[noreturn]] void no_cuda(const char* op) {
-  TORCH_CHECK(false, "clora3d::", op, " got a CUDA tensor, but clora3d._C was built without CUDA kernels; "
+  TORCH_CHECK(false, "clora3d::", op,
+              " got a CUDA tensor, but clora3d._C was built without CUDA kernels; "
               "rebuild with nvcc available (FORCE_CUDA=1), or set CLORA3D_OPS=reference");
 }
 at::Tensor fps_cuda_impl(const at::Tensor&, int64_t, int64_t) { no_cuda("fps"); }
@@ -391,9 +391,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward_cuda_
                                                                                      const at::Tensor&) {
   no_cuda("chamfer_forward");
 }
-std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda_impl(const at::Tensor&, const at::Tensor&,
-                                                              const at::Tensor&, const at::Tensor&,
-                                                              const at::Tensor&, const at::Tensor&) {
+std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda_impl(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                              const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   no_cuda("chamfer_backward");
 }
 #endif
@@ -409,7 +408,8 @@ bool all_finite_impl(const at::Tensor& t_in) {
   if (!is_float(t_in)) return at::isfinite(t_in).all().item<bool>();
   const at::Tensor t = t_in.contiguous();
   bool ok = true;
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "all_finite", [&] { ok = all_finite_cpu(t.data_ptr<scalar_t>(), t.numel()); });
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "all_finite",
+                             [&] { ok = all_finite_cpu(t.data_ptr<scalar_t>(), t.numel()); });
   return ok;
 }
 
@@ -472,8 +472,9 @@ TORCH_LIBRARY(clora3d, m) {
   m.def("three_interpolate_forward(Tensor features, Tensor idx, Tensor weight) -> Tensor");
   m.def("three_interpolate_backward(Tensor grad_out, Tensor idx, Tensor weight, int m) -> Tensor");
   m.def("chamfer_forward(Tensor a, Tensor b) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("chamfer_backward(Tensor a, Tensor b, Tensor idx_a, Tensor idx_b, Tensor grad_dist_a, "
-        "Tensor grad_dist_b) -> (Tensor, Tensor)");
+  m.def(
+      "chamfer_backward(Tensor a, Tensor b, Tensor idx_a, Tensor idx_b, Tensor grad_dist_a, "
+      "Tensor grad_dist_b) -> (Tensor, Tensor)");
   m.def("all_finite(Tensor t) -> bool");
   m.def("index_range(Tensor idx) -> (int, int)");
 }

@@ -1,4 +1,5 @@
 """Shared pytest fixtures: real-data location, deterministic seeds, GPU marker handling."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Independent numpy references shared by several test modules (not a test file itself)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """Atomic writers (data cache, JSON results, run files, checkpoints): the final file is never opened
 for writing, holds the old bytes until a complete temporary file is renamed over it, and a failure
 at any step leaves the old file (or nothing) and no temporary file behind. Failures are injected."""
+
 from __future__ import annotations
 
 import builtins

@@ -1,9 +1,9 @@
 """The PEFT benchmark's pieces against independent references: the scan generator's geometry, the
 few-shot episodes, statistics, CLoRA component similarity by brute force, the real-data check's
 selection of shapes (from the data's own manifest)."""
+
 from __future__ import annotations
 
-import copy
 import csv
 
 import numpy as np
@@ -40,8 +40,9 @@ def test_scan_is_partial_view_of_the_object():
     """A sphere seen from one side: only the hemisphere facing the camera is sampled, so the object
     points' centroid sits off the sphere's centre (a full sphere would have it at the centre)."""
     rng = np.random.default_rng(3)
-    x, m = make_scan_shape(SYNTHETIC_CLASSES.index("sphere"), 2000, rng, background=(0.0, 0.0),
-                           cut=(0.0, 0.0), noise=(0.0, 0.0))
+    x, m = make_scan_shape(
+        SYNTHETIC_CLASSES.index("sphere"), 2000, rng, background=(0.0, 0.0), cut=(0.0, 0.0), noise=(0.0, 0.0)
+    )
     assert (m == 1).all()
 
     def fit(pts):  # least-squares sphere |x|^2 = 2 c.x + k -> centre c, radius R
@@ -98,16 +99,22 @@ def test_component_similarity_brute_force():
         M = [sp.D[h].detach().double() @ sp.Q[j, h].detach().double() @ sp.U[h].detach().double() for h in range(3)]
         for a in range(3):
             for b in range(a + 1, 3):
-                vals.append(float(torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
-                                  / (torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2)))
+                vals.append(
+                    float(
+                        torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
+                        / (torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2)
+                    )
+                )
     assert B.component_similarity(method) == pytest.approx(np.mean(vals), rel=1e-4)
     assert 0.0 < B.component_similarity(method) < 1.0
 
 
 def test_benchmark_tables_from_runs():
-    runs = [{"method": m, "task": "scan", "seed": s, "acc": a, "wall_s": 1.0, "trainable": 1000,
-             "trainable_no_head": 10}
-            for m, accs in (("full", [80.0, 82.0]), ("linear", [40.0, 44.0])) for s, a in enumerate(accs)]
+    runs = [
+        {"method": m, "task": "scan", "seed": s, "acc": a, "wall_s": 1.0, "trainable": 1000, "trainable_no_head": 10}
+        for m, accs in (("full", [80.0, 82.0]), ("linear", [40.0, 44.0]))
+        for s, a in enumerate(accs)
+    ]
     rows = B.summarise(runs, ["full", "linear"], ["scan"])
     assert rows[0]["scan_mean"] == 81.0 and rows[1]["scan_mean"] == 42.0
     sep = B.separation(rows, "scan")
@@ -147,13 +154,24 @@ def test_parallel_workers_give_the_sequential_results():
 
     torch.manual_seed(0)
     pretrained = PointTransformer.from_preset("tiny", cls_dim=4).state_dict()
-    size = B.BenchSize(num_classes=4, n_train=3, n_test=3, epochs=2, batch_size=4, seeds=(0, 1),
-                       npoints=64, point_all=80, tasks=("scan",))
+    size = B.BenchSize(
+        num_classes=4,
+        n_train=3,
+        n_test=3,
+        epochs=2,
+        batch_size=4,
+        seeds=(0, 1),
+        npoints=64,
+        point_all=80,
+        tasks=("scan",),
+    )
     methods = {"linear": {"NAME": "linear"}, "clora": {"NAME": "clora"}, "idpt": B.BENCH_METHODS["idpt"]}
-    seq = B.run_benchmark(pretrained, B.BenchSize(**{**size.__dict__, "workers": 1}), methods,
-                          log=lambda m: None, keep=("clora",))
-    par = B.run_benchmark(pretrained, B.BenchSize(**{**size.__dict__, "workers": 2}), methods,
-                          log=lambda m: None, keep=("clora",))
+    seq = B.run_benchmark(
+        pretrained, B.BenchSize(**{**size.__dict__, "workers": 1}), methods, log=lambda m: None, keep=("clora",)
+    )
+    par = B.run_benchmark(
+        pretrained, B.BenchSize(**{**size.__dict__, "workers": 2}), methods, log=lambda m: None, keep=("clora",)
+    )
     key = [(r["method"], r["task"], r["seed"]) for r in seq["runs"]]
     assert key == [(r["method"], r["task"], r["seed"]) for r in par["runs"]] and len(key) == 6
     for a, b in zip(seq["runs"], par["runs"]):
@@ -167,21 +185,33 @@ def test_parallel_workers_give_the_sequential_results():
 
 
 def test_separation_labels_each_task_against_the_threshold():
-    runs = [{"method": m, "task": t, "seed": s, "acc": a, "wall_s": 1.0, "trainable": 1, "trainable_no_head": 0}
-            for m, t, accs in (("full", "scan", [60.0, 64.0, 62.0]), ("linear", "scan", [30.0, 31.0, 29.0]),
-                               ("full", "fewshot", [50.0, 60.0, 55.0]), ("linear", "fewshot", [45.0, 50.0, 40.0]))
-            for s, a in enumerate(accs)]
+    runs = [
+        {"method": m, "task": t, "seed": s, "acc": a, "wall_s": 1.0, "trainable": 1, "trainable_no_head": 0}
+        for m, t, accs in (
+            ("full", "scan", [60.0, 64.0, 62.0]),
+            ("linear", "scan", [30.0, 31.0, 29.0]),
+            ("full", "fewshot", [50.0, 60.0, 55.0]),
+            ("linear", "fewshot", [45.0, 50.0, 40.0]),
+        )
+        for s, a in enumerate(accs)
+    ]
     rows = B.summarise(runs, ["full", "linear"], ["scan", "fewshot"])
     text = B.format_separation(rows, ["scan", "fewshot"]).splitlines()
     # scan: 62 - 30 = 32, larger std 2 -> 16.0 x; few-shot: gap 10, larger std 5 -> 2.0 x (below 3)
-    assert text[0] == ("scan: full - linear = 32.0 points = 16.0 x the larger std (2.0): separates full "
-                       "fine-tuning from linear probing")
-    assert text[1] == ("fewshot: full - linear = 10.0 points = 2.0 x the larger std (5.0): does NOT separate "
-                       "full fine-tuning from linear probing (below 3 x)")
+    assert text[0] == (
+        "scan: full - linear = 32.0 points = 16.0 x the larger std (2.0): separates full "
+        "fine-tuning from linear probing"
+    )
+    assert text[1] == (
+        "fewshot: full - linear = 10.0 points = 2.0 x the larger std (5.0): does NOT separate "
+        "full fine-tuning from linear probing (below 3 x)"
+    )
     # zero spread: a gap is infinitely many stds, no gap is undefined (not "separates")
     same = B.summarise([dict(r, acc=50.0) for r in runs], ["full", "linear"], ["scan"])
     assert np.isnan(B.separation(same, "scan")["ratio"]) and "does NOT separate" in B.format_separation(same, ["scan"])
-    apart = B.summarise([dict(r, acc=70.0 if r["method"] == "full" else 20.0) for r in runs], ["full", "linear"], ["scan"])
+    apart = B.summarise(
+        [dict(r, acc=70.0 if r["method"] == "full" else 20.0) for r in runs], ["full", "linear"], ["scan"]
+    )
     assert B.separation(apart, "scan")["ratio"] == np.inf
 
 
@@ -191,8 +221,19 @@ def test_per_method_learning_rate_reaches_the_optimizer():
     same run at the default lr moves them; the lr is recorded per run and shown in the table."""
     torch.manual_seed(0)
     pretrained = PointTransformer.from_preset("tiny", cls_dim=4).state_dict()
-    size = B.BenchSize(num_classes=4, n_train=3, n_test=2, epochs=1, batch_size=4, seeds=(3,), npoints=64,
-                       point_all=80, tasks=("scan",), workers=1, warmup_epochs=0)  # warm-up starts at 1e-5 whatever the lr
+    size = B.BenchSize(
+        num_classes=4,
+        n_train=3,
+        n_test=2,
+        epochs=1,
+        batch_size=4,
+        seeds=(3,),
+        npoints=64,
+        point_all=80,
+        tasks=("scan",),
+        workers=1,
+        warmup_epochs=0,
+    )  # warm-up starts at 1e-5 whatever the lr
     methods = {"linear": {"NAME": "linear"}}
     frozen = B.run_benchmark(pretrained, size, methods, log=lambda m: None, keep=("linear",), lrs={"linear": 0.0})
     moved = B.run_benchmark(pretrained, size, methods, log=lambda m: None, keep=("linear",), lrs={})
@@ -204,7 +245,9 @@ def test_per_method_learning_rate_reaches_the_optimizer():
         want = dict(fresh.named_parameters())
         assert all(torch.equal(got[n], want[n]) for n in names) == same
     assert frozen["runs"][0]["lr"] == 0.0 and moved["runs"][0]["lr"] == size.lr
-    assert "| linear | " in B.format_table(frozen["summary"], ["scan"]) and " | 0 | " in B.format_table(frozen["summary"], ["scan"])
+    assert "| linear | " in B.format_table(frozen["summary"], ["scan"]) and " | 0 | " in B.format_table(
+        frozen["summary"], ["scan"]
+    )
     assert B.BENCH_LR == {} or set(B.BENCH_LR) <= set(B.BENCH_METHODS)
 
 
@@ -218,8 +261,19 @@ def test_drop_path_of_the_size_reaches_the_fine_tuned_model():
     pretrained = PointTransformer.from_preset("tiny", cls_dim=4).state_dict()
     assert B.BenchSize().drop_path == 0.0
     for rate in (0.0, 0.2):
-        size = B.BenchSize(num_classes=4, n_train=2, n_test=1, epochs=1, batch_size=4, seeds=(0,), npoints=64,
-                           point_all=80, tasks=("scan",), workers=1, drop_path=rate)
+        size = B.BenchSize(
+            num_classes=4,
+            n_train=2,
+            n_test=1,
+            epochs=1,
+            batch_size=4,
+            seeds=(0,),
+            npoints=64,
+            point_all=80,
+            tasks=("scan",),
+            workers=1,
+            drop_path=rate,
+        )
         res = B.run_benchmark(pretrained, size, {"linear": {"NAME": "linear"}}, log=lambda m: None, keep=("linear",))
         probs = [m.drop_prob for m in res["kept"]["linear"]["model"].modules() if isinstance(m, DropPath)]
         depth = len(res["kept"]["linear"]["model"].blocks.blocks)

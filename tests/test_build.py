@@ -4,10 +4,10 @@ Nothing here compiles: setup.py's decisions are pure functions, checked against 
 expectations; the C++ headers are checked against each other (CUDA signatures must equal the CPU
 ones). The real compile happens in `.ci/run` (FORCE_CUDA=1 make test).
 """
+
 from __future__ import annotations
 
 import importlib.util
-import io
 import re
 import shlex
 import stat
@@ -20,8 +20,17 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
-OPS = ["fps", "knn", "gather_forward", "gather_backward", "three_nn", "three_interpolate_forward",
-       "three_interpolate_backward", "chamfer_forward", "chamfer_backward"]
+OPS = [
+    "fps",
+    "knn",
+    "gather_forward",
+    "gather_backward",
+    "three_nn",
+    "three_interpolate_forward",
+    "three_interpolate_backward",
+    "chamfer_forward",
+    "chamfer_backward",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +55,7 @@ def _fake_toolkit(root: Path) -> Path:
 
 # ---------------------------------------------------------------- setup.py decisions
 
+
 def test_env_flag_is_tristate(setup_mod):
     f = setup_mod.env_flag
     assert f({}, "X") is None
@@ -59,10 +69,10 @@ def test_env_flag_is_tristate(setup_mod):
 def test_decide_cuda_matrix(setup_mod, tmp_path):
     tk = str(_fake_toolkit(tmp_path / "cuda"))
     decide = setup_mod.decide_cuda
-    assert decide({}, "12.4", tk)[0] is True                      # CUDA torch + nvcc -> build
+    assert decide({}, "12.4", tk)[0] is True  # CUDA torch + nvcc -> build
     assert decide({}, None, tk) == (False, "torch is a CPU-only build")
-    assert decide({}, "12.4", None)[0] is False                   # no nvcc -> CPU kernels only
-    assert decide({}, "12.4", str(tmp_path))[0] is False          # a dir without a toolkit
+    assert decide({}, "12.4", None)[0] is False  # no nvcc -> CPU kernels only
+    assert decide({}, "12.4", str(tmp_path))[0] is False  # a dir without a toolkit
     assert decide({"CLORA3D_CPU_ONLY": "1"}, "12.4", tk) == (False, "CLORA3D_CPU_ONLY=1")
     assert decide({"CLORA3D_CPU_ONLY": "1", "FORCE_CUDA": "1"}, "12.4", tk)[0] is False
     assert decide({"FORCE_CUDA": "0"}, "12.4", tk) == (False, "FORCE_CUDA=0")
@@ -171,6 +181,7 @@ def test_wheel_headers_only_when_the_toolkit_lacks_them(setup_mod, tmp_path):
 @pytest.mark.skipif(not torch.version.cuda, reason="CPU-only torch has no nvidia-* wheels")
 def test_cusparse_header_is_found_for_a_cuda_torch(setup_mod):
     import sysconfig
+
     dirs = setup_mod.nvidia_wheel_include_dirs(Path(sysconfig.get_paths()["purelib"]))
     if not dirs:
         pytest.skip("torch's CUDA headers do not come from nvidia-* wheels here")
@@ -178,6 +189,7 @@ def test_cusparse_header_is_found_for_a_cuda_torch(setup_mod):
 
 
 # ---------------------------------------------------------------- packaging files
+
 
 def test_pyproject_build_system():
     tomllib = pytest.importorskip("tomllib")
@@ -203,6 +215,7 @@ def test_manifest_ships_kernel_sources():
 
 
 # ---------------------------------------------------------------- C++ / CUDA contract
+
 
 def _decls(header: Path, suffix: str) -> dict[str, str]:
     """{op: 'return_type(param types)'} of every `<op>_<suffix>(...)` declaration in a header."""
@@ -268,6 +281,7 @@ def test_built_extension_reports_its_build():
 
 
 # ---------------------------------------------------------------- CUDA kernels of the built extension
+
 
 def _cuda_C():
     try:

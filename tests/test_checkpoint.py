@@ -1,5 +1,6 @@
 """Checkpoint interop: official Point-MAE / Point-BERT key layouts written BY THE TEST from the
 reference's key list (reference/point_mae_family.md §1.1-1.3), loud failures, safe loading, round trip."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,14 @@ import torch
 from torch import nn
 
 from clora3d.errors import CheckpointError, UnsafePickleError
-from clora3d.models import (PartSegModel, PointMAE, PointTransformer, load_pretrained,
-                            save_point_mae_checkpoint, to_point_mae_state_dict)
+from clora3d.models import (
+    PartSegModel,
+    PointMAE,
+    PointTransformer,
+    load_pretrained,
+    save_point_mae_checkpoint,
+    to_point_mae_state_dict,
+)
 
 VIT_S = dict(D=384, depth=12, w=(128, 256, 512), k=32, dec_depth=4)
 TINY = dict(D=96, depth=4, w=(32, 64, 128), k=16, dec_depth=2)
@@ -24,32 +31,58 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # The official key layout, written out from the reference (§1.2 list of `base_model` keys)
 # ------------------------------------------------------------------------------------------------
 def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
+    return {
+        f"{prefix}.weight": (c,),
+        f"{prefix}.bias": (c,),
+        f"{prefix}.running_mean": (c,),
+        f"{prefix}.running_var": (c,),
+        f"{prefix}.num_batches_tracked": (),
+    }
 
 
 def _block(prefix: str, D: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.norm1.weight": (D,), f"{prefix}.norm1.bias": (D,),
-            f"{prefix}.attn.qkv.weight": (3 * D, D),                       # no qkv bias
-            f"{prefix}.attn.proj.weight": (D, D), f"{prefix}.attn.proj.bias": (D,),
-            f"{prefix}.norm2.weight": (D,), f"{prefix}.norm2.bias": (D,),
-            f"{prefix}.mlp.fc1.weight": (4 * D, D), f"{prefix}.mlp.fc1.bias": (4 * D,),
-            f"{prefix}.mlp.fc2.weight": (D, 4 * D), f"{prefix}.mlp.fc2.bias": (D,)}
+    return {
+        f"{prefix}.norm1.weight": (D,),
+        f"{prefix}.norm1.bias": (D,),
+        f"{prefix}.attn.qkv.weight": (3 * D, D),  # no qkv bias
+        f"{prefix}.attn.proj.weight": (D, D),
+        f"{prefix}.attn.proj.bias": (D,),
+        f"{prefix}.norm2.weight": (D,),
+        f"{prefix}.norm2.bias": (D,),
+        f"{prefix}.mlp.fc1.weight": (4 * D, D),
+        f"{prefix}.mlp.fc1.bias": (4 * D,),
+        f"{prefix}.mlp.fc2.weight": (D, 4 * D),
+        f"{prefix}.mlp.fc2.bias": (D,),
+    }
 
 
-def official_backbone(D: int, depth: int, w: tuple[int, int, int], enc_out: int | None = None,
-                      **_: object) -> dict[str, tuple[int, ...]]:
+def official_backbone(
+    D: int, depth: int, w: tuple[int, int, int], enc_out: int | None = None, **_: object
+) -> dict[str, tuple[int, ...]]:
     """MaskTransformer / fine-tune backbone keys (no prefix): encoder, pos_embed, blocks.blocks.i, norm."""
     w0, w1, w2 = w
     enc_out = enc_out or D
     s = {"encoder.first_conv.0.weight": (w0, 3, 1), "encoder.first_conv.0.bias": (w0,)}
     s.update(_bn("encoder.first_conv.1", w0))
-    s.update({"encoder.first_conv.3.weight": (w1, w0, 1), "encoder.first_conv.3.bias": (w1,),
-              "encoder.second_conv.0.weight": (w2, 2 * w1, 1), "encoder.second_conv.0.bias": (w2,)})
+    s.update(
+        {
+            "encoder.first_conv.3.weight": (w1, w0, 1),
+            "encoder.first_conv.3.bias": (w1,),
+            "encoder.second_conv.0.weight": (w2, 2 * w1, 1),
+            "encoder.second_conv.0.bias": (w2,),
+        }
+    )
     s.update(_bn("encoder.second_conv.1", w2))
-    s.update({"encoder.second_conv.3.weight": (enc_out, w2, 1), "encoder.second_conv.3.bias": (enc_out,),
-              "pos_embed.0.weight": (128, 3), "pos_embed.0.bias": (128,),
-              "pos_embed.2.weight": (D, 128), "pos_embed.2.bias": (D,)})
+    s.update(
+        {
+            "encoder.second_conv.3.weight": (enc_out, w2, 1),
+            "encoder.second_conv.3.bias": (enc_out,),
+            "pos_embed.0.weight": (128, 3),
+            "pos_embed.0.bias": (128,),
+            "pos_embed.2.weight": (D, 128),
+            "pos_embed.2.bias": (D,),
+        }
+    )
     for i in range(depth):
         s.update(_block(f"blocks.blocks.{i}", D))
     s.update({"norm.weight": (D,), "norm.bias": (D,)})
@@ -60,20 +93,38 @@ def official_pretrain(D: int, depth: int, w: tuple[int, int, int], k: int, dec_d
     """Keys of Point-MAE's released pretrain.pth `base_model` (without the optional `module.`)."""
     s = {f"MAE_encoder.{n}": shp for n, shp in official_backbone(D, depth, w).items()}
     s["mask_token"] = (1, 1, D)
-    s.update({"decoder_pos_embed.0.weight": (128, 3), "decoder_pos_embed.0.bias": (128,),
-              "decoder_pos_embed.2.weight": (D, 128), "decoder_pos_embed.2.bias": (D,)})
+    s.update(
+        {
+            "decoder_pos_embed.0.weight": (128, 3),
+            "decoder_pos_embed.0.bias": (128,),
+            "decoder_pos_embed.2.weight": (D, 128),
+            "decoder_pos_embed.2.bias": (D,),
+        }
+    )
     for i in range(dec_depth):
         s.update(_block(f"MAE_decoder.blocks.{i}", D))
-    s.update({"MAE_decoder.norm.weight": (D,), "MAE_decoder.norm.bias": (D,),
-              "increase_dim.0.weight": (3 * k, D, 1), "increase_dim.0.bias": (3 * k,)})
+    s.update(
+        {
+            "MAE_decoder.norm.weight": (D,),
+            "MAE_decoder.norm.bias": (D,),
+            "increase_dim.0.weight": (3 * k, D, 1),
+            "increase_dim.0.bias": (3 * k,),
+        }
+    )
     return s
 
 
 def official_finetune(D: int, depth: int, w: tuple[int, int, int], cls_dim: int, **_: object) -> dict[str, tuple]:
     """Point-MAE fine-tuned PointTransformer keys: backbone + cls_token/cls_pos + cls_head_finetune."""
     s = official_backbone(D, depth, w)
-    s.update({"cls_token": (1, 1, D), "cls_pos": (1, 1, D),
-              "cls_head_finetune.0.weight": (256, 2 * D), "cls_head_finetune.0.bias": (256,)})
+    s.update(
+        {
+            "cls_token": (1, 1, D),
+            "cls_pos": (1, 1, D),
+            "cls_head_finetune.0.weight": (256, 2 * D),
+            "cls_head_finetune.0.bias": (256,),
+        }
+    )
     s.update(_bn("cls_head_finetune.1", 256))
     s.update({"cls_head_finetune.4.weight": (256, 256), "cls_head_finetune.4.bias": (256,)})
     s.update(_bn("cls_head_finetune.5", 256))
@@ -129,15 +180,23 @@ def test_module_names_equal_the_official_layout_vit_s():
         cls40 = PointTransformer.from_preset("vit_s", cls_dim=40)
     assert shapes_of(mae) == official_pretrain(**VIT_S)
     assert shapes_of(cls40) == official_finetune(**VIT_S, cls_dim=40)
-    assert {f"MAE_encoder.{k}": v for k, v in shapes_of(mae.MAE_encoder).items()} == \
-        {k: v for k, v in official_pretrain(**VIT_S).items() if k.startswith("MAE_encoder.")}
+    assert {f"MAE_encoder.{k}": v for k, v in shapes_of(mae.MAE_encoder).items()} == {
+        k: v for k, v in official_pretrain(**VIT_S).items() if k.startswith("MAE_encoder.")
+    }
 
 
 def test_official_vit_s_pretrain_checkpoint_loads_with_zero_missing_backbone_keys(tmp_path: Path):
     official = random_state(official_pretrain(**VIT_S))
     path = tmp_path / "pretrain.pth"
-    torch.save({"base_model": {"module." + k: v for k, v in official.items()}, "optimizer": {},
-                "epoch": 300, "metrics": {"acc": 0.0}}, path)
+    torch.save(
+        {
+            "base_model": {"module." + k: v for k, v in official.items()},
+            "optimizer": {},
+            "epoch": 300,
+            "metrics": {"acc": 0.0},
+        },
+        path,
+    )
     model = PointTransformer.from_preset("vit_s", cls_dim=40)
     report = load_pretrained(model, path, log=None)
     assert report.missing_backbone == [] and report.mismatched == []
@@ -147,7 +206,7 @@ def test_official_vit_s_pretrain_checkpoint_loads_with_zero_missing_backbone_key
     state = model.state_dict()
     for k, v in official.items():
         if k.startswith("MAE_encoder."):
-            assert torch.equal(state[k[len("MAE_encoder."):]], v), k
+            assert torch.equal(state[k[len("MAE_encoder.") :]], v), k
 
 
 def test_pretrain_checkpoint_gives_identical_logits(tmp_path: Path):
@@ -156,8 +215,14 @@ def test_pretrain_checkpoint_gives_identical_logits(tmp_path: Path):
     names = official_backbone(**TINY)
     assert set(names) <= set(sd)
     ckpt = {f"module.MAE_encoder.{k}": sd[k] for k in names}
-    ckpt.update({"module." + k: v for k, v in random_state(
-        {k: s for k, s in official_pretrain(**TINY).items() if not k.startswith("MAE_encoder.")}).items()})
+    ckpt.update(
+        {
+            "module." + k: v
+            for k, v in random_state(
+                {k: s for k, s in official_pretrain(**TINY).items() if not k.startswith("MAE_encoder.")}
+            ).items()
+        }
+    )
     torch.save({"base_model": ckpt}, tmp_path / "p.pth")
     dst = randomise(tiny(cls_dim=10), 2)
     load_pretrained(dst, tmp_path / "p.pth", log=None)
@@ -200,7 +265,7 @@ def test_one_missing_backbone_key_raises_naming_it(key: str):
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
         load_pretrained(model, {"base_model": state}, log=None)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # nothing loaded
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing loaded
 
 
 @pytest.mark.parametrize("key", ["encoder.first_conv.0.weight", "blocks.blocks.1.mlp.fc1.bias"])
@@ -275,11 +340,12 @@ def test_point_bert_checkpoint(tmp_path: Path):
     src = randomise(tiny(cls_dim=10, **bert), 1).eval()
     sd = src.state_dict()
     names = official_backbone(**TINY, enc_out=64)
-    names.update({"reduce_dim.weight": (96, 64), "reduce_dim.bias": (96,), "cls_token": (1, 1, 96),
-                  "cls_pos": (1, 1, 96)})
+    names.update(
+        {"reduce_dim.weight": (96, 64), "reduce_dim.bias": (96,), "cls_token": (1, 1, 96), "cls_pos": (1, 1, 96)}
+    )
     assert set(names) <= set(sd)
     ckpt = {f"transformer_q.{k}": sd[k] for k in names}
-    ckpt["transformer_q.cls_head.0.weight"] = torch.zeros(512, 192)          # MoCo projection: dropped
+    ckpt["transformer_q.cls_head.0.weight"] = torch.zeros(512, 192)  # MoCo projection: dropped
     ckpt["transformer_q.mask_token"] = torch.zeros(1, 1, 96)
     ckpt.update({f"transformer_k.{k}": torch.zeros(1) for k in list(names)[:5]})
     ckpt["dvae.encoder.first_conv.0.weight"] = torch.zeros(1)
@@ -291,8 +357,12 @@ def test_point_bert_checkpoint(tmp_path: Path):
     assert {"cls_token", "cls_pos", "reduce_dim.weight"} <= set(report.loaded)
     assert report.unexpected == ["mask_token"]
     assert "queue" in report.dropped and "transformer_q.cls_head.0.weight" in report.dropped
-    assert set(report.missing) == {"cls_head_finetune.0.weight", "cls_head_finetune.0.bias",
-                                   "cls_head_finetune.3.weight", "cls_head_finetune.3.bias"}
+    assert set(report.missing) == {
+        "cls_head_finetune.0.weight",
+        "cls_head_finetune.0.bias",
+        "cls_head_finetune.3.weight",
+        "cls_head_finetune.3.bias",
+    }
     dst.cls_head_finetune.load_state_dict(src.cls_head_finetune.state_dict())
     dst.eval()
     x = pts()
@@ -300,12 +370,15 @@ def test_point_bert_checkpoint(tmp_path: Path):
 
 
 def test_partseg_and_pointmae_load_the_pretrain_layout():
-    state = {"base_model": {**_tiny_pretrain_state(), **random_state(
-        {k: s for k, s in official_pretrain(**TINY).items() if not k.startswith("MAE_encoder.")})}}
+    state = {
+        "base_model": {
+            **_tiny_pretrain_state(),
+            **random_state({k: s for k, s in official_pretrain(**TINY).items() if not k.startswith("MAE_encoder.")}),
+        }
+    }
     seg = PartSegModel.from_preset("tiny")
     report = load_pretrained(seg, state, log=None)
-    assert report.missing_backbone == [] and all(
-        k.startswith(PartSegModel.HEAD_PREFIXES) for k in report.missing)
+    assert report.missing_backbone == [] and all(k.startswith(PartSegModel.HEAD_PREFIXES) for k in report.missing)
     mae = PointMAE.from_preset("tiny")
     report = load_pretrained(mae, state, log=None)
     assert report.missing == [] and report.unexpected == []
@@ -343,7 +416,7 @@ def test_round_trip_pretrain_layout(tmp_path: Path):
     mae = randomise(PointMAE.from_preset("tiny"), 1)
     path = save_point_mae_checkpoint(mae, tmp_path / "mae.pth", module_prefix=True)
     raw = torch.load(path, weights_only=True, map_location="cpu")["base_model"]
-    assert {k[len("module."):]: tuple(v.shape) for k, v in raw.items()} == official_pretrain(**TINY)
+    assert {k[len("module.") :]: tuple(v.shape) for k, v in raw.items()} == official_pretrain(**TINY)
     again = PointMAE.from_preset("tiny")
     load_pretrained(again, path, log=None)
     assert all(torch.equal(v, mae.state_dict()[k]) for k, v in again.state_dict().items())

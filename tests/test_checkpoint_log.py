@@ -1,5 +1,6 @@
 """load_pretrained's report goes through stdlib logging (it printed before); ``log=None`` stays silent
 and a callable (the former ``log=print`` style) still works for one release, with a DeprecationWarning."""
+
 from __future__ import annotations
 
 import logging

@@ -8,6 +8,7 @@ generation, which takes minutes on a 2-core machine; the Inductor run is behind 
 ``torch.library.opcheck`` checks each operator's schema, fake implementation and autograd
 registration against its real kernel.
 """
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Config loading: _base_ inheritance, --set overrides, schema validation and the shipped cfgs/."""
+
 from __future__ import annotations
 
 import re
@@ -36,12 +37,34 @@ def write(tmp: Path, name: str, text: str) -> Path:
 def test_defaults_filled_and_idempotent(tmp_path):
     cfg = load_config(write(tmp_path, "run.yaml", MINIMAL))
     assert cfg["name"] == "run"
-    assert list(cfg) == ["name", "task", "seed", "data", "optimizer", "scheduler", "train", "eval", "log", "model",
-                         "peft", "dataset"]
+    assert list(cfg) == [
+        "name",
+        "task",
+        "seed",
+        "data",
+        "optimizer",
+        "scheduler",
+        "train",
+        "eval",
+        "log",
+        "model",
+        "peft",
+        "dataset",
+    ]
     for section in ("data", "optimizer", "scheduler", "train", "eval", "log"):
-        assert set(cfg[section]) == {d.name.split(".")[1] for d in field_docs(RunConfig) if d.name.startswith(section + ".")}
-    assert cfg["optimizer"] == {"NAME": "AdamW", "lr": 5e-4, "weight_decay": 0.05, "betas": [0.9, 0.999],
-                                "eps": 1e-8, "momentum": 0.9, "nesterov": True, "no_decay_cls_pos": False}
+        assert set(cfg[section]) == {
+            d.name.split(".")[1] for d in field_docs(RunConfig) if d.name.startswith(section + ".")
+        }
+    assert cfg["optimizer"] == {
+        "NAME": "AdamW",
+        "lr": 5e-4,
+        "weight_decay": 0.05,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "momentum": 0.9,
+        "nesterov": True,
+        "no_decay_cls_pos": False,
+    }
     assert cfg["scheduler"]["warmup_epochs"] == 10 and cfg["train"]["grad_clip"] == 10.0
     # reference default: the frozen patch encoder's BatchNorm stays in train mode (stats drift)
     assert cfg["model"]["frozen_bn"] == "train" and cfg["peft"]["frozen_bn"] == "train"
@@ -49,20 +72,29 @@ def test_defaults_filled_and_idempotent(tmp_path):
 
 
 def test_base_deep_merge_child_wins_lists_replaced(tmp_path):
-    write(tmp_path, "base/a.yaml", MINIMAL + """\
+    write(
+        tmp_path,
+        "base/a.yaml",
+        MINIMAL
+        + """\
 optimizer: {lr: 1.0e-3, weight_decay: 0.1}
 data: {npoints: 512, train_transforms: [{NAME: ScaleAndTranslate}, {NAME: RotateY}]}
 train: {epochs: 7}
-""")
+""",
+    )
     write(tmp_path, "base/b.yaml", "train: {epochs: 9, batch_size: 8}\n")
-    child = write(tmp_path, "exp/child.yaml", """\
+    child = write(
+        tmp_path,
+        "exp/child.yaml",
+        """\
 _base_: [../base/a.yaml, ../base/b.yaml]
 optimizer: {lr: 2.0e-4}
 data: {train_transforms: [{NAME: Jitter}]}
-""")
+""",
+    )
     cfg = load_config(child)
-    assert cfg["optimizer"]["lr"] == 2e-4            # child wins
-    assert cfg["optimizer"]["weight_decay"] == 0.1   # sibling key kept (deep merge)
+    assert cfg["optimizer"]["lr"] == 2e-4  # child wins
+    assert cfg["optimizer"]["weight_decay"] == 0.1  # sibling key kept (deep merge)
     assert cfg["data"]["npoints"] == 512
     assert cfg["data"]["train_transforms"] == [{"NAME": "Jitter"}]  # lists replaced, not merged
     assert cfg["train"]["epochs"] == 9 and cfg["train"]["batch_size"] == 8  # later base wins
@@ -72,12 +104,16 @@ data: {train_transforms: [{NAME: Jitter}]}
 def test_nested_base_and_replace(tmp_path):
     write(tmp_path, "ds.yaml", "NAME: ModelNet40\nroot: data/mn\nn_points: 2048\n")
     write(tmp_path, "lora.yaml", MINIMAL.replace("peft: {NAME: full}", "peft: {NAME: lora, rank: 4}"))
-    child = write(tmp_path, "c.yaml", """\
+    child = write(
+        tmp_path,
+        "c.yaml",
+        """\
 _base_: lora.yaml
 peft: {_replace_: true, NAME: bitfit}
 dataset:
   train: {_base_: ds.yaml, n_points: 1024}
-""")
+""",
+    )
     cfg = load_config(child)
     assert cfg["dataset"]["train"] == {"NAME": "ModelNet40", "root": "data/mn", "n_points": 1024}
     assert cfg["peft"]["NAME"] == "bitfit" and "rank" not in cfg["peft"]
@@ -88,9 +124,17 @@ dataset:
 
 
 def test_overrides(tmp_path):
-    cfg = load_config(write(tmp_path, "r.yaml", MINIMAL), [
-        "optimizer.lr=1e-3", "train.amp=bf16", "train.deterministic=false",
-        "data.train_transforms=[{NAME: RotateY}]", "model.drop_path_rate=0.0", "name=x"])
+    cfg = load_config(
+        write(tmp_path, "r.yaml", MINIMAL),
+        [
+            "optimizer.lr=1e-3",
+            "train.amp=bf16",
+            "train.deterministic=false",
+            "data.train_transforms=[{NAME: RotateY}]",
+            "model.drop_path_rate=0.0",
+            "name=x",
+        ],
+    )
     assert cfg["optimizer"]["lr"] == 1e-3 and isinstance(cfg["optimizer"]["lr"], float)
     assert cfg["train"]["amp"] == "bf16" and cfg["train"]["deterministic"] is False
     assert cfg["data"]["train_transforms"] == [{"NAME": "RotateY"}]
@@ -98,8 +142,7 @@ def test_overrides(tmp_path):
     assert parse_override("a.b.c= [1, 2]") == (["a", "b", "c"], [1, 2])
 
 
-@pytest.mark.parametrize("text", ["train.epochs", "=3", "train..epochs=3", ".x=1", "train.epochs=[1",
-                                  "_base_=x.yaml"])
+@pytest.mark.parametrize("text", ["train.epochs", "=3", "train..epochs=3", ".x=1", "train.epochs=[1", "_base_=x.yaml"])
 def test_bad_override_syntax(tmp_path, text):
     with pytest.raises(ConfigError, match=re.escape(repr(text))) as e:
         load_config(write(tmp_path, "r.yaml", MINIMAL), [text])
@@ -126,7 +169,9 @@ def test_unknown_keys_name_key_and_file(tmp_path):
         load_config(write(tmp_path, "r5.yaml", MINIMAL), ["dataset.train.npoints=3"])
     with pytest.raises(ConfigError, match=r"'dataset\.tst'"):
         load_config(write(tmp_path, "r6.yaml", MINIMAL), ["dataset.tst={NAME: ModelNet40}"])
-    with pytest.raises(ConfigError, match=r"'data\.train_transforms\.0\.NAME' in --set .* must be a transform .*, got 'Rotat'"):
+    with pytest.raises(
+        ConfigError, match=r"'data\.train_transforms\.0\.NAME' in --set .* must be a transform .*, got 'Rotat'"
+    ):
         load_config(write(tmp_path, "r7.yaml", MINIMAL), ["data.train_transforms=[{NAME: Rotat}]"])
 
 
@@ -145,17 +190,20 @@ def test_missing_base_and_bad_files(tmp_path):
         load_config(tmp_path / "cyc_a.yaml")
 
 
-@pytest.mark.parametrize("override,match", [
-    ("train.epochs=0", r"'train\.epochs' .* must be a positive integer, got 0"),
-    ("train.amp=true", r"'train\.amp'.*false \| fp16 \| bf16"),
-    ("optimizer.NAME=Adamw", r"'optimizer\.NAME'"),
-    ("task=segmentation", r"'task'"),
-    ("eval.vote=5", r"'eval\.vote'"),
-    ("model.NAME=Nope", r"'model\.NAME'"),
-    ("dataset.train.NAME=Nope", r"'dataset\.train\.NAME'"),
-    ("train.select_on_test=false", r"dataset\.val is missing"),
-    ("peft.frozen_bn=train", r"model\.frozen_bn.*peft\.frozen_bn=.*disagree"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.epochs=0", r"'train\.epochs' .* must be a positive integer, got 0"),
+        ("train.amp=true", r"'train\.amp'.*false \| fp16 \| bf16"),
+        ("optimizer.NAME=Adamw", r"'optimizer\.NAME'"),
+        ("task=segmentation", r"'task'"),
+        ("eval.vote=5", r"'eval\.vote'"),
+        ("model.NAME=Nope", r"'model\.NAME'"),
+        ("dataset.train.NAME=Nope", r"'dataset\.train\.NAME'"),
+        ("train.select_on_test=false", r"dataset\.val is missing"),
+        ("peft.frozen_bn=train", r"model\.frozen_bn.*peft\.frozen_bn=.*disagree"),
+    ],
+)
 def test_bad_values(tmp_path, override, match):
     extra = ["model.frozen_bn=eval"] if "peft.frozen_bn" in override else []
     with pytest.raises(ConfigError, match=match):
@@ -163,18 +211,19 @@ def test_bad_values(tmp_path, override, match):
 
 
 def test_val_holdout_config(tmp_path):
-    cfg = load_config(write(tmp_path, "r.yaml", MINIMAL),
-                      ["train.select_on_test=false", "dataset.val={from_train: 0.2}"])
+    cfg = load_config(
+        write(tmp_path, "r.yaml", MINIMAL), ["train.select_on_test=false", "dataset.val={from_train: 0.2}"]
+    )
     assert cfg["dataset"]["val"] == {"from_train": 0.2}
     with pytest.raises(ConfigError, match="from_train"):
-        load_config(write(tmp_path, "r.yaml", MINIMAL),
-                    ["train.select_on_test=false", "dataset.val={from_train: 1.5}"])
+        load_config(write(tmp_path, "r.yaml", MINIMAL), ["train.select_on_test=false", "dataset.val={from_train: 1.5}"])
 
 
 def _shipped_configs() -> list[Path]:
     """Every runnable config (files named _base_* or inside a _base_ folder are fragments)."""
-    return sorted(p for p in CFGS.rglob("*.yaml")
-                  if not any(part.startswith("_base_") for part in p.relative_to(CFGS).parts))
+    return sorted(
+        p for p in CFGS.rglob("*.yaml") if not any(part.startswith("_base_") for part in p.relative_to(CFGS).parts)
+    )
 
 
 def test_shipped_configs_exist():
@@ -190,8 +239,16 @@ def test_shipped_configs_exist():
 @pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: str(p.relative_to(CFGS)))
 def test_shipped_config_loads(path):
     cfg = load_config(path)
-    if path.parent.name in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest", "fewshot",
-                            "shapenetpart", "pretrain", "cpu"):
+    if path.parent.name in (
+        "modelnet40",
+        "scan_objbg",
+        "scan_objonly",
+        "scan_hardest",
+        "fewshot",
+        "shapenetpart",
+        "pretrain",
+        "cpu",
+    ):
         assert cfg["name"] == f"{path.parent.name}_{path.stem}"  # distinct run dirs per file
 
 
@@ -220,19 +277,36 @@ def test_readme_documents_every_key():
     text = (CFGS / "README.md").read_text()
     for d in field_docs(RunConfig):
         assert f"`{d.name}`" in text, d.name
-    for k in ("model.NAME", "model.preset", "model.frozen_bn", "peft.NAME", "dataset.val.from_train",
-              "_base_", "_replace_"):
+    for k in (
+        "model.NAME",
+        "model.preset",
+        "model.frozen_bn",
+        "peft.NAME",
+        "dataset.val.from_train",
+        "_base_",
+        "_replace_",
+    ):
         assert f"`{k}`" in text, k
 
 
 def test_train_cli_reports_config_error_on_one_line(tmp_path):
     bad = write(tmp_path, "bad.yaml", MINIMAL + "train: {epocs: 3}\n")
-    r = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--cfg", str(bad)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train.py"), "--cfg", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown config key 'train.epocs'")
     assert "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--cfg", str(bad), "--set",
-                        "oops"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train.py"), "--cfg", str(bad), "--set", "oops"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.strip().startswith("error: bad override 'oops'")

@@ -1,6 +1,7 @@
 """Composition by task and method (``compose_config`` / ``tools/train.py --task T --peft P``) against the
 merged configs of the old one-file-per-task-x-method leaves (tests/fixtures/cfgs_leaves_merged.json,
 written from the leaf files before the two-line ones were deleted)."""
+
 from __future__ import annotations
 
 import json
@@ -30,14 +31,26 @@ RESOLVED = _FIXTURE["resolved"]  # load_config's output at 705bf1d (the hand-wri
 
 #: leaves that carried settings beyond _base_ + name (kept as files; composition differs from them)
 REAL_LEAVES = {
-    "modelnet40/dapt.yaml", "scan_objbg/dapt.yaml", "scan_objonly/dapt.yaml", "scan_hardest/dapt.yaml",
-    "fewshot/dapt.yaml", "scan_objbg/idpt.yaml", "scan_objonly/idpt.yaml",
-    "shapenetpart/dapt.yaml", "shapenetpart/idpt.yaml", "shapenetpart/pointgst.yaml",
+    "modelnet40/dapt.yaml",
+    "scan_objbg/dapt.yaml",
+    "scan_objonly/dapt.yaml",
+    "scan_hardest/dapt.yaml",
+    "fewshot/dapt.yaml",
+    "scan_objbg/idpt.yaml",
+    "scan_objonly/idpt.yaml",
+    "shapenetpart/dapt.yaml",
+    "shapenetpart/idpt.yaml",
+    "shapenetpart/pointgst.yaml",
     "shapenetpart/pointlora.yaml",
 }
 #: two-line leaves kept because a document names them (README.md, tools/fewshot.py, docs/peft.md)
-NAMED_LEAVES = {"modelnet40/clora.yaml", "scan_hardest/clora.yaml", "scan_objbg/lora.yaml",
-                "fewshot/clora.yaml", "fewshot/idpt.yaml"}
+NAMED_LEAVES = {
+    "modelnet40/clora.yaml",
+    "scan_hardest/clora.yaml",
+    "scan_objbg/lora.yaml",
+    "fewshot/clora.yaml",
+    "fewshot/idpt.yaml",
+}
 
 
 def _task_protocol(folder: str) -> tuple[str, str | None]:
@@ -107,15 +120,24 @@ def test_overrides_and_origins(tmp_path):
     assert compose_config("modelnet40", "lora", root=tmp_path, overrides=["optimizer.lr=0.1"])["optimizer"]["lr"] == 0.1
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(task="modelnet4", peft="clora"), r"unknown --task 'modelnet4'; did you mean 'modelnet40'\?.*"
-                                           r"fewshot, modelnet40, scan_hardest, scan_objbg, scan_objonly, shapenetpart"),
-    (dict(task="modelnet40", peft="cloraa"), r"unknown --peft 'cloraa'; did you mean 'clora'\?.*adapter, bitfit"),
-    (dict(task="modelnet40", peft="clora", model="vit_b"), r"unknown --model 'vit_b'.*vit_s"),
-    (dict(task="modelnet40", peft="clora", protocol="rotate", model="vit_b"), r"unknown --model 'vit_b'"),
-    (dict(task="modelnet40", peft="clora", protocol="../../x"), r"unknown --protocol '\.\./\.\./x'.*rotate, "
-                                                                 r"scale_translate"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (
+            dict(task="modelnet4", peft="clora"),
+            r"unknown --task 'modelnet4'; did you mean 'modelnet40'\?.*"
+            r"fewshot, modelnet40, scan_hardest, scan_objbg, scan_objonly, shapenetpart",
+        ),
+        (dict(task="modelnet40", peft="cloraa"), r"unknown --peft 'cloraa'; did you mean 'clora'\?.*adapter, bitfit"),
+        (dict(task="modelnet40", peft="clora", model="vit_b"), r"unknown --model 'vit_b'.*vit_s"),
+        (dict(task="modelnet40", peft="clora", protocol="rotate", model="vit_b"), r"unknown --model 'vit_b'"),
+        (
+            dict(task="modelnet40", peft="clora", protocol="../../x"),
+            r"unknown --protocol '\.\./\.\./x'.*rotate, "
+            r"scale_translate",
+        ),
+    ],
+)
 def test_unknown_names_list_the_available_ones(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         compose_config(**kwargs)
@@ -125,18 +147,34 @@ def test_train_cli_task_and_peft(tmp_path):
     """tools/train.py --task/--peft reach compose_config (a bad name is one error line, exit 2); --cfg and
     --task exclude each other."""
     tool = str(REPO / "tools" / "train.py")
-    r = subprocess.run([sys.executable, tool, "--task", "modelnet40", "--peft", "nope"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [sys.executable, tool, "--task", "modelnet40", "--peft", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert r.stderr.startswith("error: unknown --peft 'nope'") and "clora" in r.stderr
-    r = subprocess.run([sys.executable, tool, "--task", "modelnet40", "--peft", "clora", "--set", "train.epocs=1"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [sys.executable, tool, "--task", "modelnet40", "--peft", "clora", "--set", "train.epocs=1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 2 and "'train.epocs' in --set train.epocs=1" in r.stderr
-    r = subprocess.run([sys.executable, tool, "--cfg", "x.yaml", "--task", "modelnet40", "--peft", "clora"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [sys.executable, tool, "--cfg", "x.yaml", "--task", "modelnet40", "--peft", "clora"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 2 and "not allowed with argument" in r.stderr
-    r = subprocess.run([sys.executable, tool, "--task", "modelnet40"], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [sys.executable, tool, "--task", "modelnet40"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert r.returncode == 2 and "--peft" in r.stderr
 
 
@@ -149,7 +187,8 @@ def test_model_choice(tmp_path):
     (tmp_path / "modelnet40").mkdir()
     shutil.copy(CFGS / "modelnet40" / "dapt.yaml", tmp_path / "modelnet40" / "dapt.yaml")
     (tmp_path / "_base_" / "models" / "vit_t.yaml").write_text(
-        "model: {NAME: PointTransformer, trans_dim: 192, depth: 12, num_heads: 3, encoder_dims: 192}\n")
+        "model: {NAME: PointTransformer, trans_dim: 192, depth: 12, num_heads: 3, encoder_dims: 192}\n"
+    )
     cfg = compose_config("modelnet40", "lora", model="vit_t", root=tmp_path)
     assert cfg["model"]["trans_dim"] == 192 and cfg["model"]["num_group"] == 64 and cfg["name"] == "modelnet40_lora"
     with pytest.raises(ConfigError, match=r"--model vit_t: task 'shapenetpart' defines its own model \(PartSegModel\)"):

@@ -1,5 +1,6 @@
 """The typed configs: each dataclass mirrors the constructor it configures, every error names the key,
 the value and the file (or --set) that set it, files of the old layout still resolve to what they did."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,11 @@ def _defaults(cls) -> dict:
 
 
 def _signature(fn, skip=("self",)) -> dict:
-    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
-            if n not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        n: p.default
+        for n, p in inspect.signature(fn).parameters.items()
+        if n not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def _same(a, b) -> bool:
@@ -56,11 +60,15 @@ def _same(a, b) -> bool:
     return a == b and type(a) is type(b)
 
 
-@pytest.mark.parametrize("registry,classes,extra", [
-    (MODEL_CONFIGS, {n: model_class(n) for n in model_names()}, {f.name for f in dataclasses.fields(ModelKeys)}),
-    (DATASET_CONFIGS, DATASETS, {"split"}),
-    (TRANSFORM_CONFIGS, TRANSFORMS, set()),
-], ids=["models", "datasets", "transforms"])
+@pytest.mark.parametrize(
+    "registry,classes,extra",
+    [
+        (MODEL_CONFIGS, {n: model_class(n) for n in model_names()}, {f.name for f in dataclasses.fields(ModelKeys)}),
+        (DATASET_CONFIGS, DATASETS, {"split"}),
+        (TRANSFORM_CONFIGS, TRANSFORMS, set()),
+    ],
+    ids=["models", "datasets", "transforms"],
+)
 def test_dataclass_fields_mirror_the_constructors(registry, classes, extra):
     """Names and defaults of every config field equal the constructor's (a new or renamed constructor
     argument fails here, instead of being refused or silently ignored by the config)."""
@@ -93,8 +101,11 @@ BAD = [
     ("data.npoints=0", "data.npoints", "a positive integer"),
     ("data.train_sampling=random", "data.train_sampling", "fps_subset | fps | none"),
     ("data.train_transforms=[{NAME: Jitter, std: -1}]", "data.train_transforms.0.std", "a number >= 0"),
-    ("data.train_transforms=[{NAME: ScaleAndTranslate, scale_low: 2, scale_high: 1}]",
-     "data.train_transforms.0.scale_high", ">= scale_low"),
+    (
+        "data.train_transforms=[{NAME: ScaleAndTranslate, scale_low: 2, scale_high: 1}]",
+        "data.train_transforms.0.scale_high",
+        ">= scale_low",
+    ),
     ("data.train_transforms=[{NAME: FPSResample}]", "data.train_transforms.0.n", "required"),
     ("optimizer.lr=0", "optimizer.lr", "a positive number"),
     ("optimizer.betas=[0.9]", "optimizer.betas", "two numbers in [0, 1)"),
@@ -113,8 +124,11 @@ BAD = [
     ("dataset.train.NAME=Nope", "dataset.train.NAME", "a dataset class of clora3d.data"),
     ("dataset.train.n_points=1.5", "dataset.train.n_points", "a positive integer"),
     ("dataset.train.num_category=20", "dataset.train.num_category", "10 | 40"),
-    ("dataset.test={NAME: ScanObjectNN, root: x, variant: OBJ}", "dataset.test.variant",
-     "OBJ_BG | OBJ_ONLY | PB_T50_RS"),
+    (
+        "dataset.test={NAME: ScanObjectNN, root: x, variant: OBJ}",
+        "dataset.test.variant",
+        "OBJ_BG | OBJ_ONLY | PB_T50_RS",
+    ),
     ("dataset.test={NAME: ScanObjectNN, root: x}", "dataset.test.variant", "required"),
     ("peft.NAME=nope", "peft.NAME", "a known PEFT method"),
 ]
@@ -161,10 +175,17 @@ def test_unknown_keys_in_every_section_name_the_file(tmp_path):
 def test_sections_stay_sparse_and_converted(tmp_path):
     """Open sections keep only the given keys (a preset's sizes are not overwritten by defaults); values
     are the validated ones (an integer for a float option becomes a float)."""
-    cfg = load_config(_write(tmp_path, "run.yaml", MINIMAL), [
-        "model.mlp_ratio=2", "data.train_transforms=[{NAME: Jitter, std: 0}]", "optimizer.weight_decay=0"])
-    assert cfg["model"] == {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 4, "mlp_ratio": 2.0,
-                            "frozen_bn": "train"}
+    cfg = load_config(
+        _write(tmp_path, "run.yaml", MINIMAL),
+        ["model.mlp_ratio=2", "data.train_transforms=[{NAME: Jitter, std: 0}]", "optimizer.weight_decay=0"],
+    )
+    assert cfg["model"] == {
+        "NAME": "PointTransformer",
+        "preset": "tiny",
+        "cls_dim": 4,
+        "mlp_ratio": 2.0,
+        "frozen_bn": "train",
+    }
     assert isinstance(cfg["model"]["mlp_ratio"], float) and isinstance(cfg["optimizer"]["weight_decay"], float)
     assert cfg["data"]["train_transforms"] == [{"NAME": "Jitter", "std": 0.0}]
     assert cfg["dataset"]["train"] == {"NAME": "ModelNet40", "root": "data/x", "n_points": 1024}
@@ -203,23 +224,41 @@ def test_readme_key_tables_match_the_dataclasses():
     assert all(f"### `{s}`" in text for s in open_sections)
     documented = _documented_keys(text)
     assert fields <= documented, sorted(fields - documented)
-    engine_keys = {"model.NAME", "model.preset", "model.frozen_bn", "peft.NAME", "dataset.train", "dataset.val",
-                   "dataset.test", "dataset.<split>.split", "dataset.val.from_train"}
+    engine_keys = {
+        "model.NAME",
+        "model.preset",
+        "model.frozen_bn",
+        "peft.NAME",
+        "dataset.train",
+        "dataset.val",
+        "dataset.test",
+        "dataset.<split>.split",
+        "dataset.val.from_train",
+    }
     assert documented - fields == engine_keys, sorted(documented - fields - engine_keys)
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["eval.vote_passes=3"], r"eval\.vote_passes=3 in --set eval\.vote_passes=3 needs eval\.vote=10"),
-    (["train.pretrain_select=test_loss"], r"train\.pretrain_select='test_loss' in --set .* task: pretrain only"),
-    (["task=partseg", "model={NAME: PartSegModel, preset: tiny}", "eval.vote=10"],
-     r"eval\.vote=10 in --set eval\.vote=10: voting is defined for classification only"),
-    (["task=pretrain", "model={NAME: PointMAE, preset: tiny}", "peft.NAME=lora"],
-     r"peft\.NAME='lora' with task: pretrain in --set peft\.NAME=lora"),
-    (["dataset.val={from_train: 0.1}"], r"dataset\.val in --set dataset\.val=\{from_train: 0\.1\} is unused"),
-    (["train.select_on_test=false", "dataset.val={from_train: 1}"],
-     r"'dataset\.val' in --set dataset\.val=\{from_train: 1\} must be \{from_train: FRACTION\}"),
-    (["dataset.test.from_train=0.1"], r"'dataset\.test\.from_train' in --set dataset\.test\.from_train=0\.1"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["eval.vote_passes=3"], r"eval\.vote_passes=3 in --set eval\.vote_passes=3 needs eval\.vote=10"),
+        (["train.pretrain_select=test_loss"], r"train\.pretrain_select='test_loss' in --set .* task: pretrain only"),
+        (
+            ["task=partseg", "model={NAME: PartSegModel, preset: tiny}", "eval.vote=10"],
+            r"eval\.vote=10 in --set eval\.vote=10: voting is defined for classification only",
+        ),
+        (
+            ["task=pretrain", "model={NAME: PointMAE, preset: tiny}", "peft.NAME=lora"],
+            r"peft\.NAME='lora' with task: pretrain in --set peft\.NAME=lora",
+        ),
+        (["dataset.val={from_train: 0.1}"], r"dataset\.val in --set dataset\.val=\{from_train: 0\.1\} is unused"),
+        (
+            ["train.select_on_test=false", "dataset.val={from_train: 1}"],
+            r"'dataset\.val' in --set dataset\.val=\{from_train: 1\} must be \{from_train: FRACTION\}",
+        ),
+        (["dataset.test.from_train=0.1"], r"'dataset\.test\.from_train' in --set dataset\.test\.from_train=0\.1"),
+    ],
+)
 def test_cross_section_rules_name_the_origin(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(_write(tmp_path, "run.yaml", MINIMAL), overrides)

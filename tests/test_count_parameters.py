@@ -1,8 +1,9 @@
 """The one parameter counter (clora3d.models.utils.count_parameters, also clora3d.profile's), checked
 against counts written out by hand for a small model with a head, a frozen layer and a shared weight."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from torch import nn
@@ -15,13 +16,13 @@ from clora3d.models.utils import count_parameters, head_parameter_ids
 class _Body(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Linear(3, 4)           # 12 + 4 = 16, frozen below
-        self.body = nn.Linear(4, 4)           # 16 + 4 = 20
-        self.tied = nn.Linear(4, 4)           # shares body's weight and bias: 0 new
+        self.stem = nn.Linear(3, 4)  # 12 + 4 = 16, frozen below
+        self.body = nn.Linear(4, 4)  # 16 + 4 = 20
+        self.tied = nn.Linear(4, 4)  # shares body's weight and bias: 0 new
         self.tied.weight = self.body.weight
         self.tied.bias = self.body.bias
-        self.bn = nn.BatchNorm1d(4)           # 4 + 4 = 8 parameters, 4 + 4 + 1 buffers not counted
-        self.cls_head = nn.Linear(4, 2)       # 8 + 2 = 10
+        self.bn = nn.BatchNorm1d(4)  # 4 + 4 = 8 parameters, 4 + 4 + 1 buffers not counted
+        self.cls_head = nn.Linear(4, 2)  # 8 + 2 = 10
         for p in self.stem.parameters():
             p.requires_grad_(False)
 
@@ -35,12 +36,15 @@ class _PrefixNet(_Body):  # no head_parameters(): the head is named by module pr
     HEAD_PREFIXES = ("cls_head.", "bn.")
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({}, 16 + 20 + 8 + 10),
-    ({"trainable_only": True}, 20 + 8 + 10),
-    ({"exclude_head": True}, 16 + 20 + 8),
-    ({"trainable_only": True, "exclude_head": True}, 20 + 8),
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, 16 + 20 + 8 + 10),
+        ({"trainable_only": True}, 20 + 8 + 10),
+        ({"exclude_head": True}, 16 + 20 + 8),
+        ({"trainable_only": True, "exclude_head": True}, 20 + 8),
+    ],
+)
 def test_hand_counted(kwargs, expected):
     assert count_parameters(_Net(), **kwargs) == expected
 

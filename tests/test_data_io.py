@@ -4,6 +4,7 @@ The references are independent of clora3d's reader: PLY and PCD files are built 
 the format specifications with ``struct`` (ascii, binary little and big endian), PLY files are also
 written by plyfile, and open3d cross-checks when it is importable (skipped otherwise).
 """
+
 from __future__ import annotations
 
 import struct
@@ -58,9 +59,14 @@ def _ply_by_hand(xyz, nrm, fmt: str, extra_face: bool = False) -> bytes:
 def _pcd_by_hand(xyz, nrm, data: str) -> bytes:
     fields = ["x", "y", "z"] + (["normal_x", "normal_y", "normal_z"] if nrm is not None else []) + ["intensity"]
     k = len(fields)
-    head = ("VERSION .7\n" f"FIELDS {' '.join(fields)}\n" f"SIZE {' '.join(['4'] * (k - 1))} 2\n"
-            f"TYPE {' '.join(['F'] * (k - 1))} U\n" f"COUNT {' '.join(['1'] * k)}\n"
-            f"WIDTH {len(xyz)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {len(xyz)}\nDATA {data}\n")
+    head = (
+        "VERSION .7\n"
+        f"FIELDS {' '.join(fields)}\n"
+        f"SIZE {' '.join(['4'] * (k - 1))} 2\n"
+        f"TYPE {' '.join(['F'] * (k - 1))} U\n"
+        f"COUNT {' '.join(['1'] * k)}\n"
+        f"WIDTH {len(xyz)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {len(xyz)}\nDATA {data}\n"
+    )
     rows = xyz if nrm is None else np.concatenate([xyz, nrm], 1)
     if data == "ascii":
         body = "".join(" ".join(f"{v:.9g}" for v in r) + " 3\n" for r in rows).encode()
@@ -138,8 +144,9 @@ def test_ply_written_by_plyfile(tmp_path: Path, cloud):
 def test_ply_with_only_x_and_y_is_refused(tmp_path: Path):
     """Regression: a header declaring only x and y was read as garbage and accepted."""
     f = tmp_path / "flat.ply"
-    f.write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
-                 "end_header\n5 6\n7 8\n9 10\n")
+    f.write_text(
+        "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nend_header\n5 6\n7 8\n9 10\n"
+    )
     with pytest.raises(ValueError, match=r"flat\.ply: the PLY vertex element lacks z \(its properties: x, y\)"):
         read_point_cloud(f)
 
@@ -151,17 +158,30 @@ def test_ply_malformed(tmp_path: Path):
     (tmp_path / "junk.ply").write_bytes(b"\x00\x01garbage")
     with pytest.raises(ValueError, match=r"junk\.ply: not a readable PLY file"):
         read_point_cloud(tmp_path / "junk.ply")
-    (tmp_path / "empty.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\n"
-                                        "property float y\nproperty float z\nend_header\n")
+    (tmp_path / "empty.ply").write_text(
+        "ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+    )
     with pytest.raises(ValueError, match=r"empty\.ply: the point cloud is empty"):
         read_point_cloud(tmp_path / "empty.ply")
 
 
-@pytest.mark.parametrize("name,binary,order,normals", [
-    ("a.ply", True, "<", True), ("b.ply", True, ">", False), ("c.ply", False, "<", True),
-    ("d.pcd", True, "<", True), ("e.pcd", False, "<", False), ("f.npy", True, "<", True),
-    ("g.npz", True, "<", True), ("h.txt", True, "<", True), ("i.xyz", True, "<", False),
-    ("j.csv", True, "<", False), ("k.xyzn", True, "<", True), ("l.pts", True, "<", False)])
+@pytest.mark.parametrize(
+    "name,binary,order,normals",
+    [
+        ("a.ply", True, "<", True),
+        ("b.ply", True, ">", False),
+        ("c.ply", False, "<", True),
+        ("d.pcd", True, "<", True),
+        ("e.pcd", False, "<", False),
+        ("f.npy", True, "<", True),
+        ("g.npz", True, "<", True),
+        ("h.txt", True, "<", True),
+        ("i.xyz", True, "<", False),
+        ("j.csv", True, "<", False),
+        ("k.xyzn", True, "<", True),
+        ("l.pts", True, "<", False),
+    ],
+)
 def test_write_read_round_trip(tmp_path: Path, cloud, name, binary, order, normals):
     xyz, nrm = cloud
     write_point_cloud(tmp_path / name, xyz, nrm if normals else None, binary=binary, byte_order=order)
@@ -192,8 +212,15 @@ def test_numpy_and_text_formats(tmp_path: Path, cloud):
     np.savetxt(tmp_path / "e.csv", xyz, fmt="%.9g", delimiter=",", header="x,y,z", comments="")
     np.savetxt(tmp_path / "f.xyzrgb", np.concatenate([xyz, np.full((50, 3), 255.0)], 1), fmt="%.9g")
     (tmp_path / "g.pts").write_text("50\n" + "".join(" ".join(f"{v:.9g}" for v in r) + "\n" for r in xyz))
-    for name, has_n in (("a.npy", True), ("b.npy", False), ("c.npz", True), ("d.txt", True), ("e.csv", False),
-                        ("f.xyzrgb", False), ("g.pts", False)):
+    for name, has_n in (
+        ("a.npy", True),
+        ("b.npy", False),
+        ("c.npz", True),
+        ("d.txt", True),
+        ("e.csv", False),
+        ("f.xyzrgb", False),
+        ("g.pts", False),
+    ):
         p, n = read_point_cloud(tmp_path / name)
         assert p.dtype == np.float32 and p.shape == (50, 3), name
         np.testing.assert_array_equal(p, xyz.astype(np.float32))
@@ -278,8 +305,10 @@ def test_open3d_cross_check(tmp_path: Path, cloud):
 def test_unloadable_open3d_names_the_missing_library():
     err = OSError("libusb-1.0.so.0: cannot open shared object file: No such file or directory")
     msg = explain_import_failure("open3d", err)
-    assert msg == ("open3d is installed but cannot load: the system library libusb-1.0.so.0 is missing; "
-                   "install it with `apt-get install libusb-1.0-0` (Debian/Ubuntu)")
+    assert msg == (
+        "open3d is installed but cannot load: the system library libusb-1.0.so.0 is missing; "
+        "install it with `apt-get install libusb-1.0-0` (Debian/Ubuntu)"
+    )
     missing = ModuleNotFoundError("No module named 'open3d'", name="open3d")
     assert explain_import_failure("open3d", missing) == "open3d is not installed: pip install open3d"
     assert explain_import_failure("faiss", ModuleNotFoundError("x", name="faiss")).endswith("pip install faiss-cpu")
@@ -291,14 +320,17 @@ def test_binary_compressed_pcd_with_broken_open3d(tmp_path: Path):
     shim = REPO / "tests" / "shims" / "broken_optional"
     f = tmp_path / "c.pcd"
     f.write_bytes(b"FIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nPOINTS 1\nDATA binary_compressed\n\0\0\0\0")
-    code = ("import sys\nfrom clora3d.data import read_point_cloud, write_point_cloud\n"
-            f"write_point_cloud({str(tmp_path / 'ok.ply')!r}, [[0, 0, 1], [1, 2, 3]])\n"
-            f"assert read_point_cloud({str(tmp_path / 'ok.ply')!r})[0].shape == (2, 3)\n"
-            f"try:\n    read_point_cloud({str(f)!r})\nexcept ImportError as e:\n    print(e)\n")
+    code = (
+        "import sys\nfrom clora3d.data import read_point_cloud, write_point_cloud\n"
+        f"write_point_cloud({str(tmp_path / 'ok.ply')!r}, [[0, 0, 1], [1, 2, 3]])\n"
+        f"assert read_point_cloud({str(tmp_path / 'ok.ply')!r})[0].shape == (2, 3)\n"
+        f"try:\n    read_point_cloud({str(f)!r})\nexcept ImportError as e:\n    print(e)\n"
+    )
     env = {"PYTHONPATH": f"{shim}:{REPO}", "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == (
         "reading c.pcd (a binary_compressed PCD file) needs open3d, but open3d is installed but cannot "
         "load: the system library libusb-1.0.so.0 is missing; install it with `apt-get install "
-        "libusb-1.0-0` (Debian/Ubuntu)")
+        "libusb-1.0-0` (Debian/Ubuntu)"
+    )

@@ -1,4 +1,5 @@
 """Data set loaders on synthetic data written in each real format, and on the real samples."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,23 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from clora3d.data import (CATEGORY_NAMES, DATASET_KEYS, MODELNET40_CLASSES, SCANOBJECTNN_CLASSES, SEG_CLASSES,
-                          SYNSETS, ModelNet40, ModelNetFewShot, ScanObjectNN, ShapeNet55, ShapeNetPart,
-                          build_dataset, cache_name, generate_fewshot_folds, safe_load)
+from clora3d.data import (
+    CATEGORY_NAMES,
+    DATASET_KEYS,
+    MODELNET40_CLASSES,
+    SCANOBJECTNN_CLASSES,
+    SEG_CLASSES,
+    SYNSETS,
+    ModelNet40,
+    ModelNetFewShot,
+    ScanObjectNN,
+    ShapeNet55,
+    ShapeNetPart,
+    build_dataset,
+    cache_name,
+    generate_fewshot_folds,
+    safe_load,
+)
 from clora3d.data import synthetic as syn
 from clora3d.errors import ConfigError, DataError
 
@@ -23,10 +38,16 @@ NCLS, NTR, NTE, NPTS = 12, 4, 2, 384
 def synth(tmp_path_factory) -> Path:
     """A small data/ tree in every real format."""
     root = tmp_path_factory.mktemp("synthetic_data")
-    syn.write_modelnet40(root / syn.LAYOUT_DIRS["modelnet40"], num_classes=NCLS, n_train=NTR, n_test=NTE,
-                         n_points=NPTS)
-    syn.write_fewshot(root / syn.LAYOUT_DIRS["fewshot"], num_classes=NCLS, ways=(5, 10), shots=(2, 3), folds=2,
-                      eval_sample=2, n_points=256)
+    syn.write_modelnet40(root / syn.LAYOUT_DIRS["modelnet40"], num_classes=NCLS, n_train=NTR, n_test=NTE, n_points=NPTS)
+    syn.write_fewshot(
+        root / syn.LAYOUT_DIRS["fewshot"],
+        num_classes=NCLS,
+        ways=(5, 10),
+        shots=(2, 3),
+        folds=2,
+        eval_sample=2,
+        n_points=256,
+    )
     for v in ("OBJ_BG", "OBJ_ONLY", "PB_T50_RS"):
         syn.write_scanobjectnn(root / "ScanObjectNN", v, n_train=2, n_test=1, n_points=256, n_augment=2)
     syn.write_shapenetpart(root / syn.LAYOUT_DIRS["shapenetpart"], n_train=2, n_val=1, n_test=1, n_points=300)
@@ -134,7 +155,7 @@ def test_modelnet40_test_split_normals_and_modelnet10(synth, tmp_path):
 
 def test_modelnet40_too_few_points_and_missing_files(synth, tmp_path):
     root = _mn_root(synth)
-    with pytest.raises(DataError, match=f"fewer than n_points=1000"):
+    with pytest.raises(DataError, match="fewer than n_points=1000"):
         ModelNet40(root, "test", n_points=1000, cache=False)
     with pytest.raises(DataError) as e:
         ModelNet40(tmp_path, "train", n_points=64, cache=False)
@@ -196,8 +217,7 @@ def test_modelnet40_real_sample(shared_data, tmp_path):
 def test_fewshot_synthetic_folds(synth):
     root = synth / "ModelNetFewshot"
     # the reference layout (Point-MAE datasets/ModelNetDatasetFewShot.py): <root>/{way}way_{shot}shot/
-    assert sorted(p.name for p in root.iterdir()) == ["10way_2shot", "10way_3shot", "5way_2shot",
-                                                      "5way_3shot"]
+    assert sorted(p.name for p in root.iterdir()) == ["10way_2shot", "10way_3shot", "5way_2shot", "5way_3shot"]
     ds = ModelNetFewShot(root, 10, 3, 1, "train")
     assert len(ds) == 30 and ds.num_classes == 10
     assert np.bincount(ds.labels, minlength=10).tolist() == [3] * 10
@@ -216,8 +236,8 @@ def test_fewshot_synthetic_folds(synth):
 
 
 def test_fewshot_reads_reference_layout_and_old_spelling(synth, tmp_path):
-    import warnings
     import shutil
+    import warnings
 
     import clora3d.data.modelnet as mn
 
@@ -241,8 +261,7 @@ def test_fewshot_reads_reference_layout_and_old_spelling(synth, tmp_path):
         ModelNetFewShot(tmp_path / "old", 5, 2, 0, "test")
     # both present: the reference spelling wins
     shutil.copytree(tmp_path / "ref" / "5way_2shot", tmp_path / "old" / "5way_2shot")
-    assert ModelNetFewShot(tmp_path / "old", 5, 2, 0, "train").path == \
-        tmp_path / "old" / "5way_2shot" / "0.pkl"
+    assert ModelNetFewShot(tmp_path / "old", 5, 2, 0, "train").path == tmp_path / "old" / "5way_2shot" / "0.pkl"
 
 
 def test_generate_fewshot_folds_from_modelnet(synth, tmp_path):
@@ -288,12 +307,15 @@ def test_scanobjectnn_variants(synth):
         assert it["points"].shape == (256, 3) and it["points"].dtype == torch.float32
         assert it["label"].dtype == torch.int64
     # the variant picks the file of the reference table (section 4.3)
-    expect = {"OBJ_BG": "main_split/training_objectdataset.h5",
-              "OBJ_ONLY": "main_split_nobg/training_objectdataset.h5",
-              "PB_T50_RS": "main_split/training_objectdataset_augmentedrot_scale75.h5"}
+    expect = {
+        "OBJ_BG": "main_split/training_objectdataset.h5",
+        "OBJ_ONLY": "main_split_nobg/training_objectdataset.h5",
+        "PB_T50_RS": "main_split/training_objectdataset_augmentedrot_scale75.h5",
+    }
     for v, rel in expect.items():
         assert ScanObjectNN(root, v, "train").path == root / rel
     import h5py
+
     with h5py.File(root / expect["OBJ_BG"], "r") as f:
         assert {"data", "label", "mask"} <= set(f.keys())
         assert (f["mask"][:] == -1).any()  # background points in OBJ_BG
@@ -319,10 +341,24 @@ def test_scanobjectnn_missing_file_names_file_variant_layout(tmp_path):
 
 def test_seg_classes_table():
     # reference section 4.4
-    expect = {"Airplane": (0, 3), "Bag": (4, 5), "Cap": (6, 7), "Car": (8, 11), "Chair": (12, 15),
-              "Earphone": (16, 18), "Guitar": (19, 21), "Knife": (22, 23), "Lamp": (24, 27), "Laptop": (28, 29),
-              "Motorbike": (30, 35), "Mug": (36, 37), "Pistol": (38, 40), "Rocket": (41, 43),
-              "Skateboard": (44, 46), "Table": (47, 49)}
+    expect = {
+        "Airplane": (0, 3),
+        "Bag": (4, 5),
+        "Cap": (6, 7),
+        "Car": (8, 11),
+        "Chair": (12, 15),
+        "Earphone": (16, 18),
+        "Guitar": (19, 21),
+        "Knife": (22, 23),
+        "Lamp": (24, 27),
+        "Laptop": (28, 29),
+        "Motorbike": (30, 35),
+        "Mug": (36, 37),
+        "Pistol": (38, 40),
+        "Rocket": (41, 43),
+        "Skateboard": (44, 46),
+        "Table": (47, 49),
+    }
     assert CATEGORY_NAMES == list(expect)
     assert {k: (v[0], v[-1]) for k, v in SEG_CLASSES.items()} == expect
     assert SYNSETS[0] == "02691156" and SYNSETS[15] == "04379243"

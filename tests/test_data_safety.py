@@ -1,4 +1,5 @@
 """Restricted unpickling of the data set pickles (.dat caches, few-shot .pkl)."""
+
 from __future__ import annotations
 
 import io
@@ -34,9 +35,15 @@ class _RunsSystem:
 
 @pytest.mark.parametrize("proto", [2, 3, 4, 5])
 def test_numpy_payloads_load(proto):
-    obj = [[np.arange(12, dtype=np.float32).reshape(4, 3), np.zeros((2, 6), np.float64)],
-           [np.array([3], dtype=np.int32)], {"train": [(np.ones((5, 6), np.float32), 1, np.int32(7))]},
-           np.dtype("int64"), np.float64(2.5), {1, 2}, (1, "a", b"x", None, True, 1.5)]
+    obj = [
+        [np.arange(12, dtype=np.float32).reshape(4, 3), np.zeros((2, 6), np.float64)],
+        [np.array([3], dtype=np.int32)],
+        {"train": [(np.ones((5, 6), np.float32), 1, np.int32(7))]},
+        np.dtype("int64"),
+        np.float64(2.5),
+        {1, 2},
+        (1, "a", b"x", None, True, 1.5),
+    ]
     out = safe_loads(pickle.dumps(obj, protocol=proto))
     np.testing.assert_array_equal(out[0][0], obj[0][0])
     assert out[0][0].dtype == np.float32 and out[1][0].dtype == np.int32
@@ -53,14 +60,16 @@ class _Evals:
         return (eval, (f"open({self.path!r}, 'w')",))
 
 
-@pytest.mark.parametrize("payload_cls,name", [(_CreatesFile, r"'(io|builtins)\.open'"),
-                                              (_RunsSystem, r"'(posix|os)\.system'"),
-                                              (_Evals, r"'builtins\.eval'")])
+@pytest.mark.parametrize(
+    "payload_cls,name",
+    [(_CreatesFile, r"'(io|builtins)\.open'"), (_RunsSystem, r"'(posix|os)\.system'"), (_Evals, r"'builtins\.eval'")],
+)
 def test_payload_rejected_and_not_executed(tmp_path: Path, payload_cls, name):
     target = tmp_path / "pwned.txt"
     # hide the payload inside an otherwise valid cache structure
-    data = pickle.dumps([[np.zeros((4, 6), np.float32), payload_cls(str(target))], [np.array([0], np.int32)]],
-                        protocol=4)
+    data = pickle.dumps(
+        [[np.zeros((4, 6), np.float32), payload_cls(str(target))], [np.array([0], np.int32)]], protocol=4
+    )
     f = tmp_path / "evil.pkl"
     f.write_bytes(data)
     with pytest.raises(UnsafePickleError, match=name) as e:

@@ -1,4 +1,5 @@
 """Synthetic shapes: determinism, geometry, part labels, learnability, writers and write_all."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clora3d.data import PART_COUNTS, SEG_CLASSES, CATEGORY_NAMES
+from clora3d.data import CATEGORY_NAMES, PART_COUNTS, SEG_CLASSES
 from clora3d.data import synthetic as syn
 
 
@@ -79,13 +80,20 @@ def test_writers_are_deterministic(tmp_path: Path):
         syn.write_modelnet40(tmp_path / r / "mn", num_classes=3, n_train=2, n_test=1, n_points=64)
         syn.write_shapenetpart(tmp_path / r / "sp", n_train=1, n_val=1, n_test=1, n_points=64)
         syn.write_shapenet55(tmp_path / r / "s55", num_classes=2, n_train=1, n_test=1, n_points=64)
-        syn.write_fewshot(tmp_path / r / "fs", num_classes=5, ways=(5,), shots=(1,), folds=1, eval_sample=1,
-                          n_points=32)
+        syn.write_fewshot(
+            tmp_path / r / "fs", num_classes=5, ways=(5,), shots=(1,), folds=1, eval_sample=1, n_points=32
+        )
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     mn = tmp_path / "a" / "mn"
     assert (mn / "modelnet40_shape_names.txt").read_text().split() == syn.SYNTHETIC_CLASSES[:3]
     assert (mn / "modelnet40_train.txt").read_text().split() == [
-        "sphere_0001", "sphere_0002", "cube_0001", "cube_0002", "cylinder_0001", "cylinder_0002"]
+        "sphere_0001",
+        "sphere_0002",
+        "cube_0001",
+        "cube_0002",
+        "cylinder_0001",
+        "cylinder_0002",
+    ]
     line = (mn / "sphere" / "sphere_0001.txt").read_text().splitlines()[0]
     assert len(line.split(",")) == 6
     with pytest.raises(ValueError, match="way 10 needs at least 10 classes"):
@@ -97,10 +105,12 @@ def test_write_all_layout_and_cli(tmp_path: Path):
     out = syn.write_all(tmp_path, small=True, formats=["scanobjectnn", "shapenet55"])
     assert time.perf_counter() - t0 < 30
     assert set(out) == {"scanobjectnn", "shapenet55"}
-    for rel in ("ScanObjectNN/main_split/training_objectdataset.h5",
-                "ScanObjectNN/main_split/test_objectdataset_augmentedrot_scale75.h5",
-                "ScanObjectNN/main_split_nobg/test_objectdataset.h5",
-                "ShapeNet55-34/ShapeNet-55/train.txt"):
+    for rel in (
+        "ScanObjectNN/main_split/training_objectdataset.h5",
+        "ScanObjectNN/main_split/test_objectdataset_augmentedrot_scale75.h5",
+        "ScanObjectNN/main_split_nobg/test_objectdataset.h5",
+        "ShapeNet55-34/ShapeNet-55/train.txt",
+    ):
         assert (tmp_path / rel).is_file(), rel
     import importlib.util
 
@@ -108,7 +118,24 @@ def test_write_all_layout_and_cli(tmp_path: Path):
     spec = importlib.util.spec_from_file_location("make_synthetic", repo / "tools" / "make_synthetic.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    assert cli.main(["--root", str(tmp_path / "cli"), "--format", "modelnet40", "--num-classes", "2",
-                     "--n-train", "1", "--n-test", "1", "--n-points", "32"]) == 0
+    assert (
+        cli.main(
+            [
+                "--root",
+                str(tmp_path / "cli"),
+                "--format",
+                "modelnet40",
+                "--num-classes",
+                "2",
+                "--n-train",
+                "1",
+                "--n-test",
+                "1",
+                "--n-points",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "cli" / "ModelNet" / "modelnet40_normal_resampled" / "cube" / "cube_0002.txt").is_file()
     assert cli.main(["--root", str(tmp_path / "cli"), "--format", "fewshot", "--num-classes", "6", "--folds", "1"]) == 2

@@ -1,4 +1,5 @@
 """Batched point cloud transforms against independent formulas and brute force."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from clora3d.data import (Compose, FPSResample, Jitter, Normalize, RandomDropout, RandomSubset, RotateY,
-                          ScaleAndTranslate, TRANSFORM_KEYS, build_transforms)
+from clora3d.data import (
+    TRANSFORM_KEYS,
+    Compose,
+    FPSResample,
+    Jitter,
+    Normalize,
+    RandomDropout,
+    RandomSubset,
+    RotateY,
+    ScaleAndTranslate,
+    build_transforms,
+)
 from clora3d.errors import ConfigError
 
 
@@ -56,6 +67,7 @@ def test_rotate_y_matches_formula_and_rotates_normals():
         torch.testing.assert_close(out[..., cols[2]], x * s + z * c)
     q = _pts(B=8)
     r = RotateY()(q, torch.Generator().manual_seed(0))
+
     def pd(x):
         x = x.double()
         return ((x[:, :, None] - x[:, None]) ** 2).sum(-1)
@@ -100,8 +112,15 @@ def test_fps_resample_matches_brute_force():
 
 
 def test_generator_reproducible_and_shape_checks():
-    t = build_transforms([{"NAME": "ScaleAndTranslate"}, {"NAME": "RotateY"}, {"NAME": "Jitter", "std": 0.02},
-                          {"NAME": "RandomDropout", "max_dropout_ratio": 0.5}, {"NAME": "Normalize"}])
+    t = build_transforms(
+        [
+            {"NAME": "ScaleAndTranslate"},
+            {"NAME": "RotateY"},
+            {"NAME": "Jitter", "std": 0.02},
+            {"NAME": "RandomDropout", "max_dropout_ratio": 0.5},
+            {"NAME": "Normalize"},
+        ]
+    )
     assert isinstance(t, Compose) and len(t.transforms) == 5
     p = _pts()
     a = t(p, torch.Generator().manual_seed(5))

@@ -1,4 +1,5 @@
 """DDP under torchrun (2 Gloo processes on the CPU) against one process on the same tiny problem."""
+
 from __future__ import annotations
 
 import json
@@ -93,12 +94,33 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     cfg.write_text(CFG.format(root=root))
     entry = tmp_path / "entry.py"
     entry.write_text(ENTRY.format(train_py=str(REPO / "tools" / "train.py")))
-    one = subprocess.run([sys.executable, str(entry), "--cfg", str(cfg), "--run-dir", str(tmp_path / "one")],
-                         env=_env(), capture_output=True, text=True, timeout=600)
+    one = subprocess.run(
+        [sys.executable, str(entry), "--cfg", str(cfg), "--run-dir", str(tmp_path / "one")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-                          "--nproc_per_node=2", str(entry), "--cfg", str(cfg), "--run-dir", str(tmp_path / "two")],
-                         env=_env(), capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            str(entry),
+            "--cfg",
+            str(cfg),
+            "--run-dir",
+            str(tmp_path / "two"),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     r1 = json.loads((tmp_path / "one" / "result.json").read_text())
     r2 = json.loads((tmp_path / "two" / "result.json").read_text())

@@ -2,6 +2,7 @@
 content is checked against independent computations (statistics recomputed from the individual
 runs, accuracies that are whole numbers of test scans, parameter counts of a freshly built model,
 checkpoint key layouts, the real-data manifest, PNG signatures, the infer tool's printed top-3)."""
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import ranking as B
 from benchmarks import demo
+from benchmarks import ranking as B
 from clora3d.data.synthetic import SYNTHETIC_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,13 +37,14 @@ def test_quick_demo_runs_every_stage(tmp_path):
 def check_quick_demo_outputs(result: dict, out: Path) -> None:
     """Every assertion on a quick demo's returned result and its output folder ``out``."""
     bsize, size = demo.QUICK_BENCH, demo.QUICK
-    classes = SYNTHETIC_CLASSES[:bsize.num_classes]
+    classes = SYNTHETIC_CLASSES[: bsize.num_classes]
     n_test = {"scan": bsize.num_classes * bsize.n_test, "fewshot": bsize.way * bsize.fewshot_test}
 
     # benchmark: every method x task x seed ran once; each accuracy is a whole number of test scans
     runs = result["benchmark"]["runs"]
     assert sorted((r["method"], r["task"], r["seed"]) for r in runs) == sorted(
-        (m, t, s) for m in B.BENCH_METHODS for t in bsize.tasks for s in bsize.seeds)
+        (m, t, s) for m in B.BENCH_METHODS for t in bsize.tasks for s in bsize.seeds
+    )
     for r in runs:
         assert _whole_scans(r["acc"], n_test[r["task"]]), r
         assert r["lr"] == B.BENCH_LR.get(r["method"], bsize.lr)
@@ -69,12 +71,12 @@ def check_quick_demo_outputs(result: dict, out: Path) -> None:
     table = (out / "demo_table.md").read_text()
     lines = table.splitlines()
     assert lines[0].startswith("clora3d demo (quick)") and "seed 0, 1 thread(s)" in table
-    bench_lines = lines[:next(i for i, ln in enumerate(lines) if ln.startswith("scan: full - linear"))]
+    bench_lines = lines[: next(i for i, ln in enumerate(lines) if ln.startswith("scan: full - linear"))]
     for m in B.BENCH_METHODS:
         rows = [ln for ln in bench_lines if ln.startswith(f"| {m} | ")]
         assert len(rows) == 1, m
         cells = [c.strip() for c in rows[0].strip("|").split("|")]
-        assert cells[1:1 + len(bsize.tasks)] == [f"{stats[m, t][0]:.1f} ± {stats[m, t][1]:.1f}" for t in bsize.tasks]
+        assert cells[1 : 1 + len(bsize.tasks)] == [f"{stats[m, t][0]:.1f} ± {stats[m, t][1]:.1f}" for t in bsize.tasks]
         assert cells[1 + len(bsize.tasks) + 1] == f"{B.BENCH_LR.get(m, bsize.lr):g}"
     for t in bsize.tasks:
         gap = stats["full", t][0] - stats["linear", t][0]
@@ -98,8 +100,10 @@ def check_quick_demo_outputs(result: dict, out: Path) -> None:
         n = sum(r["class"] in shared for r in manifest)
         assert real["classes"] == shared and real["n"] == n and real["method"] in summary
         assert _whole_scans(real["acc"], n)
-        assert real_lines[0].startswith(f"real-data check ({real['method']}, seed 0, trained on synthetic "
-                                        f"scans only): {real['correct']} of {n} real ModelNet40 shapes right")
+        assert real_lines[0].startswith(
+            f"real-data check ({real['method']}, seed 0, trained on synthetic "
+            f"scans only): {real['correct']} of {n} real ModelNet40 shapes right"
+        )
 
     # pre-training checkpoint in the official Point-MAE layout
     pre = torch.load(out / "pretrain.pth", weights_only=True)
@@ -150,9 +154,14 @@ def demo_model_params(num_classes: int) -> int:
     return sum(p.numel() for p in PointTransformer.from_preset("tiny", cls_dim=num_classes).parameters())
 
 
-@pytest.mark.parametrize("kw, flag", [({"pretrain_seed": -1}, "--pretrain-seed"),
-                                      ({"pretrain_threads": 0}, "--pretrain-threads"),
-                                      ({"methods": ["full", "lorra"]}, "--methods")])
+@pytest.mark.parametrize(
+    "kw, flag",
+    [
+        ({"pretrain_seed": -1}, "--pretrain-seed"),
+        ({"pretrain_threads": 0}, "--pretrain-threads"),
+        ({"methods": ["full", "lorra"]}, "--methods"),
+    ],
+)
 def test_demo_rejects_bad_pretraining_condition(tmp_path, kw, flag):
     with pytest.raises(ValueError, match=re.escape(flag)):
         demo.run(tmp_path / "demo", quick=True, **kw)

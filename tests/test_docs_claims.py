@@ -1,6 +1,7 @@
 """Claims in README.md and docs/ that the code or the data must back: the benchmark tables are the
 rendering of the one committed benchmark JSON, the speed-ups and bar verdicts in them follow from
 its rows, and no link in the docs points outside the repository."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,7 +31,8 @@ def test_benchmark_tables_in_readme_and_docs_are_rendered_from_the_committed_jso
     assert set(files) == {"README.md", "docs/ops.md"}
     for rel, text in files.items():
         assert (REPO / rel).read_text() == text, (
-            f"{rel}: benchmark tables differ from {BENCH_JSON}; run python tools/render_bench_tables.py")
+            f"{rel}: benchmark tables differ from {BENCH_JSON}; run python tools/render_bench_tables.py"
+        )
 
 
 def test_readme_summary_numbers_follow_from_the_json_rows():
@@ -45,8 +47,7 @@ def test_readme_summary_numbers_follow_from_the_json_rows():
     for line, ((op, size), rows) in zip(lines, cases.items()):
         assert line.startswith(f"| {op} {size} |")
         native = [r["median_ms"] for r in rows if r["impl"] == "clora3d native"][0]
-        peers = [r["median_ms"] for r in rows if r["kind"] == "peer" and r["median_ms"] is not None
-                 and not r["error"]]
+        peers = [r["median_ms"] for r in rows if r["kind"] == "peer" and r["median_ms"] is not None and not r["error"]]
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert float(cells[1]) == pytest.approx(native, rel=5e-3)
         if peers:  # speed-up = fastest peer / native, computed here from the raw rows
@@ -62,15 +63,31 @@ def test_readme_summary_numbers_follow_from_the_json_rows():
 
 def test_bar_verdicts_on_hand_made_rows():
     def rows(native, peer):
-        out = [{"op": "knn", "size": "modelnet B32 N1024 M64 K32", "impl": "clora3d native", "kind": "native",
-                "median_ms": native, "error": ""}]
+        out = [
+            {
+                "op": "knn",
+                "size": "modelnet B32 N1024 M64 K32",
+                "impl": "clora3d native",
+                "kind": "native",
+                "median_ms": native,
+                "error": "",
+            }
+        ]
         if peer is not None:
-            out.append({"op": "knn", "size": "modelnet B32 N1024 M64 K32", "impl": "pykdtree", "kind": "peer",
-                        "median_ms": peer, "error": ""})
+            out.append(
+                {
+                    "op": "knn",
+                    "size": "modelnet B32 N1024 M64 K32",
+                    "impl": "pykdtree",
+                    "kind": "peer",
+                    "median_ms": peer,
+                    "error": "",
+                }
+            )
         return {"environment": {}, "rows": out}
 
     only = " against the installed peers only (pykdtree, faiss, scipy, open3d not installed)"
-    assert bench.summary_rows(rows(2.0, 10.0))[0]["bar"] == ">= 5x: met" + only   # exactly 5x
+    assert bench.summary_rows(rows(2.0, 10.0))[0]["bar"] == ">= 5x: met" + only  # exactly 5x
     assert bench.summary_rows(rows(2.0, 9.9))[0]["bar"] == ">= 5x: NOT met" + only  # 4.95x
     full = rows(2.0, 10.0)
     full["environment"]["peers"] = {p: "1" for p in ("pykdtree", "faiss", "scipy", "open3d")}

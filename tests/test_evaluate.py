@@ -1,5 +1,6 @@
 """Evaluation protocols: part-seg mIoU against a hand-computed example and a brute-force version,
 plain accuracy vs. a numpy FPS reference, vote@N against an independent re-implementation, DDP sums."""
+
 from __future__ import annotations
 
 import os
@@ -10,19 +11,26 @@ import pytest
 import torch
 from torch import nn
 
-from clora3d.engine.evaluate import (SHAPENETPART_SEG_CLASSES, evaluate_classification,
-                                     evaluate_partseg, format_partseg_table, part_seg_miou)
+from clora3d.engine.evaluate import (
+    SHAPENETPART_SEG_CLASSES,
+    evaluate_classification,
+    evaluate_partseg,
+    format_partseg_table,
+    part_seg_miou,
+)
 
 # ------------------------------------------------------------------------------------------------
 # part segmentation: hand-computed example
 # ------------------------------------------------------------------------------------------------
 SEG2 = {"A": [0, 1], "B": [2, 3, 4]}
-GT = np.array([[0, 0, 1, 1],    # shape 0, category A
-               [0, 0, 0, 0],    # shape 1, category A
-               [2, 2, 3, 3]])   # shape 2, category B
-PRED = np.array([[0, 1, 1, 1],
-                 [0, 0, 0, 0],
-                 [2, 3, 3, 3]])
+GT = np.array(
+    [
+        [0, 0, 1, 1],  # shape 0, category A
+        [0, 0, 0, 0],  # shape 1, category A
+        [2, 2, 3, 3],
+    ]
+)  # shape 2, category B
+PRED = np.array([[0, 1, 1, 1], [0, 0, 0, 0], [2, 3, 3, 3]])
 CLS = np.array([0, 0, 1])
 # By hand:
 # shape 0: part0 inter 1 / union 2 = 1/2, part1 inter 2 / union 3 = 2/3      -> (1/2 + 2/3) / 2 = 7/12
@@ -89,10 +97,12 @@ def _brute_force(logits, gt, cls, seg_classes):
                 correct += 1
             total += 1
     cat_means = [sum(v) / len(v) for v in by_cat.values()]
-    return {"inst_miou": 100 * sum(shape_m) / len(shape_m),
-            "cls_miou": 100 * sum(cat_means) / len(cat_means),
-            "point_acc": 100 * correct / total,
-            "class_avg_acc": 100 * sum(hit.get(p, 0) / n for p, n in seen.items()) / len(seen)}
+    return {
+        "inst_miou": 100 * sum(shape_m) / len(shape_m),
+        "cls_miou": 100 * sum(cat_means) / len(cat_means),
+        "point_acc": 100 * correct / total,
+        "class_avg_acc": 100 * sum(hit.get(p, 0) / n for p, n in seen.items()) / len(seen),
+    }
 
 
 def test_partseg_matches_brute_force_on_random_data():
@@ -183,8 +193,7 @@ class _MeanLinear(nn.Module):
 
 def _cls_items(n=20, N=64, c=4, seed=5):
     g = torch.Generator().manual_seed(seed)
-    return [{"points": torch.randn(N, 3, generator=g), "label": torch.randint(0, c, (), generator=g)}
-            for _ in range(n)]
+    return [{"points": torch.randn(N, 3, generator=g), "label": torch.randint(0, c, (), generator=g)} for _ in range(n)]
 
 
 def test_plain_accuracy_matches_numpy_fps_reference():
@@ -227,20 +236,28 @@ def test_vote_matches_independent_reimplementation():
     items = _cls_items(n=14, N=80)
     model = _Recorder(_MeanLinear()).eval()
     bs, npts, pool, V = 5, 16, 40, 4
-    m = evaluate_classification(model, torch.utils.data.DataLoader(items, batch_size=bs), npoints=npts,
-                                vote=V, vote_transform=_scale_tf, point_all=pool,
-                                generator=torch.Generator().manual_seed(11))
+    m = evaluate_classification(
+        model,
+        torch.utils.data.DataLoader(items, batch_size=bs),
+        npoints=npts,
+        vote=V,
+        vote_transform=_scale_tf,
+        point_all=pool,
+        generator=torch.Generator().manual_seed(11),
+    )
     g = torch.Generator().manual_seed(11)
     correct = 0
     seen = iter(model.seen)
     for start in range(0, len(items), bs):
-        chunk = items[start:start + bs]
+        chunk = items[start : start + bs]
         plain = next(seen)
-        expect_plain = torch.stack([torch.from_numpy(it["points"].numpy()[_np_fps(it["points"].numpy(), npts)])
-                                    for it in chunk])
+        expect_plain = torch.stack(
+            [torch.from_numpy(it["points"].numpy()[_np_fps(it["points"].numpy(), npts)]) for it in chunk]
+        )
         torch.testing.assert_close(plain, expect_plain, rtol=0, atol=0)
-        pools = torch.stack([torch.from_numpy(it["points"].numpy()[_np_fps(it["points"].numpy(), pool)])
-                             for it in chunk])
+        pools = torch.stack(
+            [torch.from_numpy(it["points"].numpy()[_np_fps(it["points"].numpy(), pool)]) for it in chunk]
+        )
         acc = 0
         for _ in range(V):
             sub = torch.randperm(pool, generator=g)[:npts]
@@ -269,12 +286,14 @@ def test_vote_differs_from_plain_and_is_labelled_separately():
         p = torch.randn(50, 3, generator=g)
         items.append({"points": 0.9 * p / p.norm(dim=-1, keepdim=True), "label": torch.tensor(0)})
     loader = torch.utils.data.DataLoader(items, batch_size=4)
-    m = evaluate_classification(_RadiusModel(), loader, npoints=20, vote=10,
-                                vote_transform=lambda x: 2.0 * x, point_all=30)
-    assert m["acc"] == 0.0            # unaugmented clouds have radius 0.9 -> class 1
+    m = evaluate_classification(
+        _RadiusModel(), loader, npoints=20, vote=10, vote_transform=lambda x: 2.0 * x, point_all=30
+    )
+    assert m["acc"] == 0.0  # unaugmented clouds have radius 0.9 -> class 1
     assert m["acc_vote@10"] == 100.0  # the TTA views are scaled x2 -> class 0
-    m2 = evaluate_classification(_RadiusModel(), loader, npoints=20, vote=10,
-                                 vote_transform=lambda x: 2.0 * x, point_all=30, vote_repeats=3)
+    m2 = evaluate_classification(
+        _RadiusModel(), loader, npoints=20, vote=10, vote_transform=lambda x: 2.0 * x, point_all=30, vote_repeats=3
+    )
     assert m2["acc_vote@10_max_of_3"] == 100.0 and m2["acc_vote@10_mean_of_3"] == 100.0
     assert m2["acc"] == 0.0
 
@@ -325,26 +344,36 @@ def _tagged_clouds(n_clouds=4, N=8):
 #                  clouds 2,3 see -1 three times -> wrong.                      logits 50 %, softmax 0 %
 #  pass 1 (k 3-5): every cloud sees +1 -> right.                                100 %
 #  pass 2 (k 6-8): cloud 0 sees +1, the others -1.                              25 %
-_VOTE_TABLE = [[20, 20, -1, -1], [-2, -2, -1, -1], [-2, -2, -1, -1],
-               [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1],
-               [1, -1, -1, -1], [1, -1, -1, -1], [1, -1, -1, -1]]
+_VOTE_TABLE = [
+    [20, 20, -1, -1],
+    [-2, -2, -1, -1],
+    [-2, -2, -1, -1],
+    [1, 1, 1, 1],
+    [1, 1, 1, 1],
+    [1, 1, 1, 1],
+    [1, -1, -1, -1],
+    [1, -1, -1, -1],
+    [1, -1, -1, -1],
+]
 
 
 def test_vote_averages_logits_not_softmax():
     loader = torch.utils.data.DataLoader(_tagged_clouds(), batch_size=4)
-    m = evaluate_classification(_TableModel(_VOTE_TABLE), loader, npoints=8, point_all=8, vote=3,
-                                vote_transform=_TagViews())
+    m = evaluate_classification(
+        _TableModel(_VOTE_TABLE), loader, npoints=8, point_all=8, vote=3, vote_transform=_TagViews()
+    )
     assert m["acc"] == 0.0
     assert m["acc_vote@3"] == 50.0  # mean softmax would give 0 %
 
 
 def test_vote_repeats_max_is_max_of_passes():
     loader = torch.utils.data.DataLoader(_tagged_clouds(), batch_size=4)
-    m = evaluate_classification(_TableModel(_VOTE_TABLE), loader, npoints=8, point_all=8, vote=3,
-                                vote_transform=_TagViews(), vote_repeats=3)
+    m = evaluate_classification(
+        _TableModel(_VOTE_TABLE), loader, npoints=8, point_all=8, vote=3, vote_transform=_TagViews(), vote_repeats=3
+    )
     # passes: 50 %, 100 %, 25 % (hand-computed above)
-    assert m["acc_vote@3"] == 50.0                          # the first pass alone
-    assert m["acc_vote@3_max_of_3"] == 100.0                # the best pass
+    assert m["acc_vote@3"] == 50.0  # the first pass alone
+    assert m["acc_vote@3_max_of_3"] == 100.0  # the best pass
     assert m["acc_vote@3_mean_of_3"] == pytest.approx(175.0 / 3)
     assert m["acc"] == 0.0
 
@@ -355,25 +384,31 @@ def test_vote_draws_a_fresh_subset_per_view_shared_by_the_batch():
     N, npts, V, R = 20, 6, 5, 2
     items = []
     for c in range(6):
-        pts = torch.stack([torch.arange(N, dtype=torch.float32), torch.full((N,), float(c)),
-                           torch.zeros(N)], -1)
+        pts = torch.stack([torch.arange(N, dtype=torch.float32), torch.full((N,), float(c)), torch.zeros(N)], -1)
         items.append({"points": pts, "label": torch.tensor(0)})
     model = _Recorder(_MeanLinear())
-    evaluate_classification(model, torch.utils.data.DataLoader(items, batch_size=3), npoints=npts,
-                            point_all=N, vote=V, vote_transform=lambda x: x, vote_repeats=R)
+    evaluate_classification(
+        model,
+        torch.utils.data.DataLoader(items, batch_size=3),
+        npoints=npts,
+        point_all=N,
+        vote=V,
+        vote_transform=lambda x: x,
+        vote_repeats=R,
+    )
     assert len(model.seen) == 2 * (1 + V * R)  # per batch: the plain pass, then V views x R passes
     for batch in range(2):
-        views = model.seen[batch * (1 + V * R) + 1:(batch + 1) * (1 + V * R)]
+        views = model.seen[batch * (1 + V * R) + 1 : (batch + 1) * (1 + V * R)]
         subsets = []
         for view in views:
             assert view.shape == (3, npts, 3)
             idx = view[..., 0].long()
             assert torch.equal(view[..., 1], torch.arange(3 * batch, 3 * batch + 3).float()[:, None].expand(3, npts))
-            assert torch.equal(idx, idx[:1].expand(3, npts))   # one subset shared by the batch
-            assert len(set(idx[0].tolist())) == npts            # drawn without replacement
+            assert torch.equal(idx, idx[:1].expand(3, npts))  # one subset shared by the batch
+            assert len(set(idx[0].tolist())) == npts  # drawn without replacement
             subsets.append(tuple(sorted(idx[0].tolist())))
-        for r in range(R):                                      # a fresh subset for every view
-            assert len(set(subsets[r * V:(r + 1) * V])) == V
+        for r in range(R):  # a fresh subset for every view
+            assert len(set(subsets[r * V : (r + 1) * V])) == V
         assert len(set(subsets)) == V * R
 
 
@@ -387,8 +422,7 @@ def test_default_vote_transform_is_scale_and_translate():
         pts[1::2] = 1.0
         items.append({"points": pts, "label": torch.tensor(0)})
     model = _Recorder(_MeanLinear())
-    evaluate_classification(model, torch.utils.data.DataLoader(items, batch_size=4), npoints=8,
-                            point_all=16, vote=10)
+    evaluate_classification(model, torch.utils.data.DataLoader(items, batch_size=4), npoints=8, point_all=16, vote=10)
     views = torch.stack(model.seen[1:])  # (10 views, 4 clouds, 8, 3); seen[0] is the plain pass
     assert views.shape == (10, 4, 8, 3)
     lo, hi = views.min(2).values, views.max(2).values
@@ -417,6 +451,7 @@ def test_classification_user_errors():
 # DDP: 2 gloo processes on the CPU give the single-process numbers
 # ------------------------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -428,13 +463,17 @@ def _ddp_worker(rank, world, port, queue):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         items = _cls_items(n=10, N=40)[rank::world]
-        cls_m = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3),
-                                        npoints=16)
+        cls_m = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3), npoints=16)
         cats = list(SHAPENETPART_SEG_CLASSES.values())
         g = torch.Generator().manual_seed(3)
-        seg_items = [{"points": torch.randn(20, 3, generator=g), "cls": torch.tensor(i % 16),
-                      "seg": torch.tensor(cats[i % 16])[torch.randint(0, 2, (20,), generator=g)]}
-                     for i in range(8)][rank::world]
+        seg_items = [
+            {
+                "points": torch.randn(20, 3, generator=g),
+                "cls": torch.tensor(i % 16),
+                "seg": torch.tensor(cats[i % 16])[torch.randint(0, 2, (20,), generator=g)],
+            }
+            for i in range(8)
+        ][rank::world]
         seg_m = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
         queue.put((rank, cls_m, seg_m))
     finally:
@@ -454,13 +493,19 @@ def test_ddp_two_gloo_ranks_match_single_process():
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    single = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(_cls_items(n=10, N=40),
-                                                                               batch_size=3), npoints=16)
+    single = evaluate_classification(
+        _MeanLinear(), torch.utils.data.DataLoader(_cls_items(n=10, N=40), batch_size=3), npoints=16
+    )
     cats = list(SHAPENETPART_SEG_CLASSES.values())
     g = torch.Generator().manual_seed(3)
-    seg_items = [{"points": torch.randn(20, 3, generator=g), "cls": torch.tensor(i % 16),
-                  "seg": torch.tensor(cats[i % 16])[torch.randint(0, 2, (20,), generator=g)]}
-                 for i in range(8)]
+    seg_items = [
+        {
+            "points": torch.randn(20, 3, generator=g),
+            "cls": torch.tensor(i % 16),
+            "seg": torch.tensor(cats[i % 16])[torch.randint(0, 2, (20,), generator=g)],
+        }
+        for i in range(8)
+    ]
     seg_single = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
     for _, cls_m, seg_m in results:
         assert cls_m["acc"] == pytest.approx(single["acc"]) and cls_m["count"] == 10
@@ -476,8 +521,7 @@ def test_batch_field_errors_name_the_keys():
     with pytest.raises(TypeError, match=r"dicts with keys \['points', 'label'\], got list"):
         evaluate_classification(_MeanLinear(), loader, npoints=4)
     with pytest.raises(KeyError, match=r"no key\(s\) \['label'\]; it has \['lab', 'points'\]"):
-        evaluate_classification(_MeanLinear(), [{"points": torch.zeros(1, 4, 3), "lab": torch.zeros(1)}],
-                                npoints=4)
+        evaluate_classification(_MeanLinear(), [{"points": torch.zeros(1, 4, 3), "lab": torch.zeros(1)}], npoints=4)
 
 
 def test_partseg_edge_cases_by_hand():
@@ -524,13 +568,19 @@ def test_one_process_group_gives_the_same_metrics_and_exact_sums(tmp_path):
     plain = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3), npoints=16)
     cats = list(SHAPENETPART_SEG_CLASSES.values())
     g = torch.Generator().manual_seed(3)
-    seg_items = [{"points": torch.randn(20, 3, generator=g), "cls": torch.tensor(i % 16),
-                  "seg": torch.tensor(cats[i % 16])[torch.randint(0, 2, (20,), generator=g)]} for i in range(6)]
+    seg_items = [
+        {
+            "points": torch.randn(20, 3, generator=g),
+            "cls": torch.tensor(i % 16),
+            "seg": torch.tensor(cats[i % 16])[torch.randint(0, 2, (20,), generator=g)],
+        }
+        for i in range(6)
+    ]
     seg_plain = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
     assert ev._all_gather_list([1, 2]) == [1, 2] and ev.all_reduce_sum([3, 4.5], torch.device("cpu")) == [3.0, 4.5]
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        big = 2 ** 53 - 1  # exact in float64, not in float32
+        big = 2**53 - 1  # exact in float64, not in float32
         got = ev.all_reduce_sum([big, 1, 0.5], torch.device("cpu"))
         assert got == [float(big), 1.0, 0.5] and all(type(v) is float for v in got)
         assert ev._all_gather_list([("a", 1), ("b", 2)]) == [("a", 1), ("b", 2)]

@@ -1,5 +1,6 @@
 """Few-shot grid runner: table (population std), resumability, fold configs, missing folds, and an
 end-to-end run of the real trainer on synthetic folds with a tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,7 @@ def _cfg(root: Path | None = None) -> dict:
     sec = {"NAME": "ModelNetFewShot", "way": 5, "shot": 10, "fold": 0}
     if root is not None:
         sec["root"] = str(root)
-    return {"name": "fs", "task": "classification",
-            "dataset": {"train": dict(sec), "test": dict(sec)}}
+    return {"name": "fs", "task": "classification", "dataset": {"train": dict(sec), "test": dict(sec)}}
 
 
 class FakeTrain:
@@ -31,20 +31,19 @@ class FakeTrain:
         tr, te = cfg["dataset"]["train"], cfg["dataset"]["test"]
         assert (tr["way"], tr["shot"], tr["fold"]) == (te["way"], te["shot"], te["fold"])
         self.calls.append((tr["way"], tr["shot"], tr["fold"], resume, ckpt))
-        w, s, f = tr["way"], tr["shot"], tr["fold"]
+        s, f = tr["shot"], tr["fold"]
         best = 90.0 + f + (s == 20)
-        return {"run_dir": run_dir, "best": {"acc": best, "epoch": 3}, "last": {"acc": best - 10},
-                "history": [{}] * 4}
+        return {"run_dir": run_dir, "best": {"acc": best, "epoch": 3}, "last": {"acc": best - 10}, "history": [{}] * 4}
 
 
 def test_grid_table_population_std_and_skip_on_second_call(tmp_path):
     train = FakeTrain()
     cfg = _cfg()
-    res = run_fewshot(cfg, tmp_path, ways=[5], shots=[10, 20], folds=[0, 1, 2], ckpt="pre.pth",
-                      train_fn=train, log=lambda m: None)
+    res = run_fewshot(
+        cfg, tmp_path, ways=[5], shots=[10, 20], folds=[0, 1, 2], ckpt="pre.pth", train_fn=train, log=lambda m: None
+    )
     assert cfg["dataset"]["train"]["fold"] == 0  # caller's config not mutated
-    assert [c[:3] for c in train.calls] == [(5, 10, 0), (5, 10, 1), (5, 10, 2),
-                                            (5, 20, 0), (5, 20, 1), (5, 20, 2)]
+    assert [c[:3] for c in train.calls] == [(5, 10, 0), (5, 10, 1), (5, 10, 2), (5, 20, 0), (5, 20, 1), (5, 20, 2)]
     assert all(c[3] is False and c[4] == "pre.pth" for c in train.calls)
     s = res["summary"]
     # 5w10s folds: best 90, 91, 92 -> mean 91, population std sqrt(2/3); last = best - 10
@@ -62,8 +61,9 @@ def test_grid_table_population_std_and_skip_on_second_call(tmp_path):
     def must_not_train(*a, **k):
         raise AssertionError("a finished fold was trained again")
 
-    res2 = run_fewshot(cfg, tmp_path, ways=[5], shots=[10, 20], folds=[0, 1, 2],
-                       train_fn=must_not_train, log=lambda m: None)
+    res2 = run_fewshot(
+        cfg, tmp_path, ways=[5], shots=[10, 20], folds=[0, 1, 2], train_fn=must_not_train, log=lambda m: None
+    )
     assert res2["summary"] == s and res2["table"] == res["table"]
 
 
@@ -75,8 +75,9 @@ def test_interrupted_fold_resumes_and_new_folds_start_fresh(tmp_path):
     run1.mkdir(parents=True)
     (run1 / "ckpt-last.pth").write_bytes(b"x")
     train2 = FakeTrain()
-    res = run_fewshot(_cfg(), tmp_path, ways=[10], shots=[20], folds=[0, 1, 2], train_fn=train2,
-                      ci95=True, log=lambda m: None)
+    res = run_fewshot(
+        _cfg(), tmp_path, ways=[10], shots=[20], folds=[0, 1, 2], train_fn=train2, ci95=True, log=lambda m: None
+    )
     assert [(c[2], c[3]) for c in train2.calls] == [(1, True), (2, False)]
     row = res["summary"]["10way20shot"]
     vals = np.array([91.0, 92.0, 93.0])
@@ -85,8 +86,7 @@ def test_interrupted_fold_resumes_and_new_folds_start_fresh(tmp_path):
 
 
 def test_summarize_matches_numpy():
-    recs = {(5, 10): [{"fold": i, "best_acc": v, "last_acc": v - 1}
-                      for i, v in enumerate([96.0, 100.0, 93.0, 97.0])]}
+    recs = {(5, 10): [{"fold": i, "best_acc": v, "last_acc": v - 1} for i, v in enumerate([96.0, 100.0, 93.0, 97.0])]}
     s = summarize(recs)["5way10shot"]
     assert s["best_mean"] == pytest.approx(96.5)
     assert s["best_std"] == pytest.approx(np.std([96.0, 100.0, 93.0, 97.0]))
@@ -100,15 +100,15 @@ def test_config_without_fewshot_dataset_and_corrupt_result(tmp_path):
     (tmp_path / "5way10shot").mkdir()
     (tmp_path / "5way10shot" / "fold0.json").write_text("{not json")
     with pytest.raises(ValueError, match="fold0.json"):
-        run_fewshot(_cfg(), tmp_path, ways=[5], shots=[10], folds=[0], train_fn=FakeTrain(),
-                    log=lambda m: None)
+        run_fewshot(_cfg(), tmp_path, ways=[5], shots=[10], folds=[0], train_fn=FakeTrain(), log=lambda m: None)
 
 
 def test_missing_fold_files_error_and_generation(tmp_path, monkeypatch):
     root = tmp_path / "folds"
     with pytest.raises(FileNotFoundError, match=r"5way_10shot/0\.pkl"):
-        run_fewshot(_cfg(root), tmp_path / "out", ways=[5], shots=[10], folds=[0],
-                    train_fn=FakeTrain(), log=lambda m: None)
+        run_fewshot(
+            _cfg(root), tmp_path / "out", ways=[5], shots=[10], folds=[0], train_fn=FakeTrain(), log=lambda m: None
+        )
     calls = []
 
     def fake_gen(src, out_root, ways, shots, folds, seed):
@@ -126,8 +126,17 @@ def test_missing_fold_files_error_and_generation(tmp_path, monkeypatch):
     (root / "5way_10shot").mkdir(parents=True)
     (root / "5way_10shot" / "0.pkl").write_bytes(b"released")  # an existing fold is never replaced
     train = FakeTrain()
-    run_fewshot(_cfg(root), tmp_path / "out", ways=[5], shots=[10], folds=[0, 1],
-                generate_from="mn40", generate_seed=3, train_fn=train, log=lambda m: None)
+    run_fewshot(
+        _cfg(root),
+        tmp_path / "out",
+        ways=[5],
+        shots=[10],
+        folds=[0, 1],
+        generate_from="mn40",
+        generate_seed=3,
+        train_fn=train,
+        log=lambda m: None,
+    )
     assert calls == [("mn40", (5,), (10,), 2, 3)]
     assert (root / "5way_10shot" / "0.pkl").read_bytes() == b"released"
     assert (root / "5way_10shot" / "1.pkl").read_bytes() == b"generated"
@@ -138,6 +147,7 @@ def test_missing_fold_files_error_and_generation(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # end to end with the real trainer, a tiny model and synthetic folds
 # ------------------------------------------------------------------------------------------------
+
 
 def _synthetic_folds(root: Path) -> None:
     """5 classes of ellipsoid surfaces with distinct axes, written in the released fold format."""
@@ -154,8 +164,7 @@ def _synthetic_folds(root: Path) -> None:
     def split(n):
         return [shape(c) for c in range(5) for _ in range(n)], np.repeat(np.arange(5), n)
 
-    write_fewshot_folds_from_arrays(split(4), split(2), root, ways=(5,), shots=(2, 4), folds=2,
-                                    eval_sample=2, seed=0)
+    write_fewshot_folds_from_arrays(split(4), split(2), root, ways=(5,), shots=(2, 4), folds=2, eval_sample=2, seed=0)
 
 
 def test_end_to_end_with_real_trainer(tmp_path, monkeypatch):
@@ -169,16 +178,20 @@ def test_end_to_end_with_real_trainer(tmp_path, monkeypatch):
     _synthetic_folds(root)
     ds = {"NAME": "ModelNetFewShot", "root": str(root), "way": 5, "shot": 2, "fold": 0}
     cfg_file = tmp_path / "fs.yaml"
-    cfg_file.write_text(yaml.safe_dump({
-        "task": "classification",
-        "model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5, "drop_path_rate": 0.0},
-        "peft": {"NAME": "full"},
-        "data": {"npoints": 64, "train_sampling": "fps"},
-        "scheduler": {"warmup_epochs": 0},
-        "train": {"epochs": 2, "batch_size": 5, "num_workers": 0, "device": "cpu"},
-        "dataset": {"train": ds, "test": dict(ds)},
-        "log": {"root": str(tmp_path / "exp"), "tensorboard": False, "progress": False},
-    }))
+    cfg_file.write_text(
+        yaml.safe_dump(
+            {
+                "task": "classification",
+                "model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5, "drop_path_rate": 0.0},
+                "peft": {"NAME": "full"},
+                "data": {"npoints": 64, "train_sampling": "fps"},
+                "scheduler": {"warmup_epochs": 0},
+                "train": {"epochs": 2, "batch_size": 5, "num_workers": 0, "device": "cpu"},
+                "dataset": {"train": ds, "test": dict(ds)},
+                "log": {"root": str(tmp_path / "exp"), "tensorboard": False, "progress": False},
+            }
+        )
+    )
     cfg = load_config(cfg_file)
     calls = []
     real_train = trainer.train
@@ -189,14 +202,14 @@ def test_end_to_end_with_real_trainer(tmp_path, monkeypatch):
 
     out = tmp_path / "fewshot"
     seen = _spy_evaluations(monkeypatch)
-    res = run_fewshot(cfg, out, ways=[5], shots=[2, 4], folds=[1], train_fn=counting_train,
-                      log=lambda m: None)
+    res = run_fewshot(cfg, out, ways=[5], shots=[2, 4], folds=[1], train_fn=counting_train, log=lambda m: None)
     assert len(calls) == 2
     # every per-epoch test accuracy is a by-hand count on the model and query batches evaluated
     # (numpy FPS to 64 points, argmax, 10 query shapes = 5 ways x 2)
     assert len(seen) == 4
-    replayed = [_replay_classification(m, b, npoints=64, point_all=64, vote=0, inputs=fed)[0]
-                for m, b, _, _, fed in seen]
+    replayed = [
+        _replay_classification(m, b, npoints=64, point_all=64, vote=0, inputs=fed)[0] for m, b, _, _, fed in seen
+    ]
     assert [o["acc"] for *_, o, _ in seen] == pytest.approx(replayed, abs=1e-9)
     assert all(o["count"] == 10 for *_, o, _ in seen)
     for name in ("5way2shot", "5way4shot"):
@@ -213,8 +226,7 @@ def test_end_to_end_with_real_trainer(tmp_path, monkeypatch):
         assert row["last_mean"] == rec["last_acc"] == accs[-1]
         assert rec["best_epoch"] == accs.index(max(accs))
     assert "5w2s" in res["table"] and "5w4s" in res["table"]
-    res2 = run_fewshot(cfg, out, ways=[5], shots=[2, 4], folds=[1], train_fn=counting_train,
-                       log=lambda m: None)
+    res2 = run_fewshot(cfg, out, ways=[5], shots=[2, 4], folds=[1], train_fn=counting_train, log=lambda m: None)
     assert len(calls) == 2 and res2["summary"] == res["summary"]
     # the fold's query set was the one of fold 1 (way/shot/fold reached the dataset)
     rec = json.loads((out / "5way4shot" / "fold1.json").read_text())
@@ -226,11 +238,11 @@ def test_fold_trained_but_unrecorded_is_read_from_run_result(tmp_path):
     run = tmp_path / "5way10shot" / "fold0"
     run.mkdir(parents=True)
     (run / "ckpt-last.pth").write_bytes(b"x")
-    (run / "result.json").write_text(json.dumps({"best": {"acc": 77.0, "epoch": 1},
-                                                 "last": {"acc": 70.0}, "history": [{}, {}]}))
+    (run / "result.json").write_text(
+        json.dumps({"best": {"acc": 77.0, "epoch": 1}, "last": {"acc": 70.0}, "history": [{}, {}]})
+    )
     train = FakeTrain()
-    res = run_fewshot(_cfg(), tmp_path, ways=[5], shots=[10], folds=[0], train_fn=train,
-                      log=lambda m: None)
+    res = run_fewshot(_cfg(), tmp_path, ways=[5], shots=[10], folds=[0], train_fn=train, log=lambda m: None)
     assert train.calls == []
     assert res["folds"][0]["best_acc"] == 77.0 and res["folds"][0]["last_acc"] == 70.0
 
@@ -248,8 +260,9 @@ class SeededFakeTrain(FakeTrain):
 def test_seeds_mean_std_over_folds_and_over_seeds(tmp_path):
     train = SeededFakeTrain()
     cfg = {**_cfg(), "seed": 0}
-    res = run_fewshot(cfg, tmp_path, ways=[5], shots=[10], folds=[0, 1, 2], seeds=[0, 1, 3],
-                      train_fn=train, log=lambda m: None)
+    res = run_fewshot(
+        cfg, tmp_path, ways=[5], shots=[10], folds=[0, 1, 2], seeds=[0, 1, 3], train_fn=train, log=lambda m: None
+    )
     assert [(c[2], c[5]) for c in train.calls] == [(f, k) for f in (0, 1, 2) for k in (0, 1, 3)]
     row = res["summary"]["5way10shot"]
     # hand computation: acc(f, k) = 90 + f + 2k
@@ -269,18 +282,19 @@ def test_seeds_mean_std_over_folds_and_over_seeds(tmp_path):
     assert rec["run_dir"] == str(tmp_path / "5way10shot" / "seed3_fold2")  # one run dir per seed
     # resumable per (fold, seed): adding a seed trains only the new runs
     train2 = SeededFakeTrain()
-    run_fewshot(cfg, tmp_path, ways=[5], shots=[10], folds=[0, 1, 2], seeds=[0, 1, 3, 4],
-                train_fn=train2, log=lambda m: None)
+    run_fewshot(
+        cfg, tmp_path, ways=[5], shots=[10], folds=[0, 1, 2], seeds=[0, 1, 3, 4], train_fn=train2, log=lambda m: None
+    )
     assert [(c[2], c[5]) for c in train2.calls] == [(0, 4), (1, 4), (2, 4)]
     with pytest.raises(ConfigError, match="distinct"):
-        run_fewshot(cfg, tmp_path, ways=[5], shots=[10], folds=[0], seeds=[1, 1],
-                    train_fn=train2, log=lambda m: None)
+        run_fewshot(cfg, tmp_path, ways=[5], shots=[10], folds=[0], seeds=[1, 1], train_fn=train2, log=lambda m: None)
 
 
 def test_one_seed_is_the_reference_table(tmp_path):
     """Without --seeds: one run per fold with the config's seed, the table has no seed rows."""
-    res = run_fewshot({**_cfg(), "seed": 5}, tmp_path, ways=[5], shots=[10], folds=[0, 1],
-                      train_fn=FakeTrain(), log=lambda m: None)
+    res = run_fewshot(
+        {**_cfg(), "seed": 5}, tmp_path, ways=[5], shots=[10], folds=[0, 1], train_fn=FakeTrain(), log=lambda m: None
+    )
     assert "seeds" not in res["table"] and "over folds" not in res["table"]
     assert res["summary"]["5way10shot"]["n_seeds"] == 1
     assert json.loads((tmp_path / "5way10shot" / "fold1.json").read_text())["seed"] == 5
@@ -289,8 +303,9 @@ def test_one_seed_is_the_reference_table(tmp_path):
 def test_fewshot_cli_seeds():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_fs_tool", Path(__file__).resolve().parents[1]
-                                                  / "tools" / "fewshot.py")
+    spec = importlib.util.spec_from_file_location(
+        "_fs_tool", Path(__file__).resolve().parents[1] / "tools" / "fewshot.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.parse_args(["--cfg", "x.yaml", "--seeds", "0-2"]).seeds == [0, 1, 2]

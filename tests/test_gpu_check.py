@@ -1,5 +1,6 @@
 """The GPU check's benchmark code runs end to end (on the CPU at tiny sizes, so that a GPU session
 does not discover a typo), and the check refuses clearly where there is no GPU."""
+
 from __future__ import annotations
 
 import subprocess
@@ -40,8 +41,12 @@ def test_model_benchmark_runs_one_method():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_gpu_check_without_gpu_says_so():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--skip-build"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--skip-build"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "sees no GPU" in proc.stderr
 
 
@@ -49,7 +54,12 @@ def test_gpu_check_collects_every_cuda_test_file_and_only_minimal_imports():
     import gpu_check
 
     files = gpu_check.cuda_test_files()
-    assert {"tests/test_ops_cuda.py", "tests/test_build.py", "tests/test_ops_direct.py", "tests/test_compile.py"} <= set(files)
+    assert {
+        "tests/test_ops_cuda.py",
+        "tests/test_build.py",
+        "tests/test_ops_direct.py",
+        "tests/test_compile.py",
+    } <= set(files)
     for f in files + gpu_check.EXTRA_TESTS:  # the GPU machine has torch, numpy, pytest, hypothesis only
         text = (ROOT / f).read_text()
         for pkg in ("yaml", "h5py", "plyfile", "matplotlib", "tqdm", "open3d", "tensorboard"):

@@ -5,6 +5,7 @@ of this checkout) and check that the installed package has working compiled kern
 that torch, and that an environment without torch gets a message saying what to run instead of a
 package without kernels. `.ci/run` runs them on every commit.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,8 +42,21 @@ def test_lock_pins_every_package_exactly():
     assert reqs and all("==" in r and not any(c in r for c in "<>~!*") for r in reqs), reqs
     names = {r.split("==")[0].lower() for r in reqs}
     # the direct dependencies of `make demo` and `make test`, and the build tools
-    for need in ("torch", "numpy", "pyyaml", "h5py", "tqdm", "matplotlib", "plyfile", "pytest",
-                 "hypothesis", "tensorboard", "pip", "setuptools", "wheel"):
+    for need in (
+        "torch",
+        "numpy",
+        "pyyaml",
+        "h5py",
+        "tqdm",
+        "matplotlib",
+        "plyfile",
+        "pytest",
+        "hypothesis",
+        "tensorboard",
+        "pip",
+        "setuptools",
+        "wheel",
+    ):
         assert need in names, need
     # benchmark peers and open3d are not part of the two README commands
     assert not names & {"open3d", "fpsample", "pykdtree", "faiss-cpu", "scipy", "scikit-learn"}
@@ -54,15 +68,31 @@ def _venv(path: Path) -> Path:
 
 
 def _copy_checkout(dst: Path) -> Path:
-    ignore = shutil.ignore_patterns(".venv*", "build", "*.so", "*.egg-info", ".git", "__pycache__",
-                                    "demo_out", "runs", ".hypothesis", ".pytest_cache")
+    ignore = shutil.ignore_patterns(
+        ".venv*",
+        "build",
+        "*.so",
+        "*.egg-info",
+        ".git",
+        "__pycache__",
+        "demo_out",
+        "runs",
+        ".hypothesis",
+        ".pytest_cache",
+    )
     shutil.copytree(REPO, dst, ignore=ignore, dirs_exist_ok=False)
     return dst
 
 
 def _pip(py: Path, *args: str, env=None, timeout=1500) -> subprocess.CompletedProcess:
-    return subprocess.run([str(py), "-m", "pip", "install", "--progress-bar", "off", *args],
-                          capture_output=True, text=True, timeout=timeout, cwd="/", env=env)
+    return subprocess.run(
+        [str(py), "-m", "pip", "install", "--progress-bar", "off", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
+        env=env,
+    )
 
 
 @pytest.mark.slow
@@ -85,19 +115,26 @@ def test_pip_install_with_build_isolation_builds_kernels_against_the_envs_torch(
     env = dict(os.environ, CLORA3D_CPU_ONLY="1", MAX_JOBS="2")
     # default build isolation: no --no-build-isolation; dependencies pinned by the lock minus torch
     pins = tmp_path / "pins.txt"
-    pins.write_text("".join(ln + "\n" for ln in lock.read_text().splitlines()
-                            if not ln.startswith(("torch==", "triton==", "nvidia-", "cuda-"))))
+    pins.write_text(
+        "".join(
+            ln + "\n"
+            for ln in lock.read_text().splitlines()
+            if not ln.startswith(("torch==", "triton==", "nvidia-", "cuda-"))
+        )
+    )
     r = _pip(py, "-c", str(pins), str(src), env=env)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
-    code = ("import torch, clora3d.ops as o\n"
-            "i = o.backend_info()\n"
-            "assert i['native_available'], i['native_error']\n"
-            "assert i['build_info']['torch_version'] == torch.__version__.split('+')[0], i['build_info']\n"
-            "x = torch.rand(2, 64, 3)\n"
-            "assert o.backend_info()['ops']['knn']['cpu']['backend'] == 'native'\n"
-            "d, idx = o.knn(x, x, 4)\n"
-            "assert (idx[..., 0] == torch.arange(64)).all()\n"
-            "print(o.kernels_summary())\n")
+    code = (
+        "import torch, clora3d.ops as o\n"
+        "i = o.backend_info()\n"
+        "assert i['native_available'], i['native_error']\n"
+        "assert i['build_info']['torch_version'] == torch.__version__.split('+')[0], i['build_info']\n"
+        "x = torch.rand(2, 64, 3)\n"
+        "assert o.backend_info()['ops']['knn']['cpu']['backend'] == 'native'\n"
+        "d, idx = o.knn(x, x, 4)\n"
+        "assert (idx[..., 0] == torch.arange(64)).all()\n"
+        "print(o.kernels_summary())\n"
+    )
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=300, cwd="/")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("clora3d kernels: native CPU")

@@ -6,6 +6,7 @@
   checkpoints, adapter files and optimizer states keep loading, and seeded runs keep their numbers.
 - One registry: names, presets and config keys come from it; from_preset and build_model use it.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,16 @@ from torch import nn
 
 import clora3d.models as models
 from clora3d.errors import ConfigError
-from clora3d.models import (PartSegModel, PointMAE, PointTransformer, build_model, model_class, model_keys,
-                            model_names, model_presets)
+from clora3d.models import (
+    PartSegModel,
+    PointMAE,
+    PointTransformer,
+    build_model,
+    model_class,
+    model_keys,
+    model_names,
+    model_presets,
+)
 from clora3d.models.stem import PointStem
 
 LAYOUTS = json.loads((Path(__file__).parent / "fixtures" / "models" / "layouts.json").read_text())
@@ -35,8 +44,13 @@ def test_keys_parameter_order_and_seeded_init_unchanged(case):
     assert [n for n, _ in model.named_parameters()] == want["params"]
     for key, (first, total) in want["fingerprint"].items():
         flat = state[key].detach().reshape(-1).double()
-        torch.testing.assert_close(flat[:4], torch.tensor(first, dtype=torch.float64), rtol=1e-6, atol=1e-7,
-                                   msg=lambda m, key=key: f"{case} {key}: {m}")
+        torch.testing.assert_close(
+            flat[:4],
+            torch.tensor(first, dtype=torch.float64),
+            rtol=1e-6,
+            atol=1e-7,
+            msg=lambda m, key=key: f"{case} {key}: {m}",
+        )
         assert abs(float(flat.sum()) - total) <= 1e-4 * max(1.0, abs(total)), (case, key)
 
 
@@ -74,8 +88,11 @@ def test_registry_lists_names_presets_and_keys():
     assert model_presets("PointMAE")["vit_s"]["decoder_depth"] == 4
     assert {"NAME", "preset", "mask_ratio", "decoder_depth"} <= model_keys("PointMAE")
     assert "fetch_idx" in model_keys("PartSegModel") and "fetch_idx" not in model_keys("PointTransformer")
-    with pytest.raises(ConfigError, match=r"model.NAME must be one of \['PartSegModel', 'PointMAE', "
-                                          r"'PointTransformer'\], got 'PointNet'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.NAME must be one of \['PartSegModel', 'PointMAE', "
+        r"'PointTransformer'\], got 'PointNet'",
+    ):
         model_class("PointNet")
     with pytest.raises(ConfigError, match="got None"):
         model_class(None)  # type: ignore[arg-type]
@@ -105,12 +122,14 @@ def test_a_subclass_uses_its_registered_base_presets():
 
 def test_register_model_checks_presets_and_names():
     with pytest.raises(ValueError, match=r"preset Bad/x sets \['widht'\], which .*__init__ does not take"):
+
         @models.register_model("Bad", presets={"x": {"widht": 3}})
         class Bad(nn.Module):
             def __init__(self, width: int = 1) -> None:
                 super().__init__()
 
     with pytest.raises(ValueError, match="name 'PointMAE' is taken"):
+
         @models.register_model("PointMAE")
         class Other(nn.Module):
             pass

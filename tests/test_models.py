@@ -1,6 +1,7 @@
 """Models against independent references: parameter formulas from the reference's layer list,
 channel-first Conv1d re-implementations, brute-force interpolation, permutation behaviour, MAE
 training on synthetic shapes, frozen BatchNorm statistics, config building."""
+
 from __future__ import annotations
 
 import math
@@ -12,10 +13,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
-from clora3d.models import (Attention, Encoder, PartSegModel, PointMAE, PointTransformer,
-                            apply_frozen_bn_policy, build_model, count_parameters, freeze_bn_stats, model_keys)
+from clora3d.models import (
+    Attention,
+    Encoder,
+    PartSegModel,
+    PointMAE,
+    PointTransformer,
+    apply_frozen_bn_policy,
+    build_model,
+    count_parameters,
+    freeze_bn_stats,
+    model_keys,
+)
 from clora3d.models.partseg import PointNetFeaturePropagation, default_fetch_idx
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +38,7 @@ def lin(i: int, o: int, bias: bool = True) -> int:
 
 
 def bn(c: int) -> int:
-    return 2 * c          # BatchNorm / LayerNorm affine parameters
+    return 2 * c  # BatchNorm / LayerNorm affine parameters
 
 
 def enc(out: int = 384, w=(128, 256, 512)) -> int:
@@ -46,7 +56,7 @@ def backbone(D: int = 384, depth: int = 12) -> int:
 def test_vit_s_classification_parameter_counts():
     for cls_dim, expected in ((40, 22_099_752), (15, 22_093_327)):
         head = lin(768, 256) + bn(256) + lin(256, 256) + bn(256) + lin(256, cls_dim)
-        formula = backbone() + 2 * 384 + head           # + cls_token + cls_pos
+        formula = backbone() + 2 * 384 + head  # + cls_token + cls_pos
         assert formula == expected
         with torch.device("meta"):
             model = PointTransformer.from_preset("vit_s", cls_dim=cls_dim)
@@ -54,15 +64,38 @@ def test_vit_s_classification_parameter_counts():
 
 
 def test_point_bert_and_partseg_and_mae_parameter_counts():
-    bert = enc(256) + lin(256, 384) + lin(3, 128) + lin(128, 384) + 12 * block() + bn(384) + 2 * 384 \
-        + lin(768, 256) + lin(256, 40)
-    seg = backbone() + lin(16, 64, bias=False) + bn(64) + lin(1152 + 3, 1536) + bn(1536) + lin(1536, 1024) \
-        + bn(1024) + lin(3392, 512) + bn(512) + lin(512, 256) + bn(256) + lin(256, 50)
+    bert = (
+        enc(256)
+        + lin(256, 384)
+        + lin(3, 128)
+        + lin(128, 384)
+        + 12 * block()
+        + bn(384)
+        + 2 * 384
+        + lin(768, 256)
+        + lin(256, 40)
+    )
+    seg = (
+        backbone()
+        + lin(16, 64, bias=False)
+        + bn(64)
+        + lin(1152 + 3, 1536)
+        + bn(1536)
+        + lin(1536, 1024)
+        + bn(1024)
+        + lin(3392, 512)
+        + bn(512)
+        + lin(512, 256)
+        + bn(256)
+        + lin(256, 50)
+    )
     mae = backbone() + 384 + lin(3, 128) + lin(128, 384) + 4 * block() + bn(384) + lin(384, 96)
     with torch.device("meta"):
-        models = [build_model({"NAME": "PointTransformer", "preset": "point_bert"}),
-                  build_model({"NAME": "PartSegModel", "preset": "vit_s"}),
-                  build_model({"NAME": "PointMAE", "preset": "vit_s"})]
+        models = [
+            build_model({"NAME": "PointTransformer", "preset": "point_bert"}),
+            build_model({"NAME": "PartSegModel", "preset": "vit_s"}),
+            build_model({"NAME": "PointMAE", "preset": "vit_s"}),
+        ]
     assert [count_parameters(m) for m in models] == [bert, seg, mae]
     assert seg == 27_063_730
 
@@ -103,7 +136,7 @@ def test_attention_matches_textbook_softmax():
     x = torch.randn(3, 7, 32)
     qkv = att.qkv(x).reshape(3, 7, 3, 4, 8).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
-    a = torch.softmax(q @ k.transpose(-2, -1) * 8 ** -0.5, dim=-1)
+    a = torch.softmax(q @ k.transpose(-2, -1) * 8**-0.5, dim=-1)
     ref = att.proj((a @ v).transpose(1, 2).reshape(3, 7, 32))
     torch.testing.assert_close(att(x), ref, rtol=1e-5, atol=1e-5)
     assert att.qkv.bias is None
@@ -148,7 +181,7 @@ def test_point_order_invariance_with_fixed_fps_start():
         _, c1 = model.group_divider(pts[:, perm])
         torch.testing.assert_close(c0, c1, rtol=0, atol=0)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        other = torch.roll(torch.arange(200), 1)                # point 199 becomes the FPS start
+        other = torch.roll(torch.arange(200), 1)  # point 199 becomes the FPS start
         c = model(pts[:, other])
         _, c2 = model.group_divider(pts[:, other])
     assert not torch.allclose(c0, c2)
@@ -184,15 +217,21 @@ def reference_partseg(model: PartSegModel, pts: torch.Tensor, onehot: torch.Tens
     """Channel-first re-implementation of the reference seg head (repeat global features over N,
     brute-force 3-NN over squared distances, concat then Conv1d), on the model's own modules."""
     B, N, _ = pts.shape
-    feat, center = model.forward_token_features(pts)                     # (B, G, F)
+    feat, center = model.forward_token_features(pts)  # (B, G, F)
     x = feat.transpose(1, 2)
-    glob = torch.cat([x.max(2)[0].unsqueeze(-1).repeat(1, 1, N), x.mean(2).unsqueeze(-1).repeat(1, 1, N),
-                      model.label_conv(onehot.view(B, -1, 1)).repeat(1, 1, N)], dim=1)
+    glob = torch.cat(
+        [
+            x.max(2)[0].unsqueeze(-1).repeat(1, 1, N),
+            x.mean(2).unsqueeze(-1).repeat(1, 1, N),
+            model.label_conv(onehot.view(B, -1, 1)).repeat(1, 1, N),
+        ],
+        dim=1,
+    )
     d = ((pts[:, :, None] - center[:, None]) ** 2).sum(-1)
     dist, idx = d.sort(dim=-1)
     w = 1.0 / (dist[:, :, :3] + 1e-8)
     w = w / w.sum(-1, keepdim=True)
-    nb = torch.stack([feat[b][idx[b, :, :3]] for b in range(B)])          # (B, N, 3, F)
+    nb = torch.stack([feat[b][idx[b, :, :3]] for b in range(B)])  # (B, N, 3, F)
     new = torch.cat([pts, (nb * w[..., None]).sum(2)], dim=-1).transpose(1, 2)
     for conv, bn in zip(model.propagation_0.mlp_convs, model.propagation_0.mlp_bns):
         new = torch.relu(bn(conv(new)))
@@ -219,8 +258,9 @@ def test_partseg_output_and_gradients_reach_every_parameter():
     torch.testing.assert_close(out.exp().sum(-1), torch.ones(3, 128))
     target = torch.randint(0, 50, (3, 128))
     F.nll_loss(out.reshape(-1, 50), target.reshape(-1)).backward()
-    no_grad = [n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    no_grad = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert no_grad == []
     assert not hasattr(model, "cls_token")
     head = dict(model.head_parameters())
@@ -236,6 +276,7 @@ def test_partseg_output_and_gradients_reach_every_parameter():
 # ------------------------------------------------------------------------------------------------
 def synthetic_batch(n: int, n_points: int) -> torch.Tensor:
     from clora3d.data.synthetic import SYNTHETIC_CLASSES, make_shape
+
     rng = np.random.default_rng(0)
     clouds = [make_shape(i % len(SYNTHETIC_CLASSES), n_points, rng) for i in range(n)]
     x = torch.from_numpy(np.stack(clouds)).float()
@@ -304,14 +345,14 @@ def test_frozen_backbone_bn_statistics(policy: str):
         assert unchanged
     else:
         assert frozen == [] and not unchanged
-    assert not torch.equal(head_before, model.cls_head_finetune[1].running_mean)   # trainable BN moves
+    assert not torch.equal(head_before, model.cls_head_finetune[1].running_mean)  # trainable BN moves
 
 
 def test_freeze_bn_stats_only_touches_fully_frozen_bn():
     model = PointTransformer.from_preset("tiny").train()
     assert freeze_bn_stats(model) == []
     model.encoder.first_conv[1].weight.requires_grad = False
-    assert freeze_bn_stats(model) == []           # bias still trainable
+    assert freeze_bn_stats(model) == []  # bias still trainable
     model.encoder.first_conv[1].bias.requires_grad = False
     assert freeze_bn_stats(model) == ["encoder.first_conv.1"]
     assert not model.encoder.first_conv[1].training and model.encoder.second_conv[1].training

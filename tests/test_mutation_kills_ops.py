@@ -1,6 +1,7 @@
 """Reference ops (the spec and the fallback) on the edges the mutation run found unguarded:
 batches of one and of zero clouds for gather, and kNN / three_nn over several query chunks.
 Every answer is checked against a brute-force numpy computation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,7 @@ def test_reference_knn_and_three_nn_over_several_query_chunks(monkeypatch):
         order = np.argsort(dist, axis=-1, kind="stable")
         assert i[b].tolist() == order[:, :2].tolist()
         assert i3[b].tolist() == order[:, :3].tolist()
-        np.testing.assert_allclose(d[b].numpy(), np.take_along_axis(dist, order[:, :2], -1),
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(d[b].numpy(), np.take_along_axis(dist, order[:, :2], -1), rtol=1e-5, atol=1e-7)
 
 
 def test_reference_fps_sample_gathers_the_sampled_points():

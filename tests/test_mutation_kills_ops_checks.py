@@ -3,6 +3,7 @@ tensors, 0-d integer tensors as counts, the inclusive upper bounds of S and k, 0
 in the batch check, every argument named in the batch check of three_interpolate, empty gathers,
 the weight dtype cast, and which backend computes an op. Answers are checked against brute-force
 numpy or hand-written messages."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,17 +26,21 @@ def _message(call) -> str:
 def test_meta_tensor_is_refused_with_its_name():
     meta = torch.empty(2, 5, 3, device="meta")
     assert _message(lambda: ops.knn(meta, _P, 2)) == (
-        "knn: query is a meta tensor (shape only, no data); pass a tensor on cpu or cuda")
+        "knn: query is a meta tensor (shape only, no data); pass a tensor on cpu or cuda"
+    )
     assert _message(lambda: ops.furthest_point_sample(meta, 2)) == (
-        "furthest_point_sample: xyz is a meta tensor (shape only, no data); pass a tensor on cpu or cuda")
+        "furthest_point_sample: xyz is a meta tensor (shape only, no data); pass a tensor on cpu or cuda"
+    )
 
 
 def test_batch_check_device_and_scalar_messages():
     a = torch.zeros(2, 3)
     assert _message(lambda: _checks.same_batch_device("op", ("a", a), ("b", torch.zeros(2, 3, device="meta")))) == (
-        "op: b is on meta but a is on cpu; expected the same device")
+        "op: b is on meta but a is on cpu; expected the same device"
+    )
     assert _message(lambda: _checks.same_batch_device("op", ("a", a), ("b", torch.tensor(1.0)))) == (
-        "op: b has batch size none (shape ()) but a has 2 (shape (2, 3)); expected the same batch size")
+        "op: b has batch size none (shape ()) but a has 2 (shape (2, 3)); expected the same batch size"
+    )
     # a 1-D tensor with the same batch size passes (only 0-d tensors have no batch)
     _checks.same_batch_device("op", ("a", a), ("b", torch.zeros(2)))
 
@@ -70,11 +75,14 @@ def test_three_interpolate_names_each_argument_in_the_batch_check():
     idx = torch.zeros(3, 7, 3, dtype=torch.long)
     assert _message(lambda: ops.three_interpolate(f, idx, torch.rand(3, 7, 3))) == (
         "three_interpolate: idx has batch size 3 (shape (3, 7, 3)) but features has 2 (shape (2, 5, 4)); "
-        "expected the same batch size")
+        "expected the same batch size"
+    )
     assert _message(lambda: ops.three_interpolate(torch.rand(2, 5), idx, torch.rand(3, 7, 3))) == (
-        "three_interpolate: features must have shape (B, m, C), got (2, 5)")
+        "three_interpolate: features must have shape (B, m, C), got (2, 5)"
+    )
     assert _message(lambda: ops.chamfer_l2(_P, torch.rand(2, 5))) == (
-        "chamfer_l2: b must have shape (B, N, 3), got (2, 5)")
+        "chamfer_l2: b must have shape (B, N, 3), got (2, 5)"
+    )
 
 
 def test_three_interpolate_casts_float64_weights_to_the_features_dtype():
@@ -129,8 +137,9 @@ def test_float32_and_float64_run_the_compiled_kernel_other_dtypes_the_reference(
     assert gather_calls == [] and interp_calls == []  # compiled kernels only
     ops.gather_points(torch.arange(12).reshape(1, 4, 3), torch.tensor([[3, 0]]))
     assert gather_calls == [torch.int64]
-    ops.three_interpolate(torch.rand(1, 6, 3).half(), torch.zeros(1, 2, 3, dtype=torch.long),
-                          torch.rand(1, 2, 3).half())
+    ops.three_interpolate(
+        torch.rand(1, 6, 3).half(), torch.zeros(1, 2, 3, dtype=torch.long), torch.rand(1, 2, 3).half()
+    )
     assert interp_calls == [torch.float16]
     monkeypatch.setenv(_backend.ENV_VAR, "reference")
     ops.gather_points(_P, torch.zeros(2, 3, dtype=torch.long))

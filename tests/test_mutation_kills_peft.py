@@ -1,5 +1,6 @@
 """PEFT interface on the cases mutation testing (tools/mutate.py, groups peft_*) and hand-made
 mutations found unguarded. Expected values are hand-computed or come from plain torch/hashlib."""
+
 from __future__ import annotations
 
 import copy
@@ -63,30 +64,41 @@ LAYERS = "must be a non-empty list of distinct block indices (>= 0) or null"
 TARGETS = "must be a non-empty list of distinct names from ['qkv', 'proj', 'fc1', 'fc2']"
 
 
-@pytest.mark.parametrize("cfg,message", [
-    ({"NAME": "lora", "rank": 0}, K + "rank' in <config> must be a positive integer, got 0"),
-    ({"NAME": "lora", "alpha": -1.0}, K + "alpha' in <config> must be a positive number, got -1.0"),
-    ({"NAME": "lora", "dropout": 1.0}, K + "dropout' in <config> must be a number in [0, 1), got 1.0"),
-    ({"NAME": "lora", "dropout": -0.1}, K + "dropout' in <config> must be a number in [0, 1), got -0.1"),
-    ({"NAME": "lora", "rank": 2.0}, K + "rank' in <config> must be a positive integer, got 2.0"),
-    ({"NAME": "lora", "rslora": 1}, K + "rslora' in <config> must be true or false, got 1"),
-    ({"NAME": "lora", "layers": []}, K + "layers' in <config> " + LAYERS + ", got []"),
-    ({"NAME": "lora", "layers": [0, True]}, K + "layers.1' in <config> must be an integer >= 0, got True"),
-    ({"NAME": "lora", "layers": [0, 4, -1]}, K + "layers.2' in <config> must be an integer >= 0, got -1"),
-    ({"NAME": "lora", "layers": [0, 4]}, "peft method 'lora': layers [4] out of range for a backbone with depth 4"),
-    ({"NAME": "lora", "layers": [1, 1]}, K + "layers' in <config> " + LAYERS + ", got [1, 1]"),
-    ({"NAME": "lora", "targets": []}, K + "targets' in <config> " + TARGETS + ", got []"),
-    ({"NAME": "lora", "targets": ["qkv", 3]}, K + "targets.1' in <config> must be a string, got 3"),
-    ({"NAME": "lora", "targets": ["qkv", "fc3"]}, K + "targets' in <config> " + TARGETS + ", got ['qkv', 'fc3']"),
-    ({"NAME": "lora", "targets": ["fc1", "fc1"]}, K + "targets' in <config> " + TARGETS + ", got ['fc1', 'fc1']"),
-    ({"NAME": "lora", "frozen_bn": "off"}, K + "frozen_bn' in <config> must be train | eval, got 'off'"),
-    ({"NAME": "lora", "extra_trainable": ["norm", ""]},
-     K + "extra_trainable' in <config> must be a list of parameter/module names, got ['norm', '']"),
-    ({"NAME": "lora", "rnak": 4}, "unknown config key 'peft.rnak' in <config>; did you mean 'rank'? (known keys of "
-     "'peft': alpha, dropout, extra_trainable, frozen_bn, layers, rank, rslora, targets)"),
-    ({"NAME": "lorra"}, "unknown peft method NAME 'lorra'; did you mean 'lora'?; known: ['adapter', 'bitfit', "
-     "'clora', 'dapt', 'full', 'idpt', 'linear', 'lora', 'pointgst', 'pointlora', 'prompt']"),
-])
+@pytest.mark.parametrize(
+    "cfg,message",
+    [
+        ({"NAME": "lora", "rank": 0}, K + "rank' in <config> must be a positive integer, got 0"),
+        ({"NAME": "lora", "alpha": -1.0}, K + "alpha' in <config> must be a positive number, got -1.0"),
+        ({"NAME": "lora", "dropout": 1.0}, K + "dropout' in <config> must be a number in [0, 1), got 1.0"),
+        ({"NAME": "lora", "dropout": -0.1}, K + "dropout' in <config> must be a number in [0, 1), got -0.1"),
+        ({"NAME": "lora", "rank": 2.0}, K + "rank' in <config> must be a positive integer, got 2.0"),
+        ({"NAME": "lora", "rslora": 1}, K + "rslora' in <config> must be true or false, got 1"),
+        ({"NAME": "lora", "layers": []}, K + "layers' in <config> " + LAYERS + ", got []"),
+        ({"NAME": "lora", "layers": [0, True]}, K + "layers.1' in <config> must be an integer >= 0, got True"),
+        ({"NAME": "lora", "layers": [0, 4, -1]}, K + "layers.2' in <config> must be an integer >= 0, got -1"),
+        ({"NAME": "lora", "layers": [0, 4]}, "peft method 'lora': layers [4] out of range for a backbone with depth 4"),
+        ({"NAME": "lora", "layers": [1, 1]}, K + "layers' in <config> " + LAYERS + ", got [1, 1]"),
+        ({"NAME": "lora", "targets": []}, K + "targets' in <config> " + TARGETS + ", got []"),
+        ({"NAME": "lora", "targets": ["qkv", 3]}, K + "targets.1' in <config> must be a string, got 3"),
+        ({"NAME": "lora", "targets": ["qkv", "fc3"]}, K + "targets' in <config> " + TARGETS + ", got ['qkv', 'fc3']"),
+        ({"NAME": "lora", "targets": ["fc1", "fc1"]}, K + "targets' in <config> " + TARGETS + ", got ['fc1', 'fc1']"),
+        ({"NAME": "lora", "frozen_bn": "off"}, K + "frozen_bn' in <config> must be train | eval, got 'off'"),
+        (
+            {"NAME": "lora", "extra_trainable": ["norm", ""]},
+            K + "extra_trainable' in <config> must be a list of parameter/module names, got ['norm', '']",
+        ),
+        (
+            {"NAME": "lora", "rnak": 4},
+            "unknown config key 'peft.rnak' in <config>; did you mean 'rank'? (known keys of "
+            "'peft': alpha, dropout, extra_trainable, frozen_bn, layers, rank, rslora, targets)",
+        ),
+        (
+            {"NAME": "lorra"},
+            "unknown peft method NAME 'lorra'; did you mean 'lora'?; known: ['adapter', 'bitfit', "
+            "'clora', 'dapt', 'full', 'idpt', 'linear', 'lora', 'pointgst', 'pointlora', 'prompt']",
+        ),
+    ],
+)
 def test_config_errors_exact(cfg, message):
     from clora3d.errors import ConfigError
 
@@ -96,8 +108,7 @@ def test_config_errors_exact(cfg, message):
 
 
 def test_config_accepts_boundaries_and_sorts_layers():
-    m = apply_peft(_tiny(), {"NAME": "lora", "dropout": 0.0, "layers": [3, 0], "targets": ["fc2", "qkv"],
-                             "alpha": 1})
+    m = apply_peft(_tiny(), {"NAME": "lora", "dropout": 0.0, "layers": [3, 0], "targets": ["fc2", "qkv"], "alpha": 1})
     assert m.config["alpha"] == 1.0 and isinstance(m.config["alpha"], float)
     assert m.layers == [0, 3] and m.targets == ["qkv", "fc2"]
 
@@ -121,9 +132,11 @@ def test_long_config_values_are_shortened_in_messages():
     with pytest.raises(ConfigError) as info:
         apply_peft(_tiny(), {"NAME": "lora", "extra_trainable": ["no.such.module"]})
     msg = str(info.value)
-    assert msg.startswith("peft method 'lora': extra_trainable entry 'no.such.module' is neither a parameter name "
-                          "nor a module name of the backbone (example names: ['cls_token', 'cls_pos', ")
-    examples = eval(msg[msg.index("(example names: ") + len("(example names: "):-1])  # noqa: S307
+    assert msg.startswith(
+        "peft method 'lora': extra_trainable entry 'no.such.module' is neither a parameter name "
+        "nor a module name of the backbone (example names: ['cls_token', 'cls_pos', "
+    )
+    examples = eval(msg[msg.index("(example names: ") + len("(example names: ") : -1])  # noqa: S307
     assert len(examples) == 8
     assert all(n.startswith(("cls_", "norm.", "blocks.blocks.0.", "pos_embed.0")) for n in examples)
 
@@ -170,9 +183,11 @@ def test_load_adapter_errors_exact(tmp_path):
     _rewrite(path, lambda b: b["metadata"]["config"].update(rank=0))
     with pytest.raises(CheckpointError) as info:
         load_adapter(copy.deepcopy(base), path)
-    assert str(info.value) == (f"{path}: the stored method config is not valid here: "
-                               "config key 'peft.rank' in the adapter's metadata must be a positive integer, "
-                               "got 0")
+    assert str(info.value) == (
+        f"{path}: the stored method config is not valid here: "
+        "config key 'peft.rank' in the adapter's metadata must be a positive integer, "
+        "got 0"
+    )
 
     _, m, path = _saved(tmp_path)
     key = sorted(m.adapter_state_dict())[0]
@@ -199,11 +214,17 @@ def test_load_adapter_errors_exact(tmp_path):
     _saved(tmp_path)
     with pytest.raises(CheckpointError) as info:
         load_adapter(other, path)
-    other_hash = hash_tensors([(n, p) for n, p in other.named_parameters() if n in dict(base.named_parameters())
-                               and n not in m.trainable_parameters()])
+    other_hash = hash_tensors(
+        [
+            (n, p)
+            for n, p in other.named_parameters()
+            if n in dict(base.named_parameters()) and n not in m.trainable_parameters()
+        ]
+    )
     assert str(info.value) == (
         f"{path}: adapter was trained on different base weights (frozen-parameter hash {m.base_hash[:12]}..., "
-        f"this model {other_hash[:12]}...). Load the same pre-trained checkpoint into the model before load_adapter")
+        f"this model {other_hash[:12]}...). Load the same pre-trained checkpoint into the model before load_adapter"
+    )
 
 
 def test_load_adapter_warns_on_another_clora3d_version(tmp_path):
@@ -230,8 +251,9 @@ def test_size_mismatch_names_the_key(tmp_path):
     _rewrite(path, lambda b: b["state"].update({key: torch.zeros(*shape[:-1], shape[-1] + 1)}))
     with pytest.raises(CheckpointError) as info:
         load_adapter(copy.deepcopy(base), path)
-    assert str(info.value) == (f"{path}: size mismatch for {key}: adapter {shape[:-1] + (shape[-1] + 1,)} "
-                               f"vs model {shape}")
+    assert str(info.value) == (
+        f"{path}: size mismatch for {key}: adapter {shape[:-1] + (shape[-1] + 1,)} vs model {shape}"
+    )
 
 
 def test_config_type_rules_exact():
@@ -272,8 +294,10 @@ def test_merge_state_errors_exact():
     p = apply_peft(_tiny(), {"NAME": "adapter"})
     with pytest.raises(NotImplementedError) as info:
         p.merge()
-    assert str(info.value) == ("peft method 'adapter' cannot be merged into the backbone (its update is not a "
-                               "linear map of the frozen weights); ship the adapter file instead")
+    assert str(info.value) == (
+        "peft method 'adapter' cannot be merged into the backbone (its update is not a "
+        "linear map of the frozen weights); ship the adapter file instead"
+    )
 
 
 def test_merge_and_verify_warns_only_above_atol():
@@ -299,7 +323,8 @@ def test_merge_and_verify_warns_only_above_atol():
         diff = fresh().merge_and_verify(pts, atol=1e-12)
     assert diff > 1e-12
     assert [str(w.message) for w in rec] == [
-        f"peft method 'lora': merged outputs differ from unmerged by {diff:.3g} > 1e-12 (dtype torch.float32)"]
+        f"peft method 'lora': merged outputs differ from unmerged by {diff:.3g} > 1e-12 (dtype torch.float32)"
+    ]
     assert not rec[0].filename.endswith(("peft/base.py", "peft\\base.py"))
 
 
@@ -344,7 +369,10 @@ def test_config_bounds_accept_the_boundaries():
     for cfg, message in [
         ({"NAME": "lora", "alpha": None}, "config key 'peft.alpha' in <config> must be a positive number, got None"),
         ({"NAME": "clora", "sade_eps": None}, "config key 'peft.sade_eps' in <config> must be a number >= 0, got None"),
-        ({"NAME": "clora", "dropout": 1.5}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got 1.5"),
+        (
+            {"NAME": "clora", "dropout": 1.5},
+            "config key 'peft.dropout' in <config> must be a number in [0, 1), got 1.5",
+        ),
     ]:
         with pytest.raises(ConfigError) as info:
             apply_peft(_tiny(), cfg)
@@ -396,8 +424,7 @@ def test_head_parameter_names_from_head_prefixes():
         head_parameter_names(nn.Linear(2, 2))
     assert str(info.value) == "cannot tell the task head of Linear: it has neither head_parameters() nor HEAD_PREFIXES"
     model = _tiny()
-    assert head_parameter_names(model) == [n for n, _ in model.named_parameters()
-                                           if n.startswith("cls_head_finetune.")]
+    assert head_parameter_names(model) == [n for n, _ in model.named_parameters() if n.startswith("cls_head_finetune.")]
 
 
 def test_fan_in_uniform_is_nn_linear_default_bound():
@@ -428,9 +455,11 @@ def test_adapter_file_errors_name_the_adapter(tmp_path):
     atomic_torch_save({"metadata": {"format": "clora3d-adapter"}, "state": [1]}, bad)
     with pytest.raises(CheckpointError) as info:
         read_adapter(bad)
-    assert str(info.value) == (f"{bad} is not a clora3d adapter file (expected a dict with 'metadata' of format "
-                               "'clora3d-adapter' and 'state'); full checkpoints load with "
-                               "clora3d.models.checkpoint.load_pretrained")
+    assert str(info.value) == (
+        f"{bad} is not a clora3d adapter file (expected a dict with 'metadata' of format "
+        "'clora3d-adapter' and 'state'); full checkpoints load with "
+        "clora3d.models.checkpoint.load_pretrained"
+    )
     with pytest.raises(FileNotFoundError) as info:
         read_adapter(tmp_path / "none.pt")
     assert str(info.value) == f"adapter file not found: {tmp_path / 'none.pt'}"
@@ -449,8 +478,10 @@ def test_non_backbone_model_is_refused_by_name():
 
     with pytest.raises(ValueError) as info:
         apply_peft(nn.Linear(2, 2), {"NAME": "lora"})
-    assert str(info.value) == ("peft method 'lora': the model has no transformer blocks 'blocks.blocks'; apply_peft "
-                               "expects a clora3d PointTransformer or PartSegModel (got Linear)")
+    assert str(info.value) == (
+        "peft method 'lora': the model has no transformer blocks 'blocks.blocks'; apply_peft "
+        "expects a clora3d PointTransformer or PartSegModel (got Linear)"
+    )
 
 
 def test_refresh_base_hash_follows_the_loaded_weights():
@@ -491,25 +522,34 @@ def test_merge_and_verify_default_tolerance_is_1e_5():
 
 
 # ------------------------------------------------------------------------------ CLoRA options
-@pytest.mark.parametrize("cfg,message", [
-    ({"placement": "inside"}, "config key 'peft.placement' in <config> must be pre_proj | parallel, got 'inside'"),
-    ({"init": "normal"}, "config key 'peft.init' in <config> must be xavier | orthogonal, got 'normal'"),
-    ({"rank": 0}, "config key 'peft.rank' in <config> must be a positive integer, got 0"),
-    ({"num_spaces": 0}, "config key 'peft.num_spaces' in <config> must be a positive integer, got 0"),
-    ({"sade_lambda": -0.1}, "config key 'peft.sade_lambda' in <config> must be a number >= 0, got -0.1"),
-    ({"sade_eps": -1.0}, "config key 'peft.sade_eps' in <config> must be a number >= 0, got -1.0"),
-    ({"dropout": 1.0}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got 1.0"),
-    ({"targets": ["proj"]},
-     "config key 'peft.targets' in <config> must be a non-empty list of distinct names from ['qkv', 'fc1'], got "
-     "['proj']"),
-    ({"placement": "parallel", "targets": ["fc1", "proj", "fc1"]},
-     "config key 'peft.targets' in <config> must be a non-empty list of distinct names from ['qkv', 'proj', 'fc1', "
-     "'fc2'], got ['fc1', 'proj', 'fc1']"),
-    ({"layers": [9]}, "peft method 'clora': layers [9] out of range for a backbone with depth 4"),
-    ({"placement": "parallel", "bias": True},
-     "peft method 'clora': bias: true with placement 'parallel' needs targets that have a bias to merge into, but "
-     "blocks.blocks.0.attn.qkv has none; drop 'qkv' from targets or set bias: false"),
-])
+@pytest.mark.parametrize(
+    "cfg,message",
+    [
+        ({"placement": "inside"}, "config key 'peft.placement' in <config> must be pre_proj | parallel, got 'inside'"),
+        ({"init": "normal"}, "config key 'peft.init' in <config> must be xavier | orthogonal, got 'normal'"),
+        ({"rank": 0}, "config key 'peft.rank' in <config> must be a positive integer, got 0"),
+        ({"num_spaces": 0}, "config key 'peft.num_spaces' in <config> must be a positive integer, got 0"),
+        ({"sade_lambda": -0.1}, "config key 'peft.sade_lambda' in <config> must be a number >= 0, got -0.1"),
+        ({"sade_eps": -1.0}, "config key 'peft.sade_eps' in <config> must be a number >= 0, got -1.0"),
+        ({"dropout": 1.0}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got 1.0"),
+        (
+            {"targets": ["proj"]},
+            "config key 'peft.targets' in <config> must be a non-empty list of distinct names from ['qkv', 'fc1'], got "
+            "['proj']",
+        ),
+        (
+            {"placement": "parallel", "targets": ["fc1", "proj", "fc1"]},
+            "config key 'peft.targets' in <config> must be a non-empty list of distinct names from ['qkv', 'proj', 'fc1', "
+            "'fc2'], got ['fc1', 'proj', 'fc1']",
+        ),
+        ({"layers": [9]}, "peft method 'clora': layers [9] out of range for a backbone with depth 4"),
+        (
+            {"placement": "parallel", "bias": True},
+            "peft method 'clora': bias: true with placement 'parallel' needs targets that have a bias to merge into, but "
+            "blocks.blocks.0.attn.qkv has none; drop 'qkv' from targets or set bias: false",
+        ),
+    ],
+)
 def test_clora_config_errors_exact(cfg, message):
     from clora3d.errors import ConfigError
 
@@ -569,22 +609,37 @@ def _always(model) -> set[str]:
     return {n for n, _ in model.named_parameters() if n.startswith("cls_head_finetune.")} | {"cls_token", "cls_pos"}
 
 
-@pytest.mark.parametrize("cfg", [{}, {"layers": [1]}, {"layers": [1], "layernorm": False},
-                                 {"final_norm": False, "layers": [0, 3]}, {"embed": True, "layers": [2]}])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"layers": [1]},
+        {"layers": [1], "layernorm": False},
+        {"final_norm": False, "layers": [0, 3]},
+        {"embed": True, "layers": [2]},
+    ],
+)
 def test_bitfit_trainable_set_by_hand(cfg):
     model = _tiny()
     m = apply_peft(model, {"NAME": "bitfit", **cfg})
     layers = cfg.get("layers", [0, 1, 2, 3])
     want = set(_always(model))
     for i in layers:  # the tiny backbone has no qkv bias
-        want |= {f"blocks.blocks.{i}.attn.proj.bias", f"blocks.blocks.{i}.mlp.fc1.bias", f"blocks.blocks.{i}.mlp.fc2.bias"}
+        want |= {
+            f"blocks.blocks.{i}.attn.proj.bias",
+            f"blocks.blocks.{i}.mlp.fc1.bias",
+            f"blocks.blocks.{i}.mlp.fc2.bias",
+        }
         if cfg.get("layernorm", True):
             want |= {f"blocks.blocks.{i}.norm1.bias", f"blocks.blocks.{i}.norm2.bias"}
     if cfg.get("final_norm", True):
         want.add("norm.bias")
     if cfg.get("embed", False):
-        want |= {n for n, _ in model.named_parameters()
-                 if n.startswith(("encoder.", "pos_embed.", "reduce_dim.")) and n.endswith(".bias")}
+        want |= {
+            n
+            for n, _ in model.named_parameters()
+            if n.startswith(("encoder.", "pos_embed.", "reduce_dim.")) and n.endswith(".bias")
+        }
     assert set(m.trainable_parameters()) == want
     assert {n for n, p in model.named_parameters() if p.requires_grad} == want
     assert m.config["layers"] == sorted(layers)
@@ -611,8 +666,9 @@ def test_full_and_linear_trainable_sets_and_noop_merge():
 def test_adapter_block_output_written_out(inp):
     base = _tiny()
     model = copy.deepcopy(base)
-    m = apply_peft(model, {"NAME": "adapter", "input": inp, "scale": 0.3, "bottleneck": 5, "dropout": 0.0,
-                           "layers": [1]})
+    m = apply_peft(
+        model, {"NAME": "adapter", "input": inp, "scale": 0.3, "bottleneck": 5, "dropout": 0.0, "layers": [1]}
+    )
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for q in m.peft_params.values():
@@ -627,19 +683,24 @@ def test_adapter_block_output_written_out(inp):
         torch.testing.assert_close(model.blocks.blocks[1](x), want, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(model.blocks.blocks[0](x), base.blocks.blocks[0](x), rtol=0, atol=0)
     assert [n for n in m.trainable_parameters() if n.startswith("peft.")] == [
-        "peft.1.down.weight", "peft.1.down.bias", "peft.1.up.weight", "peft.1.up.bias"]
+        "peft.1.down.weight",
+        "peft.1.down.bias",
+        "peft.1.up.weight",
+        "peft.1.up.bias",
+    ]
 
 
 def test_adapter_options_exact_and_zero_start():
     from clora3d.errors import ConfigError
 
     for name, cfg, message in [
-            ("adapter", {"input": "output"}, "config key 'peft.input' in <config> must be residual | norm2, got 'output'"),
-            ("adapter", {"bottleneck": 0}, "config key 'peft.bottleneck' in <config> must be a positive integer, got 0"),
-            ("adapter", {"dropout": 1.0}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got 1.0"),
-            ("prompt", {"num_tokens": 0}, "config key 'peft.num_tokens' in <config> must be a positive integer, got 0"),
-            ("prompt", {"init_std": 0.0}, "config key 'peft.init_std' in <config> must be a positive number, got 0.0"),
-            ("prompt", {"dropout": -0.5}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got -0.5")]:
+        ("adapter", {"input": "output"}, "config key 'peft.input' in <config> must be residual | norm2, got 'output'"),
+        ("adapter", {"bottleneck": 0}, "config key 'peft.bottleneck' in <config> must be a positive integer, got 0"),
+        ("adapter", {"dropout": 1.0}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got 1.0"),
+        ("prompt", {"num_tokens": 0}, "config key 'peft.num_tokens' in <config> must be a positive integer, got 0"),
+        ("prompt", {"init_std": 0.0}, "config key 'peft.init_std' in <config> must be a positive number, got 0.0"),
+        ("prompt", {"dropout": -0.5}, "config key 'peft.dropout' in <config> must be a number in [0, 1), got -0.5"),
+    ]:
         with pytest.raises(ConfigError) as info:
             apply_peft(_tiny(), {"NAME": name, **cfg})
         assert str(info.value) == message
@@ -648,7 +709,7 @@ def test_adapter_options_exact_and_zero_start():
     down, up = A.down.weight.detach(), A.up.weight.detach()
     assert down.shape == (7, m.dim) and float(up.abs().sum()) == 0.0
     assert float(A.up.bias.detach().abs().sum()) == 0.0 and float(A.down.bias.detach().abs().sum()) == 0.0
-    assert 0.9 / m.dim ** 0.5 < float(down.abs().max()) <= 1 / m.dim ** 0.5
+    assert 0.9 / m.dim**0.5 < float(down.abs().max()) <= 1 / m.dim**0.5
 
 
 @pytest.mark.parametrize("layers", [[0], [1, 3]])
@@ -695,9 +756,16 @@ def _randomize(m, std=0.3):
             q.copy_(torch.randn(q.shape, generator=g) * std)
 
 
-@pytest.mark.parametrize("extra", [{"num_spaces": 2}, {"num_spaces": 2, "sade_normalize": True, "sade_eps": 1.0},
-                                   {"num_spaces": 2, "sade_normalize": True, "sade_eps": 1e9},
-                                   {"num_spaces": 3, "sade_lambda": 1.0}, {"num_spaces": 1}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"num_spaces": 2},
+        {"num_spaces": 2, "sade_normalize": True, "sade_eps": 1.0},
+        {"num_spaces": 2, "sade_normalize": True, "sade_eps": 1e9},
+        {"num_spaces": 3, "sade_lambda": 1.0},
+        {"num_spaces": 1},
+    ],
+)
 def test_sade_small_p_lambda_one_and_large_eps(extra):
     m = apply_peft(_tiny(), {"NAME": "clora", "sade_lambda": 0.5, "sade_normalize": False, **extra})
     _randomize(m)
@@ -727,7 +795,7 @@ def test_clora_dropout_acts_in_training_only(placement):
     torch.testing.assert_close(blk(x), blk(x), rtol=0, atol=0)
     m0 = apply_peft(copy.deepcopy(_tiny()), {"NAME": "clora", "placement": placement, "dropout": 0.0})
     with torch.no_grad():
-        for (n, q), (_, q0) in zip(m.peft_params.items(), m0.peft_params.items()):
+        for (_n, q), (_, q0) in zip(m.peft_params.items(), m0.peft_params.items()):
             q0.copy_(q)
     blk0 = m0.model.blocks.blocks[0].eval()
     torch.testing.assert_close(blk(x), blk0(x), rtol=1e-6, atol=1e-6)  # eval: dropout is the identity
@@ -751,8 +819,10 @@ def test_clora_merge_twice_and_bias_without_a_place_to_fold():
     m2 = apply_peft(model2, {"NAME": "clora", "bias": True})
     with pytest.raises(RuntimeError) as info:
         m2.merge()
-    assert str(info.value) == ("clora merge: blocks.blocks.0.attn.qkv has no bias and blocks.blocks.0.norm1 has none "
-                               "to fold the per-LRM bias into")
+    assert str(info.value) == (
+        "clora merge: blocks.blocks.0.attn.qkv has no bias and blocks.blocks.0.norm1 has none "
+        "to fold the per-LRM bias into"
+    )
 
 
 def test_clora_follows_a_float64_backbone():
@@ -788,8 +858,9 @@ def test_adapter_and_prompt_follow_a_float64_backbone_and_leave_no_trace(cfg):
     assert "peft" not in model._modules and set(model.state_dict()) == set(base.state_dict())
 
 
-@pytest.mark.parametrize("cfg", [{"NAME": "lora", "dropout": 0.5, "targets": ["qkv"]},
-                                 {"NAME": "prompt", "dropout": 0.5, "layers": [0]}])
+@pytest.mark.parametrize(
+    "cfg", [{"NAME": "lora", "dropout": 0.5, "targets": ["qkv"]}, {"NAME": "prompt", "dropout": 0.5, "layers": [0]}]
+)
 def test_lora_and_prompt_dropout_in_training_only(cfg):
     model = _tiny()
     m = apply_peft(model, cfg)
@@ -812,7 +883,7 @@ def test_lora_and_prompt_dropout_in_training_only(cfg):
 def test_lora_delta_weights_are_scale_b_a():
     m = apply_peft(_tiny(), {"NAME": "lora", "rank": 3, "alpha": 6.0, "targets": ["fc1"], "layers": [1]})
     _randomize(m)
-    (name, layer), = m.sites
+    ((name, layer),) = m.sites
     A, B = layer.A, layer.B
     assert list(m.delta_weights()) == [name] == ["blocks.blocks.1.mlp.fc1"]
     torch.testing.assert_close(m.delta_weights()[name], 2.0 * (B @ A), rtol=1e-6, atol=1e-7)

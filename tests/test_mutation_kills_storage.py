@@ -1,5 +1,6 @@
 """Atomic writer and checksum edges that mutation testing (group storage_checkpoint) and hand-made
 mutations found unguarded. Expected values come from hashlib or are written out by hand."""
+
 from __future__ import annotations
 
 import hashlib
@@ -66,8 +67,10 @@ def test_checksum_catches_a_flipped_bit_on_disk(tmp_path):
     torch.save(blob, path)  # the stored checksum is the old one
     with pytest.raises(CheckpointError) as info:
         storage.safe_torch_load(path, what="checkpoint")
-    assert str(info.value) == (f"checkpoint {path} is corrupt: its tensors do not match the checksum stored when "
-                               "it was written (bit flip or damaged copy); restore it from a backup or write it again")
+    assert str(info.value) == (
+        f"checkpoint {path} is corrupt: its tensors do not match the checksum stored when "
+        "it was written (bit flip or damaged copy); restore it from a backup or write it again"
+    )
     assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path))
 
 
@@ -85,15 +88,25 @@ def test_rng_state_round_trip_restores_every_generator(tmp_path):
     np.random.randn()  # leaves a cached gaussian behind in the legacy state
     random.gauss(0, 1)
     state = get_rng_state()
-    want = (torch.rand(4), np.random.rand(4), np.random.randn(3), [random.random() for _ in range(4)],
-            random.gauss(0, 1))
+    want = (
+        torch.rand(4),
+        np.random.rand(4),
+        np.random.randn(3),
+        [random.random() for _ in range(4)],
+        random.gauss(0, 1),
+    )
     atomic_save({"rng": state}, tmp_path / "r.pth")
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
     set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
-    got = (torch.rand(4), np.random.rand(4), np.random.randn(3), [random.random() for _ in range(4)],
-           random.gauss(0, 1))
+    got = (
+        torch.rand(4),
+        np.random.rand(4),
+        np.random.randn(3),
+        [random.random() for _ in range(4)],
+        random.gauss(0, 1),
+    )
     assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
     assert got[3] == want[3] and got[4] == want[4]
     n = state["numpy"]
@@ -112,27 +125,57 @@ def _toy_training():
 
 
 def test_training_state_holds_everything_and_restores_it(tmp_path):
-    from clora3d.engine.checkpoint import (FORMAT_VERSION, atomic_save, load_checkpoint, restore_training_state,
-                                           training_state)
+    from clora3d.engine.checkpoint import (
+        FORMAT_VERSION,
+        atomic_save,
+        load_checkpoint,
+        restore_training_state,
+        training_state,
+    )
 
     model, opt, sched = _toy_training()
-    st = training_state(model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=None, epoch=4,
-                        best={"acc": 1.0}, history=[{"e": 0}], extra={"k": 1})
+    st = training_state(
+        model_state=model.state_dict(),
+        optimizer=opt,
+        scheduler=sched,
+        scaler=None,
+        epoch=4,
+        best={"acc": 1.0},
+        history=[{"e": 0}],
+        extra={"k": 1},
+    )
     assert FORMAT_VERSION == 1 and st["format_version"] == 1 and st["epoch"] == 4 and st["scaler"] is None
     assert st["best"] == {"acc": 1.0} and st["history"] == [{"e": 0}] and st["extra"] == {"k": 1}
-    assert set(st) == {"format_version", "epoch", "model", "optimizer", "scheduler", "scaler", "best", "history",
-                       "rng", "extra"}
-    assert training_state(model_state={}, optimizer=opt, scheduler=sched, scaler=None, epoch=0, best=None,
-                          history=[])["best"] is None
+    assert set(st) == {
+        "format_version",
+        "epoch",
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "best",
+        "history",
+        "rng",
+        "extra",
+    }
+    assert (
+        training_state(model_state={}, optimizer=opt, scheduler=sched, scaler=None, epoch=0, best=None, history=[])[
+            "best"
+        ]
+        is None
+    )
     atomic_save(st, tmp_path / "c.pth")
     model2, opt2, sched2 = torch.nn.Linear(3, 2), None, None
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
     sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
-    restore_training_state(load_checkpoint(tmp_path / "c.pth"), model=model2, optimizer=opt2, scheduler=sched2,
-                           scaler=None)
+    restore_training_state(
+        load_checkpoint(tmp_path / "c.pth"), model=model2, optimizer=opt2, scheduler=sched2, scaler=None
+    )
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 0.05
-    assert torch.equal(opt2.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    assert torch.equal(
+        opt2.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"]
+    )
     assert sched2.last_epoch == 1
 
 
@@ -150,8 +193,15 @@ def test_scaler_state_saved_and_restored():
             self.v = d["scale"]
 
     model, opt, sched = _toy_training()
-    st = training_state(model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=Scaler(8.0),
-                        epoch=0, best=None, history=[])
+    st = training_state(
+        model_state=model.state_dict(),
+        optimizer=opt,
+        scheduler=sched,
+        scaler=Scaler(8.0),
+        epoch=0,
+        best=None,
+        history=[],
+    )
     assert st["scaler"] == {"scale": 8.0}
     s2 = Scaler(1.0)
     restore_training_state(st, model=model, optimizer=opt, scheduler=sched, scaler=s2)
@@ -162,20 +212,24 @@ def test_restore_errors_name_the_file_and_the_fix():
     from clora3d.engine.checkpoint import restore_training_state, training_state
 
     model, opt, sched = _toy_training()
-    st = training_state(model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=None, epoch=0,
-                        best=None, history=[])
+    st = training_state(
+        model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=None, epoch=0, best=None, history=[]
+    )
     for drop in (["rng"], ["epoch", "scheduler"]):
         bad = {k: v for k, v in st.items() if k not in drop}
         with pytest.raises(CheckpointError) as info:
             restore_training_state(bad, model=model, optimizer=opt, scheduler=sched, scaler=None, path="x.pth")
-        assert str(info.value) == (f"x.pth is not a clora3d training checkpoint (missing {drop}); --resume needs "
-                                   "ckpt-last.pth from a clora3d run dir")
+        assert str(info.value) == (
+            f"x.pth is not a clora3d training checkpoint (missing {drop}); --resume needs "
+            "ckpt-last.pth from a clora3d run dir"
+        )
     other = torch.nn.Linear(3, 4)
     with pytest.raises(CheckpointError) as info:
         restore_training_state(st, model=other, optimizer=opt, scheduler=sched, scaler=None, path="x.pth")
     msg = str(info.value)
-    assert msg.startswith("x.pth: model weights do not match this config's model (Error(s) in loading state_dict "
-                          "for Linear:") and msg.endswith("); resume with the same config")
+    assert msg.startswith(
+        "x.pth: model weights do not match this config's model (Error(s) in loading state_dict for Linear:"
+    ) and msg.endswith("); resume with the same config")
     opt3 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(CheckpointError) as info:
         restore_training_state(st, model=model, optimizer=opt3, scheduler=sched, scaler=None, path="x.pth")
@@ -210,13 +264,13 @@ def test_clean_stale_tmp_by_writer_process_and_age(tmp_path):
 
     dead, me = _dead_pid(), os.getpid()
     files = {
-        "dead": tmp_path / f".ckpt.pth.{dead}-ab12cd34.tmp",        # writer gone: stale
-        "alive": tmp_path / f".ckpt.pth.{me}-ab12cd34.tmp",         # this process: kept
-        "old_nopid": tmp_path / ".ckpt.pth.ab12cd34.tmp",           # no pid, 2 h old: stale
-        "new_nopid": tmp_path / ".ckpt.pth.ff12cd34.tmp",           # no pid, fresh: kept
-        "other": tmp_path / f".other.bin.{dead}-ab12cd34.tmp",      # another target
-        "plain": tmp_path / "ckpt.pth",                             # not a temp file
-        "edge_nopid": tmp_path / ".ckpt.pth.ee12cd34.tmp",          # exactly max_age old: stale
+        "dead": tmp_path / f".ckpt.pth.{dead}-ab12cd34.tmp",  # writer gone: stale
+        "alive": tmp_path / f".ckpt.pth.{me}-ab12cd34.tmp",  # this process: kept
+        "old_nopid": tmp_path / ".ckpt.pth.ab12cd34.tmp",  # no pid, 2 h old: stale
+        "new_nopid": tmp_path / ".ckpt.pth.ff12cd34.tmp",  # no pid, fresh: kept
+        "other": tmp_path / f".other.bin.{dead}-ab12cd34.tmp",  # another target
+        "plain": tmp_path / "ckpt.pth",  # not a temp file
+        "edge_nopid": tmp_path / ".ckpt.pth.ee12cd34.tmp",  # exactly max_age old: stale
     }
     for p in files.values():
         p.write_bytes(b"x")
@@ -226,7 +280,8 @@ def test_clean_stale_tmp_by_writer_process_and_age(tmp_path):
     got = storage.clean_stale_tmp(tmp_path, "ckpt.pth")
     assert sorted(p.name for p in got) == sorted(files[k].name for k in ("dead", "old_nopid", "edge_nopid"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        files[k].name for k in ("alive", "new_nopid", "other", "plain"))
+        files[k].name for k in ("alive", "new_nopid", "other", "plain")
+    )
     # without a name: every target's stale temp goes; a custom age applies to pid-less ones
     assert [p.name for p in storage.clean_stale_tmp(tmp_path)] == [files["other"].name]
     assert [p.name for p in storage.clean_stale_tmp(tmp_path, max_age_s=0.0)] == [files["new_nopid"].name]
@@ -257,9 +312,11 @@ def test_atomic_write_messages_name_what_and_why(tmp_path, monkeypatch):
     with pytest.raises(storage.StorageError) as info:
         storage.atomic_write_bytes(blocker / "sub" / "x.bin", b"")
     assert str(info.value).startswith(f"cannot write file {blocker / 'sub' / 'x.bin'}: cannot create its folder (")
-    for call, what in [(lambda d: storage.atomic_torch_save({}, d), "checkpoint"),
-                       (lambda d: storage.atomic_torch_save({}, d, what="adapter"), "adapter"),
-                       (lambda d: storage.atomic_write_bytes(d, b""), "file")]:
+    for call, what in [
+        (lambda d: storage.atomic_torch_save({}, d), "checkpoint"),
+        (lambda d: storage.atomic_torch_save({}, d, what="adapter"), "adapter"),
+        (lambda d: storage.atomic_write_bytes(d, b""), "file"),
+    ]:
         with pytest.raises(storage.StorageError) as info:
             call(tmp_path)
         assert str(info.value) == f"cannot write {what} {tmp_path}: it is a directory; give a file name"
@@ -276,8 +333,9 @@ def test_atomic_write_messages_name_what_and_why(tmp_path, monkeypatch):
     out = tmp_path / "o.bin"
     with pytest.raises(storage.StorageError) as info:
         storage.atomic_write(out, full, what="cache")
-    assert str(info.value) == (f"cannot write cache {out}: {os.strerror(errno.ENOSPC)} (free some space and retry); "
-                               "nothing was written")
+    assert str(info.value) == (
+        f"cannot write cache {out}: {os.strerror(errno.ENOSPC)} (free some space and retry); nothing was written"
+    )
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(out)
     out.write_bytes(b"OLD")
 
@@ -314,15 +372,17 @@ def test_restore_checks_model_keys_strictly_and_ignores_a_scaler_state_without_s
     from clora3d.engine.checkpoint import restore_training_state, training_state
 
     model, opt, sched = _toy_training()
-    st = training_state(model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=None, epoch=0,
-                        best=None, history=[])
+    st = training_state(
+        model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=None, epoch=0, best=None, history=[]
+    )
     st["scaler"] = {"scale": 2.0}
     restore_training_state(st, model=model, optimizer=opt, scheduler=sched, scaler=None)  # AMP off now
     st["model"] = {**st["model"], "extra.weight": torch.zeros(1)}
     with pytest.raises(CheckpointError) as info:
         restore_training_state(st, model=model, optimizer=opt, scheduler=sched, scaler=None)
-    assert str(info.value).startswith("<checkpoint>: model weights do not match this config's model (Error(s) in "
-                                      "loading state_dict for Linear:")
+    assert str(info.value).startswith(
+        "<checkpoint>: model weights do not match this config's model (Error(s) in loading state_dict for Linear:"
+    )
 
 
 def test_atomic_write_reports_a_failure_to_create_the_temp(tmp_path, monkeypatch):
@@ -336,8 +396,9 @@ def test_atomic_write_reports_a_failure_to_create_the_temp(tmp_path, monkeypatch
     with pytest.raises(storage.StorageError) as info:
         storage.atomic_write_bytes(out, b"x", what="cache")
     monkeypatch.undo()
-    assert str(info.value) == (f"cannot write cache {out}: {os.strerror(errno.EDQUOT)} (free some space and retry); "
-                               "nothing was written")
+    assert str(info.value) == (
+        f"cannot write cache {out}: {os.strerror(errno.EDQUOT)} (free some space and retry); nothing was written"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -379,7 +440,8 @@ def test_safe_torch_load_messages(tmp_path, monkeypatch):
         storage.safe_torch_load(cut, what="adapter file")
     msg = str(info.value)
     assert msg.startswith(f"cannot read adapter file {cut}: ") and msg.endswith(
-        " (the file is corrupt or not a PyTorch checkpoint)")
+        " (the file is corrupt or not a PyTorch checkpoint)"
+    )
 
     class Evil:
         def __reduce__(self):
@@ -390,9 +452,11 @@ def test_safe_torch_load_messages(tmp_path, monkeypatch):
     with pytest.raises(storage.UnsafeCheckpointError) as info:
         storage.safe_torch_load(evil)
     msg = str(info.value)
-    assert msg.startswith(f"refused to load checkpoint {evil}: it references Python objects outside torch's "
-                          "weights-only allow-list, so loading it could run code; nothing was executed.")
-    assert msg.endswith("]") and " [" in msg and "print" in msg[msg.rindex(" ["):]
+    assert msg.startswith(
+        f"refused to load checkpoint {evil}: it references Python objects outside torch's "
+        "weights-only allow-list, so loading it could run code; nothing was executed."
+    )
+    assert msg.endswith("]") and " [" in msg and "print" in msg[msg.rindex(" [") :]
 
     def no_culprit(*a, **k):
         raise pickle.UnpicklingError("bad opcode")
@@ -408,8 +472,9 @@ def test_safe_torch_load_messages(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", oom)
     with pytest.raises(CheckpointError) as info:
         storage.safe_torch_load(good)
-    assert str(info.value) == (f"cannot read checkpoint {good}: out of memory (the file is corrupt or far larger "
-                               "than a model)")
+    assert str(info.value) == (
+        f"cannot read checkpoint {good}: out of memory (the file is corrupt or far larger than a model)"
+    )
 
     def long_error(*a, **k):
         raise ValueError("L" * 300 + "\nsecond line")
@@ -417,8 +482,9 @@ def test_safe_torch_load_messages(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", long_error)
     with pytest.raises(CheckpointError) as info:
         storage.safe_torch_load(good)
-    assert str(info.value) == (f"cannot read checkpoint {good}: ValueError: {'L' * 200} (the file is corrupt or not "
-                               "a PyTorch checkpoint)")
+    assert str(info.value) == (
+        f"cannot read checkpoint {good}: ValueError: {'L' * 200} (the file is corrupt or not a PyTorch checkpoint)"
+    )
 
     def silent(*a, **k):
         raise ValueError()
@@ -426,22 +492,32 @@ def test_safe_torch_load_messages(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", silent)
     with pytest.raises(CheckpointError) as info:
         storage.safe_torch_load(good)
-    assert str(info.value) == f"cannot read checkpoint {good}: ValueError:  (the file is corrupt or not a PyTorch checkpoint)"
+    assert (
+        str(info.value)
+        == f"cannot read checkpoint {good}: ValueError:  (the file is corrupt or not a PyTorch checkpoint)"
+    )
 
 
 def test_verify_checksum_messages(tmp_path):
     obj = {"w": torch.ones(2), storage.CHECKSUM_KEY: {"algorithm": "md5"}}
     with pytest.raises(CheckpointError) as info:
         storage.verify_checksum(dict(obj), "f.pth")
-    assert str(info.value) == ("checkpoint f.pth has an unreadable checksum entry; the file is corrupt: restore it "
-                               "from a backup or write it again")
+    assert str(info.value) == (
+        "checkpoint f.pth has an unreadable checksum entry; the file is corrupt: restore it "
+        "from a backup or write it again"
+    )
     bad = {"w": torch.ones(2), storage.CHECKSUM_KEY: {**storage.tensor_checksum({"w": torch.zeros(2)})}}
     with pytest.raises(CheckpointError) as info:
         storage.verify_checksum(bad, "f.pth", what="adapter")
-    assert str(info.value) == ("adapter f.pth is corrupt: its tensors do not match the checksum stored when it was "
-                               "written (bit flip or damaged copy); restore it from a backup or write it again")
-    one_more = {"w": torch.ones(2), "v": torch.ones(0),
-                storage.CHECKSUM_KEY: storage.tensor_checksum({"w": torch.ones(2)})}
+    assert str(info.value) == (
+        "adapter f.pth is corrupt: its tensors do not match the checksum stored when it was "
+        "written (bit flip or damaged copy); restore it from a backup or write it again"
+    )
+    one_more = {
+        "w": torch.ones(2),
+        "v": torch.ones(0),
+        storage.CHECKSUM_KEY: storage.tensor_checksum({"w": torch.ones(2)}),
+    }
     with pytest.raises(CheckpointError):
         storage.verify_checksum(one_more, "f.pth")  # same digest input except a new empty tensor
     ok = {"w": torch.ones(2), storage.CHECKSUM_KEY: storage.tensor_checksum({"w": torch.ones(2)})}
@@ -450,7 +526,6 @@ def test_verify_checksum_messages(tmp_path):
 
 
 def test_atomic_write_defaults_and_messages_without_errno(tmp_path):
-    import time
 
     with pytest.raises(storage.StorageError) as info:
         storage.atomic_write(tmp_path, lambda f: None)
@@ -459,8 +534,9 @@ def test_atomic_write_defaults_and_messages_without_errno(tmp_path):
     blocker.write_bytes(b"")
     with pytest.raises(storage.StorageError) as info:
         storage.atomic_write_bytes(blocker / "sub" / "x.bin", b"")
-    assert str(info.value) == (f"cannot write file {blocker / 'sub' / 'x.bin'}: cannot create its folder "
-                               f"({os.strerror(20)})")
+    assert str(info.value) == (
+        f"cannot write file {blocker / 'sub' / 'x.bin'}: cannot create its folder ({os.strerror(20)})"
+    )
 
     def odd(f):
         raise OSError("weird device")

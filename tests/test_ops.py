@@ -1,4 +1,5 @@
 """clora3d.ops: native kernels vs the PyTorch reference vs brute-force numpy, gradients, errors."""
+
 from __future__ import annotations
 
 import importlib
@@ -68,7 +69,9 @@ def adversarial_clouds(dtype=torch.float32) -> dict[str, torch.Tensor]:
         "grid_ties": torch.randint(0, 3, (2, 64, 3), generator=g).to(dtype),
         "large_1e4": (1e4 * torch.rand(2, 150, 3, generator=g) - 5e3).to(dtype),
         "single_batch": torch.rand(1, 77, 3, generator=g).to(dtype),
-        "origin_cluster": torch.cat([1e-3 * torch.rand(1, 20, 3, generator=g), torch.rand(1, 20, 3, generator=g)], 1).to(dtype),
+        "origin_cluster": torch.cat(
+            [1e-3 * torch.rand(1, 20, 3, generator=g), torch.rand(1, 20, 3, generator=g)], 1
+        ).to(dtype),
     }
 
 
@@ -152,8 +155,11 @@ def grid_path_clouds(dtype=torch.float32) -> dict[str, tuple[torch.Tensor, torch
     # lattice with many duplicates: coordinates (and so distance ties) sit exactly on cell boundaries
     lattice = torch.randint(0, 8, (B, N, 3), generator=g).float() * 0.125
     planar = torch.rand(B, N, 3, generator=g) * torch.tensor([1.0, 1.0, 0.0])
-    line = torch.linspace(0, 1, N).view(1, N, 1) * torch.tensor([1.0, 2.0, -1.0]) + 1e-6 * torch.rand(B, N, 3, generator=g)
+    line = torch.linspace(0, 1, N).view(1, N, 1) * torch.tensor([1.0, 2.0, -1.0]) + 1e-6 * torch.rand(
+        B, N, 3, generator=g
+    )
     far_1e4 = 1e4 + torch.rand(B, N, 3, generator=g)
+
     # queries: cloud points (distance-0 ties with duplicates), nearby points, points outside the box
     def queries(ref_: torch.Tensor, scale: float) -> torch.Tensor:
         own = ref_[:, : M // 2]
@@ -414,10 +420,18 @@ def test_mixed_float32_float64_pair_raises(native):
         (lambda: ops.gather_points(torch.rand(1, 5, 2), torch.tensor([[0.0]])), r"integer"),
         (lambda: ops.gather_points(torch.rand(5, 2), torch.tensor([[0]])), r"points must have shape"),
         (lambda: ops.gather_points(torch.rand(2, 5, 2), torch.tensor([[0]])), r"batch size"),
-        (lambda: ops.three_interpolate(torch.rand(1, 5, 2), torch.zeros(1, 3, 3, dtype=torch.long),
-                                       torch.rand(1, 3, 2)), r"weight must have the shape"),
-        (lambda: ops.three_interpolate(torch.rand(1, 5, 2), torch.zeros(1, 3, 2, dtype=torch.long),
-                                       torch.rand(1, 3, 2)), r"idx must have shape \(B, n, 3\)"),
+        (
+            lambda: ops.three_interpolate(
+                torch.rand(1, 5, 2), torch.zeros(1, 3, 3, dtype=torch.long), torch.rand(1, 3, 2)
+            ),
+            r"weight must have the shape",
+        ),
+        (
+            lambda: ops.three_interpolate(
+                torch.rand(1, 5, 2), torch.zeros(1, 3, 2, dtype=torch.long), torch.rand(1, 3, 2)
+            ),
+            r"idx must have shape \(B, n, 3\)",
+        ),
         (lambda: ops.chamfer_l2(torch.rand(1, 4, 3), torch.rand(1, 0, 3)), r"b must hold at least one point"),
         (lambda: ops.chamfer_l2(torch.rand(1, 4, 3), "x"), r"b must be a torch.Tensor"),
     ],
@@ -534,47 +548,82 @@ _I3 = torch.zeros(2, 4, 3, dtype=torch.long)
 _W = torch.rand(2, 4, 3)
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: ops.furthest_point_sample("x", 2), "furthest_point_sample: xyz must be a torch.Tensor, got str"),
-    (lambda: ops.furthest_point_sample(_P, 2, start=-1), "furthest_point_sample: start must be in [0, N-1=4], got -1"),
-    (lambda: ops.fps_sample(_P, 6), "furthest_point_sample: S must be in [1, N=5], got 6"),
-    (lambda: ops.knn("x", _P, 2), "knn: query must be a torch.Tensor, got str"),
-    (lambda: ops.knn(_P, "x", 2), "knn: ref must be a torch.Tensor, got str"),
-    (lambda: ops.knn(torch.rand(2, 4, 2), _P, 2), "knn: query must have shape (B, N, 3), got (2, 4, 2)"),
-    (lambda: ops.knn(_P, torch.rand(1, 5, 3), 2),
-     "knn: ref has batch size 1 (shape (1, 5, 3)) but query has 2 (shape (2, 5, 3)); expected the same batch size"),
-    (lambda: ops.knn(_P, _P, 6), "knn: k must be in [1, N (points in ref)=5], got 6"),
-    (lambda: ops.knn(_P, _P, 2.0), "knn: k must be an int, got float 2.0"),
-    (lambda: ops.gather_points("x", _I), "gather_points: points must be a torch.Tensor, got str"),
-    (lambda: ops.gather_points(_P, "x"), "gather_points: idx must be a torch.Tensor, got str"),
-    (lambda: ops.gather_points(_P, torch.zeros(1, 3, dtype=torch.long)),
-     "gather_points: idx has batch size 1 (shape (1, 3)) but points has 2 (shape (2, 5, 3)); expected the same batch size"),
-    (lambda: ops.gather_points(_P, torch.full((2, 3), 5)), "gather_points: idx must hold indices in [0, 5), got values in [5, 5]"),
-    (lambda: ops.gather_points(_P, torch.zeros(2, dtype=torch.long)), "gather_points: idx must be 2-D or 3-D, got shape (2)"),
-    (lambda: ops.three_nn("x", _P), "three_nn: unknown must be a torch.Tensor, got str"),
-    (lambda: ops.three_nn(_P, "x"), "three_nn: known must be a torch.Tensor, got str"),
-    (lambda: ops.three_nn(_P, torch.rand(1, 5, 3)),
-     "three_nn: known has batch size 1 (shape (1, 5, 3)) but unknown has 2 (shape (2, 5, 3)); expected the same batch size"),
-    (lambda: ops.three_nn(torch.full((2, 1, 3), float("nan")), _P),
-     "three_nn: unknown contains NaN or infinite coordinates; expected finite values"),
-    (lambda: ops.three_interpolate("x", _I3, _W), "three_interpolate: features must be a torch.Tensor, got str"),
-    (lambda: ops.three_interpolate(_P, "x", _W), "three_interpolate: idx must be a torch.Tensor, got str"),
-    (lambda: ops.three_interpolate(_P, _I3, "x"), "three_interpolate: weight must be a torch.Tensor, got str"),
-    (lambda: ops.three_interpolate(_P, torch.full((2, 4, 3), 5), _W),
-     "three_interpolate: idx must hold indices in [0, 5), got values in [5, 5]"),
-    (lambda: ops.three_interpolate(_P, _I3, torch.rand(1, 4, 3)),
-     "three_interpolate: weight must have the shape of idx (2, 4, 3), got (1, 4, 3)"),
-    (lambda: ops.three_interpolate(_P, _I3, _I3), "three_interpolate: weight must be a floating point tensor, got torch.int64"),
-    (lambda: ops.three_interpolate(_P.long(), _I3, _W),
-     "three_interpolate: features must be a floating point tensor, got torch.int64"),
-    (lambda: ops.chamfer_l2("x", _P), "chamfer_l2: a must be a torch.Tensor, got str"),
-    (lambda: ops.chamfer_l2(torch.full((2, 1, 3), float("nan")), _P),
-     "chamfer_l2: a contains NaN or infinite coordinates; expected finite values"),
-    (lambda: ops.chamfer_l2(_P, torch.rand(1, 5, 3)),
-     "chamfer_l2: b has batch size 1 (shape (1, 5, 3)) but a has 2 (shape (2, 5, 3)); expected the same batch size"),
-    (lambda: ops.chamfer_l2_loss(torch.rand(0, 5, 3), torch.rand(0, 5, 3)),
-     "chamfer_l2_loss: empty batch (B = 0): the mean over no clouds is undefined; skip the loss for an empty batch"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: ops.furthest_point_sample("x", 2), "furthest_point_sample: xyz must be a torch.Tensor, got str"),
+        (
+            lambda: ops.furthest_point_sample(_P, 2, start=-1),
+            "furthest_point_sample: start must be in [0, N-1=4], got -1",
+        ),
+        (lambda: ops.fps_sample(_P, 6), "furthest_point_sample: S must be in [1, N=5], got 6"),
+        (lambda: ops.knn("x", _P, 2), "knn: query must be a torch.Tensor, got str"),
+        (lambda: ops.knn(_P, "x", 2), "knn: ref must be a torch.Tensor, got str"),
+        (lambda: ops.knn(torch.rand(2, 4, 2), _P, 2), "knn: query must have shape (B, N, 3), got (2, 4, 2)"),
+        (
+            lambda: ops.knn(_P, torch.rand(1, 5, 3), 2),
+            "knn: ref has batch size 1 (shape (1, 5, 3)) but query has 2 (shape (2, 5, 3)); expected the same batch size",
+        ),
+        (lambda: ops.knn(_P, _P, 6), "knn: k must be in [1, N (points in ref)=5], got 6"),
+        (lambda: ops.knn(_P, _P, 2.0), "knn: k must be an int, got float 2.0"),
+        (lambda: ops.gather_points("x", _I), "gather_points: points must be a torch.Tensor, got str"),
+        (lambda: ops.gather_points(_P, "x"), "gather_points: idx must be a torch.Tensor, got str"),
+        (
+            lambda: ops.gather_points(_P, torch.zeros(1, 3, dtype=torch.long)),
+            "gather_points: idx has batch size 1 (shape (1, 3)) but points has 2 (shape (2, 5, 3)); expected the same batch size",
+        ),
+        (
+            lambda: ops.gather_points(_P, torch.full((2, 3), 5)),
+            "gather_points: idx must hold indices in [0, 5), got values in [5, 5]",
+        ),
+        (
+            lambda: ops.gather_points(_P, torch.zeros(2, dtype=torch.long)),
+            "gather_points: idx must be 2-D or 3-D, got shape (2)",
+        ),
+        (lambda: ops.three_nn("x", _P), "three_nn: unknown must be a torch.Tensor, got str"),
+        (lambda: ops.three_nn(_P, "x"), "three_nn: known must be a torch.Tensor, got str"),
+        (
+            lambda: ops.three_nn(_P, torch.rand(1, 5, 3)),
+            "three_nn: known has batch size 1 (shape (1, 5, 3)) but unknown has 2 (shape (2, 5, 3)); expected the same batch size",
+        ),
+        (
+            lambda: ops.three_nn(torch.full((2, 1, 3), float("nan")), _P),
+            "three_nn: unknown contains NaN or infinite coordinates; expected finite values",
+        ),
+        (lambda: ops.three_interpolate("x", _I3, _W), "three_interpolate: features must be a torch.Tensor, got str"),
+        (lambda: ops.three_interpolate(_P, "x", _W), "three_interpolate: idx must be a torch.Tensor, got str"),
+        (lambda: ops.three_interpolate(_P, _I3, "x"), "three_interpolate: weight must be a torch.Tensor, got str"),
+        (
+            lambda: ops.three_interpolate(_P, torch.full((2, 4, 3), 5), _W),
+            "three_interpolate: idx must hold indices in [0, 5), got values in [5, 5]",
+        ),
+        (
+            lambda: ops.three_interpolate(_P, _I3, torch.rand(1, 4, 3)),
+            "three_interpolate: weight must have the shape of idx (2, 4, 3), got (1, 4, 3)",
+        ),
+        (
+            lambda: ops.three_interpolate(_P, _I3, _I3),
+            "three_interpolate: weight must be a floating point tensor, got torch.int64",
+        ),
+        (
+            lambda: ops.three_interpolate(_P.long(), _I3, _W),
+            "three_interpolate: features must be a floating point tensor, got torch.int64",
+        ),
+        (lambda: ops.chamfer_l2("x", _P), "chamfer_l2: a must be a torch.Tensor, got str"),
+        (
+            lambda: ops.chamfer_l2(torch.full((2, 1, 3), float("nan")), _P),
+            "chamfer_l2: a contains NaN or infinite coordinates; expected finite values",
+        ),
+        (
+            lambda: ops.chamfer_l2(_P, torch.rand(1, 5, 3)),
+            "chamfer_l2: b has batch size 1 (shape (1, 5, 3)) but a has 2 (shape (2, 5, 3)); expected the same batch size",
+        ),
+        (
+            lambda: ops.chamfer_l2_loss(torch.rand(0, 5, 3), torch.rand(0, 5, 3)),
+            "chamfer_l2_loss: empty batch (B = 0): the mean over no clouds is undefined; skip the loss for an empty batch",
+        ),
+    ],
+)
 def test_error_messages_name_the_op_and_the_argument_exactly(call, message):
     with pytest.raises(ValueError) as info:
         call()
@@ -586,11 +635,21 @@ def test_reference_backend_forced_gives_the_native_answers(monkeypatch):
     g = torch.Generator().manual_seed(8)
     xyz, q = torch.rand(2, 40, 3, generator=g), torch.rand(2, 7, 3, generator=g)
     feats = torch.randn(2, 40, 5, generator=g)
-    native = (ops.furthest_point_sample(xyz, 6, start=3), ops.fps_sample(xyz, 6), ops.knn(q, xyz, 4),
-              ops.three_nn(q, xyz), ops.gather_points(feats, torch.tensor([[1, 2], [3, 39]])))
+    native = (
+        ops.furthest_point_sample(xyz, 6, start=3),
+        ops.fps_sample(xyz, 6),
+        ops.knn(q, xyz, 4),
+        ops.three_nn(q, xyz),
+        ops.gather_points(feats, torch.tensor([[1, 2], [3, 39]])),
+    )
     monkeypatch.setenv("CLORA3D_OPS", "reference")
-    got = (ops.furthest_point_sample(xyz, 6, start=3), ops.fps_sample(xyz, 6), ops.knn(q, xyz, 4),
-           ops.three_nn(q, xyz), ops.gather_points(feats, torch.tensor([[1, 2], [3, 39]])))
+    got = (
+        ops.furthest_point_sample(xyz, 6, start=3),
+        ops.fps_sample(xyz, 6),
+        ops.knn(q, xyz, 4),
+        ops.three_nn(q, xyz),
+        ops.gather_points(feats, torch.tensor([[1, 2], [3, 39]])),
+    )
     assert got[0][:, 0].tolist() == [3, 3] and torch.equal(got[0], native[0])
     assert torch.equal(got[1], native[1]) and torch.equal(got[4], native[4])
     for (d, i), (nd, ni) in zip(got[2:4], native[2:4]):

@@ -1,4 +1,5 @@
 """CUDA kernels of clora3d._C vs the CPU reference (skipped without a GPU or a CUDA build)."""
+
 from __future__ import annotations
 
 import pytest
@@ -128,7 +129,9 @@ def test_cuda_half_gather_and_interpolation_forward_backward(cuda_native, dtype)
     got = ops.gather_points(pts, gi)
     assert torch.equal(got.double().cpu(), feat64.to(dtype).double()[torch.arange(2)[:, None], idx[..., 0]])  # exact
     got.backward(torch.ones_like(got))
-    counts = torch.zeros(2, 60, dtype=torch.float64).scatter_add_(1, idx[..., 0], torch.ones(2, 40, dtype=torch.float64))
+    counts = torch.zeros(2, 60, dtype=torch.float64).scatter_add_(
+        1, idx[..., 0], torch.ones(2, 40, dtype=torch.float64)
+    )
     assert torch.equal(pts.grad.double().cpu(), counts[..., None].expand(2, 60, 8))  # small integers: exact
 
 

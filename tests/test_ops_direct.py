@@ -10,6 +10,7 @@ NaN / inf coordinates: the CPU kernels refuse them (they used to return uninitia
 On CUDA nothing is read back to the host; a device-side assertion fires instead and the error
 surfaces at the next synchronisation (``test_cuda_nan_is_a_device_assert_not_a_wrong_result``).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,28 +37,54 @@ CALLS: dict[str, tuple[str, str]] = {
     "fps_rank2": ("C.fps(T.rand(10, 3), 3, 0)", r"xyz must have 3 dimensions"),
     "knn_k_zero": ("C.knn(T.rand(2, 4, 3), T.rand(2, 5, 3), 0)", r"k must be in \[1, N=5\], got 0"),
     "knn_k_too_large": ("C.knn(T.rand(2, 4, 3), T.rand(2, 5, 3), 6)", r"k must be in \[1, N=5\], got 6"),
-    "knn_dtype_mix": ("C.knn(T.rand(2, 4, 3), T.rand(2, 5, 3, dtype=T.float64), 1)",
-                      r"query and ref must have the same dtype"),
-    "knn_batch_mismatch": ("C.knn(T.rand(2, 4, 3), T.rand(1, 5, 3), 1)", r"query and ref must have the same batch size"),
-    "gather_index_too_large": ("C.gather_forward(T.rand(1, 5, 2), T.tensor([[7]]))", r"idx must hold indices in \[0, 5\)"),
-    "gather_index_negative": ("C.gather_forward(T.rand(1, 5, 2), T.tensor([[-1]]))", r"idx must hold indices in \[0, 5\)"),
+    "knn_dtype_mix": (
+        "C.knn(T.rand(2, 4, 3), T.rand(2, 5, 3, dtype=T.float64), 1)",
+        r"query and ref must have the same dtype",
+    ),
+    "knn_batch_mismatch": (
+        "C.knn(T.rand(2, 4, 3), T.rand(1, 5, 3), 1)",
+        r"query and ref must have the same batch size",
+    ),
+    "gather_index_too_large": (
+        "C.gather_forward(T.rand(1, 5, 2), T.tensor([[7]]))",
+        r"idx must hold indices in \[0, 5\)",
+    ),
+    "gather_index_negative": (
+        "C.gather_forward(T.rand(1, 5, 2), T.tensor([[-1]]))",
+        r"idx must hold indices in \[0, 5\)",
+    ),
     "gather_int32_index": ("C.gather_forward(T.rand(1, 5, 2), T.tensor([[1]], dtype=T.int32))", r"idx must be int64"),
-    "gather_int_points": ("C.gather_forward(T.ones(1, 5, 2, dtype=T.int64), T.tensor([[1]]))",
-                          r"points must be float32, float64, float16 or bfloat16"),
-    "gather_backward_index": ("C.gather_backward(T.rand(1, 2, 2), T.tensor([[0, 9]]), 5)",
-                              r"idx must hold indices in \[0, 5\)"),
-    "gather_backward_negative_N": ("C.gather_backward(T.rand(1, 1, 2), T.tensor([[0]]), -1)", r"N must be >= 0, got -1"),
+    "gather_int_points": (
+        "C.gather_forward(T.ones(1, 5, 2, dtype=T.int64), T.tensor([[1]]))",
+        r"points must be float32, float64, float16 or bfloat16",
+    ),
+    "gather_backward_index": (
+        "C.gather_backward(T.rand(1, 2, 2), T.tensor([[0, 9]]), 5)",
+        r"idx must hold indices in \[0, 5\)",
+    ),
+    "gather_backward_negative_N": (
+        "C.gather_backward(T.rand(1, 1, 2), T.tensor([[0]]), -1)",
+        r"N must be >= 0, got -1",
+    ),
     "three_nn_two_known": ("C.three_nn(T.rand(1, 5, 3), T.rand(1, 2, 3))", r"known must hold at least 3 points"),
-    "interp_index": ("C.three_interpolate_forward(T.rand(1, 4, 2), T.full((1, 3, 3), 4), T.rand(1, 3, 3))",
-                     r"idx must hold indices in \[0, 4\)"),
-    "interp_weight_shape": ("C.three_interpolate_forward(T.rand(1, 4, 2), T.zeros(1, 3, 3, dtype=T.long), T.rand(1, 3, 2))",
-                            r"weight must have the shape of idx"),
-    "interp_backward_negative_m": ("C.three_interpolate_backward(T.rand(1, 3, 2), T.zeros(1, 3, 3, dtype=T.long), "
-                                   "T.rand(1, 3, 3), -1)", r"m must be >= 0, got -1"),
+    "interp_index": (
+        "C.three_interpolate_forward(T.rand(1, 4, 2), T.full((1, 3, 3), 4), T.rand(1, 3, 3))",
+        r"idx must hold indices in \[0, 4\)",
+    ),
+    "interp_weight_shape": (
+        "C.three_interpolate_forward(T.rand(1, 4, 2), T.zeros(1, 3, 3, dtype=T.long), T.rand(1, 3, 2))",
+        r"weight must have the shape of idx",
+    ),
+    "interp_backward_negative_m": (
+        "C.three_interpolate_backward(T.rand(1, 3, 2), T.zeros(1, 3, 3, dtype=T.long), T.rand(1, 3, 3), -1)",
+        r"m must be >= 0, got -1",
+    ),
     "chamfer_empty_b": ("C.chamfer_forward(T.rand(1, 4, 3), T.rand(1, 0, 3))", r"a and b must hold at least one point"),
-    "chamfer_backward_index": ("C.chamfer_backward(T.rand(1, 4, 3), T.rand(1, 2, 3), T.full((1, 4), 2), "
-                               "T.zeros(1, 2, dtype=T.long), T.rand(1, 4), T.rand(1, 2))",
-                               r"idx_a must hold indices in \[0, 2\)"),
+    "chamfer_backward_index": (
+        "C.chamfer_backward(T.rand(1, 4, 3), T.rand(1, 2, 3), T.full((1, 4), 2), "
+        "T.zeros(1, 2, dtype=T.long), T.rand(1, 4), T.rand(1, 2))",
+        r"idx_a must hold indices in \[0, 2\)",
+    ),
     "index_range_empty": ("C.index_range(T.zeros(0, dtype=T.long))", r"index_range needs a non-empty tensor"),
     # NaN / inf coordinates (CPU): refused, naming the argument
     "nan_knn_query": ("C.knn(NAN_Q, GOOD_R, 2)", r"^query must hold finite coordinates"),
@@ -69,7 +96,7 @@ CALLS: dict[str, tuple[str, str]] = {
     "nan_chamfer_b": ("C.chamfer_forward(GOOD_Q, NAN_Q)", r"^b must hold finite coordinates"),
 }
 
-_CHILD = textwrap.dedent('''
+_CHILD = textwrap.dedent("""
     import json, sys
     import torch as T
     import clora3d.ops  # loads the extension: registers torch.ops.clora3d.*
@@ -87,7 +114,7 @@ _CHILD = textwrap.dedent('''
         except Exception as e:
             res = {"done": name, "type": type(e).__name__, "error": str(e).splitlines()[0]}
         print(json.dumps(res), flush=True)
-''')
+""")
 
 
 def _run_all(calls: dict[str, str]) -> dict[str, dict]:
@@ -95,8 +122,13 @@ def _run_all(calls: dict[str, str]) -> dict[str, dict]:
     pending = list(calls.items())
     results: dict[str, dict] = {}
     while pending:
-        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(pending)], capture_output=True, text=True,
-                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, json.dumps(pending)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         started = None
         for line in proc.stdout.splitlines():
             msg = json.loads(line)
@@ -141,7 +173,7 @@ def test_runner_reports_a_crash_against_the_call_that_crashed():
     assert res["after"]["type"] == "ZeroDivisionError"
 
 
-_CUDA_CHILD = textwrap.dedent('''
+_CUDA_CHILD = textwrap.dedent("""
     import sys, torch
     import clora3d.ops  # noqa: F401
     C = torch.ops.clora3d
@@ -155,7 +187,7 @@ _CUDA_CHILD = textwrap.dedent('''
         print("NO ERROR", i.max().item(), flush=True)
     except RuntimeError as e:
         print("SYNC ERROR", str(e).splitlines()[0], flush=True)
-''')
+""")
 
 
 @pytest.mark.cuda
@@ -168,7 +200,7 @@ def test_cuda_nan_is_a_device_assert_not_a_wrong_result():
     assert "hold NaN or inf" in proc.stderr, proc.stderr[-3000:]
 
 
-_CUDA_BAD_ARGS = textwrap.dedent('''
+_CUDA_BAD_ARGS = textwrap.dedent("""
     import json, torch
     import clora3d.ops  # noqa: F401
     C = torch.ops.clora3d
@@ -189,7 +221,7 @@ _CUDA_BAD_ARGS = textwrap.dedent('''
             out[k] = str(e).splitlines()[0]
     torch.cuda.synchronize()
     print(json.dumps(out))
-''')
+""")
 
 
 @pytest.mark.cuda
@@ -198,8 +230,13 @@ def test_cuda_bad_arguments_raise_eagerly():
     proc = subprocess.run([sys.executable, "-c", _CUDA_BAD_ARGS], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"crashed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    expect = {"fps_S": "S must be in", "knn_k": "k must be in", "knn_devices": "same device",
-              "gather_int32": "idx must be int64", "three_nn_two": "at least 3 points",
-              "interp_shape": "weight must have the shape"}
+    expect = {
+        "fps_S": "S must be in",
+        "knn_k": "k must be in",
+        "knn_devices": "same device",
+        "gather_int32": "idx must be int64",
+        "three_nn_two": "at least 3 points",
+        "interp_shape": "weight must have the shape",
+    }
     for k, frag in expect.items():
         assert got[k] is not None and frag in got[k], (k, got[k])

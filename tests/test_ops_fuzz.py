@@ -1,5 +1,6 @@
 """Property-based fuzzing of clora3d.ops: any shape/value/dtype either gives the brute-force answer
 or raises ValueError -- never a crash or another exception."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -77,7 +78,10 @@ def test_fuzz_knn(q, r, k):
         d, i = ops.knn(q, r, k)
     except ValueError:
         assert not (
-            _valid_coords(q, 0) and _valid_coords(r) and q.shape[0] == r.shape[0] and 1 <= k <= r.shape[1]
+            _valid_coords(q, 0)
+            and _valid_coords(r)
+            and q.shape[0] == r.shape[0]
+            and 1 <= k <= r.shape[1]
             and _same_compute_dtype(q, r)
         )
         return
@@ -96,8 +100,7 @@ def test_fuzz_chamfer(a, b):
     try:
         da, ia, db, ib = ops.chamfer_l2(a, b)
     except ValueError:
-        assert not (_valid_coords(a) and _valid_coords(b) and a.shape[0] == b.shape[0]
-                    and _same_compute_dtype(a, b))
+        assert not (_valid_coords(a) and _valid_coords(b) and a.shape[0] == b.shape[0] and _same_compute_dtype(a, b))
         return
     dt = np.float64 if torch.float64 in (a.dtype, b.dtype) else np.float32
     an, bn = _np(a).astype(dt), _np(b).astype(dt)
@@ -111,8 +114,11 @@ def test_fuzz_chamfer(a, b):
 
 @FUZZ
 @given(
-    B=st.integers(1, 3), N=st.integers(0, 10), C=st.integers(0, 5),
-    idx=st.lists(st.integers(-2, 12), min_size=0, max_size=8), rank3=st.booleans(),
+    B=st.integers(1, 3),
+    N=st.integers(0, 10),
+    C=st.integers(0, 5),
+    idx=st.lists(st.integers(-2, 12), min_size=0, max_size=8),
+    rank3=st.booleans(),
 )
 def test_fuzz_gather(B, N, C, idx, rank3):
     pts = torch.randn(B, N, C, dtype=torch.float64)

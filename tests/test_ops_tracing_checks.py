@@ -6,6 +6,7 @@ host check stays. Fake CUDA tensors (FakeTensorMode) stand in for a GPU.
 "While tracing" is simulated by making ``torch.compiler.is_compiling()`` return True (the real
 torch.compile runs are in tests/test_compile.py): the mutation tool wraps every function in a
 trampoline that Dynamo cannot trace, so these tests must not need Dynamo."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,10 +34,14 @@ def test_eager_values_only_for_real_cpu_tensors_outside_tracing(monkeypatch):
 
 def test_native_feature_dtype_half_only_on_cuda():
     with FakeTensorMode():
-        cuda = {dt: torch.empty(1, dtype=dt, device="cuda") for dt in (torch.float16, torch.bfloat16, torch.float32,
-                                                                         torch.float64, torch.int64)}
-        cpu = {dt: torch.empty(1, dtype=dt) for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
-                                                          torch.int64)}
+        cuda = {
+            dt: torch.empty(1, dtype=dt, device="cuda")
+            for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
+        }
+        cpu = {
+            dt: torch.empty(1, dtype=dt)
+            for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
+        }
     assert [ck.native_feature_dtype(t) for t in cuda.values()] == [True, True, True, True, False]
     assert [ck.native_feature_dtype(t) for t in cpu.values()] == [False, False, True, True, False]
 
@@ -54,7 +59,9 @@ def test_defer_finite_asserts_with_op_and_argument_name(monkeypatch):
 
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     torch.testing.assert_close(traced(good, good), good + good)
-    with pytest.raises(RuntimeError, match=r"^chamfer_l2: b contains NaN or infinite coordinates; expected finite values"):
+    with pytest.raises(
+        RuntimeError, match=r"^chamfer_l2: b contains NaN or infinite coordinates; expected finite values"
+    ):
         traced(good, bad)
     with pytest.raises(RuntimeError, match=r"^chamfer_l2: a contains NaN or infinite coordinates"):
         traced(bad, good)
@@ -62,15 +69,18 @@ def test_defer_finite_asserts_with_op_and_argument_name(monkeypatch):
     torch.testing.assert_close(traced(empty, empty), empty)  # nothing to check in an empty tensor
 
 
-@pytest.mark.parametrize("op,args,name", [
-    ("furthest_point_sample", lambda x, y: (x, 2), "xyz"),
-    ("knn", lambda x, y: (x, y, 2), "query"),
-    ("knn", lambda x, y: (y, x, 2), "ref"),
-    ("three_nn", lambda x, y: (x, y), "unknown"),
-    ("three_nn", lambda x, y: (y, x), "known"),
-    ("chamfer_l2", lambda x, y: (x, y), "a"),
-    ("chamfer_l2", lambda x, y: (y, x), "b"),
-])
+@pytest.mark.parametrize(
+    "op,args,name",
+    [
+        ("furthest_point_sample", lambda x, y: (x, 2), "xyz"),
+        ("knn", lambda x, y: (x, y, 2), "query"),
+        ("knn", lambda x, y: (y, x, 2), "ref"),
+        ("three_nn", lambda x, y: (x, y), "unknown"),
+        ("three_nn", lambda x, y: (y, x), "known"),
+        ("chamfer_l2", lambda x, y: (x, y), "a"),
+        ("chamfer_l2", lambda x, y: (y, x), "b"),
+    ],
+)
 def test_reference_path_under_compile_refuses_nan_and_matches_eager(monkeypatch, op, args, name):
     monkeypatch.setenv("CLORA3D_OPS", "reference")
     good = torch.rand(2, 6, 3, generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,5 @@
 """The PEFT interface: init equivalence, exact trainable sets and gradients, adapter files, merge/unmerge."""
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,7 @@ CONFIGS = {
     "adapter": {"NAME": "adapter"},
     "prompt": {"NAME": "prompt", "num_tokens": 3},
     "clora": {"NAME": "clora"},
-    "clora_parallel_bias": {"NAME": "clora", "placement": "parallel", "targets": ["proj", "fc1", "fc2"],
-                            "bias": True},
+    "clora_parallel_bias": {"NAME": "clora", "placement": "parallel", "targets": ["proj", "fc1", "fc2"], "bias": True},
     "clora_shared_bias": {"NAME": "clora", "shared_q": True, "bias": True, "num_spaces": 2, "rank": 4},
     # reference BN behaviour: the frozen encoder's BN statistics drift and must travel in the adapter
     "lora_bn_train": {"NAME": "lora", "frozen_bn": "train", "targets": ["fc1"]},
@@ -312,9 +312,9 @@ def test_dropout_only_in_training(base):
     lin = model.blocks.blocks[0].attn.qkv
     x = torch.randn(4, 10, lin.in_features)
     model.eval()
-    assert torch.equal(lin(x), lin(x))           # eval: the branch dropout is off
+    assert torch.equal(lin(x), lin(x))  # eval: the branch dropout is off
     method.train()
-    assert not torch.equal(lin(x), lin(x))       # training: the branch input is dropped at random
+    assert not torch.equal(lin(x), lin(x))  # training: the branch input is dropped at random
 
 
 @pytest.mark.parametrize("key", ["lora", "clora", "clora_parallel_bias", "adapter", "prompt"])
@@ -330,10 +330,10 @@ def test_deepcopy_of_adapted_model_is_independent(base, pts, key):
     with torch.no_grad():
         for p in twin_method.peft_params.values():
             p.mul_(2.0)
-    assert not torch.equal(twin(pts), ref)       # the copy's hooks use the copy's parameters
-    assert torch.equal(model(pts), ref)          # the original is untouched
+    assert not torch.equal(twin(pts), ref)  # the copy's hooks use the copy's parameters
+    assert torch.equal(model(pts), ref)  # the original is untouched
     twin_method.remove()
-    assert torch.equal(model(pts), ref)          # removing the copy's hooks leaves the original's
+    assert torch.equal(model(pts), ref)  # removing the copy's hooks leaves the original's
     assert torch.equal(twin(pts), base(pts))
 
 
@@ -384,8 +384,7 @@ def test_lora_scale_alpha_over_r_or_sqrt_r(base, rslora, scale):
     hand = x.double() @ W0.double().T + b0.double() + scale * (x.double() @ A.double().T) @ B.double().T
     torch.testing.assert_close(y.double(), hand, rtol=1e-5, atol=1e-5)
     method.merge()
-    torch.testing.assert_close(lin.weight.double(), W0.double() + scale * B.double() @ A.double(),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lin.weight.double(), W0.double() + scale * B.double() @ A.double(), rtol=1e-5, atol=1e-6)
 
 
 # -- registry: name -> (config class, method class) --------------------------------------------------
@@ -393,19 +392,38 @@ def test_registry_pairs_name_config_and_method(base):
     from clora3d.peft import CLoRA, CLoRAConfig, LoRA, LoRAConfig, build_config, config_class, method_names
     from clora3d.peft.registry import method_class
 
-    assert method_names() == ["adapter", "bitfit", "clora", "dapt", "full", "idpt", "linear", "lora", "pointgst",
-                              "pointlora", "prompt"]
+    assert method_names() == [
+        "adapter",
+        "bitfit",
+        "clora",
+        "dapt",
+        "full",
+        "idpt",
+        "linear",
+        "lora",
+        "pointgst",
+        "pointlora",
+        "prompt",
+    ]
     assert config_class("lora") is LoRAConfig and method_class("clora") is CLoRA
     with pytest.raises(ConfigError, match=r"unknown peft method NAME 'clorra'; did you mean 'clora'\?"):
         config_class("clorra")
     cfg = build_config({"NAME": "lora", "rank": 2, "targets": ["fc2", "qkv"]})
-    assert cfg == LoRAConfig(rank=2, targets=["qkv", "fc2"])          # targets in block order
+    assert cfg == LoRAConfig(rank=2, targets=["qkv", "fc2"])  # targets in block order
     # a validated config instance and the equivalent mapping build the same method
     a = apply_peft(copy.deepcopy(base), LoRAConfig(rank=2, layers=[1]))
     b = apply_peft(copy.deepcopy(base), {"NAME": "lora", "rank": 2, "layers": [1]})
     assert type(a) is LoRA and a.config == b.config == {
-        "NAME": "lora", "rank": 2, "alpha": 8.0, "dropout": 0.0, "targets": ["qkv", "proj"], "layers": [1],
-        "rslora": False, "extra_trainable": [], "frozen_bn": "train"}
+        "NAME": "lora",
+        "rank": 2,
+        "alpha": 8.0,
+        "dropout": 0.0,
+        "targets": ["qkv", "proj"],
+        "layers": [1],
+        "rslora": False,
+        "extra_trainable": [],
+        "frozen_bn": "train",
+    }
     assert a.cfg == LoRAConfig(rank=2, layers=[1])
     with pytest.raises(TypeError, match="takes a CLoRAConfig, got LoRAConfig"):
         CLoRA(copy.deepcopy(base), LoRAConfig())

@@ -4,6 +4,7 @@ Per method: the trainable count against a formula (and the issue's ViT-S count),
 an adapter round trip, a short training run that lowers the loss, and an independent
 re-computation of the method's core operation (plain tensor code written here, not the method's).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -107,8 +108,7 @@ def adapter_round_trip(tmp_path, cfg: dict, pts: torch.Tensor, cls_dim: int = 5)
 # ------------------------------------------------------------------------------------------------
 # independent reference pieces (plain tensor code)
 # ------------------------------------------------------------------------------------------------
-def ref_attention(blk, x: torch.Tensor, qkv_extra=None, proj_extra=None, qkv_post=None,
-                  proj_post=None) -> torch.Tensor:
+def ref_attention(blk, x: torch.Tensor, qkv_extra=None, proj_extra=None, qkv_post=None, proj_post=None) -> torch.Tensor:
     """Multi-head attention written out: softmax(q k^T / sqrt(hd)) v, optional additive extras and
     functions applied to the qkv / proj outputs."""
     B, L, C = x.shape
@@ -121,11 +121,11 @@ def ref_attention(blk, x: torch.Tensor, qkv_extra=None, proj_extra=None, qkv_pos
         qkv = qkv + qkv_extra(x)
     if qkv_post is not None:
         qkv = qkv_post(qkv)
-    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+    q, k, v = qkv[..., :C], qkv[..., C : 2 * C], qkv[..., 2 * C :]
     out = torch.zeros_like(x)
     for h in range(H):
         s = slice(h * hd, (h + 1) * hd)
-        a = torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / hd ** 0.5, dim=-1)
+        a = torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / hd**0.5, dim=-1)
         out[..., s] = a @ v[..., s]
     y = out @ blk.attn.proj.weight.T + blk.attn.proj.bias
     if proj_extra is not None:
@@ -194,7 +194,7 @@ def pointlora_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor
     x = torch.cat([model.cls_token.expand(len(pts), -1, -1), model.encoder(nb)], 1)
     pos = torch.cat([model.cls_pos.expand(len(pts), -1, -1), model.pos_embed(center)], 1)
     sel_x, sel_p = [], []
-    for (G, k, kept) in cfg["scales"]:
+    for G, k, kept in cfg["scales"]:
         from clora3d.models.grouping import Group
 
         nb2, c2 = Group(G, k)(pts)
@@ -217,8 +217,8 @@ def pointlora_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor
     for i, blk in enumerate(model.blocks.blocks):
         h = x + pos
         h = h.clone()
-        h[:, 1:1 + span] = h[:, 1:1 + span] + seq_mlp(mods.prompt_tokens, h[:, 1:1 + span])
-        h[:, L - nsel:] = h[:, L - nsel:] + seq_mlp(mods.prompt_selected, h[:, L - nsel:])
+        h[:, 1 : 1 + span] = h[:, 1 : 1 + span] + seq_mlp(mods.prompt_tokens, h[:, 1 : 1 + span])
+        h[:, L - nsel :] = h[:, L - nsel :] + seq_mlp(mods.prompt_selected, h[:, L - nsel :])
 
         def extra(t, i=i):
             A, B, pm = lora[(str(i), t)]
@@ -322,17 +322,19 @@ TINY_DAPT = {"NAME": "dapt", "rank": 8}
 
 def dapt_count(d: int, depth: int, hidden: int, r: int, parts: int, c: int) -> int:
     adapter = 2 * d + (d + 1) + (d * r + r) + (r * d + d)
-    ssf = 2 * (d + 3 * d + d + d + hidden + d + d)      # norm1 qkv proj norm2 fc1 fc2 prompt
+    ssf = 2 * (d + 3 * d + d + d + hidden + d + d)  # norm1 qkv proj norm2 fc1 fc2 prompt
     return depth * (adapter + ssf) + 2 * 2 * d + 2 * d + head_params(parts * d, c)
 
 
 def test_dapt_count_vit_s_matches_the_reference():
     torch.manual_seed(0)
     scan = apply_peft(PointTransformer.from_preset("vit_s", num_group=128, cls_dim=15), {"NAME": "dapt"})
-    assert count(scan) == dapt_count(384, 12, 1536, 64, 3, 15) == 1_087_771   # issue: 1.09 M
-    mn = apply_peft(PointTransformer.from_preset("vit_s", num_group=64, cls_dim=40),
-                    {"NAME": "dapt", "rank": 72, "prompt_token": "none"})
-    assert count(mn) == dapt_count(384, 12, 1536, 72, 2, 40) == 1_069_716     # reference ModelNet count
+    assert count(scan) == dapt_count(384, 12, 1536, 64, 3, 15) == 1_087_771  # issue: 1.09 M
+    mn = apply_peft(
+        PointTransformer.from_preset("vit_s", num_group=64, cls_dim=40),
+        {"NAME": "dapt", "rank": 72, "prompt_token": "none"},
+    )
+    assert count(mn) == dapt_count(384, 12, 1536, 72, 2, 40) == 1_069_716  # reference ModelNet count
 
 
 def test_dapt_count_formula_tiny_and_head_width():
@@ -361,11 +363,14 @@ def dapt_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor:
     nb, center = model.group_divider(pts)
     B = len(pts)
     x = torch.cat([model.cls_token.expand(B, -1, -1), ssf(model.encoder.forward(nb), mods.embed_ssf)], 1)
-    x = x + torch.cat([model.cls_pos.expand(B, -1, -1), model.pos_embed(center)], 1)   # once
+    x = x + torch.cat([model.cls_pos.expand(B, -1, -1), model.pos_embed(center)], 1)  # once
     for blk, mb in zip(model.blocks.blocks, mods.blocks):
-        x = x + ref_attention(blk, ssf(ln(blk.norm1, x), mb.ssf["norm1"]),
-                              qkv_post=lambda q, mb=mb: ssf(q, mb.ssf["qkv"]),
-                              proj_post=lambda y, mb=mb: ssf(y, mb.ssf["proj"]))
+        x = x + ref_attention(
+            blk,
+            ssf(ln(blk.norm1, x), mb.ssf["norm1"]),
+            qkv_post=lambda q, mb=mb: ssf(q, mb.ssf["qkv"]),
+            proj_post=lambda y, mb=mb: ssf(y, mb.ssf["proj"]),
+        )
         a = ssf(ln(blk.norm2, x), mb.ssf["norm2"])
         f1 = ssf(a @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias, mb.ssf["fc1"])
         mlp = ssf(F.gelu(f1) @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias, mb.ssf["fc2"])
@@ -377,10 +382,10 @@ def dapt_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor:
     G = model.num_group
     parts = [x[:, 0]] if cfg["class_token"] else []
     if cfg["prompt_token"] != "none":
-        pr = x[:, 1:x.shape[1] - G]
+        pr = x[:, 1 : x.shape[1] - G]
         parts.append(pr.mean(1) if cfg["prompt_token"] == "mean" else pr.max(1).values)
     if cfg["patch_token"] != "none":
-        pa = x[:, x.shape[1] - G:]
+        pa = x[:, x.shape[1] - G :]
         parts.append(pa.max(1).values if cfg["patch_token"] == "max" else pa.mean(1))
     return model.cls_head_finetune(torch.cat(parts, -1))
 
@@ -403,7 +408,7 @@ def test_dapt_init_and_sequence_growth():
     method = apply_peft(model, TINY_DAPT)
     assert not method.starts_at_base and not model.blocks.pos_every_block
     a = torch.randn(2, 9, 96)
-    for mb in method.mods.blocks:   # up = 0: the adapter adds nothing at step 0
+    for mb in method.mods.blocks:  # up = 0: the adapter adds nothing at step 0
         assert torch.count_nonzero(mb.adapter(a)) == 0
     g = torch.cat([p.detach() for n, p in method.trainable_parameters().items() if n.endswith(".gamma")])
     b = torch.cat([p.detach() for n, p in method.trainable_parameters().items() if n.endswith(".beta")])
@@ -455,7 +460,7 @@ def pointgst_count(d: int, depth: int, r: int, c: int) -> int:
 def test_pointgst_count_vit_s_matches_the_reference():
     torch.manual_seed(0)
     method = apply_peft(PointTransformer.from_preset("vit_s", num_group=128, cls_dim=15), {"NAME": "pointgst"})
-    assert count(method) == pointgst_count(384, 12, 36, 15) == 622_831   # issue: 0.62 M
+    assert count(method) == pointgst_count(384, 12, 36, 15) == 622_831  # issue: 0.62 M
 
 
 def test_pointgst_count_formula_tiny_and_config_errors():
@@ -496,13 +501,13 @@ def test_pointgst_zorder_and_bases_match_dense_numpy():
     from clora3d.peft.pointgst import graph_basis, zorder_keys
 
     g = torch.Generator().manual_seed(3)
-    center = torch.rand(2, 40, 3, generator=g) * 2 - 1   # > 25 points: torch.cdist's matmul path
+    center = torch.rand(2, 40, 3, generator=g) * 2 - 1  # > 25 points: torch.cdist's matmul path
     keys = zorder_keys(center)
     for b in range(2):
         assert keys[b].tolist() == np_morton(center[b].numpy())
     c = center.double().numpy()
     dd = np.sqrt(((c[:, :, None] - c[:, None]) ** 2).sum(-1))
-    d_min = dd[dd > 0].min()                     # over the whole batch, as the reference
+    d_min = dd[dd > 0].min()  # over the whole batch, as the reference
     U = graph_basis(center)
     for b in range(2):
         want = np_basis(c[b], d_min)
@@ -524,8 +529,9 @@ def pointgst_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor:
     sub = np.stack([c[b][order[b]] for b in range(B)]).reshape(B, G // s, s, 3)
     ds = np.sqrt(((sub[..., :, None, :] - sub[..., None, :, :]) ** 2).sum(-1))
     dmin_l = ds[ds > 0].min()
-    subU = torch.tensor(np.stack([[np_basis(sub[b, k], dmin_l) for k in range(G // s)] for b in range(B)]),
-                        dtype=torch.float32)
+    subU = torch.tensor(
+        np.stack([[np_basis(sub[b, k], dmin_l) for k in range(G // s)] for b in range(B)]), dtype=torch.float32
+    )
     x = torch.cat([model.cls_token.expand(B, -1, -1), model.encoder(nb)], 1)
     pos = torch.cat([model.cls_pos.expand(B, -1, -1), model.pos_embed(center)], 1)
     for i, blk in enumerate(model.blocks.blocks):
@@ -593,14 +599,14 @@ TINY_IDPT = {"NAME": "idpt", "prompt_layer": 2, "k": 8}
 
 
 def idpt_count(d: int, parts: int, c: int) -> int:
-    generator = 3 * (2 * d * d + 2 * d) + (3 * d * d + 2 * d)     # 3 EdgeConvs + Conv1d, BN weight/bias
+    generator = 3 * (2 * d * d + 2 * d) + (3 * d * d + 2 * d)  # 3 EdgeConvs + Conv1d, BN weight/bias
     return generator + 2 * d + head_params(parts * d, c)
 
 
 def test_idpt_count_vit_s_matches_the_reference():
     torch.manual_seed(0)
     method = apply_peft(PointTransformer.from_preset("vit_s", num_group=128, cls_dim=15), {"NAME": "idpt"})
-    assert count(method) == idpt_count(384, 3, 15) == 1_696_783   # issue: 1.70 M
+    assert count(method) == idpt_count(384, 3, 15) == 1_696_783  # issue: 1.70 M
 
 
 @pytest.mark.parametrize("cls_type,parts", [("all", 3), ("promptonly", 1), ("promptcls", 2), ("pointcls", 2)])
@@ -608,8 +614,8 @@ def test_idpt_count_formula_tiny(cls_type, parts):
     model = tiny()
     method = apply_peft(model, {**TINY_IDPT, "cls_type": cls_type})
     assert count(method) == idpt_count(96, parts, 5)
-    assert "peft.prompt_pos" not in method.trainable_parameters()      # the reference never trains it
-    assert "peft.prompt_pos" in method.adapter_state_dict()              # but it is random: saved
+    assert "peft.prompt_pos" not in method.trainable_parameters()  # the reference never trains it
+    assert "peft.prompt_pos" in method.adapter_state_dict()  # but it is random: saved
     trained = apply_peft(tiny(), {**TINY_IDPT, "cls_type": cls_type, "train_prompt_pos": True})
     assert count(trained) == count(method) + 96
 
@@ -617,21 +623,24 @@ def test_idpt_count_formula_tiny(cls_type, parts):
 def bn_eval(bn, x: torch.Tensor) -> torch.Tensor:
     """BatchNorm with running statistics over channel dim 1."""
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    return ((x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
-            * bn.weight.view(shape) + bn.bias.view(shape))
+    return (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps) * bn.weight.view(
+        shape
+    ) + bn.bias.view(shape)
 
 
 def ref_generator(gen, tokens: torch.Tensor, k: int) -> torch.Tensor:
     """DGCNN prompt of ``tokens (B, G, d)`` written out: per token its k nearest (argsort of squared
     distances), edge features, 1x1 convs as matrix products, BN with running stats, LeakyReLU, max."""
-    def edge(x, conv):                                 # x (B, G, C) -> (B, G, C_out)
+
+    def edge(x, conv):  # x (B, G, C) -> (B, G, C_out)
         d2 = ((x[:, :, None] - x[:, None]) ** 2).sum(-1)
         idx = torch.argsort(d2, dim=-1, stable=True)[..., :k]
-        nb = torch.stack([x[b][idx[b]] for b in range(len(x))])          # (B, G, k, C)
+        nb = torch.stack([x[b][idx[b]] for b in range(len(x))])  # (B, G, k, C)
         ctr = x[:, :, None].expand_as(nb)
         e = torch.cat([nb - ctr, ctr], -1) @ conv[0].weight[:, :, 0, 0].T  # (B, G, k, C_out)
         e = F.leaky_relu(bn_eval(conv[1], e.permute(0, 3, 1, 2)), 0.2)
         return e.max(-1).values.transpose(1, 2)
+
     x1 = edge(tokens, gen.conv1)
     x2 = edge(x1, gen.conv2)
     x3 = edge(x2, gen.conv3)
@@ -657,8 +666,12 @@ def idpt_reference_logits(model, method, pts: torch.Tensor) -> torch.Tensor:
         x = x + ref_mlp(blk.mlp, ln(blk.norm2, x))
     x = ln(model.norm, x)
     t = cfg["cls_type"]
-    feats = {"all": [x[:, 0], x[:, 1], x[:, 2:].max(1).values], "promptonly": [x[:, 1]],
-             "promptcls": [x[:, 0], x[:, 1]], "pointcls": [x[:, 0], x[:, 2:].max(1).values]}[t]
+    feats = {
+        "all": [x[:, 0], x[:, 1], x[:, 2:].max(1).values],
+        "promptonly": [x[:, 1]],
+        "promptcls": [x[:, 0], x[:, 1]],
+        "pointcls": [x[:, 0], x[:, 2:].max(1).values],
+    }[t]
     return model.cls_head_finetune(torch.cat(feats, -1))
 
 
@@ -669,7 +682,7 @@ def test_idpt_forward_matches_independent_recomputation(cfg):
     perturb_(method, std=0.05)
     model.train()
     with torch.no_grad():
-        model(clouds(n=128, seed=7))      # BN running statistics away from 0 / 1
+        model(clouds(n=128, seed=7))  # BN running statistics away from 0 / 1
     model.eval()
     pts = clouds(n=128)
     with torch.no_grad():
@@ -688,7 +701,7 @@ def test_idpt_sequence_layout_and_prompt_pos_is_fixed():
     losses = train_steps(model, method, steps=2)
     for h in hooks:
         h.remove()
-    assert lengths[:4] == [1 + 32, 1 + 32, 2 + 32, 2 + 32]          # the prompt enters at block 2
+    assert lengths[:4] == [1 + 32, 1 + 32, 2 + 32, 2 + 32]  # the prompt enters at block 2
     assert torch.equal(method.mods.prompt_pos, before) and len(losses) == 2
     method.remove()
     assert model.blocks.pos_every_block and model.cls_head_finetune[0].in_features == 192
@@ -759,34 +772,61 @@ def cpu_run(tmp_path, mn_root, cfg_file: str, epochs: int = 6) -> dict:
     from clora3d.engine.config import load_config
     from clora3d.engine.trainer import train
 
-    cfg = load_config(REPO / "cfgs" / "cpu" / cfg_file, [
-        f"dataset.train.root={mn_root}", f"dataset.test.root={mn_root}", "model.cls_dim=4",
-        f"train.epochs={epochs}", f"scheduler.epochs={epochs}", "scheduler.warmup_epochs=0",
-        "train.batch_size=8", "data.npoints=128", "data.point_all=160", f"log.root={tmp_path / 'exp'}",
-        "log.progress=false", "log.tensorboard=false"])
+    cfg = load_config(
+        REPO / "cfgs" / "cpu" / cfg_file,
+        [
+            f"dataset.train.root={mn_root}",
+            f"dataset.test.root={mn_root}",
+            "model.cls_dim=4",
+            f"train.epochs={epochs}",
+            f"scheduler.epochs={epochs}",
+            "scheduler.warmup_epochs=0",
+            "train.batch_size=8",
+            "data.npoints=128",
+            "data.point_all=160",
+            f"log.root={tmp_path / 'exp'}",
+            "log.progress=false",
+            "log.tensorboard=false",
+        ],
+    )
     return train(cfg, run_dir=tmp_path / "run")
 
 
 PROTOCOL = {  # method: (ScanObjectNN augmentation, drop path per task, peft options per task)
-    "pointlora": ("ScaleAndTranslate", {t: 0.3 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
-                  {}),
+    "pointlora": (
+        "ScaleAndTranslate",
+        {t: 0.3 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
+        {},
+    ),
     # DAPT's repository files (per task): rank, adapter dropout, head pooling
-    "dapt": ("ScaleAndTranslate", {"modelnet40": 0.1, "scan_objonly": 0.1, "scan_objbg": 0.3, "scan_hardest": 0.3},
-             {"modelnet40": {"rank": 72, "adapter_dropout": 0.0, "prompt_token": "none", "patch_token": "max"},
-              "scan_objonly": {"rank": 64, "adapter_dropout": 0.0, "prompt_token": "mean", "patch_token": "none"},
-              "scan_objbg": {"rank": 64, "adapter_dropout": 0.5, "prompt_token": "mean", "patch_token": "max"},
-              "scan_hardest": {"rank": 64, "adapter_dropout": 0.2, "prompt_token": "mean", "patch_token": "max"}}),
+    "dapt": (
+        "ScaleAndTranslate",
+        {"modelnet40": 0.1, "scan_objonly": 0.1, "scan_objbg": 0.3, "scan_hardest": 0.3},
+        {
+            "modelnet40": {"rank": 72, "adapter_dropout": 0.0, "prompt_token": "none", "patch_token": "max"},
+            "scan_objonly": {"rank": 64, "adapter_dropout": 0.0, "prompt_token": "mean", "patch_token": "none"},
+            "scan_objbg": {"rank": 64, "adapter_dropout": 0.5, "prompt_token": "mean", "patch_token": "max"},
+            "scan_hardest": {"rank": 64, "adapter_dropout": 0.2, "prompt_token": "mean", "patch_token": "max"},
+        },
+    ),
     # PointGST's cfgs/mae/finetune_*_pgst.yaml at 7fbe92f: rank 36, local 32, drop path 0.1 everywhere
-    "pointgst": ("ScaleAndTranslate", {t: 0.1 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
-                 {t: {"rank": 36, "local_size": 32} for t in ("modelnet40", "scan_objbg", "scan_objonly",
-                                                            "scan_hardest")}),
+    "pointgst": (
+        "ScaleAndTranslate",
+        {t: 0.1 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
+        {t: {"rank": 36, "local_size": 32} for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
+    ),
     # IDPT's cfgs/finetune_*_idpt.yaml: drop path 0.1, prompt layer 11 (6 OBJ_ONLY), cls_type all (promptonly OBJ_BG);
     # ScanObjectNN here with S&T for side-by-side tables, IDPT's rotation protocol in scan_*_rotate/ (below)
-    "idpt": ("ScaleAndTranslate", {t: 0.1 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
-             {"modelnet40": {"prompt_layer": 11, "cls_type": "all"},
-              "scan_objbg": {"prompt_layer": 11, "cls_type": "promptonly"},
-              "scan_objonly": {"prompt_layer": 6, "cls_type": "all"},
-              "scan_hardest": {"prompt_layer": 11, "cls_type": "all"}}),
+    "idpt": (
+        "ScaleAndTranslate",
+        {t: 0.1 for t in ("modelnet40", "scan_objbg", "scan_objonly", "scan_hardest")},
+        {
+            "modelnet40": {"prompt_layer": 11, "cls_type": "all"},
+            "scan_objbg": {"prompt_layer": 11, "cls_type": "promptonly"},
+            "scan_objonly": {"prompt_layer": 6, "cls_type": "all"},
+            "scan_hardest": {"prompt_layer": 11, "cls_type": "all"},
+        },
+    ),
 }
 
 
@@ -823,8 +863,9 @@ def test_idpt_rotation_and_fewshot_configs():
     assert fs["peft"]["prompt_layer"] == 11 and fs["peft"]["cls_type"] == "all" and fs["model"]["cls_dim"] == 40
 
 
-@pytest.mark.parametrize("cfg_file", ["modelnet_pointlora.yaml", "modelnet_dapt.yaml",
-                                      "modelnet_pointgst.yaml", "modelnet_idpt.yaml"])
+@pytest.mark.parametrize(
+    "cfg_file", ["modelnet_pointlora.yaml", "modelnet_dapt.yaml", "modelnet_pointgst.yaml", "modelnet_idpt.yaml"]
+)
 def test_trains_end_to_end_from_cpu_config(tmp_path, mn_root, cfg_file):
     res = cpu_run(tmp_path, mn_root, cfg_file)
     h = res["history"]

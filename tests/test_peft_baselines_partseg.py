@@ -8,6 +8,7 @@ re-computation of its part-seg forward), an adapter round trip, and a short run 
 from each ``cfgs/shapenetpart/<method>.yaml`` on synthetic ShapeNetPart data that lowers the loss.
 Few-shot: every ``cfgs/fewshot/<method>.yaml`` follows the protocol and trains one short episode.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,8 +61,9 @@ def perturb_(method, seed: int = 5, std: float = 0.05) -> None:
 # ------------------------------------------------------------------------------------------------
 # trainable counts
 # ------------------------------------------------------------------------------------------------
-def seg_head_count(d: int, n_fetch: int, label: int, prop: tuple[int, int], widths: tuple[int, int],
-                   classes: int = 16, parts: int = 50) -> int:
+def seg_head_count(
+    d: int, n_fetch: int, label: int, prop: tuple[int, int], widths: tuple[int, int], classes: int = 16, parts: int = 50
+) -> int:
     """label_conv (no bias) + BN, propagation convs + BNs, convs1..3 + bns1..2."""
     f = d * n_fetch
     n = classes * label + 2 * label
@@ -100,8 +102,7 @@ def test_partseg_counts_vit_s(name):
     first_conv = 3 * 128 + 128 + 2 * 128 + 128 * 256 + 256  # Conv1d 3->128, BN, Conv1d 128->256
     assert count(method) == head + method_count(name, 384, 12, 1536, 3, first_conv)
     # the totals documented in the method files and configs
-    assert count(method) == {"idpt": 5_683_762, "dapt": 5_959_870, "pointgst": 5_593_234,
-                             "pointlora": 5_743_155}[name]
+    assert count(method) == {"idpt": 5_683_762, "dapt": 5_959_870, "pointgst": 5_593_234, "pointlora": 5_743_155}[name]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,8 +211,9 @@ def test_pointlora_partseg_sequence_puts_selected_tokens_first():
 def bn_eval(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Eval-mode BatchNorm over the channel axis 1, written out."""
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    return (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps) \
-        * bn.weight.view(shape) + bn.bias.view(shape)
+    return (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps) * bn.weight.view(
+        shape
+    ) + bn.bias.view(shape)
 
 
 def ref_mlp_generator(gen: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -242,8 +244,10 @@ def idpt_seg_reference(base: PartSegModel, method, pts: torch.Tensor, onehot: to
             x = blk(x + pos)
     feat = torch.cat([base.norm(t) for _, _, t in fetched], dim=-1)
     glob = torch.cat([base.norm(p[:, 0]) for p, _, _ in fetched] + [base.norm(o[:, 0]) for _, o, _ in fetched], -1)
-    label = F.leaky_relu(bn_eval(base.label_conv[1], torch.einsum("oc,bc->bo", base.label_conv[0].weight[:, :, 0],
-                                                                   onehot)[:, :, None]), 0.2)[:, :, 0]
+    label = F.leaky_relu(
+        bn_eval(base.label_conv[1], torch.einsum("oc,bc->bo", base.label_conv[0].weight[:, :, 0], onehot)[:, :, None]),
+        0.2,
+    )[:, :, 0]
     glob = torch.cat([glob, label], dim=-1)
     # 3-NN inverse squared distance interpolation, brute force
     d = ((pts[:, :, None] - center[:, None]) ** 2).sum(-1)
@@ -251,7 +255,7 @@ def idpt_seg_reference(base: PartSegModel, method, pts: torch.Tensor, onehot: to
     w = 1.0 / (dist[:, :, :3] + 1e-8)
     w = w / w.sum(-1, keepdim=True)
     nb = torch.stack([feat[b][idx[b, :, :3]] for b in range(B)])
-    h = torch.cat([pts, (nb * w[..., None]).sum(2)], dim=-1).transpose(1, 2)         # (B, C, N)
+    h = torch.cat([pts, (nb * w[..., None]).sum(2)], dim=-1).transpose(1, 2)  # (B, C, N)
     for conv, bn in zip(base.propagation_0.mlp_convs, base.propagation_0.mlp_bns):
         h = torch.relu(bn_eval(bn, conv(h)))
     h = torch.cat([h, glob[:, :, None].expand(-1, -1, N)], dim=1)
@@ -340,10 +344,12 @@ def test_partseg_adapter_round_trip(tmp_path, name):
 # ------------------------------------------------------------------------------------------------
 # configs: part seg
 # ------------------------------------------------------------------------------------------------
-SEG_OPTS = {"idpt": {"generator": "mlp", "train_prompt_pos": True},
-            "dapt": {"rank": 64, "adapter_dropout": 0.0},
-            "pointgst": {"rank": 36, "local_size": 32},
-            "pointlora": {"rank": 8, "scales": [[128, 32, 32], [64, 64, 8]], "mask_loss_weight": 0.004}}
+SEG_OPTS = {
+    "idpt": {"generator": "mlp", "train_prompt_pos": True},
+    "dapt": {"rank": 64, "adapter_dropout": 0.0},
+    "pointgst": {"rank": 36, "local_size": 32},
+    "pointlora": {"rank": 8, "scales": [[128, 32, 32], [64, 64, 8]], "mask_loss_weight": 0.004},
+}
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -359,8 +365,13 @@ def test_shapenetpart_configs_follow_the_partseg_protocol(name):
     assert cfg["train"]["epochs"] == 300 and cfg["scheduler"]["epochs"] == 300
     assert cfg["data"]["npoints"] == 2048
     (t,) = cfg["data"]["train_transforms"]
-    assert (t["NAME"], t["scale_low"], t["scale_high"], t["translate"], t["isotropic"]) == \
-        ("ScaleAndTranslate", 0.8, 1.25, 0.1, True)
+    assert (t["NAME"], t["scale_low"], t["scale_high"], t["translate"], t["isotropic"]) == (
+        "ScaleAndTranslate",
+        0.8,
+        1.25,
+        0.1,
+        True,
+    )
     for k, v in SEG_OPTS[name].items():
         assert cfg["peft"][k] == v, k
 
@@ -377,14 +388,27 @@ def seg_run(tmp_path, name: str, root: Path, extra: list[str]) -> dict:
     from clora3d.engine.config import load_config
     from clora3d.engine.trainer import train
 
-    cfg = load_config(REPO / "cfgs" / "shapenetpart" / f"{name}.yaml", extra + [
-        f"dataset.train.root={root}", f"dataset.test.root={root}",
-        "dataset.train.n_points=256", "dataset.test.n_points=256", "data.npoints=256",
-        "train.epochs=6", "scheduler.epochs=6", "scheduler.warmup_epochs=0", "train.batch_size=8",
-        "train.num_workers=0", "optimizer.lr=0.002", f"log.root={tmp_path / 'exp'}", "log.progress=false",
-        "log.tensorboard=false"])
-    cfg["model"] = {"NAME": "PartSegModel", "preset": "tiny", "drop_path_rate": 0.0, "num_classes": 16,
-                    "num_parts": 50}
+    cfg = load_config(
+        REPO / "cfgs" / "shapenetpart" / f"{name}.yaml",
+        extra
+        + [
+            f"dataset.train.root={root}",
+            f"dataset.test.root={root}",
+            "dataset.train.n_points=256",
+            "dataset.test.n_points=256",
+            "data.npoints=256",
+            "train.epochs=6",
+            "scheduler.epochs=6",
+            "scheduler.warmup_epochs=0",
+            "train.batch_size=8",
+            "train.num_workers=0",
+            "optimizer.lr=0.002",
+            f"log.root={tmp_path / 'exp'}",
+            "log.progress=false",
+            "log.tensorboard=false",
+        ],
+    )
+    cfg["model"] = {"NAME": "PartSegModel", "preset": "tiny", "drop_path_rate": 0.0, "num_classes": 16, "num_parts": 50}
     if name == "pointlora":
         cfg["peft"]["scales"] = [[64, 16, 8], [32, 32, 4]]
     return train(cfg, run_dir=tmp_path / "run")
@@ -415,10 +439,12 @@ def test_partseg_trains_on_the_real_shapenetpart_sample(tmp_path, shared_data, n
 # ------------------------------------------------------------------------------------------------
 # configs: few-shot
 # ------------------------------------------------------------------------------------------------
-FEWSHOT_OPTS = {"idpt": (0.1, {"prompt_layer": 11, "cls_type": "all"}),
-                "dapt": (0.1, {"rank": 72, "adapter_dropout": 0.0, "prompt_token": "none", "patch_token": "max"}),
-                "pointgst": (0.1, {"rank": 36, "local_size": 32}),
-                "pointlora": (0.3, {"rank": 8, "mask_loss_weight": 0.004})}
+FEWSHOT_OPTS = {
+    "idpt": (0.1, {"prompt_layer": 11, "cls_type": "all"}),
+    "dapt": (0.1, {"rank": 72, "adapter_dropout": 0.0, "prompt_token": "none", "patch_token": "max"}),
+    "pointgst": (0.1, {"rank": 36, "local_size": 32}),
+    "pointlora": (0.3, {"rank": 8, "mask_loss_weight": 0.004}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -458,10 +484,23 @@ def test_fewshot_config_follows_the_protocol_and_trains_an_episode(tmp_path, fs_
     assert cfg["dataset"]["train"]["NAME"] == "ModelNetFewShot"
     for k, v in opts.items():
         assert cfg["peft"][k] == v, k
-    cfg = compose_config("fewshot", name, overrides=[
-        f"dataset.train.root={fs_root}", f"dataset.test.root={fs_root}", "data.npoints=128",
-        "train.epochs=1", "scheduler.epochs=1", "scheduler.warmup_epochs=0", "train.batch_size=5",
-        "train.num_workers=0", f"log.root={tmp_path / 'exp'}", "log.progress=false", "log.tensorboard=false"])
+    cfg = compose_config(
+        "fewshot",
+        name,
+        overrides=[
+            f"dataset.train.root={fs_root}",
+            f"dataset.test.root={fs_root}",
+            "data.npoints=128",
+            "train.epochs=1",
+            "scheduler.epochs=1",
+            "scheduler.warmup_epochs=0",
+            "train.batch_size=5",
+            "train.num_workers=0",
+            f"log.root={tmp_path / 'exp'}",
+            "log.progress=false",
+            "log.tensorboard=false",
+        ],
+    )
     cfg["model"] = {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 40, "drop_path_rate": dp}
     if name == "pointlora":
         cfg["peft"]["scales"] = [[64, 16, 8], [32, 32, 4]]
@@ -473,8 +512,7 @@ def test_fewshot_config_follows_the_protocol_and_trains_an_episode(tmp_path, fs_
         runs.append(c)
         return train(c, **k)
 
-    res = run_fewshot(cfg, tmp_path / "fs", ways=[5], shots=[2], folds=[0], train_fn=counting_train,
-                      log=lambda m: None)
+    res = run_fewshot(cfg, tmp_path / "fs", ways=[5], shots=[2], folds=[0], train_fn=counting_train, log=lambda m: None)
     assert len(runs) == 1 and runs[0]["peft"]["NAME"] == name
     row = res["summary"]["5way2shot"]
     assert row["n"] == 1 and 0.0 <= row["best_mean"] <= 100.0

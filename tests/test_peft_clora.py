@@ -1,5 +1,6 @@
 """CLoRA specifics against independent references: SADE brute force, counts by formula, CLoRA#,
 the pre_proj update written out, FLOPs after merge."""
+
 from __future__ import annotations
 
 import copy
@@ -59,13 +60,16 @@ def brute_sade(method, normalize: bool, eps: float) -> torch.Tensor:
     return total
 
 
-@pytest.mark.parametrize("extra", [
-    {},
-    {"sade_normalize": True},
-    {"placement": "parallel", "targets": ["qkv", "proj", "fc1"], "num_spaces": 3, "rank": 5},
-    {"shared_q": True, "sade_normalize": True, "num_spaces": 3},
-    {"init": "xavier", "num_spaces": 5, "rank": 3},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"sade_normalize": True},
+        {"placement": "parallel", "targets": ["qkv", "proj", "fc1"], "num_spaces": 3, "rank": 5},
+        {"shared_q": True, "sade_normalize": True, "num_spaces": 3},
+        {"init": "xavier", "num_spaces": 5, "rank": 3},
+    ],
+)
 def test_sade_equals_brute_force(base, extra):
     method = apply_peft(copy.deepcopy(base), {"NAME": "clora", "sade_lambda": 0.5, **extra})
     randomize(method)
@@ -117,8 +121,8 @@ def test_zero_init_and_orthogonal_spaces(base):
     method = apply_peft(copy.deepcopy(base), {"NAME": "clora", "rank": 8, "num_spaces": 4, "init": "orthogonal"})
     sp = method.spaces["s96x96"]
     assert torch.count_nonzero(sp.Q) == 0
-    dcat = sp.D.detach().permute(1, 0, 2).reshape(D, -1)       # d x p r, jointly orthonormal
-    ucat = sp.U.detach().reshape(-1, D)                        # p r x d
+    dcat = sp.D.detach().permute(1, 0, 2).reshape(D, -1)  # d x p r, jointly orthonormal
+    ucat = sp.U.detach().reshape(-1, D)  # p r x d
     eye = torch.eye(32)
     assert torch.allclose(dcat.T @ dcat, eye, atol=1e-5)
     assert torch.allclose(ucat @ ucat.T, eye, atol=1e-5)
@@ -206,7 +210,7 @@ def test_merged_flops_equal_backbone_and_unmerged_overhead_by_formula(base, pts,
     L = 1 + base.num_group
     r, p = method.config["rank"], method.config["num_spaces"]
     overhead = 0
-    for _, _, key, _ in method.lrms:   # per token: x Dcat (d_in x p r), then (x Dcat) V_j (p r x d_out); 2 FLOPs / MAC
+    for _, _, key, _ in method.lrms:  # per token: x Dcat (d_in x p r), then (x Dcat) V_j (p r x d_out); 2 FLOPs / MAC
         sp = method.spaces[key]
         overhead += 2 * L * (sp.d_in * p * r + p * r * sp.d_out)
     for sp in method.spaces.values():  # once per forward: V_j = blockdiag(Q^j) U for every LRM of the set
@@ -227,13 +231,16 @@ def test_hooked_linear_equals_dense_update(base, scale, placement):
     i, t, key, j = method.lrms[1]
     lin = method.block_linear(i, t)
     sp = method.spaces[key]
-    dW = scale * torch.einsum("hir,hrs,hso->io", sp.D, sp.Q[j], sp.U).detach()   # d_in x d_out
+    dW = scale * torch.einsum("hir,hrs,hso->io", sp.D, sp.Q[j], sp.U).detach()  # d_in x d_out
     x = torch.randn(3, 7, lin.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         got = lin(x)
         plain = torch.nn.functional.linear
-        want = plain(x + x @ dW, lin.weight, lin.bias) if placement == "pre_proj" else \
-            plain(x, lin.weight, lin.bias) + x @ dW
+        want = (
+            plain(x + x @ dW, lin.weight, lin.bias)
+            if placement == "pre_proj"
+            else plain(x, lin.weight, lin.bias) + x @ dW
+        )
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -255,8 +262,11 @@ def test_block_called_outside_the_stack_after_a_forward(base, pts):
 
 
 # -- weight decay: one rule (engine.optim.is_no_decay) plus what the method names -----------------
-_OPT_CFG = {"optimizer": {"NAME": "AdamW", "lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8},
-            "scheduler": {"NAME": "none"}, "train": {"epochs": 1}}
+_OPT_CFG = {
+    "optimizer": {"NAME": "AdamW", "lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8},
+    "scheduler": {"NAME": "none"},
+    "train": {"epochs": 1},
+}
 
 
 def _groups(method) -> dict[float, set[str]]:
@@ -309,14 +319,16 @@ def test_each_lrm_layer_owns_its_merge_and_exact_unmerge(base, placement):
     W0 = lrm.lin.weight.detach().double()
     with torch.no_grad():
         lrm.merge()
-    if placement == "pre_proj":   # qkv has no bias: b_j folds into norm1's bias
+    if placement == "pre_proj":  # qkv has no bias: b_j folds into norm1's bias
         W_ref = W0 + W0 @ dW.T
-        torch.testing.assert_close(lrm.norm.bias.detach().double(),
-                                   before[f"blocks.blocks.{i}.norm1.bias"].double() + b, rtol=0, atol=1e-7)
+        torch.testing.assert_close(
+            lrm.norm.bias.detach().double(), before[f"blocks.blocks.{i}.norm1.bias"].double() + b, rtol=0, atol=1e-7
+        )
     else:
         W_ref = W0 + dW.T
-        torch.testing.assert_close(lrm.lin.bias.detach().double(),
-                                   before[f"{lrm.name}.bias"].double() + b, rtol=0, atol=1e-7)
+        torch.testing.assert_close(
+            lrm.lin.bias.detach().double(), before[f"{lrm.name}.bias"].double() + b, rtol=0, atol=1e-7
+        )
     torch.testing.assert_close(lrm.lin.weight.detach().double(), W_ref, rtol=0, atol=1e-6)
     changed = {k for k, v in m.model.state_dict().items() if k in before and not torch.equal(v, before[k])}
     assert changed and all(k.startswith(f"blocks.blocks.{i}.") for k in changed)  # only its own block

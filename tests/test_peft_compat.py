@@ -1,5 +1,6 @@
 """Adapter files written before the PEFT package was split (tests/fixtures/adapters, see its README)
 still load: same method config, same tensors, and the logits stored when they were written."""
+
 from __future__ import annotations
 
 import sys
@@ -20,7 +21,7 @@ METHODS = sorted(CASES)
 
 def _base_from_file(path: Path) -> torch.nn.Module:
     meta, _ = read_adapter(path)
-    model = PointTransformer(**meta["model_config"])   # the model the adapter records
+    model = PointTransformer(**meta["model_config"])  # the model the adapter records
     fill_(list(model.named_parameters()) + list(model.named_buffers()), 0.0)
     return model
 

@@ -1,4 +1,5 @@
 """Parameter and FLOP/MAC accounting against formulas written out independently."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,19 +24,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def vit_s_macs(n_groups: int, k: int = 32, cls_dim: int = 40, d: int = 384, depth: int = 12) -> tuple[int, int]:
     """Point-MAE ViT-S MACs by hand: (Linear/Conv1d only, attention matmuls)."""
-    encoder = n_groups * k * (3 * 128 + 128 * 256 + 512 * 512 + 512 * d)   # mini-PointNet per point
-    pos = n_groups * (3 * 128 + 128 * d)                                    # pos_embed per centre
+    encoder = n_groups * k * (3 * 128 + 128 * 256 + 512 * 512 + 512 * d)  # mini-PointNet per point
+    pos = n_groups * (3 * 128 + 128 * d)  # pos_embed per centre
     L = n_groups + 1
-    blocks = depth * L * (d * 3 * d + d * d + d * 4 * d + 4 * d * d)        # qkv, proj, fc1, fc2
+    blocks = depth * L * (d * 3 * d + d * d + d * 4 * d + 4 * d * d)  # qkv, proj, fc1, fc2
     head = 2 * d * 256 + 256 * 256 + 256 * cls_dim
-    attention = depth * 2 * L * L * d                                       # QK^T and AV
+    attention = depth * 2 * L * L * d  # QK^T and AV
     return encoder + pos + blocks + head, attention
 
 
-@pytest.mark.parametrize("n_points,groups,cls_dim,lit_no_attn,lit_attn", [
-    (1024, 64, 40, 2.39, 2.43),
-    (2048, 128, 15, 4.76, 4.91),
-])
+@pytest.mark.parametrize(
+    "n_points,groups,cls_dim,lit_no_attn,lit_attn",
+    [
+        (1024, 64, 40, 2.39, 2.43),
+        (2048, 128, 15, 4.76, 4.91),
+    ],
+)
 def test_vit_s_macs_match_formula_and_literature(n_points, groups, cls_dim, lit_no_attn, lit_attn):
     torch.manual_seed(0)
     model = PointTransformer.from_preset("vit_s", num_group=groups, group_size=32, cls_dim=cls_dim)
@@ -44,7 +48,7 @@ def test_vit_s_macs_match_formula_and_literature(n_points, groups, cls_dim, lit_
     lin, attn = vit_s_macs(groups, cls_dim=cls_dim)
     assert got["linear_conv"] == lin
     assert got["attention"] == attn
-    assert round(lin / 1e9, 2) == lit_no_attn           # reference §8.6: the literature's "4.8 G" etc.
+    assert round(lin / 1e9, 2) == lit_no_attn  # reference §8.6: the literature's "4.8 G" etc.
     assert round((lin + attn) / 1e9, 2) == lit_attn
     if n_points == 1024:
         # FlopCounterMode (incl. the CPU SDPA kernel) on the reference's concat-then-conv encoder order
@@ -91,8 +95,8 @@ def naive_fps_knn_ops(n: int, s: int, k: int) -> dict[str, int]:
         comps += n
     fps = (flops, comps)
     flops = 0
-    for c in chosen:
-        for i in range(n):
+    for _c in chosen:
+        for _i in range(n):
             flops += 8
     return {"fps_flops": fps[0], "fps_comparisons": fps[1], "knn_flops": flops}
 
@@ -115,20 +119,24 @@ def test_parameter_report_vit_s_lora():
     assert plain["total"] == plain["total_without_head"] + head
     method = apply_peft(model, {"NAME": "lora"})
     rep = parameter_report(model, method)
-    lora = 12 * 8 * ((384 + 1152) + (384 + 384))        # 221,184 as in PointLoRA (reference §8.4)
+    lora = 12 * 8 * ((384 + 1152) + (384 + 384))  # 221,184 as in PointLoRA (reference §8.4)
     assert lora == 221_184
     assert rep["trainable"] == lora + head + 2 * 384
     assert rep["trainable_without_head"] == lora + 2 * 384
     assert rep["total"] == plain["total"] + lora
     method.merge()
-    assert parameter_report(model, method)["trainable"] == rep["trainable"]   # counted from the method
+    assert parameter_report(model, method)["trainable"] == rep["trainable"]  # counted from the method
     assert parameter_report(model)["total"] == plain["total"]
 
 
 def test_method_table_and_tool(tmp_path, capsys):
     spec = {"tiny128": {"n_points": 128, "num_group": 32, "group_size": 16, "cls_dim": 5}}
-    rows = method_table("tiny", inputs=spec, rows=[("plain", None), ("clora", {"NAME": "clora"}),
-                                                   ("adapter", {"NAME": "adapter"})], progress=False)
+    rows = method_table(
+        "tiny",
+        inputs=spec,
+        rows=[("plain", None), ("clora", {"NAME": "clora"}), ("adapter", {"NAME": "adapter"})],
+        progress=False,
+    )
     plain, clora, adapter = rows
     assert clora["merged_flops"] == plain["flops"] < clora["flops"]
     assert clora["merged_thop_macs_with_attention"] == plain["thop_macs_with_attention"]

@@ -3,6 +3,7 @@
 Each test would fail under the pre-issue-13 default (frozen BN: see test_trainer.py /
 test_peft.py; few-shot folders: see test_data_loaders.py).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -47,8 +48,7 @@ def test_scanobjectnn_protocol_configs(variant, method):
     st = compose_config(f"scan_{variant}", method)
     rot = compose_config(f"scan_{variant}", method, protocol="rotate")
     assert st["data"]["train_transforms"] == [{"NAME": "ScaleAndTranslate"}]
-    assert rot["data"]["train_transforms"] == [{"NAME": "RotateY", "angle_low": 0.0,
-                                                "angle_high": 2 * math.pi}]
+    assert rot["data"]["train_transforms"] == [{"NAME": "RotateY", "angle_low": 0.0, "angle_high": 2 * math.pi}]
     assert rot["name"] == f"scan_{variant}_rotate_{method}" != st["name"]
     # everything else is the same recipe
     for cfg in (st, rot):
@@ -60,7 +60,6 @@ def test_rotation_protocol_is_reference_pointcloud_rotate():
     """Reference PointcloudRotate: per cloud, an angle U(0, 2 pi) about the Y axis, applied to row
     vectors as p @ [[c,0,s],[0,1,0],[-s,0,c]]. Recover each cloud's angle and check it."""
     from clora3d.data import build_transforms
-
     from clora3d.engine.config import compose_config
 
     cfg = compose_config("scan_hardest", "clora", protocol="rotate")
@@ -93,7 +92,10 @@ def mn_root(tmp_path_factory) -> Path:
 
 
 def _cls_cfg(tmp: Path, root: Path) -> Path:
-    return _write(tmp, "cls.yaml", f"""\
+    return _write(
+        tmp,
+        "cls.yaml",
+        f"""\
 task: classification
 seed: 1
 model: {{NAME: PointTransformer, preset: tiny, cls_dim: 4, drop_path_rate: 0.0}}
@@ -104,7 +106,8 @@ dataset:
 data: {{npoints: 128, point_all: 160, train_transforms: [{{NAME: ScaleAndTranslate}}]}}
 scheduler: {{warmup_epochs: 0, epochs: 1}}
 train: {{epochs: 1, batch_size: 8, num_workers: 0}}
-""")
+""",
+    )
 
 
 def test_vote_passes_cli_sets_config_and_reports_labelled(tmp_path, mn_root, capsys, monkeypatch):
@@ -115,11 +118,10 @@ def test_vote_passes_cli_sets_config_and_reports_labelled(tmp_path, mn_root, cap
     cfg_path = _cls_cfg(tmp_path, mn_root)
     tool = _tool("train")
     seen = _spy_evaluations(monkeypatch)
-    assert tool.main(["--cfg", str(cfg_path), "--run-dir", str(tmp_path / "r3"),
-                      "--vote-passes", "3"]) == 0
+    assert tool.main(["--cfg", str(cfg_path), "--run-dir", str(tmp_path / "r3"), "--vote-passes", "3"]) == 0
     monkeypatch.undo()
     out = capsys.readouterr().out  # the JSON summary (the run's log lines go to the logger: stderr)
-    printed = json.loads(out[out.index("{\n"):])
+    printed = json.loads(out[out.index("{\n") :])
     res = json.loads((tmp_path / "r3" / "result.json").read_text())
     # the three figures are the first, the best and the mean of three by-hand replayed vote passes
     # (10 views each, one generator running on) of the model evaluated: last epoch, then best epoch
@@ -131,21 +133,25 @@ def test_vote_passes_cli_sets_config_and_reports_labelled(tmp_path, mn_root, cap
         assert r["acc_vote@10_max_of_3"] == pytest.approx(max(accs), abs=1e-9)
         assert r["acc_vote@10_mean_of_3"] == pytest.approx(sum(accs) / 3, abs=1e-9)
     assert {k: v for k, v in printed["last"].items() if k.startswith("acc_vote")} == {
-        k: v for k, v in res["last"].items() if k.startswith("acc_vote")}
+        k: v for k, v in res["last"].items() if k.startswith("acc_vote")
+    }
     assert "first pass" in res["protocol"]["vote"] and "max_of_3" in res["protocol"]["vote"]
     assert "acc" in res["last"]  # the single plain figure stays next to the vote figures
     # tools/evaluate.py on the saved best weights reproduces the trainer's figures exactly
     out_json = tmp_path / "eval.json"
-    assert _tool("evaluate").main(["--ckpt", str(tmp_path / "r3" / "ckpt-best.pth"),
-                                   "--vote-passes", "3", "--json", str(out_json)]) == 0
+    assert (
+        _tool("evaluate").main(
+            ["--ckpt", str(tmp_path / "r3" / "ckpt-best.pth"), "--vote-passes", "3", "--json", str(out_json)]
+        )
+        == 0
+    )
     printed_eval = capsys.readouterr().out
     assert "best of 3 passes (reference protocol uses 299" in printed_eval
     ev = json.loads(out_json.read_text())
     for k in ("acc", "acc_vote@10", "acc_vote@10_max_of_3", "acc_vote@10_mean_of_3"):
         assert ev[k] == pytest.approx(res["best"][k], abs=1e-9), k
     # one pass: only the first-pass figure, the same number as the first of three passes
-    assert tool.main(["--cfg", str(cfg_path), "--run-dir", str(tmp_path / "r1"),
-                      "--set", "eval.vote=10"]) == 0
+    assert tool.main(["--cfg", str(cfg_path), "--run-dir", str(tmp_path / "r1"), "--set", "eval.vote=10"]) == 0
     capsys.readouterr()
     one = json.loads((tmp_path / "r1" / "result.json").read_text())
     assert one["last"]["acc_vote@10"] == res["last"]["acc_vote@10"]
@@ -166,7 +172,10 @@ def test_vote_passes_validation(tmp_path, mn_root):
 # 6. ShapeNetPart: double optimizer step by default, Cls. mIoU both ways
 # ------------------------------------------------------------------------------------------------
 def _partseg_cfg(tmp: Path, root: Path, epochs: int) -> Path:
-    return _write(tmp, "seg.yaml", f"""\
+    return _write(
+        tmp,
+        "seg.yaml",
+        f"""\
 task: partseg
 model: {{NAME: PartSegModel, preset: tiny, drop_path_rate: 0.0}}
 peft: {{NAME: full}}
@@ -176,7 +185,8 @@ dataset:
 data: {{npoints: 128, train_sampling: none}}
 scheduler: {{warmup_epochs: 0}}
 train: {{epochs: {epochs}, batch_size: 8, num_workers: 0}}
-""")
+""",
+    )
 
 
 def test_partseg_double_step_default_and_cls_miou_two_ways(tmp_path):
@@ -205,8 +215,9 @@ def test_partseg_double_step_default_and_cls_miou_two_ways(tmp_path):
         assert r["best"]["cls_miou"] == at_best
         assert r["best"]["cls_miou_max_over_epochs"] == max(c for _, _, c in per_epoch)
         assert r["best"]["cls_miou_max_over_epochs"] >= r["best"]["cls_miou"]
-        assert r["best"]["cls_miou_max_epoch"] in [e for e, _, c in per_epoch
-                                                   if c == r["best"]["cls_miou_max_over_epochs"]]
+        assert r["best"]["cls_miou_max_epoch"] in [
+            e for e, _, c in per_epoch if c == r["best"]["cls_miou_max_over_epochs"]
+        ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,8 +238,12 @@ dataset: {train: {NAME: ShapeNet55, root: x}}
     # reference runner: `epoch % 25 == 0 and epoch >= 250` over range(0, 301)
     assert [e for e in range(301) if snapshot_due(e, 25, 250)] == [250, 275, 300]
     # an explicit value wins; fine-tuning keeps the reference's clip at 10 and no snapshots
-    assert load_config(_write(tmp_path, "p2.yaml", "task: pretrain\ntrain: {grad_clip: 10}\n" + body)
-                       )["train"]["grad_clip"] == 10
+    assert (
+        load_config(_write(tmp_path, "p2.yaml", "task: pretrain\ntrain: {grad_clip: 10}\n" + body))["train"][
+            "grad_clip"
+        ]
+        == 10
+    )
     ft = load_config(CFGS / "modelnet40" / "clora.yaml")["train"]
     assert ft["grad_clip"] == 10 and ft["snapshot_every"] is None
     with pytest.raises(ConfigError, match="pretrain_select.*task: pretrain only"):
@@ -240,7 +255,10 @@ def test_pretrain_run_reference_default_and_switch(tmp_path, monkeypatch):
     from clora3d.engine import trainer
 
     root = synthetic.write_shapenet55(tmp_path / "sn55", num_classes=2, n_train=6, n_test=2, n_points=300)
-    path = _write(tmp_path, "pre.yaml", f"""\
+    path = _write(
+        tmp_path,
+        "pre.yaml",
+        f"""\
 task: pretrain
 model: {{NAME: PointMAE, preset: tiny, drop_path_rate: 0.0}}
 dataset:
@@ -249,7 +267,8 @@ dataset:
 data: {{npoints: 256, train_sampling: none}}
 optimizer: {{lr: 1.0e-3}}
 train: {{epochs: 3, batch_size: 6, num_workers: 0, snapshot_every: 1, snapshot_from: 1}}
-""")
+""",
+    )
     calls = []
     real_clip = torch.nn.utils.clip_grad_norm_
 
@@ -264,8 +283,7 @@ train: {{epochs: 3, batch_size: 6, num_workers: 0, snapshot_every: 1, snapshot_f
     assert not (run / "ckpt-best.pth").exists()  # and selects nothing: the model is the last epoch
     assert res["selected_on"] == "last" and res["best"] == {"epoch": None}
     assert "last epoch" in res["protocol"]["model_selection"]
-    assert sorted(p.name for p in run.glob("ckpt-epoch-*.pth")) == ["ckpt-epoch-001.pth",
-                                                                    "ckpt-epoch-002.pth"]
+    assert sorted(p.name for p in run.glob("ckpt-epoch-*.pth")) == ["ckpt-epoch-001.pth", "ckpt-epoch-002.pth"]
     snap = load_checkpoint(run / "ckpt-epoch-002.pth")
     last = load_checkpoint(run / "ckpt-last.pth")
     assert snap["epoch"] == last["epoch"] == 2
@@ -274,8 +292,9 @@ train: {{epochs: 3, batch_size: 6, num_workers: 0, snapshot_every: 1, snapshot_f
     assert all(math.isfinite(h["test"]["loss"]) for h in res["history"])
 
     # the old clora3d behaviour as a switch: clip at 10, ckpt-best at the lowest test loss
-    old = trainer.train(load_config(path, ["train.grad_clip=10", "train.pretrain_select=test_loss"]),
-                        run_dir=tmp_path / "old")
+    old = trainer.train(
+        load_config(path, ["train.grad_clip=10", "train.pretrain_select=test_loss"]), run_dir=tmp_path / "old"
+    )
     assert calls == [10] * (3 * 2)  # 2 classes x 6 train shapes = 2 batches of 6 per epoch
     assert (tmp_path / "old" / "ckpt-best.pth").is_file() and old["selected_on"] == "test"
     losses = {h["epoch"]: h["test"]["loss"] for h in old["history"]}

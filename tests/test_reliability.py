@@ -1,6 +1,7 @@
 """Nothing lost, nothing cryptic (issue 16): the exported adapter loads on its own base, files are
 written atomically with checksums, a run directory is locked, and every bad input or fault is one
 ``error:`` line with exit code 2. Faults run in subprocesses (kill, injected ENOSPC, two runs)."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ PY = sys.executable
 MODEL = {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5, "drop_path_rate": 0.0}
 
 
-def _run(args: list[str], *, timeout: int = 300, env: dict | None = None, cwd: Path = REPO
-         ) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], *, timeout: int = 300, env: dict | None = None, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([PY, *args], capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd)
 
@@ -52,24 +54,27 @@ def _fewshot_data(root: Path, seed: int = 0) -> dict:
                 pts.append(np.concatenate([v * axes[c], np.zeros((96, 3))], 1).astype(np.float32))
         return pts, np.repeat(np.arange(5), n)
 
-    write_fewshot_folds_from_arrays(split(4), split(2), root, ways=(5,), shots=(4,), folds=1,
-                                    eval_sample=2, seed=0)
+    write_fewshot_folds_from_arrays(split(4), split(2), root, ways=(5,), shots=(4,), folds=1, eval_sample=2, seed=0)
     return {"NAME": "ModelNetFewShot", "root": str(root), "way": 5, "shot": 4, "fold": 0}
 
 
 def _tiny_cfg(d: Path, ds: dict, epochs: int = 1, peft: str = "clora") -> Path:
     d.mkdir(parents=True, exist_ok=True)
     cfg_file = d / "cfg.yaml"
-    cfg_file.write_text(yaml.safe_dump({
-        "task": "classification",
-        "model": dict(MODEL),
-        "peft": {"NAME": peft},
-        "data": {"npoints": 64, "train_sampling": "fps"},
-        "scheduler": {"warmup_epochs": 0},
-        "train": {"epochs": epochs, "batch_size": 5, "num_workers": 0, "device": "cpu"},
-        "dataset": {"train": ds, "test": dict(ds)},
-        "log": {"root": str(d / "exp"), "tensorboard": False, "progress": False},
-    }))
+    cfg_file.write_text(
+        yaml.safe_dump(
+            {
+                "task": "classification",
+                "model": dict(MODEL),
+                "peft": {"NAME": peft},
+                "data": {"npoints": 64, "train_sampling": "fps"},
+                "scheduler": {"warmup_epochs": 0},
+                "train": {"epochs": epochs, "batch_size": 5, "num_workers": 0, "device": "cpu"},
+                "dataset": {"train": ds, "test": dict(ds)},
+                "log": {"root": str(d / "exp"), "tensorboard": False, "progress": False},
+            }
+        )
+    )
     return cfg_file
 
 
@@ -100,8 +105,7 @@ def _probe_cloud() -> torch.Tensor:
     return x / x.norm(dim=-1).max()
 
 
-def test_exported_adapter_loads_on_its_base_in_a_fresh_process_and_merged_infers_the_same(
-        base_and_run, tmp_path):
+def test_exported_adapter_loads_on_its_base_in_a_fresh_process_and_merged_infers_the_same(base_and_run, tmp_path):
     from clora3d.engine.infer import Predictor, load_run
 
     d, base, run_dir, cfg_file = base_and_run
@@ -128,7 +132,7 @@ def test_exported_adapter_loads_on_its_base_in_a_fresh_process_and_merged_infers
         method = load_adapter(model, {str(adapter)!r})
         model.eval()
         with torch.no_grad():
-            torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})).float(), {str(tmp_path / 'y.pt')!r})
+            torch.save(model(torch.load({str(tmp_path / "x.pt")!r})).float(), {str(tmp_path / "y.pt")!r})
         print("method", method.name)
     """)
     p = _run(["-c", script])
@@ -169,8 +173,14 @@ def test_second_run_on_a_locked_run_dir_fails_at_once_and_a_dead_holder_is_taken
     cfg_file = _tiny_cfg(tmp_path, _fewshot_data(tmp_path / "folds"), epochs=10000)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    a = subprocess.Popen([PY, "tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run)],
-                         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    a = subprocess.Popen(
+        [PY, "tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (run / "ckpt-last.pth").is_file():  # A holds the lock and has written a checkpoint
@@ -193,15 +203,17 @@ def test_second_run_on_a_locked_run_dir_fails_at_once_and_a_dead_holder_is_taken
     # the holder died by SIGKILL: its lock file still names it, the kernel released the flock
     assert json.loads((run / LOCK_NAME).read_text())["pid"] == a.pid
     stale_new = run / f".ckpt-last.pth.{a.pid}-0badc0de.tmp"  # a killed write (pid-tagged name)
-    stale_old = run / ".ckpt-last.pth.k3x9q2_z.tmp"             # a killed write (older naming)
+    stale_old = run / ".ckpt-last.pth.k3x9q2_z.tmp"  # a killed write (older naming)
     stale_new.write_bytes(b"half a checkpoint")
     stale_old.write_bytes(b"half a checkpoint")
     with RunDirLock(run) as lock:
         assert lock.took_over is not None and lock.took_over["pid"] == a.pid
         assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
     # a resumed run removes the temporary files of the killed write, then trains on
-    c = _run(["tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run), "--resume",
-              "--set", "train.epochs=1"], timeout=300)
+    c = _run(
+        ["tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run), "--resume", "--set", "train.epochs=1"],
+        timeout=300,
+    )
     assert not stale_new.exists() and not stale_old.exists()
     assert "removed 2 temporary file(s)" in (run / "log.txt").read_text()
     assert c.returncode == 0 and "in use" not in c.stderr, c.stderr[-2000:]
@@ -211,20 +223,30 @@ def test_second_run_on_a_locked_run_dir_fails_at_once_and_a_dead_holder_is_taken
 def test_lock_held_by_another_process_names_it(tmp_path):
     from clora3d.engine.runlock import RunDirLock, RunDirLockedError
 
-    holder = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from clora3d.engine.runlock import RunDirLock
         RunDirLock({str(tmp_path)!r}).acquire()
         print("held", flush=True)
         time.sleep(120)
-    """)], env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunDirLockedError, match=rf"pid {holder.pid} on host .* started .*another --run-dir"):
             RunDirLock(tmp_path).acquire()
         # tools/train.py on that run dir: one line naming the holder, exit 2, nothing written
-        cfg_file = _tiny_cfg(tmp_path / "c", {"NAME": "ModelNetFewShot", "root": str(tmp_path / "no"),
-                                              "way": 5, "shot": 4, "fold": 0})
+        cfg_file = _tiny_cfg(
+            tmp_path / "c", {"NAME": "ModelNetFewShot", "root": str(tmp_path / "no"), "way": 5, "shot": 4, "fold": 0}
+        )
         p = _run(["tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(tmp_path)], timeout=120)
         err = _one_error_line(p)
         assert f"pid {holder.pid}" in err and "in use" in err, err
@@ -277,9 +299,17 @@ def test_full_disk_export_is_one_line_and_keeps_the_previous_files(base_and_run,
     shim = tmp_path / "shim.py"
     shim.write_text(_ENOSPC_SHIM)
     for target in ("--adapter", "--merged"):
-        p = _run([str(shim), "tools/export.py", "--ckpt", str(ckpt), target,
-                  str(out / ("a.pth" if target == "--adapter" else "m.pth"))],
-                 env={"FULL_DISK_AFTER": "4096"})
+        p = _run(
+            [
+                str(shim),
+                "tools/export.py",
+                "--ckpt",
+                str(ckpt),
+                target,
+                str(out / ("a.pth" if target == "--adapter" else "m.pth")),
+            ],
+            env={"FULL_DISK_AFTER": "4096"},
+        )
         err = _one_error_line(p)
         name = "a.pth" if target == "--adapter" else "m.pth"
         assert str(out / name) in err and "No space left on device" in err, err
@@ -292,8 +322,7 @@ def _can_mount_tmpfs(where: Path) -> bool:
     if os.geteuid() != 0:
         return False
     where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
-                       capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True)
     return r.returncode == 0
 
 
@@ -311,7 +340,7 @@ def test_full_disk_on_a_real_small_tmpfs(tmp_path):
             from clora3d.engine.checkpoint import atomic_save
             from clora3d.errors import USER_ERRORS, format_user_error
             try:
-                atomic_save({{"w": torch.zeros(200_000)}}, {str(mnt / 'ckpt-last.pth')!r})
+                atomic_save({{"w": torch.zeros(200_000)}}, {str(mnt / "ckpt-last.pth")!r})
             except USER_ERRORS as e:
                 print(format_user_error(e), file=sys.stderr)
                 sys.exit(2)
@@ -330,13 +359,20 @@ def test_kill_during_an_adapter_sized_write_keeps_the_previous_file_and_the_next
 
     path = tmp_path / "adapter.pth"
     atomic_torch_save({"state": {"w": torch.full((10,), 7.0)}}, path, what="adapter")
-    child = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+    child = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            textwrap.dedent(f"""
         import torch
         from clora3d.storage import atomic_torch_save
         big = {{"state": {{"w": torch.randn(6_000_000)}}}}
         while True:
             atomic_torch_save(big, {str(path)!r}, what="adapter")
-    """)], env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    """),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob(".adapter.pth.*.tmp")):  # a write is in progress
@@ -398,8 +434,12 @@ def test_bit_flip_in_checkpoint_adapter_and_merged_model_is_detected(tmp_path):
     if m_marker.abs().sum() > 0:
         _flip_inside(merged, m_marker)
     else:  # cls_token starts at zero: flip inside the first block's qkv weight instead
-        _flip_inside(merged, torch.load(merged, weights_only=True)["base_model"][
-            "blocks.blocks.0.attn.qkv.weight"].reshape(-1)[:8].clone())
+        _flip_inside(
+            merged,
+            torch.load(merged, weights_only=True)["base_model"]["blocks.blocks.0.attn.qkv.weight"]
+            .reshape(-1)[:8]
+            .clone(),
+        )
     with pytest.raises(CheckpointError, match=rf"{merged}.*corrupt"):
         load_pretrained(build_model(dict(MODEL)), merged, log=None)
 
@@ -446,17 +486,14 @@ def test_malicious_checkpoint_is_refused_in_every_path(base_and_run, tmp_path, c
     np.save(cloud, np.random.default_rng(0).normal(size=(80, 3)).astype(np.float32))
     cases = {  # in process: the tools' own main(); nothing may run, so nothing can harm the test
         "infer": ["infer", "--ckpt", str(evil), "--cfg", str(cfg_file), str(cloud)],
-        "export": ["export", "--ckpt", str(evil), "--cfg", str(cfg_file), "--adapter",
-                   str(tmp_path / "a.pth")],
+        "export": ["export", "--ckpt", str(evil), "--cfg", str(cfg_file), "--adapter", str(tmp_path / "a.pth")],
         "resume": ["train", "--cfg", str(cfg_file), "--run-dir", str(run2), "--resume"],
-        "train --ckpt": ["train", "--cfg", str(cfg_file), "--run-dir", str(tmp_path / "r3"),
-                         "--ckpt", str(evil)],
+        "train --ckpt": ["train", "--cfg", str(cfg_file), "--run-dir", str(tmp_path / "r3"), "--ckpt", str(evil)],
     }
     for name, args in cases.items():
         err = _one_line(*_tool_main(args[0], args[1:], capsys))
         assert "nothing was executed" in err, (name, err)
-        assert "weights_only=False" not in err and "weights_only" not in err.replace(
-            "weights-only", ""), (name, err)
+        assert "weights_only=False" not in err and "weights_only" not in err.replace("weights-only", ""), (name, err)
         assert str(evil if name != "resume" else run2 / "ckpt-last.pth") in err, (name, err)
     from clora3d.errors import CheckpointError, format_user_error
     from clora3d.models import build_model
@@ -525,10 +562,17 @@ def test_config_inputs_are_one_line(tmp_path, capsys):
 
 
 def _alias_bomb(levels: int, where: str, ds: dict) -> str:
-    lines = ["task: classification", "model: {NAME: PointTransformer, preset: tiny, cls_dim: 5}",
-             f"dataset: {{train: &ds {json.dumps(ds)}, test: *ds}}", "data: {npoints: 64}",
-             "train: {device: cpu, num_workers: 0, batch_size: 5}",
-             "peft:", "  NAME: clora", f"  {where}:", "    - &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines = [
+        "task: classification",
+        "model: {NAME: PointTransformer, preset: tiny, cls_dim: 5}",
+        f"dataset: {{train: &ds {json.dumps(ds)}, test: *ds}}",
+        "data: {npoints: 64}",
+        "train: {device: cpu, num_workers: 0, batch_size: 5}",
+        "peft:",
+        "  NAME: clora",
+        f"  {where}:",
+        "    - &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]",
+    ]
     for i in range(1, levels + 1):
         lines.append(f"    - &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
     return "\n".join(lines) + "\n"
@@ -565,13 +609,16 @@ def test_restricted_unpickler_errors_of_allowed_globals_are_data_errors(tmp_path
 def test_infer_device_errors(tmp_path, capsys):
     cloud = tmp_path / "c.npy"
     np.save(cloud, np.zeros((10, 3), np.float32))
-    for dev, want in (("cuda", "CUDA is not available"), ("banana", "not a device"),
-                      ("cuda:3", "CUDA is not available")):
-        err = _one_line(*_tool_main("infer", ["--ckpt", str(tmp_path / "none.pth"), str(cloud),
-                                              "--device", dev], capsys))
+    for dev, want in (
+        ("cuda", "CUDA is not available"),
+        ("banana", "not a device"),
+        ("cuda:3", "CUDA is not available"),
+    ):
+        err = _one_line(
+            *_tool_main("infer", ["--ckpt", str(tmp_path / "none.pth"), str(cloud), "--device", dev], capsys)
+        )
         assert want in err and "--device cpu" in err or want in err, err
-    err = _one_line(*_tool_main("export", ["--ckpt", str(tmp_path), "--adapter", "x", "--device",
-                                           "banana"], capsys))
+    err = _one_line(*_tool_main("export", ["--ckpt", str(tmp_path), "--adapter", "x", "--device", "banana"], capsys))
     assert "not a device" in err
 
 
@@ -591,9 +638,12 @@ def test_ops_empty_batch_meta_and_empty_chamfer():
     # like the other ops with B = 0
     assert ops.furthest_point_sample(torch.randn(0, 7, 3), 2).shape == (0, 2)
     meta = torch.empty(1, 8, 3, device="meta")
-    for call in (lambda: ops.furthest_point_sample(meta, 2), lambda: ops.knn(meta, meta, 2),
-                 lambda: ops.gather_points(meta, torch.zeros(1, 2, dtype=torch.long, device="meta")),
-                 lambda: ops.chamfer_l2(meta, meta)):
+    for call in (
+        lambda: ops.furthest_point_sample(meta, 2),
+        lambda: ops.knn(meta, meta, 2),
+        lambda: ops.gather_points(meta, torch.zeros(1, 2, dtype=torch.long, device="meta")),
+        lambda: ops.chamfer_l2(meta, meta),
+    ):
         with pytest.raises(ValueError, match="meta tensor"):
             call()
     with pytest.raises(ValueError, match="empty batch"):
@@ -719,13 +769,16 @@ def _fold(tmp_path: Path, edit) -> dict:
     return ds
 
 
-@pytest.mark.parametrize("case,match", [
-    ("short", r"sample 3 of .*0\.pkl: cloud has 10 points, fewer than n_points=64"),
-    ("nan", r"sample 5 of .*0\.pkl: non-finite value nan at point 2"),
-    ("fraction", r"sample 1 of .*0\.pkl: label 2\.5 is not an integer"),
-    ("malformed", r"sample 6 of .*0\.pkl: malformed entry"),
-    ("strings", r"sample 0 of .*0\.pkl: not a numeric point array"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("short", r"sample 3 of .*0\.pkl: cloud has 10 points, fewer than n_points=64"),
+        ("nan", r"sample 5 of .*0\.pkl: non-finite value nan at point 2"),
+        ("fraction", r"sample 1 of .*0\.pkl: label 2\.5 is not an integer"),
+        ("malformed", r"sample 6 of .*0\.pkl: malformed entry"),
+        ("strings", r"sample 0 of .*0\.pkl: not a numeric point array"),
+    ],
+)
 def test_fewshot_fold_entries_are_all_checked(tmp_path, case, match):
     from clora3d.data import ModelNetFewShot
     from clora3d.errors import DataError
@@ -801,12 +854,18 @@ def test_head_mismatch_adapter_as_ckpt_and_directory(base_and_run, tmp_path, cap
     assert "task head" in err and "cls_dim" in err and "backbone" not in err, err
 
     adapter = apply_peft(build_model(dict(MODEL)), {"NAME": "clora"}).save_adapter(tmp_path / "ad.pth")
-    err = _one_line(*_tool_main("train", ["--cfg", str(cfg_file), "--run-dir", str(tmp_path / "r1"),
-                                          "--ckpt", str(adapter)], capsys))
+    err = _one_line(
+        *_tool_main(
+            "train", ["--cfg", str(cfg_file), "--run-dir", str(tmp_path / "r1"), "--ckpt", str(adapter)], capsys
+        )
+    )
     assert "adapter file" in err and "load_adapter" in err and "no state dict" not in err, err
 
-    err = _one_line(*_tool_main("train", ["--cfg", str(cfg_file), "--run-dir", str(tmp_path / "r2"),
-                                          "--ckpt", str(tmp_path)], capsys))
+    err = _one_line(
+        *_tool_main(
+            "train", ["--cfg", str(cfg_file), "--run-dir", str(tmp_path / "r2"), "--ckpt", str(tmp_path)], capsys
+        )
+    )
     assert "is a directory" in err and "not found" not in err, err
 
 
@@ -835,8 +894,9 @@ def test_full_disk_during_training_is_one_line_naming_the_checkpoint(base_and_ru
     shim = tmp_path / "shim.py"
     shim.write_text(_ENOSPC_SHIM)
     run = tmp_path / "run"
-    p = _run([str(shim), "tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run)],
-             env={"FULL_DISK_AFTER": "20000"})
+    p = _run(
+        [str(shim), "tools/train.py", "--cfg", str(cfg_file), "--run-dir", str(run)], env={"FULL_DISK_AFTER": "20000"}
+    )
     err = _one_error_line(p)
     assert "No space left on device" in err and ("ckpt-best.pth" in err or "ckpt-last.pth" in err), err
     assert "enforce fail" not in p.stderr

@@ -1,5 +1,6 @@
 """RunLogger: messages go through stdlib logging (they were printed) and, time-stamped, to log.txt;
 JSON run files are strict JSON through storage.to_plain."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ def test_info_logs_and_appends_to_log_txt(tmp_path, caplog, capsys):
     run.close()
     assert capsys.readouterr().out == ""
     assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
-        ("clora3d.engine.logging", logging.INFO, "epoch 0: acc = 25.0\nsecond line")]
+        ("clora3d.engine.logging", logging.INFO, "epoch 0: acc = 25.0\nsecond line")
+    ]
     lines = (tmp_path / "run" / "log.txt").read_text().splitlines()
     assert len(lines) == 2
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
@@ -38,6 +40,9 @@ def test_json_files_are_strict_json(tmp_path):
     run.write_json("result.json", {"acc": torch.tensor(float("nan")), "path": tmp_path, "n": (1, 2)})
     run.write_history([{"epoch": 0, "loss": float("inf")}])
     run.close()
-    assert json.loads((tmp_path / "run" / "result.json").read_text()) == {"acc": "nan", "path": str(tmp_path),
-                                                                        "n": [1, 2]}
+    assert json.loads((tmp_path / "run" / "result.json").read_text()) == {
+        "acc": "nan",
+        "path": str(tmp_path),
+        "n": [1, 2],
+    }
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"epoch": 0, "loss": "inf"}\n'

@@ -7,6 +7,7 @@ sum ||U_a^T Q_a^T (D_a^T D_b) Q_b U_b||^2: with the old orthogonal init D_a^T D_
 and its gradient stay zero until D drifts. With the defaults it must be non-zero right after the
 first step and its gradient must be a sizeable fraction of the task gradient. Reference values are
 computed here from D, Q, U by brute force (materialised components), not by the library."""
+
 from __future__ import annotations
 
 import pytest

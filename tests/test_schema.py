@@ -1,4 +1,5 @@
 """clora3d.schema: every supported field type and every error, against hand-written expectations."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,13 +51,28 @@ def err(cls, data, **kw) -> str:
 def test_defaults_and_every_type_accepted():
     c = validate(Cfg, {})
     assert c == Cfg()
-    c = validate(Cfg, {"flag": True, "n": 0, "lr": 2, "name": "", "kind": False, "opt": 4, "alt": 3,
-                       "items": (5, 6), "pair": [0, 0.5], "many": ["a", "b"], "names": {"u": 1},
-                       "inner": {"k": 7, "mode": "b"}, "anything": {"z": [1]}})
+    c = validate(
+        Cfg,
+        {
+            "flag": True,
+            "n": 0,
+            "lr": 2,
+            "name": "",
+            "kind": False,
+            "opt": 4,
+            "alt": 3,
+            "items": (5, 6),
+            "pair": [0, 0.5],
+            "many": ["a", "b"],
+            "names": {"u": 1},
+            "inner": {"k": 7, "mode": "b"},
+            "anything": {"z": [1]},
+        },
+    )
     assert c.flag is True and c.n == 0 and c.name == "" and c.kind is False and c.opt == 4
-    assert c.lr == 2.0 and type(c.lr) is float          # an int is accepted for float, converted
+    assert c.lr == 2.0 and type(c.lr) is float  # an int is accepted for float, converted
     assert c.alt == 3.0 and type(c.alt) is float
-    assert c.items == [5, 6] and type(c.items) is list   # a tuple is accepted for a list
+    assert c.items == [5, 6] and type(c.items) is list  # a tuple is accepted for a list
     assert c.pair == (0.0, 0.5) and type(c.pair) is tuple and type(c.pair[0]) is float
     assert c.many == ("a", "b")
     assert c.names == {"u": 1.0} and type(c.names["u"]) is float
@@ -71,48 +87,54 @@ def test_path_prefixes_keys():
 
 
 # --------------------------------------------------------------------------- bad values
-@pytest.mark.parametrize("key,value,expect", [
-    ("flag", 1, "true or false"),
-    ("flag", "yes", "true or false"),
-    ("n", True, "an integer >= 0"),            # a bool is never an int
-    ("n", 1.5, "an integer >= 0"),
-    ("n", -1, "an integer >= 0"),
-    ("lr", True, "a positive number"),
-    ("lr", "1e-3", "a positive number"),
-    ("lr", 0, "a positive number"),
-    ("lr", float("nan"), "a positive number"),
-    ("lr", float("inf"), "a positive number"),
-    ("name", 3, "a string"),
-    ("kind", "LoRA", "lora | clora | false"),
-    ("kind", 0, "lora | clora | false"),       # 0 == False but is not the literal false
-    ("opt", 0, "a positive integer or null"),
-    ("opt", "1", "a positive integer or null"),
-    ("alt", "x", "a number or null"),
-    ("items", 3, "a list of (an integer >= 0)"),
-    ("pair", [1], "a list of 2 items (a number, a number)"),
-    ("pair", "ab", "a list of 2 items (a number, a number)"),
-    ("many", "ab", "a list of strings"),
-    ("names", [1], "a mapping of names to numbers"),
-    ("inner", 5, "a mapping"),
-    ("maybe", "x", "a list of (an integer >= 0) or null"),
-])
+@pytest.mark.parametrize(
+    "key,value,expect",
+    [
+        ("flag", 1, "true or false"),
+        ("flag", "yes", "true or false"),
+        ("n", True, "an integer >= 0"),  # a bool is never an int
+        ("n", 1.5, "an integer >= 0"),
+        ("n", -1, "an integer >= 0"),
+        ("lr", True, "a positive number"),
+        ("lr", "1e-3", "a positive number"),
+        ("lr", 0, "a positive number"),
+        ("lr", float("nan"), "a positive number"),
+        ("lr", float("inf"), "a positive number"),
+        ("name", 3, "a string"),
+        ("kind", "LoRA", "lora | clora | false"),
+        ("kind", 0, "lora | clora | false"),  # 0 == False but is not the literal false
+        ("opt", 0, "a positive integer or null"),
+        ("opt", "1", "a positive integer or null"),
+        ("alt", "x", "a number or null"),
+        ("items", 3, "a list of (an integer >= 0)"),
+        ("pair", [1], "a list of 2 items (a number, a number)"),
+        ("pair", "ab", "a list of 2 items (a number, a number)"),
+        ("many", "ab", "a list of strings"),
+        ("names", [1], "a mapping of names to numbers"),
+        ("inner", 5, "a mapping"),
+        ("maybe", "x", "a list of (an integer >= 0) or null"),
+    ],
+)
 def test_bad_value_names_key_value_expectation_and_origin(key, value, expect):
     msg = err(Cfg, {key: value}, where=origin_of)
     where = origin_of((key,))
     assert msg == f"config key '{key}' in {where} must be {expect}, got {value!r}"
 
 
-@pytest.mark.parametrize("key,value,bad_key,bad_value,expect", [
-    ("items", [1, -2], "items.1", -2, "an integer >= 0"),
-    ("items", [1, "2"], "items.1", "'2'", "an integer >= 0"),
-    ("pair", [0.5, None], "pair.1", None, "a number"),
-    ("many", ["a", 1], "many.1", 1, "a string"),
-    ("names", {"u": "v"}, "names.u", "'v'", "a number"),
-    ("names", {1: 2.0}, "names.1", 1, "a string key"),
-    ("inner", {"k": 0}, "inner.k", 0, "an integer >= 1"),
-    ("inner", {"mode": "c"}, "inner.mode", "'c'", "a | b"),
-    ("maybe", [1, -1], "maybe.1", -1, "an integer >= 0"),   # X | None: a bad item of X is named
-])
+@pytest.mark.parametrize(
+    "key,value,bad_key,bad_value,expect",
+    [
+        ("items", [1, -2], "items.1", -2, "an integer >= 0"),
+        ("items", [1, "2"], "items.1", "'2'", "an integer >= 0"),
+        ("pair", [0.5, None], "pair.1", None, "a number"),
+        ("many", ["a", 1], "many.1", 1, "a string"),
+        ("names", {"u": "v"}, "names.u", "'v'", "a number"),
+        ("names", {1: 2.0}, "names.1", 1, "a string key"),
+        ("inner", {"k": 0}, "inner.k", 0, "an integer >= 1"),
+        ("inner", {"mode": "c"}, "inner.mode", "'c'", "a | b"),
+        ("maybe", [1, -1], "maybe.1", -1, "an integer >= 0"),  # X | None: a bad item of X is named
+    ],
+)
 def test_bad_item_names_the_item(key, value, bad_key, bad_value, expect):
     msg = err(Cfg, {key: value}, path=("sec",), where=lambda p: f"file-for-{'.'.join(map(str, p))}")
     assert msg == f"config key 'sec.{bad_key}' in file-for-sec.{bad_key} must be {expect}, got {bad_value}"
@@ -126,6 +148,7 @@ def test_bounds_in_words():
         r: int = spec(5, le=10)
         s: int = spec(5, lt=10)
         t: float = spec(1.0, gt=-1)
+
     assert err(B, {"p": 1}).endswith("must be a number in [0, 1), got 1")
     assert err(B, {"p": -0.5}).endswith("must be a number in [0, 1), got -0.5")
     assert err(B, {"q": 0}).endswith("must be a number in (0, 2], got 0")
@@ -139,14 +162,20 @@ def test_bounds_in_words():
 def test_custom_check_and_expect():
     @dataclass
     class C:
-        ids: Optional[list[int]] = spec(None, check=lambda v: len(set(v)) == len(v) and len(v) > 0,
-                                        expect="a non-empty list of distinct integers or null")
+        ids: Optional[list[int]] = spec(
+            None,
+            check=lambda v: len(set(v)) == len(v) and len(v) > 0,
+            expect="a non-empty list of distinct integers or null",
+        )
+
     assert validate(C, {"ids": [2, 1]}).ids == [2, 1]
     assert validate(C, {"ids": None}).ids is None
-    assert err(C, {"ids": [1, 1]}) == ("config key 'ids' in <config> must be a non-empty list of distinct "
-                                       "integers or null, got [1, 1]")
-    assert err(C, {"ids": 5}) == ("config key 'ids' in <config> must be a non-empty list of distinct "
-                                  "integers or null, got 5")
+    assert err(C, {"ids": [1, 1]}) == (
+        "config key 'ids' in <config> must be a non-empty list of distinct integers or null, got [1, 1]"
+    )
+    assert err(C, {"ids": 5}) == (
+        "config key 'ids' in <config> must be a non-empty list of distinct integers or null, got 5"
+    )
     with pytest.raises(TypeError, match="expect"):
         spec(None, check=bool)
 
@@ -159,8 +188,10 @@ def test_long_values_are_cut():
 # --------------------------------------------------------------------------- unknown / missing
 def test_unknown_key_with_suggestion_and_origin():
     msg = err(Cfg, {"nme": "y"}, path=("peft",), where=lambda p: "cfgs/a.yaml" if p == ("peft", "nme") else "?")
-    assert msg == ("unknown config key 'peft.nme' in cfgs/a.yaml; did you mean 'name'? (known keys of 'peft': "
-                   "alt, anything, flag, inner, items, kind, lr, many, maybe, n, name, names, opt, pair)")
+    assert msg == (
+        "unknown config key 'peft.nme' in cfgs/a.yaml; did you mean 'name'? (known keys of 'peft': "
+        "alt, anything, flag, inner, items, kind, lr, many, maybe, n, name, names, opt, pair)"
+    )
 
 
 def test_unknown_key_top_level_without_suggestion():
@@ -178,6 +209,7 @@ def test_missing_required_field():
     class R:
         rank: int = spec(gt=0, doc="rank")
         alpha: float = 1.0
+
     assert validate(R, {"rank": 2}) == R(2, 1.0)
     msg = err(R, {"alpha": 2}, path=("peft",), where=lambda p: "cfgs/r.yaml")
     assert msg == "config key 'peft.rank' in cfgs/r.yaml is required (no default): set it to a positive integer"
@@ -222,6 +254,7 @@ def test_post_init_config_error_passes_through():
 
         def __post_init__(self):
             raise ConfigError("exact message")
+
     assert err(P, {}) == "exact message"
 
 
@@ -235,9 +268,22 @@ def test_error_is_value_error_and_single_line():
 def test_to_dict_plain_nested_and_round_trip():
     c = validate(Cfg, {"pair": [0.1, 0.2], "many": ["q"], "inner": {"k": 2}})
     d = to_dict(c)
-    assert d == {"flag": False, "n": 1, "lr": 1e-3, "name": "x", "kind": "clora", "opt": None, "alt": None,
-                 "items": [1, 2], "pair": [0.1, 0.2], "many": ["q"], "names": {}, "inner": {"k": 2, "mode": "a"},
-                 "anything": None, "maybe": None}
+    assert d == {
+        "flag": False,
+        "n": 1,
+        "lr": 1e-3,
+        "name": "x",
+        "kind": "clora",
+        "opt": None,
+        "alt": None,
+        "items": [1, 2],
+        "pair": [0.1, 0.2],
+        "many": ["q"],
+        "names": {},
+        "inner": {"k": 2, "mode": "a"},
+        "anything": None,
+        "maybe": None,
+    }
     assert validate(Cfg, d) == c
     assert validate(Cfg, c) == c  # an instance is re-validated through its dict
 
@@ -255,6 +301,7 @@ def test_field_docs():
     @dataclass
     class R:
         rank: int = spec(gt=0)
+
     (d,) = field_docs(R)
     assert d.required and d.expect == "a positive integer"
     assert not by["n"].required
@@ -271,6 +318,7 @@ def test_unsupported_type_is_a_programming_error():
     @dataclass
     class U:
         s: set = dataclasses.field(default_factory=set)
+
     with pytest.raises(TypeError, match="unsupported field type"):
         validate(U, {"s": [1]})
 

@@ -1,5 +1,6 @@
 """One normalize_unit_sphere (clora3d.data.common, also inference's) and one all_reduce_sum
 (clora3d.engine.distributed, also evaluation's), against hand-computed values."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,12 @@ def test_normalize_unit_sphere_hand_computed():
     # centroid (1, 1, 2); radii 1 and 1 -> unchanged scale
     np.testing.assert_array_equal(normalize_unit_sphere([[1, 1, 1], [1, 1, 3]]), [[0, 0, -1], [0, 0, 1]])
     # centroid (0, 0, 0); largest radius 5 (3-4-5 triangle)
-    np.testing.assert_allclose(normalize_unit_sphere([[3, 4, 0], [-3, -4, 0], [1, 0, 0], [-1, 0, 0]]),
-                               [[0.6, 0.8, 0], [-0.6, -0.8, 0], [0.2, 0, 0], [-0.2, 0, 0]], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        normalize_unit_sphere([[3, 4, 0], [-3, -4, 0], [1, 0, 0], [-1, 0, 0]]),
+        [[0.6, 0.8, 0], [-0.6, -0.8, 0], [0.2, 0, 0], [-0.2, 0, 0]],
+        rtol=0,
+        atol=1e-15,
+    )
     np.testing.assert_array_equal(normalize_unit_sphere([[5, 5, 5], [5, 5, 5]]), np.zeros((2, 3)))
     empty = normalize_unit_sphere(np.zeros((0, 3), dtype=np.float32))
     assert empty.shape == (0, 3) and empty.dtype == np.float64

@@ -1,6 +1,6 @@
 """Long checks, run with `pytest -m slow` (`make test-slow`); the default run skips them."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 

@@ -1,6 +1,7 @@
 """CPU proxies of the GPU step cost (issue 12): host syncs and aten ops per training step.
 
 Counted with a TorchDispatchMode (benchmarks/step_ops.py); deterministic counts, not timings."""
+
 from __future__ import annotations
 
 import sys

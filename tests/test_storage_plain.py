@@ -1,6 +1,7 @@
 """clora3d.storage.to_plain: the one converter to plain JSON/YAML data, checked against hand-written
 expected outputs (the four copies it replaced: engine/config.py, engine/trainer.py, peft/base.py
 ``_plain`` and engine/logging.py ``_jsonable``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,15 @@ def test_dataclasses_become_dicts_of_fields():
 def test_nonfinite_kept_by_default_and_strings_on_request():
     out = to_plain({"a": float("nan"), "b": [float("inf"), -math.inf], "c": np.float32("nan")})
     assert math.isnan(out["a"]) and out["b"] == [math.inf, -math.inf] and math.isnan(out["c"])
-    strict = to_plain({"a": float("nan"), "b": [float("inf"), -math.inf], "c": torch.tensor(float("nan")),
-                       "d": np.array([1.0, np.inf])}, nonfinite="str")
+    strict = to_plain(
+        {
+            "a": float("nan"),
+            "b": [float("inf"), -math.inf],
+            "c": torch.tensor(float("nan")),
+            "d": np.array([1.0, np.inf]),
+        },
+        nonfinite="str",
+    )
     assert strict == {"a": "nan", "b": ["inf", "-inf"], "c": "nan", "d": [1.0, "inf"]}
     json.loads(json.dumps(strict), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
 
@@ -97,8 +105,9 @@ def test_a_run_folder_passed_as_checkpoint_names_the_files_inside(tmp_path):
     (tmp_path / "ckpt-last.pth").write_bytes(b"")
     with pytest.raises(CheckpointError) as info:
         safe_torch_load(tmp_path)
-    assert str(info.value) == (f"checkpoint {tmp_path} is a directory; pass the .pth file inside it "
-                               f"(this run folder has ckpt-last.pth)")
+    assert str(info.value) == (
+        f"checkpoint {tmp_path} is a directory; pass the .pth file inside it (this run folder has ckpt-last.pth)"
+    )
 
 
 def test_duplicate_writers_and_loaders_are_the_storage_functions():

@@ -1,5 +1,6 @@
 """Command-line tools: infer (on a hand-written .ply), export (adapter + merged Point-MAE layout),
 visualize (PNG files with content) and the one-line user errors with exit code 2."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,8 +33,15 @@ def _ellipsoid(n: int, axes=(1.0, 0.4, 0.6), seed: int = 0) -> np.ndarray:
 
 
 def _write_ascii_ply(path: Path, xyz: np.ndarray) -> Path:
-    lines = ["ply", "format ascii 1.0", f"element vertex {len(xyz)}", "property float x",
-             "property float y", "property float z", "end_header"]
+    lines = [
+        "ply",
+        "format ascii 1.0",
+        f"element vertex {len(xyz)}",
+        "property float x",
+        "property float y",
+        "property float z",
+        "end_header",
+    ]
     lines += [f"{x:.6f} {y:.6f} {z:.6f}" for x, y, z in xyz]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -60,10 +68,17 @@ def merged_model(tmp_path_factory):
     ckpt = save_point_mae_checkpoint(model, d / "merged.pth")
     cfg = d / "cfg.yaml"
     ds = {"NAME": "ModelNet40", "root": str(d / "nowhere")}
-    cfg.write_text(yaml.safe_dump({"task": "classification", "model": dict(MODEL),
-                                   "data": {"npoints": 64},
-                                   "dataset": {"train": dict(ds), "test": ds},
-                                   "log": {"root": str(d / "exp")}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "task": "classification",
+                "model": dict(MODEL),
+                "data": {"npoints": 64},
+                "dataset": {"train": dict(ds), "test": ds},
+                "log": {"root": str(d / "exp")},
+            }
+        )
+    )
     return model, ckpt, cfg
 
 
@@ -118,8 +133,7 @@ def _one_line_error(capsys, code: int) -> str:
 def test_user_errors_exit_2_with_one_line(tmp_path, merged_model, capsys):
     _, ckpt, cfg = merged_model
     infer = _tool("infer")
-    err = _one_line_error(capsys, infer.main(["--cfg", str(cfg), "--ckpt", str(ckpt),
-                                              str(tmp_path / "missing.ply")]))
+    err = _one_line_error(capsys, infer.main(["--cfg", str(cfg), "--ckpt", str(ckpt), str(tmp_path / "missing.ply")]))
     assert "missing.ply" in err and len(err.splitlines()) == 1
     bad = tmp_path / "bad.ply"
     bad.write_text("this is not a ply file\n")
@@ -144,8 +158,19 @@ def test_user_errors_exit_2_with_one_line(tmp_path, merged_model, capsys):
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, str(TOOLS / "visualize.py"), "cloud", str(tmp_path / "nope.ply"),
-                        "--out", str(tmp_path / "o.png")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(TOOLS / "visualize.py"),
+            "cloud",
+            str(tmp_path / "nope.ply"),
+            "--out",
+            str(tmp_path / "o.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "nope.ply" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -154,6 +179,7 @@ def test_subprocess_error_has_no_traceback(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # visualize
 # ------------------------------------------------------------------------------------------------
+
 
 def _png_ok(path: Path, min_w: int = 200) -> np.ndarray:
     import matplotlib.image as mpimg
@@ -186,8 +212,9 @@ def test_visualize_cloud_partseg_and_curves(tmp_path, capsys):
 
     run = tmp_path / "run"
     run.mkdir()
-    rows = ["epoch,train_loss,acc,lr"] + [f"{e},{2.0 / (e + 1):.4f},{40 + 10 * e},{1e-3 * (5 - e) / 5:.6f}"
-                                          for e in range(5)]
+    rows = ["epoch,train_loss,acc,lr"] + [
+        f"{e},{2.0 / (e + 1):.4f},{40 + 10 * e},{1e-3 * (5 - e) / 5:.6f}" for e in range(5)
+    ]
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
     assert viz.main(["curves", str(run), "--out", str(tmp_path / "curves.png")]) == 0
     rgb = _png_ok(tmp_path / "curves.png", min_w=600)  # three panels side by side
@@ -198,6 +225,7 @@ def test_visualize_cloud_partseg_and_curves(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 # a real run: train 1 epoch with CLoRA, export adapter + merged, infer with both
 # ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
@@ -219,20 +247,23 @@ def trained_run(tmp_path_factory):
         return pts, np.repeat(np.arange(5), n)
 
     root = d / "folds"
-    write_fewshot_folds_from_arrays(split(4), split(2), root, ways=(5,), shots=(4,), folds=1,
-                                    eval_sample=2, seed=0)
+    write_fewshot_folds_from_arrays(split(4), split(2), root, ways=(5,), shots=(4,), folds=1, eval_sample=2, seed=0)
     ds = {"NAME": "ModelNetFewShot", "root": str(root), "way": 5, "shot": 4, "fold": 0}
     cfg_file = d / "cfg.yaml"
-    cfg_file.write_text(yaml.safe_dump({
-        "task": "classification",
-        "model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5, "drop_path_rate": 0.0},
-        "peft": {"NAME": "clora"},
-        "data": {"npoints": 64, "train_sampling": "fps"},
-        "scheduler": {"warmup_epochs": 0},
-        "train": {"epochs": 1, "batch_size": 5, "num_workers": 0, "device": "cpu"},
-        "dataset": {"train": ds, "test": dict(ds)},
-        "log": {"root": str(d / "exp"), "tensorboard": False, "progress": False},
-    }))
+    cfg_file.write_text(
+        yaml.safe_dump(
+            {
+                "task": "classification",
+                "model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5, "drop_path_rate": 0.0},
+                "peft": {"NAME": "clora"},
+                "data": {"npoints": 64, "train_sampling": "fps"},
+                "scheduler": {"warmup_epochs": 0},
+                "train": {"epochs": 1, "batch_size": 5, "num_workers": 0, "device": "cpu"},
+                "dataset": {"train": ds, "test": dict(ds)},
+                "log": {"root": str(d / "exp"), "tensorboard": False, "progress": False},
+            }
+        )
+    )
     cfg = load_config(cfg_file)
     res = train(cfg, run_dir=str(d / "exp" / "run"))
     return Path(res["run_dir"]), cfg_file
@@ -245,8 +276,7 @@ def test_export_adapter_and_merged_then_infer(tmp_path, trained_run, capsys):
     ckpt = next(p for p in (run_dir / "ckpt-best.pth", run_dir / "ckpt-last.pth") if p.is_file())
     export = _tool("export")
     adapter, merged = tmp_path / "adapter.pth", tmp_path / "merged.pth"
-    assert export.main(["--ckpt", str(ckpt), "--adapter", str(adapter), "--merged", str(merged),
-                        "--json"]) == 0
+    assert export.main(["--ckpt", str(ckpt), "--adapter", str(adapter), "--merged", str(merged), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["method"] == "clora" and rep["max_abs_diff_merge"] < 1e-4
     blob = torch.load(merged, map_location="cpu", weights_only=True)
@@ -288,15 +318,24 @@ def test_infer_and_visualize_part_segmentation(tmp_path, capsys):
     mcfg = {"NAME": "PartSegModel", "preset": "tiny", "drop_path_rate": 0.0}
     model = build_model(dict(mcfg)).eval()
     ds = {"NAME": "ShapeNetPart", "root": str(tmp_path / "nowhere")}
-    cfg = {"task": "partseg", "model": mcfg, "peft": {"NAME": "full"}, "data": {"npoints": 128},
-           "dataset": {"train": ds, "test": ds}}
+    cfg = {
+        "task": "partseg",
+        "model": mcfg,
+        "peft": {"NAME": "full"},
+        "data": {"npoints": 128},
+        "dataset": {"train": ds, "test": ds},
+    }
     ckpt = atomic_save({"config": cfg, "model": model.state_dict(), "epoch": 0}, tmp_path / "ckpt-best.pth")
     xyz = _ellipsoid(128, seed=4)  # exactly npoints: no resampling, labels map 1:1
     f = tmp_path / "chair.npy"
     np.save(f, xyz)
     infer = _tool("infer")
-    assert infer.main(["--ckpt", str(ckpt), str(f), "--category", "chair", "--save-labels",
-                       str(tmp_path / "labels"), "--json"]) == 0
+    assert (
+        infer.main(
+            ["--ckpt", str(ckpt), str(f), "--category", "chair", "--save-labels", str(tmp_path / "labels"), "--json"]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)[0]
     assert res["category"] == "Chair" and sum(res["part_counts"].values()) == 128
     saved = np.loadtxt(tmp_path / "labels" / "chair.txt")
@@ -311,11 +350,16 @@ def test_infer_and_visualize_part_segmentation(tmp_path, capsys):
     err = _one_line_error(capsys, infer.main(["--ckpt", str(ckpt), str(f)]))
     assert "--category" in err
     viz = _tool("visualize")
-    assert viz.main(["partseg", str(f), "--ckpt", str(ckpt), "--category", "Chair",
-                     "--out", str(tmp_path / "p.png")]) == 0
+    assert (
+        viz.main(["partseg", str(f), "--ckpt", str(ckpt), "--category", "Chair", "--out", str(tmp_path / "p.png")]) == 0
+    )
     _png_ok(tmp_path / "p.png")
-    assert viz.main(["partseg", str(f), "--labels", str(tmp_path / "labels" / "chair.txt"),
-                     "--out", str(tmp_path / "q.png")]) == 0
+    assert (
+        viz.main(
+            ["partseg", str(f), "--labels", str(tmp_path / "labels" / "chair.txt"), "--out", str(tmp_path / "q.png")]
+        )
+        == 0
+    )
     _png_ok(tmp_path / "q.png")
 
 
@@ -336,6 +380,7 @@ def test_visualize_real_shapenetpart_sample(shared_data, tmp_path):
 # the command line (clora3d/cli/): python -m clora3d, console script, one error path, logging
 # ------------------------------------------------------------------------------------------------
 
+
 def test_python_m_clora3d_without_command_prints_version_and_kernels():
     import clora3d
 
@@ -343,11 +388,13 @@ def test_python_m_clora3d_without_command_prints_version_and_kernels():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == f"clora3d {clora3d.__version__}" and lines[1].startswith("clora3d kernels: ")
-    r = subprocess.run([sys.executable, "-m", "clora3d", "--version"], capture_output=True, text=True, timeout=120,
-                       cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "clora3d", "--version"], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert r.returncode == 0 and r.stdout.strip() == f"clora3d {clora3d.__version__}"
-    r = subprocess.run([sys.executable, "-m", "clora3d", "no-such-command"], capture_output=True, text=True,
-                       timeout=120, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "clora3d", "no-such-command"], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert r.returncode == 2 and "invalid choice: 'no-such-command'" in r.stderr
 
 
@@ -415,16 +462,22 @@ def test_cli_logging_levels_go_to_stderr_and_are_restored(tmp_path, monkeypatch,
             got = ("DEBUG-LINE" in cap.err, "done in" in cap.err, "warning: WARN-LINE" in cap.err)
             assert seen.setdefault(tuple(flags), got) == got, argv  # the same before and after the command
             assert ours.level == level and root.handlers == handlers
-    assert seen == {(): (False, True, True), ("-v",): (True, True, True), ("-q",): (False, False, True),
-                    ("-qq",): (False, False, False)}
+    assert seen == {
+        (): (False, True, True),
+        ("-v",): (True, True, True),
+        ("-q",): (False, False, True),
+        ("-qq",): (False, False, False),
+    }
 
 
 def test_library_imports_none_of_the_applications():
-    code = ("import importlib.util, sys\n"
-            "import clora3d, clora3d.ops, clora3d.data, clora3d.models, clora3d.profile, clora3d.engine.infer\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('clora3d.cli', 'benchmarks'))))\n"
-            "print([n for n in ('clora3d.doctor', 'clora3d.ops.bench', 'clora3d.profile.bench_model')\n"
-            "       if importlib.util.find_spec(n) is not None])\n")
+    code = (
+        "import importlib.util, sys\n"
+        "import clora3d, clora3d.ops, clora3d.data, clora3d.models, clora3d.profile, clora3d.engine.infer\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('clora3d.cli', 'benchmarks'))))\n"
+        "print([n for n in ('clora3d.doctor', 'clora3d.ops.bench', 'clora3d.profile.bench_model')\n"
+        "       if importlib.util.find_spec(n) is not None])\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["[]", "[]"]

@@ -1,14 +1,17 @@
 """train.compile (issue 12): the training forward compiled with torch.compile(fullgraph=True);
 resume stays exact, and the numbers follow the eager run. Also the device-side running sums and
 non-finite check of the training loop (no host sync per step on CUDA)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_trainer import (
+    mn_root,  # noqa: F401  (fixture)
+    tiny_cfg,  # noqa: F401  (the tiny ModelNet config of the trainer tests)
+)
 
 from clora3d.engine.checkpoint import load_checkpoint
-from test_trainer import tiny_cfg  # noqa: F401  (the tiny ModelNet config of the trainer tests)
-from test_trainer import mn_root  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,8 +51,13 @@ def test_compiled_training_resumes_exactly_and_follows_eager(tmp_path, mn_root, 
 def test_non_finite_loss_stops_the_epoch_before_its_checkpoint(tmp_path, mn_root):  # noqa: F811
     from clora3d.engine import trainer
 
-    cfg = tiny_cfg(tmp_path, mn_root, peft="lora", epochs=2, overrides=("optimizer.lr=1e30", "scheduler.warmup_epochs=0",
-                                                                        "train.grad_clip=null"))
+    cfg = tiny_cfg(
+        tmp_path,
+        mn_root,
+        peft="lora",
+        epochs=2,
+        overrides=("optimizer.lr=1e30", "scheduler.warmup_epochs=0", "train.grad_clip=null"),
+    )
     with pytest.raises(FloatingPointError, match=r"epoch \d+: the loss is not finite .* at step \d+") as e:
         trainer.train(cfg, run_dir=tmp_path / "nan")
     bad_epoch = int(str(e.value).split()[1].rstrip(":"))

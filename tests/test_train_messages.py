@@ -1,4 +1,5 @@
 """Messages of the engine's runners go through stdlib logging (no prints, no log=print default)."""
+
 from __future__ import annotations
 
 import logging

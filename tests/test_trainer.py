@@ -1,4 +1,5 @@
 """Trainer, optimizer groups, LR schedule, atomic checkpoints and exact resume (CPU, tiny model)."""
+
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from clora3d.engine.checkpoint import (atomic_save, get_rng_state, load_checkpoint, set_rng_state)
+from clora3d.engine.checkpoint import atomic_save, get_rng_state, load_checkpoint, set_rng_state
 from clora3d.engine.config import load_config
 from clora3d.engine.optim import CosineWarmupLR, build_optimizer, param_groups
 from clora3d.errors import CheckpointError, ConfigError
@@ -55,8 +56,9 @@ def mn_root(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_cfg(tmp: Path, root: Path, *, peft: str = "full", epochs: int = 3, tb: bool = False,
-             overrides: tuple[str, ...] = ()) -> dict:
+def tiny_cfg(
+    tmp: Path, root: Path, *, peft: str = "full", epochs: int = 3, tb: bool = False, overrides: tuple[str, ...] = ()
+) -> dict:
     p = tmp / "tiny.yaml"
     p.write_text(TINY.format(root=root, peft=peft, epochs=epochs, tb=str(tb).lower()))
     return load_config(p, [f"log.root={tmp / 'exp'}", *overrides])
@@ -88,8 +90,17 @@ def test_param_groups_follow_reference_rule():
     assert groups[0.05] == {"cls_pos", "fc.weight", "lora_A"}
     groups = {g["weight_decay"]: set(g["names"]) for g in param_groups(named, 0.05, no_decay_cls_pos=True)}
     assert "cls_pos" in groups[0.0] and "cls_pos" not in groups[0.05]
-    opt = build_optimizer(named, {"NAME": "AdamW", "lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.999],
-                                  "eps": 1e-8, "no_decay_cls_pos": False})
+    opt = build_optimizer(
+        named,
+        {
+            "NAME": "AdamW",
+            "lr": 1e-3,
+            "weight_decay": 0.05,
+            "betas": [0.9, 0.999],
+            "eps": 1e-8,
+            "no_decay_cls_pos": False,
+        },
+    )
     assert isinstance(opt, torch.optim.AdamW)
     assert sum(len(g["params"]) for g in opt.param_groups) == 8
     with pytest.raises(ConfigError, match="no trainable parameters"):
@@ -204,10 +215,9 @@ def test_rng_state_roundtrip(tmp_path):
 # training
 # ----------------------------------------------------------------------------------------------
 def test_short_cpu_run_learns_and_writes_run_dir(tmp_path, mn_root):
-    from clora3d.engine.trainer import train
-
     import warnings
 
+    from clora3d.engine.trainer import train
     from clora3d.optional import try_import
 
     have_tb = try_import("torch.utils.tensorboard")[0] is not None
@@ -224,12 +234,19 @@ def test_short_cpu_run_learns_and_writes_run_dir(tmp_path, mn_root):
     assert res["best"]["acc"] >= 75.0, res["history"]
     assert res["last"]["acc"] >= 60.0, res["history"]
     assert res["best"]["acc"] == max(h["test"]["acc"] for h in res["history"])
-    assert res["best"]["epoch"] == next(h["epoch"] for h in res["history"]
-                                        if h["test"]["acc"] == res["best"]["acc"])
+    assert res["best"]["epoch"] == next(h["epoch"] for h in res["history"] if h["test"]["acc"] == res["best"]["acc"])
     assert len(res["history"]) == 10
     assert res["history"][-1]["train"]["loss"] < res["history"][0]["train"]["loss"]
-    for f in ("config.yaml", "env.json", "log.txt", "metrics.csv", "metrics.jsonl", "result.json",
-              "ckpt-last.pth", "ckpt-best.pth"):
+    for f in (
+        "config.yaml",
+        "env.json",
+        "log.txt",
+        "metrics.csv",
+        "metrics.jsonl",
+        "result.json",
+        "ckpt-last.pth",
+        "ckpt-best.pth",
+    ):
         assert (run / f).is_file(), f
     if have_tb:
         assert any((run / "tb").iterdir())
@@ -317,8 +334,9 @@ from np_refs import np_fps as _np_fps  # noqa: E402
 
 
 @torch.no_grad()
-def _replay_classification(model, loader, *, npoints: int, point_all: int, vote: int,
-                            inputs: list, passes: int = 1) -> tuple[float, list[float]]:
+def _replay_classification(
+    model, loader, *, npoints: int, point_all: int, vote: int, inputs: list, passes: int = 1
+) -> tuple[float, list[float]]:
     """Plain and vote@N accuracy replayed by hand: numpy FPS to npoints (plain) and to the point_all
     pool; per batch and pass N views, each a fresh randperm subset of the pool shared by the batch,
     then the default ScaleAndTranslate, all from one CPU generator seeded 0; the class of the summed
@@ -353,9 +371,13 @@ def _replay_classification(model, loader, *, npoints: int, point_all: int, vote:
 def test_select_on_val_holdout_reports_test_for_last_and_best(tmp_path, mn_root, monkeypatch):
     from clora3d.engine.trainer import train
 
-    cfg = tiny_cfg(tmp_path, mn_root, peft="linear", epochs=2,
-                   overrides=("train.select_on_test=false", "dataset.val={from_train: 0.25}",
-                              "eval.vote=10"))
+    cfg = tiny_cfg(
+        tmp_path,
+        mn_root,
+        peft="linear",
+        epochs=2,
+        overrides=("train.select_on_test=false", "dataset.val={from_train: 0.25}", "eval.vote=10"),
+    )
     seen = _spy_evaluations(monkeypatch)
     res = train(cfg, run_dir=tmp_path / "run")
     assert res["selected_on"] == "val"
@@ -367,16 +389,30 @@ def test_select_on_val_holdout_reports_test_for_last_and_best(tmp_path, mn_root,
     voting = [(m, ld, out, fed) for m, ld, v, out, fed in seen if v]
     assert [s[2] for s in seen[-4:]] == [0, 10, 0, 10] and len(voting) == 2
     for r, (model, loader, out, fed) in zip((res["last"], res["best"]), voting):
-        plain, vote10 = _replay_classification(model, loader, npoints=128, point_all=160, vote=10,
-                                               inputs=fed)
+        plain, vote10 = _replay_classification(model, loader, npoints=128, point_all=160, vote=10, inputs=fed)
         assert r["acc_vote@10"] == out["acc_vote@10"] == pytest.approx(vote10[0], abs=1e-9)
         assert r["test"]["acc"] == pytest.approx(plain, abs=1e-9) and "acc" in r
 
 
 # ShapeNetPart's 16 categories and their 50 part ids (the dataset's published layout)
-_SNP_PARTS = [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18], [19, 20, 21],
-              [22, 23], [24, 25, 26, 27], [28, 29], [30, 31, 32, 33, 34, 35], [36, 37], [38, 39, 40],
-              [41, 42, 43], [44, 45, 46], [47, 48, 49]]
+_SNP_PARTS = [
+    [0, 1, 2, 3],
+    [4, 5],
+    [6, 7],
+    [8, 9, 10, 11],
+    [12, 13, 14, 15],
+    [16, 17, 18],
+    [19, 20, 21],
+    [22, 23],
+    [24, 25, 26, 27],
+    [28, 29],
+    [30, 31, 32, 33, 34, 35],
+    [36, 37],
+    [38, 39, 40],
+    [41, 42, 43],
+    [44, 45, 46],
+    [47, 48, 49],
+]
 
 
 @torch.no_grad()

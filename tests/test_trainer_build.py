@@ -1,5 +1,6 @@
 """engine.build: one builder from a run config for training, inference, export and the demo, and the
 one BatchNorm policy (``model.frozen_bn``, applied by ``method.train()``) through the trainer."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,16 +41,27 @@ def mn_root(tmp_path_factory) -> Path:
     return root
 
 
-def _cfg(tmp: Path, root: Path, *, task: str = "classification", model: str = CLS_MODEL,
-         peft: str = "{NAME: lora}", overrides: tuple[str, ...] = ()) -> dict:
+def _cfg(
+    tmp: Path,
+    root: Path,
+    *,
+    task: str = "classification",
+    model: str = CLS_MODEL,
+    peft: str = "{NAME: lora}",
+    overrides: tuple[str, ...] = (),
+) -> dict:
     p = tmp / "c.yaml"
     p.write_text(TINY.format(task=task, model=model, peft=peft, root=root))
     return load_config(p, [f"log.root={tmp / 'exp'}", *overrides])
 
 
 def _frozen_bns(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and not any(p.requires_grad for p in m.parameters(recurse=False))]
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and not any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
 
 
 def test_build_gives_model_method_and_an_optimizer_over_exactly_the_trainable_set(tmp_path, mn_root):
@@ -78,10 +90,13 @@ def test_model_spec_and_build_errors(tmp_path, mn_root):
         build.build_model(bad)
 
 
-@pytest.mark.parametrize("task,model,peft", [
-    ("pretrain", "{NAME: PointMAE, preset: tiny, drop_path_rate: 0.0}", "{NAME: full}"),
-    ("classification", CLS_MODEL, "{NAME: full}"),
-])
+@pytest.mark.parametrize(
+    "task,model,peft",
+    [
+        ("pretrain", "{NAME: PointMAE, preset: tiny, drop_path_rate: 0.0}", "{NAME: full}"),
+        ("classification", CLS_MODEL, "{NAME: full}"),
+    ],
+)
 def test_every_parameter_trains_in_pretraining_and_full_finetuning(tmp_path, mn_root, task, model, peft):
     cfg = _cfg(tmp_path, mn_root, task=task, model=model, peft=peft)
     m = build.build_model(cfg)

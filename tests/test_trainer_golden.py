@@ -16,6 +16,7 @@ CPU with another vector width (the kernels are compiled for several) does not fa
 what any change to the loss, the order of the batches or the optimizer would move.
 ``CLORA3D_GOLDEN_EXACT=1`` compares exactly (on the recording machine).
 """
+
 from __future__ import annotations
 
 import json
@@ -114,8 +115,7 @@ def _cfg(task: str, base: Path, root: Path, epochs: int = 2) -> dict:
     return load_config(p, [f"log.root={base / 'exp'}", f"train.epochs={epochs}"])
 
 
-_VOLATILE = [(re.compile(r"EpochTime = [0-9.]+"), "EpochTime = T"),
-             (re.compile(r"'time': [0-9.e-]+"), "'time': T")]
+_VOLATILE = [(re.compile(r"EpochTime = [0-9.]+"), "EpochTime = T"), (re.compile(r"'time': [0-9.e-]+"), "'time': T")]
 
 
 def _log_lines(run: Path, base: Path) -> list[str]:
@@ -153,11 +153,15 @@ def _record_of(task: str, base: Path) -> dict:
     run = base / "run"
     res = train(_cfg(task, base, root), run_dir=run)
     last = load_checkpoint(run / "ckpt-last.pth")
-    rec = {"result": _strip(res), "log": _log_lines(run, base),
-           "ckpt_last_keys": sorted(last), "ckpt_last_model_keys": sorted(last["model"]),
-           "files": sorted(p.name for p in run.iterdir() if p.name != "tb"),
-           # the weight-decay groups: (decay, parameter names) in the optimizer's order
-           "optimizer_groups": [[g["weight_decay"], g["names"]] for g in last["optimizer"]["param_groups"]]}
+    rec = {
+        "result": _strip(res),
+        "log": _log_lines(run, base),
+        "ckpt_last_keys": sorted(last),
+        "ckpt_last_model_keys": sorted(last["model"]),
+        "files": sorted(p.name for p in run.iterdir() if p.name != "tb"),
+        # the weight-decay groups: (decay, parameter names) in the optimizer's order
+        "optimizer_groups": [[g["weight_decay"], g["names"]] for g in last["optimizer"]["param_groups"]],
+    }
     if (run / "ckpt-best.pth").is_file():
         best = load_checkpoint(run / "ckpt-best.pth")
         rec["ckpt_best_keys"] = sorted(best)

@@ -3,6 +3,7 @@ the method's regulariser (SADE) is in the loss that is differentiated, grad_clip
 norm at the optimizer step (and only rescales), label_smoothing changes the cross-entropy by the
 textbook formula, and the best epoch uses a strict ">" (the first of tied epochs) for
 classification and ">=" (the last) for part segmentation. CPU, tiny model, a few seconds each."""
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,9 @@ def mn_root(tmp_path_factory) -> Path:
     return root
 
 
-def _cfg(tmp: Path, root: Path, name: str, *, peft: str = "{NAME: full}", epochs: int = 1,
-         overrides: tuple[str, ...] = ()) -> dict:
+def _cfg(
+    tmp: Path, root: Path, name: str, *, peft: str = "{NAME: full}", epochs: int = 1, overrides: tuple[str, ...] = ()
+) -> dict:
     p = tmp / f"{name}.yaml"
     p.write_text(TINY.format(root=root, peft=peft, epochs=epochs))
     return load_config(p, [f"log.root={tmp / 'exp'}", *overrides])
@@ -67,8 +69,13 @@ class _Steps:
         monkeypatch.setattr(trainer._Trainer, "run", run)
 
         def hook(opt, args, kwargs):
-            self.steps.append([(p.detach().clone(), None if p.grad is None else p.grad.detach().clone())
-                               for g in opt.param_groups for p in g["params"]])
+            self.steps.append(
+                [
+                    (p.detach().clone(), None if p.grad is None else p.grad.detach().clone())
+                    for g in opt.param_groups
+                    for p in g["params"]
+                ]
+            )
 
         self.handle = register_optimizer_step_pre_hook(hook)
 
@@ -120,8 +127,7 @@ def test_trainer_adds_the_methods_regulariser_to_the_loss(tmp_path, mn_root, mon
     lam = 50.0
     grads, names = {}, None
     for tag, value in (("off", 0.0), ("on", lam)):
-        cfg = _cfg(tmp_path, mn_root, tag, peft=peft % value,
-                   overrides=("train.grad_clip=null", "optimizer.lr=0.2"))
+        cfg = _cfg(tmp_path, mn_root, tag, peft=peft % value, overrides=("train.grad_clip=null", "optimizer.lr=0.2"))
         _, rec = _train(cfg, tmp_path / tag, monkeypatch)
         assert len(rec.steps) == 2  # 16 shapes, batch 8
         grads[tag] = rec.steps
@@ -131,7 +137,7 @@ def test_trainer_adds_the_methods_regulariser_to_the_loss(tmp_path, mn_root, mon
     off, on = grads["off"], grads["on"]
     for (v0, g0), (v1, g1) in zip(off[0], on[0]):  # step 1: identical
         assert torch.equal(v0, v1) and torch.equal(g0, g1)
-    for (v0, _), (v1, _) in zip(off[1], on[1]):    # identical parameters at step 2
+    for (v0, _), (v1, _) in zip(off[1], on[1]):  # identical parameters at step 2
         assert torch.equal(v0, v1)
     # SADE gradient by hand at the step-2 parameters
     vals = {n: v.double().requires_grad_(True) for n, (v, _) in zip(order, on[1])}
@@ -154,10 +160,12 @@ def test_trainer_adds_the_methods_regulariser_to_the_loss(tmp_path, mn_root, mon
 # ------------------------------------------------------------------------------------------------
 def test_grad_clip_rescales_the_gradient_to_the_bound(tmp_path, mn_root, monkeypatch):
     clip = 1e-3
-    _, free = _train(_cfg(tmp_path, mn_root, "free", overrides=("train.grad_clip=null",)),
-                     tmp_path / "free", monkeypatch)
-    _, clipped = _train(_cfg(tmp_path, mn_root, "clip", overrides=(f"train.grad_clip={clip}",)),
-                        tmp_path / "clip", monkeypatch)
+    _, free = _train(
+        _cfg(tmp_path, mn_root, "free", overrides=("train.grad_clip=null",)), tmp_path / "free", monkeypatch
+    )
+    _, clipped = _train(
+        _cfg(tmp_path, mn_root, "clip", overrides=(f"train.grad_clip={clip}",)), tmp_path / "clip", monkeypatch
+    )
     assert len(free.steps) == len(clipped.steps) == 2
     for step in clipped.steps:
         assert _grad_norm(step) == pytest.approx(clip, rel=1e-4)
@@ -206,10 +214,15 @@ def test_label_smoothing_changes_the_training_loss_by_the_formula(tmp_path, mn_r
         C = logp.shape[-1]
         q = torch.full_like(logp, eps / C)
         q[torch.arange(len(y)), y] += 1 - eps
-        total += float(-(q * logp).sum(-1).sum())      # textbook smoothed CE, summed over the batch
+        total += float(-(q * logp).sum(-1).sum())  # textbook smoothed CE, summed over the batch
         count += len(y)
-    plain = sum(float(torch.nn.functional.cross_entropy(lg.double(), y, reduction="sum"))
-                for lg, y in zip(seen_logits, labels)) / count
+    plain = (
+        sum(
+            float(torch.nn.functional.cross_entropy(lg.double(), y, reduction="sum"))
+            for lg, y in zip(seen_logits, labels)
+        )
+        / count
+    )
     got = res["history"][0]["train"]["loss"]
     assert got == pytest.approx(total / count, rel=1e-5)
     assert abs(got - plain) > 1e-3  # smoothing made a difference
@@ -218,9 +231,9 @@ def test_label_smoothing_changes_the_training_loss_by_the_formula(tmp_path, mn_r
 # ------------------------------------------------------------------------------------------------
 # best epoch
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("task,key,expect_epoch", [("classification", "acc", 1),
-                                                    ("partseg", "inst_miou", 2),
-                                                    ("pretrain", "loss", 1)])
+@pytest.mark.parametrize(
+    "task,key,expect_epoch", [("classification", "acc", 1), ("partseg", "inst_miou", 2), ("pretrain", "loss", 1)]
+)
 def test_best_epoch_tie_rule(tmp_path, mn_root, monkeypatch, task, key, expect_epoch):
     # scripted metrics 50, 70, 70, 60: classification keeps the first 70 (acc > best), part
     # segmentation the last (inst mIoU >= best), as the references do; pre-training selected on
@@ -243,12 +256,16 @@ def test_best_epoch_tie_rule(tmp_path, mn_root, monkeypatch, task, key, expect_e
         real_init(self, *a, **k)
         # the selection rule of the task; the training itself stays classification
         rule = TASKS[task](self.cfg)
-        self.task.select_key, self.task.higher_is_better, self.task.strict = \
-            rule.select_key, rule.higher_is_better, rule.strict
+        self.task.select_key, self.task.higher_is_better, self.task.strict = (
+            rule.select_key,
+            rule.higher_is_better,
+            rule.strict,
+        )
 
     monkeypatch.setattr(trainer._Trainer, "__init__", init)
     res = trainer.train(cfg, run_dir=tmp_path / "run")
     monkeypatch.undo()
     assert res["best"]["epoch"] == expect_epoch and res["best"][key] == (0.5 if lower else 70.0)
     assert [h.get("is_best", False) for h in res["history"]] == (
-        [True, True, False, False] if expect_epoch == 1 else [True, True, True, False])
+        [True, True, False, False] if expect_epoch == 1 else [True, True, True, False]
+    )

@@ -5,6 +5,7 @@ python tools/bench_model.py --batch 32 --points 1024 --json bench_model.json
 Heavy (a few minutes on 2 cores): run it once, not in a loop.
 The benchmark lives in benchmarks/bench_model.py (not in the installed package); this is its entry point.
 """
+
 import sys
 from pathlib import Path
 

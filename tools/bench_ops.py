@@ -5,6 +5,7 @@ python tools/bench_ops.py --repeats 9 --json docs/bench/ops_cpu.json
 then python tools/render_bench_tables.py renders README.md's and docs/ops.md's tables from that JSON.
 The benchmark lives in benchmarks/bench_ops.py (not in the installed package); this is its entry point.
 """
+
 import sys
 from pathlib import Path
 

@@ -3,6 +3,7 @@
 synthetic scans, real-data check, fine-tune CLoRA on files, evaluate, profile, export, infer, render.
 `make demo` runs it; the demo itself is benchmarks/demo.py (an application of the checkout, not part
 of the installed package). `python tools/demo.py --help` lists its options."""
+
 import sys
 from pathlib import Path
 

@@ -5,6 +5,7 @@
 
 The `clora3d doctor` command (clora3d/cli/); `python tools/doctor.py --help` lists its options.
 """
+
 import sys
 from pathlib import Path
 

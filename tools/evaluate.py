@@ -5,6 +5,7 @@
 
 The `clora3d evaluate` command (clora3d/cli/); `python tools/evaluate.py --help` lists its options.
 """
+
 import sys
 from pathlib import Path
 

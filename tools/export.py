@@ -5,6 +5,7 @@
 
 The `clora3d export` command (clora3d/cli/); `python tools/export.py --help` lists its options.
 """
+
 import sys
 from pathlib import Path
 

@@ -5,6 +5,7 @@
 
 The `clora3d fewshot` command (clora3d/cli/); `python tools/fewshot.py --help` lists its options.
 """
+
 import sys
 from pathlib import Path
 

@@ -5,6 +5,7 @@
 
 The `clora3d flops` command (clora3d/cli/); `python tools/flops.py --help` lists its options.
 """
+
 import sys
 from pathlib import Path
 

@@ -5,6 +5,7 @@
 
 The `clora3d infer` command (clora3d/cli/); `python tools/infer.py --help` lists its options.
 """
+
 import sys
 from pathlib import Path
 

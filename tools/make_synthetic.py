@@ -5,6 +5,7 @@
 
 The `clora3d make-synthetic` command (clora3d/cli/); `python tools/make_synthetic.py --help` lists its options.
 """
+
 import sys
 from pathlib import Path
 

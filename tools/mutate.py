@@ -12,6 +12,7 @@ touched and a run fits on a small machine. Results go to docs/mutation.md (and J
 A group's survivors are listed in the report with their diff; each must be killed by a new test or
 explained as equivalent in EQUIVALENT below (keyed by mutmut's mutant name).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,335 +31,203 @@ log = logging.getLogger("mutate")
 # group -> (files to mutate, pytest arguments that select the tests guarding them)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "evaluate": (["clora3d/engine/evaluate.py"], ["tests/test_evaluate.py", "-k", "not ddp"]),
-    "ops_checks": (["clora3d/ops/_checks.py", "clora3d/ops/api.py"],
-                   ["tests/test_ops.py", "tests/test_mutation_kills_ops_checks.py", "tests/test_ops_tracing_checks.py", "-k", "bad_input or mixed or direct or noncontiguous or formula or exactly or "
-                    "reference_forced or three_nn_parity or gather_parity or three_interpolate_parity or "
-                    "other_dtypes or empty or grad or reference_backend_forced or meta_tensor or batch_check or "
-                    "zero_dim or upper_bounds or names_each or casts_float64 or compiled_kernel or eager_values or "
-                    "native_feature_dtype or defer_finite or under_compile"]),
-    "ops_reference": (["clora3d/ops/reference.py"],
-                      ["tests/test_mutation_kills_ops.py", "tests/test_ops.py", "-k",
-                       "reference or native_fps or native_knn or three_nn_parity or formula or gather or "
-                       "three_interpolate_parity or noncontiguous or chamfer or any_batch_size or query_chunks"]),
+    "ops_checks": (
+        ["clora3d/ops/_checks.py", "clora3d/ops/api.py"],
+        [
+            "tests/test_ops.py",
+            "tests/test_mutation_kills_ops_checks.py",
+            "tests/test_ops_tracing_checks.py",
+            "-k",
+            "bad_input or mixed or direct or noncontiguous or formula or exactly or "
+            "reference_forced or three_nn_parity or gather_parity or three_interpolate_parity or "
+            "other_dtypes or empty or grad or reference_backend_forced or meta_tensor or batch_check or "
+            "zero_dim or upper_bounds or names_each or casts_float64 or compiled_kernel or eager_values or "
+            "native_feature_dtype or defer_finite or under_compile",
+        ],
+    ),
+    "ops_reference": (
+        ["clora3d/ops/reference.py"],
+        [
+            "tests/test_mutation_kills_ops.py",
+            "tests/test_ops.py",
+            "-k",
+            "reference or native_fps or native_knn or three_nn_parity or formula or gather or "
+            "three_interpolate_parity or noncontiguous or chamfer or any_batch_size or query_chunks",
+        ],
+    ),
     "peft_base": (["clora3d/peft/base.py"], ["tests/test_peft.py", "tests/test_mutation_kills_peft.py"]),
-    "peft_clora": (["clora3d/peft/clora.py"], ["tests/test_peft_clora.py", "tests/test_peft.py",
-                                               "tests/test_mutation_kills_peft.py"]),
-    "peft_lora_simple": (["clora3d/peft/lora.py", "clora3d/peft/simple.py", "clora3d/peft/adapter.py"],
-                         ["tests/test_peft.py", "tests/test_mutation_kills_peft.py"]),
-    "storage_checkpoint": (["clora3d/storage.py", "clora3d/engine/checkpoint.py"],
-                           ["tests/test_atomic_writers.py", "tests/test_checkpoint.py",
-                            "tests/test_mutation_kills_storage.py"]),
+    "peft_clora": (
+        ["clora3d/peft/clora.py"],
+        ["tests/test_peft_clora.py", "tests/test_peft.py", "tests/test_mutation_kills_peft.py"],
+    ),
+    "peft_lora_simple": (
+        ["clora3d/peft/lora.py", "clora3d/peft/simple.py", "clora3d/peft/adapter.py"],
+        ["tests/test_peft.py", "tests/test_mutation_kills_peft.py"],
+    ),
+    "storage_checkpoint": (
+        ["clora3d/storage.py", "clora3d/engine/checkpoint.py"],
+        ["tests/test_atomic_writers.py", "tests/test_checkpoint.py", "tests/test_mutation_kills_storage.py"],
+    ),
 }
 
 # mutant name -> why it cannot be killed (it does not change behaviour). Names are mutmut's and
 # move when the mutated function changes: re-check this list after editing a module.
 EQUIVALENT: dict[str, str] = {
     # the host-side helpers pick an implementation, not a result (custom-op conversion, issue 11)
-    "clora3d.ops._checks.x_all_finite__mutmut_3":
-        "torch.ops.clora3d.all_finite and torch.isfinite(t).all() give the same answer; the operator is registered "
-        "whenever the extension was imported, so taking it with mod None changes only the speed",
-    "clora3d.ops._checks.x_all_finite__mutmut_4":
-        "torch.isfinite(t).all() gives the same answer as the serial operator (the operator only avoids a parallel region)",
-    "clora3d.ops._checks.x_index_range__mutmut_3":
-        "torch.ops.clora3d.index_range and torch.aminmax give the same (min, max); the operator is registered "
-        "whenever the extension was imported",
-    "clora3d.ops._checks.x_index_range__mutmut_4":
-        "torch.aminmax gives the same (min, max) as the serial operator (the operator only avoids a parallel region)",
-    "clora3d.ops.api.x_gather_points__mutmut_54":
-        "with B > 0 and no indices the kernel returns the same empty (B, S, K, C) result as the reference path",
+    "clora3d.ops._checks.x_all_finite__mutmut_3": "torch.ops.clora3d.all_finite and torch.isfinite(t).all() give the same answer; the operator is registered "
+    "whenever the extension was imported, so taking it with mod None changes only the speed",
+    "clora3d.ops._checks.x_all_finite__mutmut_4": "torch.isfinite(t).all() gives the same answer as the serial operator (the operator only avoids a parallel region)",
+    "clora3d.ops._checks.x_index_range__mutmut_3": "torch.ops.clora3d.index_range and torch.aminmax give the same (min, max); the operator is registered "
+    "whenever the extension was imported",
+    "clora3d.ops._checks.x_index_range__mutmut_4": "torch.aminmax gives the same (min, max) as the serial operator (the operator only avoids a parallel region)",
+    "clora3d.ops.api.x_gather_points__mutmut_54": "with B > 0 and no indices the kernel returns the same empty (B, S, K, C) result as the reference path",
     # CLoRA's factored training path and matmul SADE (rewritten for issue 12; old sade/branch entries dropped)
-    "clora3d.peft.clora.x__low_rank_add__mutmut_30":
-        "v is 2-D: v.shape[+1] is v.shape[-1]",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_51":
-        "Q is 4-D: transpose(-1, +2) swaps the same two dimensions as transpose(-1, -2)",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_118":
-        "the 0-d zero of torch.where does not promote: float32 zeros with float64 cross stay float64",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_121":
-        "the 0-d zero of torch.where does not promote: float32 zeros with float64 cross stay float64",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_119":
-        "CPU-only test run: device=None is the CPU, where cross lives (a CUDA run tells them apart)",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_122":
-        "CPU-only test run: the default device is the CPU, where cross lives (a CUDA run tells them apart)",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_73":
-        "CPU-only test run: device=None is the CPU, where cross lives (a CUDA run tells them apart)",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_77":
-        "CPU-only test run: the default device is the CPU, where cross lives (a CUDA run tells them apart)",
-    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_32":
-        "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_3":
-        "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_4":
-        "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_5":
-        "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_6":
-        "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_7":
-        "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_8":
-        "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_9":
-        "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_16":
-        "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_19":
-        "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_24":
-        "ReduceOp.SUM is all_reduce's default op",
-    "clora3d.engine.evaluate.x__apply_transform__mutmut_2":
-        "unreachable: evaluate_classification always passes a generator when voting",
-    "clora3d.engine.evaluate.x__restricted_labels__mutmut_3":
-        "float64 labels holding integer values compare like int64 ones",
-    "clora3d.engine.evaluate.x__restricted_labels__mutmut_9":
-        "np.empty defaults to float64; the integer part ids it receives compare the same",
-    "clora3d.engine.evaluate.x__restricted_labels__mutmut_11":
-        "np.empty defaults to float64; the integer part ids it receives compare the same",
-    "clora3d.engine.evaluate.x__restricted_labels__mutmut_24":
-        "axis=+1 is axis 1, the last axis of the 2-D logits slice",
-    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_9":
-        "numpy reshape(None) of the 1-D category array keeps it 1-D",
-    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_10":
-        "float category indices are converted with int() where used",
-    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_13":
-        "numpy treats reshape(-2) like reshape(-1) for one dimension",
-    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_39":
-        "a longer minlength adds never-seen parts, which the metrics skip",
-    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_41":
-        "astype(None) is float64, the same as astype(np.float64)",
-    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_48":
-        "numpy treats reshape(-2) like reshape(-1) for one dimension",
-    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_52":
-        "astype(None) is float64, the same as astype(np.float64)",
-    "clora3d.ops._checks.x__native_cpu__mutmut_1":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x__native_cpu__mutmut_2":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x__native_cpu__mutmut_3":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x__native_cpu__mutmut_4":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x__native_cpu__mutmut_5":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x__native_cpu__mutmut_6":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x__native_cpu__mutmut_7":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x_all_finite__mutmut_1":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x_all_finite__mutmut_5":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x_index_range__mutmut_1":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops._checks.x_index_range__mutmut_5":
-        "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
-    "clora3d.ops.reference.x__sqdist__mutmut_18":
-        "the coordinates are (B,M,3) (validated before the reference runs): q[..., 2:4] is q[..., 2:3]",
-    "clora3d.ops.reference.x__query_chunks__mutmut_5":
-        "the query chunk size only bounds memory: every chunk size >= 1 gives the same answer",
-    "clora3d.ops.reference.x__query_chunks__mutmut_15":
-        "the query chunk size only bounds memory: every chunk size >= 1 gives the same answer",
-    "clora3d.ops.reference.x__query_chunks__mutmut_16":
-        "the query chunk size only bounds memory: every chunk size >= 1 gives the same answer",
-    "clora3d.ops.reference.x_gather_points__mutmut_7":
-        "for B > 0 the product of idx.shape[1:] is idx[0].numel(): both branches give the same row length",
-    "clora3d.ops.reference.x_gather_points__mutmut_12":
-        "with B = 0 the index tensor is empty: any row length reshapes it and the output shape comes from idx.shape",
-    "clora3d.ops.reference.x_interpolation_weights__mutmut_4":
-        "the weights are normalised to sum 1: a constant numerator cancels",
-    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_3":
-        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
-    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_4":
-        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
-    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_7":
-        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
-    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_8":
-        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
-    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_9":
-        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
-    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_10":
-        "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
-    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_16":
-        "every nn.Module has the hook dicts: the getattr default is never used",
-    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_19":
-        "every nn.Module has the hook dicts: the getattr default is never used",
-    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_33":
-        "get_submodule('') is the model itself: for a top-level path both branches give the same owner",
-    "clora3d.peft.base.xǁPeftMethodǁreplace_module__mutmut_7":
-        "get_submodule('') is the model itself: for a top-level path both branches give the same owner",
-    "clora3d.peft.base.xǁPeftMethodǁreference_parameter__mutmut_1":
-        "every block's norm1 has the same device and dtype, which is all the reference parameter is used for",
-    "clora3d.peft.base.xǁPeftMethodǁtrain__mutmut_11":
-        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
-    "clora3d.peft.base.xǁPeftMethodǁtrain__mutmut_12":
-        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
-    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_10":
-        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
-    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_11":
-        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
-    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_12":
-        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
-    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_13":
-        "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
-    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_16":
-        "the root module is never a BatchNorm, so mname is never empty here",
-    "clora3d.peft.base.xǁPeftMethodǁadapter_state_dict__mutmut_2":
-        "on CPU tensors .to(None) and .to('cpu') both keep the data on the CPU; only a GPU model tells them apart, and the test run has no GPU",
-    "clora3d.peft.base.xǁPeftMethodǁadapter_state_dict__mutmut_8":
-        "on CPU tensors .to(None) and .to('cpu') both keep the data on the CPU; only a GPU model tells them apart, and the test run has no GPU",
-    "clora3d.peft.base.x_register_method__mutmut_1":
-        "register_method runs at import time, before mutmut switches a mutant on: no test run can observe it (every test builds methods through METHODS)",
-    "clora3d.storage.x__tmp_name__mutmut_2":
-        "the temp-file pattern accepts a random suffix of any length; only its uniqueness matters",
-    "clora3d.storage.x__tmp_name__mutmut_3":
-        "the temp-file pattern accepts a random suffix of any length; only its uniqueness matters",
-    "clora3d.storage.x_tensor_checksum__mutmut_6":
-        "on CPU tensors .to(None) and .to('cpu') are the same; only GPU tensors tell them apart, and the test run has no GPU",
-    "clora3d.engine.checkpoint.x_load_checkpoint__mutmut_7":
-        "safe_torch_load's default `what` is 'checkpoint', the value passed",
-    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_10":
-        "numpy's set_state converts the key array to uint32 itself: float64 keys below 2**32 restore the same state (checked)",
-    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_19":
-        "strict=True is load_state_dict's default",
-    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_25":
-        "load_state_dict's RuntimeError always has a message: the empty-message branch is never taken",
-    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_28":
-        "load_state_dict's RuntimeError always has a message: the empty-message branch is never taken",
-    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_29":
-        "load_state_dict's RuntimeError always has a message: the empty-message branch is never taken",
-    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_40":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_41":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_42":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_43":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_30":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_31":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_32":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_33":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_34":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_35":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_36":
-        "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.storage.x_safe_torch_load__mutmut_10":
-        "map_location only matters for tensors saved on a GPU; the test run has none (and writes CPU tensors)",
-    "clora3d.storage.x_safe_torch_load__mutmut_13":
-        "map_location only matters for tensors saved on a GPU; the test run has none (and writes CPU tensors)",
-    "clora3d.storage.x_safe_torch_load__mutmut_11":
-        "torch >= 2.6 (2.14 here) defaults weights_only to True: the same safe loader",
-    "clora3d.storage.x_safe_torch_load__mutmut_14":
-        "torch >= 2.6 (2.14 here) defaults weights_only to True: the same safe loader",
-    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_8":
-        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
-    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_15":
-        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
-    "clora3d.peft.clora.xǁ_ParallelHookǁ__call____mutmut_3":
-        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
-    "clora3d.peft.clora.xǁ_ParallelHookǁ__call____mutmut_11":
-        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
-    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_25":
-        "the hooked LayerNorm takes one positional input: args[1:] and args[2:] are both empty",
-    "clora3d.peft.clora.xǁCLoRAǁregularization_loss__mutmut_16":
-        "sum() from int 0 plus the first tensor gives the same tensor (there is always at least one space)",
-    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_40":
-        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
-    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_42":
-        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
-    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_63":
-        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
-    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_65":
-        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
-    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_74":
-        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
-    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_76":
-        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
-    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_78":
-        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
-    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_52":
-        "a LayerNorm always has a bias attribute (None without bias): the getattr default is never used",
-    "clora3d.peft.clora.xǁCLoRASpacesǁcomponents__mutmut_10":
-        "einsum labels in upper case name the same contraction",
-    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_175":
-        "with pre_proj d_out is set to d_in, and parallel takes d_out in both: the bias width is the same",
-    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_182":
-        "the spaces are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_184":
-        "the spaces are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_187":
-        "_merge_weights starts from a fresh dict before it records anything",
-    "clora3d.peft.clora.xǁCLoRAǁ_restore_weights__mutmut_4":
-        "_merge_weights starts from a fresh dict before it records anything",
-    "clora3d.peft.lora.xǁLoRAǁ_merge_weights__mutmut_8":
-        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
-    "clora3d.peft.lora.xǁLoRAǁ_merge_weights__mutmut_10":
-        "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
-    "clora3d.peft.lora.xǁLoRAǁ_restore_weights__mutmut_2":
-        "_merge_weights starts from a fresh dict before it records anything",
-    "clora3d.peft.lora.xǁ_LoRAHookǁ__call____mutmut_3":
-        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
-    "clora3d.peft.lora.xǁ_LoRAHookǁ__call____mutmut_11":
-        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
-    "clora3d.peft.simple.x__bias_name__mutmut_6":
-        "every Linear, Conv1d, BatchNorm and LayerNorm has a bias attribute (None without bias): the getattr default is never used",
-    "clora3d.peft.adapter.xǁAdapterǁ_setup__mutmut_54":
-        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.adapter.xǁAdapterǁ_setup__mutmut_56":
-        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.adapter.xǁPromptTuningǁ_setup__mutmut_52":
-        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.adapter.xǁPromptTuningǁ_setup__mutmut_54":
-        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.adapter.xǁ_InsertPromptsǁ__call____mutmut_4":
-        "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
-    "clora3d.peft.adapter.xǁ_InsertPromptsǁ__call____mutmut_36":
-        "a Block takes one positional input: args[1:] and args[2:] are both empty",
-    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_78":
-        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_82":
-        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_89":
-        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_93":
-        "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
-    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_103":
-        "_merge_weights starts from a fresh dict before it records anything",
-    "clora3d.engine.checkpoint.x_atomic_save__mutmut_6":
-        "atomic_torch_save's default `what` is 'checkpoint', the value passed",
-    "clora3d.storage.x_clean_stale_tmp__mutmut_31":
-        "file ages are continuous: an age exactly equal to max_age_s cannot be set up (the clock moves between the write and the check)",
-    "clora3d.storage.x_safe_torch_load__mutmut_22":
-        "an empty string and None are both falsy: no culprit suffix either way",
-    "clora3d.storage.x_safe_torch_load__mutmut_25":
-        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
-    "clora3d.storage.x_safe_torch_load__mutmut_26":
-        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
-    "clora3d.storage.x_safe_torch_load__mutmut_27":
-        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
-    "clora3d.storage.x_safe_torch_load__mutmut_29":
-        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
-    "clora3d.storage.x_safe_torch_load__mutmut_30":
-        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
-    "clora3d.storage.x_safe_torch_load__mutmut_31":
-        "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
-    "clora3d.ops.api.x_gather_points__mutmut_53":
-        "with B > 0 and no indices the compiled gather returns the same empty result as the reference (tested in test_empty_gathers_have_the_right_shape): only the path differs",
-    "clora3d.ops.api.x_three_interpolate__mutmut_62":
-        "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
-    "clora3d.ops.api.x_three_interpolate__mutmut_67":
-        "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
-    "clora3d.ops.api.x_three_interpolate__mutmut_68":
-        "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
-    "clora3d.ops.api.xǁ_ChamferFnǁforward__mutmut_16":
-        "int64 index outputs never get gradients, marked non-differentiable or not",
-    "clora3d.ops.api.xǁ_ChamferFnǁforward__mutmut_17":
-        "int64 index outputs never get gradients, marked non-differentiable or not",
+    "clora3d.peft.clora.x__low_rank_add__mutmut_30": "v is 2-D: v.shape[+1] is v.shape[-1]",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_51": "Q is 4-D: transpose(-1, +2) swaps the same two dimensions as transpose(-1, -2)",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_118": "the 0-d zero of torch.where does not promote: float32 zeros with float64 cross stay float64",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_121": "the 0-d zero of torch.where does not promote: float32 zeros with float64 cross stay float64",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_119": "CPU-only test run: device=None is the CPU, where cross lives (a CUDA run tells them apart)",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_122": "CPU-only test run: the default device is the CPU, where cross lives (a CUDA run tells them apart)",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_73": "CPU-only test run: device=None is the CPU, where cross lives (a CUDA run tells them apart)",
+    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_77": "CPU-only test run: the default device is the CPU, where cross lives (a CUDA run tells them apart)",
+    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_32": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_3": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_4": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_5": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_6": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_7": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_8": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_9": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_16": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_19": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
+    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_24": "ReduceOp.SUM is all_reduce's default op",
+    "clora3d.engine.evaluate.x__apply_transform__mutmut_2": "unreachable: evaluate_classification always passes a generator when voting",
+    "clora3d.engine.evaluate.x__restricted_labels__mutmut_3": "float64 labels holding integer values compare like int64 ones",
+    "clora3d.engine.evaluate.x__restricted_labels__mutmut_9": "np.empty defaults to float64; the integer part ids it receives compare the same",
+    "clora3d.engine.evaluate.x__restricted_labels__mutmut_11": "np.empty defaults to float64; the integer part ids it receives compare the same",
+    "clora3d.engine.evaluate.x__restricted_labels__mutmut_24": "axis=+1 is axis 1, the last axis of the 2-D logits slice",
+    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_9": "numpy reshape(None) of the 1-D category array keeps it 1-D",
+    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_10": "float category indices are converted with int() where used",
+    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_13": "numpy treats reshape(-2) like reshape(-1) for one dimension",
+    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_39": "a longer minlength adds never-seen parts, which the metrics skip",
+    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_41": "astype(None) is float64, the same as astype(np.float64)",
+    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_48": "numpy treats reshape(-2) like reshape(-1) for one dimension",
+    "clora3d.engine.evaluate.x_part_seg_miou__mutmut_52": "astype(None) is float64, the same as astype(np.float64)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_1": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_2": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_3": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_4": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_5": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_6": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x__native_cpu__mutmut_7": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x_all_finite__mutmut_1": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x_all_finite__mutmut_5": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x_index_range__mutmut_1": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops._checks.x_index_range__mutmut_5": "whether the validation uses the extension's serial helpers or torch reductions is a speed choice: both give the same answer (all finite / min-max index)",
+    "clora3d.ops.reference.x__sqdist__mutmut_18": "the coordinates are (B,M,3) (validated before the reference runs): q[..., 2:4] is q[..., 2:3]",
+    "clora3d.ops.reference.x__query_chunks__mutmut_5": "the query chunk size only bounds memory: every chunk size >= 1 gives the same answer",
+    "clora3d.ops.reference.x__query_chunks__mutmut_15": "the query chunk size only bounds memory: every chunk size >= 1 gives the same answer",
+    "clora3d.ops.reference.x__query_chunks__mutmut_16": "the query chunk size only bounds memory: every chunk size >= 1 gives the same answer",
+    "clora3d.ops.reference.x_gather_points__mutmut_7": "for B > 0 the product of idx.shape[1:] is idx[0].numel(): both branches give the same row length",
+    "clora3d.ops.reference.x_gather_points__mutmut_12": "with B = 0 the index tensor is empty: any row length reshapes it and the output shape comes from idx.shape",
+    "clora3d.ops.reference.x_interpolation_weights__mutmut_4": "the weights are normalised to sum 1: a constant numerator cancels",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_3": "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_4": "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_7": "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_8": "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_9": "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_10": "the methods register plain forward (pre-)hooks, without with_kwargs or always_call: those dicts never hold their ids, so popping from them is defensive only",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_16": "every nn.Module has the hook dicts: the getattr default is never used",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_19": "every nn.Module has the hook dicts: the getattr default is never used",
+    "clora3d.peft.base.xǁPeftMethodǁ_detach__mutmut_33": "get_submodule('') is the model itself: for a top-level path both branches give the same owner",
+    "clora3d.peft.base.xǁPeftMethodǁreplace_module__mutmut_7": "get_submodule('') is the model itself: for a top-level path both branches give the same owner",
+    "clora3d.peft.base.xǁPeftMethodǁreference_parameter__mutmut_1": "every block's norm1 has the same device and dtype, which is all the reference parameter is used for",
+    "clora3d.peft.base.xǁPeftMethodǁtrain__mutmut_11": "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁtrain__mutmut_12": "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_10": "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_11": "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_12": "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_13": "a BatchNorm module has no child modules: recurse=True/None lists the same parameters and buffers",
+    "clora3d.peft.base.xǁPeftMethodǁsaved_buffer_names__mutmut_16": "the root module is never a BatchNorm, so mname is never empty here",
+    "clora3d.peft.base.xǁPeftMethodǁadapter_state_dict__mutmut_2": "on CPU tensors .to(None) and .to('cpu') both keep the data on the CPU; only a GPU model tells them apart, and the test run has no GPU",
+    "clora3d.peft.base.xǁPeftMethodǁadapter_state_dict__mutmut_8": "on CPU tensors .to(None) and .to('cpu') both keep the data on the CPU; only a GPU model tells them apart, and the test run has no GPU",
+    "clora3d.peft.base.x_register_method__mutmut_1": "register_method runs at import time, before mutmut switches a mutant on: no test run can observe it (every test builds methods through METHODS)",
+    "clora3d.storage.x__tmp_name__mutmut_2": "the temp-file pattern accepts a random suffix of any length; only its uniqueness matters",
+    "clora3d.storage.x__tmp_name__mutmut_3": "the temp-file pattern accepts a random suffix of any length; only its uniqueness matters",
+    "clora3d.storage.x_tensor_checksum__mutmut_6": "on CPU tensors .to(None) and .to('cpu') are the same; only GPU tensors tell them apart, and the test run has no GPU",
+    "clora3d.engine.checkpoint.x_load_checkpoint__mutmut_7": "safe_torch_load's default `what` is 'checkpoint', the value passed",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_10": "numpy's set_state converts the key array to uint32 itself: float64 keys below 2**32 restore the same state (checked)",
+    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_19": "strict=True is load_state_dict's default",
+    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_25": "load_state_dict's RuntimeError always has a message: the empty-message branch is never taken",
+    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_28": "load_state_dict's RuntimeError always has a message: the empty-message branch is never taken",
+    "clora3d.engine.checkpoint.x_restore_training_state__mutmut_29": "load_state_dict's RuntimeError always has a message: the empty-message branch is never taken",
+    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_40": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_41": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_42": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_get_rng_state__mutmut_43": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_30": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_31": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_32": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_33": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_34": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_35": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.engine.checkpoint.x_set_rng_state__mutmut_36": "CUDA RNG state only: the test run has no CUDA device",
+    "clora3d.storage.x_safe_torch_load__mutmut_10": "map_location only matters for tensors saved on a GPU; the test run has none (and writes CPU tensors)",
+    "clora3d.storage.x_safe_torch_load__mutmut_13": "map_location only matters for tensors saved on a GPU; the test run has none (and writes CPU tensors)",
+    "clora3d.storage.x_safe_torch_load__mutmut_11": "torch >= 2.6 (2.14 here) defaults weights_only to True: the same safe loader",
+    "clora3d.storage.x_safe_torch_load__mutmut_14": "torch >= 2.6 (2.14 here) defaults weights_only to True: the same safe loader",
+    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_8": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_15": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.clora.xǁ_ParallelHookǁ__call____mutmut_3": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.clora.xǁ_ParallelHookǁ__call____mutmut_11": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_25": "the hooked LayerNorm takes one positional input: args[1:] and args[2:] are both empty",
+    "clora3d.peft.clora.xǁCLoRAǁregularization_loss__mutmut_16": "sum() from int 0 plus the first tensor gives the same tensor (there is always at least one space)",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_40": "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_42": "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_63": "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_65": "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_74": "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_76": "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_78": "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_merge_weights__mutmut_52": "a LayerNorm always has a bias attribute (None without bias): the getattr default is never used",
+    "clora3d.peft.clora.xǁCLoRASpacesǁcomponents__mutmut_10": "einsum labels in upper case name the same contraction",
+    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_175": "with pre_proj d_out is set to d_in, and parallel takes d_out in both: the bias width is the same",
+    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_182": "the spaces are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_184": "the spaces are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_187": "_merge_weights starts from a fresh dict before it records anything",
+    "clora3d.peft.clora.xǁCLoRAǁ_restore_weights__mutmut_4": "_merge_weights starts from a fresh dict before it records anything",
+    "clora3d.peft.lora.xǁLoRAǁ_merge_weights__mutmut_8": "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.lora.xǁLoRAǁ_merge_weights__mutmut_10": "copy_ casts to the parameter's dtype and float32 + float64 is computed in float64 either way: the merged values are the same",
+    "clora3d.peft.lora.xǁLoRAǁ_restore_weights__mutmut_2": "_merge_weights starts from a fresh dict before it records anything",
+    "clora3d.peft.lora.xǁ_LoRAHookǁ__call____mutmut_3": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.lora.xǁ_LoRAHookǁ__call____mutmut_11": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.simple.x__bias_name__mutmut_6": "every Linear, Conv1d, BatchNorm and LayerNorm has a bias attribute (None without bias): the getattr default is never used",
+    "clora3d.peft.adapter.xǁAdapterǁ_setup__mutmut_54": "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.adapter.xǁAdapterǁ_setup__mutmut_56": "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.adapter.xǁPromptTuningǁ_setup__mutmut_52": "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.adapter.xǁPromptTuningǁ_setup__mutmut_54": "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.adapter.xǁ_InsertPromptsǁ__call____mutmut_4": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
+    "clora3d.peft.adapter.xǁ_InsertPromptsǁ__call____mutmut_36": "a Block takes one positional input: args[1:] and args[2:] are both empty",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_78": "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_82": "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_89": "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_93": "the new parameters are created on the CPU and the test run's models are on the CPU; only a GPU model tells device=None apart",
+    "clora3d.peft.lora.xǁLoRAǁ_setup__mutmut_103": "_merge_weights starts from a fresh dict before it records anything",
+    "clora3d.engine.checkpoint.x_atomic_save__mutmut_6": "atomic_torch_save's default `what` is 'checkpoint', the value passed",
+    "clora3d.storage.x_clean_stale_tmp__mutmut_31": "file ages are continuous: an age exactly equal to max_age_s cannot be set up (the clock moves between the write and the check)",
+    "clora3d.storage.x_safe_torch_load__mutmut_22": "an empty string and None are both falsy: no culprit suffix either way",
+    "clora3d.storage.x_safe_torch_load__mutmut_25": "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_26": "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_27": "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_29": "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_30": "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.storage.x_safe_torch_load__mutmut_31": "torch (2.14 here) reports a refused global on one line that holds both 'Unsupported global' and 'GLOBAL': every variant of the test picks that same line (checked)",
+    "clora3d.ops.api.x_gather_points__mutmut_53": "with B > 0 and no indices the compiled gather returns the same empty result as the reference (tested in test_empty_gathers_have_the_right_shape): only the path differs",
+    "clora3d.ops.api.x_three_interpolate__mutmut_62": "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
+    "clora3d.ops.api.x_three_interpolate__mutmut_67": "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
+    "clora3d.ops.api.x_three_interpolate__mutmut_68": "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
+    "clora3d.ops.api.xǁ_ChamferFnǁforward__mutmut_16": "int64 index outputs never get gradients, marked non-differentiable or not",
+    "clora3d.ops.api.xǁ_ChamferFnǁforward__mutmut_17": "int64 index outputs never get gradients, marked non-differentiable or not",
 }
 
 OUT_DIR = REPO / "build" / "mutate"
@@ -383,8 +252,9 @@ def _write_cfg(dest: Path, files: list[str], tests: list[str]) -> None:
     lines = ["[mutmut]", "source_paths = clora3d/", "only_mutate ="]
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
-    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q",
-              "also_copy ="] + [f"    clora3d/{so.name}" for so in (REPO / "clora3d").glob("_C*.so")]
+    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q", "also_copy ="] + [
+        f"    clora3d/{so.name}" for so in (REPO / "clora3d").glob("_C*.so")
+    ]
     lines += ["use_git_change_detection = false", ""]
     (dest / "setup.cfg").write_text("\n".join(lines))
 
@@ -396,16 +266,27 @@ def run_group(name: str, max_children: int, mutmut: str) -> dict:
     _write_cfg(work, files, tests)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     t0 = time.time()
-    proc = subprocess.run([mutmut, "run", "--max-children", str(max_children)], cwd=work, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [mutmut, "run", "--max-children", str(max_children)], cwd=work, env=env, capture_output=True, text=True
+    )
     wall = time.time() - t0
     (OUT_DIR / f"{name}.log").write_text(proc.stdout[-20000:] + "\n" + proc.stderr[-20000:])
     status, diffs = collect(work, env)
     if proc.returncode != 0 and all(st not in CAUGHT and st not in SURVIVED for st in status.values()):
-        raise RuntimeError(f"mutate: mutmut run failed for group {name} before testing any mutant (see "
-                           f"build/mutate/{name}.log); the previous results are kept")
-    return {"group": name, "files": files, "tests": tests, "returncode": proc.returncode, "wall_s": round(wall),
-            "status": status, "diffs": diffs, "file_sha": {f: _sha(work / f) for f in files}}
+        raise RuntimeError(
+            f"mutate: mutmut run failed for group {name} before testing any mutant (see "
+            f"build/mutate/{name}.log); the previous results are kept"
+        )
+    return {
+        "group": name,
+        "files": files,
+        "tests": tests,
+        "returncode": proc.returncode,
+        "wall_s": round(wall),
+        "status": status,
+        "diffs": diffs,
+        "file_sha": {f: _sha(work / f) for f in files},
+    }
 
 
 def _sha(path: Path) -> str:
@@ -447,8 +328,9 @@ def _cfg_selection(work: Path) -> tuple[list[str], list[str]]:
 
 
 def collect(work: Path, env: dict) -> tuple[dict[str, str], dict[str, str]]:
-    res = subprocess.run([sys.executable, "-c", _COLLECT, json.dumps(CAUGHT)], cwd=work, env=env,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _COLLECT, json.dumps(CAUGHT)], cwd=work, env=env, capture_output=True, text=True
+    )
     if res.returncode != 0:
         raise RuntimeError(f"mutate: cannot read the mutmut results in {work}: {res.stderr[-2000:]}")
     got = json.loads(res.stdout)
@@ -465,17 +347,21 @@ SURVIVED = ("survived", "no tests")
 
 
 def summarise(results: list[dict]) -> str:
-    lines = ["# Mutation testing of the core", "",
-             "Generated by `python tools/mutate.py` (`make mutate`) with mutmut "
-             f"({_mutmut_version()}); do not edit by hand. Each group mutates the listed files and runs only the",
-             "listed tests, in a scratch copy of the repository. Survivors (the tests pass on the mutant, or",
-             "no selected test runs its code) are either killed by a new test (then they disappear from the",
-             "next run) or explained as equivalent in `tools/mutate.py`. Caught = killed + timeout + segfault;",
-             "other = not checked (skipped, interrupted). The metrics (classification accuracy, vote@N,",
-             "part-seg Inst./Cls. mIoU) live in `clora3d/engine/evaluate.py` (group evaluate); the checkpoint",
-             "and adapter I/O in `clora3d/storage.py`, `clora3d/engine/checkpoint.py` and `clora3d/peft/base.py`.", "",
-             "| group | files | tests | mutants | caught | survived | equivalent | other | survivors (non-equivalent) | wall |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Mutation testing of the core",
+        "",
+        "Generated by `python tools/mutate.py` (`make mutate`) with mutmut "
+        f"({_mutmut_version()}); do not edit by hand. Each group mutates the listed files and runs only the",
+        "listed tests, in a scratch copy of the repository. Survivors (the tests pass on the mutant, or",
+        "no selected test runs its code) are either killed by a new test (then they disappear from the",
+        "next run) or explained as equivalent in `tools/mutate.py`. Caught = killed + timeout + segfault;",
+        "other = not checked (skipped, interrupted). The metrics (classification accuracy, vote@N,",
+        "part-seg Inst./Cls. mIoU) live in `clora3d/engine/evaluate.py` (group evaluate); the checkpoint",
+        "and adapter I/O in `clora3d/storage.py`, `clora3d/engine/checkpoint.py` and `clora3d/peft/base.py`.",
+        "",
+        "| group | files | tests | mutants | caught | survived | equivalent | other | survivors (non-equivalent) | wall |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     details = []
     tot = {"n": 0, "caught": 0, "surv": 0, "equiv": 0, "other": 0, "real": 0, "wall": 0}
     for r in results:
@@ -487,8 +373,15 @@ def summarise(results: list[dict]) -> str:
         real = [m for m in surv if m not in EQUIVALENT]
         other = n - caught - len(surv)
         pct = f"{100 * len(real) / n:.1f} %" if n else "-"
-        for k, v in (("n", n), ("caught", caught), ("surv", len(surv)), ("equiv", len(equiv)),
-                     ("other", other), ("real", len(real)), ("wall", r["wall_s"] or 0)):
+        for k, v in (
+            ("n", n),
+            ("caught", caught),
+            ("surv", len(surv)),
+            ("equiv", len(equiv)),
+            ("other", other),
+            ("real", len(real)),
+            ("wall", r["wall_s"] or 0),
+        ):
             tot[k] += v
         retried = r.get("retried")
         note = f" (survivors re-run: {retried['mutants']}, {retried['wall_s']} s)" if retried else ""
@@ -496,13 +389,18 @@ def summarise(results: list[dict]) -> str:
         if "file_sha" in r:  # the files as they were when the group ran
             stale = [f for f in r["files"] if r["file_sha"].get(f) != _sha(REPO / f)]
         else:
-            stale = [f for f in r["files"] if (work / f).exists() and (REPO / f).exists()
-                     and (work / f).read_bytes() != (REPO / f).read_bytes()]
+            stale = [
+                f
+                for f in r["files"]
+                if (work / f).exists() and (REPO / f).exists() and (work / f).read_bytes() != (REPO / f).read_bytes()
+            ]
         if stale:
             note += f" **stale: {', '.join(stale)} changed since this run; run the group again**"
-        lines.append(f"| {r['group']}{note} | {', '.join(f'`{f}`' for f in r['files'])} | `{' '.join(r['tests'])}` | "
-                     f"{n} | {caught} | {len(surv)} | {len(equiv)} | {other} | {len(real)} ({pct}) | "
-                     f"{'-' if r['wall_s'] is None else str(r['wall_s']) + ' s'} |")
+        lines.append(
+            f"| {r['group']}{note} | {', '.join(f'`{f}`' for f in r['files'])} | `{' '.join(r['tests'])}` | "
+            f"{n} | {caught} | {len(surv)} | {len(equiv)} | {other} | {len(real)} ({pct}) | "
+            f"{'-' if r['wall_s'] is None else str(r['wall_s']) + ' s'} |"
+        )
         if surv or other:
             details.append(f"\n## {r['group']}\n")
             for m in sorted(st):
@@ -513,8 +411,10 @@ def summarise(results: list[dict]) -> str:
                 details.append("```diff\n" + r["diffs"].get(m, "") + "\n```")
     if results:
         pct = f"{100 * tot['real'] / tot['n']:.1f} %" if tot["n"] else "-"
-        lines.append(f"| **all groups** | | | {tot['n']} | {tot['caught']} | {tot['surv']} | {tot['equiv']} | "
-                     f"{tot['other']} | {tot['real']} ({pct}) | {tot['wall']} s |")
+        lines.append(
+            f"| **all groups** | | | {tot['n']} | {tot['caught']} | {tot['surv']} | {tot['equiv']} | "
+            f"{tot['other']} | {tot['real']} ({pct}) | {tot['wall']} s |"
+        )
     done = {r["group"] for r in results}
     missing = [g for g in GROUPS if g not in done]
     if missing:
@@ -536,13 +436,19 @@ def main() -> int:
     ap.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS))
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="re-render the report from build/mutate/*.json")
-    ap.add_argument("--retry", action="store_true",
-                    help="re-run only the survivors (not listed as equivalent) of the last run of each group, "
-                         "in its scratch copy with the current tests (tests are only ever added: the caught "
-                         "mutants stay caught); the product files must be unchanged since that run")
-    ap.add_argument("--collect", action="store_true",
-                    help="re-read the results left in build/mutate/<group>/ (a run that was cut while reading "
-                         "them) instead of running mutmut; the wall time is taken from the group's log")
+    ap.add_argument(
+        "--retry",
+        action="store_true",
+        help="re-run only the survivors (not listed as equivalent) of the last run of each group, "
+        "in its scratch copy with the current tests (tests are only ever added: the caught "
+        "mutants stay caught); the product files must be unchanged since that run",
+    )
+    ap.add_argument(
+        "--collect",
+        action="store_true",
+        help="re-read the results left in build/mutate/<group>/ (a run that was cut while reading "
+        "them) instead of running mutmut; the wall time is taken from the group's log",
+    )
     args = ap.parse_args()
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or shutil.which("mutmut")
     if mutmut is None and not args.report_only:
@@ -559,24 +465,46 @@ def main() -> int:
                 log.error("%s: %s changed since the last run; run the group again", g, changed)
                 return 2
             todo = [m for m, st in prev["status"].items() if st in SURVIVED and m not in EQUIVALENT]
-            for rel in subprocess.run(["git", "ls-files", "tests"], cwd=REPO, capture_output=True, text=True,
-                                      check=True).stdout.split():
+            for rel in subprocess.run(
+                ["git", "ls-files", "tests"], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout.split():
                 (work / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / rel, work / rel)
             _write_cfg(work, files, tests)
             t0 = time.time()
-            proc = subprocess.run([mutmut, "run", "--max-children", str(args.max_children), *todo], cwd=work,
-                                  env=env, capture_output=True, text=True) if todo else None
+            proc = (
+                subprocess.run(
+                    [mutmut, "run", "--max-children", str(args.max_children), *todo],
+                    cwd=work,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                if todo
+                else None
+            )
             new, new_diffs = collect(work, env)  # mutmut keeps only the re-run mutants' results
             status = {m: (new.get(m, st) if m in todo else st) for m, st in prev["status"].items()}
             diffs = {m: d for m, d in prev["diffs"].items() if m not in todo or status[m] not in CAUGHT}
             diffs.update({m: d for m, d in new_diffs.items() if m in todo})
-            r = {**prev, "tests": tests, "status": status, "diffs": diffs,
-                 "retried": {"mutants": len(todo), "wall_s": round(time.time() - t0),
-                             "returncode": proc.returncode if proc else 0}}
+            r = {
+                **prev,
+                "tests": tests,
+                "status": status,
+                "diffs": diffs,
+                "retried": {
+                    "mutants": len(todo),
+                    "wall_s": round(time.time() - t0),
+                    "returncode": proc.returncode if proc else 0,
+                },
+            }
             (OUT_DIR / f"{g}.json").write_text(json.dumps(r, indent=1))
-            log.info("%s: re-ran %d survivors, %d still survive", g, len(todo),
-                     sum(1 for m in todo if status.get(m) in SURVIVED))
+            log.info(
+                "%s: re-ran %d survivors, %d still survive",
+                g,
+                len(todo),
+                sum(1 for m in todo if status.get(m) in SURVIVED),
+            )
     elif args.collect:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         for g in args.groups:
@@ -584,19 +512,34 @@ def main() -> int:
             status, diffs = collect(work, env)
             files, tests = _cfg_selection(work)
             log_file = OUT_DIR / f"{g}.log"
-            wall = (round(log_file.stat().st_mtime - (work / "setup.cfg").stat().st_mtime) if log_file.exists()
-                    else None)
-            (OUT_DIR / f"{g}.json").write_text(json.dumps(
-                {"group": g, "files": files, "tests": tests, "returncode": None, "wall_s": wall,
-                 "status": status, "diffs": diffs}, indent=1))
+            wall = round(log_file.stat().st_mtime - (work / "setup.cfg").stat().st_mtime) if log_file.exists() else None
+            (OUT_DIR / f"{g}.json").write_text(
+                json.dumps(
+                    {
+                        "group": g,
+                        "files": files,
+                        "tests": tests,
+                        "returncode": None,
+                        "wall_s": wall,
+                        "status": status,
+                        "diffs": diffs,
+                    },
+                    indent=1,
+                )
+            )
             log.info("%s: collected %d mutants from %s", g, len(status), work.relative_to(REPO))
     elif not args.report_only:
         for g in args.groups:
             log.info("group %s ...", g)
             r = run_group(g, args.max_children, mutmut)
             (OUT_DIR / f"{g}.json").write_text(json.dumps(r, indent=1))
-            log.info("%s: %d mutants, %d survived, %s s", g, len(r["status"]),
-                     sum(1 for s in r["status"].values() if s == "survived"), r["wall_s"])
+            log.info(
+                "%s: %d mutants, %d survived, %s s",
+                g,
+                len(r["status"]),
+                sum(1 for s in r["status"].values() if s == "survived"),
+                r["wall_s"],
+            )
     results = [json.loads((OUT_DIR / f"{g}.json").read_text()) for g in GROUPS if (OUT_DIR / f"{g}.json").exists()]
     REPORT.write_text(summarise(results))
     log.info("wrote %s", REPORT.relative_to(REPO))

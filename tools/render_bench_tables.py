@@ -14,6 +14,7 @@
 
 `--check` changes nothing and exits 1 when a file differs from the rendering.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,31 +33,35 @@ FLOPS_MARKER = "flops"
 #: marker -> (JSON file, the command that writes it)
 DEMO_BLOCKS = {
     "demo": ("docs/bench/demo.json", "python tools/demo.py --record docs/bench/demo.json"),
-    "demo_seed1": ("docs/bench/demo_pretrain_seed1.json",
-                   "python tools/demo.py --pretrain-seed 1 --methods full,linear --record "
-                   "docs/bench/demo_pretrain_seed1.json"),
+    "demo_seed1": (
+        "docs/bench/demo_pretrain_seed1.json",
+        "python tools/demo.py --pretrain-seed 1 --methods full,linear --record docs/bench/demo_pretrain_seed1.json",
+    ),
 }
 SADE_JSON = "docs/bench/sade_ablation.json"
 SADE_MARKER = "sade_ablation"
-TARGETS = {"README.md": ["summary", FLOPS_MARKER, *DEMO_BLOCKS], "docs/ops.md": ["full"],
-           "docs/peft.md": [SADE_MARKER]}
+TARGETS = {"README.md": ["summary", FLOPS_MARKER, *DEMO_BLOCKS], "docs/ops.md": ["full"], "docs/peft.md": [SADE_MARKER]}
 
 
 def sade_block(json_path: str = SADE_JSON, repo: Path = REPO) -> str:
     from benchmarks import ranking
 
     rec = json.loads((repo / json_path).read_text())
-    return (f"From `{json_path}`, written by `python tools/sade_ablation.py --record {json_path}` "
-            f"(rendered by `tools/render_bench_tables.py`).\n\n```\n{rec['header']}\n```\n\n"
-            + ranking.format_ablation(rec["rows"]))
+    return (
+        f"From `{json_path}`, written by `python tools/sade_ablation.py --record {json_path}` "
+        f"(rendered by `tools/render_bench_tables.py`).\n\n```\n{rec['header']}\n```\n\n"
+        + ranking.format_ablation(rec["rows"])
+    )
 
 
 def flops_block(json_path: str = FLOPS_JSON, repo: Path = REPO) -> str:
     from clora3d.profile.report import to_markdown
 
     rows = json.loads((repo / json_path).read_text())
-    return (f"From `{json_path}`, written by `python tools/flops.py --json {json_path}` (rendered by "
-            f"`tools/render_bench_tables.py`).\n\n" + to_markdown(rows))
+    return (
+        f"From `{json_path}`, written by `python tools/flops.py --json {json_path}` (rendered by "
+        f"`tools/render_bench_tables.py`).\n\n" + to_markdown(rows)
+    )
 
 
 def rendered(json_path: str = DEFAULT_JSON, repo: Path = REPO, flops_json: str = FLOPS_JSON) -> dict[str, str]:

@@ -10,6 +10,7 @@
 The `clora3d train` command (clora3d/cli/); `python tools/train.py --help` lists its options.
 User errors (bad config, missing data, bad checkpoint) print one line ``error: ...`` and exit 2.
 """
+
 import sys
 from pathlib import Path
 

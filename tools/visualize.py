@@ -5,6 +5,7 @@
 
 The `clora3d visualize` command (clora3d/cli/); `python tools/visualize.py --help` lists its options.
 """
+
 import sys
 from pathlib import Path
 

@@ -25,6 +25,7 @@ Errors and exit codes, the same for every command (one path, :func:`clora3d.erro
          input files that could not be read (each one line; every readable file is still classified)
     130  interrupted (Ctrl-C); ``train`` continues with ``--resume``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,10 +121,14 @@ def configure_logging(verbosity: int = 0):
 
 def _add_verbosity(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a sub-command's parser must not overwrite what the main parser already counted
-    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                   help="more messages (debug)")
-    p.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
-                   help="fewer messages (-q warnings only, -qq errors only)")
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more messages (debug)")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="fewer messages (-q warnings only, -qq errors only)",
+    )
 
 
 def verbosity(args: argparse.Namespace) -> int:
@@ -136,8 +141,9 @@ def verbosity(args: argparse.Namespace) -> int:
 def _command_parser(cmd: Command, prog: str | None = None) -> argparse.ArgumentParser:
     """The full parser of one command (only the command that runs has its parser built, so a
     command's options may need imports, e.g. the data formats, without slowing the others down)."""
-    p = argparse.ArgumentParser(prog=prog, description=cmd.description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=cmd.description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _add_verbosity(p)
     cmd.add_arguments(p)
     return p
@@ -148,11 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     of the command line is parsed by the chosen command's own parser (:func:`_command_parser`)."""
     import clora3d
 
-    p = argparse.ArgumentParser(prog="clora3d", description="clora3d: fine-tune pre-trained point cloud "
-                                "transformers with CLoRA and the other PEFT methods, and the tools around it.",
-                                epilog="`clora3d COMMAND --help` for a command's options. Exit codes: 0 ok, "
-                                       "1 doctor: ops unusable (or an internal error), 2 user error (one "
-                                       "'error:' line) or bad usage, 130 interrupted.")
+    p = argparse.ArgumentParser(
+        prog="clora3d",
+        description="clora3d: fine-tune pre-trained point cloud "
+        "transformers with CLoRA and the other PEFT methods, and the tools around it.",
+        epilog="`clora3d COMMAND --help` for a command's options. Exit codes: 0 ok, "
+        "1 doctor: ops unusable (or an internal error), 2 user error (one "
+        "'error:' line) or bad usage, 130 interrupted.",
+    )
     p.add_argument("--version", action="version", version=f"clora3d {clora3d.__version__}")
     _add_verbosity(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

@@ -5,6 +5,7 @@ Results go to stdout (the Markdown table; the folder each format was written to)
 logging. The demo is an application of the checkout, not a command of the installed package:
 ``benchmarks/demo.py`` (``tools/demo.py``, ``make demo``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,13 @@ Parameter / adapter-size / FLOPs / MACs table of every PEFT method (Markdown to 
 def _flops_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="vit_s", help="backbone preset (default vit_s)")
     p.add_argument("--json", type=Path, default=None, help="also write all rows as JSON to this file")
-    p.add_argument("--inputs", nargs="+", default=None, choices=["ModelNet40", "ScanObjectNN"],
-                   help="which standard inputs to profile (default both)")
+    p.add_argument(
+        "--inputs",
+        nargs="+",
+        default=None,
+        choices=["ModelNet40", "ScanObjectNN"],
+        help="which standard inputs to profile (default both)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -72,12 +78,17 @@ def _synthetic_arguments(p: argparse.ArgumentParser) -> None:
     from clora3d.data.scanobjectnn import SCANOBJECTNN_FILES
 
     p.add_argument("--root", required=True, type=Path, help="data root (the data/ folder of data/README.md)")
-    p.add_argument("--format", default="all", choices=["all", *syn.LAYOUT_DIRS],
-                   help="which format to write (default: all)")
+    p.add_argument(
+        "--format", default="all", choices=["all", *syn.LAYOUT_DIRS], help="which format to write (default: all)"
+    )
     p.add_argument("--full", action="store_true", help="larger sizes than the fast default (write_all only)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variant", choices=list(SCANOBJECTNN_FILES), action="append",
-                   help="ScanObjectNN variant(s) (default: all three)")
+    p.add_argument(
+        "--variant",
+        choices=list(SCANOBJECTNN_FILES),
+        action="append",
+        help="ScanObjectNN variant(s) (default: all three)",
+    )
     p.add_argument("--num-classes", type=int, default=None, help="number of synthetic classes (default: all 16)")
     p.add_argument("--n-train", type=int, help="train shapes per class (shot pool for few-shot)")
     p.add_argument("--n-val", type=int, help="val shapes per category (ShapeNetPart)")
@@ -95,16 +106,23 @@ def _make_synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     t0 = time.perf_counter()
     fmt = args.format
     if fmt == "all":
-        if any(v is not None for v in (args.n_train, args.n_val, args.n_test, args.n_points, args.folds,
-                                       args.ways, args.shots)):
+        if any(
+            v is not None
+            for v in (args.n_train, args.n_val, args.n_test, args.n_points, args.folds, args.ways, args.shots)
+        ):
             parser.error("size options apply to a single --format; with --format all use --full or the defaults")
         written = syn.write_all(args.root, small=not args.full, seed=args.seed)
         for name, folder in written.items():
             print(f"{name} -> {folder}")
     else:
         sizes = dict((syn.FULL_SIZES if args.full else syn.SMALL_SIZES)[fmt])
-        given = {"n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test, "n_points": args.n_points,
-                 "folds": args.folds}
+        given = {
+            "n_train": args.n_train,
+            "n_val": args.n_val,
+            "n_test": args.n_test,
+            "n_points": args.n_points,
+            "folds": args.folds,
+        }
         if fmt == "fewshot":
             sizes.update({k: v for k, v in (("ways", args.ways), ("shots", args.shots)) if v})
             given["eval_sample"] = given.pop("n_test")
@@ -135,8 +153,12 @@ def _make_synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
 
 COMMANDS = [
-    Command("flops", "parameters / adapter size / FLOPs of every PEFT method", FLOPS_DOC, _flops_arguments,
-            _flops),
-    Command("make-synthetic", "write synthetic data sets in the real on-disk formats", SYNTHETIC_DOC,
-            _synthetic_arguments, _make_synthetic),
+    Command("flops", "parameters / adapter size / FLOPs of every PEFT method", FLOPS_DOC, _flops_arguments, _flops),
+    Command(
+        "make-synthetic",
+        "write synthetic data sets in the real on-disk formats",
+        SYNTHETIC_DOC,
+        _synthetic_arguments,
+        _make_synthetic,
+    ),
 ]

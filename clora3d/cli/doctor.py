@@ -17,6 +17,7 @@ Longer than 400 lines on purpose: it is one job, one function per section of the
 torch, GPU, nvcc, compiler, extension, ops, optional packages), each turning facts into findings
 with their fix; splitting the sections apart would scatter the wording of the fixes.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -73,6 +74,7 @@ class Report:
 # Small pure helpers (unit-tested)
 # --------------------------------------------------------------------------------------------
 
+
 def parse_arch_list(archs: str) -> list[tuple[int, int, bool]]:
     """'7.5;8.0;8.6+PTX' (';', ',' or space separated) -> [(7, 5, False), (8, 0, False), (8, 6, True)].
 
@@ -105,23 +107,34 @@ def diagnose_import_error(message: str) -> tuple[str, str]:
     """Map an ``import clora3d._C`` failure to (explanation, fix)."""
     msg = message or ""
     if "No module named" in msg and "_C" in msg:
-        return ("the compiled kernels were never built (e.g. installed with CLORA3D_NO_KERNELS=1, or "
-                "torch was missing at build time)", REBUILD)
+        return (
+            "the compiled kernels were never built (e.g. installed with CLORA3D_NO_KERNELS=1, or "
+            "torch was missing at build time)",
+            REBUILD,
+        )
     if "undefined symbol" in msg:
-        return ("clora3d._C was built against a different torch (C++ ABI mismatch)",
-                "rm -rf build clora3d/_C*.so && " + REBUILD)
+        return (
+            "clora3d._C was built against a different torch (C++ ABI mismatch)",
+            "rm -rf build clora3d/_C*.so && " + REBUILD,
+        )
     if "DLL load failed" in msg:
-        return ("Windows could not load a DLL the extension needs (torch's or the CUDA runtime's)",
-                "import torch before clora3d, make sure the CUDA runtime matching torch is on PATH, "
-                "then rebuild: " + REBUILD)
+        return (
+            "Windows could not load a DLL the extension needs (torch's or the CUDA runtime's)",
+            "import torch before clora3d, make sure the CUDA runtime matching torch is on PATH, "
+            "then rebuild: " + REBUILD,
+        )
     if "libcudart" in msg or "libc10_cuda" in msg or "cannot open shared object" in msg:
-        return ("a shared library of the CUDA build is missing at run time (extension built for "
-                "CUDA but the installed torch is a CPU build, or a different CUDA version)",
-                "rebuild against the torch you run with: rm -rf build clora3d/_C*.so && " + REBUILD)
+        return (
+            "a shared library of the CUDA build is missing at run time (extension built for "
+            "CUDA but the installed torch is a CPU build, or a different CUDA version)",
+            "rebuild against the torch you run with: rm -rf build clora3d/_C*.so && " + REBUILD,
+        )
     if "GLIBCXX" in msg:
-        return ("the C++ runtime is older than the compiler that built the extension",
-                "rebuild with the system compiler, or install a newer libstdc++ (conda: "
-                "conda install -c conda-forge libstdcxx-ng)")
+        return (
+            "the C++ runtime is older than the compiler that built the extension",
+            "rebuild with the system compiler, or install a newer libstdc++ (conda: "
+            "conda install -c conda-forge libstdcxx-ng)",
+        )
     return ("importing clora3d._C failed", "rm -rf build clora3d/_C*.so && " + REBUILD)
 
 
@@ -138,9 +151,9 @@ def _run(cmd: Sequence[str], timeout: float = 30.0) -> Optional[str]:
 # Sections
 # --------------------------------------------------------------------------------------------
 
+
 def _python_section(rep: Report) -> None:
-    rep.python = {"version": platform.python_version(), "executable": sys.executable,
-                  "platform": platform.platform()}
+    rep.python = {"version": platform.python_version(), "executable": sys.executable, "platform": platform.platform()}
 
 
 def _torch_section(rep: Report, torch) -> None:
@@ -163,8 +176,14 @@ def _cuda_section(rep: Report, torch) -> None:
         available = bool(torch.cuda.is_available())
         for i in range(torch.cuda.device_count() if available else 0):
             major, minor = torch.cuda.get_device_capability(i)
-            devices.append({"index": i, "name": torch.cuda.get_device_name(i),
-                            "capability": f"{major}.{minor}", "sm": f"sm_{major}{minor}"})
+            devices.append(
+                {
+                    "index": i,
+                    "name": torch.cuda.get_device_name(i),
+                    "capability": f"{major}.{minor}",
+                    "sm": f"sm_{major}{minor}",
+                }
+            )
     except Exception as e:  # a broken driver must not crash the doctor
         err = f"{type(e).__name__}: {e}"
     driver = None
@@ -179,14 +198,24 @@ def _cuda_section(rep: Report, torch) -> None:
             arch_list = list(torch.cuda.get_arch_list())
         except Exception:
             arch_list = []
-    rep.cuda = {"available": available, "device_count": len(devices), "devices": devices,
-                "driver_version": driver, "torch_arch_list": arch_list, "error": err}
+    rep.cuda = {
+        "available": available,
+        "device_count": len(devices),
+        "devices": devices,
+        "driver_version": driver,
+        "torch_arch_list": arch_list,
+        "error": err,
+    }
     if devices:
         names = ", ".join(f"{d['name']} ({d['sm']})" for d in devices)
         rep.add("gpu", OK, f"{len(devices)} GPU(s): {names}")
     elif err:
-        rep.add("gpu", WARN, f"CUDA initialisation failed: {err}",
-                "check the NVIDIA driver (nvidia-smi) supports CUDA " + str(torch.version.cuda))
+        rep.add(
+            "gpu",
+            WARN,
+            f"CUDA initialisation failed: {err}",
+            "check the NVIDIA driver (nvidia-smi) supports CUDA " + str(torch.version.cuda),
+        )
     elif torch.version.cuda:
         rep.add("gpu", INFO, "no GPU visible: the CPU kernels will be used")
     else:
@@ -196,40 +225,72 @@ def _cuda_section(rep: Report, torch) -> None:
 def _nvcc_section(rep: Report, torch) -> None:
     plan = _build_env.cuda_plan(os.environ, torch.version.cuda)
     nvcc, version, root = plan["nvcc"], plan["nvcc_version"], plan["toolkit_root"]
-    rep.nvcc = {"path": nvcc, "version": version, "toolkit_root": root,
-                "CUDA_HOME": os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"),
-                "cuda_home_seen_by_torch": plan["torch_guess"], "cuda_home_of_setup": plan["cuda_home"],
-                "rebuild_builds_cuda": plan["build_cuda"], "rebuild_reason": plan["reason"]}
+    rep.nvcc = {
+        "path": nvcc,
+        "version": version,
+        "toolkit_root": root,
+        "CUDA_HOME": os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"),
+        "cuda_home_seen_by_torch": plan["torch_guess"],
+        "cuda_home_of_setup": plan["cuda_home"],
+        "rebuild_builds_cuda": plan["build_cuda"],
+        "rebuild_reason": plan["reason"],
+    }
     gpu = rep.cuda.get("device_count", 0) > 0
     if plan["build_cuda"] is None:  # FORCE_CUDA=1 that cannot be honoured: setup.py would stop here
-        rep.add("build", WARN, f"a rebuild (setup.py) would stop: {plan['reason']}",
-                "unset FORCE_CUDA, or install what the message names")
+        rep.add(
+            "build",
+            WARN,
+            f"a rebuild (setup.py) would stop: {plan['reason']}",
+            "unset FORCE_CUDA, or install what the message names",
+        )
     else:
-        rep.add("build", INFO, f"a rebuild (setup.py) would build the CUDA kernels: "
-                f"{'yes' if plan['build_cuda'] else 'no'} ({plan['reason']})")
+        rep.add(
+            "build",
+            INFO,
+            f"a rebuild (setup.py) would build the CUDA kernels: "
+            f"{'yes' if plan['build_cuda'] else 'no'} ({plan['reason']})",
+        )
     if not torch.version.cuda:
         rep.add("nvcc", INFO, f"nvcc {version or 'not found'} (not needed with a CPU-only torch)")
         return
     if not nvcc:
         status = WARN if gpu else INFO
-        rep.add("nvcc", status, "nvcc not found: the CUDA kernels cannot be built",
-                f"install the CUDA {torch.version.cuda} toolkit and `export CUDA_HOME=/usr/local/cuda-"
-                f"{torch.version.cuda}`, then FORCE_CUDA=1 {REBUILD}" if gpu else "")
+        rep.add(
+            "nvcc",
+            status,
+            "nvcc not found: the CUDA kernels cannot be built",
+            f"install the CUDA {torch.version.cuda} toolkit and `export CUDA_HOME=/usr/local/cuda-"
+            f"{torch.version.cuda}`, then FORCE_CUDA=1 {REBUILD}"
+            if gpu
+            else "",
+        )
         return
     rep.add("nvcc", OK, f"nvcc {version} at {nvcc}")
     if version and torch.version.cuda and version.split(".")[0] != torch.version.cuda.split(".")[0]:
-        rep.add("nvcc-vs-torch", ERROR if gpu else WARN,
-                f"nvcc is CUDA {version} but torch was built with CUDA {torch.version.cuda}: torch "
-                "refuses to build extensions across CUDA major versions",
-                f"install the CUDA {torch.version.cuda} toolkit and point CUDA_HOME at it, or install "
-                f"the torch wheel for CUDA {version}")
+        rep.add(
+            "nvcc-vs-torch",
+            ERROR if gpu else WARN,
+            f"nvcc is CUDA {version} but torch was built with CUDA {torch.version.cuda}: torch "
+            "refuses to build extensions across CUDA major versions",
+            f"install the CUDA {torch.version.cuda} toolkit and point CUDA_HOME at it, or install "
+            f"the torch wheel for CUDA {version}",
+        )
     guess, home = plan["torch_guess"], plan["cuda_home"]
-    if (not rep.nvcc["CUDA_HOME"] and guess and home and guess != home
-            and not _build_env.has_cuda_headers(guess) and _build_env.has_cuda_headers(home)):
-        rep.add("CUDA_HOME", INFO,
-                f"nvcc on PATH is a wrapper: torch alone would guess CUDA_HOME={guess} (no "
-                f"headers there); clora3d's setup.py resolves it to {home}",
-                f"for other extensions: export CUDA_HOME={home}")
+    if (
+        not rep.nvcc["CUDA_HOME"]
+        and guess
+        and home
+        and guess != home
+        and not _build_env.has_cuda_headers(guess)
+        and _build_env.has_cuda_headers(home)
+    ):
+        rep.add(
+            "CUDA_HOME",
+            INFO,
+            f"nvcc on PATH is a wrapper: torch alone would guess CUDA_HOME={guess} (no "
+            f"headers there); clora3d's setup.py resolves it to {home}",
+            f"for other extensions: export CUDA_HOME={home}",
+        )
 
 
 def _compiler_section(rep: Report) -> None:
@@ -240,17 +301,19 @@ def _compiler_section(rep: Report) -> None:
         cxx_version = text.strip().splitlines()[0] if text and text.strip() else None
     ninja = shutil.which("ninja")
     ninja_version = ((_run([ninja, "--version"]) or "").strip() or None) if ninja else None
-    rep.compiler = {"cxx": cxx, "cxx_version": cxx_version, "ninja": ninja,
-                    "ninja_version": ninja_version}
+    rep.compiler = {"cxx": cxx, "cxx_version": cxx_version, "ninja": ninja, "ninja_version": ninja_version}
     if not cxx:
-        rep.add("compiler", WARN, "no C++ compiler found: the kernels cannot be (re)built",
-                "Debian/Ubuntu: apt-get install build-essential; macOS: xcode-select --install; "
-                "Windows: install the Visual Studio Build Tools (C++)")
+        rep.add(
+            "compiler",
+            WARN,
+            "no C++ compiler found: the kernels cannot be (re)built",
+            "Debian/Ubuntu: apt-get install build-essential; macOS: xcode-select --install; "
+            "Windows: install the Visual Studio Build Tools (C++)",
+        )
     else:
         rep.add("compiler", OK, f"{cxx_version or cxx}")
     if not ninja:
-        rep.add("ninja", INFO, "ninja not found: builds compile one file at a time",
-                "pip install ninja")
+        rep.add("ninja", INFO, "ninja not found: builds compile one file at a time", "pip install ninja")
 
 
 def _extension_section(rep: Report, torch, import_module: Callable[[str], Any]) -> None:
@@ -271,8 +334,9 @@ def _extension_section(rep: Report, torch, import_module: Callable[[str], Any]) 
             info = dict(mod.build_info())
         except Exception as e:
             ext["error"] = f"build_info() failed: {type(e).__name__}: {e}"
-    ext["build_info"] = {k: (v if isinstance(v, (bool, int, float, str, type(None))) else str(v))
-                         for k, v in info.items()}
+    ext["build_info"] = {
+        k: (v if isinstance(v, (bool, int, float, str, type(None))) else str(v)) for k, v in info.items()
+    }
     rep.extension = ext
     with_cuda = bool(info.get("cuda", info.get("with_cuda", False)))
     archs = str(info.get("cuda_archs", info.get("archs", "")) or "")
@@ -282,26 +346,35 @@ def _extension_section(rep: Report, torch, import_module: Callable[[str], Any]) 
 
     built_torch = info.get("torch_version")
     if built_torch and str(built_torch).split("+")[0] != torch.__version__.split("+")[0]:
-        rep.add("extension-torch", WARN,
-                f"clora3d._C was built against torch {built_torch}, running torch {torch.__version__}",
-                "rm -rf build clora3d/_C*.so && " + REBUILD)
+        rep.add(
+            "extension-torch",
+            WARN,
+            f"clora3d._C was built against torch {built_torch}, running torch {torch.__version__}",
+            "rm -rf build clora3d/_C*.so && " + REBUILD,
+        )
 
     devices = rep.cuda.get("devices", [])
     if devices and not with_cuda:
         fix = f"FORCE_CUDA=1 {REBUILD}"
         if not rep.nvcc.get("path"):
-            fix = (f"install the CUDA {torch.version.cuda} toolkit, export CUDA_HOME=..., then " + fix)
-        rep.add("extension-cuda", WARN,
-                "a GPU is visible but clora3d._C has no CUDA kernels: ops on CUDA tensors use the "
-                "PyTorch reference (correct but slower)", fix)
+            fix = f"install the CUDA {torch.version.cuda} toolkit, export CUDA_HOME=..., then " + fix
+        rep.add(
+            "extension-cuda",
+            WARN,
+            "a GPU is visible but clora3d._C has no CUDA kernels: ops on CUDA tensors use the "
+            "PyTorch reference (correct but slower)",
+            fix,
+        )
     if devices and with_cuda and archs:
         for d in devices:
             cap = tuple(int(x) for x in d["capability"].split("."))
             if not arch_covers(archs, cap):  # type: ignore[arg-type]
-                rep.add("extension-arch", ERROR,
-                        f"clora3d._C has CUDA code for {archs}, which cannot run on {d['name']} "
-                        f"({d['sm']})",
-                        f'TORCH_CUDA_ARCH_LIST="{d["capability"]}" FORCE_CUDA=1 {REBUILD}')
+                rep.add(
+                    "extension-arch",
+                    ERROR,
+                    f"clora3d._C has CUDA code for {archs}, which cannot run on {d['name']} ({d['sm']})",
+                    f'TORCH_CUDA_ARCH_LIST="{d["capability"]}" FORCE_CUDA=1 {REBUILD}',
+                )
 
 
 def _ops_section(rep: Report, import_module: Callable[[str], Any]) -> bool:
@@ -311,8 +384,12 @@ def _ops_section(rep: Report, import_module: Callable[[str], Any]) -> bool:
         info = ops.backend_info()
     except Exception as e:
         rep.ops = {"error": f"{type(e).__name__}: {e}", "CLORA3D_OPS": forced}
-        rep.add("ops", ERROR, f"clora3d.ops is not usable: {rep.ops['error']}",
-                "check CLORA3D_OPS (reference|native or unset); " + REBUILD)
+        rep.add(
+            "ops",
+            ERROR,
+            f"clora3d.ops is not usable: {rep.ops['error']}",
+            "check CLORA3D_OPS (reference|native or unset); " + REBUILD,
+        )
         return False
     rep.ops = json.loads(json.dumps(info, default=str))
     if isinstance(rep.ops, dict):
@@ -322,16 +399,19 @@ def _ops_section(rep: Report, import_module: Callable[[str], Any]) -> bool:
         rep.add("ops", OK, "backend_info: " + json.dumps(rep.ops, default=str)[:300])
         return True
     if isinstance(info, dict) and info.get("native_error"):
-        rep.add("ops-native", WARN, f"compiled kernels not loaded: {info['native_error']}",
-                diagnose_import_error(str(info["native_error"]))[1])
+        rep.add(
+            "ops-native",
+            WARN,
+            f"compiled kernels not loaded: {info['native_error']}",
+            diagnose_import_error(str(info["native_error"]))[1],
+        )
     cpu = {op: devs["cpu"] for op, devs in table.items() if "cpu" in devs}
     cuda = {op: devs["cuda"] for op, devs in table.items() if "cuda" in devs}
     ref_cpu = sorted(op for op, (b, _) in cpu.items() if b == "reference")
     if ref_cpu:
         why = cpu[ref_cpu[0]][1]
         fix = "unset CLORA3D_OPS to use the compiled kernels" if forced == "reference" else REBUILD
-        rep.add("ops-cpu", WARN, f"CPU ops on the pure-PyTorch reference (slow): {', '.join(ref_cpu)} "
-                f"({why})", fix)
+        rep.add("ops-cpu", WARN, f"CPU ops on the pure-PyTorch reference (slow): {', '.join(ref_cpu)} ({why})", fix)
     else:
         rep.add("ops-cpu", OK, f"CPU: compiled kernels for all {len(cpu)} ops")
     if cuda:
@@ -340,11 +420,14 @@ def _ops_section(rep: Report, import_module: Callable[[str], Any]) -> bool:
         if not ref_cuda:
             rep.add("ops-cuda", OK, f"CUDA: compiled kernels for all {len(cuda)} ops")
         elif gpu:
-            rep.add("ops-cuda", WARN, f"CUDA ops on the PyTorch reference: {', '.join(ref_cuda)} "
-                    f"({cuda[ref_cuda[0]][1]})", f"FORCE_CUDA=1 {REBUILD}")
+            rep.add(
+                "ops-cuda",
+                WARN,
+                f"CUDA ops on the PyTorch reference: {', '.join(ref_cuda)} ({cuda[ref_cuda[0]][1]})",
+                f"FORCE_CUDA=1 {REBUILD}",
+            )
         else:
-            rep.add("ops-cuda", INFO, "CUDA: reference for CUDA tensors (no GPU here; "
-                    f"{cuda[ref_cuda[0]][1]})")
+            rep.add("ops-cuda", INFO, f"CUDA: reference for CUDA tensors (no GPU here; {cuda[ref_cuda[0]][1]})")
     return True
 
 
@@ -381,8 +464,10 @@ def backend_table(info: Any) -> dict:
 # --------------------------------------------------------------------------------------------
 
 #: optional packages: (module, what it is for); none of them is needed by the README's commands
-OPTIONAL_PACKAGES = (("tensorboard", "TensorBoard scalars in <run>/tb (log.tensorboard)"),
-                     ("open3d", "binary_compressed .pcd files; a benchmark peer"))
+OPTIONAL_PACKAGES = (
+    ("tensorboard", "TensorBoard scalars in <run>/tb (log.tensorboard)"),
+    ("open3d", "binary_compressed .pcd files; a benchmark peer"),
+)
 
 
 def _optional_section(rep: Report) -> None:
@@ -393,8 +478,12 @@ def _optional_section(rep: Report) -> None:
         if mod is not None:
             rep.add(f"optional-{name}", OK, f"{name} {getattr(mod, '__version__', '?')}: {purpose}")
         elif "cannot load" in str(why):  # installed but broken: the fix is a system package
-            rep.add(f"optional-{name}", WARN, f"{why.split(';')[0]} (only needed for {purpose})",
-                    why.split("; ", 1)[1] if "; " in why else "")
+            rep.add(
+                f"optional-{name}",
+                WARN,
+                f"{why.split(';')[0]} (only needed for {purpose})",
+                why.split("; ", 1)[1] if "; " in why else "",
+            )
         else:
             rep.add(f"optional-{name}", INFO, f"{name} not installed (optional: {purpose})")
 
@@ -406,9 +495,13 @@ def collect(import_module: Callable[[str], Any] = importlib.import_module) -> Re
     try:
         import torch
     except Exception as e:
-        rep.add("torch", ERROR, f"torch is not importable: {type(e).__name__}: {e}",
-                "install torch first: https://pytorch.org/get-started/locally/ (CPU: pip install torch "
-                "--index-url https://download.pytorch.org/whl/cpu)")
+        rep.add(
+            "torch",
+            ERROR,
+            f"torch is not importable: {type(e).__name__}: {e}",
+            "install torch first: https://pytorch.org/get-started/locally/ (CPU: pip install torch "
+            "--index-url https://download.pytorch.org/whl/cpu)",
+        )
         rep.usable, rep.exit_code = False, 1
         return rep
     _torch_section(rep, torch)
@@ -437,8 +530,10 @@ def format_report(rep: Report) -> str:
     lines = ["clora3d doctor", ""]
     lines.append(f"python     {rep.python.get('version')}  ({rep.python.get('executable')})")
     if t:
-        lines.append(f"torch      {t.get('version')}  cuda={t.get('cuda')}  openmp={t.get('openmp')}  "
-                     f"threads={t.get('num_threads')}")
+        lines.append(
+            f"torch      {t.get('version')}  cuda={t.get('cuda')}  openmp={t.get('openmp')}  "
+            f"threads={t.get('num_threads')}"
+        )
     if c:
         devs = ", ".join(f"{d['name']} {d['sm']}" for d in c.get("devices", [])) or "none"
         lines.append(f"gpu        {devs}  driver={c.get('driver_version')}")
@@ -450,8 +545,10 @@ def format_report(rep: Report) -> str:
         lines.append(f"compiler   {x.get('cxx_version')}  ninja={x.get('ninja_version')}")
     if e:
         bi = e.get("build_info") or {}
-        lines.append(f"clora3d._C {'importable' if e.get('importable') else 'NOT importable'}"
-                     + (f"  build_info={json.dumps(bi)}" if bi else ""))
+        lines.append(
+            f"clora3d._C {'importable' if e.get('importable') else 'NOT importable'}"
+            + (f"  build_info={json.dumps(bi)}" if bi else "")
+        )
     for op, devs in backend_table(rep.ops).items():
         cols = "  ".join(f"{dev}: {b}" for dev, (b, _) in sorted(devs.items()))
         lines.append(f"op         {op:<26} {cols}")
@@ -475,7 +572,6 @@ def run(as_json: bool = False, stream=None) -> int:
     return rep.exit_code
 
 
-
 def _arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -484,6 +580,13 @@ def _doctor(args, parser) -> int:
     return run(as_json=args.json)
 
 
-COMMANDS = [Command("doctor", "check the installation: versions, GPU, how the kernels were built, the fix",
-                    __doc__.split("\n\n")[0] + "\n\nExit code 0 when clora3d.ops is usable (the PyTorch "
-                    "reference fallback counts, with a warning), 1 when it is not.", _arguments, _doctor)]
+COMMANDS = [
+    Command(
+        "doctor",
+        "check the installation: versions, GPU, how the kernels were built, the fix",
+        __doc__.split("\n\n")[0] + "\n\nExit code 0 when clora3d.ops is usable (the PyTorch "
+        "reference fallback counts, with a warning), 1 when it is not.",
+        _arguments,
+        _doctor,
+    )
+]

@@ -4,6 +4,7 @@ file and merged model), ``visualize`` (PNG renders).
 Each prints its result to stdout (predictions, the export report, the PNG path); inputs that could
 not be read are ``error: ...`` lines on stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,12 @@ def _infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--category", default=None, help="part segmentation: object category (e.g. Chair)")
     p.add_argument("--npoints", type=int, default=None, help="override the model's number of points")
-    p.add_argument("--save-labels", default=None, metavar="DIR",
-                   help="part segmentation: write <stem>.txt with 'x y z part' per input point")
+    p.add_argument(
+        "--save-labels",
+        default=None,
+        metavar="DIR",
+        help="part segmentation: write <stem>.txt with 'x y z part' per input point",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -61,8 +66,7 @@ def _infer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if args.save_labels:
                 out = Path(args.save_labels) / f"{Path(r['file']).stem}.txt"
                 rows = np.concatenate([_read(Path(r["file"])), labels[:, None]], 1)
-                atomic_write(out, lambda f, rows=rows: np.savetxt(f, rows, fmt="%.6f %.6f %.6f %d"),
-                             what="labels file")
+                atomic_write(out, lambda f, rows=rows: np.savetxt(f, rows, fmt="%.6f %.6f %.6f %d"), what="labels file")
                 r["labels_file"] = str(out)
         results.append(r)
     failed = [r for r in results if "error" in r]
@@ -82,8 +86,10 @@ def _infer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 print(f"    {t['class']:<20} {t['prob']:.3f}")
         else:
             parts = ", ".join(f"{p}: {n}" for p, n in r["part_counts"].items())
-            print(f"{r['file']}: {r['category']} parts (points per part) {parts}"
-                  + (f" -> {r['labels_file']}" if "labels_file" in r else ""))
+            print(
+                f"{r['file']}: {r['category']} parts (points per part) {parts}"
+                + (f" -> {r['labels_file']}" if "labels_file" in r else "")
+            )
     return rc
 
 
@@ -111,17 +117,20 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from clora3d.engine.export import export_run
 
-    rep = export_run(args.ckpt, cfg=args.cfg, adapter_out=args.adapter, merged_out=args.merged,
-                     device=args.device)
+    rep = export_run(args.ckpt, cfg=args.cfg, adapter_out=args.adapter, merged_out=args.merged, device=args.device)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
     if "adapter" in rep:
-        print(f"adapter ({rep['method']}): {rep['adapter']}  {rep['adapter_bytes'] / 1e6:.2f} MB, "
-              f"{rep['adapter_tensors']} tensors")
+        print(
+            f"adapter ({rep['method']}): {rep['adapter']}  {rep['adapter_bytes'] / 1e6:.2f} MB, "
+            f"{rep['adapter_tensors']} tensors"
+        )
     if "merged" in rep:
-        print(f"merged model (Point-MAE layout): {rep['merged']}  {rep['merged_bytes'] / 1e6:.2f} MB; "
-              f"max |logit diff| merge {rep['max_abs_diff_merge']:.2e}, reload {rep['max_abs_diff_reload']:.2e}")
+        print(
+            f"merged model (Point-MAE layout): {rep['merged']}  {rep['merged_bytes'] / 1e6:.2f} MB; "
+            f"max |logit diff| merge {rep['max_abs_diff_merge']:.2e}, reload {rep['max_abs_diff_reload']:.2e}"
+        )
     return 0
 
 
@@ -178,8 +187,10 @@ def _visualize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         title = Path(args.file).name
         if labels is None:
             if not args.ckpt:
-                raise ValueError(f"{args.file} carries no part labels; pass --labels FILE or "
-                                 "--ckpt PARTSEG_RUN --category NAME to predict them")
+                raise ValueError(
+                    f"{args.file} carries no part labels; pass --labels FILE or "
+                    "--ckpt PARTSEG_RUN --category NAME to predict them"
+                )
             from clora3d.engine.infer import Predictor
 
             pred = Predictor.from_checkpoint(args.ckpt, args.cfg, device=args.device)
@@ -197,8 +208,12 @@ def _visualize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 COMMANDS = [
     Command("infer", "classify or part-segment point cloud files", INFER_DOC, _infer_arguments, _infer),
-    Command("export", "write the adapter-only file and/or the merged model", EXPORT_DOC, _export_arguments,
-            _export),
-    Command("visualize", "render point clouds, part labels and training curves to PNG", VISUALIZE_DOC,
-            _visualize_arguments, _visualize),
+    Command("export", "write the adapter-only file and/or the merged model", EXPORT_DOC, _export_arguments, _export),
+    Command(
+        "visualize",
+        "render point clouds, part labels and training curves to PNG",
+        VISUALIZE_DOC,
+        _visualize_arguments,
+        _visualize,
+    ),
 ]

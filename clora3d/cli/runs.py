@@ -4,6 +4,7 @@ Each prints its result to stdout (train: a JSON summary; evaluate: the accuracy 
 mean +- std table); the trainer's own messages go through logging. Nothing heavy is imported until
 a command runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,16 +49,28 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peft", help="with --task: PEFT method (cfgs/_base_/peft/<peft>.yaml)")
     p.add_argument("--protocol", help="with --task: augmentation protocol (cfgs/_base_/protocols/, e.g. rotate)")
     p.add_argument("--model", help="with --task: backbone (cfgs/_base_/models/<model>.yaml, default vit_s)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   nargs="+", help="override a config key, e.g. --set optimizer.lr=1e-3 train.epochs=5")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        nargs="+",
+        help="override a config key, e.g. --set optimizer.lr=1e-3 train.epochs=5",
+    )
     p.add_argument("--ckpt", default=None, help="pre-trained checkpoint (Point-MAE / Point-BERT / clora3d)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/ckpt-last.pth")
     p.add_argument("--run-dir", default=None, help="run directory (default: <log.root>/<name>)")
-    p.add_argument("--vote-passes", type=int, default=None, metavar="N",
-                   help="after training, evaluate the last and best weights with N passes of "
-                        "10-view voting (sets eval.vote=10 eval.vote_passes=N). Reported: "
-                        "acc_vote@10 (first pass), acc_vote@10_max_of_N (best pass: the reference "
-                        "protocol with N=299, optimistic) and acc_vote@10_mean_of_N")
+    p.add_argument(
+        "--vote-passes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="after training, evaluate the last and best weights with N passes of "
+        "10-view voting (sets eval.vote=10 eval.vote_passes=N). Reported: "
+        "acc_vote@10 (first pass), acc_vote@10_max_of_N (best pass: the reference "
+        "protocol with N=299, optimistic) and acc_vote@10_mean_of_N",
+    )
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -106,10 +119,22 @@ accuracy. User errors print one line ``error: ...`` and exit 2.
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="run checkpoint (ckpt-best.pth / ckpt-last.pth) or run folder")
     p.add_argument("--cfg", default=None, help="config (default: the one stored in the checkpoint)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   nargs="+", help="override a key of the run's config, e.g. dataset.test.root=...")
-    p.add_argument("--vote-passes", type=int, default=0, metavar="N",
-                   help="N passes of 10-view voting (0 = plain accuracy only; 299 = the reference)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        nargs="+",
+        help="override a key of the run's config, e.g. dataset.test.root=...",
+    )
+    p.add_argument(
+        "--vote-passes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N passes of 10-view voting (0 = plain accuracy only; 299 = the reference)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the vote subsets and augmentation")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--json", default=None, help="also write the metrics as JSON here")
@@ -141,8 +166,9 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise ConfigError(f"evaluate takes classification runs; {args.ckpt} is a {cfg.get('task')} run")
     sec = dict((cfg.get("dataset") or {}).get("test") or {})
     if not sec.get("NAME"):
-        raise ConfigError(f"the config of {args.ckpt} has no dataset.test; pass --cfg or "
-                          "--set dataset.test={NAME: ..., root: ...}")
+        raise ConfigError(
+            f"the config of {args.ckpt} has no dataset.test; pass --cfg or --set dataset.test={{NAME: ..., root: ...}}"
+        )
     split = sec.pop("split", "test")
     ds = build_dataset(sec, split)
     data, tcfg = cfg.get("data", {}), cfg.get("train", {})
@@ -151,16 +177,27 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     npoints = int(data.get("npoints", 1024))
     gen = torch.Generator().manual_seed(args.seed)
     n = args.vote_passes
-    m = evaluate_classification(model, loader, device=device, npoints=npoints, vote=10 if n else 0,
-                                vote_repeats=max(n, 1), generator=gen,
-                                point_all=data.get("point_all") or default_point_all(npoints))
+    m = evaluate_classification(
+        model,
+        loader,
+        device=device,
+        npoints=npoints,
+        vote=10 if n else 0,
+        vote_repeats=max(n, 1),
+        generator=gen,
+        point_all=data.get("point_all") or default_point_all(npoints),
+    )
     rows = [("acc", f"plain (deterministic FPS to {npoints} points)")]
     if n:
         rows.append(("acc_vote@10", "vote@10, first pass"))
     if n > 1:
-        rows += [(f"acc_vote@10_max_of_{n}", f"vote@10, best of {n} passes (reference protocol"
-                  f"{'' if n == 299 else ' uses 299'}; optimistic)"),
-                 (f"acc_vote@10_mean_of_{n}", f"vote@10, mean of {n} passes")]
+        rows += [
+            (
+                f"acc_vote@10_max_of_{n}",
+                f"vote@10, best of {n} passes (reference protocol{'' if n == 299 else ' uses 299'}; optimistic)",
+            ),
+            (f"acc_vote@10_mean_of_{n}", f"vote@10, mean of {n} passes"),
+        ]
     print(f"{args.ckpt}: {m['count']} test samples")
     for key, label in rows:
         print(f"  {m[key]:7.2f}  {key:<28} {label}")
@@ -208,21 +245,34 @@ def int_list(text: str) -> list[int]:
 
 def _fewshot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", required=True, help="few-shot config (dataset NAME: ModelNetFewShot)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. train.epochs=150 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. train.epochs=150 (repeatable)",
+    )
     p.add_argument("--ckpt", default=None, help="pre-trained checkpoint passed to every run")
     p.add_argument("--ways", type=int_list, default=[5, 10], help="default 5,10")
     p.add_argument("--shots", type=int_list, default=[10, 20], help="default 10,20")
     p.add_argument("--folds", type=int_list, default=list(range(10)), help="default 0-9")
-    p.add_argument("--seeds", type=int_list, default=None,
-                   help="train every fold once per seed, e.g. 0-2 (default: one run per fold with "
-                        "the config's seed, as the references)")
+    p.add_argument(
+        "--seeds",
+        type=int_list,
+        default=None,
+        help="train every fold once per seed, e.g. 0-2 (default: one run per fold with "
+        "the config's seed, as the references)",
+    )
     p.add_argument("--out", default=None, help="output folder (default <log.root>/<name>_fewshot)")
     p.add_argument("--metric", default="acc", help="key of the trainer's metrics to report (acc)")
     p.add_argument("--ci95", action="store_true", help="show 1.96*std/sqrt(n) instead of std")
-    p.add_argument("--generate-from", default=None, metavar="MODELNET40_ROOT",
-                   help="generate missing fold pickles from this ModelNet40 root (seeded; "
-                        "not the released folds)")
+    p.add_argument(
+        "--generate-from",
+        default=None,
+        metavar="MODELNET40_ROOT",
+        help="generate missing fold pickles from this ModelNet40 root (seeded; not the released folds)",
+    )
     p.add_argument("--generate-seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the final result JSON here")
 
@@ -234,9 +284,19 @@ def _fewshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     cfg = load_config(args.cfg, args.overrides)
     out = args.out or str(Path(cfg["log"]["root"]) / f"{cfg['name']}_fewshot")
-    res = run_fewshot(cfg, out, ways=args.ways, shots=args.shots, folds=args.folds, ckpt=args.ckpt,
-                      metric=args.metric, ci95=args.ci95, seeds=args.seeds,
-                      generate_from=args.generate_from, generate_seed=args.generate_seed)
+    res = run_fewshot(
+        cfg,
+        out,
+        ways=args.ways,
+        shots=args.shots,
+        folds=args.folds,
+        ckpt=args.ckpt,
+        metric=args.metric,
+        ci95=args.ci95,
+        seeds=args.seeds,
+        generate_from=args.generate_from,
+        generate_seed=args.generate_seed,
+    )
     print(res["table"])
     print(f"results: {Path(out) / 'summary.json'}")
     if args.json:
@@ -247,10 +307,27 @@ def _fewshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 COMMANDS = [
-    Command("train", "train a config (classification, part segmentation, pre-training)", TRAIN_DOC,
-            _train_arguments, _train, on_interrupt="continue with --resume"),
-    Command("evaluate", "evaluate a classification run: plain accuracy and voting", EVALUATE_DOC,
-            _evaluate_arguments, _evaluate),
-    Command("fewshot", "the few-shot grid (way x shot x fold), resumable", FEWSHOT_DOC,
-            _fewshot_arguments, _fewshot, on_interrupt="run it again: finished folds are kept"),
+    Command(
+        "train",
+        "train a config (classification, part segmentation, pre-training)",
+        TRAIN_DOC,
+        _train_arguments,
+        _train,
+        on_interrupt="continue with --resume",
+    ),
+    Command(
+        "evaluate",
+        "evaluate a classification run: plain accuracy and voting",
+        EVALUATE_DOC,
+        _evaluate_arguments,
+        _evaluate,
+    ),
+    Command(
+        "fewshot",
+        "the few-shot grid (way x shot x fold), resumable",
+        FEWSHOT_DOC,
+        _fewshot_arguments,
+        _fewshot,
+        on_interrupt="run it again: finished folds are kept",
+    ),
 ]

@@ -3,6 +3,7 @@
 Importing this package is cheap and side-effect free: the trainer (which pulls in models, data and
 PEFT) is imported on first use of :func:`train`.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -19,10 +19,12 @@ BatchNorm: the config's ``model.frozen_bn`` is the one policy. The method receiv
 ``frozen_bn`` option, which also decides the BN buffers kept in adapter files) and applies it in
 ``method.train()``; the trainer calls nothing else.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,8 +32,20 @@ from torch.utils.data import Dataset
 
 from clora3d.errors import ConfigError
 
-__all__ = ["model_spec", "build_model", "load_weights", "FullTraining", "apply_method", "build_method",
-           "build_optimizer", "Splits", "build_datasets", "build_train_pipeline", "Built", "build"]
+__all__ = [
+    "model_spec",
+    "build_model",
+    "load_weights",
+    "FullTraining",
+    "apply_method",
+    "build_method",
+    "build_optimizer",
+    "Splits",
+    "build_datasets",
+    "build_train_pipeline",
+    "Built",
+    "build",
+]
 
 #: model-section keys read by the engine, not by the model's constructor
 ENGINE_MODEL_KEYS = ("frozen_bn",)
@@ -110,14 +124,16 @@ def apply_method(model: nn.Module, cfg: Mapping[str, Any]):
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"peft.NAME={peft_cfg.get('NAME')!r} cannot be applied to model "
-                          f"{cfg['model'].get('NAME')}: {e}") from None
+        raise ConfigError(
+            f"peft.NAME={peft_cfg.get('NAME')!r} cannot be applied to model {cfg['model'].get('NAME')}: {e}"
+        ) from None
 
 
 def trains_everything(cfg: Mapping[str, Any], model: nn.Module) -> bool:
     """Pre-training, or ``peft.NAME: full`` on a model without a classification head (part seg)."""
-    return cfg.get("task") == "pretrain" or ((cfg.get("peft") or {}).get("NAME") == "full"
-                                             and not hasattr(model, "cls_head_finetune"))
+    return cfg.get("task") == "pretrain" or (
+        (cfg.get("peft") or {}).get("NAME") == "full" and not hasattr(model, "cls_head_finetune")
+    )
 
 
 def build_method(model: nn.Module, cfg: Mapping[str, Any]):
@@ -129,7 +145,8 @@ def build_method(model: nn.Module, cfg: Mapping[str, Any]):
 
 def build_optimizer(method: Any, cfg: Mapping[str, Any]):
     """``(optimizer, scheduler)`` over exactly the method's trainable parameters."""
-    from clora3d.engine.optim import build_optimizer as _optimizer, build_scheduler
+    from clora3d.engine.optim import build_optimizer as _optimizer
+    from clora3d.engine.optim import build_scheduler
 
     optimizer = _optimizer(dict(method.trainable_parameters()), cfg["optimizer"], exempt=method.no_weight_decay())
     scheduler = build_scheduler(optimizer, cfg["scheduler"], cfg["train"]["epochs"])
@@ -194,8 +211,9 @@ class Built:
     load_report: Any = None
 
 
-def build(cfg: Mapping[str, Any], *, ckpt: Any = None, device: str | torch.device = "cpu",
-          optimizer: bool = True) -> Built:
+def build(
+    cfg: Mapping[str, Any], *, ckpt: Any = None, device: str | torch.device = "cpu", optimizer: bool = True
+) -> Built:
     """Model (pre-trained weights from ``ckpt`` when given), method, optimizer and scheduler of a
     validated run config, on ``device``; the same steps and order as the trainer."""
     model = build_model(cfg)

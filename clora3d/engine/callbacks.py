@@ -5,18 +5,32 @@ Each callback implements any of ``on_train_epoch(trainer, epoch, train_metrics)`
 ``on_epoch_end(trainer, epoch, record)``; :func:`default_callbacks` is the list the trainer runs,
 in this order. Only the main process writes files.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from clora3d.engine.checkpoint import atomic_save, load_checkpoint, restore_training_state, training_state
 from clora3d.storage import to_plain as plain
 
-__all__ = ["LAST_CKPT", "BEST_CKPT", "Callback", "EpochLog", "BestCheckpoint", "History", "LastCheckpoint",
-           "Snapshots", "default_callbacks", "snapshot_due", "resume", "plain"]
+__all__ = [
+    "LAST_CKPT",
+    "BEST_CKPT",
+    "Callback",
+    "EpochLog",
+    "BestCheckpoint",
+    "History",
+    "LastCheckpoint",
+    "Snapshots",
+    "default_callbacks",
+    "snapshot_due",
+    "resume",
+    "plain",
+]
 
 LAST_CKPT = "ckpt-last.pth"
 BEST_CKPT = "ckpt-best.pth"
@@ -43,13 +57,15 @@ class EpochLog(Callback):
     """The reference runners' "[Training]" / "[Validation]" lines, and the scalars (csv, TensorBoard)."""
 
     def on_train_epoch(self, trainer, epoch, tr):
-        trainer.log.info(f"[Training] EPOCH: {epoch} EpochTime = {tr['time']:.3f} (s) Losses = "
-                         f"{loss_list(tr)} lr = {tr['lr']:.6f}")
+        trainer.log.info(
+            f"[Training] EPOCH: {epoch} EpochTime = {tr['time']:.3f} (s) Losses = {loss_list(tr)} lr = {tr['lr']:.6f}"
+        )
         trainer.log.scalars("train", tr, epoch)
 
     def on_validation(self, trainer, epoch, m):
-        trainer.log.info(f"[Validation] EPOCH: {epoch}  " + "  ".join(
-            f"{k} = {v:.4f}" for k, v in m.items() if k in SHOWN))
+        trainer.log.info(
+            f"[Validation] EPOCH: {epoch}  " + "  ".join(f"{k} = {v:.4f}" for k, v in m.items() if k in SHOWN)
+        )
         trainer.log.scalars(trainer.select_split, m, epoch)
 
 
@@ -59,10 +75,19 @@ class BestCheckpoint(Callback):
     def on_best(self, trainer, epoch, metrics):
         if not trainer.info.is_main or not trainer.cfg["train"]["save_best"]:
             return
-        atomic_save({"format_version": 1, "kind": "best", "epoch": epoch, "metrics": plain(metrics),
-                     "selected_on": trainer.select_split, "config": trainer.cfg,
-                     "class_names": trainer.class_names,
-                     "model": model_state(trainer.model)}, trainer.run_dir / BEST_CKPT)
+        atomic_save(
+            {
+                "format_version": 1,
+                "kind": "best",
+                "epoch": epoch,
+                "metrics": plain(metrics),
+                "selected_on": trainer.select_split,
+                "config": trainer.cfg,
+                "class_names": trainer.class_names,
+                "model": model_state(trainer.model),
+            },
+            trainer.run_dir / BEST_CKPT,
+        )
 
 
 class History(Callback):
@@ -78,11 +103,16 @@ class LastCheckpoint(Callback):
     def on_epoch_end(self, trainer, epoch, record):
         if not trainer.info.is_main:
             return
-        state = training_state(model_state=model_state(trainer.model), optimizer=trainer.optimizer,
-                               scheduler=trainer.scheduler, scaler=trainer.scaler, epoch=epoch,
-                               best=plain(trainer.best) if trainer.best else None,
-                               history=plain(trainer.history),
-                               extra={"config": trainer.cfg, "class_names": trainer.class_names})
+        state = training_state(
+            model_state=model_state(trainer.model),
+            optimizer=trainer.optimizer,
+            scheduler=trainer.scheduler,
+            scaler=trainer.scaler,
+            epoch=epoch,
+            best=plain(trainer.best) if trainer.best else None,
+            history=plain(trainer.history),
+            extra={"config": trainer.cfg, "class_names": trainer.class_names},
+        )
         atomic_save(state, trainer.run_dir / LAST_CKPT)
 
 
@@ -110,15 +140,22 @@ def resume(trainer: Any) -> int:
     """Restore ``<run_dir>/ckpt-last.pth`` into the trainer; returns the epoch to start from."""
     path = trainer.run_dir / LAST_CKPT
     state = load_checkpoint(path)
-    restore_training_state(state, model=trainer.model, optimizer=trainer.optimizer,
-                           scheduler=trainer.scheduler, scaler=trainer.scaler, path=path)
+    restore_training_state(
+        state,
+        model=trainer.model,
+        optimizer=trainer.optimizer,
+        scheduler=trainer.scheduler,
+        scaler=trainer.scaler,
+        path=path,
+    )
     saved_cfg = state.get("extra", {}).get("config")
     if saved_cfg is not None:
-        diff = config_diff(saved_cfg, trainer.cfg, ignore=("log", "train.num_workers", "train.epochs",
-                                                           "train.device"))
+        diff = config_diff(saved_cfg, trainer.cfg, ignore=("log", "train.num_workers", "train.epochs", "train.device"))
         if diff:
-            trainer.log.info(f"warning: resuming with a config that differs from the saved one "
-                             f"in {', '.join(diff)}; the result will not equal an uninterrupted run")
+            trainer.log.info(
+                f"warning: resuming with a config that differs from the saved one "
+                f"in {', '.join(diff)}; the result will not equal an uninterrupted run"
+            )
     trainer.history = list(state.get("history") or [])
     trainer.best = dict(state["best"]) if state.get("best") else None
     start = int(state["epoch"]) + 1
@@ -144,8 +181,9 @@ def loss_list(tr: Mapping[str, float]) -> str:
     return "[" + ", ".join(f"'{v:.4f}'" for v in vals) + "]"
 
 
-def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: tuple[str, ...] = (),
-                prefix: str = "") -> list[str]:
+def config_diff(
+    a: Mapping[str, Any], b: Mapping[str, Any], ignore: tuple[str, ...] = (), prefix: str = ""
+) -> list[str]:
     """Dotted keys whose values differ between configs ``a`` and ``b`` (``ignore``: keys / sections)."""
     out = []
     for k in sorted(set(a) | set(b)):

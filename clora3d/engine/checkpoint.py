@@ -9,12 +9,14 @@ Full training state (:func:`training_state` / :func:`restore_training_state`): m
 scheduler, AMP scaler, epoch, best metrics, history, and the RNG states of torch (CPU and CUDA),
 numpy and Python ``random``, so a resumed run continues bit-identically on the CPU.
 """
+
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +24,15 @@ import torch
 from clora3d.errors import CheckpointError
 from clora3d.storage import atomic_torch_save, safe_torch_load
 
-__all__ = ["atomic_save", "load_checkpoint", "get_rng_state", "set_rng_state",
-           "training_state", "restore_training_state", "FORMAT_VERSION"]
+__all__ = [
+    "atomic_save",
+    "load_checkpoint",
+    "get_rng_state",
+    "set_rng_state",
+    "training_state",
+    "restore_training_state",
+    "FORMAT_VERSION",
+]
 
 FORMAT_VERSION = 1
 
@@ -49,11 +58,14 @@ def get_rng_state() -> dict[str, Any]:
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]),
-                   "gauss": py_state[2]},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -64,8 +76,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what :func:`get_rng_state` captured."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -73,9 +86,17 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # -- full training state -----------------------------------------------------------------------
-def training_state(*, model_state: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                   scheduler: Any, scaler: Any, epoch: int, best: Mapping[str, Any] | None,
-                   history: list, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def training_state(
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    epoch: int,
+    best: Mapping[str, Any] | None,
+    history: list,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Everything needed to continue training after ``epoch`` (0-based index of the last epoch done)."""
     return {
         "format_version": FORMAT_VERSION,
@@ -91,25 +112,36 @@ def training_state(*, model_state: Mapping[str, torch.Tensor], optimizer: torch.
     }
 
 
-def restore_training_state(state: Mapping[str, Any], *, model: torch.nn.Module,
-                           optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-                           path: str | os.PathLike = "<checkpoint>") -> None:
+def restore_training_state(
+    state: Mapping[str, Any],
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    path: str | os.PathLike = "<checkpoint>",
+) -> None:
     """Load model / optimizer / scheduler / scaler / RNG from a :func:`training_state` dict."""
     missing = [k for k in ("epoch", "model", "optimizer", "scheduler", "rng") if k not in state]
     if missing:
-        raise CheckpointError(f"{path} is not a clora3d training checkpoint (missing {missing}); "
-                              f"--resume needs ckpt-last.pth from a clora3d run dir")
+        raise CheckpointError(
+            f"{path} is not a clora3d training checkpoint (missing {missing}); "
+            f"--resume needs ckpt-last.pth from a clora3d run dir"
+        )
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{path}: model weights do not match this config's model "
-                              f"({first}); resume with the same config") from None
+        raise CheckpointError(
+            f"{path}: model weights do not match this config's model ({first}); resume with the same config"
+        ) from None
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as e:
-        raise CheckpointError(f"{path}: optimizer state does not match this config's trainable "
-                              f"parameters ({e}); resume with the same config") from None
+        raise CheckpointError(
+            f"{path}: optimizer state does not match this config's trainable "
+            f"parameters ({e}); resume with the same config"
+        ) from None
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])

@@ -21,6 +21,7 @@ Loading rules (see cfgs/README.md for the user-facing description):
 The module is a little over 400 lines: loading and composition share the merge and the origin
 bookkeeping, and splitting them would put one data structure's rules in two files.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,15 @@ from clora3d.schema import short_repr as _short_repr
 from clora3d.storage import to_plain
 
 __all__ = [
-    "load_config", "compose_config", "composition_choices", "validate_config", "apply_overrides",
-    "parse_override", "dump_config", "save_config", "default_point_all",
+    "load_config",
+    "compose_config",
+    "composition_choices",
+    "validate_config",
+    "apply_overrides",
+    "parse_override",
+    "dump_config",
+    "save_config",
+    "default_point_all",
 ]
 
 Path_ = tuple  # a key path such as ("train", "epochs")
@@ -55,16 +63,22 @@ class _Loader(yaml.SafeLoader):
 _Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                 |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                 |[-+]?\.(?:inf|Inf|INF)
-                |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _yaml_load(text_or_stream: Any) -> Any:
     return yaml.load(text_or_stream, Loader=_Loader)
+
+
 REPLACE_KEY = "_replace_"
 
 
@@ -85,11 +99,15 @@ def _check_size(data: Any, path: Path) -> None:
         v, depth = stack.pop()
         n += 1
         if n > MAX_CONFIG_VALUES:
-            raise ConfigError(f"config {path} expands to more than {MAX_CONFIG_VALUES:,} values "
-                              "(YAML aliases nested in aliases?); write the values out")
+            raise ConfigError(
+                f"config {path} expands to more than {MAX_CONFIG_VALUES:,} values "
+                "(YAML aliases nested in aliases?); write the values out"
+            )
         if depth > MAX_CONFIG_DEPTH:
-            raise ConfigError(f"config {path} is nested more than {MAX_CONFIG_DEPTH} levels deep; "
-                              "a config is a few levels of mappings")
+            raise ConfigError(
+                f"config {path} is nested more than {MAX_CONFIG_DEPTH} levels deep; "
+                "a config is a few levels of mappings"
+            )
         if isinstance(v, dict):
             stack.extend((x, depth + 1) for x in v.values())
         elif isinstance(v, (list, tuple)):
@@ -104,8 +122,9 @@ def _read_yaml(path: Path, referenced_from: str | None) -> Any:
         raise ConfigError(f"config file not found: {path}{where}")
     if referenced_from and path.suffix.lower() not in (".yaml", ".yml"):
         # never read (nor quote in an error) a file that is not a config, e.g. a system file
-        raise ConfigError(f"_base_ in {referenced_from} names {path}, which is not a .yaml/.yml "
-                          "config file; it was not read")
+        raise ConfigError(
+            f"_base_ in {referenced_from} names {path}, which is not a .yaml/.yml config file; it was not read"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             data = _yaml_load(f)
@@ -115,17 +134,16 @@ def _read_yaml(path: Path, referenced_from: str | None) -> Any:
         problem = str(getattr(e, "problem", None) or e).splitlines()[0][:200]
         raise ConfigError(f"invalid YAML in {path}{loc}: {problem}") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config {path} is not UTF-8 text (invalid byte at position {e.start}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"config {path} is not UTF-8 text (invalid byte at position {e.start}); save it as UTF-8"
+        ) from None
     except RecursionError:
-        raise ConfigError(f"config {path} is nested too deeply to read; a config is a few levels "
-                          "of mappings") from None
+        raise ConfigError(f"config {path} is nested too deeply to read; a config is a few levels of mappings") from None
     _check_size(data, path)
     return data
 
 
-def _merge(base: dict, base_org: Origins, child: dict, child_org: Origins,
-           prefix: Path_ = ()) -> None:
+def _merge(base: dict, base_org: Origins, child: dict, child_org: Origins, prefix: Path_ = ()) -> None:
     """Deep-merge ``child`` into ``base`` in place (child wins); origins follow the values."""
     for k, v in child.items():
         p = prefix + (k,)
@@ -203,8 +221,7 @@ def _load_file(path: Path, stack: tuple[Path, ...] = (), referenced_from: str | 
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must contain a mapping at the top level, "
-                          f"got {type(data).__name__}")
+        raise ConfigError(f"config file {path} must contain a mapping at the top level, got {type(data).__name__}")
     return _resolve_mapping(data, path, stack + (path,), ())
 
 
@@ -223,15 +240,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     parts = key.split(".")
     if not key or any(not p.strip() or p != p.strip() for p in parts):
-        raise ConfigError(f"bad override {text!r}: the key must be dot-separated names, "
-                          f"e.g. optimizer.lr=1e-3")
+        raise ConfigError(f"bad override {text!r}: the key must be dot-separated names, e.g. optimizer.lr=1e-3")
     if BASE_KEY in parts:
         raise ConfigError(f"bad override {text!r}: _base_ cannot be set from the command line")
     try:
         value = _yaml_load(raw) if raw.strip() != "" else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"bad override {text!r}: the value is not valid YAML "
-                          f"({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"bad override {text!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
     return parts, value
 
 
@@ -287,25 +302,32 @@ def composition_choices(root: str | Path | None = None) -> dict[str, list[str]]:
     """The names ``compose_config`` accepts: ``{"task": [...], "peft": [...], "model": [...], "protocol": [...]}``
     (the YAML files under ``<root>/_base_/{tasks,peft,models,protocols}/``)."""
     base = Path(root if root is not None else default_cfgs_root()) / BASE_KEY
-    return {kind: sorted(f.stem for f in (base / folder).glob("*.yaml"))
-            for kind, folder in (("task", "tasks"), ("peft", "peft"), ("model", "models"),
-                                 ("protocol", "protocols"))}
+    return {
+        kind: sorted(f.stem for f in (base / folder).glob("*.yaml"))
+        for kind, folder in (("task", "tasks"), ("peft", "peft"), ("model", "models"), ("protocol", "protocols"))
+    }
 
 
-def _compose(task: str, peft: str, model: str | None, protocol: str | None,
-             root: str | Path | None) -> tuple[dict, Origins, str]:
+def _compose(
+    task: str, peft: str, model: str | None, protocol: str | None, root: str | Path | None
+) -> tuple[dict, Origins, str]:
     """Merge ``_base_/{recipe, models/<model>, tasks/<task>, protocols/<protocol>, peft/<peft>}.yaml``
     in that order (deep merge, later wins, as a ``_base_`` list); returns (cfg, origins, source)."""
     root = Path(root if root is not None else default_cfgs_root())
     choices = composition_choices(root)
-    source = f"--task {task} --peft {peft}" + (f" --protocol {protocol}" if protocol else "") \
+    source = (
+        f"--task {task} --peft {peft}"
+        + (f" --protocol {protocol}" if protocol else "")
         + (f" --model {model}" if model else "")
+    )
     for kind, value in (("task", task), ("peft", peft), ("model", model), ("protocol", protocol)):
         if value is not None and value not in choices[kind]:
             close = difflib.get_close_matches(str(value), choices[kind], n=1)
             did = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown --{kind} {value!r}{did} (available in {root / BASE_KEY}: "
-                              f"{', '.join(choices[kind]) or 'none'})")
+            raise ConfigError(
+                f"unknown --{kind} {value!r}{did} (available in {root / BASE_KEY}: "
+                f"{', '.join(choices[kind]) or 'none'})"
+            )
     if model == DEFAULT_MODEL:  # the model of the shipped pair files and of a task that names its own
         model = None
     base = root.resolve() / BASE_KEY
@@ -322,8 +344,10 @@ def _compose(task: str, peft: str, model: str | None, protocol: str | None,
     else:
         files = []
     if files and model is not None:
-        raise ConfigError(f"--model {model}: {pair} fixes the model of {task} x {peft}; drop --model, or "
-                          f"use --cfg {pair} --set model.KEY=VALUE")
+        raise ConfigError(
+            f"--model {model}: {pair} fixes the model of {task} x {peft}; drop --model, or "
+            f"use --cfg {pair} --set model.KEY=VALUE"
+        )
     if not files:
         files = _layers(base, task, model) + protocol_file + [base / "peft" / f"{peft}.yaml"]
     cfg: dict = {}
@@ -343,17 +367,26 @@ def _layers(base: Path, task: str, model: str | None) -> list[Path]:
     task_cfg, _ = _load_file(task_file)
     own_model = isinstance(task_cfg.get("model"), dict) and "NAME" in task_cfg["model"]
     if own_model and model is not None:
-        raise ConfigError(f"--model {model}: task {task!r} defines its own model "
-                          f"({task_cfg['model']['NAME']}) in {task_file}; drop --model, or write a config "
-                          f"file with _base_ and set the model keys there")
+        raise ConfigError(
+            f"--model {model}: task {task!r} defines its own model "
+            f"({task_cfg['model']['NAME']}) in {task_file}; drop --model, or write a config "
+            f"file with _base_ and set the model keys there"
+        )
     files = [base / "recipe.yaml"]
     if not own_model:
         files.append(base / "models" / f"{model or DEFAULT_MODEL}.yaml")
     return files + [task_file]
 
 
-def compose_config(task: str, peft: str, *, model: str | None = None, protocol: str | None = None,
-                   overrides: Iterable[str] = (), root: str | Path | None = None) -> dict:
+def compose_config(
+    task: str,
+    peft: str,
+    *,
+    model: str | None = None,
+    protocol: str | None = None,
+    overrides: Iterable[str] = (),
+    root: str | Path | None = None,
+) -> dict:
     """The run config of ``task`` x ``peft`` (``tools/train.py --task modelnet40 --peft clora``), validated.
 
     Merges ``cfgs/_base_/recipe.yaml``, ``models/<model>.yaml`` (default ``vit_s``; skipped for a task

@@ -13,12 +13,13 @@ and per-rank BatchNorm statistics change). Evaluation shards the data without pa
 (:class:`ShardSampler`) and the evaluation functions all-reduce sums and counts, so metrics are
 exact.
 """
+
 from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,9 +28,19 @@ from torch.utils.data import Sampler
 
 from clora3d.errors import ConfigError
 
-__all__ = ["DistInfo", "env_world", "init_distributed", "cleanup_distributed", "is_main",
-           "barrier", "all_reduce_sum", "broadcast_object", "ShardSampler", "maybe_sync_bn",
-           "unwrap"]
+__all__ = [
+    "DistInfo",
+    "env_world",
+    "init_distributed",
+    "cleanup_distributed",
+    "is_main",
+    "barrier",
+    "all_reduce_sum",
+    "broadcast_object",
+    "ShardSampler",
+    "maybe_sync_bn",
+    "unwrap",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class DistInfo:
 
 def env_world() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from the torchrun environment (0, 1, 0 when absent)."""
+
     def _int(name: str, default: int) -> int:
         raw = os.environ.get(name)
         if raw is None or raw == "":
@@ -61,13 +73,13 @@ def env_world() -> tuple[int, int, int]:
             return int(raw)
         except ValueError:
             raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+
     return _int("RANK", 0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0)
 
 
 def _pick_device(pref: str, local_rank: int) -> torch.device:
     if pref == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA GPU is available; use train.device=cpu "
-                          "or auto")
+        raise ConfigError("train.device=cuda but no CUDA GPU is available; use train.device=cpu or auto")
     if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     n = torch.cuda.device_count()
@@ -82,14 +94,20 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> Di
         return DistInfo(0, 1, 0, device, None)
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
     if missing:
-        raise ConfigError(f"WORLD_SIZE={world} but {missing} are not set: launch with "
-                          f"torchrun --nproc_per_node=N tools/train.py ...")
+        raise ConfigError(
+            f"WORLD_SIZE={world} but {missing} are not set: launch with torchrun --nproc_per_node=N tools/train.py ..."
+        )
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
     return DistInfo(rank, world, local_rank, device, backend)
 
 
@@ -158,12 +176,13 @@ def maybe_sync_bn(model: nn.Module, info: DistInfo, enabled: bool) -> nn.Module:
     if not enabled or not info.distributed:
         return model
     if info.device.type != "cuda":
-        raise ConfigError("train.sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm does not run "
-                          "on the CPU); set train.sync_bn=false for CPU/Gloo runs")
+        raise ConfigError(
+            "train.sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm does not run "
+            "on the CPU); set train.sync_bn=false for CPU/Gloo runs"
+        )
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside a DistributedDataParallel / DataParallel wrapper."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
-                                              nn.DataParallel)) else model
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model

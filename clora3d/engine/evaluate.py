@@ -26,9 +26,11 @@ Conventions (see ``shared/reference/point_mae_family.md`` §3.4 and §5):
   the part is absent from both ground truth and prediction; Inst. mIoU = mean of shape mIoUs over
   all shapes; Cls. mIoU = mean over the categories present of the mean shape mIoU within each.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,10 +50,21 @@ __all__ = [
 # ShapeNetPart categories in index order (synsetoffset2category.txt line order) and the global part
 # ids of each (reference §4.4): 16 categories, 50 parts.
 SHAPENETPART_SEG_CLASSES: dict[str, list[int]] = {
-    "Airplane": [0, 1, 2, 3], "Bag": [4, 5], "Cap": [6, 7], "Car": [8, 9, 10, 11],
-    "Chair": [12, 13, 14, 15], "Earphone": [16, 17, 18], "Guitar": [19, 20, 21], "Knife": [22, 23],
-    "Lamp": [24, 25, 26, 27], "Laptop": [28, 29], "Motorbike": [30, 31, 32, 33, 34, 35],
-    "Mug": [36, 37], "Pistol": [38, 39, 40], "Rocket": [41, 42, 43], "Skateboard": [44, 45, 46],
+    "Airplane": [0, 1, 2, 3],
+    "Bag": [4, 5],
+    "Cap": [6, 7],
+    "Car": [8, 9, 10, 11],
+    "Chair": [12, 13, 14, 15],
+    "Earphone": [16, 17, 18],
+    "Guitar": [19, 20, 21],
+    "Knife": [22, 23],
+    "Lamp": [24, 25, 26, 27],
+    "Laptop": [28, 29],
+    "Motorbike": [30, 31, 32, 33, 34, 35],
+    "Mug": [36, 37],
+    "Pistol": [38, 39, 40],
+    "Rocket": [41, 42, 43],
+    "Skateboard": [44, 45, 46],
     "Table": [47, 48, 49],
 }
 
@@ -59,6 +72,7 @@ SHAPENETPART_SEG_CLASSES: dict[str, list[int]] = {
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
+
 
 def _dist_ready() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -76,8 +90,9 @@ def _all_gather_list(items: list) -> list:
 def _batch_fields(batch: Any, names: Sequence[str]) -> list[torch.Tensor]:
     """Take fields from a dataset batch (dict of tensors as in the data contract)."""
     if not isinstance(batch, Mapping):
-        raise TypeError(f"evaluate: expected batches that are dicts with keys {list(names)}, "
-                        f"got {type(batch).__name__}")
+        raise TypeError(
+            f"evaluate: expected batches that are dicts with keys {list(names)}, got {type(batch).__name__}"
+        )
     missing = [n for n in names if n not in batch]
     if missing:
         raise KeyError(f"evaluate: batch has no key(s) {missing}; it has {sorted(batch)}")
@@ -98,8 +113,7 @@ def _default_vote_transform() -> Callable:
     return ScaleAndTranslate()
 
 
-def _apply_transform(transform: Callable, points: torch.Tensor,
-                     generator: torch.Generator | None) -> torch.Tensor:
+def _apply_transform(transform: Callable, points: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     if generator is None:
         return transform(points)
     try:
@@ -126,11 +140,20 @@ class _train_mode_guard:
 # classification
 # --------------------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def evaluate_classification(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
-                            npoints: int, vote: int = 0, vote_transform: Callable | None = None,
-                            point_all: int | None = None, generator: torch.Generator | None = None,
-                            vote_repeats: int = 1) -> dict[str, float]:
+def evaluate_classification(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: str | torch.device = "cpu",
+    npoints: int,
+    vote: int = 0,
+    vote_transform: Callable | None = None,
+    point_all: int | None = None,
+    generator: torch.Generator | None = None,
+    vote_repeats: int = 1,
+) -> dict[str, float]:
     """Accuracy of ``model`` on ``loader`` (batches ``{"points": (B,N,3), "label": (B,)}``).
 
     Returns ``{"acc", "correct", "count"}`` and, when ``vote > 0``, ``"acc_vote@{vote}"`` (plus
@@ -144,8 +167,10 @@ def evaluate_classification(model: nn.Module, loader: Iterable, *, device: str |
     if npoints <= 0:
         raise ValueError(f"evaluate_classification: npoints must be positive, got {npoints}")
     if vote < 0 or vote_repeats < 1:
-        raise ValueError(f"evaluate_classification: need vote >= 0 and vote_repeats >= 1, "
-                         f"got vote={vote}, vote_repeats={vote_repeats}")
+        raise ValueError(
+            f"evaluate_classification: need vote >= 0 and vote_repeats >= 1, "
+            f"got vote={vote}, vote_repeats={vote_repeats}"
+        )
     device = torch.device(device)
     if vote > 0:
         if vote_transform is None:
@@ -168,8 +193,10 @@ def evaluate_classification(model: nn.Module, loader: Iterable, *, device: str |
             label = label.to(device).view(-1).long()
             n_avail = points.shape[1]
             if n_avail < npoints:
-                raise ValueError(f"evaluate_classification: the batch has {n_avail} points per cloud "
-                                 f"but npoints={npoints}; lower npoints or use a denser dataset")
+                raise ValueError(
+                    f"evaluate_classification: the batch has {n_avail} points per cloud "
+                    f"but npoints={npoints}; lower npoints or use a denser dataset"
+                )
             pts = points if n_avail == npoints else _fps(points, npoints)
             pred = model(pts).argmax(-1)
             correct += int((pred == label).sum())
@@ -180,8 +207,7 @@ def evaluate_classification(model: nn.Module, loader: Iterable, *, device: str |
                 for r in range(vote_repeats):
                     logits_sum = None
                     for _ in range(vote):
-                        sub = torch.randperm(pool_n, generator=generator,
-                                             device=generator.device)[:npoints].to(device)
+                        sub = torch.randperm(pool_n, generator=generator, device=generator.device)[:npoints].to(device)
                         view = pool[:, sub, :]
                         view = _apply_transform(vote_transform, view, generator)
                         logits = model(view).float()
@@ -193,8 +219,7 @@ def evaluate_classification(model: nn.Module, loader: Iterable, *, device: str |
     correct_g, count_g, vote_g = sums[0], sums[1], sums[2:]
     if count_g == 0:
         raise ValueError("evaluate_classification: the loader yielded no samples")
-    out: dict[str, float] = {"acc": 100.0 * correct_g / count_g, "correct": int(correct_g),
-                             "count": int(count_g)}
+    out: dict[str, float] = {"acc": 100.0 * correct_g / count_g, "correct": int(correct_g), "count": int(count_g)}
     if vote > 0:
         accs = [100.0 * c / count_g for c in vote_g]
         out[f"acc_vote@{vote}"] = accs[0]
@@ -208,8 +233,10 @@ def evaluate_classification(model: nn.Module, loader: Iterable, *, device: str |
 # part segmentation
 # --------------------------------------------------------------------------------------------------
 
-def normalize_seg_classes(seg_classes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]] | None
-                          ) -> list[tuple[str, list[int]]]:
+
+def normalize_seg_classes(
+    seg_classes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]] | None,
+) -> list[tuple[str, list[int]]]:
     """``[(category name, [global part ids])]`` in category-index order.
 
     Accepts a dict ``{name: parts}`` (insertion order = category index), a list of part lists
@@ -238,8 +265,7 @@ def _restricted_labels(pred: np.ndarray, cls: np.ndarray, cats: list[tuple[str, 
     if pred.ndim == 2:
         return pred.astype(np.int64)
     if pred.ndim != 3:
-        raise ValueError(f"part_seg_miou: predictions must be logits (S,N,P) or labels (S,N), "
-                         f"got shape {pred.shape}")
+        raise ValueError(f"part_seg_miou: predictions must be logits (S,N,P) or labels (S,N), got shape {pred.shape}")
     out = np.empty(pred.shape[:2], dtype=np.int64)
     for s in range(pred.shape[0]):
         parts = np.asarray(cats[int(cls[s])][1])
@@ -247,8 +273,9 @@ def _restricted_labels(pred: np.ndarray, cls: np.ndarray, cats: list[tuple[str, 
     return out
 
 
-def _shape_ious(pred_lab: np.ndarray, seg: np.ndarray, cls: np.ndarray,
-                cats: list[tuple[str, list[int]]]) -> list[tuple[int, float]]:
+def _shape_ious(
+    pred_lab: np.ndarray, seg: np.ndarray, cls: np.ndarray, cats: list[tuple[str, list[int]]]
+) -> list[tuple[int, float]]:
     """``[(category, shape mIoU)]`` per shape, absent-in-both part IoU = 1."""
     res = []
     for s in range(seg.shape[0]):
@@ -262,9 +289,14 @@ def _shape_ious(pred_lab: np.ndarray, seg: np.ndarray, cls: np.ndarray,
     return res
 
 
-def _summarise(shape_res: list[tuple[int, float]], point_correct: float, point_count: float,
-               part_seen: np.ndarray, part_correct: np.ndarray,
-               cats: list[tuple[str, list[int]]]) -> dict[str, Any]:
+def _summarise(
+    shape_res: list[tuple[int, float]],
+    point_correct: float,
+    point_count: float,
+    part_seen: np.ndarray,
+    part_correct: np.ndarray,
+    cats: list[tuple[str, list[int]]],
+) -> dict[str, Any]:
     if not shape_res:
         raise ValueError("part_seg_miou: no shapes to evaluate")
     per_cat: dict[str, dict[str, float]] = {}
@@ -288,13 +320,17 @@ def _summarise(shape_res: list[tuple[int, float]], point_correct: float, point_c
 
 def _check_cls(cls: np.ndarray, cats: list) -> None:
     if cls.size and (cls.min() < 0 or cls.max() >= len(cats)):
-        raise ValueError(f"part_seg_miou: category index {int(cls.max())} out of range for "
-                         f"{len(cats)} categories in seg_classes")
+        raise ValueError(
+            f"part_seg_miou: category index {int(cls.max())} out of range for {len(cats)} categories in seg_classes"
+        )
 
 
-def part_seg_miou(pred_logits_or_labels: Any, seg_gt: Any, cls: Any,
-                  seg_classes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]] | None = None
-                  ) -> dict[str, Any]:
+def part_seg_miou(
+    pred_logits_or_labels: Any,
+    seg_gt: Any,
+    cls: Any,
+    seg_classes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]] | None = None,
+) -> dict[str, Any]:
     """ShapeNetPart metrics exactly as the reference computes them.
 
     ``pred_logits_or_labels``: logits / log-probabilities ``(S, N, P)`` (the argmax is restricted
@@ -310,22 +346,29 @@ def part_seg_miou(pred_logits_or_labels: Any, seg_gt: Any, cls: Any,
     seg = _as_numpy(seg_gt).astype(np.int64)
     cls_np = _as_numpy(cls).astype(np.int64).reshape(-1)
     if seg.ndim != 2 or pred.shape[:2] != seg.shape or cls_np.shape[0] != seg.shape[0]:
-        raise ValueError(f"part_seg_miou: shapes do not match: pred {pred.shape}, seg {seg.shape}, "
-                         f"cls {cls_np.shape}; expected (S,N[,P]), (S,N), (S,)")
+        raise ValueError(
+            f"part_seg_miou: shapes do not match: pred {pred.shape}, seg {seg.shape}, "
+            f"cls {cls_np.shape}; expected (S,N[,P]), (S,N), (S,)"
+        )
     _check_cls(cls_np, cats)
     lab = _restricted_labels(pred, cls_np, cats)
     n_parts = max(max(p) for _, p in cats) + 1
     part_seen = np.bincount(seg.reshape(-1), minlength=n_parts).astype(np.float64)
     hit = seg == lab
     part_correct = np.bincount(seg[hit], minlength=n_parts).astype(np.float64)
-    return _summarise(_shape_ious(lab, seg, cls_np, cats), float(hit.sum()), float(seg.size),
-                      part_seen, part_correct, cats)
+    return _summarise(
+        _shape_ious(lab, seg, cls_np, cats), float(hit.sum()), float(seg.size), part_seen, part_correct, cats
+    )
 
 
 @torch.no_grad()
-def evaluate_partseg(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
-                     seg_classes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]] | None = None
-                     ) -> dict[str, Any]:
+def evaluate_partseg(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: str | torch.device = "cpu",
+    seg_classes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]] | None = None,
+) -> dict[str, Any]:
     """Part-segmentation metrics of ``model`` (``model(pts, cls_onehot) -> (B,N,P)``) on ``loader``.
 
     Batches are ``{"points": (B,N,3), "cls": (B,), "seg": (B,N)}``. The category one-hot has one
@@ -362,8 +405,8 @@ def evaluate_partseg(model: nn.Module, loader: Iterable, *, device: str | torch.
         shape_res = _all_gather_list(shape_res)
         sums = all_reduce_sum([point_correct, point_count, *part_seen, *part_correct], device)
         point_correct, point_count = sums[0], sums[1]
-        part_seen = np.asarray(sums[2:2 + n_parts])
-        part_correct = np.asarray(sums[2 + n_parts:])
+        part_seen = np.asarray(sums[2 : 2 + n_parts])
+        part_correct = np.asarray(sums[2 + n_parts :])
     return _summarise(shape_res, point_correct, point_count, part_seen, part_correct, cats)
 
 
@@ -372,6 +415,8 @@ def format_partseg_table(metrics: Mapping[str, Any]) -> str:
     lines = [f"{'category':<12} {'shapes':>6} {'mIoU':>7}"]
     for name, row in metrics["per_category"].items():
         lines.append(f"{name:<12} {row['shapes']:>6d} {row['miou']:>7.2f}")
-    lines.append(f"Inst. mIoU {metrics['inst_miou']:.2f}  Cls. mIoU {metrics['cls_miou']:.2f}  "
-                 f"point acc {metrics['point_acc']:.2f}  ({metrics['num_shapes']} shapes)")
+    lines.append(
+        f"Inst. mIoU {metrics['inst_miou']:.2f}  Cls. mIoU {metrics['cls_miou']:.2f}  "
+        f"point acc {metrics['point_acc']:.2f}  ({metrics['num_shapes']} shapes)"
+    )
     return "\n".join(lines)

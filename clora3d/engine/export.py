@@ -9,10 +9,12 @@
   merging, and after re-loading the written file into a fresh model must agree (fp32, ``atol``);
   the largest differences are returned.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -37,9 +39,15 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, task: str) -> torch.Tensor
         return model(x).float()
 
 
-def export_run(ckpt: str | Path, *, cfg: str | Path | Mapping[str, Any] | None = None,
-               adapter_out: str | Path | None = None, merged_out: str | Path | None = None,
-               device: str | torch.device = "cpu", atol: float = 1e-4) -> dict[str, Any]:
+def export_run(
+    ckpt: str | Path,
+    *,
+    cfg: str | Path | Mapping[str, Any] | None = None,
+    adapter_out: str | Path | None = None,
+    merged_out: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    atol: float = 1e-4,
+) -> dict[str, Any]:
     """Write the adapter and/or merged model of run checkpoint ``ckpt``; returns a report dict.
 
     ``cfg`` overrides the config stored with the run. Raises :class:`ConfigError` when nothing is
@@ -54,8 +62,10 @@ def export_run(ckpt: str | Path, *, cfg: str | Path | Mapping[str, Any] | None =
     device = check_device(device)
     model, cfg_d, _, method = load_run(ckpt, cfg, device=device, need_method=True)
     if method is None:
-        raise CheckpointError(f"export: {ckpt} is not a clora3d run checkpoint (no training state); "
-                              "pass ckpt-best.pth / ckpt-last.pth of a tools/train.py run")
+        raise CheckpointError(
+            f"export: {ckpt} is not a clora3d run checkpoint (no training state); "
+            "pass ckpt-best.pth / ckpt-last.pth of a tools/train.py run"
+        )
     task = str(cfg_d.get("task", "classification"))
     report: dict[str, Any] = {"method": method.name, "ckpt": str(ckpt)}
     if adapter_out is not None:
@@ -72,9 +82,11 @@ def export_run(ckpt: str | Path, *, cfg: str | Path | Mapping[str, Any] | None =
         before = _forward(model, x, task)
         if method.peft_params:
             if not method.mergeable:
-                raise ConfigError(f"export: peft method {method.name!r} cannot be merged into the "
-                                  "backbone (its update is not a linear map of the frozen weights); "
-                                  "export the adapter with --adapter instead")
+                raise ConfigError(
+                    f"export: peft method {method.name!r} cannot be merged into the "
+                    "backbone (its update is not a linear map of the frozen weights); "
+                    "export the adapter with --adapter instead"
+                )
             method.merge()
         after = _forward(model, x, task)
         # after merging, leftover PEFT tensors (if a method keeps any registered) are not part of
@@ -85,10 +97,16 @@ def export_run(ckpt: str | Path, *, cfg: str | Path | Mapping[str, Any] | None =
         reloaded = _forward(fresh, x, task)
         d_merge = float((after - before).abs().max())
         d_reload = float((reloaded - after).abs().max())
-        report.update(merged=str(merged_out), merged_bytes=Path(merged_out).stat().st_size,
-                      max_abs_diff_merge=d_merge, max_abs_diff_reload=d_reload)
+        report.update(
+            merged=str(merged_out),
+            merged_bytes=Path(merged_out).stat().st_size,
+            max_abs_diff_merge=d_merge,
+            max_abs_diff_reload=d_reload,
+        )
         if d_merge > atol or d_reload > atol:
-            raise CheckpointError(f"export: merged model {merged_out} differs from the adapted model "
-                                  f"(max |diff| {d_merge:.3g} after merge, {d_reload:.3g} after "
-                                  f"reload, tolerance {atol}); do not use it")
+            raise CheckpointError(
+                f"export: merged model {merged_out} differs from the adapted model "
+                f"(max |diff| {d_merge:.3g} after merge, {d_reload:.3g} after "
+                f"reload, tolerance {atol}); do not use it"
+            )
     return report

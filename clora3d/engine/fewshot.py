@@ -26,6 +26,7 @@ clora3d spelling ``<W>way<S>shot`` is still read, with a warning).
 Re-running skips every fold whose result JSON exists; a fold that was interrupted (run folder
 without result JSON) resumes from its last checkpoint when there is one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,16 +34,25 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from clora3d.storage import atomic_write_bytes
 from clora3d.errors import ConfigError
+from clora3d.storage import atomic_write_bytes
 
-__all__ = ["SETTINGS", "run_fewshot", "summarize", "format_table", "fold_dataset_cfg",
-           "setting_name", "missing_folds", "LAST_CKPT_NAMES"]
+__all__ = [
+    "SETTINGS",
+    "run_fewshot",
+    "summarize",
+    "format_table",
+    "fold_dataset_cfg",
+    "setting_name",
+    "missing_folds",
+    "LAST_CKPT_NAMES",
+]
 
 log = logging.getLogger(__name__)
 _LOG = log  # run_fewshot's (deprecated) ``log`` argument shadows the name
@@ -69,17 +79,20 @@ def fold_dataset_cfg(cfg: Mapping[str, Any], way: int, shot: int, fold: int) -> 
     out = copy.deepcopy(dict(cfg))
     ds = out.get("dataset")
     if not isinstance(ds, dict):
-        raise ConfigError("few-shot: the config has no 'dataset' section; use a few-shot config "
-                          "such as cfgs/fewshot/*.yaml")
+        raise ConfigError(
+            "few-shot: the config has no 'dataset' section; use a few-shot config such as cfgs/fewshot/*.yaml"
+        )
     hit = False
-    for split, sec in ds.items():
+    for sec in ds.values():
         if isinstance(sec, dict) and sec.get("NAME") == FEWSHOT_DATASET:
             sec.update(way=int(way), shot=int(shot), fold=int(fold))
             hit = True
     if not hit:
-        raise ConfigError(f"few-shot: no dataset split of the config has NAME: {FEWSHOT_DATASET} "
-                          f"(found {[s.get('NAME') for s in ds.values() if isinstance(s, dict)]}); "
-                          "use a few-shot config")
+        raise ConfigError(
+            f"few-shot: no dataset split of the config has NAME: {FEWSHOT_DATASET} "
+            f"(found {[s.get('NAME') for s in ds.values() if isinstance(s, dict)]}); "
+            "use a few-shot config"
+        )
     return out
 
 
@@ -101,8 +114,15 @@ def missing_folds(root: str | Path, grid: Iterable[tuple[int, int, int]]) -> lis
     return [p for p in paths if not p.is_file()]
 
 
-def _generate_folds(root: Path, modelnet_root: str | Path, missing: Sequence[Path],
-                    ways: Sequence[int], shots: Sequence[int], n_folds: int, seed: int) -> None:
+def _generate_folds(
+    root: Path,
+    modelnet_root: str | Path,
+    missing: Sequence[Path],
+    ways: Sequence[int],
+    shots: Sequence[int],
+    n_folds: int,
+    seed: int,
+) -> None:
     """Generate folds with the data package's seeded generator into a scratch folder and move
     only the ``missing`` files into ``root`` (existing, e.g. released, folds are never replaced).
     Each fold file depends only on (seed, way, shot, fold), so partial generation is consistent."""
@@ -112,8 +132,7 @@ def _generate_folds(root: Path, modelnet_root: str | Path, missing: Sequence[Pat
 
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".generate-") as tmp:
-        data.generate_fewshot_folds(modelnet_root, tmp, ways=tuple(ways), shots=tuple(shots),
-                                    folds=n_folds, seed=seed)
+        data.generate_fewshot_folds(modelnet_root, tmp, ways=tuple(ways), shots=tuple(shots), folds=n_folds, seed=seed)
         for dst in missing:
             src = Path(tmp) / dst.relative_to(root)
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -130,13 +149,16 @@ def _find_last_ckpt(run_dir: Path) -> Path | None:
 
 def _metric(d: Mapping[str, Any], key: str, what: str) -> float:
     if key not in d:
-        raise ConfigError(f"few-shot: the trainer's {what} metrics have no {key!r} (they have "
-                          f"{sorted(d)}); pass --metric <one of them>")
+        raise ConfigError(
+            f"few-shot: the trainer's {what} metrics have no {key!r} (they have "
+            f"{sorted(d)}); pass --metric <one of them>"
+        )
     return float(d[key])
 
 
-def summarize(results: Mapping[tuple[int, int], Sequence[Mapping[str, Any]]], *,
-              ci95: bool = False) -> dict[str, dict[str, Any]]:
+def summarize(
+    results: Mapping[tuple[int, int], Sequence[Mapping[str, Any]]], *, ci95: bool = False
+) -> dict[str, dict[str, Any]]:
     """Per setting: folds, n (folds), seeds, mean/std (ddof 0) of best- and last-epoch accuracy
     over folds (+ ci95), and with several seeds the mean/std over seeds.
 
@@ -151,12 +173,26 @@ def summarize(results: Mapping[tuple[int, int], Sequence[Mapping[str, Any]]], *,
             continue
         folds = sorted({int(r["fold"]) for r in recs})
         seeds = sorted({r.get("seed") for r in recs}, key=lambda v: (v is None, v))
-        row: dict[str, Any] = {"way": w, "shot": s, "n": len(folds), "folds": folds,
-                               "n_seeds": len(seeds), "seeds": seeds}
+        row: dict[str, Any] = {
+            "way": w,
+            "shot": s,
+            "n": len(folds),
+            "folds": folds,
+            "n_seeds": len(seeds),
+            "seeds": seeds,
+        }
         for which in ("best", "last"):
-            def mean_by(key: str, k: Any) -> float:
-                return float(np.mean([float(r[f"{which}_acc"]) for r in recs
-                                      if (int(r["fold"]) if key == "fold" else r.get("seed")) == k]))
+
+            def mean_by(key: str, k: Any, which: str = which, recs: list = recs) -> float:
+                return float(
+                    np.mean(
+                        [
+                            float(r[f"{which}_acc"])
+                            for r in recs
+                            if (int(r["fold"]) if key == "fold" else r.get("seed")) == k
+                        ]
+                    )
+                )
 
             vals = np.asarray([mean_by("fold", f) for f in folds], dtype=np.float64)
             row[f"{which}_mean"] = float(vals.mean())
@@ -181,28 +217,42 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], *, ci95: bool = False
     spread = "ci95" if ci95 else "std"
     seeded = any(summary[n].get("n_seeds", 1) > 1 for n in names)
     over = " over folds" if seeded else ""
-    rows = [("best", f"best epoch (ref.) ±{spread}{over}", spread),
-            ("last", f"last epoch ±{spread}{over}", spread)]
+    rows = [("best", f"best epoch (ref.) ±{spread}{over}", spread), ("last", f"last epoch ±{spread}{over}", spread)]
     if seeded:
         k = max(summary[n].get("n_seeds", 1) for n in names)
-        rows += [("best_seed", f"best epoch ±std over {k} seeds", "std"),
-                 ("last_seed", f"last epoch ±std over {k} seeds", "std")]
+        rows += [
+            ("best_seed", f"best epoch ±std over {k} seeds", "std"),
+            ("last_seed", f"last epoch ±std over {k} seeds", "std"),
+        ]
     lw = max(len(label) for _, label, _ in rows) + 2
     lines = ["setting".ljust(lw) + "".join(h.rjust(width) for h in heads)]
     for which, label, sp in rows:
-        cells = [f"{summary[n][f'{which}_mean']:.1f} ± {summary[n][f'{which}_{sp}']:.1f}"
-                 if f"{which}_mean" in summary[n] else "-" for n in names]
+        cells = [
+            f"{summary[n][f'{which}_mean']:.1f} ± {summary[n][f'{which}_{sp}']:.1f}"
+            if f"{which}_mean" in summary[n]
+            else "-"
+            for n in names
+        ]
         lines.append(label.ljust(lw) + "".join(c.rjust(width) for c in cells))
     return "\n".join(lines)
 
 
-def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[int] = (5, 10),
-                shots: Sequence[int] = (10, 20), folds: Sequence[int] = tuple(range(10)),
-                ckpt: str | None = None, metric: str = "acc", ci95: bool = False,
-                seeds: Sequence[int] | None = None,
-                generate_from: str | Path | None = None, generate_seed: int = 0,
-                train_fn: Callable[..., Mapping[str, Any]] | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_fewshot(
+    cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    ways: Sequence[int] = (5, 10),
+    shots: Sequence[int] = (10, 20),
+    folds: Sequence[int] = tuple(range(10)),
+    ckpt: str | None = None,
+    metric: str = "acc",
+    ci95: bool = False,
+    seeds: Sequence[int] | None = None,
+    generate_from: str | Path | None = None,
+    generate_seed: int = 0,
+    train_fn: Callable[..., Mapping[str, Any]] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the few-shot grid and return ``{"folds": [...], "summary": {...}, "table"}``.
 
     ``cfg`` is a resolved config whose dataset splits use ``ModelNetFewShot``; each run gets a copy
@@ -235,17 +285,26 @@ def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[i
     for root in _fewshot_roots(cfg):
         missing = missing_folds(root, grid)
         if missing and generate_from is not None:
-            log(f"few-shot: generating {len(missing)} missing fold file(s) under {root} from "
-                f"{generate_from} (seed {generate_seed}); these are NOT the released folds")
-            _generate_folds(root, generate_from, missing, sorted({w for w, _, _ in grid}),
-                            sorted({s for _, s, _ in grid}), max(f for _, _, f in grid) + 1,
-                            generate_seed)
+            log(
+                f"few-shot: generating {len(missing)} missing fold file(s) under {root} from "
+                f"{generate_from} (seed {generate_seed}); these are NOT the released folds"
+            )
+            _generate_folds(
+                root,
+                generate_from,
+                missing,
+                sorted({w for w, _, _ in grid}),
+                sorted({s for _, s, _ in grid}),
+                max(f for _, _, f in grid) + 1,
+                generate_seed,
+            )
             missing = missing_folds(root, grid)
         if missing:
             raise FileNotFoundError(
                 f"few-shot: fold file {missing[0]} is missing ({len(missing)} of {len(grid)} "
                 f"missing); place the released folds under {root}/<W>way_<S>shot/<F>.pkl or pass "
-                "--generate-from <ModelNet40 root> to generate seeded folds")
+                "--generate-from <ModelNet40 root> to generate seeded folds"
+            )
     if train_fn is None:
         from clora3d.engine.trainer import train as train_fn  # type: ignore[no-redef]
 
@@ -262,44 +321,61 @@ def run_fewshot(cfg: Mapping[str, Any], out_dir: str | Path, *, ways: Sequence[i
                 rec = json.loads(res_path.read_text())
                 _ = float(rec["best_acc"]), float(rec["last_acc"])
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"few-shot: result file {res_path} is unreadable ({e}); delete it "
-                                 "to re-run that fold") from None
-            log(f"[{i + 1}/{len(runs)}] {setting_name(w, s)} {what}: done before "
-                f"(best {rec['best_acc']:.2f}), skipped")
+                raise ValueError(
+                    f"few-shot: result file {res_path} is unreadable ({e}); delete it to re-run that fold"
+                ) from None
+            log(f"[{i + 1}/{len(runs)}] {setting_name(w, s)} {what}: done before (best {rec['best_acc']:.2f}), skipped")
         else:
             run_dir = out_dir / setting_name(w, s) / tag
             resume = _find_last_ckpt(run_dir) is not None
             finished = run_dir / "result.json"
             if resume and finished.is_file():
                 # training finished but the runner stopped before writing the fold's result
-                log(f"[{i + 1}/{len(runs)}] {setting_name(w, s)} {what}: training had finished; "
-                    f"reading {finished}")
+                log(f"[{i + 1}/{len(runs)}] {setting_name(w, s)} {what}: training had finished; reading {finished}")
                 res = json.loads(finished.read_text())
             else:
-                log(f"[{i + 1}/{len(runs)}] {setting_name(w, s)} {what}: "
-                    f"{'resuming' if resume else 'training'} in {run_dir}")
+                log(
+                    f"[{i + 1}/{len(runs)}] {setting_name(w, s)} {what}: "
+                    f"{'resuming' if resume else 'training'} in {run_dir}"
+                )
                 fold_cfg = fold_dataset_cfg(cfg, w, s, f)
                 fold_cfg["name"] = f"{cfg.get('name') or 'fewshot'}_{setting_name(w, s)}_{tag}"
                 if k is not None:
                     fold_cfg["seed"] = k
                 res = train_fn(fold_cfg, ckpt=ckpt, resume=resume, run_dir=str(run_dir))
             best = res["best"]
-            rec = {"way": w, "shot": s, "fold": f, "seed": base_seed if k is None else k,
-                   "metric": metric,
-                   "best_acc": _metric(best, metric, "best"), "best_epoch": best.get("epoch"),
-                   "last_acc": _metric(res["last"], metric, "last"),
-                   "epochs": len(res.get("history", [])), "run_dir": str(res.get("run_dir", run_dir)),
-                   "ckpt": ckpt}
+            rec = {
+                "way": w,
+                "shot": s,
+                "fold": f,
+                "seed": base_seed if k is None else k,
+                "metric": metric,
+                "best_acc": _metric(best, metric, "best"),
+                "best_epoch": best.get("epoch"),
+                "last_acc": _metric(res["last"], metric, "last"),
+                "epochs": len(res.get("history", [])),
+                "run_dir": str(res.get("run_dir", run_dir)),
+                "ckpt": ckpt,
+            }
             _write_json(res_path, rec)
             log(f"    best {rec['best_acc']:.2f} (epoch {rec['best_epoch']}), last {rec['last_acc']:.2f}")
         results.setdefault((w, s), []).append(rec)
         summary = summarize(results, ci95=ci95)
-        _write_json(out_dir / "summary.json", {"protocol": "best-epoch query accuracy per fold "
-                                               "(mean over its seeds); mean ± population std (ddof 0) "
-                                               "over folds (reference) and, with several seeds, over "
-                                               "seeds (per-seed mean over folds); no voting",
-                                               "metric": metric, "settings": summary,
-                                               "folds": [r for v in results.values() for r in v]})
+        _write_json(
+            out_dir / "summary.json",
+            {
+                "protocol": "best-epoch query accuracy per fold "
+                "(mean over its seeds); mean ± population std (ddof 0) "
+                "over folds (reference) and, with several seeds, over "
+                "seeds (per-seed mean over folds); no voting",
+                "metric": metric,
+                "settings": summary,
+                "folds": [r for v in results.values() for r in v],
+            },
+        )
     summary = summarize(results, ci95=ci95)
-    return {"folds": [r for v in results.values() for r in v], "summary": summary,
-            "table": format_table(summary, ci95=ci95)}
+    return {
+        "folds": [r for v in results.values() for r in v],
+        "summary": summary,
+        "table": format_table(summary, ci95=ci95),
+    }

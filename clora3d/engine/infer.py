@@ -14,11 +14,13 @@ Every file is read with :func:`clora3d.data.io.read_point_cloud` (``.ply .pcd .x
 replacement when it has fewer. Part labels predicted on the sampled points are carried back to
 every input point by its nearest sampled point.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,11 +30,19 @@ from clora3d.data.common import normalize_unit_sphere
 from clora3d.engine.build import model_spec  # noqa: F401  (re-exported: its historical home)
 from clora3d.errors import CheckpointError, ConfigError, DataError
 
-__all__ = ["Predictor", "load_run", "check_device", "model_spec", "find_point_files", "normalize_unit_sphere",
-           "resample", "POINT_EXTENSIONS", "RUN_CKPT_NAMES"]
+__all__ = [
+    "Predictor",
+    "load_run",
+    "check_device",
+    "model_spec",
+    "find_point_files",
+    "normalize_unit_sphere",
+    "resample",
+    "POINT_EXTENSIONS",
+    "RUN_CKPT_NAMES",
+]
 
-POINT_EXTENSIONS = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts", ".npy", ".npz", ".txt",
-                    ".csv", ".off", ".obj")
+POINT_EXTENSIONS = (".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts", ".npy", ".npz", ".txt", ".csv", ".off", ".obj")
 #: run-folder checkpoint names, in order of preference
 RUN_CKPT_NAMES = ("ckpt-best.pth", "ckpt-last.pth")
 
@@ -48,12 +58,17 @@ def check_device(spec: str | torch.device) -> torch.device:
     if dev.type != "cuda":
         raise ConfigError(f"--device {str(spec)[:80]!r}: only cpu and cuda[:N] are supported")
     if not torch.cuda.is_available():
-        why = ("this torch is a CPU-only build" if torch.version.cuda is None
-               else "no CUDA GPU is visible (driver / CUDA_VISIBLE_DEVICES)")
+        why = (
+            "this torch is a CPU-only build"
+            if torch.version.cuda is None
+            else "no CUDA GPU is visible (driver / CUDA_VISIBLE_DEVICES)"
+        )
         raise ConfigError(f"--device {spec}: CUDA is not available ({why}); use --device cpu")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are "
-                          f"visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+        raise ConfigError(
+            f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are "
+            f"visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+        )
     return dev
 
 
@@ -107,6 +122,7 @@ def _read(path: Path) -> np.ndarray:
 # loading a model
 # --------------------------------------------------------------------------------------------------
 
+
 def _ckpt_config(obj: Mapping[str, Any]) -> dict | None:
     for holder in (obj, obj.get("extra") or {}, obj.get("meta") or {}):
         if isinstance(holder, Mapping):
@@ -129,15 +145,13 @@ def _resolve_ckpt_path(ckpt: str | Path) -> Path:
         for name in RUN_CKPT_NAMES:
             if (p / name).is_file():
                 return p / name
-        raise CheckpointError(f"run folder {p} has no {' or '.join(RUN_CKPT_NAMES)}; pass a "
-                              "checkpoint file")
+        raise CheckpointError(f"run folder {p} has no {' or '.join(RUN_CKPT_NAMES)}; pass a checkpoint file")
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     return p
 
 
-def _load_cfg(cfg: str | Path | Mapping[str, Any] | None, obj: Mapping[str, Any], ckpt_path: Path
-              ) -> dict:
+def _load_cfg(cfg: str | Path | Mapping[str, Any] | None, obj: Mapping[str, Any], ckpt_path: Path) -> dict:
     from clora3d.engine.config import load_config
 
     if isinstance(cfg, Mapping):
@@ -150,15 +164,17 @@ def _load_cfg(cfg: str | Path | Mapping[str, Any] | None, obj: Mapping[str, Any]
     side = ckpt_path.parent / "config.yaml"
     if side.is_file():
         return load_config(side)
-    raise ConfigError(f"checkpoint {ckpt_path} carries no config and there is no config.yaml "
-                      "beside it; pass --cfg with the config it was trained with")
+    raise ConfigError(
+        f"checkpoint {ckpt_path} carries no config and there is no config.yaml "
+        "beside it; pass --cfg with the config it was trained with"
+    )
 
 
 def _class_names(cfg: Mapping[str, Any], obj: Mapping[str, Any], num: int) -> list[str]:
     names = _ckpt_meta(obj, "class_names")
     if isinstance(names, (list, tuple)) and len(names) == num:
         return [str(n) for n in names]
-    ds = (cfg.get("dataset") or {})
+    ds = cfg.get("dataset") or {}
     sec = ds.get("test") or ds.get("val") or ds.get("train") or {}
     name = sec.get("NAME") if isinstance(sec, Mapping) else None
     try:
@@ -176,13 +192,14 @@ def _class_names(cfg: Mapping[str, Any], obj: Mapping[str, Any], num: int) -> li
                 cand = list(modelnet.MODELNET40_CLASSES if k == 40 else modelnet.MODELNET10_CLASSES)
         elif name == "ModelNetFewShot":
             # episode label e is ModelNet40 class original_labels[e] of this fold (head may be wider)
-            fold = data.fewshot_fold_path(sec.get("root", ""), sec.get("way"), sec.get("shot"),
-                                          sec.get("fold"))
+            fold = data.fewshot_fold_path(sec.get("root", ""), sec.get("way"), sec.get("shot"), sec.get("fold"))
             cand = None
             if fold.is_file():
                 ds_fold = data.ModelNetFewShot(sec["root"], sec["way"], sec["shot"], sec["fold"], "test")
-                cand = [data.MODELNET40_CLASSES[o] if 0 <= o < 40 else f"class_{e}"
-                        for e, o in enumerate(ds_fold.original_labels)]
+                cand = [
+                    data.MODELNET40_CLASSES[o] if 0 <= o < 40 else f"class_{e}"
+                    for e, o in enumerate(ds_fold.original_labels)
+                ]
                 cand += [f"class_{i}_not_in_fold" for i in range(len(cand), num)]
         else:
             cand = getattr(getattr(data, str(name), None), "class_names", None)
@@ -193,9 +210,13 @@ def _class_names(cfg: Mapping[str, Any], obj: Mapping[str, Any], num: int) -> li
     return [f"class_{i}" for i in range(num)]
 
 
-def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None, *,
-             device: str | torch.device = "cpu", need_method: bool = False
-             ) -> tuple[nn.Module, dict, dict, Any]:
+def load_run(
+    ckpt: str | Path,
+    cfg: str | Path | Mapping[str, Any] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    need_method: bool = False,
+) -> tuple[nn.Module, dict, dict, Any]:
     """Rebuild the trained model: ``(model (eval, on device), cfg, checkpoint dict, peft method)``.
 
     ``ckpt`` is a run checkpoint / run folder, or (with ``cfg``) merged Point-MAE-layout weights.
@@ -211,8 +232,10 @@ def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None
     obj = load_checkpoint(path)
     meta = obj.get("metadata")
     if isinstance(meta, Mapping) and meta.get("format") == "clora3d-adapter":
-        raise CheckpointError(f"{path} is an adapter-only file ({meta.get('method')}); pass the run "
-                              "checkpoint (ckpt-best.pth) or merged weights from tools/export.py --merged")
+        raise CheckpointError(
+            f"{path} is an adapter-only file ({meta.get('method')}); pass the run "
+            "checkpoint (ckpt-best.pth) or merged weights from tools/export.py --merged"
+        )
     cfg_d = _load_cfg(cfg, obj, path)
     if "model" not in cfg_d or not isinstance(cfg_d["model"], Mapping):
         raise ConfigError(f"config for {path} has no 'model' section")
@@ -234,16 +257,20 @@ def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None
                 raise CheckpointError(
                     f"checkpoint {path}: the task head does not match the config's model "
                     f"({detail}); set model.cls_dim (num_classes) to the checkpoint's number of "
-                    "classes, or pass the --cfg the run was trained with") from None
-            raise CheckpointError(f"checkpoint {path} does not fit model {cfg_d['model'].get('NAME')} "
-                                  f"of its config ({detail}); pass the --cfg the run was trained "
-                                  "with") from None
+                    "classes, or pass the --cfg the run was trained with"
+                ) from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit model {cfg_d['model'].get('NAME')} "
+                f"of its config ({detail}); pass the --cfg the run was trained "
+                "with"
+            ) from None
         if res.missing_keys or res.unexpected_keys:
             raise CheckpointError(
                 f"checkpoint {path} does not match model {cfg_d['model'].get('NAME')} with peft "
                 f"{peft_cfg.get('NAME')}: {len(res.missing_keys)} missing keys (e.g. "
                 f"{res.missing_keys[:3]}), {len(res.unexpected_keys)} unexpected (e.g. "
-                f"{res.unexpected_keys[:3]}); pass the --cfg the run was trained with")
+                f"{res.unexpected_keys[:3]}); pass the --cfg the run was trained with"
+            )
         if method is not None:
             # the method was applied to a freshly initialised model: its base hash must describe
             # the pre-trained weights just loaded, or exported adapters refuse their own base
@@ -255,16 +282,20 @@ def load_run(ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None
             rep = load_pretrained(model, str(path), strict_backbone=True, ignore_head=False, log=None)
         except CheckpointError as e:
             msg = str(e) if str(path) in str(e) else f"{path}: {e}"
-            raise CheckpointError(f"{msg} (config model: {cfg_d['model'].get('NAME')} "
-                                  f"{cfg_d['model'].get('preset', '')})") from None
+            raise CheckpointError(
+                f"{msg} (config model: {cfg_d['model'].get('NAME')} {cfg_d['model'].get('preset', '')})"
+            ) from None
         except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path} does not fit model "
-                                  f"{cfg_d['model'].get('NAME')}: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit model {cfg_d['model'].get('NAME')}: {str(e).splitlines()[0]}"
+            ) from None
         missing = list(rep.missing) + [k for k, _ in rep.skipped]
         if missing:
-            raise CheckpointError(f"checkpoint {path} lacks {len(missing)} weights of the model "
-                                  f"(e.g. {missing[:3]}); inference needs a fine-tuned model with "
-                                  "its head (a run checkpoint or tools/export.py --merged output)")
+            raise CheckpointError(
+                f"checkpoint {path} lacks {len(missing)} weights of the model "
+                f"(e.g. {missing[:3]}); inference needs a fine-tuned model with "
+                "its head (a run checkpoint or tools/export.py --merged output)"
+            )
     model.to(device).eval()
     return model, cfg_d, obj, method
 
@@ -283,22 +314,30 @@ class Predictor:
     part_names: dict[int, str] | None = None
 
     @classmethod
-    def from_checkpoint(cls, ckpt: str | Path, cfg: str | Path | Mapping[str, Any] | None = None, *,
-                        device: str | torch.device = "cpu", npoints: int | None = None) -> "Predictor":
+    def from_checkpoint(
+        cls,
+        ckpt: str | Path,
+        cfg: str | Path | Mapping[str, Any] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        npoints: int | None = None,
+    ) -> Predictor:
         device = check_device(device)
         model, cfg_d, obj, _ = load_run(ckpt, cfg, device=device)
-        task = str(cfg_d.get("task") or ("partseg" if cfg_d["model"].get("NAME") == "PartSegModel"
-                                         else "classification"))
+        task = str(
+            cfg_d.get("task") or ("partseg" if cfg_d["model"].get("NAME") == "PartSegModel" else "classification")
+        )
         if task not in ("classification", "partseg"):
-            raise ConfigError(f"checkpoint {ckpt} is a {task!r} model; inference needs a "
-                              "classification or part-segmentation model")
-        n = int(npoints or (cfg_d.get("data") or {}).get("npoints") or
-                (2048 if task == "partseg" else 1024))
+            raise ConfigError(
+                f"checkpoint {ckpt} is a {task!r} model; inference needs a classification or part-segmentation model"
+            )
+        n = int(npoints or (cfg_d.get("data") or {}).get("npoints") or (2048 if task == "partseg" else 1024))
         return cls._make(model, cfg_d, obj, task, n, device)
 
     @classmethod
-    def _make(cls, model: nn.Module, cfg_d: dict, obj: Mapping[str, Any], task: str, n: int,
-              device: str | torch.device) -> "Predictor":
+    def _make(
+        cls, model: nn.Module, cfg_d: dict, obj: Mapping[str, Any], task: str, n: int, device: str | torch.device
+    ) -> Predictor:
         if task == "partseg":
             from clora3d.engine.evaluate import SHAPENETPART_SEG_CLASSES
 
@@ -322,9 +361,11 @@ class Predictor:
         prob = torch.softmax(self.model(t).float(), -1)[0].cpu()
         k = max(1, min(int(topk), prob.numel()))
         vals, idx = prob.topk(k)
-        return {"points": int(xyz.shape[0]), "sampling": how,
-                "top": [{"class": self.class_names[int(i)], "index": int(i), "prob": float(v)}
-                        for v, i in zip(vals, idx)]}
+        return {
+            "points": int(xyz.shape[0]),
+            "sampling": how,
+            "top": [{"class": self.class_names[int(i)], "index": int(i), "prob": float(v)} for v, i in zip(vals, idx)],
+        }
 
     @torch.no_grad()
     def segment(self, xyz: np.ndarray, category: str, *, seed: int = 0) -> dict[str, Any]:
@@ -333,8 +374,9 @@ class Predictor:
         cats = list(self.seg_classes)
         lookup = {c.lower(): i for i, c in enumerate(cats)}
         if category is None or str(category).lower() not in lookup:
-            raise ConfigError(f"part segmentation needs the object category: --category one of "
-                              f"{', '.join(cats)} (got {category!r})")
+            raise ConfigError(
+                f"part segmentation needs the object category: --category one of {', '.join(cats)} (got {category!r})"
+            )
         ci = lookup[str(category).lower()]
         norm, pts, how = self._prepare(xyz, seed)
         t = torch.from_numpy(pts.astype(np.float32))[None].to(self.device)
@@ -345,23 +387,32 @@ class Predictor:
         lab_s = parts[np.argmax(logits[:, parts], axis=-1)]
         from clora3d import ops
 
-        _, nn_idx = ops.knn(torch.from_numpy(norm.astype(np.float32))[None],
-                            torch.from_numpy(pts.astype(np.float32))[None], 1)
+        _, nn_idx = ops.knn(
+            torch.from_numpy(norm.astype(np.float32))[None], torch.from_numpy(pts.astype(np.float32))[None], 1
+        )
         labels = lab_s[nn_idx[0, :, 0].numpy()]
         counts = {int(p): int((labels == p).sum()) for p in parts}
-        return {"points": int(xyz.shape[0]), "sampling": how, "category": cats[ci],
-                "labels": labels, "part_counts": counts}
+        return {
+            "points": int(xyz.shape[0]),
+            "sampling": how,
+            "category": cats[ci],
+            "labels": labels,
+            "part_counts": counts,
+        }
 
-    def predict_file(self, path: str | Path, *, topk: int = 5, category: str | None = None,
-                     seed: int = 0) -> dict[str, Any]:
+    def predict_file(
+        self, path: str | Path, *, topk: int = 5, category: str | None = None, seed: int = 0
+    ) -> dict[str, Any]:
         xyz = _read(Path(path))
-        out = (self.segment(xyz, category, seed=seed) if self.task == "partseg"
-               else self.classify(xyz, topk=topk, seed=seed))
+        out = (
+            self.segment(xyz, category, seed=seed)
+            if self.task == "partseg"
+            else self.classify(xyz, topk=topk, seed=seed)
+        )
         out["file"] = str(path)
         return out
 
-    def predict(self, paths: Iterable[str | Path], *, on_error: str = "raise", **kw: Any
-                ) -> list[dict[str, Any]]:
+    def predict(self, paths: Iterable[str | Path], *, on_error: str = "raise", **kw: Any) -> list[dict[str, Any]]:
         """Predict every file. ``on_error="raise"`` stops at the first unreadable file;
         ``"record"`` returns ``{"file", "error"}`` for it and goes on with the others."""
         from clora3d.errors import format_user_error
@@ -374,7 +425,7 @@ class Predictor:
                 except (DataError, ValueError, OSError, UnicodeError) as e:
                     if isinstance(e, ConfigError):  # a wrong option, not a bad file: stop
                         raise
-                    msg = format_user_error(e)[len("error: "):]
+                    msg = format_user_error(e)[len("error: ") :]
                     out.append({"file": str(p), "error": msg if str(p) in msg else f"{p}: {msg}"})
             else:
                 out.append(self.predict_file(p, **kw))

@@ -15,6 +15,7 @@ Only rank 0 writes; other ranks get a logger that does nothing. :meth:`RunLogger
 go to this module's stdlib logger (``clora3d.engine.logging``, level INFO): the command line shows
 them on stderr (``clora3d.cli.configure_logging``), a library caller configures logging as it likes.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from clora3d.storage import atomic_write_bytes, to_plain
 
@@ -46,12 +48,16 @@ def git_info(path: str | os.PathLike | None = None) -> dict[str, Any]:
     where = Path(path) if path is not None else Path(__file__).resolve().parents[2]
     info: dict[str, Any] = {"commit": None, "dirty": None}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
-                                text=True, timeout=10)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
         if commit.returncode == 0:
             info["commit"] = commit.stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if status.returncode == 0:
             info["dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
@@ -76,16 +82,23 @@ def environment_info() -> dict[str, Any]:
             versions[name] = metadata.version(_DIST_NAME.get(name, name))
         except metadata.PackageNotFoundError:
             versions[name] = None
-    env: dict[str, Any] = {"versions": versions, "platform": platform.platform(),
-                           "hostname": platform.node(), "argv": list(sys.argv),
-                           "git": git_info(), "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    env: dict[str, Any] = {
+        "versions": versions,
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "argv": list(sys.argv),
+        "git": git_info(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
     try:
         import torch
 
-        env["cuda"] = {"available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda,
-                       "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-                       "devices": [torch.cuda.get_device_name(i)
-                                   for i in range(torch.cuda.device_count())]}
+        env["cuda"] = {
+            "available": torch.cuda.is_available(),
+            "torch_cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        }
         env["threads"] = torch.get_num_threads()
     except Exception as e:  # pragma: no cover - torch is a hard dependency
         env["cuda"] = {"error": str(e)}
@@ -107,8 +120,15 @@ def _fmt(v: Any) -> str:
 class RunLogger:
     """Writes the run dir's logs. ``enabled=False`` (non-zero ranks) makes every method a no-op."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True,
-                 csv_file: bool = True, json_file: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        csv_file: bool = True,
+        json_file: bool = True,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._csv = csv_file
@@ -125,9 +145,12 @@ class RunLogger:
             except Exception as e:  # tensorboard not installed: keep training, say so once
                 from clora3d.optional import explain_import_failure
 
-                warnings.warn(f"log.tensorboard=true but {explain_import_failure('tensorboard', e)}; "
-                              f"training goes on without TensorBoard scalars (or set "
-                              f"log.tensorboard=false)", stacklevel=2)
+                warnings.warn(
+                    f"log.tensorboard=true but {explain_import_failure('tensorboard', e)}; "
+                    f"training goes on without TensorBoard scalars (or set "
+                    f"log.tensorboard=false)",
+                    stacklevel=2,
+                )
             else:
                 self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
 
@@ -146,9 +169,11 @@ class RunLogger:
             except OSError as e:  # full disk: one error naming the log, not a bare errno
                 from clora3d.errors import StorageError
 
-                raise StorageError(f"cannot append to {self.run_dir / 'log.txt'}: "
-                                   f"{e.strerror or e}; free some space and continue with "
-                                   "--resume (the checkpoints are intact)") from None
+                raise StorageError(
+                    f"cannot append to {self.run_dir / 'log.txt'}: "
+                    f"{e.strerror or e}; free some space and continue with "
+                    "--resume (the checkpoints are intact)"
+                ) from None
 
     def write_text(self, name: str, text: str) -> None:
         if self.enabled:
@@ -156,9 +181,11 @@ class RunLogger:
 
     def write_json(self, name: str, obj: Any) -> None:
         if self.enabled:
-            atomic_write_bytes(self.run_dir / name,
-                               (json.dumps(to_plain(obj, nonfinite="str"), indent=2) + "\n").encode("utf-8"),
-                               what="run file")
+            atomic_write_bytes(
+                self.run_dir / name,
+                (json.dumps(to_plain(obj, nonfinite="str"), indent=2) + "\n").encode("utf-8"),
+                what="run file",
+            )
 
     # -- metrics -------------------------------------------------------------------------------
     def write_history(self, history: list[Mapping[str, Any]]) -> None:
@@ -177,12 +204,10 @@ class RunLogger:
             w.writeheader()
             for row in flat:
                 w.writerow({k: _fmt(v) for k, v in row.items()})
-            atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode("utf-8"),
-                               what="metrics file")
+            atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode("utf-8"), what="metrics file")
         if self._json:
             text = "".join(json.dumps(to_plain(h, nonfinite="str")) + "\n" for h in history)
-            atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode("utf-8"),
-                               what="metrics file")
+            atomic_write_bytes(self.run_dir / "metrics.jsonl", text.encode("utf-8"), what="metrics file")
 
     def scalars(self, prefix: str, values: Mapping[str, Any], step: int) -> None:
         """TensorBoard scalars ``prefix/key`` for the numeric entries of ``values``."""
@@ -213,4 +238,3 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-

@@ -7,13 +7,15 @@ Determinism: the trainer re-seeds the torch / numpy / Python RNGs at the start o
 (seed, epoch, rank) and draws the shared subset and augmentations from generators seeded with
 (seed, epoch), so an epoch's batches depend on nothing that happened before it (exact resume).
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
 import random
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +24,16 @@ from torch.utils.data import Dataset, Subset
 from clora3d.engine.config import default_point_all
 from clora3d.errors import ConfigError
 
-__all__ = ["derive_seed", "seed_everything", "deterministic", "TrainBatchPipeline", "holdout",
-           "worker_init", "collate", "to_device"]
+__all__ = [
+    "derive_seed",
+    "seed_everything",
+    "deterministic",
+    "TrainBatchPipeline",
+    "holdout",
+    "worker_init",
+    "collate",
+    "to_device",
+]
 
 
 def derive_seed(*parts: Any) -> int:
@@ -35,16 +45,19 @@ def derive_seed(*parts: Any) -> int:
 def seed_everything(seed: int) -> None:
     """Seed Python ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
 @contextlib.contextmanager
 def deterministic(enabled: bool):
     """torch.use_deterministic_algorithms (warn_only) + cudnn flags for the run; restored after."""
-    prev = (torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -67,15 +80,22 @@ class TrainBatchPipeline:
     labels stay aligned because no point is dropped or reordered).
     """
 
-    def __init__(self, mode: str, npoints: int, point_all: int | None,
-                 transform: Callable[..., torch.Tensor] | None) -> None:
+    def __init__(
+        self, mode: str, npoints: int, point_all: int | None, transform: Callable[..., torch.Tensor] | None
+    ) -> None:
         self.mode, self.npoints = mode, int(npoints)
         self.point_all = int(point_all) if point_all is not None else default_point_all(npoints)
         self.transform = transform
 
-    def __call__(self, points: torch.Tensor, *, subset_gen: torch.Generator | None = None,
-                 aug_gen: torch.Generator | None = None, rank: int = 0, world_size: int = 1
-                 ) -> torch.Tensor:
+    def __call__(
+        self,
+        points: torch.Tensor,
+        *,
+        subset_gen: torch.Generator | None = None,
+        aug_gen: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> torch.Tensor:
         """Sample and augment one (per-rank) batch.
 
         Under DDP (``world_size > 1``) the rank's samples sit at positions ``rank, rank + W, ...``
@@ -87,8 +107,10 @@ class TrainBatchPipeline:
 
         n = points.shape[1]
         if self.mode != "none" and n < self.npoints:
-            raise ConfigError(f"data.npoints={self.npoints} but the training clouds have only {n} "
-                              f"points; lower data.npoints or use denser data")
+            raise ConfigError(
+                f"data.npoints={self.npoints} but the training clouds have only {n} "
+                f"points; lower data.npoints or use denser data"
+            )
         if self.mode == "fps_subset":
             pool = min(max(self.point_all, self.npoints), n)
             if pool < n:
@@ -112,8 +134,10 @@ def holdout(ds: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset]:
     n = len(ds)
     n_val = int(round(fraction * n))
     if n_val < 1 or n_val >= n:
-        raise ConfigError(f"dataset.val.from_train={fraction} holds out {n_val} of {n} train "
-                          f"samples; it must leave at least one sample on each side")
+        raise ConfigError(
+            f"dataset.val.from_train={fraction} holds out {n_val} of {n} train "
+            f"samples; it must leave at least one sample on each side"
+        )
     g = torch.Generator().manual_seed(derive_seed(seed, "holdout"))
     perm = torch.randperm(n, generator=g).tolist()
     return Subset(ds, sorted(perm[n_val:])), Subset(ds, sorted(perm[:n_val]))
@@ -121,7 +145,7 @@ def holdout(ds: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset]:
 
 def worker_init(worker_id: int) -> None:
     """DataLoader worker: numpy / random seeded from the worker's torch seed."""
-    s = torch.initial_seed() % (2 ** 32)
+    s = torch.initial_seed() % (2**32)
     np.random.seed(s)
     random.seed(s)
 

@@ -2,9 +2,11 @@
 
 :func:`final_report` is what ``train()`` returns and writes to ``result.json``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from clora3d.engine.callbacks import BEST_CKPT, load_checkpoint
 from clora3d.engine.distributed import barrier
@@ -23,8 +25,9 @@ def final_report(trainer: Any) -> dict[str, Any]:
     """
     cfg, split, task, model = trainer.cfg, trainer.select_split, trainer.task, trainer.model
     if not trainer.history:
-        raise ConfigError(f"nothing to do: the run in {trainer.run_dir} already finished "
-                          f"train.epochs={cfg['train']['epochs']}")
+        raise ConfigError(
+            f"nothing to do: the run in {trainer.run_dir} already finished train.epochs={cfg['train']['epochs']}"
+        )
     last_epoch = trainer.history[-1]["epoch"]
     evals = [h for h in trainer.history if split in h]
     last = {"epoch": last_epoch, **(evals[-1][split] if evals and evals[-1]["epoch"] == last_epoch else {})}
@@ -41,20 +44,33 @@ def final_report(trainer: Any) -> dict[str, Any]:
             _final_evaluations(trainer, best, need_test, vote, passes)
             model.load_state_dict(last_state)
     key = task.select_key
-    trainer.log.info(f"done. last epoch {last_epoch}: {key} = {fmt(last, key)}; best epoch "
-                     f"{best.get('epoch')} (selected on {split}): {key} = {fmt(best, key)}"
-                     + (f"; test: last {last['test'].get(key)}, best {best.get('test', {}).get(key)}"
-                        if "test" in last else "")
-                     + (f"; vote@{vote} (first pass): last {last.get(f'acc_vote@{vote}')}, best "
-                        f"{best.get(f'acc_vote@{vote}')}" if vote else "")
-                     + (f"; vote@{vote} best of {passes} passes (reference protocol"
-                        f"{'' if passes == 299 else ' with 299'}): last "
-                        f"{last.get(f'acc_vote@{vote}_max_of_{passes}')}, best "
-                        f"{best.get(f'acc_vote@{vote}_max_of_{passes}')}" if vote and passes > 1
-                        else ""))
-    return {"run_dir": str(trainer.run_dir), "task": task.name,
-            "selected_on": split if task.selects else "last",
-            "protocol": protocol(cfg, task, split), "last": last, "best": best, "history": trainer.history}
+    trainer.log.info(
+        f"done. last epoch {last_epoch}: {key} = {fmt(last, key)}; best epoch "
+        f"{best.get('epoch')} (selected on {split}): {key} = {fmt(best, key)}"
+        + (f"; test: last {last['test'].get(key)}, best {best.get('test', {}).get(key)}" if "test" in last else "")
+        + (
+            f"; vote@{vote} (first pass): last {last.get(f'acc_vote@{vote}')}, best {best.get(f'acc_vote@{vote}')}"
+            if vote
+            else ""
+        )
+        + (
+            f"; vote@{vote} best of {passes} passes (reference protocol"
+            f"{'' if passes == 299 else ' with 299'}): last "
+            f"{last.get(f'acc_vote@{vote}_max_of_{passes}')}, best "
+            f"{best.get(f'acc_vote@{vote}_max_of_{passes}')}"
+            if vote and passes > 1
+            else ""
+        )
+    )
+    return {
+        "run_dir": str(trainer.run_dir),
+        "task": task.name,
+        "selected_on": split if task.selects else "last",
+        "protocol": protocol(cfg, task, split),
+        "last": last,
+        "best": best,
+        "history": trainer.history,
+    }
 
 
 def _final_evaluations(trainer: Any, into: dict[str, Any], need_test: bool, vote: int, passes: int) -> None:
@@ -68,10 +84,15 @@ def _final_evaluations(trainer: Any, into: dict[str, Any], need_test: bool, vote
 def protocol(cfg: Mapping[str, Any], task: Any, select_split: str) -> dict[str, Any]:
     """The protocol knobs in effect, labelled (reference value vs clora3d switch), for results."""
     fb = cfg["model"]["frozen_bn"]
-    out: dict[str, Any] = {"frozen_bn": fb + (
-        " (reference: frozen BN statistics drift)" if fb == "train"
-        else " (strict: frozen BN statistics fixed; the references let them drift)"),
-        "grad_clip": cfg["train"]["grad_clip"]}
+    out: dict[str, Any] = {
+        "frozen_bn": fb
+        + (
+            " (reference: frozen BN statistics drift)"
+            if fb == "train"
+            else " (strict: frozen BN statistics fixed; the references let them drift)"
+        ),
+        "grad_clip": cfg["train"]["grad_clip"],
+    }
     out.update(task.protocol(select_split))
     return out
 

@@ -14,6 +14,7 @@ or ``--set`` that set a key, for the errors. The result is a plain dict: every k
 sections filled with its default, the open sections (model, peft, dataset splits, transforms) sparse
 (only the keys given, so presets and constructor defaults still apply).
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,33 +43,53 @@ class TrainConfig:
 
     epochs: int = spec(300, gt=0, doc="epochs to run (the reference runs max_epoch + 1 = 301)")
     batch_size: int = spec(32, gt=0, doc="GLOBAL batch; each of W ranks gets batch_size / W")
-    grad_clip: Optional[float] = spec(10.0, gt=0, doc="clip_grad_norm_ max norm over the trainable params; null = "
-                                      "off (default 10 for fine-tuning, null for pre-training: the references)")
+    grad_clip: Optional[float] = spec(
+        10.0,
+        gt=0,
+        doc="clip_grad_norm_ max norm over the trainable params; null = "
+        "off (default 10 for fine-tuning, null for pre-training: the references)",
+    )
     amp: Literal[False, "fp16", "bf16"] = spec(False, doc="mixed precision, CUDA only (ignored with a warning on CPU)")
     matmul_precision: Literal["highest", "high", "medium"] = spec(
-        "highest", doc="torch.set_float32_matmul_precision: high = TF32 tensor cores for float32 matmuls on CUDA "
-        "(faster, ~1e-3 relative error); highest = exact float32")
+        "highest",
+        doc="torch.set_float32_matmul_precision: high = TF32 tensor cores for float32 matmuls on CUDA "
+        "(faster, ~1e-3 relative error); highest = exact float32",
+    )
     compile: Literal[False, True, "reduce-overhead", "max-autotune", "aot_eager"] = spec(
-        False, doc="torch.compile(fullgraph=True) of the training forward: true = Inductor's default mode, "
+        False,
+        doc="torch.compile(fullgraph=True) of the training forward: true = Inductor's default mode, "
         "reduce-overhead = Inductor + CUDA graphs, aot_eager = no code generation (debugging); evaluation and "
-        "checkpoints use the plain model (docs/training.md)")
+        "checkpoints use the plain model (docs/training.md)",
+    )
     num_workers: int = spec(4, ge=0, doc="DataLoader workers")
     val_freq: int = spec(1, gt=0, doc="evaluate every val_freq epochs (and always after the last epoch)")
     deterministic: bool = spec(True, doc="torch.use_deterministic_algorithms(warn_only) + cudnn flags")
-    select_on_test: bool = spec(True, doc="REFERENCE QUIRK: evaluate every epoch on dataset.test and pick the best "
-                                "epoch on it (Point-MAE & co.); false = pick on dataset.val, then report test "
-                                "metrics of the last and best weights")
+    select_on_test: bool = spec(
+        True,
+        doc="REFERENCE QUIRK: evaluate every epoch on dataset.test and pick the best "
+        "epoch on it (Point-MAE & co.); false = pick on dataset.val, then report test "
+        "metrics of the last and best weights",
+    )
     drop_last: bool = spec(True, doc="drop the incomplete last train batch")
     device: Literal["auto", "cpu", "cuda"] = spec("auto", doc="auto = cuda when available")
     sync_bn: bool = spec(False, doc="SyncBatchNorm under DDP (CUDA only)")
     label_smoothing: float = spec(0.0, ge=0, lt=1, doc="cross-entropy label smoothing (classification)")
-    partseg_double_step: bool = spec(True, doc="REFERENCE QUIRK of Point-MAE part seg (default): two optimizer "
-                                     "steps per batch (before and after clipping); false = one step")
+    partseg_double_step: bool = spec(
+        True,
+        doc="REFERENCE QUIRK of Point-MAE part seg (default): two optimizer "
+        "steps per batch (before and after clipping); false = one step",
+    )
     pretrain_select: Literal["last", "test_loss"] = spec(
-        "last", doc="pre-training: last = keep the last epoch, no model selection (reference); test_loss = also "
-        "write ckpt-best.pth at the lowest Chamfer loss on dataset.test")
-    snapshot_every: Optional[int] = spec(None, gt=0, doc="also keep ckpt-epoch-XXX.pth every N epochs from "
-                                         "snapshot_from (pre-training default 25, as the reference)")
+        "last",
+        doc="pre-training: last = keep the last epoch, no model selection (reference); test_loss = also "
+        "write ckpt-best.pth at the lowest Chamfer loss on dataset.test",
+    )
+    snapshot_every: Optional[int] = spec(
+        None,
+        gt=0,
+        doc="also keep ckpt-epoch-XXX.pth every N epochs from "
+        "snapshot_from (pre-training default 25, as the reference)",
+    )
     snapshot_from: int = spec(0, ge=0, doc="first epoch eligible for snapshots (pre-training default 250)")
     save_best: bool = spec(True, doc="write ckpt-best.pth")
 
@@ -77,10 +98,17 @@ class TrainConfig:
 class EvalConfig:
     """The ``eval`` section: what is evaluated after training."""
 
-    vote: Literal[0, 10] = spec(0, doc="after training, also evaluate the best and last weights with 10-view "
-                                "scale&translate voting, reported separately as vote@10")
-    vote_passes: int = spec(1, gt=0, doc="voting passes; > 1 also reports the best and the mean of the passes "
-                            "(reference protocol: best of 299 passes, acc_vote@10_max_of_299)")
+    vote: Literal[0, 10] = spec(
+        0,
+        doc="after training, also evaluate the best and last weights with 10-view "
+        "scale&translate voting, reported separately as vote@10",
+    )
+    vote_passes: int = spec(
+        1,
+        gt=0,
+        doc="voting passes; > 1 also reports the best and the mean of the passes "
+        "(reference protocol: best of 299 passes, acc_vote@10_max_of_299)",
+    )
     batch_size: Optional[int] = spec(None, gt=0, doc="evaluation batch; null = 2 x train.batch_size (reference)")
 
 
@@ -99,8 +127,12 @@ class LogConfig:
 class RunConfig:
     """A whole run. ``model``, ``peft`` and ``dataset`` are validated by the typed configs of their NAMEs."""
 
-    name: Optional[str] = spec(None, check=_non_empty, expect="a string",
-                               doc="experiment name; default: the config file stem ('run' for a dict built in code)")
+    name: Optional[str] = spec(
+        None,
+        check=_non_empty,
+        expect="a string",
+        doc="experiment name; default: the config file stem ('run' for a dict built in code)",
+    )
     task: Literal["classification", "partseg", "pretrain"] = spec("classification", doc="what is trained")
     seed: int = spec(0, ge=0, doc="base seed; rank r uses seed + r for the model RNG")
     data: DataConfig = field(default_factory=DataConfig)
@@ -118,8 +150,7 @@ class RunConfig:
 #: runner (Point-MAE tools/runner_pretrain.py) does not clip gradients and keeps
 #: ckpt-epoch-XXX.pth every 25 epochs from epoch 250.
 TASK_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
-    "pretrain": {("train", "grad_clip"): None, ("train", "snapshot_every"): 25,
-                 ("train", "snapshot_from"): 250},
+    "pretrain": {("train", "grad_clip"): None, ("train", "snapshot_every"): 25, ("train", "snapshot_from"): 250},
 }
 _SECTIONS = ("data", "optimizer", "scheduler", "train", "eval", "log")
 DATASET_SPLITS = ("train", "val", "test")
@@ -151,15 +182,19 @@ def _dataset_section(ds: Any, where: Where) -> dict:
     for split, sec in ds.items():
         path = ("dataset", split)
         if split not in DATASET_SPLITS:
-            raise ConfigError(f"unknown config key 'dataset.{split}' in {where(path)} (known keys of 'dataset': "
-                              f"{', '.join(sorted(DATASET_SPLITS))})")
+            raise ConfigError(
+                f"unknown config key 'dataset.{split}' in {where(path)} (known keys of 'dataset': "
+                f"{', '.join(sorted(DATASET_SPLITS))})"
+            )
         if sec is None:
             continue
         if isinstance(sec, Mapping) and "from_train" in sec:
             ft = sec["from_train"]
             if split != "val":
-                raise ConfigError(f"unknown config key 'dataset.{split}.from_train' in {where(path + ('from_train',))}"
-                                  f" (from_train is only allowed in dataset.val)")
+                raise ConfigError(
+                    f"unknown config key 'dataset.{split}.from_train' in {where(path + ('from_train',))}"
+                    f" (from_train is only allowed in dataset.val)"
+                )
             if isinstance(ft, bool) or not isinstance(ft, (int, float)) or not 0 < ft < 1 or set(sec) != {"from_train"}:
                 raise _bad(path, dict(sec), "{from_train: FRACTION} with 0 < FRACTION < 1 and no other key", where)
             out[split] = {"from_train": ft}
@@ -173,8 +208,10 @@ def _frozen_bn(model: dict, peft: dict, task: str, where: Where) -> None:
     method's frozen_bn (which decides the BN buffers stored in adapter files) must agree."""
     fb_model, fb_peft = model.get("frozen_bn"), peft.get("frozen_bn")
     if fb_model is not None and fb_peft is not None and fb_model != fb_peft:
-        raise ConfigError(f"model.frozen_bn={fb_model!r} ({where(('model', 'frozen_bn'))}) and peft.frozen_bn="
-                          f"{fb_peft!r} ({where(('peft', 'frozen_bn'))}) disagree; set only model.frozen_bn")
+        raise ConfigError(
+            f"model.frozen_bn={fb_model!r} ({where(('model', 'frozen_bn'))}) and peft.frozen_bn="
+            f"{fb_peft!r} ({where(('peft', 'frozen_bn'))}) disagree; set only model.frozen_bn"
+        )
     fb = fb_model if fb_model is not None else (fb_peft if fb_peft is not None else DEFAULT_FROZEN_BN)
     model["frozen_bn"] = fb
     if task != "pretrain":
@@ -186,28 +223,41 @@ def _cross_section_rules(out: dict, source: str, where: Where) -> None:
     if task in ("classification", "partseg"):
         if train["select_on_test"]:
             if "test" not in ds:
-                raise ConfigError(f"train.select_on_test is true but dataset.test is missing in {source}: add the "
-                                  f"test split (it is evaluated every epoch)")
+                raise ConfigError(
+                    f"train.select_on_test is true but dataset.test is missing in {source}: add the "
+                    f"test split (it is evaluated every epoch)"
+                )
             if "val" in ds:
-                raise ConfigError(f"dataset.val in {where(('dataset', 'val'))} is unused with train.select_on_test: "
-                                  f"true (the best epoch is picked on dataset.test); remove it or set "
-                                  f"train.select_on_test=false")
+                raise ConfigError(
+                    f"dataset.val in {where(('dataset', 'val'))} is unused with train.select_on_test: "
+                    f"true (the best epoch is picked on dataset.test); remove it or set "
+                    f"train.select_on_test=false"
+                )
         elif "val" not in ds:
-            raise ConfigError(f"train.select_on_test is false but dataset.val is missing in {source}: add a "
-                              f"validation split, e.g. dataset.val: {{from_train: 0.1}}")
+            raise ConfigError(
+                f"train.select_on_test is false but dataset.val is missing in {source}: add a "
+                f"validation split, e.g. dataset.val: {{from_train: 0.1}}"
+            )
     if ev["vote_passes"] > 1 and not ev["vote"]:
-        raise ConfigError(f"eval.vote_passes={ev['vote_passes']} in {where(('eval', 'vote_passes'))} needs eval.vote=10 "
-                          f"(passes of what?); set eval.vote=10 or use --vote-passes, which sets both")
+        raise ConfigError(
+            f"eval.vote_passes={ev['vote_passes']} in {where(('eval', 'vote_passes'))} needs eval.vote=10 "
+            f"(passes of what?); set eval.vote=10 or use --vote-passes, which sets both"
+        )
     if train["pretrain_select"] != "last" and task != "pretrain":
-        raise ConfigError(f"train.pretrain_select={train['pretrain_select']!r} in "
-                          f"{where(('train', 'pretrain_select'))} applies to task: pretrain only (this config is "
-                          f"task: {task})")
+        raise ConfigError(
+            f"train.pretrain_select={train['pretrain_select']!r} in "
+            f"{where(('train', 'pretrain_select'))} applies to task: pretrain only (this config is "
+            f"task: {task})"
+        )
     if ev["vote"] and task != "classification":
-        raise ConfigError(f"eval.vote={ev['vote']} in {where(('eval', 'vote'))}: voting is defined for "
-                          f"classification only")
+        raise ConfigError(
+            f"eval.vote={ev['vote']} in {where(('eval', 'vote'))}: voting is defined for classification only"
+        )
     if task == "pretrain" and out["peft"]["NAME"] != "full":
-        raise ConfigError(f"peft.NAME={out['peft']['NAME']!r} with task: pretrain in {where(('peft', 'NAME'))}: "
-                          f"pre-training trains the whole model; use peft: {{NAME: full}}")
+        raise ConfigError(
+            f"peft.NAME={out['peft']['NAME']!r} with task: pretrain in {where(('peft', 'NAME'))}: "
+            f"pre-training trains the whole model; use peft: {{NAME: full}}"
+        )
 
 
 def validate_run(cfg: Mapping, *, where: Where, source: str = "<config>") -> dict:

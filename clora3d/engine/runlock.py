@@ -6,6 +6,7 @@ with :class:`RunDirLockedError` naming the holder and how to continue. The kerne
 when its process dies (even by SIGKILL), so the lock of a dead run is taken over by the next one.
 Where ``fcntl`` is missing (Windows) the lock is a no-op.
 """
+
 from __future__ import annotations
 
 import errno
@@ -50,7 +51,7 @@ class RunDirLock:
         except (OSError, ValueError):
             return {}
 
-    def acquire(self) -> "RunDirLock":
+    def acquire(self) -> RunDirLock:
         if fcntl is None or self._fd is not None:
             return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,21 +62,27 @@ class RunDirLock:
             if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
                 # a file system without flock (some network mounts): run unlocked, say so once
                 os.close(fd)
-                warnings.warn(f"cannot lock run dir {self.run_dir} ({e.strerror or e}); make sure "
-                              "no other run uses it", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"cannot lock run dir {self.run_dir} ({e.strerror or e}); make sure no other run uses it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 return self
             holder = self._read_holder(fd)
             os.close(fd)
-            who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
-                   f"{holder.get('started', '?')}" if holder else "another process")
+            who = (
+                f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
+                if holder
+                else "another process"
+            )
             raise RunDirLockedError(
                 f"run dir {self.run_dir} is in use by another run ({who}); wait for it to finish "
-                f"(then continue it with --resume), or pass another --run-dir") from None
+                f"(then continue it with --resume), or pass another --run-dir"
+            ) from None
         prev = self._read_holder(fd)
         if prev:
             self.took_over = prev
-        rec = {"pid": os.getpid(), "host": socket.gethostname(),
-               "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        rec = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, (json.dumps(rec) + "\n").encode())
@@ -96,7 +103,7 @@ class RunDirLock:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> "RunDirLock":
+    def __enter__(self) -> RunDirLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

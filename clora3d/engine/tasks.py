@@ -3,9 +3,11 @@
 :func:`get_task` returns one of :class:`Classification`, :class:`PartSeg`, :class:`Pretrain` for a
 config's ``task``; the trainer (``engine.trainer``) is the same loop for all three.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +51,9 @@ class Task:
         return value < best if self.strict else value <= best
 
     # -- training -----------------------------------------------------------------------------------
-    def forward_loss(self, forward: nn.Module, model: nn.Module, batch: Mapping[str, torch.Tensor],
-                     pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def forward_loss(
+        self, forward: nn.Module, model: nn.Module, batch: Mapping[str, torch.Tensor], pts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(loss, correct (a 0-d tensor on the device: no host sync), count) of one batch;
         ``forward`` is the (possibly compiled / DDP-wrapped) model, ``model`` the bare one."""
         raise NotImplementedError
@@ -64,8 +67,9 @@ class Task:
         return None
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def evaluate(self, model: nn.Module, loader: Any, *, device: torch.device, vote: int = 0,
-                 vote_passes: int = 1) -> dict[str, Any]:
+    def evaluate(
+        self, model: nn.Module, loader: Any, *, device: torch.device, vote: int = 0, vote_passes: int = 1
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     # -- reporting ----------------------------------------------------------------------------------
@@ -74,8 +78,13 @@ class Task:
 
     def protocol(self, select_split: str) -> dict[str, Any]:
         """The task's protocol knobs, labelled (reference value vs clora3d switch)."""
-        return {"model_selection": ("best epoch on the TEST set (reference quirk)"
-                                    if select_split == "test" else "best epoch on dataset.val")}
+        return {
+            "model_selection": (
+                "best epoch on the TEST set (reference quirk)"
+                if select_split == "test"
+                else "best epoch on dataset.val"
+            )
+        }
 
 
 class Classification(Task):
@@ -94,18 +103,24 @@ class Classification(Task):
 
         dcfg = self.cfg["data"]
         pa = dcfg["point_all"] or default_point_all(dcfg["npoints"])
-        return evaluate_classification(model, loader, device=device, npoints=dcfg["npoints"],
-                                       vote=vote, point_all=pa, vote_repeats=vote_passes)
+        return evaluate_classification(
+            model, loader, device=device, npoints=dcfg["npoints"], vote=vote, point_all=pa, vote_repeats=vote_passes
+        )
 
     def protocol(self, select_split):
         out = super().protocol(select_split)
         ecfg = self.cfg["eval"]
         if ecfg["vote"]:
-            out["vote"] = (f"vote@{ecfg['vote']}: {ecfg['vote_passes']} pass(es); "
-                           f"acc_vote@{ecfg['vote']} = first pass"
-                           + (f", _max_of_{ecfg['vote_passes']} = best pass (reference "
-                              f"protocol when 299), _mean_of_{ecfg['vote_passes']} = mean"
-                              if ecfg["vote_passes"] > 1 else ""))
+            out["vote"] = (
+                f"vote@{ecfg['vote']}: {ecfg['vote_passes']} pass(es); "
+                f"acc_vote@{ecfg['vote']} = first pass"
+                + (
+                    f", _max_of_{ecfg['vote_passes']} = best pass (reference "
+                    f"protocol when 299), _mean_of_{ecfg['vote_passes']} = mean"
+                    if ecfg["vote_passes"] > 1
+                    else ""
+                )
+            )
         return out
 
 
@@ -138,14 +153,19 @@ class PartSeg(Task):
         e_max = max(evals, key=lambda h: h[split].get("cls_miou", float("-inf")))
         best["cls_miou_max_over_epochs"] = e_max[split].get("cls_miou")
         best["cls_miou_max_epoch"] = e_max["epoch"]
-        log.info(f"Cls. mIoU: {fmt(best, 'cls_miou')} at the best Inst. mIoU epoch "
-                 f"{best.get('epoch')} (clean); {fmt(best, 'cls_miou_max_over_epochs')} = "
-                 f"max over epochs, at epoch {e_max['epoch']} (reference's way)")
+        log.info(
+            f"Cls. mIoU: {fmt(best, 'cls_miou')} at the best Inst. mIoU epoch "
+            f"{best.get('epoch')} (clean); {fmt(best, 'cls_miou_max_over_epochs')} = "
+            f"max over epochs, at epoch {e_max['epoch']} (reference's way)"
+        )
 
     def protocol(self, select_split):
         out = super().protocol(select_split)
-        out["partseg_double_step"] = ("two optimizer steps per batch (reference quirk)" if self.double_step()
-                                      else "one optimizer step per batch (clean)")
+        out["partseg_double_step"] = (
+            "two optimizer steps per batch (reference quirk)"
+            if self.double_step()
+            else "one optimizer step per batch (clean)"
+        )
         return out
 
 
@@ -193,8 +213,13 @@ class Pretrain(Task):
         return {"loss": s[0] / max(s[1], 1.0), "count": int(s[1])}
 
     def protocol(self, select_split):
-        return {"model_selection": ("last epoch, no selection (reference)" if not self.selects
-                                    else "lowest Chamfer loss on dataset.test (clora3d switch)")}
+        return {
+            "model_selection": (
+                "last epoch, no selection (reference)"
+                if not self.selects
+                else "lowest Chamfer loss on dataset.test (clora3d switch)"
+            )
+        }
 
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, PartSeg, Pretrain)}

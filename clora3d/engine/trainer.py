@@ -25,14 +25,16 @@ generator from (seed, epoch); ``ckpt-last.pth`` also stores every RNG state. A r
 ``ckpt-last.pth`` therefore continues exactly like the uninterrupted run (bit-identical on the CPU
 with ``num_workers: 0`` or any fixed number of workers).
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,17 +43,32 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from clora3d.engine import build
 from clora3d.engine.callbacks import BEST_CKPT, LAST_CKPT, default_callbacks, resume, snapshot_due
 from clora3d.engine.config import dump_config, validate_config
-from clora3d.engine.distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, cleanup_distributed,
-                                        init_distributed, maybe_sync_bn, unwrap)
+from clora3d.engine.distributed import (
+    DistInfo,
+    ShardSampler,
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    maybe_sync_bn,
+    unwrap,
+)
 from clora3d.engine.logging import RunLogger, environment_info
-from clora3d.engine.pipeline import (TrainBatchPipeline, collate, derive_seed, deterministic, seed_everything,
-                                     to_device, worker_init)
-from clora3d.engine.report import final_report, scalars as _scalars
+from clora3d.engine.pipeline import (
+    TrainBatchPipeline,
+    collate,
+    derive_seed,
+    deterministic,
+    seed_everything,
+    to_device,
+    worker_init,
+)
+from clora3d.engine.report import final_report
+from clora3d.engine.report import scalars as _scalars
 from clora3d.engine.tasks import get_task
 from clora3d.errors import CheckpointError, ConfigError
 
-__all__ = ["train", "derive_seed", "seed_everything", "TrainBatchPipeline", "LAST_CKPT", "BEST_CKPT",
-           "snapshot_due"]
+__all__ = ["train", "derive_seed", "seed_everything", "TrainBatchPipeline", "LAST_CKPT", "BEST_CKPT", "snapshot_due"]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +81,13 @@ def _build_model(cfg_model: Mapping[str, Any]) -> nn.Module:
     return build.build_model({"model": cfg_model})
 
 
-def train(cfg: Mapping[str, Any], *, ckpt: str | os.PathLike | None = None, resume: bool = False,
-          run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def train(
+    cfg: Mapping[str, Any],
+    *,
+    ckpt: str | os.PathLike | None = None,
+    resume: bool = False,
+    run_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Train ``cfg`` (a dict from :func:`~clora3d.engine.config.load_config`).
 
     ``ckpt``: pre-trained checkpoint loaded into the model before the PEFT method is applied.
@@ -98,8 +120,10 @@ class _Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg["log"]["root"]) / cfg["name"]
         tcfg = cfg["train"]
         if tcfg["batch_size"] % info.world_size:
-            raise ConfigError(f"train.batch_size={tcfg['batch_size']} is the global batch and must "
-                              f"be divisible by the number of processes ({info.world_size})")
+            raise ConfigError(
+                f"train.batch_size={tcfg['batch_size']} is the global batch and must "
+                f"be divisible by the number of processes ({info.world_size})"
+            )
         self.amp = tcfg["amp"] if self.device.type == "cuda" else False
         # one run per run dir: the lock is held (main process) until run() ends
         from clora3d.engine.runlock import RunDirLock
@@ -111,25 +135,34 @@ class _Trainer:
             # temporary files of a checkpoint write that was killed: nobody else writes here now
             self._stale_removed = clean_stale_tmp(self.run_dir, max_age_s=0)
         try:
-            self.log = RunLogger(self.run_dir, enabled=info.is_main,
-                                 tensorboard=cfg["log"]["tensorboard"],
-                                 csv_file=cfg["log"]["csv"], json_file=cfg["log"]["json"])
+            self.log = RunLogger(
+                self.run_dir,
+                enabled=info.is_main,
+                tensorboard=cfg["log"]["tensorboard"],
+                csv_file=cfg["log"]["csv"],
+                json_file=cfg["log"]["json"],
+            )
         except BaseException:
             self.lock.release()
             raise
         if tcfg["amp"] and self.device.type != "cuda":
-            self.log.info(f"train.amp={tcfg['amp']} ignored: mixed precision runs on CUDA only "
-                          f"(device is {self.device})")
+            self.log.info(
+                f"train.amp={tcfg['amp']} ignored: mixed precision runs on CUDA only (device is {self.device})"
+            )
 
     # -- setup ---------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
         last = self.run_dir / LAST_CKPT
         if self.resume and not last.is_file():
-            raise CheckpointError(f"--resume: no {LAST_CKPT} in {self.run_dir}; start a new run "
-                                  f"without --resume or pass the run dir of an earlier run")
+            raise CheckpointError(
+                f"--resume: no {LAST_CKPT} in {self.run_dir}; start a new run "
+                f"without --resume or pass the run dir of an earlier run"
+            )
         if not self.resume and last.is_file():
-            raise ConfigError(f"run dir {self.run_dir} already holds a run ({LAST_CKPT}); pass "
-                              f"--resume to continue it or --run-dir to start a new one")
+            raise ConfigError(
+                f"run dir {self.run_dir} already holds a run ({LAST_CKPT}); pass "
+                f"--resume to continue it or --run-dir to start a new one"
+            )
 
     def _setup(self) -> None:
         cfg, info = self.cfg, self.info
@@ -153,12 +186,14 @@ class _Trainer:
         self.params = list({id(p): p for p in trainable.values()}.values())
         n_train = sum(p.numel() for p in self.params)
         n_total = sum(p.numel() for p in model.parameters())
-        self.log.info(f"model {cfg['model']['NAME']} ({n_total:,} parameters), peft "
-                      f"{cfg['peft']['NAME']}: {n_train:,} trainable")
+        self.log.info(
+            f"model {cfg['model']['NAME']} ({n_total:,} parameters), peft {cfg['peft']['NAME']}: {n_train:,} trainable"
+        )
         net: nn.Module = maybe_sync_bn(model, info, cfg["train"]["sync_bn"])
         if info.distributed:
             net = nn.parallel.DistributedDataParallel(
-                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.net = self.forward_net = net
         torch.set_float32_matmul_precision(cfg["train"]["matmul_precision"])
         mode = cfg["train"]["compile"]
@@ -168,8 +203,7 @@ class _Trainer:
             import torch._inductor.config as inductor_config
 
             inductor_config.fallback_random = True
-            kw = {"backend": "aot_eager"} if mode == "aot_eager" else (
-                {"mode": mode} if isinstance(mode, str) else {})
+            kw = {"backend": "aot_eager"} if mode == "aot_eager" else ({"mode": mode} if isinstance(mode, str) else {})
             self.forward_net = torch.compile(net, fullgraph=True, **kw)
             self.log.info(f"train.compile={mode}: the training forward is compiled (fullgraph)")
 
@@ -184,26 +218,41 @@ class _Trainer:
         train_ds = splits.train
         tcfg = cfg["train"]
         local_bs = tcfg["batch_size"] // info.world_size
-        self.train_sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank,
-                                                shuffle=True, seed=cfg["seed"], drop_last=True)
+        self.train_sampler = DistributedSampler(
+            train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg["seed"], drop_last=True
+        )
         pin = self.device.type == "cuda"
-        self.train_loader = DataLoader(train_ds, batch_size=local_bs, sampler=self.train_sampler,
-                                       num_workers=tcfg["num_workers"], drop_last=tcfg["drop_last"],
-                                       collate_fn=collate, worker_init_fn=worker_init, pin_memory=pin)
+        self.train_loader = DataLoader(
+            train_ds,
+            batch_size=local_bs,
+            sampler=self.train_sampler,
+            num_workers=tcfg["num_workers"],
+            drop_last=tcfg["drop_last"],
+            collate_fn=collate,
+            worker_init_fn=worker_init,
+            pin_memory=pin,
+        )
         if len(self.train_loader) == 0:
-            raise ConfigError(f"the train set has {len(train_ds)} samples, fewer than "
-                              f"train.batch_size={tcfg['batch_size']} with train.drop_last=true: "
-                              f"no batch to train on")
+            raise ConfigError(
+                f"the train set has {len(train_ds)} samples, fewer than "
+                f"train.batch_size={tcfg['batch_size']} with train.drop_last=true: "
+                f"no batch to train on"
+            )
         self.train_size = len(train_ds)
         self.eval_bs = cfg["eval"]["batch_size"] or 2 * tcfg["batch_size"]
 
         def loader(d: Dataset | None) -> DataLoader | None:
             if d is None:
                 return None
-            return DataLoader(d, batch_size=max(1, self.eval_bs // info.world_size),
-                              sampler=ShardSampler(len(d), info.rank, info.world_size),
-                              num_workers=tcfg["num_workers"], collate_fn=collate,
-                              worker_init_fn=worker_init, pin_memory=pin)
+            return DataLoader(
+                d,
+                batch_size=max(1, self.eval_bs // info.world_size),
+                sampler=ShardSampler(len(d), info.rank, info.world_size),
+                num_workers=tcfg["num_workers"],
+                collate_fn=collate,
+                worker_init_fn=worker_init,
+                pin_memory=pin,
+            )
 
         self.eval_loader = loader(self.eval_ds)
         self.test_loader = loader(splits.test) if splits.test is not self.eval_ds else self.eval_loader
@@ -212,13 +261,16 @@ class _Trainer:
         self.class_names = [str(n) for n in names] if names else None
         self.task.seg_classes = splits.attribute("seg_classes")
         self.pipeline = build.build_train_pipeline(cfg)
-        self.log.info(f"data: train {len(train_ds)} samples ({len(self.train_loader)} batches of "
-                      f"{local_bs} x {info.world_size} ranks), selection on {self.select_split}"
-                      + (f" ({len(self.eval_ds)} samples)" if self.eval_ds is not None else ""))
+        self.log.info(
+            f"data: train {len(train_ds)} samples ({len(self.train_loader)} batches of "
+            f"{local_bs} x {info.world_size} ranks), selection on {self.select_split}"
+            + (f" ({len(self.eval_ds)} samples)" if self.eval_ds is not None else "")
+        )
 
     # -- one epoch ------------------------------------------------------------------------------
-    def _forward_loss(self, batch: dict[str, torch.Tensor], pts: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def _forward_loss(
+        self, batch: dict[str, torch.Tensor], pts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(loss, correct (a 0-d tensor on the device: no host sync), count) of one batch."""
         return self.task.forward_loss(self.forward_net, unwrap(self.net), batch, pts)
 
@@ -245,14 +297,25 @@ class _Trainer:
         sync_every = 1 if self.device.type == "cpu" else SYNC_EVERY
         n_batches = 0
         t0 = time.time()
-        bar = _progress(self.train_loader, enabled=info.is_main and cfg["log"]["progress"],
-                        desc=f"epoch {epoch}/{cfg['train']['epochs'] - 1}")
-        amp_ctx = (torch.autocast("cuda", dtype=torch.float16 if self.amp == "fp16" else torch.bfloat16)
-                   if self.amp else contextlib.nullcontext())
+        bar = _progress(
+            self.train_loader,
+            enabled=info.is_main and cfg["log"]["progress"],
+            desc=f"epoch {epoch}/{cfg['train']['epochs'] - 1}",
+        )
+        amp_ctx = (
+            torch.autocast("cuda", dtype=torch.float16 if self.amp == "fp16" else torch.bfloat16)
+            if self.amp
+            else contextlib.nullcontext()
+        )
         for batch in bar:
             batch = _to_device(batch, self.device)
-            pts = self.pipeline(batch["points"].float(), subset_gen=subset_gen, aug_gen=aug_gen,
-                                rank=info.rank, world_size=info.world_size)
+            pts = self.pipeline(
+                batch["points"].float(),
+                subset_gen=subset_gen,
+                aug_gen=aug_gen,
+                rank=info.rank,
+                world_size=info.world_size,
+            )
             with amp_ctx:
                 loss, correct, count = self._forward_loss(batch, pts)
             reg = self.method.regularization_loss()
@@ -297,12 +360,13 @@ class _Trainer:
         """Raise when a step of this epoch had a non-finite loss (reads the device flag: a sync)."""
         step = int(bad_step)
         if step >= 0:
-            raise FloatingPointError(f"epoch {epoch}: the loss is not finite (NaN or inf) at step {step}; "
-                                     f"lower optimizer.lr or enable train.grad_clip")
+            raise FloatingPointError(
+                f"epoch {epoch}: the loss is not finite (NaN or inf) at step {step}; "
+                f"lower optimizer.lr or enable train.grad_clip"
+            )
 
     # -- evaluation -----------------------------------------------------------------------------
-    def _evaluate(self, loader: DataLoader | None, vote: int = 0,
-                  vote_passes: int = 1) -> dict[str, Any] | None:
+    def _evaluate(self, loader: DataLoader | None, vote: int = 0, vote_passes: int = 1) -> dict[str, Any] | None:
         if loader is None:
             return None
         return self.task.evaluate(self.model, loader, device=self.device, vote=vote, vote_passes=vote_passes)
@@ -317,12 +381,16 @@ class _Trainer:
         try:
             removed = getattr(self, "_stale_removed", [])
             if removed:
-                self.log.info(f"removed {len(removed)} temporary file(s) of an interrupted write: "
-                              f"{', '.join(p.name for p in removed[:5])}")
+                self.log.info(
+                    f"removed {len(removed)} temporary file(s) of an interrupted write: "
+                    f"{', '.join(p.name for p in removed[:5])}"
+                )
             if self.lock.took_over:
                 h = self.lock.took_over
-                self.log.info(f"took over the lock of an earlier run that ended without releasing it "
-                              f"(pid {h.get('pid')} on {h.get('host')}, started {h.get('started')})")
+                self.log.info(
+                    f"took over the lock of an earlier run that ended without releasing it "
+                    f"(pid {h.get('pid')} on {h.get('host')}, started {h.get('started')})"
+                )
             self._setup()
             self.history: list[dict[str, Any]] = []
             self.best: dict[str, Any] | None = None
@@ -331,8 +399,7 @@ class _Trainer:
                 self.log.write_text("config.yaml", dump_config(cfg))
                 self.log.write_json("env.json", environment_info())
                 if start == 0:
-                    self.log.info(f"run dir {self.run_dir}\n--- resolved config ---\n"
-                                  f"{dump_config(cfg)}---")
+                    self.log.info(f"run dir {self.run_dir}\n--- resolved config ---\n{dump_config(cfg)}---")
             epochs = cfg["train"]["epochs"]
             key = self.task.select_key
             for epoch in range(start, epochs):

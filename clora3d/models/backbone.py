@@ -4,6 +4,7 @@ Module names mirror Point-MAE's fine-tuning model (``encoder.first_conv.0``, ``p
 ``blocks.blocks.3.attn.qkv``, ``norm``, ``cls_token``, ``cls_pos``, ``cls_head_finetune``) so an
 official checkpoint loads after stripping its prefix.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,16 +36,27 @@ class ClsMaxPool(nn.Module):
         return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)
 
 
-@register_model("PointTransformer", presets={
-    # The references' default (Point-MAE / Point-BERT ViT-S): 22.1 M parameters with a 40-class head.
-    "vit_s": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384),
-    # Small enough to pre-train and fine-tune on a 2-core CPU in minutes.
-    "tiny": dict(trans_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, encoder_dims=96,
-                 encoder_widths=(32, 64, 128), num_group=32, group_size=16),
-    # Point-BERT fine-tune model (reference §1.3): 256-d mini-PointNet tokens + reduce_dim Linear(256, 384),
-    # lighter head 768 -> 256 -> C without BatchNorm. Loads Point-BERT's ``transformer_q.*`` weights.
-    "point_bert": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=256, head="bert"),
-})
+@register_model(
+    "PointTransformer",
+    presets={
+        # The references' default (Point-MAE / Point-BERT ViT-S): 22.1 M parameters with a 40-class head.
+        "vit_s": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384),
+        # Small enough to pre-train and fine-tune on a 2-core CPU in minutes.
+        "tiny": dict(
+            trans_dim=96,
+            depth=4,
+            num_heads=3,
+            mlp_ratio=4.0,
+            encoder_dims=96,
+            encoder_widths=(32, 64, 128),
+            num_group=32,
+            group_size=16,
+        ),
+        # Point-BERT fine-tune model (reference §1.3): 256-d mini-PointNet tokens + reduce_dim Linear(256, 384),
+        # lighter head 768 -> 256 -> C without BatchNorm. Loads Point-BERT's ``transformer_q.*`` weights.
+        "point_bert": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=256, head="bert"),
+    },
+)
 class PointTransformer(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
     """Grouping + mini-PointNet tokens + cls token + pre-norm transformer + classification head.
 
@@ -58,41 +70,83 @@ class PointTransformer(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
     # Module-name prefixes of the task head (newly initialised; may be skipped on a shape mismatch).
     HEAD_PREFIXES: tuple[str, ...] = ("cls_head_finetune.",)
 
-    def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.1, num_group: int = 64, group_size: int = 32,
-                 encoder_dims: int = 384, cls_dim: int = 40, head: str = "mae", qkv_bias: bool = False,
-                 encoder_widths: tuple[int, int, int] = (128, 256, 512)) -> None:
+    def __init__(
+        self,
+        trans_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        num_group: int = 64,
+        group_size: int = 32,
+        encoder_dims: int = 384,
+        cls_dim: int = 40,
+        head: str = "mae",
+        qkv_bias: bool = False,
+        encoder_widths: tuple[int, int, int] = (128, 256, 512),
+    ) -> None:
         super().__init__()
         if head not in ("mae", "bert"):
             raise ValueError(f"PointTransformer: head must be 'mae' or 'bert', got {head!r}")
-        self.config = dict(trans_dim=trans_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                           drop_path_rate=drop_path_rate, num_group=num_group, group_size=group_size,
-                           encoder_dims=encoder_dims, cls_dim=cls_dim, head=head, qkv_bias=qkv_bias,
-                           encoder_widths=tuple(encoder_widths))
+        self.config = dict(
+            trans_dim=trans_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=drop_path_rate,
+            num_group=num_group,
+            group_size=group_size,
+            encoder_dims=encoder_dims,
+            cls_dim=cls_dim,
+            head=head,
+            qkv_bias=qkv_bias,
+            encoder_widths=tuple(encoder_widths),
+        )
         self.trans_dim = trans_dim
         self.depth = depth
         self.num_group = num_group
         self.group_size = group_size
         self.cls_dim = cls_dim
 
-        self.init_stem(trans_dim=trans_dim, encoder_dims=encoder_dims, encoder_widths=encoder_widths,
-                       num_group=num_group, group_size=group_size, position=False)
+        self.init_stem(
+            trans_dim=trans_dim,
+            encoder_dims=encoder_dims,
+            encoder_widths=encoder_widths,
+            num_group=num_group,
+            group_size=group_size,
+            position=False,
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, trans_dim))
         self.cls_pos = nn.Parameter(torch.randn(1, 1, trans_dim))
         self.pos_embed = position_mlp(trans_dim)  # after cls_pos: the random draws of earlier versions
-        self.blocks = TransformerEncoder(embed_dim=trans_dim, depth=depth, num_heads=num_heads,
-                                         mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
+        self.blocks = TransformerEncoder(
+            embed_dim=trans_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_path_rate=drop_path_rate,
+        )
         self.norm = nn.LayerNorm(trans_dim)
         self.pool = ClsMaxPool()  # tokens -> head input (no parameters, no state_dict keys)
         if head == "mae":
             self.cls_head_finetune = nn.Sequential(
-                nn.Linear(trans_dim * 2, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                nn.Linear(trans_dim * 2, 256),
+                nn.BatchNorm1d(256),
+                nn.ReLU(inplace=True),
+                nn.Dropout(0.5),
+                nn.Linear(256, 256),
+                nn.BatchNorm1d(256),
+                nn.ReLU(inplace=True),
+                nn.Dropout(0.5),
                 nn.Linear(256, cls_dim),
             )
         else:
             self.cls_head_finetune = nn.Sequential(
-                nn.Linear(trans_dim * 2, 256), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(256, cls_dim),
+                nn.Linear(trans_dim * 2, 256),
+                nn.ReLU(inplace=True),
+                nn.Dropout(0.5),
+                nn.Linear(256, cls_dim),
             )
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.cls_pos, std=0.02)

@@ -21,14 +21,16 @@ Key namespaces: checkpoints are first brought to the fine-tune namespace (``enco
 (``PointMAE``: ``MAE_encoder.``) gets it re-added, so the same file loads into ``PointTransformer``,
 ``PartSegModel`` and ``PointMAE``.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,10 +57,10 @@ class LoadReport:
     source: str
     layout: str
     loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)          # model keys left as they were
-    unexpected: list[str] = field(default_factory=list)       # checkpoint keys the model does not have
+    missing: list[str] = field(default_factory=list)  # model keys left as they were
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model does not have
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) present but not loaded
-    dropped: list[str] = field(default_factory=list)          # removed by the layout's key map
+    dropped: list[str] = field(default_factory=list)  # removed by the layout's key map
     missing_backbone: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -71,8 +73,12 @@ class LoadReport:
     def format(self, max_items: int = 8) -> str:
         """A short table: one line per status with counts grouped by top-level module."""
         lines = [f"checkpoint: {self.source}  (layout: {self.layout})"]
-        rows = [("loaded", self.loaded), ("missing", self.missing), ("unexpected", self.unexpected),
-                ("dropped", self.dropped)]
+        rows = [
+            ("loaded", self.loaded),
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("dropped", self.dropped),
+        ]
         for name, keys in rows:
             if keys or name in ("loaded", "missing"):
                 lines.append(f"  {name:<11}{len(keys):>5}  {_summarise(keys, max_items)}")
@@ -83,8 +89,9 @@ class LoadReport:
         for key, have, want in self.mismatched[:max_items]:
             lines.append(f"  {'MISMATCH':<11}{'':>5}  {key}: checkpoint {list(have)} vs model {list(want)}")
         if self.missing_backbone:
-            lines.append(f"  {'MISSING BB':<11}{len(self.missing_backbone):>5}  "
-                         f"{_summarise(self.missing_backbone, max_items)}")
+            lines.append(
+                f"  {'MISSING BB':<11}{len(self.missing_backbone):>5}  {_summarise(self.missing_backbone, max_items)}"
+            )
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -127,13 +134,15 @@ def extract_state_dict(obj: Any, source: str = "<state>") -> tuple[dict[str, tor
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if tensors:
         return tensors, ""
-    raise CheckpointError(f"{source}: no state dict found; top-level keys are {sorted(map(str, obj))[:10]}, "
-                          f"expected a raw state dict or one of {list(CONTAINER_KEYS)}")
+    raise CheckpointError(
+        f"{source}: no state dict found; top-level keys are {sorted(map(str, obj))[:10]}, "
+        f"expected a raw state dict or one of {list(CONTAINER_KEYS)}"
+    )
 
 
 def _strip_module(key: str) -> str:
     while key.startswith("module."):
-        key = key[len("module."):]
+        key = key[len("module.") :]
     return key
 
 
@@ -146,9 +155,9 @@ def canonicalize(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
         layout = "point-bert (transformer_q.*)"
         for k, v in state.items():
             if k.startswith("transformer_q.") and not k.startswith("transformer_q.cls_head"):
-                out[k[len("transformer_q."):]] = v
+                out[k[len("transformer_q.") :]] = v
             elif k.startswith("base_model."):
-                out[k[len("base_model."):]] = v
+                out[k[len("base_model.") :]] = v
             else:
                 dropped.append(k)
         return out, layout, dropped
@@ -157,7 +166,7 @@ def canonicalize(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     for k, v in state.items():
         for prefix in PRETRAIN_ENCODER_PREFIXES + ("base_model.",):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
                 break
         if k in out:
             raise CheckpointError(f"checkpoint has two entries that both map to {k!r}")
@@ -205,9 +214,14 @@ def _classify(model: nn.Module, key: str, ref_keys: set[str]) -> str:
 # --------------------------------------------------------------------------------------------------
 # load
 # --------------------------------------------------------------------------------------------------
-def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping[str, Any], *,
-                    strict_backbone: bool = True, ignore_head: bool | str = "auto",
-                    log: Callable[[str], None] | None | str = "logging") -> LoadReport:
+def load_pretrained(
+    model: nn.Module,
+    path_or_state: str | os.PathLike | Mapping[str, Any],
+    *,
+    strict_backbone: bool = True,
+    ignore_head: bool | str = "auto",
+    log: Callable[[str], None] | None | str = "logging",
+) -> LoadReport:
     """Load a Point-MAE / Point-BERT / fine-tuned / raw checkpoint into ``model``; return a LoadReport.
 
     ``strict_backbone``: raise ``CheckpointError`` (naming the keys) when a backbone weight is missing
@@ -237,7 +251,8 @@ def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping
         raise CheckpointError(
             f"{source} is a clora3d adapter file (method {meta.get('method')!r}), not pre-trained "
             f"weights: pass the pre-trained base checkpoint here, then apply the adapter with "
-            f"clora3d.peft.load_adapter(model, {source!r}) (or use tools/export.py --merged output)")
+            f"clora3d.peft.load_adapter(model, {source!r}) (or use tools/export.py --merged output)"
+        )
     raw, container = extract_state_dict(obj, source)
     canon, layout, dropped = canonicalize(raw)
     if container:
@@ -260,28 +275,42 @@ def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping
             report.skipped.append((key, "ignore_head=True"))
         elif have != want:
             if kind == "head" and ignore_head == "auto":
-                report.skipped.append((key, f"shape {list(have)} in checkpoint vs {list(want)} in model; "
-                                            f"head kept at its initialisation (ignore_head='auto')"))
+                report.skipped.append(
+                    (
+                        key,
+                        f"shape {list(have)} in checkpoint vs {list(want)} in model; "
+                        f"head kept at its initialisation (ignore_head='auto')",
+                    )
+                )
             else:
                 report.mismatched.append((key, have, want))
         else:
             to_load[key] = value
     backbone_keys = [k for k in model_state if _classify(model, k, ref_keys) == "backbone"]
     report.loaded = [k for k in model_state if k in to_load]
-    report.missing = [k for k in model_state if k not in to_load and k not in {s for s, _ in report.skipped}
-                      and k not in {m for m, _, _ in report.mismatched}]
-    report.missing_backbone = [k for k in backbone_keys if k not in to_load
-                               and k not in {m for m, _, _ in report.mismatched}]
+    report.missing = [
+        k
+        for k in model_state
+        if k not in to_load
+        and k not in {s for s, _ in report.skipped}
+        and k not in {m for m, _, _ in report.mismatched}
+    ]
+    report.missing_backbone = [
+        k for k in backbone_keys if k not in to_load and k not in {m for m, _, _ in report.mismatched}
+    ]
     if report.skipped and any("ignore_head='auto'" in r for _, r in report.skipped):
-        report.notes.append("head shapes differ from the checkpoint (different class count?): the head "
-                            "is trained from its initialisation")
+        report.notes.append(
+            "head shapes differ from the checkpoint (different class count?): the head "
+            "is trained from its initialisation"
+        )
 
     if not any(k in to_load for k in backbone_keys):
         example = sorted(canon)[:5]
         raise CheckpointError(
             f"{source}: no backbone weight of {type(model).__name__} matches the checkpoint (layout "
             f"{layout}); checkpoint keys look like {example}, the model expects e.g. "
-            f"{backbone_keys[:3]}. Is this the right file / model?")
+            f"{backbone_keys[:3]}. Is this the right file / model?"
+        )
     head_mismatch = [(k, h, w) for k, h, w in report.mismatched if _classify(model, k, ref_keys) == "head"]
     if head_mismatch and len(head_mismatch) == len(report.mismatched):
         k, h, w = next((m for m in head_mismatch if m[0].endswith("weight")), head_mismatch[0])
@@ -290,25 +319,32 @@ def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping
             f"{source}: the task head does not match {type(model).__name__}: {k} has shape {list(h)} "
             f"in the checkpoint but {list(w)} in the model (the checkpoint's head has {n_ckpt} "
             f"outputs, the model's {n_model}); build the model with model.cls_dim (num_classes) = "
-            f"{n_ckpt} to use this head, or load without the head (ignore_head='auto')")
+            f"{n_ckpt} to use this head, or load without the head (ignore_head='auto')"
+        )
     if strict_backbone and (report.mismatched or report.missing_backbone):
-        problems = [f"{k} has shape {list(h)} in the checkpoint but {list(w)} in the model"
-                    for k, h, w in report.mismatched[:5]]
+        problems = [
+            f"{k} has shape {list(h)} in the checkpoint but {list(w)} in the model" for k, h, w in report.mismatched[:5]
+        ]
         problems += [f"{k} is missing from the checkpoint" for k in report.missing_backbone[:5]]
         more = len(report.mismatched) + len(report.missing_backbone) - len(problems)
         raise CheckpointError(
             f"{source}: backbone of {type(model).__name__} does not match the checkpoint: "
-            + "; ".join(problems) + (f"; ... and {more} more" if more > 0 else "")
+            + "; ".join(problems)
+            + (f"; ... and {more} more" if more > 0 else "")
             + ". Check the model size/preset (trans_dim, depth, encoder_dims, group_size) or pass "
-              "strict_backbone=False to load the rest anyway.")
+            "strict_backbone=False to load the rest anyway."
+        )
     if to_load:
         model.load_state_dict(to_load, strict=False)
     if log == "logging":
         logging.getLogger(__name__).info("%s", report.format())
     elif log is not None:
-        warnings.warn("load_pretrained(log=callable) is deprecated: the report goes through the "
-                      "'clora3d.models.checkpoint' logger by default; pass log=None for silence",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "load_pretrained(log=callable) is deprecated: the report goes through the "
+            "'clora3d.models.checkpoint' logger by default; pass log=None for silence",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         log(report.format())
     return report
 
@@ -319,8 +355,9 @@ def load_pretrained(model: nn.Module, path_or_state: str | os.PathLike | Mapping
 LAYOUTS = ("auto", "finetune", "pretrain")
 
 
-def to_point_mae_state_dict(model: nn.Module, layout: str = "auto", *, drop_extra: bool = False
-                            ) -> dict[str, torch.Tensor]:
+def to_point_mae_state_dict(
+    model: nn.Module, layout: str = "auto", *, drop_extra: bool = False
+) -> dict[str, torch.Tensor]:
     """The model's weights in the official Point-MAE key layout (CPU tensors).
 
     ``layout="finetune"``: the fine-tune model's keys (``encoder.*``, ``blocks.blocks.i.*``, ``norm.*``,
@@ -343,7 +380,8 @@ def to_point_mae_state_dict(model: nn.Module, layout: str = "auto", *, drop_extr
         raise CheckpointError(
             f"{type(model).__name__} has {len(extra)} tensors outside the Point-MAE layout (e.g. {extra[:3]}); "
             f"merge the PEFT method into the weights first and pass drop_extra=True, or save the adapter "
-            f"on its own")
+            f"on its own"
+        )
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         if k not in ref_keys:
@@ -353,7 +391,7 @@ def to_point_mae_state_dict(model: nn.Module, layout: str = "auto", *, drop_extr
             if layout == "pretrain":
                 out[k] = t
             elif k.startswith(root):
-                out[k[len(root):]] = t        # the decoder side is not part of the fine-tune layout
+                out[k[len(root) :]] = t  # the decoder side is not part of the fine-tune layout
         elif layout == "finetune":
             out[k] = t
         elif k.startswith(CANONICAL_BACKBONE_PREFIXES):
@@ -361,11 +399,18 @@ def to_point_mae_state_dict(model: nn.Module, layout: str = "auto", *, drop_extr
     return out
 
 
-def save_point_mae_checkpoint(model: nn.Module, path: str | os.PathLike, *, layout: str = "auto",
-                              epoch: int = 0, metrics: Mapping[str, float] | None = None,
-                              best_metrics: Mapping[str, float] | None = None,
-                              optimizer: torch.optim.Optimizer | None = None,
-                              module_prefix: bool = False, drop_extra: bool = False) -> Path:
+def save_point_mae_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    epoch: int = 0,
+    metrics: Mapping[str, float] | None = None,
+    best_metrics: Mapping[str, float] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    module_prefix: bool = False,
+    drop_extra: bool = False,
+) -> Path:
     """Write ``{"base_model", "optimizer", "epoch", "metrics", "best_metrics"}`` like Point-MAE's
     ``save_checkpoint``. ``module_prefix=True`` adds the ``module.`` prefix of its DataParallel runs.
     Returns the path written."""

@@ -6,6 +6,7 @@ presets, the other keys override them) and ``frozen_bn``. The resolved config ke
 that were given, so a preset's sizes are not overwritten by defaults. The constructors keep their own
 cross-argument checks (head, mask ratio, fetch_idx): they are public API, called without a config.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -15,8 +16,15 @@ from typing import Any, Literal, Optional
 from clora3d.errors import ConfigError
 from clora3d.schema import short_repr, spec, to_dict, validate
 
-__all__ = ["ModelKeys", "PointTransformerConfig", "PartSegModelConfig", "PointMAEConfig", "MODEL_CONFIGS",
-           "validate_model", "DEFAULT_FROZEN_BN"]
+__all__ = [
+    "ModelKeys",
+    "PointTransformerConfig",
+    "PartSegModelConfig",
+    "PointMAEConfig",
+    "MODEL_CONFIGS",
+    "validate_model",
+    "DEFAULT_FROZEN_BN",
+]
 
 Where = Callable[[tuple], str]
 
@@ -30,8 +38,10 @@ class ModelKeys:
 
     preset: Optional[str] = spec(None, doc="preset sizes (vit_s | tiny | point_bert ...); the other keys override them")
     frozen_bn: Optional[Literal["train", "eval"]] = spec(
-        None, doc="train (default, the references: a frozen BatchNorm's statistics drift to the new data) | eval "
-        "(strict: BatchNorm with frozen params keeps its statistics)")
+        None,
+        doc="train (default, the references: a frozen BatchNorm's statistics drift to the new data) | eval "
+        "(strict: BatchNorm with frozen params keeps its statistics)",
+    )
 
 
 @dataclass(kw_only=True)
@@ -63,8 +73,9 @@ class PartSegModelConfig(_TransformerSizes):
     num_group: int = spec(128, gt=0, doc="groups (FPS centres) per cloud")
     num_classes: int = spec(16, gt=0, doc="object categories (one-hot input of the head)")
     num_parts: int = spec(50, gt=0, doc="part labels")
-    fetch_idx: Optional[tuple[int, ...]] = spec(None, ge=0, doc="blocks whose features the head reads "
-                                                "(null: evenly spaced, 3/7/11 for depth 12)")
+    fetch_idx: Optional[tuple[int, ...]] = spec(
+        None, ge=0, doc="blocks whose features the head reads (null: evenly spaced, 3/7/11 for depth 12)"
+    )
     label_dim: int = spec(64, gt=0, doc="width of the category embedding")
     propagation_mlp: tuple[int, ...] = spec((1536, 1024), gt=0, doc="feature propagation MLP widths")
     head_widths: tuple[int, ...] = spec((512, 256), gt=0, doc="conv head widths (2 entries)")
@@ -83,7 +94,9 @@ class PointMAEConfig(_TransformerSizes):
 
 
 MODEL_CONFIGS: dict[str, type] = {
-    "PointTransformer": PointTransformerConfig, "PartSegModel": PartSegModelConfig, "PointMAE": PointMAEConfig,
+    "PointTransformer": PointTransformerConfig,
+    "PartSegModel": PartSegModelConfig,
+    "PointMAE": PointMAEConfig,
 }
 
 
@@ -99,17 +112,22 @@ def validate_model(cfg: Any, *, path: tuple = ("model",), where: Where | None = 
     where = where or (lambda p: "<config>")
     names = " | ".join(MODEL_CONFIGS)
     if not isinstance(cfg, Mapping) or not isinstance(cfg.get("NAME"), str):
-        raise ConfigError(f"config key '{'.'.join(path)}' in {where(path)} must be a mapping with a NAME key "
-                          f"({names}), got {short_repr(cfg)}")
+        raise ConfigError(
+            f"config key '{'.'.join(path)}' in {where(path)} must be a mapping with a NAME key "
+            f"({names}), got {short_repr(cfg)}"
+        )
     name = cfg["NAME"]
     if name not in MODEL_CONFIGS:
         kp = path + ("NAME",)
-        raise ConfigError(f"config key '{'.'.join(kp)}' in {where(kp)} must be one of {list(MODEL_CONFIGS)}, "
-                          f"got {short_repr(name)}")
+        raise ConfigError(
+            f"config key '{'.'.join(kp)}' in {where(kp)} must be one of {list(MODEL_CONFIGS)}, got {short_repr(name)}"
+        )
     inst = validate(MODEL_CONFIGS[name], {k: v for k, v in cfg.items() if k != "NAME"}, path=path, where=where)
     if inst.preset is not None and inst.preset not in _presets(name):
         kp = path + ("preset",)
-        raise ConfigError(f"config key '{'.'.join(kp)}' in {where(kp)} must be a {name} preset "
-                          f"({' | '.join(_presets(name))}), got {short_repr(inst.preset)}")
+        raise ConfigError(
+            f"config key '{'.'.join(kp)}' in {where(kp)} must be a {name} preset "
+            f"({' | '.join(_presets(name))}), got {short_repr(inst.preset)}"
+        )
     plain = to_dict(inst)
     return {k: (cfg[k] if k == "NAME" else plain[k]) for k in cfg}

@@ -1,4 +1,5 @@
 """Mini-PointNet patch encoder: one token per local group of points."""
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +44,9 @@ class Encoder(nn.Module):
     concat-then-conv order (used to count the reference's nominal FLOPs).
     """
 
-    def __init__(self, encoder_channel: int = 384, widths: tuple[int, int, int] = (128, 256, 512),
-                 split_global: bool = True) -> None:
+    def __init__(
+        self, encoder_channel: int = 384, widths: tuple[int, int, int] = (128, 256, 512), split_global: bool = True
+    ) -> None:
         super().__init__()
         w0, w1, w2 = (int(w) for w in widths)
         self.encoder_channel = encoder_channel
@@ -53,7 +55,9 @@ class Encoder(nn.Module):
             nn.Conv1d(3, w0, 1), nn.BatchNorm1d(w0), nn.ReLU(inplace=True), nn.Conv1d(w0, w1, 1)
         )
         self.second_conv = nn.Sequential(
-            nn.Conv1d(2 * w1, w2, 1), nn.BatchNorm1d(w2), nn.ReLU(inplace=True),
+            nn.Conv1d(2 * w1, w2, 1),
+            nn.BatchNorm1d(w2),
+            nn.ReLU(inplace=True),
             nn.Conv1d(w2, encoder_channel, 1),
         )
 
@@ -66,11 +70,11 @@ class Encoder(nn.Module):
         c2, bn2, _, c3 = self.second_conv
         # Everything runs on 2-D (rows, channels) tensors: each layer is one matmul.
         h = batchnorm_rows(pointwise(point_groups.reshape(R, 3), c0), bn0, relu=True)
-        feat = pointwise(h, c1)                                      # (R, w1)
+        feat = pointwise(h, c1)  # (R, w1)
         w1 = feat.shape[-1]
-        glob = feat.view(BG, k, w1).max(dim=1).values                # (BG, w1)
+        glob = feat.view(BG, k, w1).max(dim=1).values  # (BG, w1)
         if self.split_global:
-            w = c2.weight.squeeze(-1)                                # (w2, 2*w1): [glob | feat]
+            w = c2.weight.squeeze(-1)  # (w2, 2*w1): [glob | feat]
             w2 = w.shape[0]
             h = F.linear(feat, w[:, w1:]).view(BG, k, w2) + F.linear(glob, w[:, :w1], c2.bias).unsqueeze(1)
             h = h.view(R, w2)

@@ -1,4 +1,5 @@
 """Grouping of a point cloud into local patches: FPS centres + kNN neighbourhoods."""
+
 from __future__ import annotations
 
 import torch

@@ -11,9 +11,10 @@ Like the reference there is NO cls token and no cls_pos. Module names mirror the
 (``encoder``, ``pos_embed``, ``blocks.blocks.i``, ``norm``, ``label_conv``, ``propagation_0.mlp_convs``
 / ``mlp_bns``, ``convs1..3``, ``bns1..2``) so a Point-MAE checkpoint loads with the same loader.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -53,13 +54,14 @@ class PointNetFeaturePropagation(nn.Module):
             self.mlp_bns.append(nn.BatchNorm1d(int(out)))
             last = int(out)
 
-    def forward(self, xyz1: torch.Tensor, xyz2: torch.Tensor, points1: torch.Tensor | None,
-                points2: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, xyz1: torch.Tensor, xyz2: torch.Tensor, points1: torch.Tensor | None, points2: torch.Tensor
+    ) -> torch.Tensor:
         """``xyz1 (B,N,3)`` dense, ``xyz2 (B,S,3)`` coarse, ``points1 (B,N,C1)`` or None,
         ``points2 (B,S,C2)`` -> ``(B, N, mlp[-1])`` (all channel-last)."""
         sqdist, idx = ops.three_nn(xyz1, xyz2)
         weight = ops.interpolation_weights(sqdist, eps=self.eps)
-        feats = ops.three_interpolate(points2, idx, weight)              # (B, N, C2)
+        feats = ops.three_interpolate(points2, idx, weight)  # (B, N, C2)
         if points1 is not None:
             feats = torch.cat([points1, feats], dim=-1)
         B, N, C = feats.shape
@@ -81,19 +83,33 @@ class SegTokenPool(nn.Module):
 
     def forward(self, layers: Sequence[torch.Tensor], num_group: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``layers``: normed ``(B, L_i, D)`` with ``L_i >= num_group`` -> ``(feat (B,G,len*D), glob (B,2*len*D))``."""
-        feat = torch.cat([t[:, t.shape[1] - num_group:] for t in layers], dim=-1)
+        feat = torch.cat([t[:, t.shape[1] - num_group :] for t in layers], dim=-1)
         return feat, torch.cat([feat.max(dim=1).values, feat.mean(dim=1)], dim=-1)
 
 
-@register_model("PartSegModel", presets={
-    # Reference: 2048 points, G=128 x 32, ViT-S, blocks 3/7/11, propagation MLP (1536, 1024).
-    "vit_s": dict(trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384,
-                  num_group=128, group_size=32),
-    # CPU-sized: same layout with small widths.
-    "tiny": dict(trans_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, encoder_dims=96,
-                 encoder_widths=(32, 64, 128), num_group=32, group_size=16,
-                 label_dim=16, propagation_mlp=(192, 128), head_widths=(128, 64)),
-})
+@register_model(
+    "PartSegModel",
+    presets={
+        # Reference: 2048 points, G=128 x 32, ViT-S, blocks 3/7/11, propagation MLP (1536, 1024).
+        "vit_s": dict(
+            trans_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, encoder_dims=384, num_group=128, group_size=32
+        ),
+        # CPU-sized: same layout with small widths.
+        "tiny": dict(
+            trans_dim=96,
+            depth=4,
+            num_heads=3,
+            mlp_ratio=4.0,
+            encoder_dims=96,
+            encoder_widths=(32, 64, 128),
+            num_group=32,
+            group_size=16,
+            label_dim=16,
+            propagation_mlp=(192, 128),
+            head_widths=(128, 64),
+        ),
+    },
+)
 class PartSegModel(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
     """Point-MAE part segmentation: ``forward(pts (B,N,3), cls_onehot (B,num_classes)) -> (B,N,num_parts)``.
 
@@ -103,46 +119,92 @@ class PartSegModel(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
     # Module-name prefixes of the pre-trained backbone (must be present in a pre-trained checkpoint).
     BACKBONE_PREFIXES: tuple[str, ...] = ("encoder.", "reduce_dim.", "pos_embed.", "blocks.", "norm.")
     # Module-name prefixes of the task head (newly initialised; may be skipped on a shape mismatch).
-    HEAD_PREFIXES: tuple[str, ...] = ("label_conv.", "propagation_0.", "convs1.", "convs2.", "convs3.",
-                                      "bns1.", "bns2.")
+    HEAD_PREFIXES: tuple[str, ...] = (
+        "label_conv.",
+        "propagation_0.",
+        "convs1.",
+        "convs2.",
+        "convs3.",
+        "bns1.",
+        "bns2.",
+    )
 
-    def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.1, num_group: int = 128, group_size: int = 32,
-                 encoder_dims: int = 384, encoder_widths: Sequence[int] = (128, 256, 512),
-                 qkv_bias: bool = False, num_classes: int = 16, num_parts: int = 50,
-                 fetch_idx: Sequence[int] | None = None, label_dim: int = 64,
-                 propagation_mlp: Sequence[int] = (1536, 1024), head_widths: Sequence[int] = (512, 256),
-                 dropout: float = 0.5, interp_eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        trans_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        num_group: int = 128,
+        group_size: int = 32,
+        encoder_dims: int = 384,
+        encoder_widths: Sequence[int] = (128, 256, 512),
+        qkv_bias: bool = False,
+        num_classes: int = 16,
+        num_parts: int = 50,
+        fetch_idx: Sequence[int] | None = None,
+        label_dim: int = 64,
+        propagation_mlp: Sequence[int] = (1536, 1024),
+        head_widths: Sequence[int] = (512, 256),
+        dropout: float = 0.5,
+        interp_eps: float = 1e-8,
+    ) -> None:
         super().__init__()
         fetch = tuple(int(i) for i in fetch_idx) if fetch_idx is not None else default_fetch_idx(depth)
         if not fetch or any(i < 0 or i >= depth for i in fetch) or len(set(fetch)) != len(fetch):
             raise ValueError(f"PartSegModel: fetch_idx={fetch_idx} must be distinct block indices in [0, {depth})")
         if len(head_widths) != 2:
             raise ValueError(f"PartSegModel: head_widths must have 2 entries (convs1, convs2), got {head_widths}")
-        self.config = dict(trans_dim=trans_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                           drop_path_rate=drop_path_rate, num_group=num_group, group_size=group_size,
-                           encoder_dims=encoder_dims, encoder_widths=tuple(encoder_widths), qkv_bias=qkv_bias,
-                           num_classes=num_classes, num_parts=num_parts, fetch_idx=fetch, label_dim=label_dim,
-                           propagation_mlp=tuple(propagation_mlp), head_widths=tuple(head_widths),
-                           dropout=dropout, interp_eps=interp_eps)
+        self.config = dict(
+            trans_dim=trans_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=drop_path_rate,
+            num_group=num_group,
+            group_size=group_size,
+            encoder_dims=encoder_dims,
+            encoder_widths=tuple(encoder_widths),
+            qkv_bias=qkv_bias,
+            num_classes=num_classes,
+            num_parts=num_parts,
+            fetch_idx=fetch,
+            label_dim=label_dim,
+            propagation_mlp=tuple(propagation_mlp),
+            head_widths=tuple(head_widths),
+            dropout=dropout,
+            interp_eps=interp_eps,
+        )
         self.trans_dim = trans_dim
         self.depth = depth
         self.num_classes = num_classes
         self.num_parts = num_parts
         self.fetch_idx = fetch
 
-        self.init_stem(trans_dim=trans_dim, encoder_dims=encoder_dims, encoder_widths=encoder_widths,
-                       num_group=num_group, group_size=group_size)
-        self.blocks = TransformerEncoder(embed_dim=trans_dim, depth=depth, num_heads=num_heads,
-                                         mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
+        self.init_stem(
+            trans_dim=trans_dim,
+            encoder_dims=encoder_dims,
+            encoder_widths=encoder_widths,
+            num_group=num_group,
+            group_size=group_size,
+        )
+        self.blocks = TransformerEncoder(
+            embed_dim=trans_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_path_rate=drop_path_rate,
+        )
         self.norm = nn.LayerNorm(trans_dim)
         self.pool = SegTokenPool()  # fetched layers -> (per-group, global) features; no parameters
 
         feat_dim = trans_dim * len(fetch)
-        self.label_conv = nn.Sequential(nn.Conv1d(num_classes, label_dim, 1, bias=False),
-                                        nn.BatchNorm1d(label_dim), nn.LeakyReLU(0.2))
-        self.propagation_0 = PointNetFeaturePropagation(in_channel=feat_dim + 3, mlp=propagation_mlp,
-                                                        eps=interp_eps)
+        self.label_conv = nn.Sequential(
+            nn.Conv1d(num_classes, label_dim, 1, bias=False), nn.BatchNorm1d(label_dim), nn.LeakyReLU(0.2)
+        )
+        self.propagation_0 = PointNetFeaturePropagation(in_channel=feat_dim + 3, mlp=propagation_mlp, eps=interp_eps)
         global_dim = 2 * feat_dim + label_dim
         self.global_dim = global_dim
         h1, h2 = (int(w) for w in head_widths)
@@ -172,18 +234,21 @@ class PartSegModel(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
             raise ValueError(f"PartSegModel: expected points of shape (B, N, 3), got {tuple(pts.shape)}")
         B, N, _ = pts.shape
         if cls_onehot.shape != (B, self.num_classes):
-            raise ValueError(f"PartSegModel: expected a one-hot category of shape ({B}, {self.num_classes}), "
-                             f"got {tuple(cls_onehot.shape)}")
-        feat, glob, center = self.forward_features(pts)                      # (B, G, F), (B, 2F)
+            raise ValueError(
+                f"PartSegModel: expected a one-hot category of shape ({B}, {self.num_classes}), "
+                f"got {tuple(cls_onehot.shape)}"
+            )
+        feat, glob, center = self.forward_features(pts)  # (B, G, F), (B, 2F)
         label = self.label_conv(cls_onehot.to(feat.dtype).unsqueeze(-1)).squeeze(-1)  # (B, label_dim)
-        glob = torch.cat([glob, label], dim=-1)                               # (B, global_dim)
-        dense = self.propagation_0(pts, center, pts, feat)                    # (B, N, mlp[-1])
+        glob = torch.cat([glob, label], dim=-1)  # (B, global_dim)
+        dense = self.propagation_0(pts, center, pts, feat)  # (B, N, mlp[-1])
         # convs1 on concat(dense, glob repeated over N) == W_d dense + (W_g glob) broadcast: the
         # global part is computed once per shape instead of N times (same function).
         w = self.convs1.weight.squeeze(-1)
         d = dense.shape[-1]
-        h = F.linear(dense.reshape(B * N, d), w[:, :d]).view(B, N, -1) \
-            + F.linear(glob, w[:, d:], self.convs1.bias).unsqueeze(1)
+        h = F.linear(dense.reshape(B * N, d), w[:, :d]).view(B, N, -1) + F.linear(
+            glob, w[:, d:], self.convs1.bias
+        ).unsqueeze(1)
         h = self.dp1(batchnorm_rows(h.view(B * N, -1), self.bns1, relu=True))
         h = batchnorm_rows(pointwise(h, self.convs2), self.bns2, relu=True)
         logits = pointwise(h, self.convs3).view(B, N, self.num_parts)

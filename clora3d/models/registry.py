@@ -9,17 +9,18 @@ and every consumer asks the registry: :func:`build_model` (config dict -> model)
 :func:`model_class`, :func:`model_presets`, :func:`model_keys` (what a config may set, for the config
 validator) and ``Class.from_preset(name, **overrides)``.
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from torch import nn
 
 from clora3d.errors import ConfigError
 
-__all__ = ["register_model", "model_names", "model_class", "model_presets", "model_keys", "build_model",
-           "PresetMixin"]
+__all__ = ["register_model", "model_names", "model_class", "model_presets", "model_keys", "build_model", "PresetMixin"]
 
 M = TypeVar("M", bound=type)
 
@@ -42,8 +43,10 @@ def register_model(name: str, *, presets: Mapping[str, Mapping[str, Any]] | None
         for preset, kwargs in (presets or {}).items():
             bad = sorted(set(kwargs) - args)
             if bad:
-                raise ValueError(f"register_model: preset {name}/{preset} sets {bad}, which "
-                                 f"{cls.__qualname__}.__init__ does not take")
+                raise ValueError(
+                    f"register_model: preset {name}/{preset} sets {bad}, which "
+                    f"{cls.__qualname__}.__init__ does not take"
+                )
             table[preset] = dict(kwargs)
         _CLASSES[name] = cls
         _PRESETS[name] = table

@@ -6,9 +6,10 @@ mini-PointNet patch encoder (:class:`Encoder`), the optional ``reduce_dim`` proj
 ``pos_embed``), so the state_dict keys stay those of Point-MAE's checkpoints (``encoder.*``,
 ``pos_embed.*``; ``MAE_encoder.encoder.*`` inside the MAE) and no new key level appears.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -34,8 +35,16 @@ class PointStem:
     ``position=False`` (the caller builds ``pos_embed = position_mlp(...)`` itself, later), ``pos_embed``.
     """
 
-    def init_stem(self, *, trans_dim: int, encoder_dims: int, encoder_widths: Sequence[int],
-                  num_group: int | None = None, group_size: int | None = None, position: bool = True) -> None:
+    def init_stem(
+        self,
+        *,
+        trans_dim: int,
+        encoder_dims: int,
+        encoder_widths: Sequence[int],
+        num_group: int | None = None,
+        group_size: int | None = None,
+        position: bool = True,
+    ) -> None:
         """``num_group`` None: no ``group_divider`` (the caller groups, as PointMAE does for its
         encoder). ``reduce_dim`` is a Linear when ``encoder_dims != trans_dim``, else None."""
         if num_group is not None:

@@ -4,9 +4,10 @@ Every PEFT method attaches to these by hooks or by module replacement; none fork
 Module and parameter names mirror Point-MAE (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``,
 ``mlp.fc1``, ``mlp.fc2``) so official checkpoints load unchanged.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -34,8 +35,14 @@ class DropPath(nn.Module):
 class Mlp(nn.Module):
     """Two-layer MLP ``fc1 -> act -> drop -> fc2 -> drop``."""
 
-    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
-                 act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
+    ) -> None:
         super().__init__()
         out_features = out_features or in_features
         self.fc1 = nn.Linear(in_features, hidden_features)
@@ -50,14 +57,15 @@ class Mlp(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection (no bias by default) and ``proj``."""
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"Attention: dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -68,7 +76,7 @@ class Attention(nn.Module):
         # unbind + transpose are views (no copies; unbind's backward is one stack instead of three
         # zero-filled full-size gradients as with qkv[0], qkv[1], qkv[2]).
         q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)    # (B, H, L, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, hd)
         drop = self.attn_drop.p if self.training else 0.0
         out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, L, C)
@@ -78,9 +86,18 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + DP(attn(norm1 x))`` then ``x + DP(mlp(norm2 x))``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 act_layer: type[nn.Module] = nn.GELU, norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+    ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
@@ -107,24 +124,32 @@ class TransformerEncoder(nn.Module):
     """A stack of ``Block``s in ``self.blocks``; the positional embedding is re-added before every block
     (``pos_every_block``, default) or added once before the first."""
 
-    def __init__(self, embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float | Sequence[float] = 0.0) -> None:
+    def __init__(
+        self,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float | Sequence[float] = 0.0,
+    ) -> None:
         super().__init__()
         if isinstance(drop_path_rate, (int, float)):
             dpr = drop_path_schedule(float(drop_path_rate), depth)
         else:
             dpr = list(drop_path_rate)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i])
-            for i in range(depth)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i]) for i in range(depth)
         )
         #: re-add ``pos`` before every block (Point-MAE); False adds it once before the first block
         #: (ViT; DAPT switches to this while attached, its sequence grows by one token per block)
         self.pos_every_block = True
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor,
-                return_layers: Iterable[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor, return_layers: Iterable[int] | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Run all blocks; with ``return_layers`` return the outputs of those block indices instead."""
         wanted = set(return_layers) if return_layers is not None else None
         outs = []

@@ -1,7 +1,8 @@
 """Small model utilities: BatchNorm statistics policy for frozen modules, the one parameter counter."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch import nn
 
@@ -59,8 +60,11 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False, exclude_
     head (:func:`head_parameter_ids`), as the PEFT papers report backbone parameters.
     """
     head = head_parameter_ids(model) if exclude_head else set()
-    return sum(p.numel() for p in model.parameters()  # parameters() yields a shared one once
-               if (p.requires_grad or not trainable_only) and id(p) not in head)
+    return sum(
+        p.numel()
+        for p in model.parameters()  # parameters() yields a shared one once
+        if (p.requires_grad or not trainable_only) and id(p) not in head
+    )
 
 
 class HeadSplitMixin:

@@ -5,6 +5,7 @@ Each op runs the compiled kernel (``clora3d._C``, imported lazily on first use) 
 otherwise the pure-PyTorch reference in :mod:`clora3d.ops.reference` with one warning;
 ``CLORA3D_OPS=reference|native`` forces a backend. ``backend_info()`` reports the choice.
 """
+
 from clora3d.ops._backend import NativeOpsUnavailableError, backend_info, kernels_summary
 from clora3d.ops.api import (
     chamfer_l2,

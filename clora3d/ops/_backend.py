@@ -7,6 +7,7 @@ op call, not at import. Importing it up front keeps ``torch.compile`` from havin
 with one warning), ``reference`` = always the reference, ``native`` = always the compiled kernels
 (an error when they are unavailable).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -72,8 +73,10 @@ def native_module() -> Any:
         else:
             if not hasattr(torch.ops.clora3d, "fps"):  # an old build: pybind functions, no operators
                 _native = None
-                _native_error = ("ImportError: clora3d._C is an old build without the torch.ops.clora3d "
-                                 "operators; rebuild it (pip install --no-build-isolation -e .)")
+                _native_error = (
+                    "ImportError: clora3d._C is an old build without the torch.ops.clora3d "
+                    "operators; rebuild it (pip install --no-build-isolation -e .)"
+                )
             else:
                 from clora3d.ops import _library
 
@@ -95,12 +98,17 @@ def kernels_summary() -> str:
     if forced == "reference":
         return f"clora3d kernels: PyTorch reference on every device ({ENV_VAR}=reference)"
     if m is None:
-        return (f"clora3d kernels: NOT BUILT, every op runs the 30-60x slower PyTorch reference "
-                f"({_native_error}); run `python tools/doctor.py` for the fix")
+        return (
+            f"clora3d kernels: NOT BUILT, every op runs the 30-60x slower PyTorch reference "
+            f"({_native_error}); run `python tools/doctor.py` for the fix"
+        )
     info = _build_info
     cpu = f"native CPU ({info.get('multiversion', 'baseline')})"
-    cuda = (f"native CUDA (archs {info.get('cuda_archs')})" if info.get("cuda")
-            else "CUDA tensors: PyTorch reference (built without CUDA kernels)")
+    cuda = (
+        f"native CUDA (archs {info.get('cuda_archs')})"
+        if info.get("cuda")
+        else "CUDA tensors: PyTorch reference (built without CUDA kernels)"
+    )
     return f"clora3d kernels: {cpu}; {cuda}"
 
 

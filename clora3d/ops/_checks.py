@@ -1,5 +1,6 @@
 """Input validation of clora3d.ops: every user error becomes one ValueError naming the op, the
 argument, what it got and what is expected."""
+
 from __future__ import annotations
 
 import numbers
@@ -30,8 +31,9 @@ def defer_finite(op: str, *named: tuple[str, torch.Tensor]) -> None:
     RuntimeError when the compiled graph runs)."""
     for name, t in named:
         if not eager_values(t) and t.numel():
-            torch._assert_async(torch.isfinite(t).all(),
-                                f"{op}: {name} contains NaN or infinite coordinates; expected finite values")
+            torch._assert_async(
+                torch.isfinite(t).all(), f"{op}: {name} contains NaN or infinite coordinates; expected finite values"
+            )
 
 
 def native_feature_dtype(t: torch.Tensor) -> bool:
@@ -77,8 +79,7 @@ def tensor(x: object, op: str, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
     if x.device.type == "meta":
-        raise ValueError(f"{op}: {name} is a meta tensor (shape only, no data); pass a tensor on "
-                         "cpu or cuda")
+        raise ValueError(f"{op}: {name} is a meta tensor (shape only, no data); pass a tensor on cpu or cuda")
     return x
 
 

@@ -11,6 +11,7 @@ the CPU and CUDA kernels. This module adds, through :mod:`torch.library`:
 
 ``register()`` runs once, right after ``clora3d._C`` is imported (see :mod:`clora3d.ops._backend`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,8 +56,12 @@ def _fake_three_interpolate_backward(grad_out, idx, weight, m):
 
 def _fake_chamfer_forward(a, b):
     B, N, M = a.shape[0], a.shape[1], b.shape[1]
-    return (a.new_empty((B, N)), a.new_empty((B, N), dtype=torch.long),
-            a.new_empty((B, M)), a.new_empty((B, M), dtype=torch.long))
+    return (
+        a.new_empty((B, N)),
+        a.new_empty((B, N), dtype=torch.long),
+        a.new_empty((B, M)),
+        a.new_empty((B, M), dtype=torch.long),
+    )
 
 
 def _fake_chamfer_backward(a, b, idx_a, idx_b, grad_dist_a, grad_dist_b):
@@ -145,8 +150,10 @@ def _chamfer_bwd_setup(ctx, inputs, output):
 
 
 def _chamfer_bwd_backward(ctx, *grads):
-    raise RuntimeError("clora3d chamfer_l2 is differentiable once: a second derivative (double backward) "
-                       "through it is not implemented; use clora3d.ops.reference.chamfer_l2 for that")
+    raise RuntimeError(
+        "clora3d chamfer_l2 is differentiable once: a second derivative (double backward) "
+        "through it is not implemented; use clora3d.ops.reference.chamfer_l2 for that"
+    )
 
 
 _FAKES = {

@@ -3,9 +3,11 @@
 All coordinates and features are channel-last. See :mod:`clora3d.ops.reference` for the exact
 semantics (the specification) and :mod:`clora3d.ops._backend` for backend selection.
 """
+
 from __future__ import annotations
 
 import torch
+
 from clora3d.ops import _backend as _be
 from clora3d.ops import _checks as _ck
 from clora3d.ops import reference as _ref
@@ -156,8 +158,10 @@ def chamfer_l2_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     An empty batch (B = 0) raises ValueError: the mean over no clouds is undefined (it would be
     NaN and poison a training step); skip the loss for an empty batch instead."""
     if isinstance(a, torch.Tensor) and a.dim() == 3 and a.shape[0] == 0:
-        raise ValueError("chamfer_l2_loss: empty batch (B = 0): the mean over no clouds is "
-                         "undefined; skip the loss for an empty batch")
+        raise ValueError(
+            "chamfer_l2_loss: empty batch (B = 0): the mean over no clouds is "
+            "undefined; skip the loss for an empty batch"
+        )
     dist_a, _, dist_b, _ = chamfer_l2(a, b)
     return dist_a.mean() + dist_b.mean()
 

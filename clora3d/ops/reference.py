@@ -13,6 +13,7 @@ Conventions shared with the kernels (channel-last everywhere):
 * ``interpolation_weights`` uses inverse squared distance ``1 / (d^2 + eps)`` normalised to sum 1;
 * ``three_interpolate`` blends as ``(w0*f0 + w1*f1) + w2*f2``.
 """
+
 from __future__ import annotations
 
 import torch

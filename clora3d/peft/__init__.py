@@ -7,6 +7,7 @@ is the lifecycle every method shares; :mod:`~clora3d.peft.adapter_io` the adapte
 base-weight hash. ``DEFAULTS[name]`` lists each method's own options with their defaults (the keys
 every method also accepts are in ``COMMON_DEFAULTS``); ``docs/peft.md`` explains them.
 """
+
 from clora3d.peft.adapter import ADAPTER_DEFAULTS, PROMPT_DEFAULTS, Adapter, AdapterConfig, PromptConfig, PromptTuning
 from clora3d.peft.adapter_io import hash_tensors, load_adapter, read_adapter, save_adapter
 from clora3d.peft.base import PeftMethod
@@ -19,25 +20,69 @@ from clora3d.peft.pointgst import POINTGST_DEFAULTS, PointGST, PointGSTConfig
 from clora3d.peft.pointlora import POINTLORA_DEFAULTS, PointLoRA, PointLoRAConfig
 from clora3d.peft.registry import METHODS, apply_peft, build_config, config_class, method_names, register_method
 from clora3d.peft.simple import (
-                                 BITFIT_DEFAULTS,
-                                 FULL_DEFAULTS,
-                                 LINEAR_DEFAULTS,
-                                 BitFit,
-                                 BitFitConfig,
-                                 FullConfig,
-                                 FullFineTune,
-                                 LinearConfig,
-                                 LinearProbe,
+    BITFIT_DEFAULTS,
+    FULL_DEFAULTS,
+    LINEAR_DEFAULTS,
+    BitFit,
+    BitFitConfig,
+    FullConfig,
+    FullFineTune,
+    LinearConfig,
+    LinearProbe,
 )
 
 #: Options (without the common ones) and defaults of every method, by NAME (from the config classes).
 DEFAULTS = {name: config_defaults(cls.config_class) for name, cls in METHODS.items()}
 
-__all__ = ["apply_peft", "build_config", "config_class", "method_names", "register_method", "load_adapter",
-           "read_adapter", "save_adapter", "PeftMethod", "PeftConfig", "METHODS", "DEFAULTS", "COMMON_DEFAULTS",
-           "BLOCK_LINEARS", "hash_tensors", "config_defaults",
-           "CLoRA", "CLoRAConfig", "CLoRASpaces", "LoRA", "LoRAConfig", "Adapter", "AdapterConfig", "PromptTuning",
-           "PromptConfig", "FullFineTune", "FullConfig", "LinearProbe", "LinearConfig", "BitFit", "BitFitConfig",
-           "PointLoRA", "PointLoRAConfig", "DAPT", "DAPTConfig", "PointGST", "PointGSTConfig", "IDPT", "IDPTConfig",
-           "ADAPTER_DEFAULTS", "PROMPT_DEFAULTS", "CLORA_DEFAULTS", "DAPT_DEFAULTS", "IDPT_DEFAULTS", "LORA_DEFAULTS",
-           "POINTGST_DEFAULTS", "POINTLORA_DEFAULTS", "BITFIT_DEFAULTS", "FULL_DEFAULTS", "LINEAR_DEFAULTS"]
+__all__ = [
+    "apply_peft",
+    "build_config",
+    "config_class",
+    "method_names",
+    "register_method",
+    "load_adapter",
+    "read_adapter",
+    "save_adapter",
+    "PeftMethod",
+    "PeftConfig",
+    "METHODS",
+    "DEFAULTS",
+    "COMMON_DEFAULTS",
+    "BLOCK_LINEARS",
+    "hash_tensors",
+    "config_defaults",
+    "CLoRA",
+    "CLoRAConfig",
+    "CLoRASpaces",
+    "LoRA",
+    "LoRAConfig",
+    "Adapter",
+    "AdapterConfig",
+    "PromptTuning",
+    "PromptConfig",
+    "FullFineTune",
+    "FullConfig",
+    "LinearProbe",
+    "LinearConfig",
+    "BitFit",
+    "BitFitConfig",
+    "PointLoRA",
+    "PointLoRAConfig",
+    "DAPT",
+    "DAPTConfig",
+    "PointGST",
+    "PointGSTConfig",
+    "IDPT",
+    "IDPTConfig",
+    "ADAPTER_DEFAULTS",
+    "PROMPT_DEFAULTS",
+    "CLORA_DEFAULTS",
+    "DAPT_DEFAULTS",
+    "IDPT_DEFAULTS",
+    "LORA_DEFAULTS",
+    "POINTGST_DEFAULTS",
+    "POINTLORA_DEFAULTS",
+    "BITFIT_DEFAULTS",
+    "FULL_DEFAULTS",
+    "LINEAR_DEFAULTS",
+]

@@ -17,6 +17,7 @@ Prompts are ``trunc_normal(std=init_std)``; parameters ``peft.prompts`` (len(lay
 Prompts change attention from the first step, so prompt tuning does NOT start at the base model's
 output. Not mergeable. Each selected block processes n extra tokens (see the FLOPs table).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ class AdapterConfig(PeftConfig):
     scale: float = spec(0.1, doc="AdaptFormer's s")
     dropout: float = spec(0.1, ge=0, lt=1, doc="dropout after the activation (training only)")
     input: Literal["residual", "norm2"] = spec(
-        "residual", doc="residual (AdaptFormer: the stream before norm2) | norm2 (its output)")
+        "residual", doc="residual (AdaptFormer: the stream before norm2) | norm2 (its output)"
+    )
     layers: list[int] | None = layers_spec()
 
 
@@ -152,7 +154,7 @@ class _RemovePrompts:
         self.n = n
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        return torch.cat([out[:, :1], out[:, 1 + self.n:]], dim=1)
+        return torch.cat([out[:, :1], out[:, 1 + self.n :]], dim=1)
 
 
 @register_method

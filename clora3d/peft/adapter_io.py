@@ -7,6 +7,7 @@ the adapted model (base keys untouched); ``metadata`` records the method, its re
 plain dict, so files written by older versions keep loading), the versions and a SHA-256 hash of the
 frozen base parameters: an adapter loads only onto the base weights it was trained on.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,8 +66,9 @@ def save_adapter(method: PeftMethod, path: str | os.PathLike) -> Path:
     """Write ``method``'s adapter file (atomically); returns the path."""
     from clora3d.storage import atomic_torch_save
 
-    return atomic_torch_save({"metadata": adapter_metadata(method), "state": method.adapter_state_dict()},
-                             Path(path), what="adapter")
+    return atomic_torch_save(
+        {"metadata": adapter_metadata(method), "state": method.adapter_state_dict()}, Path(path), what="adapter"
+    )
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -77,11 +79,17 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
     if not path.exists():
         raise FileNotFoundError(f"adapter file not found: {path}")
     blob = safe_torch_load(path, what="adapter file")
-    if not isinstance(blob, dict) or not isinstance(blob.get("metadata"), dict) \
-            or blob["metadata"].get("format") != ADAPTER_FORMAT or not isinstance(blob.get("state"), dict):
-        raise CheckpointError(f"{path} is not a clora3d adapter file (expected a dict with 'metadata' of format "
-                              f"{ADAPTER_FORMAT!r} and 'state'); full checkpoints load with "
-                              f"clora3d.models.checkpoint.load_pretrained")
+    if (
+        not isinstance(blob, dict)
+        or not isinstance(blob.get("metadata"), dict)
+        or blob["metadata"].get("format") != ADAPTER_FORMAT
+        or not isinstance(blob.get("state"), dict)
+    ):
+        raise CheckpointError(
+            f"{path} is not a clora3d adapter file (expected a dict with 'metadata' of format "
+            f"{ADAPTER_FORMAT!r} and 'state'); full checkpoints load with "
+            f"clora3d.models.checkpoint.load_pretrained"
+        )
     return blob["metadata"], blob["state"]
 
 
@@ -95,11 +103,14 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> PeftMethod:
 
     meta, state = read_adapter(path)
     if meta.get("format_version") != ADAPTER_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: adapter format version {meta.get('format_version')} is not supported "
-                              f"(this clora3d reads version {ADAPTER_FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: adapter format version {meta.get('format_version')} is not supported "
+            f"(this clora3d reads version {ADAPTER_FORMAT_VERSION})"
+        )
     if meta.get("clora3d_version") != clora3d.__version__:
-        warnings.warn(f"{path} was written by clora3d {meta.get('clora3d_version')}, this is "
-                      f"{clora3d.__version__}", stacklevel=2)
+        warnings.warn(
+            f"{path} was written by clora3d {meta.get('clora3d_version')}, this is {clora3d.__version__}", stacklevel=2
+        )
     try:
         method = apply_peft(model, dict(meta["config"]), where=lambda p: "the adapter's metadata")
     except ConfigError as e:
@@ -115,8 +126,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> PeftMethod:
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise CheckpointError(f"{path}: adapter keys do not match method {method.name!r}: missing {missing[:10]}, "
-                                  f"unexpected {unexpected[:10]}")
+            raise CheckpointError(
+                f"{path}: adapter keys do not match method {method.name!r}: missing {missing[:10]}, "
+                f"unexpected {unexpected[:10]}"
+            )
         for k, v in state.items():
             if tuple(v.shape) != tuple(expected[k].shape):
                 raise CheckpointError(

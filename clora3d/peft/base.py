@@ -24,6 +24,7 @@ The options every method shares and the config helpers are :mod:`clora3d.peft.co
 (name -> config class, method class) is :mod:`clora3d.peft.registry`; adapter files are
 :mod:`clora3d.peft.adapter_io`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,8 +54,9 @@ def head_parameter_names(model: nn.Module) -> list[str]:
         return [n for n, _ in model.head_parameters()]
     prefixes = getattr(model, "HEAD_PREFIXES", None)
     if prefixes is None:
-        raise ValueError(f"cannot tell the task head of {type(model).__name__}: it has neither head_parameters() "
-                         f"nor HEAD_PREFIXES")
+        raise ValueError(
+            f"cannot tell the task head of {type(model).__name__}: it has neither head_parameters() nor HEAD_PREFIXES"
+        )
     bad = [p for p in prefixes if not p.endswith(".")]
     if bad:
         raise ValueError(f"{type(model).__name__}.HEAD_PREFIXES must be module names ending in '.', got {bad}")
@@ -84,17 +86,20 @@ class PeftMethod:
 
     def __init__(self, model: nn.Module, cfg: PeftConfig | Mapping[str, Any]) -> None:
         if not isinstance(getattr(getattr(model, "blocks", None), "blocks", None), nn.ModuleList):
-            raise ValueError(f"peft method {self.name!r}: the model has no transformer blocks 'blocks.blocks'; "
-                             f"apply_peft expects a clora3d PointTransformer or PartSegModel "
-                             f"(got {type(model).__name__})")
+            raise ValueError(
+                f"peft method {self.name!r}: the model has no transformer blocks 'blocks.blocks'; "
+                f"apply_peft expects a clora3d PointTransformer or PartSegModel "
+                f"(got {type(model).__name__})"
+            )
         if getattr(model, "_clora3d_peft", None) is not None:
-            raise ValueError(f"peft method {self.name!r}: a PEFT method ({model._clora3d_peft.name!r}) is already "
-                             f"applied to this model; call .remove() on it first or build a fresh model")
+            raise ValueError(
+                f"peft method {self.name!r}: a PEFT method ({model._clora3d_peft.name!r}) is already "
+                f"applied to this model; call .remove() on it first or build a fresh model"
+            )
         if isinstance(cfg, Mapping):  # a plain mapping (with or without NAME): validate it here
             cfg = validate(self.config_class, {k: v for k, v in cfg.items() if k != "NAME"}, path=("peft",))
         if type(cfg) is not self.config_class:
-            raise TypeError(f"peft method {self.name!r} takes a {self.config_class.__name__}, got "
-                            f"{type(cfg).__name__}")
+            raise TypeError(f"peft method {self.name!r} takes a {self.config_class.__name__}, got {type(cfg).__name__}")
         self.model = model
         self.cfg = cfg
         self.config: dict[str, Any] = {**to_dict(cfg), "NAME": self.name}
@@ -196,8 +201,7 @@ class PeftMethod:
             layers = list(range(depth))
         bad = [i for i in layers if not 0 <= i < depth]
         if bad:
-            raise ConfigError(f"peft method {self.name!r}: layers {bad} out of range for a backbone with depth "
-                              f"{depth}")
+            raise ConfigError(f"peft method {self.name!r}: layers {bad} out of range for a backbone with depth {depth}")
         self.config["layers"] = sorted(layers)
         return sorted(layers)
 
@@ -259,8 +263,10 @@ class PeftMethod:
         module names, so its parameters are named like the original head's."""
         head = getattr(self.model, "cls_head_finetune", None)
         if not isinstance(head, nn.Sequential) or not isinstance(head[0], nn.Linear):
-            raise ValueError(f"peft method {self.name!r} needs a classification model whose cls_head_finetune is a "
-                             f"Sequential starting with a Linear (got {type(self.model).__name__})")
+            raise ValueError(
+                f"peft method {self.name!r} needs a classification model whose cls_head_finetune is a "
+                f"Sequential starting with a Linear (got {type(self.model).__name__})"
+            )
         new = copy.deepcopy(head)
         first = head[0]
         new[0] = nn.Linear(in_features, first.out_features, bias=first.bias is not None)
@@ -344,8 +350,11 @@ class PeftMethod:
         finally:
             self.model.train(was)
         if diff > atol:
-            warnings.warn(f"peft method {self.name!r}: merged outputs differ from unmerged by {diff:.3g} > {atol:g} "
-                          f"(dtype {before.dtype})", stacklevel=2)
+            warnings.warn(
+                f"peft method {self.name!r}: merged outputs differ from unmerged by {diff:.3g} > {atol:g} "
+                f"(dtype {before.dtype})",
+                stacklevel=2,
+            )
         return diff
 
     def unmerge(self) -> None:

@@ -29,6 +29,7 @@ d x d matrix is formed. ``regularization_loss()`` returns ``sade_lambda * L_SADE
 Trainable parameters: ``p (d_in r + r d_out)`` per space set plus ``m p r^2`` coefficients
 (``p r^2`` per set with ``shared_q``) plus ``m * d`` biases when ``bias`` is on, plus head and cls tokens.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,8 +58,7 @@ class CLoRAConfig(PeftConfig):
     rank: int = spec(8, gt=0, doc="r: size of each shared space")
     num_spaces: int = spec(4, gt=0, doc="p: number of shared down/up space pairs (p = 1 is an ablation)")
     placement: Literal["pre_proj", "parallel"] = spec("pre_proj", doc="pre_proj | parallel")
-    targets: list[str] | None = spec(
-        None, doc="null -> placement default: pre_proj [qkv, fc1], parallel [qkv, proj]")
+    targets: list[str] | None = spec(None, doc="null -> placement default: pre_proj [qkv, fc1], parallel [qkv, proj]")
     layers: list[int] | None = layers_spec()
     scale: float = spec(1.0, doc="multiplies dW")
     dropout: float = spec(0.0, ge=0, lt=1, doc="dropout on the input of the low-rank branch (training only)")
@@ -66,7 +66,8 @@ class CLoRAConfig(PeftConfig):
     # xavier by default: with jointly orthogonal D_h every D_a^T D_b is 0, so SADE and its gradient
     # stay exactly 0 until the spaces drift (docs/peft.md, "SADE defaults", tools/sade_ablation.py)
     init: Literal["xavier", "orthogonal"] = spec(
-        "xavier", doc="xavier (independent spaces) | orthogonal (the p spaces jointly orthonormal when p*r <= d)")
+        "xavier", doc="xavier (independent spaces) | orthogonal (the p spaces jointly orthonormal when p*r <= d)"
+    )
     shared_q: bool = spec(False, doc="CLoRA#: one Q per space shared by all LRMs of a set (identical dW)")
     sade: bool = spec(True, doc="false -> no SADE term (ablation)")
     sade_lambda: float = spec(0.01, ge=0, doc="weight of L_SADE in the total loss (not published; see the ablation)")
@@ -87,8 +88,17 @@ CLORA_DEFAULTS = config_defaults(CLoRAConfig)
 class CLoRASpaces(nn.Module):
     """One set of shared spaces: ``D`` (p, d_in, r), ``U`` (p, r, d_out), ``Q`` (m or 1, p, r, r), ``bias``."""
 
-    def __init__(self, d_in: int, d_out: int, rank: int, num_spaces: int, num_lrm: int, shared_q: bool,
-                 bias_dim: int | None, init: str) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        rank: int,
+        num_spaces: int,
+        num_lrm: int,
+        shared_q: bool,
+        bias_dim: int | None,
+        init: str,
+    ) -> None:
         super().__init__()
         p, r = num_spaces, rank
         self.d_in, self.d_out, self.num_lrm, self.shared_q = d_in, d_out, num_lrm, shared_q
@@ -126,7 +136,7 @@ class CLoRASpaces(nn.Module):
         matmul forms every V_j), instead of a reshape/einsum chain per LRM and per call."""
         p, d_in, r = self.D.shape
         dcat = self.D.permute(1, 0, 2).reshape(d_in, p * r)
-        v = torch.matmul(self.Q, self.U)                                          # (m', p, r, d_out)
+        v = torch.matmul(self.Q, self.U)  # (m', p, r, d_out)
         if scale != 1.0:
             v = v * scale
         return dcat, v.reshape(v.shape[0], p * r, self.d_out).unbind(0)
@@ -149,15 +159,15 @@ class CLoRASpaces(nn.Module):
             return self.D.new_zeros(())
         dcat = self.D.permute(1, 0, 2).reshape(d_in, p * r)
         gd = (dcat.t() @ dcat).reshape(p, r, p, r).transpose(1, 2)  # (p, p, r, r): D_a^T D_b
-        gu = self.U @ self.U.transpose(1, 2)                          # (p, r, r):    G_h = U_h U_h^T
-        Q = self.Q                                                    # (m', p, r, r)
-        A = Q.transpose(-1, -2).unsqueeze(2) @ gd @ Q.unsqueeze(1)    # (m', p, p, r, r): Q_a^T D_a^T D_b Q_b
-        B = gu.unsqueeze(1) @ A @ gu.unsqueeze(0)                     # G_a A G_b
-        cross = (A * B).sum((-2, -1))                                 # (m', p, p): ||M_a^T M_b||_F^2
-        upper = torch.ones(p, p, dtype=torch.bool, device=cross.device).triu(1)   # pairs a < b
+        gu = self.U @ self.U.transpose(1, 2)  # (p, r, r):    G_h = U_h U_h^T
+        Q = self.Q  # (m', p, r, r)
+        A = Q.transpose(-1, -2).unsqueeze(2) @ gd @ Q.unsqueeze(1)  # (m', p, p, r, r): Q_a^T D_a^T D_b Q_b
+        B = gu.unsqueeze(1) @ A @ gu.unsqueeze(0)  # G_a A G_b
+        cross = (A * B).sum((-2, -1))  # (m', p, p): ||M_a^T M_b||_F^2
+        upper = torch.ones(p, p, dtype=torch.bool, device=cross.device).triu(1)  # pairs a < b
         if normalize:
-            diag = torch.diagonal(A, dim1=1, dim2=2)                   # (m', r, r, p): Q_h^T D_h^T D_h Q_h
-            norms = (diag * gu.permute(1, 2, 0)).sum((1, 2))          # (m', p): ||M_h||_F^2 (G_h symmetric)
+            diag = torch.diagonal(A, dim1=1, dim2=2)  # (m', r, r, p): Q_h^T D_h^T D_h Q_h
+            norms = (diag * gu.permute(1, 2, 0)).sum((1, 2))  # (m', p): ||M_h||_F^2 (G_h symmetric)
             cross = cross / (norms.unsqueeze(2) * norms.unsqueeze(1) + eps)
         total = torch.where(upper, cross, torch.zeros((), dtype=cross.dtype, device=cross.device)).sum()
         if self.shared_q:
@@ -200,8 +210,17 @@ class _LRM:
     """One low-rank module on a target linear: its forward hook (subclasses), its update ``dW_j`` and
     its merge into the frozen weights (float64) with an exact unmerge (the originals are kept)."""
 
-    def __init__(self, cache: _FactorCache, key: str, j: int, p: float, lin: nn.Linear, name: str,
-                 norm: nn.Module | None = None, norm_name: str = "") -> None:
+    def __init__(
+        self,
+        cache: _FactorCache,
+        key: str,
+        j: int,
+        p: float,
+        lin: nn.Linear,
+        name: str,
+        norm: nn.Module | None = None,
+        norm_name: str = "",
+    ) -> None:
         self.cache, self.key, self.j, self.p, self.lin, self.name = cache, key, j, p, lin, name
         self.norm, self.norm_name = norm, norm_name
         self.space = cache.spaces[key]
@@ -245,8 +264,10 @@ class _PreProjHook(_LRM):
                 self._set(lin.bias, lin.bias.detach().to(torch.float64) + W_new @ b_j)
             else:
                 if getattr(self.norm, "bias", None) is None:
-                    raise RuntimeError(f"clora merge: {self.name} has no bias and {self.norm_name} has none to fold "
-                                       f"the per-LRM bias into")
+                    raise RuntimeError(
+                        f"clora merge: {self.name} has no bias and {self.norm_name} has none to fold "
+                        f"the per-LRM bias into"
+                    )
                 self._set(self.norm.bias, self.norm.bias.detach().to(torch.float64) + b_j)
         self._set(lin.weight, W_new)
 
@@ -305,11 +326,21 @@ class CLoRA(PeftMethod):
                 shapes[key] = (d_in, d_out)
                 self.lrms.append((i, t, key, counts.get(key, 0)))
                 counts[key] = counts.get(key, 0) + 1
-        self.spaces = nn.ModuleDict({
-            key: CLoRASpaces(d_in, d_out, cfg.rank, cfg.num_spaces, counts[key], cfg.shared_q,
-                             (d_in if pre else d_out) if cfg.bias else None, cfg.init)
-            for key, (d_in, d_out) in shapes.items()
-        })
+        self.spaces = nn.ModuleDict(
+            {
+                key: CLoRASpaces(
+                    d_in,
+                    d_out,
+                    cfg.rank,
+                    cfg.num_spaces,
+                    counts[key],
+                    cfg.shared_q,
+                    (d_in if pre else d_out) if cfg.bias else None,
+                    cfg.init,
+                )
+                for key, (d_in, d_out) in shapes.items()
+            }
+        )
         ref = self.reference_parameter()
         self.spaces.to(device=ref.device, dtype=ref.dtype)
         self.peft_params = {f"peft.{n_}": p for n_, p in self.spaces.named_parameters()}
@@ -318,9 +349,17 @@ class CLoRA(PeftMethod):
         kind = _PreProjHook if pre else _ParallelHook
         #: the LRM layers, in the order of ``self.lrms``: each is its linear's hook and owns its merge
         self.lrm_layers: list[_LRM] = [
-            kind(self._cache, key, j, cfg.dropout, self.block_linear(i, t), self.block_linear_name(i, t),
-                 *((getattr(self.blocks[i], PRE_NORM[t]), f"blocks.blocks.{i}.{PRE_NORM[t]}") if pre else ()))
-            for i, t, key, j in self.lrms]
+            kind(
+                self._cache,
+                key,
+                j,
+                cfg.dropout,
+                self.block_linear(i, t),
+                self.block_linear_name(i, t),
+                *((getattr(self.blocks[i], PRE_NORM[t]), f"blocks.blocks.{i}.{PRE_NORM[t]}") if pre else ()),
+            )
+            for i, t, key, j in self.lrms
+        ]
 
     # -- hooks ------------------------------------------------------------------------------------
     def _attach(self) -> None:

@@ -4,6 +4,7 @@ field, the ``targets`` check, and ``{option: default}`` tables for the config lo
 Each method's config dataclass (e.g. ``LoRAConfig``) sits next to the method in its own file and
 subclasses :class:`PeftConfig`; :func:`clora3d.schema.validate` builds it from the ``peft`` section.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,9 @@ def _layers_ok(v: list[int]) -> bool:
 def layers_spec(doc: str = "block indices; null = every block") -> Any:
     """The ``layers`` field: null (every block) or a non-empty list of distinct block indices; the range
     is checked against the model's depth when the method is built (:meth:`PeftMethod.resolve_layers`)."""
-    return spec(None, ge=0, check=_layers_ok, expect="a non-empty list of distinct block indices (>= 0) or null",
-                doc=doc)
+    return spec(
+        None, ge=0, check=_layers_ok, expect="a non-empty list of distinct block indices (>= 0) or null", doc=doc
+    )
 
 
 def normalize_targets(targets: Any, allowed: Iterable[str], key: str = "targets") -> list[str]:
@@ -46,19 +48,27 @@ class PeftConfig:
     """Options every method accepts; each method's config subclasses it (and is registered with it)."""
 
     extra_trainable: list[str] = spec(
-        factory=list, check=_names_ok, expect="a list of parameter/module names",
+        factory=list,
+        check=_names_ok,
+        expect="a list of parameter/module names",
         doc="exact parameter names, or module names (all parameters below name + '.'), trained in addition to "
-            "the method's own set; never substring matching: an entry that names nothing is an error")
+        "the method's own set; never substring matching: an entry that names nothing is an error",
+    )
     frozen_bn: Literal["train", "eval"] = spec(
-        "train", doc="frozen BatchNorm layers: train (the references; their statistics drift and are saved in "
-                     "the adapter) | eval (strict: running statistics fixed; use method.train())")
+        "train",
+        doc="frozen BatchNorm layers: train (the references; their statistics drift and are saved in "
+        "the adapter) | eval (strict: running statistics fixed; use method.train())",
+    )
 
 
 def config_defaults(cls: type[PeftConfig], *, own: bool = True) -> dict[str, Any]:
     """``{option: default}`` of a config class (``own``: without the :class:`PeftConfig` options)."""
     base = {f.name for f in dataclasses.fields(PeftConfig)} if own else set()
-    return {f.name: to_dict(f.default if f.default is not dataclasses.MISSING else f.default_factory())
-            for f in dataclasses.fields(cls) if f.name not in base}
+    return {
+        f.name: to_dict(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        for f in dataclasses.fields(cls)
+        if f.name not in base
+    }
 
 
 #: Options every method accepts, with their defaults.

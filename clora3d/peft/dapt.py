@@ -33,6 +33,7 @@ there. ViT-S: 12 x 59,969 + 2 x 768 + part-seg head 5,238,706 = 5,959,870. The S
 noise and the prompts change the output from the first step (``starts_at_base = False``); not
 mergeable (the adapter is non-linear and the prompts change the sequence).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,18 +58,20 @@ class DAPTConfig(PeftConfig):
 
     rank: int = spec(64, gt=0, doc="adapter bottleneck (reference: 64 ScanObjectNN, 72 ModelNet40)")
     adapter_dropout: float = spec(
-        0.0, ge=0, lt=1, doc="dropout inside the adapter (reference: 0.2 PB_T50_RS, 0.5 OBJ_BG, else 0)")
+        0.0, ge=0, lt=1, doc="dropout inside the adapter (reference: 0.2 PB_T50_RS, 0.5 OBJ_BG, else 0)"
+    )
     class_token: bool = spec(True, doc="head input includes the cls token")
     prompt_token: Literal["mean", "max", "none"] = spec(
-        "mean", doc="pooling of the internal prompts into the head input: mean | max | none")
+        "mean", doc="pooling of the internal prompts into the head input: mean | max | none"
+    )
     patch_token: Literal["max", "mean", "none"] = spec(
-        "max", doc="pooling of the patch tokens into the head input: max | mean | none")
+        "max", doc="pooling of the patch tokens into the head input: max | mean | none"
+    )
     ssf_std: float = spec(0.02, ge=0, doc="std of the SSF init around gamma = 1, beta = 0")
 
     def __post_init__(self) -> None:
         if self.head_parts() == 0:
-            raise ValueError("the head input is empty; set class_token: true or a prompt_token / patch_token "
-                             "pooling")
+            raise ValueError("the head input is empty; set class_token: true or a prompt_token / patch_token pooling")
 
     def head_parts(self) -> int:
         """Pieces concatenated into the head input (cls token, pooled prompts, pooled patches)."""
@@ -118,8 +121,14 @@ class DynamicAdapter(nn.Module):
 class DAPTBlock(nn.Module):
     """A block's DAPT parameters: the adapter and the seven SSF sites."""
 
-    SITES = {"norm1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "norm2": "norm2",
-             "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+    SITES = {
+        "norm1": "norm1",
+        "qkv": "attn.qkv",
+        "proj": "attn.proj",
+        "norm2": "norm2",
+        "fc1": "mlp.fc1",
+        "fc2": "mlp.fc2",
+    }
 
     def __init__(self, dim: int, hidden: int, rank: int, dropout: float, std: float) -> None:
         super().__init__()
@@ -155,9 +164,9 @@ class DAPTPool(nn.Module):
         if self.cls:
             parts.append(x[:, 0])
         if self.prompt != "none":
-            parts.append(self._reduce(x[:, 1:x.shape[1] - self.g], self.prompt))
+            parts.append(self._reduce(x[:, 1 : x.shape[1] - self.g], self.prompt))
         if self.patch != "none":
-            parts.append(self._reduce(x[:, x.shape[1] - self.g:], self.patch))
+            parts.append(self._reduce(x[:, x.shape[1] - self.g :], self.patch))
         return torch.cat(parts, dim=-1)
 
 
@@ -213,8 +222,9 @@ class DAPT(PeftMethod):
         d = self.dim
         hidden = self.blocks[0].mlp.fc1.out_features
         ref = self.reference_parameter()
-        self.mods = DAPTModules(d, hidden, len(self.blocks), cfg.rank, cfg.adapter_dropout,
-                                cfg.ssf_std).to(device=ref.device, dtype=ref.dtype)
+        self.mods = DAPTModules(d, hidden, len(self.blocks), cfg.rank, cfg.adapter_dropout, cfg.ssf_std).to(
+            device=ref.device, dtype=ref.dtype
+        )
         self.lead = self.num_lead_tokens
         if self.is_partseg:  # the prompts sit before the patches, which the part-seg pool reads (last G)
             self.pool = self.head = None

@@ -33,6 +33,7 @@ reference trains ``prompt_pos`` there (its name contains the substring it select
 ``train_prompt_pos: true``. ``prompt_layer``, ``cls_type`` and ``k`` (mlp) do not apply.
 ViT-S, mlp generators: 3 x 148,224 + prompt_pos 384 + part-seg head 5,238,706 = 5,683,762.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,16 +55,21 @@ _CLS_TYPES = {"all": 3, "promptonly": 1, "promptcls": 2, "pointcls": 2}
 class IDPTConfig(PeftConfig):
     """Options of ``peft: {NAME: idpt}``."""
 
-    prompt_layer: int = spec(-1, doc="the prompt is generated and inserted before this block; negative counts "
-                                     "from the end (-1 = the last block: 11 on ViT-S, the reference)")
+    prompt_layer: int = spec(
+        -1,
+        doc="the prompt is generated and inserted before this block; negative counts "
+        "from the end (-1 = the last block: 11 on ViT-S, the reference)",
+    )
     k: int = spec(20, gt=0, doc="neighbours of each token in the EdgeConv layers (reference: 20)")
     cls_type: Literal["all", "promptonly", "promptcls", "pointcls"] = spec(
-        "all", doc="head input: all | promptonly | promptcls | pointcls")
-    train_prompt_pos: bool = spec(
-        False, doc="the reference leaves prompt_pos at its random init (classification)")
+        "all", doc="head input: all | promptonly | promptcls | pointcls"
+    )
+    train_prompt_pos: bool = spec(False, doc="the reference leaves prompt_pos at its random init (classification)")
     generator: Literal["dgcnn", "mlp"] = spec(
-        "dgcnn", doc="prompt generator: dgcnn (3 EdgeConvs; reference classification) or mlp (Conv1d + BN + "
-                     "LeakyReLU + max; the reference's part-seg generator)")
+        "dgcnn",
+        doc="prompt generator: dgcnn (3 EdgeConvs; reference classification) or mlp (Conv1d + BN + "
+        "LeakyReLU + max; the reference's part-seg generator)",
+    )
 
 
 IDPT_DEFAULTS = config_defaults(IDPTConfig)
@@ -72,10 +78,10 @@ IDPT_DEFAULTS = config_defaults(IDPTConfig)
 def edge_features(x: torch.Tensor, k: int) -> torch.Tensor:
     """``(B, C, N) -> (B, 2C, N, k)``: ``[x_j - x_i, x_i]`` over the k nearest tokens j of each i in feature
     space (squared Euclidean distance; i itself is its nearest)."""
-    xt = x.transpose(1, 2)                                             # (B, N, C)
+    xt = x.transpose(1, 2)  # (B, N, C)
     sq = (xt * xt).sum(-1)
-    neg_d = 2 * xt @ x - sq.unsqueeze(-1) - sq.unsqueeze(-2)           # -||x_i - x_j||^2
-    idx = neg_d.topk(k, dim=-1).indices                                # (B, N, k)
+    neg_d = 2 * xt @ x - sq.unsqueeze(-1) - sq.unsqueeze(-2)  # -||x_i - x_j||^2
+    idx = neg_d.topk(k, dim=-1).indices  # (B, N, k)
     B, N, C = xt.shape
     nb = torch.gather(xt.unsqueeze(1).expand(B, N, N, C), 2, idx.unsqueeze(-1).expand(B, N, k, C))
     ctr = xt.unsqueeze(2).expand(B, N, k, C)
@@ -96,7 +102,7 @@ class PromptGenerator(nn.Module):
         self.conv5 = nn.Sequential(nn.Conv1d(3 * dim, dim, 1, bias=False), nn.BatchNorm1d(dim), nn.LeakyReLU(0.2))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = tokens.transpose(1, 2)                                         # (B, d, G)
+        x = tokens.transpose(1, 2)  # (B, d, G)
         x1 = self.conv1(edge_features(x, self.k)).max(dim=-1).values
         x2 = self.conv2(edge_features(x1, self.k)).max(dim=-1).values
         x3 = self.conv3(edge_features(x2, self.k)).max(dim=-1).values
@@ -163,8 +169,10 @@ class IDPTSegPool(nn.Module):
 
     def forward(self, layers: list[torch.Tensor], num_group: int) -> tuple[torch.Tensor, torch.Tensor]:
         if any(t.shape[1] != num_group + 2 for t in layers):
-            raise RuntimeError(f"idpt: a fetched part-seg layer has {[t.shape[1] for t in layers]} tokens, "
-                               f"expected {num_group + 2} (raw prompt, prompt output, patches)")
+            raise RuntimeError(
+                f"idpt: a fetched part-seg layer has {[t.shape[1] for t in layers]} tokens, "
+                f"expected {num_group + 2} (raw prompt, prompt output, patches)"
+            )
         feat = torch.cat([t[:, 2:] for t in layers], dim=-1)
         glob = torch.cat([t[:, 0] for t in layers] + [t[:, 1] for t in layers], dim=-1)
         return feat, glob
@@ -190,8 +198,8 @@ class _BlockInput:
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         st, x = self.state, args[0]
         if self.i == self.layer:
-            raw = st.x if self.i == 0 else x                 # block 0 already got x + pos from the stack
-            prompt = self.mods.generator(raw[:, -self.g:])
+            raw = st.x if self.i == 0 else x  # block 0 already got x + pos from the stack
+            prompt = self.mods.generator(raw[:, -self.g :])
             B = x.shape[0]
             pp = self.mods.prompt_pos.expand(B, -1, -1)
             st.pos_ext = torch.cat([st.pos[:, :1], pp, st.pos[:, 1:]], dim=1)
@@ -215,9 +223,9 @@ class _SegBlockInput:
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         st, x = self.state, args[0]
         if self.i == 0:
-            raw = st.x                                       # block 0 already got x + pos from the stack
+            raw = st.x  # block 0 already got x + pos from the stack
         else:
-            raw = x[:, -self.g:]
+            raw = x[:, -self.g :]
             x = raw + st.pos
         if self.gen is not None:
             st.prompt = self.gen(raw)
@@ -249,20 +257,21 @@ class IDPT(PeftMethod):
         depth = len(self.blocks)
         # part seg: a prompt before every fetched block instead (prompt_layer does not apply)
         if not self.is_partseg and not -depth <= cfg.prompt_layer < depth:
-            raise ConfigError(f"peft method 'idpt': prompt_layer {cfg.prompt_layer} out of range for a backbone "
-                              f"with depth {depth}")
+            raise ConfigError(
+                f"peft method 'idpt': prompt_layer {cfg.prompt_layer} out of range for a backbone with depth {depth}"
+            )
         self.layer = cfg.prompt_layer % depth
         model = self.model
         if not hasattr(model, "pool") or not hasattr(model, "group_divider"):
             raise ValueError("idpt needs a PointTransformer or PartSegModel (group_divider, pool)")
         G = self.num_patches
         if cfg.generator == "dgcnn" and cfg.k > G:
-            raise ConfigError(f"peft method 'idpt': k={cfg.k} exceeds the number of tokens "
-                              f"(num_group={G})")
+            raise ConfigError(f"peft method 'idpt': k={cfg.k} exceeds the number of tokens (num_group={G})")
         ref = self.reference_parameter()
         self.seg_layers = list(model.fetch_idx) if self.is_partseg else []
-        self.mods = IDPTModules(self.dim, cfg.k, cfg.train_prompt_pos, cfg.generator,
-                                n_seg=len(self.seg_layers)).to(device=ref.device, dtype=ref.dtype)
+        self.mods = IDPTModules(self.dim, cfg.k, cfg.train_prompt_pos, cfg.generator, n_seg=len(self.seg_layers)).to(
+            device=ref.device, dtype=ref.dtype
+        )
         if self.is_partseg:
             self.pool, self.head = IDPTSegPool(), None
         else:

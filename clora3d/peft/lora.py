@@ -7,6 +7,7 @@ itself, so no base key is renamed: ``<target>.lora_A`` (r x d_in, kaiming-unifor
 removes the sibling parameters and hooks; ``unmerge`` restores the stored original W exactly.
 For ViT-S with r = 8 on qkv + proj: 12 * 8 * (384 + 1152 + 384 + 384) = 221,184 parameters.
 """
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,10 @@ class LoRA(PeftMethod):
         self.sites: list[tuple[str, LoRALayer]] = []
         for i in self.layers:
             for t in self.targets:
-                name, layer = self.block_linear_name(i, t), LoRALayer.on(self.block_linear(i, t), r, self.scale,
-                                                                         cfg.dropout)
+                name, layer = (
+                    self.block_linear_name(i, t),
+                    LoRALayer.on(self.block_linear(i, t), r, self.scale, cfg.dropout),
+                )
                 self.sites.append((name, layer))
                 self.peft_params[f"{name}.lora_A"] = layer.A
                 self.peft_params[f"{name}.lora_B"] = layer.B

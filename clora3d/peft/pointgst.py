@@ -27,6 +27,7 @@ Built from the paper and the facts of its repository (jerryfeng2003/PointGST at 
 ViT-S, 15 classes, rank 36: 12 x 29,544 + cls 768 + head 267,535 = 622,831. New modules live in
 ``peft.*``. Not mergeable (input-dependent bases).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,7 @@ class PointGSTConfig(PeftConfig):
     """Options of ``peft: {NAME: pointgst}``."""
 
     rank: int = spec(36, gt=0, doc="width r of the spectral adapter")
-    local_size: int = spec(32, gt=0, doc="tokens per local sub-group (reference `local: 32`); must divide "
-                                         "num_group")
+    local_size: int = spec(32, gt=0, doc="tokens per local sub-group (reference `local: 32`); must divide num_group")
     scale: float = spec(1.0, doc="output scale of the adapter (reference: 1)")
     layers: list[int] | None = layers_spec()
 
@@ -62,7 +62,7 @@ POINTGST_DEFAULTS = config_defaults(PointGSTConfig)
 def zorder_keys(xyz: torch.Tensor, scale: float = 100.0, bits: int = 16) -> torch.Tensor:
     """Morton keys of ``trunc(scale * xyz)`` (int64, last dim 3), interleaving ``bits`` low bits per axis
     with axis order (y, x, z) from the most significant bit of each triple, as the reference."""
-    q = (xyz * scale).to(torch.int64) & ((1 << bits) - 1)   # trunc toward zero, two's complement low bits
+    q = (xyz * scale).to(torch.int64) & ((1 << bits) - 1)  # trunc toward zero, two's complement low bits
     a, b, c = q[..., 1], q[..., 0], q[..., 2]
     key = torch.zeros_like(a)
     for i in range(bits):
@@ -86,7 +86,7 @@ def graph_basis(center: torch.Tensor) -> torch.Tensor:
     dinv = torch.rsqrt(w.sum(-1) + 1e-6)
     lap = torch.eye(n, dtype=d.dtype, device=d.device) - dinv.unsqueeze(-1) * w * dinv.unsqueeze(-2)
     _, u = torch.linalg.eigh(lap)
-    idx = u.abs().argmax(dim=-2, keepdim=True)                 # canonical sign per eigenvector
+    idx = u.abs().argmax(dim=-2, keepdim=True)  # canonical sign per eigenvector
     sign = torch.sign(torch.gather(u, -2, idx))
     return u * torch.where(sign == 0, torch.ones_like(sign), sign)
 
@@ -96,10 +96,10 @@ class SpectralState:
 
     def __init__(self, local_size: int) -> None:
         self.local_size = local_size
-        self.U: torch.Tensor | None = None          # (B, G, G)
-        self.subU: torch.Tensor | None = None       # (B, G/s, s, s)
-        self.order: torch.Tensor | None = None      # (B, G) z-order permutation
-        self.inverse: torch.Tensor | None = None    # (B, G) its inverse
+        self.U: torch.Tensor | None = None  # (B, G, G)
+        self.subU: torch.Tensor | None = None  # (B, G/s, s, s)
+        self.order: torch.Tensor | None = None  # (B, G) z-order permutation
+        self.inverse: torch.Tensor | None = None  # (B, G) its inverse
 
     def __call__(self, module: nn.Module, args: tuple, out: tuple) -> None:
         center = out[1]
@@ -169,8 +169,10 @@ class _AddPCSA:
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x, self.stash.value = self.stash.value, None
         if self.state.U is None:
-            raise RuntimeError("pointgst: the blocks ran without the backbone's grouping (no spectral basis); "
-                               "call the model on the point cloud")
+            raise RuntimeError(
+                "pointgst: the blocks ran without the backbone's grouping (no spectral basis); "
+                "call the model on the point cloud"
+            )
         return out + self.pcsa(x, self.state)
 
 
@@ -187,8 +189,9 @@ class PointGST(PeftMethod):
             raise ValueError("pointgst needs a PointTransformer (group_divider gives the patch centres)")
         G = int(getattr(self.model, "num_group", 0) or self.model.group_divider.num_group)
         if G % cfg.local_size:
-            raise ConfigError(f"peft method 'pointgst': local_size={cfg.local_size} must divide the model's "
-                              f"num_group={G}")
+            raise ConfigError(
+                f"peft method 'pointgst': local_size={cfg.local_size} must divide the model's num_group={G}"
+            )
         self.layers = self.resolve_layers()
         ref = self.reference_parameter()
         self.adapters = nn.ModuleDict({str(i): PCSA(self.dim, cfg.rank, cfg.scale) for i in self.layers})

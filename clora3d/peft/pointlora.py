@@ -38,6 +38,7 @@ pool (last G tokens) never mixes them into the per-point or global features; ``p
 the selected tokens and ``prompt_tokens`` on the first ``prompt_span`` patch tokens. ViT-S: the
 classification count without the cls token and head, 504,449, + part-seg head 5,238,706 = 5,743,155.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -61,15 +62,16 @@ class PointLoRAConfig(PeftConfig):
 
     rank: int = spec(8, gt=0, doc="LoRA rank r")
     alpha: float = spec(8.0, gt=0, doc="LoRA scale alpha / r (reference: r = alpha = 8, i.e. 1)")
-    targets: list[str] = spec(factory=lambda: ["qkv", "proj"],
-                              doc="LoRA + prompt branch on these linears (qkv and/or proj)")
+    targets: list[str] = spec(
+        factory=lambda: ["qkv", "proj"], doc="LoRA + prompt branch on these linears (qkv and/or proj)"
+    )
     layers: list[int] | None = layers_spec()
     prompt_hidden: int = spec(32, gt=0, doc="hidden width of the four prompt MLPs")
     prompt_span: int = spec(128, gt=0, doc="tokens 1..prompt_span get the token prompt (reference: 128)")
-    scales: list[tuple[int, int, int]] = spec(factory=lambda: [[128, 32, 32], [64, 64, 8]], gt=0,
-                                              doc="extra groupings: [num_group, group_size, tokens kept]")
-    scale_weights: list[float] = spec(factory=lambda: [1.0, 0.25],
-                                      doc="weight of each scale's mask-entropy term")
+    scales: list[tuple[int, int, int]] = spec(
+        factory=lambda: [[128, 32, 32], [64, 64, 8]], gt=0, doc="extra groupings: [num_group, group_size, tokens kept]"
+    )
+    scale_weights: list[float] = spec(factory=lambda: [1.0, 0.25], doc="weight of each scale's mask-entropy term")
     mask_loss_weight: float = spec(0.004, ge=0, doc="weight of the mask loss added to the task loss")
     train_first_conv: bool = spec(True, doc="train encoder.first_conv (reference: yes)")
     train_pos_embed: bool = spec(True, doc="train pos_embed (reference: yes)")
@@ -81,8 +83,10 @@ class PointLoRAConfig(PeftConfig):
         if bad:
             raise ValueError(f"scales {bad} keep more tokens than the scale has groups")
         if len(self.scale_weights) != len(self.scales):
-            raise ValueError(f"scale_weights has {len(self.scale_weights)} entries for {len(self.scales)} scales; "
-                             f"give one weight per scale")
+            raise ValueError(
+                f"scale_weights has {len(self.scale_weights)} entries for {len(self.scales)} scales; "
+                f"give one weight per scale"
+            )
 
 
 POINTLORA_DEFAULTS = config_defaults(PointLoRAConfig)
@@ -139,9 +143,17 @@ class _StashPoints:
 class _AppendSelected:
     """Forward pre-hook of the block stack: append the selected multi-scale tokens to ``(x, pos)``."""
 
-    def __init__(self, method: PointLoRA, stash: _StashPoints, mods: PointLoRAModules,
-                 groupers: list[Group], kept: list[int], weights: list[float], loss_weight: float,
-                 before_patches: bool = False) -> None:
+    def __init__(
+        self,
+        method: PointLoRA,
+        stash: _StashPoints,
+        mods: PointLoRAModules,
+        groupers: list[Group],
+        kept: list[int],
+        weights: list[float],
+        loss_weight: float,
+        before_patches: bool = False,
+    ) -> None:
         self.method, self.stash, self.mods = method, stash, mods
         self.groupers, self.kept, self.weights, self.loss_weight = groupers, kept, weights, loss_weight
         self.before = before_patches
@@ -151,8 +163,10 @@ class _AppendSelected:
         model = self.method.model
         pts, self.stash.pts = self.stash.pts, None
         if pts is None:
-            raise RuntimeError("pointlora: the block stack ran without the backbone's grouping; call the model "
-                               "(or embed) on the point cloud, not the blocks alone")
+            raise RuntimeError(
+                "pointlora: the block stack ran without the backbone's grouping; call the model "
+                "(or embed) on the point cloud, not the blocks alone"
+            )
         toks, poss, loss = [x], [pos], x.new_zeros(())
         for grouper, k, w in zip(self.groupers, self.kept, self.weights):
             neighborhood, center = grouper(pts)
@@ -162,7 +176,7 @@ class _AppendSelected:
             pe = model.pos_embed(center)
             p = self.mods.mask_predictor(t)
             loss = loss + w * mask_entropy(p)
-            idx = torch.topk(p, k, dim=1).indices                       # (B, k), highest scores first
+            idx = torch.topk(p, k, dim=1).indices  # (B, k), highest scores first
             sel = idx.unsqueeze(-1).expand(-1, -1, t.shape[-1])
             toks.append(torch.gather(t, 1, sel))
             poss.append(torch.gather(pe, 1, sel))
@@ -195,8 +209,8 @@ class _TokenPrompts:
         mid = x[:, 1:end]
         x = torch.cat([x[:, :1], mid + self.mods.prompt_tokens(mid), x[:, end:]], dim=1)
         if self.n_sel:
-            tail = x[:, L - self.n_sel:]
-            x = torch.cat([x[:, :L - self.n_sel], tail + self.mods.prompt_selected(tail)], dim=1)
+            tail = x[:, L - self.n_sel :]
+            x = torch.cat([x[:, : L - self.n_sel], tail + self.mods.prompt_selected(tail)], dim=1)
         return (x,) + tuple(args[1:])
 
 
@@ -204,8 +218,9 @@ class _LoRAPromptLayer(LoRALayer):
     """LoRA plus the prompt branch on a target linear: forward hook ``y + scale * x A^T B^T + prompt(x)``
     (not mergeable: the prompt is non-linear)."""
 
-    def __init__(self, lin: nn.Linear, A: nn.Parameter, B: nn.Parameter, scale: float, p: float = 0.0, *,
-                 prompt: nn.Module) -> None:
+    def __init__(
+        self, lin: nn.Linear, A: nn.Parameter, B: nn.Parameter, scale: float, p: float = 0.0, *, prompt: nn.Module
+    ) -> None:
         super().__init__(lin, A, B, scale, p)
         self.prompt = prompt
 
@@ -263,9 +278,19 @@ class PointLoRA(PeftMethod):
         stash = _StashPoints()
         self._hook_pre(self.model.group_divider, stash)
         seg = self.is_partseg
-        self._hook_pre(self.model.blocks, _AppendSelected(self, stash, self.mods, self.groupers, self.kept,
-                                                          self.cfg.scale_weights,
-                                                          self.cfg.mask_loss_weight, before_patches=seg))
+        self._hook_pre(
+            self.model.blocks,
+            _AppendSelected(
+                self,
+                stash,
+                self.mods,
+                self.groupers,
+                self.kept,
+                self.cfg.scale_weights,
+                self.cfg.mask_loss_weight,
+                before_patches=seg,
+            ),
+        )
         n_sel = sum(self.kept)
         for blk in self.blocks:
             self._hook_pre(blk, _TokenPrompts(self.mods, self.cfg.prompt_span, n_sel, before_patches=seg))

@@ -5,6 +5,7 @@
 ``peft`` section, and :func:`apply_peft` builds the method from a validated config (or validates a
 plain mapping with a ``NAME`` key first).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -60,18 +61,19 @@ def name_of(config: PeftConfig) -> str:
     raise TypeError(f"{type(config).__name__} is not the config class of a registered PEFT method")
 
 
-def build_config(cfg: Mapping[str, Any], *, path: tuple[str, ...] = ("peft",),
-                 where: Callable[[tuple[str, ...]], str] | None = None) -> PeftConfig:
+def build_config(
+    cfg: Mapping[str, Any], *, path: tuple[str, ...] = ("peft",), where: Callable[[tuple[str, ...]], str] | None = None
+) -> PeftConfig:
     """Validate a ``{"NAME": ..., **options}`` mapping into the method's config instance."""
     if not isinstance(cfg, Mapping) or "NAME" not in cfg:
-        raise ConfigError(f"peft config must be a mapping with a NAME key in {method_names()}, "
-                          f"got {short_repr(cfg)}")
+        raise ConfigError(f"peft config must be a mapping with a NAME key in {method_names()}, got {short_repr(cfg)}")
     cls = config_class(cfg["NAME"])
     return validate(cls, {k: v for k, v in cfg.items() if k != "NAME"}, path=path, where=where)
 
 
-def apply_peft(model: nn.Module, cfg: PeftConfig | Mapping[str, Any], *,
-               where: Callable[[tuple[str, ...]], str] | None = None) -> PeftMethod:
+def apply_peft(
+    model: nn.Module, cfg: PeftConfig | Mapping[str, Any], *, where: Callable[[tuple[str, ...]], str] | None = None
+) -> PeftMethod:
     """Apply a method to ``model`` (in place) and return it: ``cfg`` is a validated config instance, or
     a mapping ``{"NAME": ..., **options}`` validated here (``where`` names its origin in errors)."""
     if not isinstance(cfg, PeftConfig):

@@ -12,6 +12,7 @@ Exact trainable sets (all three also train the head ``cls_head_finetune.*``, ``c
   ``norm.bias`` with ``final_norm: true``; with ``embed: true`` also the biases of the patch encoder
   (Conv1d and BatchNorm), ``pos_embed`` and ``reduce_dim``. LayerNorm/BatchNorm weights are never included.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -20,6 +20,7 @@ Three counts, all for one forward pass of the given input (report them per sampl
   plain matmuls): use :func:`count_flops` for those.
 * :func:`grouping_cost` -- analytic cost of FPS and kNN (see its docstring for the formula).
 """
+
 from __future__ import annotations
 
 import math
@@ -95,8 +96,14 @@ def count_flops(model: nn.Module, pts: torch.Tensor, exclude: tuple[str, ...] = 
     by_op = {_op_name(op): int(v) for op, v in glob.items() if v}
     total = int(sum(by_op.values()))
     attn = int(sum(v for k, v in by_op.items() if "attention" in k))
-    return {"flops": total, "macs": total // 2, "attention_flops": attn, "by_op": by_op, "excluded": excluded,
-            "unit": "FLOPs (1 MAC = 2 FLOPs; matmul/conv/attention only; torch.utils.flop_counter)"}
+    return {
+        "flops": total,
+        "macs": total // 2,
+        "attention_flops": attn,
+        "by_op": by_op,
+        "excluded": excluded,
+        "unit": "FLOPs (1 MAC = 2 FLOPs; matmul/conv/attention only; torch.utils.flop_counter)",
+    }
 
 
 def thop_macs(model: nn.Module, pts: torch.Tensor) -> dict[str, int]:
@@ -123,8 +130,11 @@ def thop_macs(model: nn.Module, pts: torch.Tensor) -> dict[str, int]:
 
     def encoder_hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
         n_points = args[0].shape[:-1].numel()  # B * G * k
-        tot["linear_conv"] += n_points * sum(c.out_channels * (c.in_channels // c.groups) * c.kernel_size[0]
-                                             for c in m.modules() if isinstance(c, nn.Conv1d))
+        tot["linear_conv"] += n_points * sum(
+            c.out_channels * (c.in_channels // c.groups) * c.kernel_size[0]
+            for c in m.modules()
+            if isinstance(c, nn.Conv1d)
+        )
 
     def attn_hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
         B, L, C = args[0].shape
@@ -168,8 +178,10 @@ def grouping_cost(n_points: int, num_group: int, group_size: int, batch: int = 1
     knn = 8 * S * N
     rel = 3 * S * k
     out = {
-        "fps_flops": fps, "fps_comparisons": 2 * N * (S - 1),
-        "knn_flops": knn, "knn_comparisons": S * N * max(1, math.ceil(math.log2(k))) if k > 1 else S * N,
+        "fps_flops": fps,
+        "fps_comparisons": 2 * N * (S - 1),
+        "knn_flops": knn,
+        "knn_comparisons": S * N * max(1, math.ceil(math.log2(k))) if k > 1 else S * N,
         "relative_flops": rel,
     }
     out = {key: v * batch for key, v in out.items()}

@@ -5,12 +5,14 @@ size, FLOPs (``torch.utils.flop_counter``, executed ops) and thop-style MACs (Li
 with and without attention matmuls), unmerged and merged (CLoRA/LoRA), and the analytic FPS/kNN cost.
 Batch 1; weights are random (counts do not depend on them).
 """
+
 from __future__ import annotations
 
 import copy
 import os
 import tempfile
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -65,24 +67,38 @@ def profile_row(model: torch.nn.Module, cfg: dict[str, Any] | None, pts: torch.T
     row["adapter_bytes"] = _adapter_bytes(method) if method is not None else None
     f = count_flops(m, pts)
     t = thop_macs(m, pts)
-    row.update(flops=f["flops"], macs=f["macs"], attention_flops=f["attention_flops"], flops_by_op=f["by_op"],
-               thop_macs=t["linear_conv"], thop_macs_with_attention=t["with_attention"])
+    row.update(
+        flops=f["flops"],
+        macs=f["macs"],
+        attention_flops=f["attention_flops"],
+        flops_by_op=f["by_op"],
+        thop_macs=t["linear_conv"],
+        thop_macs_with_attention=t["with_attention"],
+    )
     merged = method is not None and method.mergeable and method.peft_params
     if merged:
         method.merge()
         fm, tm = count_flops(m, pts), thop_macs(m, pts)
         method.unmerge()
-        row.update(merged_flops=fm["flops"], merged_macs=fm["macs"], merged_thop_macs=tm["linear_conv"],
-                   merged_thop_macs_with_attention=tm["with_attention"])
+        row.update(
+            merged_flops=fm["flops"],
+            merged_macs=fm["macs"],
+            merged_thop_macs=tm["linear_conv"],
+            merged_thop_macs_with_attention=tm["with_attention"],
+        )
     else:
         row.update(merged_flops=None, merged_macs=None, merged_thop_macs=None, merged_thop_macs_with_attention=None)
     row["mergeable"] = bool(method.mergeable) if method is not None else None
     return row
 
 
-def method_table(preset: str = "vit_s", inputs: dict[str, dict[str, int]] | None = None,
-                 rows: Iterable[tuple[str, dict[str, Any] | None]] | None = None, seed: int = 0,
-                 progress: bool = True) -> list[dict[str, Any]]:
+def method_table(
+    preset: str = "vit_s",
+    inputs: dict[str, dict[str, int]] | None = None,
+    rows: Iterable[tuple[str, dict[str, Any] | None]] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Profile every method row on every input; returns one dict per (input, method)."""
     from tqdm import tqdm
 
@@ -99,7 +115,8 @@ def method_table(preset: str = "vit_s", inputs: dict[str, dict[str, int]] | None
         if iname not in base_models:
             torch.manual_seed(seed)
             base_models[iname] = PointTransformer.from_preset(
-                preset, num_group=spec["num_group"], group_size=spec["group_size"], cls_dim=spec["cls_dim"]).eval()
+                preset, num_group=spec["num_group"], group_size=spec["group_size"], cls_dim=spec["cls_dim"]
+            ).eval()
         g = torch.Generator().manual_seed(seed)
         pts = torch.rand(1, spec["n_points"], 3, generator=g)
         row = {"label": label, "input": iname, "preset": preset, **spec}
@@ -121,12 +138,16 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         sub = [r for r in rows if r["input"] == iname]
         r0 = sub[0]
         g = r0["grouping"]
-        lines.append(f"### {iname}: {r0['n_points']} points, {r0['num_group']} groups x {r0['group_size']}, "
-                     f"{r0['cls_dim']} classes, batch 1, preset {r0['preset']}")
+        lines.append(
+            f"### {iname}: {r0['n_points']} points, {r0['num_group']} groups x {r0['group_size']}, "
+            f"{r0['cls_dim']} classes, batch 1, preset {r0['preset']}"
+        )
         lines.append("")
-        lines.append("| method | total M | total w/o head M | trainable M | trainable w/o head M | adapter MB | "
-                     "GFLOPs | GMACs | thop GMACs (Lin/Conv) | thop GMACs + attn | merged GFLOPs | "
-                     "merged thop GMACs + attn |")
+        lines.append(
+            "| method | total M | total w/o head M | trainable M | trainable w/o head M | adapter MB | "
+            "GFLOPs | GMACs | thop GMACs (Lin/Conv) | thop GMACs + attn | merged GFLOPs | "
+            "merged thop GMACs + attn |"
+        )
         lines.append("|---|" + "---:|" * 11)
         for r in sub:
             lines.append(
@@ -137,10 +158,12 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
                 f"{_m(r['merged_flops'], 1e9)} | {_m(r['merged_thop_macs_with_attention'], 1e9)} |"
             )
         lines.append("")
-        lines.append(f"FPS + kNN (analytic, not in the columns above): FPS {g['fps_flops'] / 1e6:.3f} MFLOPs + "
-                     f"{g['fps_comparisons'] / 1e6:.3f} M comparisons; kNN {g['knn_flops'] / 1e6:.3f} MFLOPs + "
-                     f"{g['knn_comparisons'] / 1e6:.3f} M comparisons; relative coords "
-                     f"{g['relative_flops'] / 1e6:.3f} MFLOPs.")
+        lines.append(
+            f"FPS + kNN (analytic, not in the columns above): FPS {g['fps_flops'] / 1e6:.3f} MFLOPs + "
+            f"{g['fps_comparisons'] / 1e6:.3f} M comparisons; kNN {g['knn_flops'] / 1e6:.3f} MFLOPs + "
+            f"{g['knn_comparisons'] / 1e6:.3f} M comparisons; relative coords "
+            f"{g['relative_flops'] / 1e6:.3f} MFLOPs."
+        )
         lines.append("")
     lines.append(
         "Units: GFLOPs = torch.utils.flop_counter FLOPs of the executed ops (1 MAC = 2 FLOPs; matmuls, convs and "

@@ -63,7 +63,7 @@ void parallel_dynamic(int64_t total, int64_t block, const MakeWorker& make_worke
   std::vector<std::optional<Worker>> workers(static_cast<size_t>(nthreads));
   run_blocks(nblocks, nthreads, [&](int64_t blk, int w) {
     if (!workers[w]) workers[w].emplace(make_worker());
-    (*workers[w])(blk * block, std::min(total, (blk + 1) * block));
+    (*workers[w])(blk* block, std::min(total, (blk + 1) * block));
   });
 }
 // (jobs, jobs run with helpers, blocks run by helpers) since load -- for tests and diagnostics.
@@ -92,11 +92,10 @@ at::Tensor gather_backward_cpu(const at::Tensor& grad_out, const at::Tensor& idx
 std::tuple<at::Tensor, at::Tensor> three_nn_cpu(const at::Tensor& unknown, const at::Tensor& known);
 
 // out[b,i,:] = sum_k weight[b,i,k] * features[b, idx[b,i,k], :]  -> (B,n,C)
-at::Tensor three_interpolate_forward_cpu(const at::Tensor& features, const at::Tensor& idx,
-                                         const at::Tensor& weight);
+at::Tensor three_interpolate_forward_cpu(const at::Tensor& features, const at::Tensor& idx, const at::Tensor& weight);
 // grad_features (B,m,C)
-at::Tensor three_interpolate_backward_cpu(const at::Tensor& grad_out, const at::Tensor& idx,
-                                          const at::Tensor& weight, int64_t m);
+at::Tensor three_interpolate_backward_cpu(const at::Tensor& grad_out, const at::Tensor& idx, const at::Tensor& weight,
+                                          int64_t m);
 
 // Chamfer-L2: dist_a (B,N) = min_j |a_i-b_j|^2, idx_a int64 (B,N), dist_b (B,M), idx_b (B,M).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward_cpu(const at::Tensor& a,
@@ -104,7 +103,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward_cpu(c
 // grad_a (B,N,3), grad_b (B,M,3) of sum(grad_dist_a * dist_a) + sum(grad_dist_b * dist_b).
 std::tuple<at::Tensor, at::Tensor> chamfer_backward_cpu(const at::Tensor& a, const at::Tensor& b,
                                                         const at::Tensor& idx_a, const at::Tensor& idx_b,
-                                                        const at::Tensor& grad_dist_a,
-                                                        const at::Tensor& grad_dist_b);
+                                                        const at::Tensor& grad_dist_a, const at::Tensor& grad_dist_b);
 
 }  // namespace clora3d

@@ -35,8 +35,8 @@ CLORA3D_INLINE int64_t first_equal(const T* d, int64_t n, T v) {
 }
 
 template <typename T>
-CLORA3D_INLINE void fps_one_impl(const T* x, const T* y, const T* z, T* dist, int64_t N, int64_t S,
-                         int64_t start, int64_t* out) {
+CLORA3D_INLINE void fps_one_impl(const T* x, const T* y, const T* z, T* dist, int64_t N, int64_t S, int64_t start,
+                                 int64_t* out) {
   for (int64_t j = 0; j < N; ++j) dist[j] = std::numeric_limits<T>::infinity();
   int64_t cur = start;
   out[0] = cur;
@@ -57,19 +57,19 @@ CLORA3D_INLINE void fps_one_impl(const T* x, const T* y, const T* z, T* dist, in
 }
 
 CLORA3D_MULTIVERSION
-void fps_one_f32(const float* x, const float* y, const float* z, float* dist, int64_t N, int64_t S,
-                 int64_t start, int64_t* out) {
+void fps_one_f32(const float* x, const float* y, const float* z, float* dist, int64_t N, int64_t S, int64_t start,
+                 int64_t* out) {
   fps_one_impl<float>(x, y, z, dist, N, S, start, out);
 }
 
 CLORA3D_MULTIVERSION
-void fps_one_f64(const double* x, const double* y, const double* z, double* dist, int64_t N, int64_t S,
-                 int64_t start, int64_t* out) {
+void fps_one_f64(const double* x, const double* y, const double* z, double* dist, int64_t N, int64_t S, int64_t start,
+                 int64_t* out) {
   fps_one_impl<double>(x, y, z, dist, N, S, start, out);
 }
 
-inline void fps_one(const float* x, const float* y, const float* z, float* dist, int64_t N, int64_t S,
-                    int64_t start, int64_t* out) {
+inline void fps_one(const float* x, const float* y, const float* z, float* dist, int64_t N, int64_t S, int64_t start,
+                    int64_t* out) {
   fps_one_f32(x, y, z, dist, N, S, start, out);
 }
 inline void fps_one(const double* x, const double* y, const double* z, double* dist, int64_t N, int64_t S,
@@ -88,14 +88,17 @@ at::Tensor fps_cpu(const at::Tensor& xyz_in, int64_t S, int64_t start) {
   AT_DISPATCH_FLOATING_TYPES(soa.scalar_type(), "fps_cpu", [&] {
     const scalar_t* p = soa.data_ptr<scalar_t>();
     int64_t* o = out.data_ptr<int64_t>();
-    detail::parallel_dynamic(B, 1, [&]() {
-      return [&, dist = std::vector<scalar_t>(static_cast<size_t>(N))](int64_t b0, int64_t b1) mutable {
-        for (int64_t b = b0; b < b1; ++b) {
-          const scalar_t* base = p + b * 3 * N;
-          fps_one(base, base + N, base + 2 * N, dist.data(), N, S, start, o + b * S);
-        }
-      };
-    }, static_cast<double>(S) * static_cast<double>(N));
+    detail::parallel_dynamic(
+        B, 1,
+        [&]() {
+          return [&, dist = std::vector<scalar_t>(static_cast<size_t>(N))](int64_t b0, int64_t b1) mutable {
+            for (int64_t b = b0; b < b1; ++b) {
+              const scalar_t* base = p + b * 3 * N;
+              fps_one(base, base + N, base + 2 * N, dist.data(), N, S, start, o + b * S);
+            }
+          };
+        },
+        static_cast<double>(S) * static_cast<double>(N));
   });
   return out;
 }

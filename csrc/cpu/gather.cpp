@@ -2,7 +2,8 @@
 //
 // Forward passes are row copies / three-row blends parallel over batch x rows. Backward passes
 // scatter-add; they are parallel over (batch, channel block) so no two tasks write the same value
-// and no atomics are needed (each task also zeroes its own slice of the output). Interpolation sums as (w0*f0 + w1*f1) + w2*f2, like the reference.
+// and no atomics are needed (each task also zeroes its own slice of the output). Interpolation sums as (w0*f0 + w1*f1)
+// + w2*f2, like the reference.
 #pragma GCC optimize("fp-contract=off")
 
 #include "cpu/cpu_ops.h"
@@ -49,14 +50,17 @@ at::Tensor gather_forward_cpu(const at::Tensor& points_in, const at::Tensor& idx
     const scalar_t* p = points.data_ptr<scalar_t>();
     const int64_t* ix = idx.data_ptr<int64_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    detail::parallel_dynamic(B * S, std::max<int64_t>(1, 16384 / C), [&]() {
-      return [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / S;
-          std::memcpy(o + r * C, p + (b * N + ix[r]) * C, sizeof(scalar_t) * C);
-        }
-      };
-    }, static_cast<double>(C));
+    detail::parallel_dynamic(
+        B * S, std::max<int64_t>(1, 16384 / C),
+        [&]() {
+          return [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+              const int64_t b = r / S;
+              std::memcpy(o + r * C, p + (b * N + ix[r]) * C, sizeof(scalar_t) * C);
+            }
+          };
+        },
+        static_cast<double>(C));
   });
   return out;
 }
@@ -72,19 +76,23 @@ at::Tensor gather_backward_cpu(const at::Tensor& grad_in, const at::Tensor& idx_
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const int64_t* ix = idx.data_ptr<int64_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    detail::parallel_dynamic(B * CB, 1, [&]() {
-      return [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / CB, c0 = (t % CB) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
-        for (int64_t j = 0; j < N; ++j) std::fill(o + (b * N + j) * C + c0, o + (b * N + j) * C + c1, scalar_t(0));
-        for (int64_t s = 0; s < S; ++s) {
-          const scalar_t* gs = g + (b * S + s) * C;
-          scalar_t* os = o + (b * N + ix[b * S + s]) * C;
-          add_row(os, gs, c0, c1);
-        }
-      }
-      };
-    }, static_cast<double>(S + N) * std::min<int64_t>(C, kChannelBlock));
+    detail::parallel_dynamic(
+        B * CB, 1,
+        [&]() {
+          return [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+              const int64_t b = t / CB, c0 = (t % CB) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
+              for (int64_t j = 0; j < N; ++j)
+                std::fill(o + (b * N + j) * C + c0, o + (b * N + j) * C + c1, scalar_t(0));
+              for (int64_t s = 0; s < S; ++s) {
+                const scalar_t* gs = g + (b * S + s) * C;
+                scalar_t* os = o + (b * N + ix[b * S + s]) * C;
+                add_row(os, gs, c0, c1);
+              }
+            }
+          };
+        },
+        static_cast<double>(S + N) * std::min<int64_t>(C, kChannelBlock));
   });
   return out;
 }
@@ -100,19 +108,22 @@ at::Tensor three_interpolate_forward_cpu(const at::Tensor& feat_in, const at::Te
     const int64_t* ix = idx.data_ptr<int64_t>();
     const scalar_t* w = weight.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    detail::parallel_dynamic(B * n, std::max<int64_t>(1, 16384 / C), [&]() {
-      return [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / n;
-        const scalar_t* f0 = f + (b * m + ix[3 * r]) * C;
-        const scalar_t* f1 = f + (b * m + ix[3 * r + 1]) * C;
-        const scalar_t* f2 = f + (b * m + ix[3 * r + 2]) * C;
-        const scalar_t w0 = w[3 * r], w1 = w[3 * r + 1], w2 = w[3 * r + 2];
-        scalar_t* orow = o + r * C;
-        blend3_row(orow, w0, f0, w1, f1, w2, f2, C);
-      }
-      };
-    }, 3.0 * static_cast<double>(C));
+    detail::parallel_dynamic(
+        B * n, std::max<int64_t>(1, 16384 / C),
+        [&]() {
+          return [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+              const int64_t b = r / n;
+              const scalar_t* f0 = f + (b * m + ix[3 * r]) * C;
+              const scalar_t* f1 = f + (b * m + ix[3 * r + 1]) * C;
+              const scalar_t* f2 = f + (b * m + ix[3 * r + 2]) * C;
+              const scalar_t w0 = w[3 * r], w1 = w[3 * r + 1], w2 = w[3 * r + 2];
+              scalar_t* orow = o + r * C;
+              blend3_row(orow, w0, f0, w1, f1, w2, f2, C);
+            }
+          };
+        },
+        3.0 * static_cast<double>(C));
   });
   return out;
 }
@@ -130,23 +141,27 @@ at::Tensor three_interpolate_backward_cpu(const at::Tensor& grad_in, const at::T
     const int64_t* ix = idx.data_ptr<int64_t>();
     const scalar_t* w = weight.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    detail::parallel_dynamic(B * CB, 1, [&]() {
-      return [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / CB, c0 = (t % CB) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
-        for (int64_t j = 0; j < m; ++j) std::fill(o + (b * m + j) * C + c0, o + (b * m + j) * C + c1, scalar_t(0));
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t r = b * n + i;
-          const scalar_t* gr = g + r * C;
-          for (int kk = 0; kk < 3; ++kk) {
-            const scalar_t wk = w[3 * r + kk];
-            scalar_t* orow = o + (b * m + ix[3 * r + kk]) * C;
-            axpy_row(orow, wk, gr, c0, c1);
-          }
-        }
-      }
-      };
-    }, static_cast<double>(3 * n + m) * std::min<int64_t>(C, kChannelBlock));
+    detail::parallel_dynamic(
+        B * CB, 1,
+        [&]() {
+          return [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+              const int64_t b = t / CB, c0 = (t % CB) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
+              for (int64_t j = 0; j < m; ++j)
+                std::fill(o + (b * m + j) * C + c0, o + (b * m + j) * C + c1, scalar_t(0));
+              for (int64_t i = 0; i < n; ++i) {
+                const int64_t r = b * n + i;
+                const scalar_t* gr = g + r * C;
+                for (int kk = 0; kk < 3; ++kk) {
+                  const scalar_t wk = w[3 * r + kk];
+                  scalar_t* orow = o + (b * m + ix[3 * r + kk]) * C;
+                  axpy_row(orow, wk, gr, c0, c1);
+                }
+              }
+            }
+          };
+        },
+        static_cast<double>(3 * n + m) * std::min<int64_t>(C, kChannelBlock));
   });
   return out;
 }

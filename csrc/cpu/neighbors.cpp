@@ -121,8 +121,8 @@ CLORA3D_INLINE int64_t compact_le(const T* d, int64_t n, T t, T* cd, int64_t* ci
 // AVX-512 version of compact_le for float rows, branch-free: compare -> mask -> compress values and
 // indices into registers -> store 16 lanes at the write position -> advance by popcount.
 // cd and ci need 16 slots of slack past n.
-__attribute__((target("avx512f,popcnt"))) int64_t compact_le_avx512(const float* d, int64_t n, float t,
-                                                                        float* cd, int64_t* ci) {
+__attribute__((target("avx512f,popcnt"))) int64_t compact_le_avx512(const float* d, int64_t n, float t, float* cd,
+                                                                    int64_t* ci) {
   const __m512 tv = _mm512_set1_ps(t);
   const __m512i step = _mm512_set1_epi32(16);
   __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -133,8 +133,7 @@ __attribute__((target("avx512f,popcnt"))) int64_t compact_le_avx512(const float*
     _mm512_storeu_ps(cd + w, _mm512_maskz_compress_ps(m, v));
     const __m512i ix = _mm512_maskz_compress_epi32(m, iv);
     _mm512_storeu_si512(reinterpret_cast<void*>(ci + w), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(ix)));
-    _mm512_storeu_si512(reinterpret_cast<void*>(ci + w + 8),
-                        _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(ix, 1)));
+    _mm512_storeu_si512(reinterpret_cast<void*>(ci + w + 8), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(ix, 1)));
     w += __builtin_popcount(static_cast<unsigned>(m));
     iv = _mm512_add_epi32(iv, step);
   }
@@ -201,8 +200,8 @@ CLORA3D_INLINE void rank_place(const T* cd, const int64_t* ci, int64_t c, int64_
 // remap (grid path): buf[j] belongs to reference point remap[j]; the output indices are remapped and
 // ties are broken by the remapped index, so the result is the same as for the full row.
 template <typename T>
-CLORA3D_INLINE void select_k(const T* buf, int64_t n, int64_t k, T lo, T* gm, T* cd, int64_t* ci, T* od,
-                             int64_t* oi, const int64_t* remap = nullptr) {
+CLORA3D_INLINE void select_k(const T* buf, int64_t n, int64_t k, T lo, T* gm, T* cd, int64_t* ci, T* od, int64_t* oi,
+                             const int64_t* remap = nullptr) {
   const int64_t G = group_count(k);  // G >= k strided groups, a multiple of 16 (vector width)
   T t;
   int64_t c;
@@ -271,8 +270,8 @@ CLORA3D_INLINE void select_k(const T* buf, int64_t n, int64_t k, T lo, T* gm, T*
 
 // Queries q[m0..m1) (AoS, xyz) against one SoA reference cloud.
 template <typename T>
-CLORA3D_INLINE void knn_rows_impl(const T* q, int64_t m0, int64_t m1, const T* rx, const T* ry, const T* rz,
-                          int64_t n, int64_t k, T* buf, T* hd, T* cd, int64_t* ci, T* od, int64_t* oi) {
+CLORA3D_INLINE void knn_rows_impl(const T* q, int64_t m0, int64_t m1, const T* rx, const T* ry, const T* rz, int64_t n,
+                                  int64_t k, T* buf, T* hd, T* cd, int64_t* ci, T* od, int64_t* oi) {
   for (int64_t m = m0; m < m1; ++m) {
     const T mn = distance_row(q[3 * m], q[3 * m + 1], q[3 * m + 2], rx, ry, rz, n, buf);
     if (k == 1) {
@@ -285,15 +284,14 @@ CLORA3D_INLINE void knn_rows_impl(const T* q, int64_t m0, int64_t m1, const T* r
 }
 
 CLORA3D_MULTIVERSION
-void knn_rows_f32(const float* q, int64_t m0, int64_t m1, const float* rx, const float* ry, const float* rz,
-                  int64_t n, int64_t k, float* buf, float* hd, float* cd, int64_t* ci, float* od, int64_t* oi) {
+void knn_rows_f32(const float* q, int64_t m0, int64_t m1, const float* rx, const float* ry, const float* rz, int64_t n,
+                  int64_t k, float* buf, float* hd, float* cd, int64_t* ci, float* od, int64_t* oi) {
   knn_rows_impl<float>(q, m0, m1, rx, ry, rz, n, k, buf, hd, cd, ci, od, oi);
 }
 
 CLORA3D_MULTIVERSION
-void knn_rows_f64(const double* q, int64_t m0, int64_t m1, const double* rx, const double* ry,
-                  const double* rz, int64_t n, int64_t k, double* buf, double* hd, double* cd, int64_t* ci,
-                  double* od, int64_t* oi) {
+void knn_rows_f64(const double* q, int64_t m0, int64_t m1, const double* rx, const double* ry, const double* rz,
+                  int64_t n, int64_t k, double* buf, double* hd, double* cd, int64_t* ci, double* od, int64_t* oi) {
   knn_rows_impl<double>(q, m0, m1, rx, ry, rz, n, k, buf, hd, cd, ci, od, oi);
 }
 
@@ -301,9 +299,8 @@ inline void knn_rows(const float* q, int64_t m0, int64_t m1, const float* rx, co
                      int64_t n, int64_t k, float* buf, float* hd, float* cd, int64_t* ci, float* od, int64_t* oi) {
   knn_rows_f32(q, m0, m1, rx, ry, rz, n, k, buf, hd, cd, ci, od, oi);
 }
-inline void knn_rows(const double* q, int64_t m0, int64_t m1, const double* rx, const double* ry,
-                     const double* rz, int64_t n, int64_t k, double* buf, double* hd, double* cd, int64_t* ci,
-                     double* od, int64_t* oi) {
+inline void knn_rows(const double* q, int64_t m0, int64_t m1, const double* rx, const double* ry, const double* rz,
+                     int64_t n, int64_t k, double* buf, double* hd, double* cd, int64_t* ci, double* od, int64_t* oi) {
   knn_rows_f64(q, m0, m1, rx, ry, rz, n, k, buf, hd, cd, ci, od, oi);
 }
 
@@ -394,7 +391,8 @@ void build_grid(const T* rx, const T* ry, const T* rz, int64_t n, RefGrid<T>& g)
   std::vector<int32_t> cell(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) {
     const int64_t c = (cell_of(static_cast<double>(rz[j]), g.oz, g.ih, g.gz) * g.gy +
-                       cell_of(static_cast<double>(ry[j]), g.oy, g.ih, g.gy)) * g.gx +
+                       cell_of(static_cast<double>(ry[j]), g.oy, g.ih, g.gy)) *
+                          g.gx +
                       cell_of(static_cast<double>(rx[j]), g.ox, g.ih, g.gx);
     cell[j] = static_cast<int32_t>(c);
     ++g.start[c + 1];
@@ -497,8 +495,8 @@ CLORA3D_INLINE void knn_grid_rows_impl(const T* q, int64_t m0, int64_t m1, const
         lo_hi(dx, g.ox, g.gx, bb.x0, bb.x1);
         lo_hi(dy, g.oy, g.gy, bb.y0, bb.y1);
         lo_hi(dz, g.oz, g.gz, bb.z0, bb.z1);
-        const bool inside = bb.x0 >= b.x0 && bb.x1 <= b.x1 && bb.y0 >= b.y0 && bb.y1 <= b.y1 && bb.z0 >= b.z0 &&
-                            bb.z1 <= b.z1;
+        const bool inside =
+            bb.x0 >= b.x0 && bb.x1 <= b.x1 && bb.y0 >= b.y0 && bb.y1 <= b.y1 && bb.z0 >= b.z0 && bb.z1 <= b.z1;
         if (!inside) {
           cnt = box_count(g, bb);
           if (cnt > cap || cnt < k) {
@@ -526,14 +524,14 @@ void knn_grid_rows_f32(const float* q, int64_t m0, int64_t m1, const RefGrid<flo
 
 CLORA3D_MULTIVERSION
 void knn_grid_rows_f64(const double* q, int64_t m0, int64_t m1, const RefGrid<double>& g, const double* rx,
-                       const double* ry, const double* rz, int64_t n, int64_t k, double* buf, int64_t* ids,
-                       double* hd, double* cd, int64_t* ci, double* od, int64_t* oi) {
+                       const double* ry, const double* rz, int64_t n, int64_t k, double* buf, int64_t* ids, double* hd,
+                       double* cd, int64_t* ci, double* od, int64_t* oi) {
   knn_grid_rows_impl<double>(q, m0, m1, g, rx, ry, rz, n, k, buf, ids, hd, cd, ci, od, oi);
 }
 
 inline void knn_grid_rows(const float* q, int64_t m0, int64_t m1, const RefGrid<float>& g, const float* rx,
-                          const float* ry, const float* rz, int64_t n, int64_t k, float* buf, int64_t* ids,
-                          float* hd, float* cd, int64_t* ci, float* od, int64_t* oi) {
+                          const float* ry, const float* rz, int64_t n, int64_t k, float* buf, int64_t* ids, float* hd,
+                          float* cd, int64_t* ci, float* od, int64_t* oi) {
   knn_grid_rows_f32(q, m0, m1, g, rx, ry, rz, n, k, buf, ids, hd, cd, ci, od, oi);
 }
 inline void knn_grid_rows(const double* q, int64_t m0, int64_t m1, const RefGrid<double>& g, const double* rx,
@@ -550,8 +548,7 @@ inline bool use_grid(int64_t N, int64_t M, int64_t k) {
 
 // dist (B,M,k), idx (B,M,k) for contiguous query (B,M,3) and SoA ref (B,3,N).
 template <typename T>
-void knn_batched(const at::Tensor& query, const at::Tensor& ref_soa, int64_t k, at::Tensor& dist,
-                 at::Tensor& idx) {
+void knn_batched(const at::Tensor& query, const at::Tensor& ref_soa, int64_t k, at::Tensor& dist, at::Tensor& idx) {
   const int64_t B = query.size(0), M = query.size(1), N = ref_soa.size(2);
   const T* q = query.data_ptr<T>();
   const T* r = ref_soa.data_ptr<T>();
@@ -560,55 +557,65 @@ void knn_batched(const at::Tensor& query, const at::Tensor& ref_soa, int64_t k, 
   // blocks of ~16k distance evaluations: cheap to claim, fine enough to balance two busy cores
   if (use_grid(N, M, k)) {
     std::vector<RefGrid<T>> grids(static_cast<size_t>(B));
-    detail::parallel_dynamic(B, 1, [&]() {
-      return [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* rb = r + b * 3 * N;
-          build_grid(rb, rb + N, rb + 2 * N, N, grids[b]);
-        }
-      };
-    }, 8.0 * static_cast<double>(N));
+    detail::parallel_dynamic(
+        B, 1,
+        [&]() {
+          return [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b) {
+              const T* rb = r + b * 3 * N;
+              build_grid(rb, rb + N, rb + 2 * N, N, grids[b]);
+            }
+          };
+        },
+        8.0 * static_cast<double>(N));
     const int64_t gblock = std::max<int64_t>(1, 16384 / std::max<int64_t>(16 * k, 1));
-    detail::parallel_dynamic(B * M, gblock, [&]() {
-      return [&, buf = std::vector<T>(static_cast<size_t>(N)), ids = std::vector<int64_t>(static_cast<size_t>(N)),
-              gm = std::vector<T>(static_cast<size_t>(group_count(k))),
-              cd = std::vector<T>(static_cast<size_t>(N + 16)),
-              ci = std::vector<int64_t>(static_cast<size_t>(N + 16))](int64_t t0, int64_t t1) mutable {
-        int64_t t = t0;
-        while (t < t1) {
-          const int64_t b = t / M, m0 = t % M;
-          const int64_t m1 = std::min<int64_t>(M, m0 + (t1 - t));
-          const T* rb = r + b * 3 * N;
-          if (grids[b].ok) {
-            knn_grid_rows(q + b * M * 3, m0, m1, grids[b], rb, rb + N, rb + 2 * N, N, k, buf.data(), ids.data(),
-                          gm.data(), cd.data(), ci.data(), od + b * M * k, oi + b * M * k);
-          } else {
-            knn_rows(q + b * M * 3, m0, m1, rb, rb + N, rb + 2 * N, N, k, buf.data(), gm.data(), cd.data(),
-                     ci.data(), od + b * M * k, oi + b * M * k);
-          }
-          t += m1 - m0;
-        }
-      };
-    }, 64.0 * static_cast<double>(k));
+    detail::parallel_dynamic(
+        B * M, gblock,
+        [&]() {
+          return [&, buf = std::vector<T>(static_cast<size_t>(N)), ids = std::vector<int64_t>(static_cast<size_t>(N)),
+                  gm = std::vector<T>(static_cast<size_t>(group_count(k))),
+                  cd = std::vector<T>(static_cast<size_t>(N + 16)),
+                  ci = std::vector<int64_t>(static_cast<size_t>(N + 16))](int64_t t0, int64_t t1) mutable {
+            int64_t t = t0;
+            while (t < t1) {
+              const int64_t b = t / M, m0 = t % M;
+              const int64_t m1 = std::min<int64_t>(M, m0 + (t1 - t));
+              const T* rb = r + b * 3 * N;
+              if (grids[b].ok) {
+                knn_grid_rows(q + b * M * 3, m0, m1, grids[b], rb, rb + N, rb + 2 * N, N, k, buf.data(), ids.data(),
+                              gm.data(), cd.data(), ci.data(), od + b * M * k, oi + b * M * k);
+              } else {
+                knn_rows(q + b * M * 3, m0, m1, rb, rb + N, rb + 2 * N, N, k, buf.data(), gm.data(), cd.data(),
+                         ci.data(), od + b * M * k, oi + b * M * k);
+              }
+              t += m1 - m0;
+            }
+          };
+        },
+        64.0 * static_cast<double>(k));
     return;
   }
   const int64_t block = std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1));
-  detail::parallel_dynamic(B * M, block, [&]() {
-    // cd / ci: 16 slots of slack for the vector compaction (see compact_le_avx512)
-    return [&, buf = std::vector<T>(static_cast<size_t>(N)), gm = std::vector<T>(static_cast<size_t>(group_count(k))),
-            cd = std::vector<T>(static_cast<size_t>(N + 16)),
-            ci = std::vector<int64_t>(static_cast<size_t>(N + 16))](int64_t t0, int64_t t1) mutable {
-      int64_t t = t0;
-      while (t < t1) {
-        const int64_t b = t / M, m0 = t % M;
-        const int64_t m1 = std::min<int64_t>(M, m0 + (t1 - t));
-        const T* rb = r + b * 3 * N;
-        knn_rows(q + b * M * 3, m0, m1, rb, rb + N, rb + 2 * N, N, k, buf.data(), gm.data(), cd.data(), ci.data(),
-                 od + b * M * k, oi + b * M * k);
-        t += m1 - m0;
-      }
-    };
-  }, static_cast<double>(N) * (k == 1 ? 1.0 : 4.0));
+  detail::parallel_dynamic(
+      B * M, block,
+      [&]() {
+        // cd / ci: 16 slots of slack for the vector compaction (see compact_le_avx512)
+        return
+            [&, buf = std::vector<T>(static_cast<size_t>(N)), gm = std::vector<T>(static_cast<size_t>(group_count(k))),
+             cd = std::vector<T>(static_cast<size_t>(N + 16)),
+             ci = std::vector<int64_t>(static_cast<size_t>(N + 16))](int64_t t0, int64_t t1) mutable {
+              int64_t t = t0;
+              while (t < t1) {
+                const int64_t b = t / M, m0 = t % M;
+                const int64_t m1 = std::min<int64_t>(M, m0 + (t1 - t));
+                const T* rb = r + b * 3 * N;
+                knn_rows(q + b * M * 3, m0, m1, rb, rb + N, rb + 2 * N, N, k, buf.data(), gm.data(), cd.data(),
+                         ci.data(), od + b * M * k, oi + b * M * k);
+                t += m1 - m0;
+              }
+            };
+      },
+      static_cast<double>(N) * (k == 1 ? 1.0 : 4.0));
 }
 
 std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& query, const at::Tensor& ref, int64_t k) {
@@ -660,36 +667,39 @@ std::tuple<at::Tensor, at::Tensor> chamfer_backward_cpu(const at::Tensor& a_in, 
     scalar_t* ga = grad_a.data_ptr<scalar_t>();
     scalar_t* gb = grad_b.data_ptr<scalar_t>();
     // one cloud per task: the scatter into the other cloud stays race-free
-    detail::parallel_dynamic(B, 1, [&]() {
-      return [&](int64_t b0, int64_t b1) {
-      for (int64_t bb = b0; bb < b1; ++bb) {
-        const scalar_t* A = pa + bb * N * 3;
-        const scalar_t* Bp = pb + bb * M * 3;
-        scalar_t* GA = ga + bb * N * 3;
-        scalar_t* GB = gb + bb * M * 3;
-        std::fill(GA, GA + N * 3, scalar_t(0));
-        std::fill(GB, GB + M * 3, scalar_t(0));
-        for (int64_t i = 0; i < N; ++i) {
-          const int64_t j = pia[bb * N + i];
-          const scalar_t g = scalar_t(2) * pga[bb * N + i];
-          for (int c = 0; c < 3; ++c) {
-            const scalar_t v = g * (A[3 * i + c] - Bp[3 * j + c]);
-            GA[3 * i + c] += v;
-            GB[3 * j + c] -= v;
-          }
-        }
-        for (int64_t j = 0; j < M; ++j) {
-          const int64_t i = pib[bb * M + j];
-          const scalar_t g = scalar_t(2) * pgb[bb * M + j];
-          for (int c = 0; c < 3; ++c) {
-            const scalar_t v = g * (Bp[3 * j + c] - A[3 * i + c]);
-            GB[3 * j + c] += v;
-            GA[3 * i + c] -= v;
-          }
-        }
-      }
-      };
-    }, 4.0 * static_cast<double>(N + M));
+    detail::parallel_dynamic(
+        B, 1,
+        [&]() {
+          return [&](int64_t b0, int64_t b1) {
+            for (int64_t bb = b0; bb < b1; ++bb) {
+              const scalar_t* A = pa + bb * N * 3;
+              const scalar_t* Bp = pb + bb * M * 3;
+              scalar_t* GA = ga + bb * N * 3;
+              scalar_t* GB = gb + bb * M * 3;
+              std::fill(GA, GA + N * 3, scalar_t(0));
+              std::fill(GB, GB + M * 3, scalar_t(0));
+              for (int64_t i = 0; i < N; ++i) {
+                const int64_t j = pia[bb * N + i];
+                const scalar_t g = scalar_t(2) * pga[bb * N + i];
+                for (int c = 0; c < 3; ++c) {
+                  const scalar_t v = g * (A[3 * i + c] - Bp[3 * j + c]);
+                  GA[3 * i + c] += v;
+                  GB[3 * j + c] -= v;
+                }
+              }
+              for (int64_t j = 0; j < M; ++j) {
+                const int64_t i = pib[bb * M + j];
+                const scalar_t g = scalar_t(2) * pgb[bb * M + j];
+                for (int c = 0; c < 3; ++c) {
+                  const scalar_t v = g * (Bp[3 * j + c] - A[3 * i + c]);
+                  GB[3 * j + c] += v;
+                  GA[3 * i + c] -= v;
+                }
+              }
+            }
+          };
+        },
+        4.0 * static_cast<double>(N + M));
   });
   return {grad_a, grad_b};
 }

@@ -24,9 +24,8 @@ using cuda_detail::sqdist3;
 // For each src[b, i]: dist[b, i] = min_j |src_i - dst_j|^2, idx[b, i] = lowest argmin.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    nearest_kernel(const T* __restrict__ src, const T* __restrict__ dst, int64_t n_src,
-                   int64_t n_dst, int64_t blocks_per_batch, T* __restrict__ out_d,
-                   int64_t* __restrict__ out_i) {
+    nearest_kernel(const T* __restrict__ src, const T* __restrict__ dst, int64_t n_src, int64_t n_dst,
+                   int64_t blocks_per_batch, T* __restrict__ out_d, int64_t* __restrict__ out_i) {
   __shared__ T tile[3 * kThreads];
   const int64_t b = blockIdx.x / blocks_per_batch;
   const int64_t i = (blockIdx.x % blocks_per_batch) * blockDim.x + threadIdx.x;
@@ -66,9 +65,8 @@ __global__ void __launch_bounds__(kThreads)
 // grad_src[i] += g (exclusive to this thread), grad_dst[p] -= g (atomic).
 template <typename T>
 __global__ void chamfer_backward_kernel(const T* __restrict__ src, const T* __restrict__ dst,
-                                        const int64_t* __restrict__ idx,
-                                        const T* __restrict__ grad, int64_t B, int64_t n_src,
-                                        int64_t n_dst, T* __restrict__ grad_src,
+                                        const int64_t* __restrict__ idx, const T* __restrict__ grad, int64_t B,
+                                        int64_t n_src, int64_t n_dst, T* __restrict__ grad_src,
                                         T* __restrict__ grad_dst) {
   const int64_t total = B * n_src;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
@@ -90,15 +88,13 @@ __global__ void chamfer_backward_kernel(const T* __restrict__ src, const T* __re
 }
 
 template <typename T>
-void launch_nearest(const at::Tensor& src, const at::Tensor& dst, at::Tensor& d, at::Tensor& i,
-                    cudaStream_t stream) {
+void launch_nearest(const at::Tensor& src, const at::Tensor& dst, at::Tensor& d, at::Tensor& i, cudaStream_t stream) {
   const int64_t B = src.size(0), n_src = src.size(1), n_dst = dst.size(1);
   if (B == 0 || n_src == 0) return;
   const int64_t bpb = cuda_detail::ceil_div(n_src, kThreads);
   TORCH_CHECK(B * bpb <= INT_MAX, "chamfer_forward_cuda: grid too large; split the batch");
   nearest_kernel<T><<<static_cast<unsigned int>(B * bpb), kThreads, 0, stream>>>(
-      src.data_ptr<T>(), dst.data_ptr<T>(), n_src, n_dst, bpb, d.data_ptr<T>(),
-      i.data_ptr<int64_t>());
+      src.data_ptr<T>(), dst.data_ptr<T>(), n_src, n_dst, bpb, d.data_ptr<T>(), i.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -106,18 +102,17 @@ void check_pair(const at::Tensor& a, const at::Tensor& b) {
   CLORA3D_CHECK_XYZ(a, "a");
   CLORA3D_CHECK_XYZ(b, "b");
   CLORA3D_CHECK_SAME_DEVICE(a, b, "a", "b");
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b must have the same dtype, got ",
-              a.scalar_type(), " and ", b.scalar_type());
-  TORCH_CHECK(a.size(0) == b.size(0), "a and b must have the same batch size, got ", a.size(0),
-              " and ", b.size(0));
-  TORCH_CHECK(a.size(1) > 0 && b.size(1) > 0, "a and b must both contain points, got shapes ",
-              a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b must have the same dtype, got ", a.scalar_type(), " and ",
+              b.scalar_type());
+  TORCH_CHECK(a.size(0) == b.size(0), "a and b must have the same batch size, got ", a.size(0), " and ", b.size(0));
+  TORCH_CHECK(a.size(1) > 0 && b.size(1) > 0, "a and b must both contain points, got shapes ", a.sizes(), " and ",
+              b.sizes());
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward_cuda(
-    const at::Tensor& a_in, const at::Tensor& b_in) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward_cuda(const at::Tensor& a_in,
+                                                                                const at::Tensor& b_in) {
   check_pair(a_in, b_in);
   const c10::cuda::CUDAGuard device_guard(a_in.device());
   const at::Tensor a = a_in.contiguous();
@@ -135,10 +130,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward_cuda(
   return {dist_a, idx_a, dist_b, idx_b};
 }
 
-std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda(const at::Tensor& a_in,
-                                                         const at::Tensor& b_in,
-                                                         const at::Tensor& idx_a_in,
-                                                         const at::Tensor& idx_b_in,
+std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda(const at::Tensor& a_in, const at::Tensor& b_in,
+                                                         const at::Tensor& idx_a_in, const at::Tensor& idx_b_in,
                                                          const at::Tensor& grad_dist_a_in,
                                                          const at::Tensor& grad_dist_b_in) {
   check_pair(a_in, b_in);
@@ -147,16 +140,15 @@ std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda(const at::Tensor& a_in,
   CLORA3D_CHECK_INDEX(idx_b_in, "idx_b");
   CLORA3D_CHECK_CUDA(grad_dist_a_in, "grad_dist_a");
   CLORA3D_CHECK_CUDA(grad_dist_b_in, "grad_dist_b");
-  TORCH_CHECK(idx_a_in.dim() == 2 && idx_a_in.size(0) == B && idx_a_in.size(1) == N,
-              "idx_a must have shape (B, N) = (", B, ", ", N, "), got ", idx_a_in.sizes());
-  TORCH_CHECK(idx_b_in.dim() == 2 && idx_b_in.size(0) == B && idx_b_in.size(1) == M,
-              "idx_b must have shape (B, M) = (", B, ", ", M, "), got ", idx_b_in.sizes());
-  TORCH_CHECK(grad_dist_a_in.sizes() == idx_a_in.sizes(), "grad_dist_a must have shape ",
-              idx_a_in.sizes(), ", got ", grad_dist_a_in.sizes());
-  TORCH_CHECK(grad_dist_b_in.sizes() == idx_b_in.sizes(), "grad_dist_b must have shape ",
-              idx_b_in.sizes(), ", got ", grad_dist_b_in.sizes());
-  TORCH_CHECK(grad_dist_a_in.scalar_type() == a_in.scalar_type() &&
-                  grad_dist_b_in.scalar_type() == a_in.scalar_type(),
+  TORCH_CHECK(idx_a_in.dim() == 2 && idx_a_in.size(0) == B && idx_a_in.size(1) == N, "idx_a must have shape (B, N) = (",
+              B, ", ", N, "), got ", idx_a_in.sizes());
+  TORCH_CHECK(idx_b_in.dim() == 2 && idx_b_in.size(0) == B && idx_b_in.size(1) == M, "idx_b must have shape (B, M) = (",
+              B, ", ", M, "), got ", idx_b_in.sizes());
+  TORCH_CHECK(grad_dist_a_in.sizes() == idx_a_in.sizes(), "grad_dist_a must have shape ", idx_a_in.sizes(), ", got ",
+              grad_dist_a_in.sizes());
+  TORCH_CHECK(grad_dist_b_in.sizes() == idx_b_in.sizes(), "grad_dist_b must have shape ", idx_b_in.sizes(), ", got ",
+              grad_dist_b_in.sizes());
+  TORCH_CHECK(grad_dist_a_in.scalar_type() == a_in.scalar_type() && grad_dist_b_in.scalar_type() == a_in.scalar_type(),
               "grad_dist_a and grad_dist_b must have the dtype of a (", a_in.scalar_type(), ")");
 
   const c10::cuda::CUDAGuard device_guard(a_in.device());
@@ -174,14 +166,12 @@ std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda(const at::Tensor& a_in,
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "chamfer_backward_cuda", [&] {
     // Sequential on one stream: the second kernel sees the first one's writes.
     chamfer_backward_kernel<scalar_t><<<cuda_detail::grid_for(B * N), kThreads, 0, stream>>>(
-        a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), idx_a.data_ptr<int64_t>(),
-        ga.data_ptr<scalar_t>(), B, N, M, grad_a.data_ptr<scalar_t>(),
-        grad_b.data_ptr<scalar_t>());
+        a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), idx_a.data_ptr<int64_t>(), ga.data_ptr<scalar_t>(), B, N, M,
+        grad_a.data_ptr<scalar_t>(), grad_b.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     chamfer_backward_kernel<scalar_t><<<cuda_detail::grid_for(B * M), kThreads, 0, stream>>>(
-        b.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), idx_b.data_ptr<int64_t>(),
-        gb.data_ptr<scalar_t>(), B, M, N, grad_b.data_ptr<scalar_t>(),
-        grad_a.data_ptr<scalar_t>());
+        b.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), idx_b.data_ptr<int64_t>(), gb.data_ptr<scalar_t>(), B, M, N,
+        grad_b.data_ptr<scalar_t>(), grad_a.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_a, grad_b};

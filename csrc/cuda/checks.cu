@@ -21,8 +21,9 @@ __global__ void assert_finite_kernel(const T* __restrict__ p, int64_t n) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const bool finite = isfinite(p[e]);
-    CUDA_KERNEL_ASSERT(finite && "clora3d: point coordinates given to fps / knn / three_nn / chamfer "
-                                 "on CUDA hold NaN or inf (checked on the device, without a sync)");
+    CUDA_KERNEL_ASSERT(finite &&
+                       "clora3d: point coordinates given to fps / knn / three_nn / chamfer "
+                       "on CUDA hold NaN or inf (checked on the device, without a sync)");
   }
 }
 
@@ -35,8 +36,8 @@ void device_assert_finite(const at::Tensor& t) {
   const c10::cuda::CUDAGuard device_guard(t.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "device_assert_finite", [&] {
-    assert_finite_kernel<scalar_t><<<cuda_detail::grid_for(t.numel()), kThreads, 0, stream>>>(
-        t.data_ptr<scalar_t>(), t.numel());
+    assert_finite_kernel<scalar_t>
+        <<<cuda_detail::grid_for(t.numel()), kThreads, 0, stream>>>(t.data_ptr<scalar_t>(), t.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -13,10 +13,8 @@ namespace clora3d {
 namespace cuda_detail {
 
 // Cheap re-checks of what bindings.cpp already validated (a direct call must not crash).
-#define CLORA3D_CHECK_CUDA(x, name) \
-  TORCH_CHECK((x).is_cuda(), name " must be a CUDA tensor, got device ", (x).device())
-#define CLORA3D_CHECK_CONTIG(x, name) \
-  TORCH_CHECK((x).is_contiguous(), name " must be contiguous")
+#define CLORA3D_CHECK_CUDA(x, name) TORCH_CHECK((x).is_cuda(), name " must be a CUDA tensor, got device ", (x).device())
+#define CLORA3D_CHECK_CONTIG(x, name) TORCH_CHECK((x).is_contiguous(), name " must be contiguous")
 #define CLORA3D_CHECK_DIM(x, d, name) \
   TORCH_CHECK((x).dim() == (d), name " must have ", d, " dimensions, got shape ", (x).sizes())
 #define CLORA3D_CHECK_XYZ(x, name)                                                       \
@@ -27,14 +25,14 @@ namespace cuda_detail {
     TORCH_CHECK((x).scalar_type() == at::kFloat || (x).scalar_type() == at::kDouble,     \
                 name " must be float32 or float64, got ", (x).scalar_type());            \
   } while (0)
-#define CLORA3D_CHECK_INDEX(x, name)                                               \
-  do {                                                                             \
-    CLORA3D_CHECK_CUDA(x, name);                                                   \
+#define CLORA3D_CHECK_INDEX(x, name)                                                             \
+  do {                                                                                           \
+    CLORA3D_CHECK_CUDA(x, name);                                                                 \
     TORCH_CHECK((x).scalar_type() == at::kLong, name " must be int64, got ", (x).scalar_type()); \
   } while (0)
-#define CLORA3D_CHECK_SAME_DEVICE(x, y, xn, yn)                                               \
-  TORCH_CHECK((x).device() == (y).device(), xn " and " yn " must be on the same device, got ", \
-              (x).device(), " and ", (y).device())
+#define CLORA3D_CHECK_SAME_DEVICE(x, y, xn, yn)                                                                       \
+  TORCH_CHECK((x).device() == (y).device(), xn " and " yn " must be on the same device, got ", (x).device(), " and ", \
+              (y).device())
 
 constexpr int kThreads = 256;
 

@@ -30,7 +30,8 @@ extern "C" const char* const clora3d_cuda_archs;
 namespace clora3d {
 
 // Largest k served by the per-query insertion-list kernels (registers for k <= 16, thread-local
-// memory above); larger k use a full distance matrix (B*M*N elements) followed by a stable sort, which gives identical results.
+// memory above); larger k use a full distance matrix (B*M*N elements) followed by a stable sort, which gives identical
+// results.
 constexpr int64_t kKnnCudaMaxInsertionK = 128;
 
 // Exact farthest point sampling. xyz (B,N,3) float/double -> int64 (B,S). out[:,0] = start;
@@ -40,8 +41,7 @@ at::Tensor fps_cuda(const at::Tensor& xyz, int64_t S, int64_t start);
 
 // k nearest neighbours of each query point among ref. query (B,M,3), ref (B,N,3), 1 <= k <= N.
 // Returns (sqdist (B,M,k) same dtype, idx int64 (B,M,k)), sorted ascending, ties to lower index.
-std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query, const at::Tensor& ref,
-                                            int64_t k);
+std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query, const at::Tensor& ref, int64_t k);
 
 // points (B,N,C) any floating type (incl. half/bfloat16), idx int64 (B,S) -> (B,S,C).
 at::Tensor gather_forward_cuda(const at::Tensor& points, const at::Tensor& idx);
@@ -51,29 +51,25 @@ at::Tensor gather_backward_cuda(const at::Tensor& grad_out, const at::Tensor& id
 
 // Three nearest known points of each unknown point. unknown (B,n,3), known (B,m,3), m >= 3.
 // Returns (squared distances (B,n,3) ascending, idx int64 (B,n,3)), ties to lower index.
-std::tuple<at::Tensor, at::Tensor> three_nn_cuda(const at::Tensor& unknown,
-                                                 const at::Tensor& known);
+std::tuple<at::Tensor, at::Tensor> three_nn_cuda(const at::Tensor& unknown, const at::Tensor& known);
 
 // out[b,i,:] = sum_j weight[b,i,j] * features[b, idx[b,i,j], :].
 // features (B,m,C), idx int64 (B,n,3), weight (B,n,3) same dtype as features -> (B,n,C).
-at::Tensor three_interpolate_forward_cuda(const at::Tensor& features, const at::Tensor& idx,
-                                          const at::Tensor& weight);
+at::Tensor three_interpolate_forward_cuda(const at::Tensor& features, const at::Tensor& idx, const at::Tensor& weight);
 
 // Gradient w.r.t. features: grad_out (B,n,C), idx, weight (B,n,3) -> (B,m,C).
-at::Tensor three_interpolate_backward_cuda(const at::Tensor& grad_out, const at::Tensor& idx,
-                                           const at::Tensor& weight, int64_t m);
+at::Tensor three_interpolate_backward_cuda(const at::Tensor& grad_out, const at::Tensor& idx, const at::Tensor& weight,
+                                           int64_t m);
 
 // Chamfer-L2 nearest neighbours both ways. a (B,N,3), b (B,M,3) same float dtype.
 // Returns (dist_a (B,N) = min_j |a_i - b_j|^2, idx_a int64 (B,N), dist_b (B,M), idx_b (B,M)).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward_cuda(
-    const at::Tensor& a, const at::Tensor& b);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward_cuda(const at::Tensor& a,
+                                                                                const at::Tensor& b);
 
 // Gradients of the two distance vectors w.r.t. a and b: returns (grad_a (B,N,3), grad_b (B,M,3)).
 std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda(const at::Tensor& a, const at::Tensor& b,
-                                                         const at::Tensor& idx_a,
-                                                         const at::Tensor& idx_b,
-                                                         const at::Tensor& grad_dist_a,
-                                                         const at::Tensor& grad_dist_b);
+                                                         const at::Tensor& idx_a, const at::Tensor& idx_b,
+                                                         const at::Tensor& grad_dist_a, const at::Tensor& grad_dist_b);
 
 // Raises a device-side assertion (asynchronously, no host sync) when the contiguous float tensor t
 // holds a NaN or inf. Implemented in csrc/cuda/checks.cu.

@@ -28,8 +28,8 @@ __device__ __forceinline__ void argmax_merge(T& best, int64_t& best_i, T v, int6
 
 template <typename T>
 __global__ void __launch_bounds__(kMaxFpsThreads)
-    fps_kernel(const T* __restrict__ xyz, int64_t N, int64_t S, int64_t start,
-               T* __restrict__ gdist, int64_t* __restrict__ out, bool use_smem) {
+    fps_kernel(const T* __restrict__ xyz, int64_t N, int64_t S, int64_t start, T* __restrict__ gdist,
+               int64_t* __restrict__ out, bool use_smem) {
   extern __shared__ __align__(16) unsigned char fps_smem[];
   __shared__ T warp_best[kMaxFpsThreads / 32];
   __shared__ int64_t warp_best_i[kMaxFpsThreads / 32];
@@ -141,17 +141,15 @@ at::Tensor fps_cuda(const at::Tensor& xyz_in, int64_t S, int64_t start) {
     bool use_smem = smem_bytes + static_smem <= 48 * 1024;
     if (!use_smem && smem_bytes + static_smem <= prop->sharedMemPerBlockOptin) {
       // Opt in to more than 48 KiB of dynamic shared memory (Volta and newer).
-      use_smem = cudaFuncSetAttribute(fps_kernel<scalar_t>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+      use_smem = cudaFuncSetAttribute(fps_kernel<scalar_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem_bytes)) == cudaSuccess;
       if (!use_smem) (void)cudaGetLastError();  // clear the (non-sticky) error, use global memory
     }
     at::Tensor gdist;
     if (!use_smem) gdist = at::empty({B, N}, xyz.options());
-    fps_kernel<scalar_t><<<static_cast<unsigned int>(B), threads, use_smem ? smem_bytes : 0,
-                           stream>>>(xyz.data_ptr<scalar_t>(), N, S, start,
-                                     use_smem ? nullptr : gdist.data_ptr<scalar_t>(),
-                                     out.data_ptr<int64_t>(), use_smem);
+    fps_kernel<scalar_t><<<static_cast<unsigned int>(B), threads, use_smem ? smem_bytes : 0, stream>>>(
+        xyz.data_ptr<scalar_t>(), N, S, start, use_smem ? nullptr : gdist.data_ptr<scalar_t>(), out.data_ptr<int64_t>(),
+        use_smem);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -12,9 +12,8 @@ using cuda_detail::kThreads;
 
 // out[b, s, c] = points[b, idx[b, s], c]
 template <typename T>
-__global__ void gather_forward_kernel(const T* __restrict__ points,
-                                      const int64_t* __restrict__ idx, int64_t B, int64_t N,
-                                      int64_t S, int64_t C, T* __restrict__ out) {
+__global__ void gather_forward_kernel(const T* __restrict__ points, const int64_t* __restrict__ idx, int64_t B,
+                                      int64_t N, int64_t S, int64_t C, T* __restrict__ out) {
   const int64_t total = B * S * C;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -29,9 +28,8 @@ __global__ void gather_forward_kernel(const T* __restrict__ points,
 
 // grad_points[b, idx[b, s], c] += grad_out[b, s, c]
 template <typename T>
-__global__ void gather_backward_kernel(const T* __restrict__ grad_out,
-                                       const int64_t* __restrict__ idx, int64_t B, int64_t N,
-                                       int64_t S, int64_t C, T* __restrict__ grad_points) {
+__global__ void gather_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx, int64_t B,
+                                       int64_t N, int64_t S, int64_t C, T* __restrict__ grad_points) {
   const int64_t total = B * S * C;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -64,26 +62,22 @@ at::Tensor gather_forward_cuda(const at::Tensor& points_in, const at::Tensor& id
   at::Tensor out = at::empty({B, S, C}, points.options());
   if (out.numel() == 0) return out;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
-                                  "gather_forward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(), "gather_forward_cuda", [&] {
     gather_forward_kernel<scalar_t><<<cuda_detail::grid_for(out.numel()), kThreads, 0, stream>>>(
-        points.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), B, N, S, C,
-        out.data_ptr<scalar_t>());
+        points.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), B, N, S, C, out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
-at::Tensor gather_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& idx_in,
-                                int64_t N) {
+at::Tensor gather_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& idx_in, int64_t N) {
   CLORA3D_CHECK_CUDA(grad_out_in, "grad_out");
   CLORA3D_CHECK_DIM(grad_out_in, 3, "grad_out");
   CLORA3D_CHECK_INDEX(idx_in, "idx");
   CLORA3D_CHECK_DIM(idx_in, 2, "idx");
   CLORA3D_CHECK_SAME_DEVICE(grad_out_in, idx_in, "grad_out", "idx");
   TORCH_CHECK(grad_out_in.size(0) == idx_in.size(0) && grad_out_in.size(1) == idx_in.size(1),
-              "grad_out (B,S,C) and idx (B,S) disagree: ", grad_out_in.sizes(), " vs ",
-              idx_in.sizes());
+              "grad_out (B,S,C) and idx (B,S) disagree: ", grad_out_in.sizes(), " vs ", idx_in.sizes());
   TORCH_CHECK(N >= 0, "N must be non-negative, got ", N);
   const int64_t B = grad_out_in.size(0), S = grad_out_in.size(1), C = grad_out_in.size(2);
   TORCH_CHECK(N > 0 || S == 0, "N = 0 but idx selects ", S, " points");
@@ -94,12 +88,9 @@ at::Tensor gather_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor&
   at::Tensor grad_points = at::zeros({B, N, C}, grad_out.options());
   if (grad_out.numel() == 0) return grad_points;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
-                                  "gather_backward_cuda", [&] {
-    gather_backward_kernel<scalar_t>
-        <<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
-            grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), B, N, S, C,
-            grad_points.data_ptr<scalar_t>());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "gather_backward_cuda", [&] {
+    gather_backward_kernel<scalar_t><<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
+        grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), B, N, S, C, grad_points.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_points;

@@ -26,8 +26,8 @@ using cuda_detail::sqdist3;
 // Reference points of batch element b stream through shared memory in tiles of blockDim points;
 // `consume(d, id)` is called for each of them in increasing index order (for valid queries).
 template <typename T, typename F>
-__device__ __forceinline__ void for_each_ref(const T* __restrict__ rb, int64_t N, bool valid, T qx,
-                                             T qy, T qz, T* tile, F&& consume) {
+__device__ __forceinline__ void for_each_ref(const T* __restrict__ rb, int64_t N, bool valid, T qx, T qy, T qz, T* tile,
+                                             F&& consume) {
   for (int64_t t0 = 0; t0 < N; t0 += blockDim.x) {
     const int n_tile = static_cast<int>(min(static_cast<int64_t>(blockDim.x), N - t0));
     __syncthreads();  // previous tile fully consumed
@@ -40,8 +40,7 @@ __device__ __forceinline__ void for_each_ref(const T* __restrict__ rb, int64_t N
     __syncthreads();
     if (!valid) continue;
     for (int t = 0; t < n_tile; ++t) {
-      consume(sqdist3(tile[3 * t + 0], tile[3 * t + 1], tile[3 * t + 2], qx, qy, qz),
-              static_cast<int>(t0 + t));
+      consume(sqdist3(tile[3 * t + 0], tile[3 * t + 1], tile[3 * t + 2], qx, qy, qz), static_cast<int>(t0 + t));
     }
   }
 }
@@ -53,9 +52,8 @@ __device__ __forceinline__ void for_each_ref(const T* __restrict__ rb, int64_t N
 // force the list into local memory; checked with -Xptxas -v.)
 template <typename T, int KMAX>
 __global__ void __launch_bounds__(kThreads)
-    knn_register_kernel(const T* __restrict__ query, const T* __restrict__ ref, int64_t M,
-                        int64_t N, int k, int64_t blocks_per_batch, T* __restrict__ out_d,
-                        int64_t* __restrict__ out_i) {
+    knn_register_kernel(const T* __restrict__ query, const T* __restrict__ ref, int64_t M, int64_t N, int k,
+                        int64_t blocks_per_batch, T* __restrict__ out_d, int64_t* __restrict__ out_i) {
   __shared__ T tile[3 * kThreads];
   const int64_t b = blockIdx.x / blocks_per_batch;
   const int64_t q = (blockIdx.x % blocks_per_batch) * blockDim.x + threadIdx.x;
@@ -123,9 +121,8 @@ __global__ void __launch_bounds__(kThreads)
 // shifted in after every entry with an equal distance (those have lower indices).
 template <typename T, int KMAX>
 __global__ void __launch_bounds__(kThreads)
-    knn_local_kernel(const T* __restrict__ query, const T* __restrict__ ref, int64_t M, int64_t N,
-                     int k, int64_t blocks_per_batch, T* __restrict__ out_d,
-                     int64_t* __restrict__ out_i) {
+    knn_local_kernel(const T* __restrict__ query, const T* __restrict__ ref, int64_t M, int64_t N, int k,
+                     int64_t blocks_per_batch, T* __restrict__ out_d, int64_t* __restrict__ out_i) {
   __shared__ T tile[3 * kThreads];
   const int64_t b = blockIdx.x / blocks_per_batch;
   const int64_t q = (blockIdx.x % blocks_per_batch) * blockDim.x + threadIdx.x;
@@ -166,8 +163,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // dist[b, m, n] = |query[b,m] - ref[b,n]|^2 (same arithmetic as the insertion kernel).
 template <typename T>
-__global__ void pairwise_sqdist_kernel(const T* __restrict__ query, const T* __restrict__ ref,
-                                       int64_t B, int64_t M, int64_t N, T* __restrict__ dist) {
+__global__ void pairwise_sqdist_kernel(const T* __restrict__ query, const T* __restrict__ ref, int64_t B, int64_t M,
+                                       int64_t N, T* __restrict__ dist) {
   const int64_t total = B * M * N;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -181,8 +178,8 @@ __global__ void pairwise_sqdist_kernel(const T* __restrict__ query, const T* __r
 }
 
 template <typename T, int KMAX, bool REGISTERS>
-void launch_insertion(const at::Tensor& query, const at::Tensor& ref, int64_t k, at::Tensor& d,
-                      at::Tensor& i, cudaStream_t stream) {
+void launch_insertion(const at::Tensor& query, const at::Tensor& ref, int64_t k, at::Tensor& d, at::Tensor& i,
+                      cudaStream_t stream) {
   const int64_t B = query.size(0), M = query.size(1), N = ref.size(1);
   const int64_t bpb = cuda_detail::ceil_div(M, kThreads);
   const int64_t blocks = B * bpb;
@@ -190,28 +187,25 @@ void launch_insertion(const at::Tensor& query, const at::Tensor& ref, int64_t k,
               " exceeds the CUDA grid limit; split the batch");
   if constexpr (REGISTERS) {
     knn_register_kernel<T, KMAX><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-        query.data_ptr<T>(), ref.data_ptr<T>(), M, N, static_cast<int>(k), bpb, d.data_ptr<T>(),
-        i.data_ptr<int64_t>());
+        query.data_ptr<T>(), ref.data_ptr<T>(), M, N, static_cast<int>(k), bpb, d.data_ptr<T>(), i.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     knn_local_kernel<T, KMAX><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-        query.data_ptr<T>(), ref.data_ptr<T>(), M, N, static_cast<int>(k), bpb, d.data_ptr<T>(),
-        i.data_ptr<int64_t>());
+        query.data_ptr<T>(), ref.data_ptr<T>(), M, N, static_cast<int>(k), bpb, d.data_ptr<T>(), i.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query_in, const at::Tensor& ref_in,
-                                            int64_t k) {
+std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query_in, const at::Tensor& ref_in, int64_t k) {
   CLORA3D_CHECK_XYZ(query_in, "query");
   CLORA3D_CHECK_XYZ(ref_in, "ref");
   CLORA3D_CHECK_SAME_DEVICE(query_in, ref_in, "query", "ref");
   TORCH_CHECK(query_in.scalar_type() == ref_in.scalar_type(), "query and ref must have the same dtype, got ",
               query_in.scalar_type(), " and ", ref_in.scalar_type());
-  TORCH_CHECK(query_in.size(0) == ref_in.size(0), "query and ref must have the same batch size, got ",
-              query_in.size(0), " and ", ref_in.size(0));
+  TORCH_CHECK(query_in.size(0) == ref_in.size(0), "query and ref must have the same batch size, got ", query_in.size(0),
+              " and ", ref_in.size(0));
   const int64_t B = query_in.size(0), M = query_in.size(1), N = ref_in.size(1);
   TORCH_CHECK(N > 0, "ref must contain at least one point, got shape ", ref_in.sizes());
   TORCH_CHECK(k >= 1 && k <= N, "k must be in [1, N=", N, "], got ", k);
@@ -228,10 +222,8 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query_in, const at
   if (k > kKnnCudaMaxInsertionK) {
     at::Tensor dist = at::empty({B, M, N}, query.options());
     AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "knn_cuda_full", [&] {
-      pairwise_sqdist_kernel<scalar_t>
-          <<<cuda_detail::grid_for(B * M * N), kThreads, 0, stream>>>(
-              query.data_ptr<scalar_t>(), ref.data_ptr<scalar_t>(), B, M, N,
-              dist.data_ptr<scalar_t>());
+      pairwise_sqdist_kernel<scalar_t><<<cuda_detail::grid_for(B * M * N), kThreads, 0, stream>>>(
+          query.data_ptr<scalar_t>(), ref.data_ptr<scalar_t>(), B, M, N, dist.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     auto sorted = at::sort(dist, /*stable=*/true, /*dim=*/-1, /*descending=*/false);

@@ -13,11 +13,9 @@ namespace {
 using cuda_detail::kThreads;
 
 template <typename T>
-__global__ void three_interpolate_forward_kernel(const T* __restrict__ features,
-                                                 const int64_t* __restrict__ idx,
-                                                 const T* __restrict__ weight, int64_t B,
-                                                 int64_t m, int64_t n, int64_t C,
-                                                 T* __restrict__ out) {
+__global__ void three_interpolate_forward_kernel(const T* __restrict__ features, const int64_t* __restrict__ idx,
+                                                 const T* __restrict__ weight, int64_t B, int64_t m, int64_t n,
+                                                 int64_t C, T* __restrict__ out) {
   using acc_t = at::opmath_type<T>;
   const int64_t total = B * n * C;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
@@ -38,11 +36,9 @@ __global__ void three_interpolate_forward_kernel(const T* __restrict__ features,
 }
 
 template <typename T>
-__global__ void three_interpolate_backward_kernel(const T* __restrict__ grad_out,
-                                                  const int64_t* __restrict__ idx,
-                                                  const T* __restrict__ weight, int64_t B,
-                                                  int64_t m, int64_t n, int64_t C,
-                                                  T* __restrict__ grad_features) {
+__global__ void three_interpolate_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx,
+                                                  const T* __restrict__ weight, int64_t B, int64_t m, int64_t n,
+                                                  int64_t C, T* __restrict__ grad_features) {
   using acc_t = at::opmath_type<T>;
   const int64_t total = B * n * C;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
@@ -61,19 +57,17 @@ __global__ void three_interpolate_backward_kernel(const T* __restrict__ grad_out
   }
 }
 
-void check_idx_weight(const at::Tensor& ref, const char* ref_name, const at::Tensor& idx,
-                      const at::Tensor& weight) {
+void check_idx_weight(const at::Tensor& ref, const char* ref_name, const at::Tensor& idx, const at::Tensor& weight) {
   CLORA3D_CHECK_INDEX(idx, "idx");
   CLORA3D_CHECK_CUDA(weight, "weight");
   CLORA3D_CHECK_DIM(idx, 3, "idx");
   CLORA3D_CHECK_DIM(weight, 3, "weight");
-  TORCH_CHECK(idx.size(2) == 3 && weight.sizes() == idx.sizes(),
-              "idx and weight must both have shape (B, n, 3), got ", idx.sizes(), " and ",
-              weight.sizes());
-  TORCH_CHECK(idx.size(0) == ref.size(0), ref_name, " and idx must have the same batch size, got ",
-              ref.size(0), " and ", idx.size(0));
-  TORCH_CHECK(weight.scalar_type() == ref.scalar_type(), "weight must have the dtype of ",
-              ref_name, " (", ref.scalar_type(), "), got ", weight.scalar_type());
+  TORCH_CHECK(idx.size(2) == 3 && weight.sizes() == idx.sizes(), "idx and weight must both have shape (B, n, 3), got ",
+              idx.sizes(), " and ", weight.sizes());
+  TORCH_CHECK(idx.size(0) == ref.size(0), ref_name, " and idx must have the same batch size, got ", ref.size(0),
+              " and ", idx.size(0));
+  TORCH_CHECK(weight.scalar_type() == ref.scalar_type(), "weight must have the dtype of ", ref_name, " (",
+              ref.scalar_type(), "), got ", weight.scalar_type());
   TORCH_CHECK(idx.device() == ref.device() && weight.device() == ref.device(), ref_name,
               ", idx and weight must be on the same device");
 }
@@ -96,14 +90,13 @@ at::Tensor three_interpolate_forward_cuda(const at::Tensor& features_in, const a
   at::Tensor out = at::empty({B, n, C}, features.options());
   if (out.numel() == 0) return out;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(),
-                                  "three_interpolate_forward_cuda", [&] {
-    three_interpolate_forward_kernel<scalar_t>
-        <<<cuda_detail::grid_for(out.numel()), kThreads, 0, stream>>>(
-            features.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(),
-            B, m, n, C, out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, features.scalar_type(), "three_interpolate_forward_cuda", [&] {
+        three_interpolate_forward_kernel<scalar_t><<<cuda_detail::grid_for(out.numel()), kThreads, 0, stream>>>(
+            features.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(), B, m, n, C,
+            out.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return out;
 }
 
@@ -112,8 +105,8 @@ at::Tensor three_interpolate_backward_cuda(const at::Tensor& grad_out_in, const 
   CLORA3D_CHECK_CUDA(grad_out_in, "grad_out");
   CLORA3D_CHECK_DIM(grad_out_in, 3, "grad_out");
   check_idx_weight(grad_out_in, "grad_out", idx_in, weight_in);
-  TORCH_CHECK(grad_out_in.size(1) == idx_in.size(1), "grad_out (B,n,C) and idx (B,n,3) disagree: ",
-              grad_out_in.sizes(), " vs ", idx_in.sizes());
+  TORCH_CHECK(grad_out_in.size(1) == idx_in.size(1), "grad_out (B,n,C) and idx (B,n,3) disagree: ", grad_out_in.sizes(),
+              " vs ", idx_in.sizes());
   TORCH_CHECK(m >= 0, "m must be non-negative, got ", m);
   const int64_t B = grad_out_in.size(0), n = grad_out_in.size(1), C = grad_out_in.size(2);
   TORCH_CHECK(m > 0 || n == 0, "m = 0 but there are ", n, " interpolated points");
@@ -125,14 +118,13 @@ at::Tensor three_interpolate_backward_cuda(const at::Tensor& grad_out_in, const 
   at::Tensor grad_features = at::zeros({B, m, C}, grad_out.options());
   if (grad_out.numel() == 0) return grad_features;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
-                                  "three_interpolate_backward_cuda", [&] {
-    three_interpolate_backward_kernel<scalar_t>
-        <<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
-            grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(),
-            B, m, n, C, grad_features.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_out.scalar_type(), "three_interpolate_backward_cuda", [&] {
+        three_interpolate_backward_kernel<scalar_t><<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
+            grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(), B, m, n, C,
+            grad_features.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return grad_features;
 }
 

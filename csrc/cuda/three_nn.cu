@@ -20,9 +20,8 @@ __device__ __forceinline__ bool lex_less(T d, int64_t i, T bd, int64_t bi) {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    three_nn_kernel(const T* __restrict__ unknown, const T* __restrict__ known, int64_t n,
-                    int64_t m, int64_t blocks_per_batch, T* __restrict__ out_d,
-                    int64_t* __restrict__ out_i) {
+    three_nn_kernel(const T* __restrict__ unknown, const T* __restrict__ known, int64_t n, int64_t m,
+                    int64_t blocks_per_batch, T* __restrict__ out_d, int64_t* __restrict__ out_i) {
   __shared__ T tile[3 * kThreads];
   const int64_t b = blockIdx.x / blocks_per_batch;
   const int64_t u = (blockIdx.x % blocks_per_batch) * blockDim.x + threadIdx.x;
@@ -80,17 +79,14 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> three_nn_cuda(const at::Tensor& unknown_in,
-                                                 const at::Tensor& known_in) {
+std::tuple<at::Tensor, at::Tensor> three_nn_cuda(const at::Tensor& unknown_in, const at::Tensor& known_in) {
   CLORA3D_CHECK_XYZ(unknown_in, "unknown");
   CLORA3D_CHECK_XYZ(known_in, "known");
   CLORA3D_CHECK_SAME_DEVICE(unknown_in, known_in, "unknown", "known");
-  TORCH_CHECK(unknown_in.scalar_type() == known_in.scalar_type(),
-              "unknown and known must have the same dtype, got ", unknown_in.scalar_type(),
-              " and ", known_in.scalar_type());
-  TORCH_CHECK(unknown_in.size(0) == known_in.size(0),
-              "unknown and known must have the same batch size, got ", unknown_in.size(0),
-              " and ", known_in.size(0));
+  TORCH_CHECK(unknown_in.scalar_type() == known_in.scalar_type(), "unknown and known must have the same dtype, got ",
+              unknown_in.scalar_type(), " and ", known_in.scalar_type());
+  TORCH_CHECK(unknown_in.size(0) == known_in.size(0), "unknown and known must have the same batch size, got ",
+              unknown_in.size(0), " and ", known_in.size(0));
   const int64_t B = unknown_in.size(0), n = unknown_in.size(1), m = known_in.size(1);
   TORCH_CHECK(m >= 3, "three_nn needs at least 3 known points, got ", m);
 
@@ -106,8 +102,8 @@ std::tuple<at::Tensor, at::Tensor> three_nn_cuda(const at::Tensor& unknown_in,
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(unknown.scalar_type(), "three_nn_cuda", [&] {
     three_nn_kernel<scalar_t><<<static_cast<unsigned int>(B * bpb), kThreads, 0, stream>>>(
-        unknown.data_ptr<scalar_t>(), known.data_ptr<scalar_t>(), n, m, bpb,
-        out_d.data_ptr<scalar_t>(), out_i.data_ptr<int64_t>());
+        unknown.data_ptr<scalar_t>(), known.data_ptr<scalar_t>(), n, m, bpb, out_d.data_ptr<scalar_t>(),
+        out_i.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out_d, out_i};

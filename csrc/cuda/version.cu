@@ -2,8 +2,8 @@
 //
 // setup.py passes the target architectures as CLORA3D_CUDA_ARCH_TOKENS, a bare token list such as
 // 8.0_8.6+PTX ('_' for ';' and no quotes, so it survives the shell that torch's ninja build runs
-// the host compiler through, and nvcc, which splits option values at commas). It is stringified here and exported as the C string
-// clora3d_cuda_archs ("8.0;8.6+PTX"), which is what the CLORA3D_CUDA_ARCHS macro names.
+// the host compiler through, and nvcc, which splits option values at commas). It is stringified here and exported as
+// the C string clora3d_cuda_archs ("8.0;8.6+PTX"), which is what the CLORA3D_CUDA_ARCHS macro names.
 #include <cuda_runtime_api.h>
 
 #include <cstddef>

@@ -1,2 +1,3 @@
 """Simulates tensorboard not being installed."""
+
 raise ModuleNotFoundError("No module named 'tensorboard'", name="tensorboard")
