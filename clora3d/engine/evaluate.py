@@ -25,6 +25,9 @@ Conventions (see ``shared/reference/point_mae_family.md`` §3.4 and §5):
   ground-truth category only; per shape, the IoU of each part of that category, with IoU = 1 when
   the part is absent from both ground truth and prediction; Inst. mIoU = mean of shape mIoUs over
   all shapes; Cls. mIoU = mean over the categories present of the mean shape mIoU within each.
+
+Size: about 380 lines as written, 422 after ``ruff format``; the two tasks' protocols share the
+batching and the distributed reduction.
 """
 
 from __future__ import annotations

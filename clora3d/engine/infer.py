@@ -13,6 +13,9 @@ Every file is read with :func:`clora3d.data.io.read_point_cloud` (``.ply .pcd .x
 ``npoints``: farthest point sampling from index 0 when it has more points, a seeded resample with
 replacement when it has fewer. Part labels predicted on the sampled points are carried back to
 every input point by its nearest sampled point.
+
+Size: about 390 lines as written, 440 after ``ruff format``; loading a run and predicting on files
+are one job (the run's config decides the input pipeline).
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Key namespaces: checkpoints are first brought to the fine-tune namespace (``enco
 ``pos_embed.*``, ``blocks.blocks.i.*``, ``norm.*`` ...); a model whose backbone lives under a prefix
 (``PointMAE``: ``MAE_encoder.``) gets it re-added, so the same file loads into ``PointTransformer``,
 ``PartSegModel`` and ``PointMAE``.
+
+Size: about 380 lines as written, 427 after ``ruff format``; one job, the foreign key layouts and the
+loud report of what loaded.
 """
 
 from __future__ import annotations
