@@ -310,3 +310,27 @@ def test_fewshot_cli_seeds():
     spec.loader.exec_module(tool)
     assert tool.parse_args(["--cfg", "x.yaml", "--seeds", "0-2"]).seeds == [0, 1, 2]
     assert tool.parse_args(["--cfg", "x.yaml"]).seeds is None
+
+
+def test_fewshot_cli_composes_a_method_without_a_file(monkeypatch, tmp_path, capsys):
+    """``clora3d fewshot --peft NAME`` runs the grid on ``compose_config("fewshot", NAME)`` (the same
+    config as ``train --task fewshot --peft NAME``), so every PEFT method has a few-shot run without a
+    file of its own; --cfg and --peft are exclusive."""
+    import clora3d.engine.fewshot as fs
+    from clora3d import cli
+    from clora3d.engine.config import compose_config
+
+    seen = {}
+
+    def fake(cfg, out, **kw):
+        seen["cfg"], seen["out"] = cfg, out
+        return {"table": "T", "summary": {}, "folds": []}
+
+    monkeypatch.setattr(fs, "run_fewshot", fake)
+    rc = cli.tool_main("fewshot", ["--peft", "pointgst", "--out", str(tmp_path), "--set", "train.epochs=3"])
+    assert rc == 0 and seen["out"] == str(tmp_path)
+    want = compose_config("fewshot", "pointgst", overrides=["train.epochs=3"])
+    assert seen["cfg"] == want and seen["cfg"]["peft"]["NAME"] == "pointgst"
+    assert seen["cfg"]["dataset"]["train"]["NAME"] == "ModelNetFewShot"
+    with pytest.raises(SystemExit):
+        cli.tool_main("fewshot", ["--peft", "pointgst", "--cfg", "cfgs/fewshot/clora.yaml"])

@@ -214,7 +214,7 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 FEWSHOT_DOC = """\
 Run the ModelNet40 few-shot grid (way x shot x fold), resumable, and print mean +- std.
 
-    clora3d fewshot --cfg cfgs/fewshot/clora.yaml --ckpt pretrain.pth \\
+    clora3d fewshot (--cfg cfgs/fewshot/clora.yaml | --peft pointgst) --ckpt pretrain.pth \\
         [--ways 5,10] [--shots 10,20] [--folds 0-9] [--seeds 0-2] [--out DIR] [--ci95] [--set key=value ...]
 
 Each (way, shot, fold) is one training run; finished folds (their result JSON in --out) are skipped
@@ -244,7 +244,13 @@ def int_list(text: str) -> list[int]:
 
 
 def _fewshot_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cfg", required=True, help="few-shot config (dataset NAME: ModelNetFewShot)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cfg", help="few-shot config (dataset NAME: ModelNetFewShot)")
+    src.add_argument(
+        "--peft",
+        help="compose the config of task fewshot with this PEFT method instead of --cfg "
+        "(as `train --task fewshot --peft NAME`)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -278,11 +284,14 @@ def _fewshot_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _fewshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from clora3d.engine.config import load_config
+    from clora3d.engine.config import compose_config, load_config
     from clora3d.engine.fewshot import run_fewshot
     from clora3d.storage import atomic_write_bytes
 
-    cfg = load_config(args.cfg, args.overrides)
+    if args.cfg is not None:
+        cfg = load_config(args.cfg, args.overrides)
+    else:
+        cfg = compose_config("fewshot", args.peft, overrides=args.overrides)
     out = args.out or str(Path(cfg["log"]["root"]) / f"{cfg['name']}_fewshot")
     res = run_fewshot(
         cfg,
