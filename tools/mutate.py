@@ -55,7 +55,10 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "three_interpolate_parity or noncontiguous or chamfer or any_batch_size or query_chunks",
         ],
     ),
-    "peft_base": (["clora3d/peft/base.py"], ["tests/test_peft.py", "tests/test_mutation_kills_peft.py"]),
+    "peft_base": (
+        ["clora3d/peft/base.py", "clora3d/peft/registry.py", "clora3d/peft/adapter_io.py", "clora3d/peft/config.py"],
+        ["tests/test_peft.py", "tests/test_mutation_kills_peft.py", "tests/test_peft_compat.py"],
+    ),
     "peft_clora": (
         ["clora3d/peft/clora.py"],
         ["tests/test_peft_clora.py", "tests/test_peft.py", "tests/test_mutation_kills_peft.py"],
@@ -66,7 +69,12 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "storage_checkpoint": (
         ["clora3d/storage.py", "clora3d/engine/checkpoint.py"],
-        ["tests/test_atomic_writers.py", "tests/test_checkpoint.py", "tests/test_mutation_kills_storage.py"],
+        [
+            "tests/test_atomic_writers.py",
+            "tests/test_checkpoint.py",
+            "tests/test_mutation_kills_storage.py",
+            "tests/test_storage_plain.py",
+        ],
     ),
 }
 
@@ -357,7 +365,7 @@ def summarise(results: list[dict]) -> str:
         "next run) or explained as equivalent in `tools/mutate.py`. Caught = killed + timeout + segfault;",
         "other = not checked (skipped, interrupted). The metrics (classification accuracy, vote@N,",
         "part-seg Inst./Cls. mIoU) live in `clora3d/engine/evaluate.py` (group evaluate); the checkpoint",
-        "and adapter I/O in `clora3d/storage.py`, `clora3d/engine/checkpoint.py` and `clora3d/peft/base.py`.",
+        "and adapter I/O in `clora3d/storage.py`, `clora3d/engine/checkpoint.py` and `clora3d/peft/adapter_io.py`.",
         "",
         "| group | files | tests | mutants | caught | survived | equivalent | other | survivors (non-equivalent) | wall |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
