@@ -415,7 +415,7 @@ def render_text(result: dict[str, Any]) -> str:
         + "\n\n"
         + B.format_table(summary, tasks)
         + "\n\n"
-        + B.format_separation(summary, tasks)
+        + B.format_separation(summary, tasks, result["benchmark"]["runs"])
         + "\n\n"
         + format_real(result["real_check"])
         + "\n\n"

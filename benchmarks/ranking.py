@@ -523,9 +523,19 @@ def separation(rows: list[dict[str, Any]], task: str, a: str = "full", b: str = 
 SEPARATES_AT = 3.0
 
 
-def format_separation(rows: list[dict[str, Any]], tasks: Sequence[str]) -> str:
+def paired_gaps(runs: list[dict[str, Any]], task: str, a: str = "full", b: str = "linear") -> list[float]:
+    """Per seed, accuracy of ``a`` minus ``b`` on ``task`` (both saw the same data and episode)."""
+    acc = {(r["method"], r["seed"]): r["acc"] for r in runs if r["task"] == task}
+    seeds = sorted({s for (m, s) in acc if m == a} & {s for (m, s) in acc if m == b})
+    return [acc[a, s] - acc[b, s] for s in seeds]
+
+
+def format_separation(
+    rows: list[dict[str, Any]], tasks: Sequence[str], runs: list[dict[str, Any]] | None = None
+) -> str:
     """One line per task: full - linear gap in points and in units of the larger std, labelled
-    "separates" or "does NOT separate" against :data:`SEPARATES_AT`."""
+    "separates" or "does NOT separate" against :data:`SEPARATES_AT`; with ``runs``, also the gap
+    paired by seed (each seed's runs share the scan data order / few-shot episode), mean +- std."""
     lines = []
     for t in tasks:
         sep = separation(rows, t)
@@ -536,10 +546,16 @@ def format_separation(rows: list[dict[str, Any]], tasks: Sequence[str]) -> str:
             if sep["ratio"] >= SEPARATES_AT
             else f"does NOT separate full fine-tuning from linear probing (below {SEPARATES_AT:g} x)"
         )
-        lines.append(
-            f"{t}: full - linear = {sep['gap']:.1f} points = {sep['ratio']:.1f} x the larger std "
+        line = (
+            f"{t}: full - linear = {sep['gap']:.1f} points = {sep['ratio']:.2f} x the larger std "
             f"({sep['std']:.1f}): {verdict}"
         )
+        gaps = paired_gaps(runs, t) if runs is not None else []
+        if len(gaps) > 1:
+            m, sd = mean_std(gaps)
+            times = f"{m / sd:.1f} x its std" if sd > 0 else "no spread"
+            line += f"; paired by seed: {m:.1f} ± {sd:.1f} points ({times})"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -199,13 +199,18 @@ def test_separation_labels_each_task_against_the_threshold():
     text = B.format_separation(rows, ["scan", "fewshot"]).splitlines()
     # scan: 62 - 30 = 32, larger std 2 -> 16.0 x; few-shot: gap 10, larger std 5 -> 2.0 x (below 3)
     assert text[0] == (
-        "scan: full - linear = 32.0 points = 16.0 x the larger std (2.0): separates full "
+        "scan: full - linear = 32.0 points = 16.00 x the larger std (2.0): separates full "
         "fine-tuning from linear probing"
     )
     assert text[1] == (
-        "fewshot: full - linear = 10.0 points = 2.0 x the larger std (5.0): does NOT separate "
+        "fewshot: full - linear = 10.0 points = 2.00 x the larger std (5.0): does NOT separate "
         "full fine-tuning from linear probing (below 3 x)"
     )
+    # paired by seed: scan gaps 30, 33, 33 -> 32.0 +- 1.7; few-shot gaps 5, 10, 15 -> 10.0 +- 5.0
+    paired = B.format_separation(rows, ["scan", "fewshot"], runs).splitlines()
+    assert paired[0] == text[0] + "; paired by seed: 32.0 ± 1.7 points (18.5 x its std)"
+    assert paired[1] == text[1] + "; paired by seed: 10.0 ± 5.0 points (2.0 x its std)"
+    assert B.paired_gaps(runs, "scan") == [30.0, 33.0, 33.0]
     # zero spread: a gap is infinitely many stds, no gap is undefined (not "separates")
     same = B.summarise([dict(r, acc=50.0) for r in runs], ["full", "linear"], ["scan"])
     assert np.isnan(B.separation(same, "scan")["ratio"]) and "does NOT separate" in B.format_separation(same, ["scan"])
