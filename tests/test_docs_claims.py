@@ -28,11 +28,42 @@ def _render_tool():
 
 def test_benchmark_tables_in_readme_and_docs_are_rendered_from_the_committed_json():
     files = _render_tool().rendered(BENCH_JSON, REPO)
-    assert set(files) == {"README.md", "docs/ops.md"}
+    assert set(files) == {"README.md", "docs/ops.md", "docs/peft.md"}
     for rel, text in files.items():
         assert (REPO / rel).read_text() == text, (
             f"{rel}: benchmark tables differ from {BENCH_JSON}; run python tools/render_bench_tables.py"
         )
+
+
+@pytest.mark.parametrize(
+    "marker,json_rel", [("demo", "docs/bench/demo.json"), ("demo_seed1", "docs/bench/demo_pretrain_seed1.json")]
+)
+def test_readme_demo_table_follows_from_the_recorded_runs(marker, json_rel):
+    """Each accuracy cell of the README's demo tables is the mean ± sample std of that method's
+    recorded runs (recomputed here with numpy from the individual runs, not from the summary), and
+    each separation line's gap is the difference of the two means."""
+    import numpy as np
+
+    rec = json.loads((REPO / json_rel).read_text())
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(f"<!-- {marker}:begin -->")[1].split(f"<!-- {marker}:end -->")[0]
+    tasks = rec["benchmark"]["size"]["tasks"]
+    runs = rec["benchmark"]["runs"]
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    means = {}
+    for m in methods:
+        bench_part = block.split(f"{tasks[0]}: full - linear = ")[0]  # the pipeline table follows
+        row = [ln for ln in bench_part.splitlines() if ln.startswith(f"| {m} | ")]
+        assert len(row) == 1, m
+        cells = [c.strip() for c in row[0].strip("|").split("|")]
+        for k, t in enumerate(tasks):
+            accs = np.array([r["acc"] for r in runs if r["method"] == m and r["task"] == t])
+            assert len(accs) == len(rec["benchmark"]["size"]["seeds"])
+            means[m, t] = accs.mean()
+            assert cells[1 + k] == f"{accs.mean():.1f} ± {accs.std(ddof=1):.1f}", (m, t)
+    for t in tasks:
+        line = next(ln for ln in block.splitlines() if ln.startswith(f"{t}: full - linear = "))
+        assert line.startswith(f"{t}: full - linear = {means['full', t] - means['linear', t]:.1f} points")
 
 
 def test_readme_summary_numbers_follow_from_the_json_rows():
