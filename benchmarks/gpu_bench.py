@@ -200,8 +200,7 @@ def run_model(
 ) -> list[dict]:
     from torch.nn import functional as F
 
-    from clora3d.models import build_model
-    from clora3d.peft import apply_peft
+    from clora3d.engine import build
 
     preset, B, N, C = ("tiny", 4, 256, 10) if quick else ("vit_s", 32, 1024, 40)
     repeats, warmup = (2, 1) if quick else (20, 5)
@@ -212,8 +211,13 @@ def run_model(
     for name in methods:
         for prec in precisions:
             torch.manual_seed(0)
-            model = build_model({"NAME": "PointTransformer", "preset": preset, "cls_dim": C}).to(device)
-            _method = apply_peft(model, dict(MODEL_METHODS[name]))
+            cfg = {
+                "model": {"NAME": "PointTransformer", "preset": preset, "cls_dim": C},
+                "peft": dict(MODEL_METHODS[name]),
+            }
+            model = build.build_model(cfg)
+            _method = build.build_method(model, cfg)
+            model.to(device)
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=device.type == "cuda")
             fwd = torch.compile(model, fullgraph=True) if compile_model else model

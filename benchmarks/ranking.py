@@ -17,8 +17,9 @@ parameters and wall time per run. For CLoRA the run also records what SADE does:
 the SADE gradient norm to the task gradient norm on the CLoRA parameters and the mean squared
 cosine similarity of each LRM's components at the end (see :func:`component_similarity`).
 
-Everything stays in memory (no files): the library's model, checkpoint loader, PEFT interface,
-optimizer/scheduler and training batch pipeline are used as the trainer uses them.
+Everything stays in memory (no files): every job builds its model, pre-trained weights, PEFT method,
+optimizer and scheduler with the trainer's builder (:mod:`clora3d.engine.build`) from one run config
+(:func:`run_config`), and batches through the trainer's pipeline.
 """
 
 from __future__ import annotations
@@ -167,6 +168,39 @@ def component_similarity(method: Any) -> float:
     return tot / cnt if cnt else float("nan")
 
 
+def run_config(
+    num_classes: int,
+    peft_cfg: Mapping[str, Any],
+    size: BenchSize | None = None,
+    epochs: int = 1,
+    lr: float | None = None,
+    drop_path: float | None = None,
+) -> dict[str, Any]:
+    """The run config one benchmark job trains with, as :mod:`clora3d.engine.build` takes it: the tiny
+    backbone with ``num_classes`` outputs and stochastic depth ``drop_path`` (default
+    ``size.drop_path``), the PEFT section ``peft_cfg``, AdamW at ``lr`` (default ``size.lr``) and the
+    recipe's cosine schedule over ``epochs``."""
+    size = size or BenchSize()
+    return {
+        "model": {
+            "NAME": "PointTransformer",
+            "preset": "tiny",
+            "cls_dim": num_classes,
+            "drop_path_rate": size.drop_path if drop_path is None else drop_path,
+        },
+        "peft": dict(peft_cfg),
+        "optimizer": {
+            "NAME": "AdamW",
+            "lr": size.lr if lr is None else lr,
+            "weight_decay": size.weight_decay,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+        },
+        "scheduler": {"NAME": "CosLR", "lr_min": 1e-6, "warmup_epochs": size.warmup_epochs, "warmup_lr_init": 1e-5},
+        "train": {"epochs": epochs},
+    }
+
+
 def build_finetune_model(
     pretrained: Mapping[str, torch.Tensor],
     num_classes: int,
@@ -175,17 +209,16 @@ def build_finetune_model(
     drop_path: float = 0.0,
 ) -> tuple[torch.nn.Module, Any]:
     """Tiny backbone with ``num_classes`` outputs and stochastic depth ``drop_path``, pre-trained
-    weights loaded, PEFT method applied."""
-    from clora3d.engine.trainer import seed_everything
-    from clora3d.models.backbone import PointTransformer
-    from clora3d.models.checkpoint import load_pretrained
-    from clora3d.peft import apply_peft
+    weights loaded, PEFT method applied: the trainer's builder (:mod:`clora3d.engine.build`) on
+    :func:`run_config`, after seeding everything from ``seed``."""
+    from clora3d.engine import build
+    from clora3d.engine.pipeline import seed_everything
 
     seed_everything(seed)
-    model = PointTransformer.from_preset("tiny", cls_dim=num_classes, drop_path_rate=drop_path)
-    load_pretrained(model, dict(pretrained), log=None)
-    method = apply_peft(model, dict(peft_cfg))
-    return model, method
+    cfg = run_config(num_classes, peft_cfg, drop_path=drop_path)
+    model = build.build_model(cfg)
+    build.load_weights(model, dict(pretrained), log=None)
+    return model, build.build_method(model, cfg)
 
 
 @torch.no_grad()
@@ -199,7 +232,7 @@ def accuracy(
 ) -> tuple[float, torch.Tensor]:
     """Overall accuracy (%) of ``model`` on clouds ``x`` (FPS to ``npoints``) and the predictions;
     ``classes`` restricts the argmax to those logits (predictions are then indices into it)."""
-    from clora3d.engine.trainer import TrainBatchPipeline
+    from clora3d.engine.pipeline import TrainBatchPipeline
 
     fps = TrainBatchPipeline("fps", npoints, None, None)
     model.eval()
@@ -229,20 +262,15 @@ def finetune(
     default ``size.lr``); returns accuracy, wall time, parameter counts (and SADE statistics for
     CLoRA with ``sade_stats``)."""
     from clora3d.data.transforms import ScaleAndTranslate
-    from clora3d.engine.optim import build_optimizer, build_scheduler
-    from clora3d.engine.trainer import TrainBatchPipeline, derive_seed
+    from clora3d.engine import build
+    from clora3d.engine.pipeline import TrainBatchPipeline, derive_seed
     from clora3d.profile import parameter_report
 
     t0 = time.perf_counter()
     model, method = build_finetune_model(pretrained, task["num_classes"], peft_cfg, seed, size.drop_path)
     trainable = method.trainable_parameters()
     lr = size.lr if lr is None else lr
-    opt = build_optimizer(
-        trainable, {"NAME": "AdamW", "lr": lr, "weight_decay": size.weight_decay, "betas": (0.9, 0.999), "eps": 1e-8}
-    )
-    sched = build_scheduler(
-        opt, {"NAME": "CosLR", "lr_min": 1e-6, "warmup_epochs": size.warmup_epochs, "warmup_lr_init": 1e-5}, epochs
-    )
+    opt, sched = build.build_optimizer(method, run_config(task["num_classes"], peft_cfg, size, epochs, lr))
     pipe = TrainBatchPipeline("fps_subset", size.npoints, size.point_all, ScaleAndTranslate())
     params = list({id(p): p for p in trainable.values()}.values())
     clora_params = list(method.peft_params.values()) if method.name == "clora" else []

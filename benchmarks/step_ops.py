@@ -71,13 +71,13 @@ class CountOps(TorchDispatchMode):
 
 
 def count_step(method: str, preset: str = "tiny", batch: int = 2, points: int | None = None) -> dict:
-    from clora3d.models import build_model
-    from clora3d.peft import apply_peft
+    from clora3d.engine import build
 
     torch.manual_seed(0)
     C = 40
-    model = build_model({"NAME": "PointTransformer", "preset": preset, "cls_dim": C})
-    m = apply_peft(model, dict(METHODS[method]))
+    cfg = {"model": {"NAME": "PointTransformer", "preset": preset, "cls_dim": C}, "peft": dict(METHODS[method])}
+    model = build.build_model(cfg)
+    m = build.build_method(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=True)
     n = points or (1024 if preset == "vit_s" else 256)

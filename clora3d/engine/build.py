@@ -72,12 +72,13 @@ def build_model(cfg: Mapping[str, Any]) -> nn.Module:
         raise ConfigError(f"model: cannot build {spec.get('NAME')!r} from {spec}: {e}") from None
 
 
-def load_weights(model: nn.Module, ckpt: Any) -> Any:
+def load_weights(model: nn.Module, ckpt: Any, log: Any = "logging") -> Any:
     """Load a pre-trained checkpoint (Point-MAE / Point-BERT / clora3d layouts) into ``model``;
-    returns the load report (loaded / missing / unexpected keys)."""
+    returns the load report (loaded / missing / unexpected keys), which goes to ``log`` as
+    :func:`clora3d.models.checkpoint.load_pretrained` takes it (``None``: silent)."""
     from clora3d.models.checkpoint import load_pretrained
 
-    return load_pretrained(model, ckpt)
+    return load_pretrained(model, ckpt, log=log)
 
 
 class FullTraining:
