@@ -577,13 +577,13 @@ def test_one_process_group_gives_the_same_metrics_and_exact_sums(tmp_path):
         for i in range(6)
     ]
     seg_plain = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
-    assert ev._all_gather_list([1, 2]) == [1, 2] and ev.all_reduce_sum([3, 4.5], torch.device("cpu")) == [3.0, 4.5]
+    assert ev.all_gather_list([1, 2]) == [1, 2] and ev.all_reduce_sum([3, 4.5], torch.device("cpu")) == [3.0, 4.5]
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         big = 2**53 - 1  # exact in float64, not in float32
         got = ev.all_reduce_sum([big, 1, 0.5], torch.device("cpu"))
         assert got == [float(big), 1.0, 0.5] and all(type(v) is float for v in got)
-        assert ev._all_gather_list([("a", 1), ("b", 2)]) == [("a", 1), ("b", 2)]
+        assert ev.all_gather_list([("a", 1), ("b", 2)]) == [("a", 1), ("b", 2)]
         dist = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3), npoints=16)
         seg_dist = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
     finally:

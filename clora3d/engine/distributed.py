@@ -35,7 +35,9 @@ __all__ = [
     "cleanup_distributed",
     "is_main",
     "barrier",
+    "active",
     "all_reduce_sum",
+    "all_gather_list",
     "broadcast_object",
     "ShardSampler",
     "maybe_sync_bn",
@@ -117,8 +119,12 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _active() -> bool:
+def active() -> bool:
+    """True when a process group is initialised (the collectives below are identities otherwise)."""
     return dist.is_available() and dist.is_initialized()
+
+
+_active = active
 
 
 def is_main() -> bool:
@@ -139,6 +145,15 @@ def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") 
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return [float(v) for v in t.cpu()]
+
+
+def all_gather_list(items: list) -> list:
+    """Concatenate a python list over all ranks, in rank order (identity without a process group)."""
+    if not _active():
+        return items
+    out: list[list] = [None] * dist.get_world_size()  # type: ignore[list-item]
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

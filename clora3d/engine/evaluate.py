@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clora3d.engine.distributed import all_reduce_sum
+from clora3d.engine.distributed import active, all_gather_list, all_reduce_sum
 
 __all__ = [
     "SHAPENETPART_SEG_CLASSES",
@@ -75,19 +75,6 @@ SHAPENETPART_SEG_CLASSES: dict[str, list[int]] = {
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _dist_ready() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_gather_list(items: list) -> list:
-    """Concatenate a python list over all ranks (identity without a process group)."""
-    if not _dist_ready():
-        return items
-    out: list[list] = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
-    torch.distributed.all_gather_object(out, items)
-    return [x for part in out for x in part]
 
 
 def _batch_fields(batch: Any, names: Sequence[str]) -> list[torch.Tensor]:
@@ -404,8 +391,8 @@ def evaluate_partseg(
             point_count += float(seg_np.size)
             part_seen += np.bincount(seg_np.reshape(-1), minlength=n_parts)[:n_parts]
             part_correct += np.bincount(seg_np[hit], minlength=n_parts)[:n_parts]
-    if _dist_ready():
-        shape_res = _all_gather_list(shape_res)
+    if active():
+        shape_res = all_gather_list(shape_res)
         sums = all_reduce_sum([point_correct, point_count, *part_seen, *part_correct], device)
         point_correct, point_count = sums[0], sums[1]
         part_seen = np.asarray(sums[2 : 2 + n_parts])
