@@ -400,7 +400,7 @@ def test_forward_losses_sum_replace_and_reset():
 def test_head_parameter_names_from_head_prefixes():
     from torch import nn
 
-    from clora3d.peft.base import head_parameter_names
+    from clora3d.models.utils import head_parameter_ids, head_parameter_names
 
     class WithPrefixes(nn.Module):
         HEAD_PREFIXES = ("head.", "aux.")
@@ -420,11 +420,29 @@ def test_head_parameter_names_from_head_prefixes():
     with pytest.raises(ValueError) as info:
         head_parameter_names(BadPrefixes())
     assert str(info.value) == "BadPrefixes.HEAD_PREFIXES must be module names ending in '.', got ['head']"
+    assert head_parameter_names(nn.Linear(2, 2)) == [] and head_parameter_ids(nn.Linear(2, 2)) == set()
     with pytest.raises(ValueError) as info:
-        head_parameter_names(nn.Linear(2, 2))
+        head_parameter_names(nn.Linear(2, 2), required=True)
     assert str(info.value) == "cannot tell the task head of Linear: it has neither head_parameters() nor HEAD_PREFIXES"
     model = _tiny()
-    assert head_parameter_names(model) == [n for n, _ in model.named_parameters() if n.startswith("cls_head_finetune.")]
+    head = [n for n, _ in model.named_parameters() if n.startswith("cls_head_finetune.")]
+    assert head_parameter_names(model) == head and len(head) == 10  # 3 Linear + 2 BatchNorm, weight and bias
+    params = dict(model.named_parameters())
+    assert head_parameter_ids(model) == {id(params[n]) for n in head}
+
+
+def test_a_peft_method_needs_to_know_the_head(monkeypatch):
+    """A model that declares no head (neither head_parameters() nor HEAD_PREFIXES) cannot be adapted:
+    the method would not know which parameters to train besides its own."""
+    from clora3d.models.backbone import PointTransformer
+    from clora3d.models.utils import HeadSplitMixin
+
+    model = _tiny()
+    monkeypatch.delattr(HeadSplitMixin, "head_parameters")
+    monkeypatch.delattr(HeadSplitMixin, "HEAD_PREFIXES")
+    monkeypatch.delattr(PointTransformer, "HEAD_PREFIXES")
+    with pytest.raises(ValueError, match="cannot tell the task head of PointTransformer"):
+        apply_peft(model, {"NAME": "bitfit"})
 
 
 def test_fan_in_uniform_is_nn_linear_default_bound():

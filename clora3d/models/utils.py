@@ -1,4 +1,5 @@
-"""Small model utilities: BatchNorm statistics policy for frozen modules, the one parameter counter."""
+"""Small model utilities: BatchNorm statistics policy for frozen modules, the task head's parameters,
+the one parameter counter."""
 
 from __future__ import annotations
 
@@ -43,13 +44,30 @@ def apply_frozen_bn_policy(model: nn.Module, policy: str = "eval") -> list[str]:
     return freeze_bn_stats(model)
 
 
-def head_parameter_ids(model: nn.Module) -> set[int]:
-    """``id``s of the task head's parameters: ``model.head_parameters()`` when the model declares it
-    (every clora3d model), else the parameters under ``model.HEAD_PREFIXES``, else none."""
+def head_parameter_names(model: nn.Module, *, required: bool = False) -> list[str]:
+    """Names of the task head's parameters: ``model.head_parameters()`` when the model declares it
+    (every clora3d classifier), else the parameters of the modules in ``model.HEAD_PREFIXES``
+    (module names ending in '.', as PartSegModel lists them), else none; with ``required`` a model
+    that declares neither is a ValueError (a PEFT method must know which head to train)."""
     if hasattr(model, "head_parameters"):
-        return {id(p) for _, p in model.head_parameters()}
-    prefixes = tuple(getattr(model, "HEAD_PREFIXES", ()))
-    return {id(p) for n, p in model.named_parameters() if prefixes and n.startswith(prefixes)}
+        return [n for n, _ in model.head_parameters()]
+    prefixes = getattr(model, "HEAD_PREFIXES", None)
+    if prefixes is None:
+        if required:
+            raise ValueError(
+                f"cannot tell the task head of {type(model).__name__}: it has neither head_parameters() nor HEAD_PREFIXES"
+            )
+        return []
+    bad = [p for p in prefixes if not p.endswith(".")]
+    if bad:
+        raise ValueError(f"{type(model).__name__}.HEAD_PREFIXES must be module names ending in '.', got {bad}")
+    return [n for n, _ in model.named_parameters() if n.startswith(tuple(prefixes))]
+
+
+def head_parameter_ids(model: nn.Module) -> set[int]:
+    """``id``s of the parameters :func:`head_parameter_names` names (none when no head is declared)."""
+    names = set(head_parameter_names(model))
+    return {id(p) for n, p in model.named_parameters() if n in names}
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False, exclude_head: bool = False) -> int:

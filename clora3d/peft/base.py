@@ -39,28 +39,10 @@ import torch
 from torch import nn
 
 from clora3d.errors import ConfigError
+from clora3d.models.utils import head_parameter_names
 from clora3d.peft.adapter_io import hash_tensors
 from clora3d.peft.config import BLOCK_LINEARS, PeftConfig
 from clora3d.schema import short_repr, to_dict, validate
-
-
-# ------------------------------------------------------------------------------------------------
-# the interface
-# ------------------------------------------------------------------------------------------------
-def head_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the task head's parameters: ``model.head_parameters()`` (PointTransformer), else the
-    modules listed in ``model.HEAD_PREFIXES`` (PartSegModel; whole module names ending in '.')."""
-    if hasattr(model, "head_parameters"):
-        return [n for n, _ in model.head_parameters()]
-    prefixes = getattr(model, "HEAD_PREFIXES", None)
-    if prefixes is None:
-        raise ValueError(
-            f"cannot tell the task head of {type(model).__name__}: it has neither head_parameters() nor HEAD_PREFIXES"
-        )
-    bad = [p for p in prefixes if not p.endswith(".")]
-    if bad:
-        raise ValueError(f"{type(model).__name__}.HEAD_PREFIXES must be module names ending in '.', got {bad}")
-    return [n for n, _ in model.named_parameters() if n.startswith(tuple(prefixes))]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,7 +102,7 @@ class PeftMethod:
         base = dict(model.named_parameters())
         self._base_names = list(base)
         own = list(self._base_trainable())
-        always = head_parameter_names(model) + [n for n in ("cls_token", "cls_pos") if n in base]
+        always = head_parameter_names(model, required=True) + [n for n in ("cls_token", "cls_pos") if n in base]
         extra = self._resolve_extra(base, self.cfg.extra_trainable)
         names = set(own) | set(always) | set(extra)
         self.base_trainable_names: list[str] = [n for n in self._base_names if n in names]
