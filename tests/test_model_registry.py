@@ -135,3 +135,23 @@ def test_register_model_checks_presets_and_names():
             pass
 
     assert "Bad" not in model_names() and model_class("PointMAE") is PointMAE
+
+
+@pytest.mark.parametrize("name", ["PointTransformer", "PartSegModel", "PointMAE"])
+def test_model_config_is_every_constructor_argument_and_rebuilds_the_model(name):
+    """``model.config`` records each constructor argument as called (sequences as tuples; PartSeg's
+    fetch_idx resolved from the depth): the same architecture comes back from it."""
+    import inspect
+
+    cls = getattr(models, name)
+    model = cls.from_preset("tiny")
+    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    assert list(model.config) == params
+    assert all(not isinstance(v, list) for v in model.config.values())
+    again = cls(**model.config)
+    assert again.config == model.config
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    if name == "PartSegModel":
+        assert model.config["fetch_idx"] == models.partseg.default_fetch_idx(model.config["depth"])
+        listed = cls(**{**model.config, "head_widths": [16, 8], "fetch_idx": [0, 1]})
+        assert listed.config["head_widths"] == (16, 8) and listed.config["fetch_idx"] == (0, 1)

@@ -13,7 +13,7 @@ from torch import nn
 from clora3d.models.registry import PresetMixin, register_model
 from clora3d.models.stem import PointStem, position_mlp
 from clora3d.models.transformer import TransformerEncoder
-from clora3d.models.utils import HeadSplitMixin
+from clora3d.models.utils import HeadSplitMixin, init_args
 
 
 def trunc_normal_init(module: nn.Module) -> None:
@@ -85,23 +85,11 @@ class PointTransformer(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
         qkv_bias: bool = False,
         encoder_widths: tuple[int, int, int] = (128, 256, 512),
     ) -> None:
+        arguments = init_args(locals())
         super().__init__()
         if head not in ("mae", "bert"):
             raise ValueError(f"PointTransformer: head must be 'mae' or 'bert', got {head!r}")
-        self.config = dict(
-            trans_dim=trans_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            drop_path_rate=drop_path_rate,
-            num_group=num_group,
-            group_size=group_size,
-            encoder_dims=encoder_dims,
-            cls_dim=cls_dim,
-            head=head,
-            qkv_bias=qkv_bias,
-            encoder_widths=tuple(encoder_widths),
-        )
+        self.config = arguments
         self.trans_dim = trans_dim
         self.depth = depth
         self.num_group = num_group

@@ -24,7 +24,7 @@ from clora3d.models.backbone import trunc_normal_init
 from clora3d.models.registry import PresetMixin, register_model
 from clora3d.models.stem import Group, PointStem, position_mlp
 from clora3d.models.transformer import Block, TransformerEncoder, drop_path_schedule
-from clora3d.models.utils import HeadSplitMixin
+from clora3d.models.utils import HeadSplitMixin, init_args
 
 
 def random_group_mask(
@@ -190,6 +190,7 @@ class PointMAE(HeadSplitMixin, PresetMixin, nn.Module):
         decoder_num_heads: int = 6,
         mask_ratio: float = 0.6,
     ) -> None:
+        arguments = init_args(locals())
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"PointMAE: mask_ratio must be in (0, 1), got {mask_ratio}")
@@ -198,21 +199,7 @@ class PointMAE(HeadSplitMixin, PresetMixin, nn.Module):
                 f"PointMAE: mask_ratio={mask_ratio} with num_group={num_group} masks "
                 f"{int(mask_ratio * num_group)} groups; need at least one masked and one visible"
             )
-        self.config = dict(
-            trans_dim=trans_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            drop_path_rate=drop_path_rate,
-            num_group=num_group,
-            group_size=group_size,
-            encoder_dims=encoder_dims,
-            encoder_widths=tuple(encoder_widths),
-            qkv_bias=qkv_bias,
-            decoder_depth=decoder_depth,
-            decoder_num_heads=decoder_num_heads,
-            mask_ratio=mask_ratio,
-        )
+        self.config = arguments
         self.trans_dim = trans_dim
         self.num_group = num_group
         self.group_size = group_size

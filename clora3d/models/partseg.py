@@ -25,7 +25,7 @@ from clora3d.models.encoder import batchnorm_rows, pointwise
 from clora3d.models.registry import PresetMixin, register_model
 from clora3d.models.stem import PointStem
 from clora3d.models.transformer import TransformerEncoder
-from clora3d.models.utils import HeadSplitMixin
+from clora3d.models.utils import HeadSplitMixin, init_args
 
 
 def default_fetch_idx(depth: int, n: int = 3) -> tuple[int, ...]:
@@ -150,32 +150,14 @@ class PartSegModel(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
         dropout: float = 0.5,
         interp_eps: float = 1e-8,
     ) -> None:
+        arguments = init_args(locals())
         super().__init__()
         fetch = tuple(int(i) for i in fetch_idx) if fetch_idx is not None else default_fetch_idx(depth)
         if not fetch or any(i < 0 or i >= depth for i in fetch) or len(set(fetch)) != len(fetch):
             raise ValueError(f"PartSegModel: fetch_idx={fetch_idx} must be distinct block indices in [0, {depth})")
         if len(head_widths) != 2:
             raise ValueError(f"PartSegModel: head_widths must have 2 entries (convs1, convs2), got {head_widths}")
-        self.config = dict(
-            trans_dim=trans_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            drop_path_rate=drop_path_rate,
-            num_group=num_group,
-            group_size=group_size,
-            encoder_dims=encoder_dims,
-            encoder_widths=tuple(encoder_widths),
-            qkv_bias=qkv_bias,
-            num_classes=num_classes,
-            num_parts=num_parts,
-            fetch_idx=fetch,
-            label_dim=label_dim,
-            propagation_mlp=tuple(propagation_mlp),
-            head_widths=tuple(head_widths),
-            dropout=dropout,
-            interp_eps=interp_eps,
-        )
+        self.config = {**arguments, "fetch_idx": fetch}
         self.trans_dim = trans_dim
         self.depth = depth
         self.num_classes = num_classes

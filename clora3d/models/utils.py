@@ -3,7 +3,8 @@ the one parameter counter."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -42,6 +43,18 @@ def apply_frozen_bn_policy(model: nn.Module, policy: str = "eval") -> list[str]:
     if policy == "train":
         return []
     return freeze_bn_stats(model)
+
+
+def init_args(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's ``config``: its constructor's arguments as called, from ``locals()`` taken on the
+    first line of ``__init__`` (``self`` and ``__class__`` dropped, sequences as tuples), so that
+    ``type(model)(**model.config)`` builds the same architecture and a new argument cannot be
+    forgotten in the record."""
+    return {
+        k: tuple(v) if isinstance(v, (list, tuple)) else v
+        for k, v in arguments.items()
+        if k not in ("self", "__class__")
+    }
 
 
 def head_parameter_names(model: nn.Module, *, required: bool = False) -> list[str]:
