@@ -203,3 +203,26 @@ def test_protocol_on_top_of_a_pair_file():
     st = load_config(CFGS / "scan_hardest" / "dapt.yaml")
     assert rot["name"] == "scan_hardest_rotate_dapt" and rot["data"]["train_transforms"][0]["NAME"] == "RotateY"
     assert rot["peft"] == st["peft"] and rot["model"] == st["model"] and rot["peft"]["adapter_dropout"] == 0.2
+
+
+@pytest.mark.parametrize("leaf", sorted(set(SNAPSHOT) - REAL_LEAVES - NAMED_LEAVES))
+def test_a_retired_leaf_names_the_command_that_builds_its_config(leaf):
+    """``--cfg cfgs/<task>[_rotate]/<method>.yaml`` of a deleted two-line file fails with the
+    ``--task/--peft[/--protocol]`` arguments, and those arguments compose the file's former config."""
+    with pytest.raises(ConfigError) as info:
+        load_config(CFGS / leaf)
+    msg = str(info.value)
+    assert msg.startswith(f"config file not found: {CFGS / leaf}; that task x method pair is composed")
+    args = msg.split("use `")[1].split("`")[0].split()
+    assert args[0::2] == ["--task", "--peft", "--protocol"][: len(args) // 2]
+    folder, method = leaf.split("/")
+    task, protocol = _task_protocol(folder)
+    assert args[1::2] == [task, method[:-5]] + ([protocol] if protocol else [])
+    assert compose_config(*args[1:4:2], protocol=protocol) == RESOLVED[leaf]
+
+
+def test_a_missing_config_that_is_no_pair_gets_no_hint(tmp_path):
+    for path in (CFGS / "modelnet40" / "nope.yaml", CFGS / "nowhere" / "clora.yaml", tmp_path / "clora.yaml"):
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert str(info.value) == f"config file not found: {path}"

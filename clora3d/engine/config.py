@@ -114,12 +114,35 @@ def _check_size(data: Any, path: Path) -> None:
             stack.extend((x, depth + 1) for x in v)
 
 
+def _composed_pair_hint(path: Path) -> str:
+    """For a missing ``cfgs/<task>[_<protocol>]/<method>.yaml`` whose task and method are layers
+    beside it: the ``--task/--peft`` command that builds that config (the one-file-per-pair layout
+    of earlier releases was retired for composition)."""
+    base = path.parent.parent / "_base_"
+    folder, method = path.parent.name, path.stem
+    if path.suffix != ".yaml" or not (base / "peft" / f"{method}.yaml").is_file():
+        return ""
+    task, protocol = folder, None
+    if not (base / "tasks" / f"{task}.yaml").is_file():
+        protocols = sorted(f.stem for f in (base / "protocols").glob("*.yaml"))
+        match = [
+            p
+            for p in protocols
+            if folder.endswith(f"_{p}") and (base / "tasks" / f"{folder[: -len(p) - 1]}.yaml").is_file()
+        ]
+        if not match:
+            return ""
+        task, protocol = folder[: -len(match[0]) - 1], match[0]
+    args = f"--task {task} --peft {method}" + (f" --protocol {protocol}" if protocol else "")
+    return f"; that task x method pair is composed from the layers in {base}: use `{args}` instead of --cfg"
+
+
 def _read_yaml(path: Path, referenced_from: str | None) -> Any:
     where = f" (named in _base_ of {referenced_from})" if referenced_from else ""
     if path.is_dir():
         raise ConfigError(f"config {path} is a directory, expected a YAML file{where}")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}{where}")
+        raise ConfigError(f"config file not found: {path}{where}{'' if referenced_from else _composed_pair_hint(path)}")
     if referenced_from and path.suffix.lower() not in (".yaml", ".yml"):
         # never read (nor quote in an error) a file that is not a config, e.g. a system file
         raise ConfigError(
