@@ -302,6 +302,9 @@ def to_plain(obj: Any, *, nonfinite: str = "keep") -> Any:
 
 
 def _plain(obj: Any, nonfinite_str: bool) -> Any:
+    if _is_array(obj):  # first: numpy's float64, str_ and bytes_ scalars are also float, str and bytes
+        value = obj.item() if getattr(obj, "ndim", 1) == 0 else obj.tolist()
+        return _plain(value, nonfinite_str)
     if isinstance(obj, float):
         return str(obj) if nonfinite_str and not math.isfinite(obj) else obj
     if obj is None or isinstance(obj, (str, bytes, bool, int)):
@@ -314,9 +317,6 @@ def _plain(obj: Any, nonfinite_str: bool) -> Any:
         return os.fspath(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _plain(getattr(obj, f.name), nonfinite_str) for f in dataclasses.fields(obj)}
-    if _is_array(obj):
-        value = obj.item() if getattr(obj, "ndim", 1) == 0 else obj.tolist()
-        return _plain(value, nonfinite_str)
     return obj
 
 

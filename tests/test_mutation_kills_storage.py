@@ -587,3 +587,200 @@ def test_unsafe_checkpoint_culprit_is_the_first_global_line(tmp_path):
     with pytest.raises(storage.UnsafeCheckpointError) as info:
         storage.safe_torch_load(evil)
     assert str(info.value).endswith(f" [{want[:200]}]")
+
+
+# ------------------------------------------------------------------------------ second round (issue 17)
+def test_pid_alive_probes_with_signal_0_only(monkeypatch):
+    # signal 0 checks that the process exists and delivers nothing; any other number would be a real
+    # signal (SIGHUP, ...), which a child that ignores it would not even show
+    import subprocess
+    import sys
+
+    sent = []
+    real_kill = os.kill
+
+    def spy(pid, sig):
+        sent.append((pid, sig))
+        return real_kill(pid, sig)
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        monkeypatch.setattr(os, "kill", spy)
+        assert storage._pid_alive(child.pid) is True
+        assert storage._pid_alive(os.getpid()) is True  # itself: no probe at all
+        monkeypatch.undo()
+        assert sent == [(child.pid, 0)]
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_clean_stale_tmp_goes_on_past_an_entry_it_cannot_stat(tmp_path, monkeypatch):
+    # a temp that vanishes while the folder is cleaned (here: a dangling link, whose stat fails) is
+    # skipped; the stale temps after it are still removed
+    from pathlib import Path
+
+    broken = tmp_path / ".a.pth.00aa.tmp"  # no pid: its age is read with stat()
+    broken.symlink_to(tmp_path / "gone")
+    dead = tmp_path / f".b.pth.{_dead_pid()}-00aa.tmp"
+    dead.write_bytes(b"x")
+    real_iterdir = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter(sorted(real_iterdir(self))))  # the broken one first
+    assert storage.clean_stale_tmp(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [broken.name]
+
+
+def test_clean_stale_tmp_removes_a_pidless_temp_exactly_max_age_old(tmp_path, monkeypatch):
+    t0 = 1_700_000_000
+    exact, younger = tmp_path / ".c.pth.00aa.tmp", tmp_path / ".c.pth.00bb.tmp"
+    for p, age in ((exact, 3600), (younger, 3599)):
+        p.write_bytes(b"x")
+        os.utime(p, ns=((t0 - age) * 10**9, (t0 - age) * 10**9))
+    monkeypatch.setattr(storage.time, "time", lambda: float(t0))
+    assert storage.clean_stale_tmp(tmp_path, "c.pth", max_age_s=3600.0) == [exact]
+    assert storage.clean_stale_tmp(tmp_path, "c.pth", max_age_s=3599.0) == [younger]
+
+
+@pytest.mark.parametrize(
+    "inside,hint",
+    [
+        (["ckpt-best.pth", "ckpt-last.pth"], " (this run folder has ckpt-best.pth and ckpt-last.pth)"),
+        (["ckpt-best.pth"], " (this run folder has ckpt-best.pth)"),
+        (["other.pth"], ""),
+    ],
+)
+def test_safe_torch_load_on_a_run_folder_names_its_checkpoints(tmp_path, inside, hint):
+    for n in inside:
+        (tmp_path / n).write_bytes(b"")
+    with pytest.raises(CheckpointError) as info:
+        storage.safe_torch_load(tmp_path, what="weights")
+    assert str(info.value) == f"weights {tmp_path} is a directory; pass the .pth file inside it{hint}"
+
+
+def test_safe_torch_load_maps_tensors_saved_on_a_gpu_to_the_cpu(tmp_path, monkeypatch):
+    # a file written from CUDA tensors records 'cuda:0' as their location: simulated by tagging the
+    # CPU storages so while saving; it must load onto the CPU, with or without a GPU here
+    import torch.serialization
+
+    path = tmp_path / "gpu.pth"
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    storage.atomic_torch_save({"w": torch.arange(4.0), "n": {"b": torch.tensor([7], dtype=torch.int64)}}, path)
+    monkeypatch.undo()
+    assert b"cuda:0" in path.read_bytes()
+    got = storage.safe_torch_load(path)
+    assert got["w"].device.type == "cpu" and got["n"]["b"].device.type == "cpu"
+    assert torch.equal(got["w"], torch.arange(4.0)) and torch.equal(got["n"]["b"], torch.tensor([7]))
+
+
+def test_safe_torch_load_stays_weights_only_when_torch_is_told_otherwise(tmp_path, monkeypatch, capsys):
+    # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns torch.load's default into the unsafe loader, but only
+    # where the caller did not ask for weights_only=True itself
+    class Evil:
+        def __reduce__(self):
+            return (print, ("EXECUTED",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"e": Evil()}, evil)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(storage.UnsafeCheckpointError) as info:
+        storage.safe_torch_load(evil)
+    assert "nothing was executed" in str(info.value)
+    assert "EXECUTED" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "detail,culprit",
+    [
+        # the first line holding 'GLOBAL' (upper case) or 'Unsupported global', stripped
+        (
+            "Weights only load failed.\nsome global context\n  GLOBAL os.system was not allowed\n",
+            "GLOBAL os.system was not allowed",
+        ),
+        (
+            "Weights only load failed.\nunsupported global here\n\tUnsupported global: foo.Bar\nGLOBAL x\n",
+            "Unsupported global: foo.Bar",
+        ),
+        ("Weights only load failed.\nno culprit named (global, unsupported)\n", None),
+    ],
+)
+def test_unsafe_checkpoint_culprit_is_the_first_line_naming_a_global(tmp_path, monkeypatch, detail, culprit):
+    import pickle
+
+    good = tmp_path / "g.pth"
+    torch.save({"w": torch.ones(1)}, good)
+
+    def refuse(*a, **k):
+        raise pickle.UnpicklingError(detail)
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(storage.UnsafeCheckpointError) as info:
+        storage.safe_torch_load(good)
+    tail = "saved as plain tensors (torch.save(model.state_dict(), ...))"
+    assert str(info.value).endswith(tail + (f" [{culprit}]" if culprit else ""))
+
+
+def test_numpy_scalars_that_subclass_python_types_become_plain(tmp_path):
+    # np.float64 is a float, np.str_ a str, np.bytes_ a bytes: still numpy scalars, which YAML's
+    # safe dumper and torch's weights-only loader both refuse
+    import math
+
+    import numpy as np
+    import yaml
+
+    cfg = {"alpha": np.float64(8.0), "name": np.str_("qkv"), "raw": np.bytes_(b"ab"), "nan": np.float64("nan")}
+    out = storage.to_plain(cfg)
+    assert [type(out[k]) for k in ("alpha", "name", "raw", "nan")] == [float, str, bytes, float]
+    assert out["alpha"] == 8.0 and out["name"] == "qkv" and out["raw"] == b"ab" and math.isnan(out["nan"])
+    assert storage.to_plain(cfg, nonfinite="str")["nan"] == "nan"
+    assert yaml.safe_dump(storage.to_plain({"alpha": np.float64(8.0), "name": np.str_("qkv")})) == (
+        "alpha: 8.0\nname: qkv\n"
+    )
+    path = tmp_path / "meta.pth"
+    storage.atomic_torch_save({"metadata": out, "w": torch.ones(1)}, path)
+    assert storage.safe_torch_load(path)["metadata"]["name"] == "qkv"
+
+
+def test_nonfinite_strings_reach_inside_dataclasses():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Metrics:
+        loss: float
+        parts: tuple
+
+    got = storage.to_plain(Metrics(float("nan"), (float("inf"), 1.0)), nonfinite="str")
+    assert got == {"loss": "nan", "parts": ["inf", 1.0]}
+
+
+class _LenientModel(torch.nn.Linear):
+    """A model whose load_state_dict is lenient unless told otherwise, recording how it was called."""
+
+    def __init__(self, error: RuntimeError | None = None):
+        super().__init__(3, 2)
+        self.error, self.calls = error, []
+
+    def load_state_dict(self, state_dict, strict=False, assign=False):
+        self.calls.append(strict)
+        if self.error is not None:
+            raise self.error
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def test_restore_asks_the_model_for_a_strict_load_and_reports_a_bare_error():
+    from clora3d.engine.checkpoint import restore_training_state, training_state
+
+    model, opt, sched = _toy_training()
+    st = training_state(
+        model_state=model.state_dict(), optimizer=opt, scheduler=sched, scaler=None, epoch=0, best=None, history=[]
+    )
+    st["model"] = {k: v for k, v in st["model"].items() if k != "bias"}  # a lenient load would accept it
+    lenient = _LenientModel()
+    with pytest.raises(CheckpointError) as info:
+        restore_training_state(st, model=lenient, optimizer=opt, scheduler=sched, scaler=None, path="x.pth")
+    assert lenient.calls == [True]
+    assert str(info.value).startswith("x.pth: model weights do not match this config's model (Error(s) in loading")
+    bare = _LenientModel(RuntimeError())
+    with pytest.raises(CheckpointError) as info:
+        restore_training_state(st, model=bare, optimizer=opt, scheduler=sched, scaler=None, path="x.pth")
+    assert str(info.value) == "x.pth: model weights do not match this config's model (); resume with the same config"
