@@ -205,6 +205,14 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.peft.lora.xǁLoRALayerǁmerge__mutmut_10": "adding the float64 dW promotes the parameter-dtype W to float64 exactly, as .to(torch.float64) does: the same sum",
     "clora3d.peft.simple.x__bias_name__mutmut_10": "PeftMethod trains only names of real parameters (base_trainable_names is filtered by model.named_parameters()): a '<prefix>.bias' listed for a module whose bias is None is dropped, so the trainable set is the same",
     "clora3d.storage.x_safe_torch_load__mutmut_35": "an empty string and None are both falsy: no culprit suffix either way",
+    "clora3d.storage.x__plain__mutmut_3": "_is_array admits only numpy scalars/arrays and torch tensors, and for a 0-d one .tolist() is the same Python value as .item() (checked: every numpy scalar kind incl. str_, bytes_, void, datetime64; 0-d object arrays; 0-d tensors of each dtype): .tolist() for all changes nothing",
+    "clora3d.storage.x__plain__mutmut_5": "_is_array admits only numpy scalars/arrays and torch tensors, and for a 0-d one .tolist() is the same Python value as .item() (checked: every numpy scalar kind incl. str_, bytes_, void, datetime64; 0-d object arrays; 0-d tensors of each dtype): .tolist() for all changes nothing",
+    "clora3d.storage.x__plain__mutmut_7": "numpy scalars/arrays and torch tensors (all _is_array admits) have ndim: the getattr default is never used",
+    "clora3d.storage.x__plain__mutmut_10": "numpy scalars/arrays and torch tensors (all _is_array admits) have ndim: the getattr default is never used",
+    "clora3d.storage.x__plain__mutmut_11": "_is_array admits only numpy scalars/arrays and torch tensors, and for a 0-d one .tolist() is the same Python value as .item() (checked: every numpy scalar kind incl. str_, bytes_, void, datetime64; 0-d object arrays; 0-d tensors of each dtype): .tolist() for all changes nothing",
+    "clora3d.storage.x__plain__mutmut_12": "_is_array admits only numpy scalars/arrays and torch tensors, and for a 0-d one .tolist() is the same Python value as .item() (checked: every numpy scalar kind incl. str_, bytes_, void, datetime64; 0-d object arrays; 0-d tensors of each dtype): .tolist() for all changes nothing",
+    "clora3d.storage.x__plain__mutmut_13": "numpy scalars/arrays and torch tensors (all _is_array admits) have ndim: the getattr default is never used",
+    "clora3d.storage.x__plain__mutmut_26": "a shortcut only: after the numpy branch, None, str, bytes, bool and int fall through every later branch unchanged too (os.fspath returns a str or bytes as it is); only a str/bytes/int subclass that is also a mapping, list, tuple or dataclass (or an int with __fspath__) would differ, and no such hybrid reaches to_plain",
 }
 
 OUT_DIR = REPO / "build" / "mutate"
