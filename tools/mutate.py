@@ -105,16 +105,6 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_118": "the 0-d zero of torch.where does not promote: float32 zeros with float64 cross stay float64",
     "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_121": "the 0-d zero of torch.where does not promote: float32 zeros with float64 cross stay float64",
     "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_32": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_3": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_4": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_5": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_6": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_7": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_8": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_9": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_16": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_19": "the tensor that is all-reduced lands on the CPU either way; only the nccl backend on CUDA devices (not available to the test suite) tells the choice apart",
-    "clora3d.engine.evaluate.x__all_reduce_sum__mutmut_24": "ReduceOp.SUM is all_reduce's default op",
     "clora3d.engine.evaluate.x__apply_transform__mutmut_2": "unreachable: evaluate_classification always passes a generator when voting",
     "clora3d.engine.evaluate.x__restricted_labels__mutmut_3": "float64 labels holding integer values compare like int64 ones",
     "clora3d.engine.evaluate.x__restricted_labels__mutmut_9": "np.empty defaults to float64; the integer part ids it receives compare the same",
@@ -181,12 +171,9 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.peft.simple.x__bias_name__mutmut_6": "every Linear, Conv1d, BatchNorm and LayerNorm has a bias attribute (None without bias): the getattr default is never used",
     "clora3d.peft.adapter.xǁ_InsertPromptsǁ__call____mutmut_4": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
     "clora3d.peft.adapter.xǁ_InsertPromptsǁ__call____mutmut_36": "a Block takes one positional input: args[1:] and args[2:] are both empty",
-    "clora3d.ops.api.x_gather_points__mutmut_53": "with B > 0 and no indices the compiled gather returns the same empty result as the reference (tested in test_empty_gathers_have_the_right_shape): only the path differs",
     "clora3d.ops.api.x_three_interpolate__mutmut_62": "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_67": "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_68": "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
-    "clora3d.ops.api.xǁ_ChamferFnǁforward__mutmut_16": "int64 index outputs never get gradients, marked non-differentiable or not",
-    "clora3d.ops.api.xǁ_ChamferFnǁforward__mutmut_17": "int64 index outputs never get gradients, marked non-differentiable or not",
     # groups peft_clora, peft_lora_simple, storage_checkpoint, second round (issue 17; names as generated on 6a204ce)
     "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_119": "a 0-d CPU tensor is a scalar operand of torch.where whatever the device of cross (checked on the meta device; CUDA takes 0-d CPU tensors too): the sum is the same",
     "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_122": "a 0-d CPU tensor is a scalar operand of torch.where whatever the device of cross (checked on the meta device; CUDA takes 0-d CPU tensors too): the sum is the same",
@@ -401,10 +388,30 @@ def summarise(results: list[dict]) -> str:
             f"{tot['other']} | {tot['real']} ({pct}) | {tot['wall']} s |"
         )
     done = {r["group"] for r in results}
+    generated = {m for r in results for m in r["status"]}
+    modules = {_module_of(f) for r in results for f in r["files"]}
+    orphans = sorted(
+        m for m in EQUIVALENT if m.split(".x", 1)[0] in modules and (m not in generated or m not in _survivors(results))
+    )
+    if orphans:
+        lines += [
+            "",
+            "EQUIVALENT entries of the groups above that name no surviving mutant of their last run (the code "
+            "changed, or a test kills it now; remove them): " + ", ".join(f"`{m}`" for m in orphans) + ".",
+        ]
     missing = [g for g in GROUPS if g not in done]
     if missing:
         lines += ["", f"Not run yet (no results in build/mutate/): {', '.join(missing)}."]
     return "\n".join(lines + details) + "\n"
+
+
+def _module_of(path: str) -> str:
+    """``clora3d/peft/base.py`` -> ``clora3d.peft.base`` (the prefix of mutmut's mutant names)."""
+    return path[: -len(".py")].replace("/", ".")
+
+
+def _survivors(results: list[dict]) -> set[str]:
+    return {m for r in results for m, s in r["status"].items() if s in SURVIVED}
 
 
 def _mutmut_version() -> str:
