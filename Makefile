@@ -51,7 +51,7 @@ $(VPY):
 env: $(VPY)
 	@if [ -n "$(strip $(CONSTRAINTS))" ]; then grep -v -E '^(torch|triton|nvidia-|cuda-)' "$(CONSTRAINTS)" > $(NO_TORCH_PINS); fi
 	$(PIP) $(PIN) pip setuptools wheel
-	$(PIP) $(PIN) "$(TORCH)"
+	$(PIP) $(PIN) "$(TORCH)" "numpy>=1.23,<3"  # numpy with torch: the kernel build imports torch, which warns without it
 
 # clora3d + its kernels, nothing for tests or benchmarks (what `make demo` needs)
 install-demo: env
