@@ -124,22 +124,19 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-_active = active
-
-
 def is_main() -> bool:
     """True on rank 0 (or without a process group)."""
-    return not _active() or dist.get_rank() == 0
+    return not active() or dist.get_rank() == 0
 
 
 def barrier() -> None:
-    if _active():
+    if active():
         dist.barrier()
 
 
 def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
     """Sum scalars over ranks (float64); identity without a process group."""
-    if not _active():
+    if not active():
         return [float(v) for v in values]
     dev = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
@@ -149,7 +146,7 @@ def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") 
 
 def all_gather_list(items: list) -> list:
     """Concatenate a python list over all ranks, in rank order (identity without a process group)."""
-    if not _active():
+    if not active():
         return items
     out: list[list] = [None] * dist.get_world_size()  # type: ignore[list-item]
     dist.all_gather_object(out, items)
@@ -158,7 +155,7 @@ def all_gather_list(items: list) -> list:
 
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Broadcast a picklable object from ``src`` to every rank (identity without a group)."""
-    if not _active():
+    if not active():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
