@@ -49,6 +49,36 @@ def test_cuda_knn_ties(cuda_native):
     assert torch.equal(i.cpu(), ri) and torch.equal(d.cpu(), rd)
 
 
+def _tied_cloud(B: int, N: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Points on a coarse grid, the second half duplicating the first: many exact distance ties."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(B, N, 3, generator=g, dtype=torch.float64) * 4).round() / 4
+    x[:, N - N // 2 :] = x[:, : N // 2].clone()
+    return x.to(dtype)
+
+
+# k at the edges of the kNN kernels (knn_kernels.cuh): warp per query up to 32, a thread-local
+# list up to 128, then the full sorted distance matrix; N across tile boundaries (256 points).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 31, 32, 33, 128, 129])
+def test_cuda_knn_kernel_boundaries_with_ties(cuda_native, k, dtype):
+    refs = _tied_cloud(3, 513, dtype, seed=k)
+    query = torch.cat([_tied_cloud(3, 70, dtype, seed=k + 1), refs[:, [0, 512]]], dim=1)
+    d, i = ops.knn(query.cuda(), refs.cuda(), k)
+    rd, ri = ref.knn(query, refs, k)
+    assert torch.equal(i.cpu(), ri) and torch.equal(d.cpu(), rd)
+
+
+# N at the edges of the FPS kernels (fps_kernels.cuh): 4 points per thread up to 4096, 8 up to
+# 8192, then the generic kernel (shared memory when the cloud fits, else global memory).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("N", [23, 1024, 4096, 4097, 8192, 8193, 30000])
+def test_cuda_fps_kernel_boundaries_with_ties(cuda_native, N, dtype):
+    xyz = _tied_cloud(2, N, dtype, seed=N)
+    got = ops.furthest_point_sample(xyz.cuda(), 48, start=N - 1)
+    assert torch.equal(got.cpu(), ref.furthest_point_sample(xyz, 48, N - 1))
+
+
 def test_cuda_three_nn_and_interpolate(cuda_native):
     known, unknown = torch.rand(2, 100, 3), torch.rand(2, 500, 3)
     d, i = ops.three_nn(unknown.cuda(), known.cuda())

@@ -1,7 +1,7 @@
 // Chamfer-L2 on the GPU: nearest neighbour both ways (squared distances + int64 indices, ties to
 // the lower index) and the backward pass of the two distance vectors.
 //
-// Forward: one thread per source point; target points stream through shared memory in tiles.
+// Forward: nearest_kernel (nearest_kernels.cuh), once each way.
 // Backward, with da_i = |a_i - b_{idx_a[i]}|^2 and db_j = |b_j - a_{idx_b[j]}|^2:
 //   grad_a[i] += 2 (a_i - b_{idx_a[i]}) g_a[i]   grad_b[idx_a[i]] -= same   (kernel over i)
 //   grad_b[j] += 2 (b_j - a_{idx_b[j]}) g_b[j]   grad_a[idx_b[j]] -= same   (kernel over j)
@@ -13,53 +13,14 @@
 
 #include "common.cuh"
 #include "cuda_ops.h"
+#include "nearest_kernels.cuh"
 
 namespace clora3d {
 namespace {
 
 using cuda_detail::kThreads;
-using cuda_detail::pos_inf;
-using cuda_detail::sqdist3;
-
-// For each src[b, i]: dist[b, i] = min_j |src_i - dst_j|^2, idx[b, i] = lowest argmin.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    nearest_kernel(const T* __restrict__ src, const T* __restrict__ dst, int64_t n_src, int64_t n_dst,
-                   int64_t blocks_per_batch, T* __restrict__ out_d, int64_t* __restrict__ out_i) {
-  __shared__ T tile[3 * kThreads];
-  const int64_t b = blockIdx.x / blocks_per_batch;
-  const int64_t i = (blockIdx.x % blocks_per_batch) * blockDim.x + threadIdx.x;
-  const bool valid = i < n_src;
-  const T* sp = src + (b * n_src + (valid ? i : 0)) * 3;
-  const T sx = valid ? sp[0] : T(0), sy = valid ? sp[1] : T(0), sz = valid ? sp[2] : T(0);
-  const T* db = dst + b * n_dst * 3;
-
-  T best = pos_inf<T>();
-  int64_t best_i = INT64_MAX;
-  for (int64_t t0 = 0; t0 < n_dst; t0 += blockDim.x) {
-    const int n_tile = static_cast<int>(min(static_cast<int64_t>(blockDim.x), n_dst - t0));
-    __syncthreads();
-    if (threadIdx.x < n_tile) {
-      const T* dp = db + (t0 + threadIdx.x) * 3;
-      tile[3 * threadIdx.x + 0] = dp[0];
-      tile[3 * threadIdx.x + 1] = dp[1];
-      tile[3 * threadIdx.x + 2] = dp[2];
-    }
-    __syncthreads();
-    if (!valid) continue;
-    for (int t = 0; t < n_tile; ++t) {
-      const T d = sqdist3(sx, sy, sz, tile[3 * t + 0], tile[3 * t + 1], tile[3 * t + 2]);
-      const int64_t id = t0 + t;
-      if (d < best || (d == best && id < best_i)) {  // also accepts an overflowing (inf) first d
-        best = d;
-        best_i = id;
-      }
-    }
-  }
-  if (!valid) return;
-  out_d[b * n_src + i] = best;
-  out_i[b * n_src + i] = best_i;
-}
+using nearest_detail::kNearestThreads;
+using nearest_detail::nearest_kernel;
 
 // For each src point i with partner p = idx[b, i]: g = 2 (src_i - dst_p) grad[b, i];
 // grad_src[i] += g (exclusive to this thread), grad_dst[p] -= g (atomic).
@@ -91,9 +52,9 @@ template <typename T>
 void launch_nearest(const at::Tensor& src, const at::Tensor& dst, at::Tensor& d, at::Tensor& i, cudaStream_t stream) {
   const int64_t B = src.size(0), n_src = src.size(1), n_dst = dst.size(1);
   if (B == 0 || n_src == 0) return;
-  const int64_t bpb = cuda_detail::ceil_div(n_src, kThreads);
+  const int64_t bpb = cuda_detail::ceil_div(n_src, kNearestThreads);
   TORCH_CHECK(B * bpb <= INT_MAX, "chamfer_forward_cuda: grid too large; split the batch");
-  nearest_kernel<T><<<static_cast<unsigned int>(B * bpb), kThreads, 0, stream>>>(
+  nearest_kernel<T><<<static_cast<unsigned int>(B * bpb), kNearestThreads, 0, stream>>>(
       src.data_ptr<T>(), dst.data_ptr<T>(), n_src, n_dst, bpb, d.data_ptr<T>(), i.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1,4 +1,5 @@
-// Shared device helpers for the clora3d CUDA kernels (included by the .cu files only).
+// Host-side helpers for the clora3d CUDA kernels (included by the .cu files only); the device
+// helpers are in device_common.cuh.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,7 +8,8 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
-#include <limits>
+
+#include "device_common.cuh"
 
 namespace clora3d {
 namespace cuda_detail {
@@ -34,37 +36,11 @@ namespace cuda_detail {
   TORCH_CHECK((x).device() == (y).device(), xn " and " yn " must be on the same device, got ", (x).device(), " and ", \
               (y).device())
 
-constexpr int kThreads = 256;
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Number of blocks for a grid-stride loop over n elements (capped; the loop covers the rest).
 inline unsigned int grid_for(int64_t n, int threads = kThreads) {
   const int64_t blocks = ceil_div(n, threads);
   const int64_t cap = 65535LL * 8;
   return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
-}
-
-// Non-contracting arithmetic (no FMA) so distances match a plain CPU evaluation bit for bit.
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-
-// ((dx*dx + dy*dy) + dz*dz) with dx = p - q.
-template <typename T>
-__device__ __forceinline__ T sqdist3(T px, T py, T pz, T qx, T qy, T qz) {
-  const T dx = sub_rn(px, qx);
-  const T dy = sub_rn(py, qy);
-  const T dz = sub_rn(pz, qz);
-  return add_rn(add_rn(mul_rn(dx, dx), mul_rn(dy, dy)), mul_rn(dz, dz));
-}
-
-template <typename T>
-__device__ __forceinline__ T pos_inf() {
-  return std::numeric_limits<T>::infinity();
 }
 
 }  // namespace cuda_detail

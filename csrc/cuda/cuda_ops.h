@@ -29,9 +29,9 @@ extern "C" const char* const clora3d_cuda_archs;
 
 namespace clora3d {
 
-// Largest k served by the per-query insertion-list kernels (registers for k <= 16, thread-local
-// memory above); larger k use a full distance matrix (B*M*N elements) followed by a stable sort, which gives identical
-// results.
+// Largest k served by the per-query list kernels (a warp per query for k <= 32, a thread with a
+// list in local memory above; knn_kernels.cuh); larger k use a full distance matrix (B*M*N
+// elements) followed by a stable sort, which gives identical results.
 constexpr int64_t kKnnCudaMaxInsertionK = 128;
 
 // Exact farthest point sampling. xyz (B,N,3) float/double -> int64 (B,S). out[:,0] = start;
@@ -70,10 +70,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chamfer_forward_cuda(
 std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda(const at::Tensor& a, const at::Tensor& b,
                                                          const at::Tensor& idx_a, const at::Tensor& idx_b,
                                                          const at::Tensor& grad_dist_a, const at::Tensor& grad_dist_b);
-
-// Raises a device-side assertion (asynchronously, no host sync) when the contiguous float tensor t
-// holds a NaN or inf. Implemented in csrc/cuda/checks.cu.
-void device_assert_finite(const at::Tensor& t);
 
 // Build metadata for _C.build_info(), implemented in csrc/cuda/version.cu:
 //  - CUDA runtime version the kernels were compiled against (CUDART_VERSION, e.g. 13000);

@@ -1,0 +1,171 @@
+// Runs clora3d's CUDA kernels (csrc/cuda/*_kernels.cuh) in the CPU emulator (emu.h), with the
+// launch geometry of the .cu host code. Inputs and outputs are raw little-endian files written and
+// read by tests/test_cuda_emulated.py.
+//
+//   driver knn <f32|f64> B M N k query ref out_dist out_idx [warp|local]
+//   driver fps <f32|f64> B N S start xyz out_idx [shared_memory_limit_bytes (default 48 KiB)]
+//   driver nearest <f32|f64> B n m src dst out_dist out_idx      (Chamfer's one-way nearest)
+//   driver three_nn <f32|f64> B n m unknown known out_dist out_idx
+//   driver selftest <f32|f64> MODE out   (the emulator's own checks; MODE 0 is a correct kernel)
+//
+// Exit status: 0 done, 2 bad usage, 3 emulator error (deadlock, partial mask), 4 device assert.
+#include "emu.h"  // first: it defines the CUDA keywords and built-ins the kernel headers use
+// clang-format off
+#include "fps_kernels.cuh"
+#include "knn_kernels.cuh"
+#include "nearest_kernels.cuh"
+// clang-format on
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace {
+
+template <typename T>
+std::vector<T> read_file(const char* path, size_t n) {
+  std::vector<T> v(n);
+  FILE* f = std::fopen(path, "rb");
+  if (f == nullptr || std::fread(v.data(), sizeof(T), n, f) != n) {
+    std::fprintf(stderr, "driver: cannot read %zu values from %s\n", n, path);
+    std::exit(2);
+  }
+  std::fclose(f);
+  return v;
+}
+
+template <typename T>
+void write_file(const char* path, const std::vector<T>& v) {
+  FILE* f = std::fopen(path, "wb");
+  if (f == nullptr || std::fwrite(v.data(), sizeof(T), v.size(), f) != v.size()) {
+    std::fprintf(stderr, "driver: cannot write %s\n", path);
+    std::exit(2);
+  }
+  std::fclose(f);
+}
+
+int64_t arg(char** argv, int i) { return std::stoll(argv[i]); }
+
+template <typename T>
+int run_knn(int argc, char** argv) {
+  using namespace clora3d::knn_detail;
+  const int64_t B = arg(argv, 3), M = arg(argv, 4), N = arg(argv, 5), k = arg(argv, 6);
+  const auto query = read_file<T>(argv[7], B * M * 3);
+  const auto ref = read_file<T>(argv[8], B * N * 3);
+  std::vector<T> d(B * M * k);
+  std::vector<int64_t> idx(B * M * k);
+  const std::string kind = argc > 11 ? argv[11] : (k <= kKnnWarpMaxK ? "warp" : "local");
+  if (kind == "warp") {
+    if (k > kKnnWarpMaxK) return 2;
+    const int64_t bpb = knn_warp_blocks_per_batch(M);
+    emu::launch(knn_warp_kernel<T>, B * bpb, kKnnWarpsPerBlock * 32, 0, query.data(), ref.data(), M, N,
+                static_cast<int>(k), bpb, d.data(), idx.data());
+  } else {
+    if (k > kKnnLocalMaxK) return 2;
+    const int64_t bpb = clora3d::cuda_detail::ceil_div(M, kKnnLocalThreads);
+    emu::launch(knn_local_kernel<T, kKnnLocalMaxK>, B * bpb, kKnnLocalThreads, 0, query.data(), ref.data(), M, N,
+                static_cast<int>(k), bpb, d.data(), idx.data());
+  }
+  write_file(argv[9], d);
+  write_file(argv[10], idx);
+  return 0;
+}
+
+template <typename T>
+int run_fps(int argc, char** argv) {
+  using namespace clora3d::fps_detail;
+  const int64_t B = arg(argv, 3), N = arg(argv, 4), S = arg(argv, 5), start = arg(argv, 6);
+  const auto xyz = read_file<T>(argv[7], B * N * 3);
+  std::vector<int64_t> out(B * S);
+  const size_t smem_limit = argc > 9 ? static_cast<size_t>(arg(argv, 9)) : 48 * 1024;
+  const FpsPlan plan = fps_plan(N, sizeof(T), smem_limit);
+  std::vector<T> gdist(plan.kernel == FpsKernel::kGeneric && !plan.use_smem ? B * N : 0);
+  switch (plan.kernel) {
+    case FpsKernel::kRegisters4:
+      emu::launch(fps_register_kernel<T, 4>, B, plan.threads, 0, xyz.data(), N, S, start, out.data());
+      break;
+    case FpsKernel::kRegisters8:
+      emu::launch(fps_register_kernel<T, 8>, B, plan.threads, 0, xyz.data(), N, S, start, out.data());
+      break;
+    case FpsKernel::kGeneric:
+      emu::launch(fps_generic_kernel<T>, B, plan.threads, plan.use_smem ? plan.smem_bytes : 0, xyz.data(), N, S, start,
+                  gdist.data(), out.data(), plan.use_smem);
+      break;
+  }
+  write_file(argv[8], out);
+  return 0;
+}
+
+template <typename T>
+int run_nearest(char** argv, bool three) {
+  using namespace clora3d::nearest_detail;
+  const int64_t B = arg(argv, 3), n = arg(argv, 4), m = arg(argv, 5);
+  const auto src = read_file<T>(argv[6], B * n * 3);
+  const auto dst = read_file<T>(argv[7], B * m * 3);
+  const int64_t per = three ? 3 : 1;
+  std::vector<T> d(B * n * per);
+  std::vector<int64_t> idx(B * n * per);
+  const int64_t bpb = clora3d::cuda_detail::ceil_div(n, kNearestThreads);
+  if (three) {
+    emu::launch(three_nn_kernel<T>, B * bpb, kNearestThreads, 0, src.data(), dst.data(), n, m, bpb, d.data(),
+                idx.data());
+  } else {
+    emu::launch(nearest_kernel<T>, B * bpb, kNearestThreads, 0, src.data(), dst.data(), n, m, bpb, d.data(),
+                idx.data());
+  }
+  write_file(argv[8], d);
+  write_file(argv[9], idx);
+  return 0;
+}
+
+// Controls for the emulator itself: mode 0 is correct (swaps neighbouring lanes); 1 shuffles in
+// half a warp only, 2 passes a partial mask, 3 lets one lane return before a shuffle. 1-3 are
+// undefined behaviour on a GPU and must end the emulation with exit status 3.
+__global__ void selftest_kernel(int mode, int* out) {
+  const int lane = threadIdx.x & 31;
+  int v = lane;
+  if (mode == 0) {
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+  } else if (mode == 1) {
+    if (lane < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
+  } else if (mode == 2) {
+    v = __shfl_sync(0x0000ffffu, v, 0);
+  } else {
+    if (lane == 5) return;
+    v = __shfl_sync(0xffffffffu, v, 0);
+  }
+  out[threadIdx.x] = v;
+}
+
+int run_selftest(char** argv) {
+  std::vector<int> out(64, -1);
+  emu::launch(selftest_kernel, 1, 64, 0, static_cast<int>(arg(argv, 3)), out.data());
+  write_file(argv[4], out);
+  return 0;
+}
+
+template <typename T>
+int dispatch(int argc, char** argv) {
+  const std::string op = argv[1];
+  if (op == "knn" && argc >= 11) return run_knn<T>(argc, argv);
+  if (op == "fps" && argc >= 9) return run_fps<T>(argc, argv);
+  if (op == "nearest" && argc >= 10) return run_nearest<T>(argv, false);
+  if (op == "three_nn" && argc >= 10) return run_nearest<T>(argv, true);
+  if (op == "selftest" && argc >= 5) return run_selftest(argv);
+  std::fprintf(stderr, "driver: bad arguments for %s\n", op.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: driver <op> <f32|f64> ...\n");
+    return 2;
+  }
+  const std::string dtype = argv[2];
+  if (dtype == "f32") return dispatch<float>(argc, argv);
+  if (dtype == "f64") return dispatch<double>(argc, argv);
+  std::fprintf(stderr, "driver: dtype must be f32 or f64, got %s\n", dtype.c_str());
+  return 2;
+}

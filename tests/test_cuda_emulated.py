@@ -1,0 +1,239 @@
+"""The CUDA kernels' device code, run on the CPU by the emulator of tests/cuda_emu, against the
+PyTorch reference (clora3d.ops.reference), bit for bit.
+
+The kernels in csrc/cuda/*_kernels.cuh are compiled with g++ together with tests/cuda_emu/emu.h,
+which runs every thread of a block as a coroutine with real barriers and warp collectives
+(shuffles, ballots, warp reductions). This checks the kernels' logic (tie rules, warp-level list
+insertion, block reductions, tiling, partial warps and tiles, device-side asserts) on a machine
+without a GPU; it cannot check timing, memory ordering between blocks, or the GPU compiler. The
+same kernels run on a GPU in tests/test_ops_cuda.py.
+
+Each case runs the driver in a child process: an emulator error (deadlock, partial mask) or a
+device assert is an exit status, not a crash of the test run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clora3d.ops import reference as ref
+
+ROOT = Path(__file__).resolve().parents[1]
+EMU = ROOT / "tests" / "cuda_emu"
+KERNELS = ROOT / "csrc" / "cuda"
+SOURCES = [EMU / "emu.h", EMU / "driver.cpp", *sorted(KERNELS.glob("*.cuh"))]
+EXIT_EMULATOR_ERROR = 3
+EXIT_DEVICE_ASSERT = 4
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> Path:
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++) to build the CUDA emulator")
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:16]
+    exe = tmp_path_factory.mktemp("cuda_emu") / f"driver-{digest}"
+    cmd = [cxx, "-O2", "-std=c++17", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas", "-Werror"]
+    cmd += [f"-I{KERNELS}", str(EMU / "driver.cpp"), "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return exe
+
+
+def _dt(t: torch.Tensor) -> str:
+    return {torch.float32: "f32", torch.float64: "f64"}[t.dtype]
+
+
+def _np(t: torch.Tensor) -> np.dtype:
+    return {torch.float32: np.float32, torch.float64: np.float64}[t.dtype]
+
+
+def _run(driver: Path, args: list, expect: int = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(driver), *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == expect, f"exit {proc.returncode}, expected {expect}: {proc.stderr}"
+    return proc
+
+
+def emu_knn(driver, tmp_path, query, refs, k, kind=None, expect=0):
+    B, M, N = query.shape[0], query.shape[1], refs.shape[1]
+    query.numpy().tofile(tmp_path / "q")
+    refs.numpy().tofile(tmp_path / "r")
+    args = ["knn", _dt(query), B, M, N, k, tmp_path / "q", tmp_path / "r", tmp_path / "d", tmp_path / "i"]
+    proc = _run(driver, args + ([kind] if kind else []), expect)
+    if expect:
+        return proc
+    d = np.fromfile(tmp_path / "d", _np(query)).reshape(B, M, k)
+    i = np.fromfile(tmp_path / "i", np.int64).reshape(B, M, k)
+    return torch.from_numpy(d), torch.from_numpy(i)
+
+
+def emu_fps(driver, tmp_path, xyz, S, start, smem_limit=None, expect=0):
+    B, N = xyz.shape[:2]
+    xyz.numpy().tofile(tmp_path / "x")
+    args = ["fps", _dt(xyz), B, N, S, start, tmp_path / "x", tmp_path / "o"]
+    proc = _run(driver, args + ([smem_limit] if smem_limit else []), expect)
+    if expect:
+        return proc
+    return torch.from_numpy(np.fromfile(tmp_path / "o", np.int64).reshape(B, S))
+
+
+def emu_nearest(driver, tmp_path, op, src, dst, expect=0):
+    B, n, m = src.shape[0], src.shape[1], dst.shape[1]
+    per = 3 if op == "three_nn" else 1
+    src.numpy().tofile(tmp_path / "a")
+    dst.numpy().tofile(tmp_path / "b")
+    proc = _run(driver, [op, _dt(src), B, n, m, tmp_path / "a", tmp_path / "b", tmp_path / "d", tmp_path / "i"], expect)
+    if expect:
+        return proc
+    d = np.fromfile(tmp_path / "d", _np(src)).reshape(B, n, per)
+    i = np.fromfile(tmp_path / "i", np.int64).reshape(B, n, per)
+    return torch.from_numpy(d), torch.from_numpy(i)
+
+
+def cloud(B: int, N: int, dtype=torch.float32, seed: int = 0, grid: float | None = 8.0, scale: float = 1.0):
+    """Random points; with ``grid``, snapped to a coarse grid and half of them duplicated, so that
+    many distances tie exactly and the tie rule decides."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, N, 3, generator=g, dtype=torch.float64)
+    if grid:
+        x = (x * grid).round() / grid
+        h = N // 2
+        x[:, N - h :] = x[:, :h].clone()
+    return (x * scale).to(dtype)
+
+
+# ----------------------------------------------------------------------------- the emulator itself
+def test_emulator_runs_a_correct_warp_kernel(driver, tmp_path):
+    _run(driver, ["selftest", "f32", 0, tmp_path / "o"])
+    out = np.fromfile(tmp_path / "o", np.int32)
+    assert out.tolist() == [lane ^ 1 for lane in range(32)] * 2
+
+
+@pytest.mark.parametrize(
+    "mode,message",
+    [(1, "deadlock"), (2, "partial mask"), (3, "deadlock")],
+    ids=["divergent_shuffle", "partial_mask", "lane_returned_before_shuffle"],
+)
+def test_emulator_rejects_what_is_undefined_on_a_gpu(driver, tmp_path, mode, message):
+    proc = _run(driver, ["selftest", "f32", mode, tmp_path / "o"], expect=EXIT_EMULATOR_ERROR)
+    assert message in proc.stderr
+
+
+# ----------------------------------------------------------------------------- kNN
+KNN_CASES = {
+    # name: (B, M, N, k, dtype, cloud kwargs)
+    "ties_k32_two_tiles": (2, 13, 300, 32, torch.float32, {}),
+    "ties_k1": (2, 9, 70, 1, torch.float32, {}),
+    "ties_k3_partial_round": (1, 17, 45, 3, torch.float32, {}),
+    "k_equals_n": (2, 8, 20, 20, torch.float32, {}),
+    "k32_equals_n": (1, 5, 32, 32, torch.float32, {}),
+    "float64_ties": (2, 10, 260, 32, torch.float64, {}),
+    "no_ties_large_scale_last_tile_one_point": (1, 16, 513, 16, torch.float32, {"grid": None, "scale": 1e4}),
+    "overflow_to_inf": (1, 6, 64, 8, torch.float32, {"grid": 2.0, "scale": 3e19}),
+}
+
+
+@pytest.mark.parametrize("name", list(KNN_CASES))
+def test_knn_warp_kernel_matches_reference(driver, tmp_path, name):
+    B, M, N, k, dtype, kw = KNN_CASES[name]
+    refs = cloud(B, N, dtype, seed=1, **kw)
+    query = torch.cat([cloud(B, M - 2, dtype, seed=2, **kw), refs[:, [0, N - 1]]], dim=1)  # on the first/last point
+    d, i = emu_knn(driver, tmp_path, query, refs, k, kind="warp")
+    d0, i0 = ref.knn(query, refs, k)
+    assert torch.equal(i, i0)
+    assert torch.equal(d, d0)
+
+
+def test_knn_warp_kernel_worst_order_inserts_every_candidate(driver, tmp_path):
+    """References sorted by decreasing distance from the query: every one enters the list."""
+    refs = cloud(1, 200, grid=None)
+    query = torch.full((1, 1, 3), 0.5)
+    order = torch.argsort(((refs - query) ** 2).sum(-1), dim=1, descending=True)
+    refs = torch.gather(refs, 1, order[..., None].expand(-1, -1, 3)).contiguous()
+    d, i = emu_knn(driver, tmp_path, query, refs, 32, kind="warp")
+    d0, i0 = ref.knn(query, refs, 32)
+    assert torch.equal(i, i0) and torch.equal(d, d0)
+    assert i[0, 0, 0].item() == 199
+
+
+@pytest.mark.parametrize("k", [1, 40, 128])
+def test_knn_local_kernel_matches_reference(driver, tmp_path, k):
+    refs = cloud(2, 150, seed=3)
+    query = cloud(2, 11, seed=4)
+    d, i = emu_knn(driver, tmp_path, query, refs, k, kind="local")
+    d0, i0 = ref.knn(query, refs, k)
+    assert torch.equal(i, i0) and torch.equal(d, d0)
+
+
+@pytest.mark.parametrize("where", ["query", "ref"])
+def test_knn_non_finite_coordinates_are_a_device_assert(driver, tmp_path, where):
+    query, refs = cloud(1, 5, seed=5), cloud(1, 40, seed=6)
+    (query if where == "query" else refs)[0, 3, 1] = float("nan")
+    proc = emu_knn(driver, tmp_path, query, refs, 4, kind="warp", expect=EXIT_DEVICE_ASSERT)
+    assert "NaN or inf" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- FPS
+FPS_CASES = {
+    # name: (B, N, S, start, dtype, smem_limit) -> kernel chosen by fps_plan
+    "registers4_one_warp": (2, 23, 23, 5, torch.float32, None),
+    "registers4_recipe": (2, 1024, 64, 0, torch.float32, None),
+    "registers4_float64": (2, 300, 40, 7, torch.float64, None),
+    "registers8_partial_warp": (1, 4097, 24, 4096, torch.float32, None),
+    "generic_global_memory": (1, 8193, 16, 1, torch.float32, None),
+    "generic_shared_memory_float64": (1, 8193, 16, 2, torch.float64, 1 << 20),
+}
+
+
+@pytest.mark.parametrize("name", list(FPS_CASES))
+def test_fps_kernels_match_reference(driver, tmp_path, name):
+    B, N, S, start, dtype, smem = FPS_CASES[name]
+    xyz = cloud(B, N, dtype, seed=7, grid=4.0)  # many equal distances: the lowest index must win
+    out = emu_fps(driver, tmp_path, xyz, S, start, smem_limit=smem)
+    assert torch.equal(out, ref.furthest_point_sample(xyz, S, start))
+
+
+def test_fps_all_points_identical_picks_the_lowest_index(driver, tmp_path):
+    """Every distance is 0 after the first step (selected points included): index 0 each time."""
+    xyz = torch.zeros(1, 40, 3)
+    out = emu_fps(driver, tmp_path, xyz, 6, 3)
+    assert out.tolist() == [[3, 0, 0, 0, 0, 0]] == ref.furthest_point_sample(xyz, 6, 3).tolist()
+
+
+def test_fps_non_finite_coordinates_are_a_device_assert(driver, tmp_path):
+    xyz = cloud(1, 50, seed=8)
+    xyz[0, 49, 2] = float("inf")
+    proc = emu_fps(driver, tmp_path, xyz, 4, 0, expect=EXIT_DEVICE_ASSERT)
+    assert "NaN or inf" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- Chamfer / three_nn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chamfer_nearest_kernel_matches_reference(driver, tmp_path, dtype):
+    a, b = cloud(2, 300, dtype, seed=9, grid=4.0), cloud(2, 270, dtype, seed=10, grid=4.0)
+    d, i = emu_nearest(driver, tmp_path, "nearest", a, b)
+    d0, i0, _, _ = ref.chamfer_l2(a, b)
+    assert torch.equal(i[..., 0], i0) and torch.equal(d[..., 0], d0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_three_nn_kernel_matches_reference(driver, tmp_path, dtype):
+    unknown, known = cloud(2, 290, dtype, seed=11, grid=4.0), cloud(2, 260, dtype, seed=12, grid=4.0)
+    d, i = emu_nearest(driver, tmp_path, "three_nn", unknown, known)
+    d0, i0 = ref.three_nn(unknown, known)
+    assert torch.equal(i, i0) and torch.equal(d, d0)
+
+
+@pytest.mark.parametrize("op", ["nearest", "three_nn"])
+def test_nearest_non_finite_coordinates_are_a_device_assert(driver, tmp_path, op):
+    a, b = cloud(1, 10, seed=13), cloud(1, 10, seed=14)
+    b[0, 7, 0] = float("nan")
+    proc = emu_nearest(driver, tmp_path, op, a, b, expect=EXIT_DEVICE_ASSERT)
+    assert "NaN or inf" in proc.stderr
