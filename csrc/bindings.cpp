@@ -357,8 +357,8 @@ std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda_impl(const at::Tensor& 
                                                               const at::Tensor& ga, const at::Tensor& gb) {
   chamfer_backward_args(a, b, ia, ib, ga, gb);
   CLORA3D_CUDA_GUARD(a);
-  return chamfer_backward_cuda(a.contiguous(), b.contiguous(), ia.contiguous(), ib.contiguous(), ga.contiguous(),
-                               gb.contiguous());
+  // the gradients go in as they are: the kernel reads them through their strides (no copy)
+  return chamfer_backward_cuda(a.contiguous(), b.contiguous(), ia.contiguous(), ib.contiguous(), ga, gb);
 }
 
 #else  // built without CUDA: a CUDA tensor gets one clear error instead of the dispatcher's

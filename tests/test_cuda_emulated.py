@@ -84,17 +84,40 @@ def emu_fps(driver, tmp_path, xyz, S, start, smem_limit=None, expect=0):
     return torch.from_numpy(np.fromfile(tmp_path / "o", np.int64).reshape(B, S))
 
 
-def emu_nearest(driver, tmp_path, op, src, dst, expect=0):
-    B, n, m = src.shape[0], src.shape[1], dst.shape[1]
-    per = 3 if op == "three_nn" else 1
-    src.numpy().tofile(tmp_path / "a")
-    dst.numpy().tofile(tmp_path / "b")
-    proc = _run(driver, [op, _dt(src), B, n, m, tmp_path / "a", tmp_path / "b", tmp_path / "d", tmp_path / "i"], expect)
+def emu_three_nn(driver, tmp_path, unknown, known, expect=0):
+    B, n, m = unknown.shape[0], unknown.shape[1], known.shape[1]
+    unknown.numpy().tofile(tmp_path / "a")
+    known.numpy().tofile(tmp_path / "b")
+    args = ["three_nn", _dt(unknown), B, n, m, tmp_path / "a", tmp_path / "b", tmp_path / "d", tmp_path / "i"]
+    proc = _run(driver, args, expect)
     if expect:
         return proc
-    d = np.fromfile(tmp_path / "d", _np(src)).reshape(B, n, per)
-    i = np.fromfile(tmp_path / "i", np.int64).reshape(B, n, per)
-    return torch.from_numpy(d), torch.from_numpy(i)
+    d = np.fromfile(tmp_path / "d", _np(unknown)).reshape(B, n, 3)
+    return torch.from_numpy(d), torch.from_numpy(np.fromfile(tmp_path / "i", np.int64).reshape(B, n, 3))
+
+
+def emu_chamfer(driver, tmp_path, a, b, expect=0):
+    B, N, M = a.shape[0], a.shape[1], b.shape[1]
+    a.numpy().tofile(tmp_path / "a")
+    b.numpy().tofile(tmp_path / "b")
+    outs = [tmp_path / f for f in ("da", "ia", "db", "ib")]
+    proc = _run(driver, ["chamfer", _dt(a), B, N, M, tmp_path / "a", tmp_path / "b", *outs], expect)
+    if expect:
+        return proc
+    da, db = (torch.from_numpy(np.fromfile(outs[k], _np(a)).reshape(B, n)) for k, n in ((0, N), (2, M)))
+    ia, ib = (torch.from_numpy(np.fromfile(outs[k], np.int64).reshape(B, n)) for k, n in ((1, N), (3, M)))
+    return da, ia, db, ib
+
+
+def emu_chamfer_backward(driver, tmp_path, a, b, ia, ib, ga, gb, expanded=False):
+    B, N, M = a.shape[0], a.shape[1], b.shape[1]
+    for name, t in (("a", a), ("b", b), ("ia", ia), ("ib", ib), ("ga", ga), ("gb", gb)):
+        t.contiguous().numpy().tofile(tmp_path / name)
+    args = ["chamfer_backward", _dt(a), B, N, M, *(tmp_path / n for n in ("a", "b", "ia", "ib", "ga", "gb"))]
+    _run(driver, args + [tmp_path / "grad_a", tmp_path / "grad_b"] + (["expanded"] if expanded else []))
+    grad_a = np.fromfile(tmp_path / "grad_a", _np(a)).reshape(B, N, 3)
+    grad_b = np.fromfile(tmp_path / "grad_b", _np(a)).reshape(B, M, 3)
+    return torch.from_numpy(grad_a), torch.from_numpy(grad_b)
 
 
 def cloud(B: int, N: int, dtype=torch.float32, seed: int = 0, grid: float | None = 8.0, scale: float = 1.0):
@@ -216,24 +239,48 @@ def test_fps_non_finite_coordinates_are_a_device_assert(driver, tmp_path):
 
 # ----------------------------------------------------------------------------- Chamfer / three_nn
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_chamfer_nearest_kernel_matches_reference(driver, tmp_path, dtype):
+def test_chamfer_forward_kernel_matches_reference_both_ways(driver, tmp_path, dtype):
+    """One launch serves both directions: N and M differ and neither is a multiple of the block."""
     a, b = cloud(2, 300, dtype, seed=9, grid=4.0), cloud(2, 270, dtype, seed=10, grid=4.0)
-    d, i = emu_nearest(driver, tmp_path, "nearest", a, b)
-    d0, i0, _, _ = ref.chamfer_l2(a, b)
-    assert torch.equal(i[..., 0], i0) and torch.equal(d[..., 0], d0)
+    got = emu_chamfer(driver, tmp_path, a, b)
+    want = ref.chamfer_l2(a, b)
+    for g, w, name in zip(got, want, ("dist_a", "idx_a", "dist_b", "idx_b")):
+        assert torch.equal(g, w), name
+
+
+@pytest.mark.parametrize("expanded", [False, True], ids=["dense_grads", "expanded_grads_of_mean"])
+def test_chamfer_backward_kernel_matches_autograd_of_the_reference(driver, tmp_path, expanded):
+    a = cloud(2, 70, torch.float64, seed=15, grid=None).requires_grad_(True)
+    b = cloud(2, 45, torch.float64, seed=16, grid=None).requires_grad_(True)
+    da, ia, db, ib = ref.chamfer_l2(a, b)
+    g = torch.Generator().manual_seed(17)
+    if expanded:  # the gradient of dist_a.mean() + 3 * dist_b.mean(): one value each, stride 0
+        ga, gb = (
+            torch.tensor([1.0 / da.numel()], dtype=torch.float64),
+            torch.tensor([3.0 / db.numel()], dtype=torch.float64),
+        )
+        (da.mean() + 3 * db.mean()).backward()
+    else:
+        ga = torch.randn(da.shape, generator=g, dtype=torch.float64)
+        gb = torch.randn(db.shape, generator=g, dtype=torch.float64)
+        ((da * ga).sum() + (db * gb).sum()).backward()
+    grad_a, grad_b = emu_chamfer_backward(driver, tmp_path, a.detach(), b.detach(), ia, ib, ga, gb, expanded=expanded)
+    torch.testing.assert_close(grad_a, a.grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad_b, b.grad, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_three_nn_kernel_matches_reference(driver, tmp_path, dtype):
     unknown, known = cloud(2, 290, dtype, seed=11, grid=4.0), cloud(2, 260, dtype, seed=12, grid=4.0)
-    d, i = emu_nearest(driver, tmp_path, "three_nn", unknown, known)
+    d, i = emu_three_nn(driver, tmp_path, unknown, known)
     d0, i0 = ref.three_nn(unknown, known)
     assert torch.equal(i, i0) and torch.equal(d, d0)
 
 
-@pytest.mark.parametrize("op", ["nearest", "three_nn"])
+@pytest.mark.parametrize("op", ["chamfer", "three_nn"])
 def test_nearest_non_finite_coordinates_are_a_device_assert(driver, tmp_path, op):
     a, b = cloud(1, 10, seed=13), cloud(1, 10, seed=14)
     b[0, 7, 0] = float("nan")
-    proc = emu_nearest(driver, tmp_path, op, a, b, expect=EXIT_DEVICE_ASSERT)
+    run = emu_chamfer if op == "chamfer" else emu_three_nn
+    proc = run(driver, tmp_path, a, b, expect=EXIT_DEVICE_ASSERT)
     assert "NaN or inf" in proc.stderr

@@ -4,7 +4,9 @@
 //
 //   driver knn <f32|f64> B M N k query ref out_dist out_idx [warp|local]
 //   driver fps <f32|f64> B N S start xyz out_idx [shared_memory_limit_bytes (default 48 KiB)]
-//   driver nearest <f32|f64> B n m src dst out_dist out_idx      (Chamfer's one-way nearest)
+//   driver chamfer <f32|f64> B N M a b out_dist_a out_idx_a out_dist_b out_idx_b
+//   driver chamfer_backward <f32|f64> B N M a b idx_a idx_b grad_dist_a grad_dist_b out_grad_a out_grad_b [expanded]
+//     (expanded: grad_dist_a / grad_dist_b hold one value each, read with strides 0 as after .mean())
 //   driver three_nn <f32|f64> B n m unknown known out_dist out_idx
 //   driver selftest <f32|f64> MODE out   (the emulator's own checks; MODE 0 is a correct kernel)
 //
@@ -97,24 +99,58 @@ int run_fps(int argc, char** argv) {
 }
 
 template <typename T>
-int run_nearest(char** argv, bool three) {
+int run_three_nn(char** argv) {
   using namespace clora3d::nearest_detail;
   const int64_t B = arg(argv, 3), n = arg(argv, 4), m = arg(argv, 5);
-  const auto src = read_file<T>(argv[6], B * n * 3);
-  const auto dst = read_file<T>(argv[7], B * m * 3);
-  const int64_t per = three ? 3 : 1;
-  std::vector<T> d(B * n * per);
-  std::vector<int64_t> idx(B * n * per);
+  const auto unknown = read_file<T>(argv[6], B * n * 3);
+  const auto known = read_file<T>(argv[7], B * m * 3);
+  std::vector<T> d(B * n * 3);
+  std::vector<int64_t> idx(B * n * 3);
   const int64_t bpb = clora3d::cuda_detail::ceil_div(n, kNearestThreads);
-  if (three) {
-    emu::launch(three_nn_kernel<T>, B * bpb, kNearestThreads, 0, src.data(), dst.data(), n, m, bpb, d.data(),
-                idx.data());
-  } else {
-    emu::launch(nearest_kernel<T>, B * bpb, kNearestThreads, 0, src.data(), dst.data(), n, m, bpb, d.data(),
-                idx.data());
-  }
+  emu::launch(three_nn_kernel<T>, B * bpb, kNearestThreads, 0, unknown.data(), known.data(), n, m, bpb, d.data(),
+              idx.data());
   write_file(argv[8], d);
   write_file(argv[9], idx);
+  return 0;
+}
+
+template <typename T>
+int run_chamfer(char** argv) {
+  using namespace clora3d::nearest_detail;
+  const int64_t B = arg(argv, 3), N = arg(argv, 4), M = arg(argv, 5);
+  const auto a = read_file<T>(argv[6], B * N * 3);
+  const auto b = read_file<T>(argv[7], B * M * 3);
+  std::vector<T> da(B * N), db(B * M);
+  std::vector<int64_t> ia(B * N), ib(B * M);
+  const int64_t bpb_a = clora3d::cuda_detail::ceil_div(N, kNearestThreads);
+  const int64_t bpb_b = clora3d::cuda_detail::ceil_div(M, kNearestThreads);
+  emu::launch(chamfer_forward_kernel<T>, B * (bpb_a + bpb_b), kNearestThreads, 0, a.data(), b.data(), N, M, bpb_a,
+              bpb_b, da.data(), ia.data(), db.data(), ib.data());
+  write_file(argv[8], da);
+  write_file(argv[9], ia);
+  write_file(argv[10], db);
+  write_file(argv[11], ib);
+  return 0;
+}
+
+template <typename T>
+int run_chamfer_backward(int argc, char** argv) {
+  using namespace clora3d::nearest_detail;
+  const int64_t B = arg(argv, 3), N = arg(argv, 4), M = arg(argv, 5);
+  const bool expanded = argc > 14 && std::string(argv[14]) == "expanded";
+  const auto a = read_file<T>(argv[6], B * N * 3);
+  const auto b = read_file<T>(argv[7], B * M * 3);
+  const auto ia = read_file<int64_t>(argv[8], B * N);
+  const auto ib = read_file<int64_t>(argv[9], B * M);
+  const auto ga = read_file<T>(argv[10], expanded ? 1 : B * N);
+  const auto gb = read_file<T>(argv[11], expanded ? 1 : B * M);
+  std::vector<T> grad_a(B * N * 3, T(0)), grad_b(B * M * 3, T(0));
+  const int64_t sa = expanded ? 0 : N, sb = expanded ? 0 : M, si = expanded ? 0 : 1;
+  // a small grid, so that the grid-stride loop wraps
+  emu::launch(chamfer_backward_kernel<T>, 2, 64, 0, a.data(), b.data(), ia.data(), ib.data(), ga.data(), sa, si,
+              gb.data(), sb, si, B, N, M, grad_a.data(), grad_b.data());
+  write_file(argv[12], grad_a);
+  write_file(argv[13], grad_b);
   return 0;
 }
 
@@ -149,8 +185,9 @@ int dispatch(int argc, char** argv) {
   const std::string op = argv[1];
   if (op == "knn" && argc >= 11) return run_knn<T>(argc, argv);
   if (op == "fps" && argc >= 9) return run_fps<T>(argc, argv);
-  if (op == "nearest" && argc >= 10) return run_nearest<T>(argv, false);
-  if (op == "three_nn" && argc >= 10) return run_nearest<T>(argv, true);
+  if (op == "three_nn" && argc >= 10) return run_three_nn<T>(argv);
+  if (op == "chamfer" && argc >= 12) return run_chamfer<T>(argv);
+  if (op == "chamfer_backward" && argc >= 14) return run_chamfer_backward<T>(argc, argv);
   if (op == "selftest" && argc >= 5) return run_selftest(argv);
   std::fprintf(stderr, "driver: bad arguments for %s\n", op.c_str());
   return 2;

@@ -294,6 +294,12 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
+template <typename T>
+inline T atomicAdd(T* address, T v) {  // blocks run one after another: a plain update is atomic
+  const T old = *address;
+  *address = old + v;
+  return old;
+}
 using std::isfinite;
 using std::max;
 using std::min;
