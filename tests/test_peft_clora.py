@@ -11,6 +11,7 @@ import torch
 from clora3d.errors import ConfigError
 from clora3d.models import PointTransformer
 from clora3d.peft import apply_peft
+from clora3d.peft.clora import CLoRASpaces, sade_total
 from clora3d.profile import count_flops
 
 D, DEPTH, HEADS = 96, 4, 3
@@ -77,6 +78,36 @@ def test_sade_equals_brute_force(base, extra):
     ref = 0.5 * brute_sade(method, method.config["sade_normalize"], method.config["sade_eps"])
     assert ref > 0
     assert torch.allclose(got.double(), ref, rtol=1e-4, atol=0)
+
+
+def test_sade_total_stacks_sets_of_any_shape_and_count():
+    """sade_total batches sets with equal (p, r, number of Q, shared_q): sets of other sizes, a
+    p = 1 set (no pairs) and CLoRA# sets (every LRM counted) must each count exactly once."""
+    torch.manual_seed(0)
+    shapes = [(12, 20, 3, 3, 4, False), (12, 7, 3, 3, 4, False), (9, 9, 3, 3, 2, False), (12, 5, 2, 1, 3, False)]
+    shapes += [(6, 8, 2, 2, 5, True), (6, 3, 2, 2, 1, True), (6, 3, 2, 2, 1, False)]
+    sets = [CLoRASpaces(d_in, d_out, r, p, m, sq, None, "xavier") for d_in, d_out, r, p, m, sq in shapes]
+    for sp in sets:
+        with torch.no_grad():
+            sp.Q.normal_()
+    for normalize in (False, True):
+        want = torch.zeros((), dtype=torch.float64)
+        for sp in sets:
+            D, U, Q = sp.D.detach().double(), sp.U.detach().double(), sp.Q.detach().double()
+            for j in range(sp.num_lrm):
+                M = [D[h] @ Q[0 if sp.shared_q else j][h] @ U[h] for h in range(D.shape[0])]
+                for a in range(len(M)):
+                    for b in range(a + 1, len(M)):
+                        val = torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
+                        if normalize:
+                            val = val / (
+                                torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2 + 1e-12
+                            )
+                        want = want + val
+        got = sade_total(sets, normalize, 1e-12)
+        assert want > 0
+        assert torch.allclose(got.double(), want, rtol=1e-4, atol=0)
+        assert torch.allclose(got, sum(sp.sade(normalize, 1e-12) for sp in sets), rtol=1e-5, atol=0)
 
 
 def test_sade_off_p1_and_gradient(base):

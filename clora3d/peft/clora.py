@@ -150,29 +150,51 @@ class CLoRASpaces(nn.Module):
         return self.components(j).sum(0)
 
     def sade(self, normalize: bool, eps: float) -> torch.Tensor:
-        """Exact SADE of this set via r x r Gram matrices, summed over all LRMs j and pairs a < b.
+        """Exact SADE of this set, summed over all LRMs j and pairs a < b (see :func:`sade_total`)."""
+        return sade_total([self], normalize, eps)
 
-        Written as a few batched matmuls (no einsum, no index gathers): ``Dcat^T Dcat`` holds every
-        ``D_a^T D_b`` as an (a, b) block, and the (j, a, b) products broadcast over LRMs and pairs."""
-        p, d_in, r = self.D.shape
+
+def sade_total(sets: list[CLoRASpaces], normalize: bool, eps: float) -> torch.Tensor:
+    """Exact SADE summed over space sets, LRMs j and pairs a < b, via r x r Gram matrices.
+
+    Block form: with ``Dcat = [D_1 .. D_p]`` (d_in, p*r), ``Qbd_j = blockdiag(Q_h^j)`` and
+    ``Gbd = blockdiag(U_h U_h^T)``, the (a, b) block of ``A_j = Qbd_j^T (Dcat^T Dcat) Qbd_j`` is
+    ``Q_a^T D_a^T D_b Q_b`` and that of ``Gbd A_j Gbd`` is ``G_a A G_b``; their elementwise product
+    summed over the block is ``||M_a^T M_b||_F^2``. Sets with the same (p, r, number of Q, shared_q) are
+    stacked, so the whole term is a few batched matmuls however many sets there are (``parallel``
+    has one set per target shape)."""
+    groups: dict[tuple[int, int, int, bool], list[CLoRASpaces]] = {}
+    for sp in sets:
+        p, _, r = sp.D.shape
+        groups.setdefault((p, r, sp.Q.shape[0], sp.shared_q), []).append(sp)
+    parts = []
+    for (p, r, m, shared_q), group in groups.items():
         if p < 2:
-            return self.D.new_zeros(())
-        dcat = self.D.permute(1, 0, 2).reshape(d_in, p * r)
-        gd = (dcat.t() @ dcat).reshape(p, r, p, r).transpose(1, 2)  # (p, p, r, r): D_a^T D_b
-        gu = self.U @ self.U.transpose(1, 2)  # (p, r, r):    G_h = U_h U_h^T
-        Q = self.Q  # (m', p, r, r)
-        A = Q.transpose(-1, -2).unsqueeze(2) @ gd @ Q.unsqueeze(1)  # (m', p, p, r, r): Q_a^T D_a^T D_b Q_b
-        B = gu.unsqueeze(1) @ A @ gu.unsqueeze(0)  # G_a A G_b
-        cross = (A * B).sum((-2, -1))  # (m', p, p): ||M_a^T M_b||_F^2
-        upper = torch.ones(p, p, dtype=torch.bool, device=cross.device).triu(1)  # pairs a < b
+            continue
+        S, pr = len(group), p * r
+        dcats = [sp.D.permute(1, 0, 2).reshape(-1, pr) for sp in group]
+        gd = torch.stack([dc.t() @ dc for dc in dcats])  # (S, pr, pr): D_a^T D_b blocks
+        gu = torch.stack([sp.U @ sp.U.transpose(1, 2) for sp in group])  # (S, p, r, r): G_h = U_h U_h^T
+        Q = torch.stack([sp.Q for sp in group])  # (S, m, p, r, r)
+        eye = torch.eye(p, dtype=Q.dtype, device=Q.device).view(p, 1, p, 1)
+        qbd = (Q.unsqueeze(-2) * eye).reshape(S, m, pr, pr)  # blockdiag(Q_h)
+        gbd = (gu.unsqueeze(-2) * eye).reshape(S, 1, pr, pr)  # blockdiag(G_h)
+        A = qbd.transpose(-1, -2) @ gd.unsqueeze(1) @ qbd  # (S, m, pr, pr)
+        blocks = (A * (gbd @ A @ gbd)).reshape(S, m, p, r, p, r)
+        cross = blocks.sum((3, 5))  # (S, m, p, p): ||M_a^T M_b||_F^2
         if normalize:
-            diag = torch.diagonal(A, dim1=1, dim2=2)  # (m', r, r, p): Q_h^T D_h^T D_h Q_h
-            norms = (diag * gu.permute(1, 2, 0)).sum((1, 2))  # (m', p): ||M_h||_F^2 (G_h symmetric)
-            cross = cross / (norms.unsqueeze(2) * norms.unsqueeze(1) + eps)
-        total = torch.where(upper, cross, torch.zeros((), dtype=cross.dtype, device=cross.device)).sum()
-        if self.shared_q:
-            total = total * self.num_lrm  # every LRM has the same components
-        return total
+            diag = torch.diagonal(A.reshape(S, m, p, r, p, r), dim1=2, dim2=4)  # (S, m, r, r, p)
+            norms = (diag * gu.permute(0, 2, 3, 1).unsqueeze(1)).sum((2, 3))  # (S, m, p): ||M_h||_F^2
+            cross = cross / (norms.unsqueeze(-1) * norms.unsqueeze(-2) + eps)
+        upper = torch.triu(cross, diagonal=1)
+        if shared_q:  # every LRM of a set has the same components
+            per_set = upper.sum((1, 2, 3)) * torch.tensor([sp.num_lrm for sp in group], dtype=Q.dtype, device=Q.device)
+            parts.append(per_set.sum())
+        else:
+            parts.append(upper.sum())
+    if not parts:
+        return sets[0].D.new_zeros(())
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
 
 
 class _FactorCache:
@@ -389,8 +411,7 @@ class CLoRA(PeftMethod):
         zero = self.reference_parameter().new_zeros(())
         if not cfg.sade or cfg.sade_lambda == 0.0:
             return zero
-        total = sum((sp.sade(cfg.sade_normalize, cfg.sade_eps) for sp in self.spaces.values()), zero)
-        return cfg.sade_lambda * total
+        return cfg.sade_lambda * sade_total(list(self.spaces.values()), cfg.sade_normalize, cfg.sade_eps)
 
     # -- merge ------------------------------------------------------------------------------------
     def _merge_weights(self) -> None:
