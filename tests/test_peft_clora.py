@@ -107,7 +107,10 @@ def test_sade_total_stacks_sets_of_any_shape_and_count():
         got = sade_total(sets, normalize, 1e-12)
         assert want > 0
         assert torch.allclose(got.double(), want, rtol=1e-4, atol=0)
-        assert torch.allclose(got, sum(sp.sade(normalize, 1e-12) for sp in sets), rtol=1e-5, atol=0)
+        # each subset: one group, two groups (different numbers of Q), and all of them
+        for subset in (sets[:1], sets[:3], sets):
+            want_sub = sum(sp.sade(normalize, 1e-12) for sp in subset)
+            assert torch.allclose(sade_total(subset, normalize, 1e-12), want_sub, rtol=1e-5, atol=0)
 
 
 def test_sade_off_p1_and_gradient(base):

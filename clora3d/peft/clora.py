@@ -174,27 +174,29 @@ def sade_total(sets: list[CLoRASpaces], normalize: bool, eps: float) -> torch.Te
         S, pr = len(group), p * r
         dcats = [sp.D.permute(1, 0, 2).reshape(-1, pr) for sp in group]
         gd = torch.stack([dc.t() @ dc for dc in dcats])  # (S, pr, pr): D_a^T D_b blocks
-        gu = torch.stack([sp.U @ sp.U.transpose(1, 2) for sp in group])  # (S, p, r, r): G_h = U_h U_h^T
+        gu = torch.stack([sp.U @ sp.U.mT for sp in group])  # (S, p, r, r): G_h = U_h U_h^T
         Q = torch.stack([sp.Q for sp in group])  # (S, m, p, r, r)
-        eye = torch.eye(p, dtype=Q.dtype, device=Q.device).view(p, 1, p, 1)
+        eye = torch.diag(Q.new_ones(p)).view(p, 1, p, 1)
         qbd = (Q.unsqueeze(-2) * eye).reshape(S, m, pr, pr)  # blockdiag(Q_h)
         gbd = (gu.unsqueeze(-2) * eye).reshape(S, 1, pr, pr)  # blockdiag(G_h)
-        A = qbd.transpose(-1, -2) @ gd.unsqueeze(1) @ qbd  # (S, m, pr, pr)
+        A = qbd.mT @ gd.unsqueeze(1) @ qbd  # (S, m, pr, pr)
         blocks = (A * (gbd @ A @ gbd)).reshape(S, m, p, r, p, r)
         cross = blocks.sum((3, 5))  # (S, m, p, p): ||M_a^T M_b||_F^2
         if normalize:
             diag = torch.diagonal(A.reshape(S, m, p, r, p, r), dim1=2, dim2=4)  # (S, m, r, r, p)
             norms = (diag * gu.permute(0, 2, 3, 1).unsqueeze(1)).sum((2, 3))  # (S, m, p): ||M_h||_F^2
-            cross = cross / (norms.unsqueeze(-1) * norms.unsqueeze(-2) + eps)
+            cross = cross / (norms.unsqueeze(3) * norms.unsqueeze(2) + eps)
         upper = torch.triu(cross, diagonal=1)
         if shared_q:  # every LRM of a set has the same components
-            per_set = upper.sum((1, 2, 3)) * torch.tensor([sp.num_lrm for sp in group], dtype=Q.dtype, device=Q.device)
-            parts.append(per_set.sum())
+            parts.append((upper.sum((1, 2, 3)) * Q.new_tensor([sp.num_lrm for sp in group])).sum())
         else:
             parts.append(upper.sum())
     if not parts:
         return sets[0].D.new_zeros(())
-    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
 
 
 class _FactorCache:
