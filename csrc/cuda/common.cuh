@@ -43,5 +43,20 @@ inline unsigned int grid_for(int64_t n, int threads = kThreads) {
   return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
 }
 
+// Whether element offsets up to max_elems can use 32-bit arithmetic in a grid-stride loop (with room
+// for the stride of the largest grid_for grid): 64-bit division is several times slower on the GPU.
+inline bool fits_int32(int64_t max_elems) { return max_elems < (int64_t{1} << 30); }
+
+// Runs `f` with `index_t` = int32_t when fits_int32(max_elems), else int64_t.
+#define CLORA3D_DISPATCH_INDEX(max_elems, ...)           \
+  [&] {                                                  \
+    if (::clora3d::cuda_detail::fits_int32(max_elems)) { \
+      using index_t = int32_t;                           \
+      return __VA_ARGS__();                              \
+    }                                                    \
+    using index_t = int64_t;                             \
+    return __VA_ARGS__();                                \
+  }()
+
 }  // namespace cuda_detail
 }  // namespace clora3d

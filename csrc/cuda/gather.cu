@@ -1,6 +1,9 @@
 // Gather of point features by index, and its backward (scatter-add with atomics).
-// float32 / float64 / float16 / bfloat16; one thread per output element, grid-stride loops.
+// float32 / float64 / float16 / bfloat16; one thread per output element, grid-stride loops, 32-bit
+// offset arithmetic when the tensors allow it.
 #include <ATen/cuda/Atomic.cuh>
+
+#include <algorithm>
 
 #include "common.cuh"
 #include "cuda_ops.h"
@@ -10,35 +13,35 @@ namespace {
 
 using cuda_detail::kThreads;
 
-// out[b, s, c] = points[b, idx[b, s], c]
-template <typename T>
-__global__ void gather_forward_kernel(const T* __restrict__ points, const int64_t* __restrict__ idx, int64_t B,
-                                      int64_t N, int64_t S, int64_t C, T* __restrict__ out) {
-  const int64_t total = B * S * C;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = e % C;
-    const int64_t bs = e / C;
-    const int64_t b = bs / S;
+// out[b, s, c] = points[b, idx[b, s], c]; I: the type of the offset arithmetic (int32 when it fits).
+template <typename T, typename I>
+__global__ void gather_forward_kernel(const T* __restrict__ points, const int64_t* __restrict__ idx, I B, I N, I S, I C,
+                                      T* __restrict__ out) {
+  const I total = B * S * C;
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<I>(gridDim.x) * blockDim.x) {
+    const I bs = e / C;
+    const I c = e - bs * C;
+    const I b = bs / S;
     const int64_t n = idx[bs];
     CUDA_KERNEL_ASSERT(n >= 0 && n < N);
-    out[e] = points[(b * N + n) * C + c];
+    out[e] = points[(b * N + static_cast<I>(n)) * C + c];
   }
 }
 
 // grad_points[b, idx[b, s], c] += grad_out[b, s, c]
-template <typename T>
-__global__ void gather_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx, int64_t B,
-                                       int64_t N, int64_t S, int64_t C, T* __restrict__ grad_points) {
-  const int64_t total = B * S * C;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = e % C;
-    const int64_t bs = e / C;
-    const int64_t b = bs / S;
+template <typename T, typename I>
+__global__ void gather_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx, I B, I N, I S,
+                                       I C, T* __restrict__ grad_points) {
+  const I total = B * S * C;
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<I>(gridDim.x) * blockDim.x) {
+    const I bs = e / C;
+    const I c = e - bs * C;
+    const I b = bs / S;
     const int64_t n = idx[bs];
     CUDA_KERNEL_ASSERT(n >= 0 && n < N);
-    gpuAtomicAddNoReturn(grad_points + (b * N + n) * C + c, grad_out[e]);
+    gpuAtomicAddNoReturn(grad_points + (b * N + static_cast<I>(n)) * C + c, grad_out[e]);
   }
 }
 
@@ -63,9 +66,12 @@ at::Tensor gather_forward_cuda(const at::Tensor& points_in, const at::Tensor& id
   if (out.numel() == 0) return out;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(), "gather_forward_cuda", [&] {
-    gather_forward_kernel<scalar_t><<<cuda_detail::grid_for(out.numel()), kThreads, 0, stream>>>(
-        points.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), B, N, S, C, out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    CLORA3D_DISPATCH_INDEX(std::max(out.numel(), points.numel()), [&] {
+      gather_forward_kernel<scalar_t, index_t><<<cuda_detail::grid_for(out.numel()), kThreads, 0, stream>>>(
+          points.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), static_cast<index_t>(B), static_cast<index_t>(N),
+          static_cast<index_t>(S), static_cast<index_t>(C), out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
@@ -89,9 +95,12 @@ at::Tensor gather_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor&
   if (grad_out.numel() == 0) return grad_points;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "gather_backward_cuda", [&] {
-    gather_backward_kernel<scalar_t><<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
-        grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), B, N, S, C, grad_points.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    CLORA3D_DISPATCH_INDEX(std::max(grad_out.numel(), grad_points.numel()), [&] {
+      gather_backward_kernel<scalar_t, index_t><<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
+          grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), static_cast<index_t>(B), static_cast<index_t>(N),
+          static_cast<index_t>(S), static_cast<index_t>(C), grad_points.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return grad_points;
 }

@@ -4,6 +4,8 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/Atomic.cuh>
 
+#include <algorithm>
+
 #include "common.cuh"
 #include "cuda_ops.h"
 
@@ -12,46 +14,47 @@ namespace {
 
 using cuda_detail::kThreads;
 
-template <typename T>
+// I: the type of the offset arithmetic (int32 when it fits).
+template <typename T, typename I>
 __global__ void three_interpolate_forward_kernel(const T* __restrict__ features, const int64_t* __restrict__ idx,
-                                                 const T* __restrict__ weight, int64_t B, int64_t m, int64_t n,
-                                                 int64_t C, T* __restrict__ out) {
+                                                 const T* __restrict__ weight, I B, I m, I n, I C,
+                                                 T* __restrict__ out) {
   using acc_t = at::opmath_type<T>;
-  const int64_t total = B * n * C;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = e % C;
-    const int64_t bi = e / C;  // b * n + i
-    const int64_t b = bi / n;
+  const I total = B * n * C;
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<I>(gridDim.x) * blockDim.x) {
+    const I bi = e / C;  // b * n + i
+    const I c = e - bi * C;
+    const I b = bi / n;
     const T* f = features + b * m * C + c;
     acc_t acc = acc_t(0);
 #pragma unroll
     for (int j = 0; j < 3; ++j) {
       const int64_t k = idx[bi * 3 + j];
       CUDA_KERNEL_ASSERT(k >= 0 && k < m);
-      acc += static_cast<acc_t>(weight[bi * 3 + j]) * static_cast<acc_t>(f[k * C]);
+      acc += static_cast<acc_t>(weight[bi * 3 + j]) * static_cast<acc_t>(f[static_cast<I>(k) * C]);
     }
     out[e] = static_cast<T>(acc);
   }
 }
 
-template <typename T>
+template <typename T, typename I>
 __global__ void three_interpolate_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx,
-                                                  const T* __restrict__ weight, int64_t B, int64_t m, int64_t n,
-                                                  int64_t C, T* __restrict__ grad_features) {
+                                                  const T* __restrict__ weight, I B, I m, I n, I C,
+                                                  T* __restrict__ grad_features) {
   using acc_t = at::opmath_type<T>;
-  const int64_t total = B * n * C;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = e % C;
-    const int64_t bi = e / C;
-    const int64_t b = bi / n;
+  const I total = B * n * C;
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<I>(gridDim.x) * blockDim.x) {
+    const I bi = e / C;
+    const I c = e - bi * C;
+    const I b = bi / n;
     const acc_t g = static_cast<acc_t>(grad_out[e]);
 #pragma unroll
     for (int j = 0; j < 3; ++j) {
       const int64_t k = idx[bi * 3 + j];
       CUDA_KERNEL_ASSERT(k >= 0 && k < m);
-      gpuAtomicAddNoReturn(grad_features + (b * m + k) * C + c,
+      gpuAtomicAddNoReturn(grad_features + (b * m + static_cast<I>(k)) * C + c,
                            static_cast<T>(static_cast<acc_t>(weight[bi * 3 + j]) * g));
     }
   }
@@ -92,10 +95,14 @@ at::Tensor three_interpolate_forward_cuda(const at::Tensor& features_in, const a
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, features.scalar_type(), "three_interpolate_forward_cuda", [&] {
-        three_interpolate_forward_kernel<scalar_t><<<cuda_detail::grid_for(out.numel()), kThreads, 0, stream>>>(
-            features.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(), B, m, n, C,
-            out.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        CLORA3D_DISPATCH_INDEX(std::max(out.numel(), features.numel()), [&] {
+          three_interpolate_forward_kernel<scalar_t, index_t>
+              <<<cuda_detail::grid_for(out.numel()), kThreads, 0, stream>>>(
+                  features.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(),
+                  static_cast<index_t>(B), static_cast<index_t>(m), static_cast<index_t>(n), static_cast<index_t>(C),
+                  out.data_ptr<scalar_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
   return out;
 }
@@ -120,10 +127,14 @@ at::Tensor three_interpolate_backward_cuda(const at::Tensor& grad_out_in, const 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_out.scalar_type(), "three_interpolate_backward_cuda", [&] {
-        three_interpolate_backward_kernel<scalar_t><<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
-            grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(), B, m, n, C,
-            grad_features.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        CLORA3D_DISPATCH_INDEX(std::max(grad_out.numel(), grad_features.numel()), [&] {
+          three_interpolate_backward_kernel<scalar_t, index_t>
+              <<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
+                  grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(),
+                  static_cast<index_t>(B), static_cast<index_t>(m), static_cast<index_t>(n), static_cast<index_t>(C),
+                  grad_features.data_ptr<scalar_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
   return grad_features;
 }
