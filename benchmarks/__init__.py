@@ -6,6 +6,7 @@ clora3d imports them.
     bench_model.py  CPU throughput of ViT-S classification steps (tools/bench_model.py)
     gpu_bench.py    kernels and the model's training step on a GPU
     gpu_check.py    ``make gpu-check``: build for the local GPU, CUDA tests, gpu_bench, one report
+    gpu_peers.py    the GPU peers' sources (prepare, here) and their offline build (on the GPU machine)
     step_ops.py     CPU proxies of GPU step cost (aten ops and host syncs per training step)
 """
 
