@@ -1,31 +1,44 @@
 """GPU benchmarks of clora3d: the kernels against the GPU peers, and the model's training step.
 
-``python benchmarks/gpu_bench.py kernels|model [--device cuda] [--quick] [--json FILE]``
+``python benchmarks/gpu_bench.py kernels|model|all|peers [--device cuda] [--quick] [--json FILE]``
 
-kernels: FPS, kNN, gather, three_nn + interpolation and Chamfer-L2 (forward + backward) at the
-recipe sizes, each against every peer installed: pointnet2_ops (FPS, three_nn, interpolation,
-gather), torch (cdist + topk for kNN, cdist + min for Chamfer, torch.gather), and clora3d's own
-PyTorch reference. ``vs best peer`` = the fastest peer's median / the row's median (> 1: faster).
+kernels: the GPU issue's table in one run (:data:`KERNEL_SIZES`): FPS, kNN (queries: the FPS
+centres), gather, three_nn, three_interpolate, Chamfer-L2 forward + backward, and FPS + kNN at
+scene scale, clora3d against every peer that imports: pointnet2_ops (FPS, gather, three_nn,
+three_interpolate), torch (cdist + topk for kNN and three_nn, torch.gather and Point-MAE's
+indexing, cdist + min for Chamfer), Point-MAE's chamfer extension (as its ChamferDistanceL2 loss
+uses it), Point-MAE's kNN (knn_cuda), torch_cluster and pytorch3d; plus clora3d's own PyTorch
+reference (kind "reference", not a peer; not at scene scale). The peers that
+``benchmarks/gpu_peers.py build`` compiled into ``build/peers/site`` are found there. A peer that
+fails to import or to run is an error row, never fatal. ``vs best peer`` = the fastest peer's
+median / the row's median (> 1: faster); a summary gives clora3d's ratio per case against the
+1.5x bar. ``peers`` lists each peer's status.
 
 model: the ViT-S classifier (B32, 1024 points, 40 classes), full fine-tuning, CLoRA (defaults) and
 LoRA r8; fp32, fp32 with TF32 matmuls and bf16 autocast: one training step (forward, backward, fused AdamW over the
 trainable parameters) and inference (eval, no_grad); samples/s and peak allocated memory.
 
-Times are medians of CUDA-event-timed calls after warm-up (``--quick``: fewer calls and tiny
-sizes, for tests on the CPU). Ratios are only meaningful within one run. Tests never time anything.
+Times are medians of CUDA-event-timed calls after warm-up: 30 after 5 (scene scale: 10 after 2;
+the reference: 6 after 1), fewer for an implementation whose calls would take over 5 s in all
+(at least 3). ``--quick``: tiny sizes and 3 calls, for tests on the CPU. Ratios are only
+meaningful within one run. Tests never time anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -39,10 +52,25 @@ from clora3d.ops import _backend  # noqa: E402
 from clora3d.ops import reference as ref  # noqa: E402
 
 
-def timer(device: torch.device, fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
-    """Milliseconds per call: CUDA events on a GPU, perf_counter on the CPU."""
+def timer(
+    device: torch.device, fn: Callable[[], object], repeats: int, warmup: int, budget_s: float | None = None
+) -> list[float]:
+    """Milliseconds per call: CUDA events on a GPU, perf_counter on the CPU. With ``budget_s``, a
+    slow function gets fewer warm-up calls (they stop after ``budget_s / 2`` s) and fewer timed calls
+    (at least 3; about ``budget_s`` s in all, judged by its fastest warm-up call)."""
+    fastest, spent = float("inf"), 0.0
     for _ in range(warmup):
+        t = time.perf_counter()
         fn()
+        if budget_s is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t
+            fastest, spent = min(fastest, dt), spent + dt
+            if spent > budget_s / 2:
+                break
+    if budget_s is not None and warmup > 0:
+        repeats = max(3, min(repeats, int(budget_s / max(fastest, 1e-9))))
     out = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -68,123 +96,516 @@ def _cloud(B: int, N: int, seed: int, device: torch.device) -> torch.Tensor:
     return p.contiguous().to(device)
 
 
-def pointnet2():
-    """pointnet2_ops.pointnet2_utils when installed (and loadable), else None."""
+# ----------------------------------------------------------------------------- peers
+# Peers built on the GPU machine by benchmarks/gpu_peers.py from sources carried in build/peers/.
+PEERS_DIR = ROOT / "build" / "peers"
+CUDA_ONLY_PEERS = ("pointnet2_ops", "chamfer", "knn_cuda", "torch_cluster")  # as gpu_peers builds them
+
+
+def use_peer_builds(peers_dir: Path = PEERS_DIR) -> None:
+    """``peers_dir/site`` (the peers gpu_peers.py built) right after the checkout on ``sys.path``;
+    the Point-MAE checkout (for ``extensions.chamfer_dist``) at its end, where its top-level
+    ``models``, ``utils`` and ``tools`` shadow nothing."""
+    site, point_mae = peers_dir / "site", peers_dir / "Point-MAE"
+    if site.is_dir() and str(site) not in sys.path:
+        sys.path.insert(1, str(site))
+    if point_mae.is_dir() and str(point_mae) not in sys.path:
+        sys.path.append(str(point_mae))
+
+
+use_peer_builds()
+
+
+@dataclass
+class Peer:
+    """One peer library: ``status`` "ok" (``api`` holds what the cases call), "not installed"
+    (no rows), "CUDA only" (no rows on the CPU) or "error: ..." (rows that report it)."""
+
+    name: str
+    status: str
+    api: object = None
+
+    @property
+    def listed(self) -> bool:
+        return self.status == "ok" or self.status.startswith("error")
+
+
+def _missing(exc: ModuleNotFoundError, *names: str) -> bool:
+    return exc.name in names
+
+
+def _load_pointnet2():
+    try:  # _ext first: without it pointnet2_utils JIT-compiles itself for pre-CUDA-12 architectures
+        importlib.import_module("pointnet2_ops._ext")
+    except ModuleNotFoundError as exc:
+        if _missing(exc, "pointnet2_ops"):
+            return None
+        raise RuntimeError("pointnet2_ops._ext is not built (run benchmarks/gpu_peers.py build)") from exc
+    return importlib.import_module("pointnet2_ops.pointnet2_utils")
+
+
+def _load_chamfer():
+    """Point-MAE's ChamferDistanceL2 from the carried checkout; else the compiled module ``chamfer``
+    behind an autograd.Function of ours that calls it as Point-MAE's wrapper does."""
     try:
-        return importlib.import_module("pointnet2_ops.pointnet2_utils")
-    except Exception:  # not installed, or built for another torch / GPU
+        mod = importlib.import_module("extensions.chamfer_dist")
+        return SimpleNamespace(loss=mod.ChamferDistanceL2(), label="Point-MAE ChamferDistanceL2")
+    except ModuleNotFoundError as exc:
+        if not _missing(exc, "extensions", "extensions.chamfer_dist", "chamfer"):
+            raise
+    try:
+        chamfer = importlib.import_module("chamfer")
+    except ModuleNotFoundError as exc:
+        if _missing(exc, "chamfer"):
+            return None
+        raise
+
+    class ChamferL2(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, xyz1, xyz2):
+            dist1, dist2, idx1, idx2 = chamfer.forward(xyz1, xyz2)
+            ctx.save_for_backward(xyz1, xyz2, idx1, idx2)
+            return dist1, dist2
+
+        @staticmethod
+        def backward(ctx, grad1, grad2):
+            return tuple(chamfer.backward(*ctx.saved_tensors, grad1, grad2))
+
+    def loss(a, b):
+        d1, d2 = ChamferL2.apply(a, b)
+        return d1.mean() + d2.mean()
+
+    return SimpleNamespace(loss=loss, label="Point-MAE chamfer module (own autograd.Function)")
+
+
+def _load_knn_cuda():
+    spec = importlib.util.find_spec("knn_cuda")
+    if spec is None:
         return None
+    if not list((Path(spec.origin).parent / "csrc" / "_ext" / "knn").glob("knn*.so")):
+        raise RuntimeError("knn_cuda is not built; its import would JIT-compile it (run benchmarks/gpu_peers.py build)")
+    arch = os.environ.pop("TORCH_CUDA_ARCH_LIST", None)  # gpu_peers built it for the visible GPU: same flags
+    try:
+        return importlib.import_module("knn_cuda")
+    finally:
+        if arch is not None:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+
+
+def _load_torch_cluster():
+    try:
+        return importlib.import_module("torch_cluster")
+    except ModuleNotFoundError as exc:
+        if _missing(exc, "torch_cluster"):
+            return None
+        if not (exc.name or "").startswith("scipy"):
+            raise
+    # torch_cluster.nearest imports scipy.cluster at import time (unused here; the GPU machine has
+    # no scipy): import the package against an empty placeholder, then take the placeholder away
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "scipy" or k.startswith("scipy.")}
+    sys.modules["scipy"] = types.ModuleType("scipy")
+    sys.modules["scipy.cluster"] = sys.modules["scipy"].cluster = types.ModuleType("scipy.cluster")
+    try:
+        return importlib.import_module("torch_cluster")
+    finally:
+        sys.modules.pop("scipy", None)
+        sys.modules.pop("scipy.cluster", None)
+        sys.modules.update(saved)
+
+
+def _load_pytorch3d():
+    try:
+        return SimpleNamespace(
+            ops=importlib.import_module("pytorch3d.ops"), loss=importlib.import_module("pytorch3d.loss")
+        )
+    except ModuleNotFoundError as exc:
+        if _missing(exc, "pytorch3d"):
+            return None
+        raise
+
+
+PEER_LOADERS = {
+    "pointnet2_ops": _load_pointnet2,
+    "chamfer": _load_chamfer,
+    "knn_cuda": _load_knn_cuda,
+    "torch_cluster": _load_torch_cluster,
+    "pytorch3d": _load_pytorch3d,
+}
+_peer_cache: dict[tuple[str, str], Peer] = {}
+
+
+def load_peers(device: torch.device) -> dict[str, Peer]:
+    """Every optional peer library, imported once; import failures become the peer's status."""
+    out = {}
+    for name, loader in PEER_LOADERS.items():
+        key = (name, device.type)
+        if key not in _peer_cache:
+            if device.type != "cuda" and name in CUDA_ONLY_PEERS:
+                _peer_cache[key] = Peer(name, "CUDA only")
+            else:
+                try:
+                    api = loader()
+                    _peer_cache[key] = Peer(name, "ok", api) if api is not None else Peer(name, "not installed")
+                except Exception as exc:  # built for another torch or GPU, half built, ...
+                    _peer_cache[key] = Peer(name, f"error: {type(exc).__name__}: {_first_line(exc)}")
+        out[name] = _peer_cache[key]
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:160]
 
 
 # ----------------------------------------------------------------------------- kernels
-def kernel_cases(device: torch.device, quick: bool) -> list[tuple[str, str, list[tuple[str, str, Callable]]]]:
-    """(op, size label, [(impl, kind, fn)]) for every case."""
-    p2 = pointnet2() if device.type == "cuda" else None
-    sizes = {"modelnet B32 N1024 S64 K32": (32, 1024, 64, 32), "scanobjectnn B32 N2048 S128 K32": (32, 2048, 128, 32)}
-    if quick:
-        sizes = {"quick B2 N256 S16 K8": (2, 256, 16, 8)}
-    cases = []
-    for label, (B, N, S, K) in sizes.items():
+# The kernel table of the GPU issue: (op, dims). FPS: S samples of N points; kNN: K neighbours in N
+# reference points of M query centres (the FPS centres); gather: C-channel rows of (B,N,C) at S
+# indices; three_nn: N unknown points, M known; three_interpolate: C channels from M known points to
+# N; Chamfer: two clouds of N points, forward + backward. Scene-scale rows are op "... (scene)".
+KERNEL_SIZES: list[tuple[str, dict[str, int]]] = [
+    ("fps", dict(B=32, N=1024, S=64)),
+    ("fps", dict(B=32, N=2048, S=128)),
+    ("fps", dict(B=8, N=8192, S=1024)),
+    ("knn", dict(B=32, N=1024, M=64, K=32)),
+    ("knn", dict(B=32, N=2048, M=128, K=32)),
+    ("knn", dict(B=8, N=8192, M=1024, K=32)),
+    ("gather", dict(B=32, N=2048, S=128, C=384)),
+    ("three_nn", dict(B=32, N=2048, M=128)),
+    ("three_interpolate", dict(B=16, N=2048, M=128, C=1152)),  # part segmentation's propagation
+    ("chamfer fwd+bwd", dict(B=32, N=1024)),
+    ("chamfer fwd+bwd", dict(B=32, N=2048)),
+    ("chamfer fwd+bwd", dict(B=8, N=8192)),
+    ("fps (scene)", dict(B=16, N=65536, S=4096)),
+    ("knn (scene)", dict(B=16, N=65536, M=4096, K=32)),
+]
+QUICK_SIZES: list[tuple[str, dict[str, int]]] = [
+    ("fps", dict(B=2, N=256, S=16)),
+    ("knn", dict(B=2, N=256, M=16, K=8)),
+    ("gather", dict(B=2, N=256, S=16, C=16)),
+    ("three_nn", dict(B=2, N=128, M=16)),
+    ("three_interpolate", dict(B=2, N=128, M=16, C=8)),
+    ("chamfer fwd+bwd", dict(B=2, N=64)),
+    ("fps (scene)", dict(B=2, N=512, S=32)),
+    ("knn (scene)", dict(B=2, N=512, M=32, K=8)),
+]
+REPEATS, WARMUP = 30, 5  # timed calls after warm-up calls
+SCENE_REPEATS, SCENE_WARMUP = 10, 2
+QUICK_REPEATS, QUICK_WARMUP = 3, 1
+BUDGET_S = 5.0  # per implementation: fewer timed calls (at least 3) when the first call is slow
+SPEEDUP_BAR = 1.5  # clora3d's required lead over its best peer
+
+
+def size_label(dims: dict[str, int]) -> str:
+    """ "B32 N1024 M64 K32": every dimension, in the order given."""
+    return " ".join(f"{k}{v}" for k, v in dims.items())
+
+
+@dataclass
+class Impl:
+    """One implementation of a case: ``make(inputs)`` prepares (untimed) and returns the timed call."""
+
+    name: str
+    kind: str  # "clora3d" | "peer" | "reference"
+    make: Callable[[dict], Callable[[], object]]
+
+
+@dataclass
+class Case:
+    """One row group of the table. Nothing is allocated until ``setup(device)`` runs."""
+
+    op: str
+    dims: dict[str, int]
+    setup: Callable[[torch.device], dict]
+    impls: list[Impl]
+    repeats: int = REPEATS
+    warmup: int = WARMUP
+
+    @property
+    def size(self) -> str:
+        return size_label(self.dims)
+
+
+def _centres(xyz: torch.Tensor, M: int) -> torch.Tensor:
+    return ops.fps_sample(xyz, M)
+
+
+def _peer_impls(peers: dict[str, Peer], key: str, name: str, make) -> list[Impl]:
+    """The peer's Impl when it is listed; ``make(api, inputs)``. A broken peer's call raises its error."""
+    peer = peers.get(key)
+    if peer is None or not peer.listed:
+        return []
+    if peer.status != "ok":
+
+        def broken(_inputs, status=peer.status):
+            raise RuntimeError(f"{key} unavailable: {status.removeprefix('error: ')}")
+
+        return [Impl(name, "peer", broken)]
+    return [Impl(name, "peer", lambda x: make(peer.api, x))]
+
+
+def _torch_impl(name: str, make) -> Impl:
+    """A peer made of torch calls (always available); ``make(inputs)``."""
+    return Impl(name, "peer", make)
+
+
+def _batch_vector(B: int, N: int, device) -> torch.Tensor:
+    return torch.arange(B, device=device).repeat_interleave(N)
+
+
+def _fps_case(op, d, peers, reference) -> Case:
+    B, N, S = d["B"], d["N"], d["S"]
+
+    def setup(device):
+        return {"xyz": _cloud(B, N, 0, device)}
+
+    impls = [Impl("clora3d", "clora3d", lambda x: lambda: ops.furthest_point_sample(x["xyz"], S))]
+    if reference:
+        impls.append(Impl("reference (torch)", "reference", lambda x: lambda: ref.furthest_point_sample(x["xyz"], S)))
+    impls += _peer_impls(
+        peers, "pointnet2_ops", "pointnet2_ops", lambda m, x: lambda: m.furthest_point_sample(x["xyz"], S)
+    )
+
+    def tc(m, x):
+        flat, batch = x["xyz"].reshape(-1, 3), _batch_vector(B, N, x["xyz"].device)
+        return lambda: m.fps(flat, batch, ratio=S / N, random_start=False, batch_size=B)
+
+    impls += _peer_impls(peers, "torch_cluster", "torch_cluster fps", tc)
+    impls += _peer_impls(
+        peers,
+        "pytorch3d",
+        "pytorch3d sample_farthest_points",
+        lambda m, x: lambda: m.ops.sample_farthest_points(x["xyz"], K=S, random_start_point=False),
+    )
+    return Case(op, d, setup, impls)
+
+
+def _knn_impls(peers, K, q_key, r_key, reference) -> list[Impl]:
+    """kNN of the ``q_key`` points among the ``r_key`` points (kNN and three_nn)."""
+
+    def cdist_topk(x):
+        return lambda: torch.cdist(x[q_key], x[r_key]).topk(K, dim=-1, largest=False)
+
+    def knn_cuda(m, x):
+        knn = m.KNN(k=K, transpose_mode=True)  # how Point-MAE calls it: knn(xyz, center)
+        return lambda: knn(x[r_key], x[q_key])
+
+    def tc(m, x):
+        (B, M, _), N = x[q_key].shape, x[r_key].shape[1]
+        rf, qf = x[r_key].reshape(-1, 3), x[q_key].reshape(-1, 3)
+        br, bq = _batch_vector(B, N, rf.device), _batch_vector(B, M, qf.device)
+        return lambda: m.knn(rf, qf, K, br, bq, batch_size=B)
+
+    def p3d(m, x):
+        return lambda: m.ops.knn_points(x[q_key], x[r_key], K=K, return_sorted=True)
+
+    impls = []
+    if reference:
+        impls.append(Impl("reference (torch)", "reference", lambda x: lambda: ref.knn(x[q_key], x[r_key], K)))
+    impls.append(_torch_impl("torch cdist+topk", cdist_topk))
+    if K != 3:  # Point-MAE's kNN; three_nn's peers are the interpolation libraries
+        impls += _peer_impls(peers, "knn_cuda", "knn_cuda KNN (Point-MAE's kNN)", knn_cuda)
+    impls += _peer_impls(peers, "torch_cluster", "torch_cluster knn", tc)
+    impls += _peer_impls(peers, "pytorch3d", "pytorch3d knn_points", p3d)
+    return impls
+
+
+def _knn_case(op, d, peers, reference) -> Case:
+    B, N, M, K = d["B"], d["N"], d["M"], d["K"]
+
+    def setup(device):
         xyz = _cloud(B, N, 0, device)
-        center = ops.fps_sample(xyz, S)
-        impls = [
-            ("clora3d", "clora3d", lambda: ops.furthest_point_sample(xyz, S)),
-            ("reference (torch)", "reference", lambda: ref.furthest_point_sample(xyz, S, 0)),
-        ]
-        if p2 is not None:
-            impls.append(("pointnet2_ops", "peer", lambda: p2.furthest_point_sample(xyz, S)))
-        cases.append(("fps", label, impls))
+        return {"xyz": xyz, "center": _centres(xyz, M)}
 
-        def cdist_topk():
-            d = torch.cdist(center, xyz)
-            return d.topk(K, dim=-1, largest=False)
+    clora = Impl("clora3d", "clora3d", lambda x: lambda: ops.knn(x["center"], x["xyz"], K))
+    return Case(op, d, setup, [clora, *_knn_impls(peers, K, "center", "xyz", reference)])
 
-        impls = [("clora3d", "clora3d", lambda: ops.knn(center, xyz, K)), ("torch cdist+topk", "peer", cdist_topk)]
-        cases.append(("knn", label, impls))
 
-        _, idx = ops.knn(center, xyz, K)
-        feats = torch.randn(B, N, 384 if not quick else 16, device=device)
-        flat = idx.reshape(B, -1)
-        impls = [
-            ("clora3d", "clora3d", lambda: ops.gather_points(feats, idx)),
-            (
-                "torch.gather",
-                "peer",
-                lambda: torch.gather(feats, 1, flat.unsqueeze(-1).expand(-1, -1, feats.shape[-1])).reshape(B, S, K, -1),
-            ),
-        ]
-        if p2 is not None:
-            ft = feats.transpose(1, 2).contiguous()
-            idx32 = idx.int().contiguous()
-            impls.append(("pointnet2_ops grouping", "peer", lambda: p2.grouping_operation(ft, idx32)))
-        cases.append(("gather (B,S,K,C)", label, impls))
+def _gather_case(op, d, peers, reference) -> Case:
+    B, N, S, C = d["B"], d["N"], d["S"], d["C"]
 
-    # part segmentation propagation: 2048 points from 128 centres, 1152 + 3 channels (reference sizes)
-    B, N, S, C = (16, 2048, 128, 1152) if not quick else (2, 128, 16, 8)
-    lbl = f"partseg B{B} N{N} S{S} C{C}" if not quick else "quick partseg"
-    dense, coarse = _cloud(B, N, 1, device), _cloud(B, S, 2, device)
-    feat = torch.randn(B, S, C, device=device)
+    def setup(device):
+        g = torch.Generator().manual_seed(5)
+        idx = torch.stack([torch.randperm(N, generator=g)[:S] for _ in range(B)])
+        return {"feats": torch.randn(B, N, C, generator=g).to(device), "idx": idx.to(device)}
 
-    def ours():
-        d, i = ops.three_nn(dense, coarse)
-        return ops.three_interpolate(feat, i, ops.interpolation_weights(d))
+    def torch_gather(x):
+        f, i = x["feats"], x["idx"].unsqueeze(-1).expand(-1, -1, C)
+        return lambda: torch.gather(f, 1, i)
 
-    def reference_interp():
-        d, i = ref.three_nn(dense, coarse)
-        return ref.three_interpolate(feat, i, ref.interpolation_weights(d))
+    def index_points(x):  # Point-MAE's segmentation code: points[batch_indices, idx, :]
+        f, i = x["feats"], x["idx"]
+        rows = torch.arange(B, device=f.device).view(B, 1)
+        return lambda: f[rows, i, :]
 
-    impls = [("clora3d", "clora3d", ours), ("reference (torch)", "reference", reference_interp)]
-    if p2 is not None:
-        ft = feat.transpose(1, 2).contiguous()
+    def p2(m, x):  # channel-first features, int32 indices: its own layout, prepared untimed
+        ft, i32 = x["feats"].transpose(1, 2).contiguous(), x["idx"].int().contiguous()
+        return lambda: m.gather_operation(ft, i32)
 
-        def p2_interp():
-            dist, i = p2.three_nn(dense, coarse)
-            w = 1.0 / (dist + 1e-8)
-            w = w / w.sum(dim=2, keepdim=True)
-            return p2.three_interpolate(ft, i, w)
+    impls = [Impl("clora3d", "clora3d", lambda x: lambda: ops.gather_points(x["feats"], x["idx"]))]
+    impls.append(_torch_impl("torch.gather", torch_gather))
+    impls.append(_torch_impl("torch indexing (Point-MAE index_points)", index_points))
+    impls += _peer_impls(peers, "pointnet2_ops", "pointnet2_ops gather_operation (B,C,S)", p2)
+    return Case(op, d, setup, impls)
 
-        impls.append(("pointnet2_ops", "peer", p2_interp))
-    cases.append(("three_nn + interpolate", lbl, impls))
 
-    # Chamfer-L2 forward + backward: Point-MAE's loss on B*M masked patches of 32 points
-    for lbl, (B, N, M) in (
-        {"mae patches 4864 x 32 x 32": (4864, 32, 32), "B32 N1024 M1024": (32, 1024, 1024)}
-        if not quick
-        else {"quick 8 x 32 x 32": (8, 32, 32)}
-    ).items():
-        a = _cloud(B, N, 3, device).requires_grad_(True)
-        b = _cloud(B, M, 4, device)
+def _three_nn_case(op, d, peers, reference) -> Case:
+    B, N, M = d["B"], d["N"], d["M"]
 
-        def ours_cd(a=a, b=b):
-            ops.chamfer_l2_loss(a, b).backward()
+    def setup(device):
+        dense = _cloud(B, N, 1, device)
+        return {"unknown": dense, "known": _centres(dense, M)}
 
-        def cdist_cd(a=a, b=b):
-            d = torch.cdist(a, b).pow(2)
-            (d.min(2).values.mean() + d.min(1).values.mean()).backward()
+    impls = [Impl("clora3d", "clora3d", lambda x: lambda: ops.three_nn(x["unknown"], x["known"]))]
+    impls += _peer_impls(
+        peers,
+        "pointnet2_ops",
+        "pointnet2_ops three_nn (sqrt dists)",
+        lambda m, x: lambda: m.three_nn(x["unknown"], x["known"]),
+    )
+    return Case(op, d, setup, impls + _knn_impls(peers, 3, "unknown", "known", reference))
 
-        cases.append(("chamfer fwd+bwd", lbl, [("clora3d", "clora3d", ours_cd), ("torch cdist+min", "peer", cdist_cd)]))
+
+def _interpolate_case(op, d, peers, reference) -> Case:
+    B, N, M, C = d["B"], d["N"], d["M"], d["C"]
+
+    def setup(device):
+        dense = _cloud(B, N, 1, device)
+        known = _centres(dense, M)
+        dist, idx = ops.three_nn(dense, known)
+        feats = torch.randn(B, M, C, generator=torch.Generator().manual_seed(6)).to(device)
+        return {"feats": feats, "idx": idx, "w": ops.interpolation_weights(dist)}
+
+    def point_mae(x):  # Point-MAE's segmentation: sum(index_points(points2, idx) * weight, dim=2)
+        f, i, w = x["feats"], x["idx"], x["w"].unsqueeze(-1)
+        rows = torch.arange(B, device=f.device).view(B, 1, 1)
+        return lambda: torch.sum(f[rows, i] * w, dim=2)
+
+    def p2(m, x):  # channel-first features, int32 indices: its own layout, prepared untimed
+        ft, i32, w = x["feats"].transpose(1, 2).contiguous(), x["idx"].int().contiguous(), x["w"].contiguous()
+        return lambda: m.three_interpolate(ft, i32, w)
+
+    impls = [Impl("clora3d", "clora3d", lambda x: lambda: ops.three_interpolate(x["feats"], x["idx"], x["w"]))]
+    if reference:
+        impls.append(
+            Impl(
+                "reference (torch)", "reference", lambda x: lambda: ref.three_interpolate(x["feats"], x["idx"], x["w"])
+            )
+        )
+    impls.append(_torch_impl("torch indexing+sum (Point-MAE seg)", point_mae))
+    impls += _peer_impls(peers, "pointnet2_ops", "pointnet2_ops three_interpolate (B,C,N)", p2)
+    return Case(op, d, setup, impls)
+
+
+def _chamfer_case(op, d, peers, reference) -> Case:
+    B, N = d["B"], d["N"]
+
+    def setup(device):
+        return {"a": _cloud(B, N, 3, device).requires_grad_(True), "b": _cloud(B, N, 4, device)}
+
+    def fwd_bwd(loss_fn):  # the loss and the gradient w.r.t. the prediction a (b is the target)
+        def make(x):
+            a, b = x["a"], x["b"]
+            return lambda: torch.autograd.grad(loss_fn(a, b), a)
+
+        return make
+
+    def cdist_min(a, b):
+        dist = torch.cdist(a, b).pow(2)
+        return dist.min(2).values.mean() + dist.min(1).values.mean()
+
+    impls = [Impl("clora3d", "clora3d", fwd_bwd(ops.chamfer_l2_loss))]
+    if reference:
+        impls.append(Impl("reference (torch)", "reference", fwd_bwd(ref.chamfer_l2_loss)))
+    impls.append(_torch_impl("torch cdist+min", fwd_bwd(cdist_min)))
+    chamfer = peers.get("chamfer")
+    label = chamfer.api.label if chamfer is not None and chamfer.status == "ok" else "Point-MAE chamfer"
+    impls += _peer_impls(peers, "chamfer", label, lambda m, x: fwd_bwd(m.loss)(x))
+    impls += _peer_impls(
+        peers,
+        "pytorch3d",
+        "pytorch3d chamfer_distance",
+        lambda m, x: fwd_bwd(lambda a, b: m.loss.chamfer_distance(a, b)[0])(x),
+    )
+    return Case(op, d, setup, impls)
+
+
+CASE_BUILDERS = {
+    "fps": _fps_case,
+    "knn": _knn_case,
+    "gather": _gather_case,
+    "three_nn": _three_nn_case,
+    "three_interpolate": _interpolate_case,
+    "chamfer fwd+bwd": _chamfer_case,
+}
+
+
+def kernel_cases(device: torch.device, quick: bool, peers: dict[str, Peer] | None = None) -> list[Case]:
+    """The table's cases, clora3d against every listed peer (default: :func:`load_peers`). Only
+    builds the list: no tensor is allocated and nothing runs until a case's ``setup``."""
+    peers = load_peers(device) if peers is None else peers
+    cases = []
+    for op, dims in QUICK_SIZES if quick else KERNEL_SIZES:
+        scene = op.endswith("(scene)")
+        # the PyTorch reference is slow; at scene scale it would take minutes (FPS) or tens of GB (kNN)
+        case = CASE_BUILDERS[op.removesuffix(" (scene)")](op, dict(dims), peers, not scene)
+        if quick:
+            case.repeats, case.warmup = QUICK_REPEATS, QUICK_WARMUP
+        elif scene:
+            case.repeats, case.warmup = SCENE_REPEATS, SCENE_WARMUP
+        cases.append(case)
     return cases
 
 
-def run_kernels(device: torch.device, quick: bool = False) -> list[Row]:
-    repeats, warmup = (3, 1) if quick else (30, 5)
+def add_speedups(rows: list[Row]) -> list[Row]:
+    """``speedup`` of every timed row = the fastest peer's median / the row's median, per (op, size);
+    rows without a median, and all rows of a case without a timed peer, get none."""
+    best: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r.kind == "peer" and r.median_ms is not None and not r.error:
+            key = (r.op, r.size)
+            best[key] = min(best.get(key, r.median_ms), r.median_ms)
+    for r in rows:
+        peer = best.get((r.op, r.size))
+        r.speedup = peer / r.median_ms if peer is not None and r.median_ms else None
+    return rows
+
+
+def run_kernels(
+    device: torch.device,
+    quick: bool = False,
+    cases: list[Case] | None = None,
+    timer_fn: Callable | None = None,
+    budget_s: float = BUDGET_S,
+) -> list[Row]:
+    """Time every implementation of every case; a case's inputs live only while it runs. A peer
+    (or anything else) that fails becomes a row with ``error``; nothing here is fatal."""
+    timer_fn = timer_fn or timer
     rows = []
-    for op, size, impls in kernel_cases(device, quick):
-        case = []
-        for impl, kind, fn in impls:
-            row = Row(op, size, impl, kind)
+    for case in kernel_cases(device, quick) if cases is None else cases:
+        case_rows = [Row(case.op, case.size, i.name, i.kind) for i in case.impls]
+        try:
+            inputs = case.setup(device)
+        except Exception as exc:
+            for r in case_rows:
+                r.error = f"inputs: {type(exc).__name__}: {_first_line(exc)}"
+            rows += case_rows
+            continue
+        for impl, row in zip(case.impls, case_rows):
+            repeats, warmup = case.repeats, case.warmup
+            if impl.kind == "reference":
+                repeats, warmup = max(3, repeats // 5), 1
             try:
-                row.times_ms = timer(device, fn, repeats if kind != "reference" else max(3, repeats // 5), warmup)
+                row.times_ms = list(timer_fn(device, impl.make(inputs), repeats, warmup, budget_s=budget_s))
+                row.runs = len(row.times_ms)
                 row.median_ms = statistics.median(row.times_ms)
             except Exception as exc:  # a peer that fails is reported, not fatal
-                row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-            case.append(row)
-        peers = [r.median_ms for r in case if r.kind == "peer" and r.median_ms]
-        for r in case:
-            if peers and r.median_ms:
-                r.speedup = min(peers) / r.median_ms
-        rows += case
-    return rows
+                row.error = f"{type(exc).__name__}: {_first_line(exc)}"
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()  # e.g. after an out-of-memory error
+        rows += case_rows
+        del inputs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return add_speedups(rows)
 
 
 # ----------------------------------------------------------------------------- model
@@ -274,12 +695,57 @@ def _f(v, fmt="{:.3f}"):
     return "-" if v is None else fmt.format(v)
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "/")
+
+
 def kernel_table(rows: list[Row]) -> str:
+    """Every row: ``vs best peer`` = the fastest peer's median / the row's median (> 1: faster)."""
     lines = ["| op | size | implementation | median ms | vs best peer |", "|---|---|---|---:|---:|"]
     for r in rows:
-        tail = f"error: {r.error}" if r.error else _f(r.speedup, "{:.2f}x")
-        lines.append(f"| {r.op} | {r.size} | {r.impl} | {_f(r.median_ms)} | {tail} |")
+        tail = f"error: {_cell(r.error)}" if r.error else _f(r.speedup, "{:.2f}x")
+        lines.append(f"| {r.op} | {r.size} | {_cell(r.impl)} | {_f(r.median_ms)} | {tail} |")
     return "\n".join(lines)
+
+
+def kernel_summary(rows: list[Row], bar: float = SPEEDUP_BAR) -> list[dict]:
+    """One entry per case: clora3d's median, the fastest peer and its median, the ratio, the verdict."""
+    out: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        e = out.setdefault((r.op, r.size), {"op": r.op, "size": r.size, "clora3d_ms": None, "best_peer": None})
+        e.setdefault("peer_ms", None)
+        if r.kind == "clora3d":
+            e["clora3d_ms"], e["clora3d_error"] = r.median_ms, r.error
+        elif r.kind == "peer" and r.median_ms is not None and not r.error:
+            if e["peer_ms"] is None or r.median_ms < e["peer_ms"]:
+                e["best_peer"], e["peer_ms"] = r.impl, r.median_ms
+    for e in out.values():
+        ok = e["clora3d_ms"] and e["peer_ms"] is not None
+        e["vs_best_peer"] = e["peer_ms"] / e["clora3d_ms"] if ok else None
+        e["meets_bar"] = None if e["vs_best_peer"] is None else e["vs_best_peer"] >= bar
+    return list(out.values())
+
+
+def summary_table(summary: list[dict], bar: float = SPEEDUP_BAR) -> str:
+    lines = [
+        f"| op | size | clora3d ms | best peer | peer ms | vs best peer | >= {bar:g}x |",
+        "|---|---|---:|---|---:|---:|---|",
+    ]
+    for e in summary:
+        verdict = {True: "yes", False: "NO", None: "-"}[e["meets_bar"]]
+        if e.get("clora3d_error"):
+            verdict = "clora3d failed"
+        elif e["peer_ms"] is None:
+            verdict = "no peer timed"
+        lines.append(
+            f"| {e['op']} | {e['size']} | {_f(e['clora3d_ms'])} | {_cell(e['best_peer'] or '-')} | "
+            f"{_f(e['peer_ms'])} | {_f(e['vs_best_peer'], '{:.2f}x')} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def peer_lines(peers: dict[str, Peer]) -> list[str]:
+    return [f"peer {p.name}: {p.status}" for p in peers.values()]
 
 
 def model_table(rows: list[dict]) -> str:
@@ -300,14 +766,13 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
-    p2 = pointnet2()
-    env["pointnet2_ops"] = "installed" if p2 is not None else "not installed"
+    env["peers"] = {name: p.status for name, p in load_peers(device).items()}
     return env
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["kernels", "model", "all"])
+    ap.add_argument("what", choices=["kernels", "model", "all", "peers"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few calls (tests, CPU)")
     ap.add_argument("--compile", action="store_true", help="model: also time torch.compile(fullgraph=True)")
@@ -316,11 +781,18 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no GPU (torch.cuda.is_available() is False); use --device cpu")
+    if args.what == "peers":  # which peers this run would time, and why not the others
+        print("\n".join(peer_lines(load_peers(device))))
+        return 0
     out = {"environment": environment(device)}
     if args.what in ("kernels", "all"):
         rows = run_kernels(device, args.quick)
         out["kernels"] = [asdict(r) for r in rows]
+        out["kernel_summary"] = kernel_summary(rows)
         print(kernel_table(rows), flush=True)
+        print(f"\nclora3d against its fastest peer (bar: {SPEEDUP_BAR:g}x, same run, medians):\n")
+        print(summary_table(out["kernel_summary"]))
+        print("\n" + "; ".join(peer_lines(load_peers(device))) + "\n", flush=True)
     if args.what in ("model", "all"):
         mrows = run_model(device, args.quick)
         if args.compile:

@@ -3,9 +3,12 @@ does not discover a typo), and the check refuses clearly where there is no GPU."
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,17 +21,195 @@ import gpu_bench  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+# The GPU issue's table, written out here independently of gpu_bench.KERNEL_SIZES.
+ISSUE_TABLE = [
+    ("fps", "B32 N1024 S64"),
+    ("fps", "B32 N2048 S128"),
+    ("fps", "B8 N8192 S1024"),
+    ("knn", "B32 N1024 M64 K32"),
+    ("knn", "B32 N2048 M128 K32"),
+    ("knn", "B8 N8192 M1024 K32"),
+    ("gather", "B32 N2048 S128 C384"),
+    ("three_nn", "B32 N2048 M128"),
+    ("three_interpolate", "B16 N2048 M128 C1152"),
+    ("chamfer fwd+bwd", "B32 N1024"),
+    ("chamfer fwd+bwd", "B32 N2048"),
+    ("chamfer fwd+bwd", "B8 N8192"),
+    ("fps (scene)", "B16 N65536 S4096"),
+    ("knn (scene)", "B16 N65536 M4096 K32"),
+]
+QUICK_OPS = {"fps", "knn", "gather", "three_nn", "three_interpolate", "chamfer fwd+bwd", "fps (scene)", "knn (scene)"}
+
+
+def _all_peers_ok():
+    """Every optional peer 'importable' (the API objects are never called: no case is set up)."""
+    return {
+        n: gpu_bench.Peer(n, "ok", SimpleNamespace(label="Point-MAE ChamferDistanceL2")) for n in gpu_bench.PEER_LOADERS
+    }
+
+
+def test_kernel_cases_are_the_issue_table_and_allocate_nothing(monkeypatch):
+    def forbidden(*a, **k):
+        raise AssertionError("building the case list must not create inputs")
+
+    monkeypatch.setattr(gpu_bench, "_cloud", forbidden)
+    monkeypatch.setattr(gpu_bench, "_centres", forbidden)
+    monkeypatch.setattr(gpu_bench.ops, "fps_sample", forbidden)
+    cases = gpu_bench.kernel_cases(torch.device("cuda"), quick=False, peers=_all_peers_ok())
+    assert [(c.op, c.size) for c in cases] == ISSUE_TABLE
+    dims = {(c.op, c.size): c.dims for c in cases}
+    assert dims[("knn (scene)", "B16 N65536 M4096 K32")] == {"B": 16, "N": 65536, "M": 4096, "K": 32}
+    assert dims[("gather", "B32 N2048 S128 C384")] == {"B": 32, "N": 2048, "S": 128, "C": 384}
+    impls = {(c.op, c.size): {i.name: i.kind for i in c.impls} for c in cases}
+    for key, names in impls.items():
+        assert names.get("clora3d") == "clora3d", key
+        assert ("reference (torch)" in names) == (key[0] != "gather" and "scene" not in key[0]), key
+    fps, knn = impls[ISSUE_TABLE[0]], impls[ISSUE_TABLE[3]]
+    assert {"pointnet2_ops", "torch_cluster fps", "pytorch3d sample_farthest_points"} <= set(fps)
+    assert {"torch cdist+topk", "knn_cuda KNN (Point-MAE's kNN)", "torch_cluster knn", "pytorch3d knn_points"} <= set(
+        knn
+    )
+    assert {"torch.gather", "pointnet2_ops gather_operation (B,C,S)"} <= set(impls[ISSUE_TABLE[6]])
+    assert {"pointnet2_ops three_nn (sqrt dists)", "torch cdist+topk"} <= set(impls[ISSUE_TABLE[7]])
+    assert "pointnet2_ops three_interpolate (B,C,N)" in impls[ISSUE_TABLE[8]]
+    chamfer = impls[ISSUE_TABLE[9]]
+    assert {"torch cdist+min", "Point-MAE ChamferDistanceL2", "pytorch3d chamfer_distance"} <= set(chamfer)
+    scene = [c for c in cases if "scene" in c.op]
+    assert all(c.repeats < gpu_bench.REPEATS for c in scene)
+    # without the optional peers: torch's peers only, nothing else listed
+    bare = gpu_bench.kernel_cases(torch.device("cuda"), quick=False, peers={})
+    assert {i.name for c in bare for i in c.impls if i.kind == "peer"} == {
+        "torch cdist+topk",
+        "torch.gather",
+        "torch indexing (Point-MAE index_points)",
+        "torch indexing+sum (Point-MAE seg)",
+        "torch cdist+min",
+    }
+
+
+def test_quick_case_inputs_have_the_labelled_shapes():
+    for case in gpu_bench.kernel_cases(torch.device("cpu"), quick=True, peers={}):
+        d, x = case.dims, case.setup(torch.device("cpu"))
+        op = case.op.removesuffix(" (scene)")
+        if op == "fps":
+            assert x["xyz"].shape == (d["B"], d["N"], 3)
+        elif op == "knn":
+            assert x["xyz"].shape == (d["B"], d["N"], 3) and x["center"].shape == (d["B"], d["M"], 3)
+        elif op == "gather":
+            assert x["feats"].shape == (d["B"], d["N"], d["C"]) and x["idx"].shape == (d["B"], d["S"])
+        elif op == "three_nn":
+            assert x["unknown"].shape == (d["B"], d["N"], 3) and x["known"].shape == (d["B"], d["M"], 3)
+        elif op == "three_interpolate":
+            assert x["feats"].shape == (d["B"], d["M"], d["C"]) and x["idx"].shape == (d["B"], d["N"], 3)
+        else:
+            assert x["a"].shape == x["b"].shape == (d["B"], d["N"], 3)
+
+
+def _case(impls, setup=lambda device: {}):
+    return gpu_bench.Case("op", {"B": 1}, setup, impls)
+
+
+def _impl(name, kind, fn=lambda: None):
+    return gpu_bench.Impl(name, kind, lambda x: fn)
+
+
+def test_speedup_is_the_fastest_peers_median_over_the_rows_median():
+    times = {  # medians 1, 3, 2, 0.5; the means (4, 12, 68, 0.5) would give other ratios
+        "clora3d": [1.0, 10.0, 1.0],
+        "peer a": [3.0, 30.0, 3.0],
+        "peer b": [2.0, 2.0, 200.0],
+        "ref": [0.5, 0.5, 0.5],  # a reference is no peer, however fast
+    }
+    kinds = {"clora3d": "clora3d", "peer a": "peer", "peer b": "peer", "ref": "reference"}
+    fns = {name: (lambda: None) for name in kinds}  # one distinct function per implementation
+    by_fn = {id(fn): times[name] for name, fn in fns.items()}
+    case = _case([_impl(n, k, fns[n]) for n, k in kinds.items()])
+    rows = gpu_bench.run_kernels(torch.device("cpu"), cases=[case], timer_fn=lambda dev, fn, *a, **k: by_fn[id(fn)])
+    got = {r.impl: r for r in rows}
+    assert got["clora3d"].median_ms == 1.0 and got["clora3d"].speedup == pytest.approx(2.0)
+    assert got["peer a"].speedup == pytest.approx(2 / 3) and got["peer b"].speedup == pytest.approx(1.0)
+    assert got["ref"].speedup == pytest.approx(4.0)
+    (summary,) = gpu_bench.kernel_summary(rows)
+    assert summary["best_peer"] == "peer b" and summary["vs_best_peer"] == pytest.approx(2.0)
+    assert summary["meets_bar"] is True and gpu_bench.kernel_summary(rows, bar=2.5)[0]["meets_bar"] is False
+    assert "| op | B1 | 1.000 | peer b | 2.000 | 2.00x | yes |" in gpu_bench.summary_table([summary])
+
+
+def test_failing_peers_become_error_cells_and_the_rest_is_timed():
+    def raise_at_call():
+        raise RuntimeError("CUDA error: boom | detail\nsecond line")
+
+    def raise_at_prepare(x):
+        raise ValueError("bad layout")
+
+    broken = gpu_bench._peer_impls(
+        {"p": gpu_bench.Peer("p", "error: ImportError: undefined symbol")}, "p", "broken", None
+    )
+    absent = gpu_bench._peer_impls({"q": gpu_bench.Peer("q", "not installed")}, "q", "absent", None)
+    assert absent == []
+    impls = [_impl("clora3d", "clora3d"), _impl("ok peer", "peer"), _impl("raises", "peer", raise_at_call)]
+    impls += [gpu_bench.Impl("prep", "peer", raise_at_prepare), *broken]
+    rows = gpu_bench.run_kernels(torch.device("cpu"), cases=[_case(impls)])
+    got = {r.impl: r for r in rows}
+    assert got["raises"].error == "RuntimeError: CUDA error: boom | detail" and got["raises"].median_ms is None
+    assert got["prep"].error == "ValueError: bad layout"
+    assert got["broken"].error == "RuntimeError: p unavailable: ImportError: undefined symbol"
+    ok = got["ok peer"]
+    assert got["clora3d"].speedup == pytest.approx(ok.median_ms / got["clora3d"].median_ms)
+    table = gpu_bench.kernel_table(rows)
+    assert "| raises | - | error: RuntimeError: CUDA error: boom / detail |" in table
+    assert table.count("| error: ") == 3
+    # inputs that cannot be made: every row of the case says so
+    rows = gpu_bench.run_kernels(torch.device("cpu"), cases=[_case(impls[:2], setup=lambda d: 1 / 0)])
+    assert all(r.error == "inputs: ZeroDivisionError: division by zero" for r in rows)
+
+
+def test_a_peer_that_fails_to_import_is_listed_with_its_error(monkeypatch):
+    def broken():
+        raise ImportError("libc10.so: undefined symbol _ZN3c10")
+
+    monkeypatch.setattr(gpu_bench, "PEER_LOADERS", {"pytorch3d": broken, "torch_cluster": lambda: None})
+    monkeypatch.setattr(gpu_bench, "_peer_cache", {})
+    peers = gpu_bench.load_peers(torch.device("cpu"))
+    assert peers["pytorch3d"].status == "error: ImportError: libc10.so: undefined symbol _ZN3c10"
+    assert peers["torch_cluster"].status == "CUDA only"
+    rows = gpu_bench.run_kernels(
+        torch.device("cpu"), cases=gpu_bench.kernel_cases(torch.device("cpu"), True, peers)[:1]
+    )
+    (p3d,) = [r for r in rows if r.impl == "pytorch3d sample_farthest_points"]
+    assert p3d.error.startswith("RuntimeError: pytorch3d unavailable: ImportError: libc10.so")
+    assert [r.impl for r in rows if not r.error] == ["clora3d", "reference (torch)"]
+
+
+def test_timer_budget_cuts_the_calls_of_a_slow_function():
+    calls = []
+    fn = lambda: calls.append(time.sleep(0.02))  # noqa: E731
+    out = gpu_bench.timer(torch.device("cpu"), fn, repeats=30, warmup=5, budget_s=0.05)
+    assert len(out) == 3 and len(calls) < 3 + 5
+    assert len(gpu_bench.timer(torch.device("cpu"), lambda: None, repeats=7, warmup=2, budget_s=10)) == 7
+
+
 def test_kernel_benchmark_rows_and_table():
     rows = gpu_bench.run_kernels(torch.device("cpu"), quick=True)
-    ops_seen = {(r.op, r.impl) for r in rows}
-    for op in ("fps", "knn", "gather (B,S,K,C)", "three_nn + interpolate", "chamfer fwd+bwd"):
-        assert (op, "clora3d") in ops_seen
+    assert {(r.op, r.impl) for r in rows if r.kind == "clora3d"} == {(op, "clora3d") for op in QUICK_OPS}
     assert not [r for r in rows if r.error], [r.error for r in rows if r.error]
-    assert all(r.median_ms > 0 and len(r.times_ms) >= 3 for r in rows)
+    assert all(r.median_ms > 0 and len(r.times_ms) >= 3 and r.runs == len(r.times_ms) for r in rows)
     knn = {r.impl: r for r in rows if r.op == "knn"}
     assert knn["clora3d"].speedup == pytest.approx(knn["torch cdist+topk"].median_ms / knn["clora3d"].median_ms)
     table = gpu_bench.kernel_table(rows)
     assert table.count("\n") == len(rows) + 1
+
+
+def test_quick_kernels_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert gpu_bench.main(["kernels", "--device", "cpu", "--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert {r["op"] for r in data["kernels"]} == QUICK_OPS and not [r for r in data["kernels"] if r["error"]]
+    assert len(data["kernel_summary"]) == len(QUICK_OPS)
+    assert set(data["environment"]["peers"]) == set(gpu_bench.PEER_LOADERS)
+    text = capsys.readouterr().out
+    assert "| op | size | clora3d ms | best peer | peer ms | vs best peer | >= 1.5x |" in text
+    assert "peer pointnet2_ops: CUDA only" in text
 
 
 def test_model_benchmark_runs_one_method():
