@@ -4,11 +4,14 @@ Steps, each logged under ``--out`` (default ``build/gpu-check``):
 
 1. build the extension in place for this GPU's architecture only (``TORCH_CUDA_ARCH_LIST`` = the
    device's compute capability, ``FORCE_CUDA=1``), with ``setup.py build_ext --inplace``: no pip, no
-   network;
+   network; at the same time, when peer sources were carried to ``build/peers`` (see docs/gpu.md),
+   ``benchmarks/gpu_peers.py build`` compiles them at a lower CPU priority (each peer time-boxed; a
+   peer that fails only drops out of the table), waited for before step 3;
 2. run every CUDA test, the direct bad calls (tests/test_ops_direct.py) and the torch.compile /
    torch.export tests (tests/test_compile.py) with ``CLORA3D_REQUIRE_CUDA=1``: a CUDA test that
    would skip fails instead;
-3. the kernel benchmark on CUDA against the installed peers (pointnet2_ops when importable, torch);
+3. the kernel benchmark on CUDA against every peer that imports (pointnet2_ops, Point-MAE's chamfer
+   and kNN, torch_cluster, pytorch3d, torch) and the summary against the 1.5x bar;
 4. the model benchmark on CUDA: ViT-S, B32, 1024 points; full, CLoRA, LoRA; fp32 and bf16;
 5. print one report: build, tests, both tables.
 
@@ -22,12 +25,15 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "build" / "peers"
+PEER_TIMEOUT_S = 300  # per peer build; they all start with clora3d's build and run beside the tests
 # besides the CUDA tests: direct bad calls, compile/export and the step-cost proxies. Only
 # files that import with torch, numpy, pytest and hypothesis alone (no yaml, h5py, plyfile, ...).
 EXTRA_TESTS = ["tests/test_ops_direct.py", "tests/test_compile.py", "tests/test_step_ops.py"]
@@ -50,6 +56,41 @@ def _run(cmd: list[str], log: Path, env: dict | None = None, timeout: int = 1200
     return proc.returncode, time.time() - t, log.read_text(errors="replace")
 
 
+def start_peer_build(arch: str, log: Path):
+    """Start ``gpu_peers.py build`` in the background when peer sources were carried (else None):
+    every core, niced, so that clora3d's build (and then the tests) keep the CPU first."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_peers
+
+    if not any((PEERS / d).is_dir() for d in gpu_peers.SRC_DIRS.values()):
+        return None
+    cmd = [sys.executable, "benchmarks/gpu_peers.py", "--root", str(PEERS), "build", "--arch", arch, "--nice", "10"]
+    cmd += ["--jobs", str(os.cpu_count() or 1), "--timeout", str(PEER_TIMEOUT_S)]
+    fh = open(log, "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, fh, time.time()
+
+
+def stop(peers) -> None:
+    if peers is not None and peers[0].poll() is None:
+        os.killpg(peers[0].pid, signal.SIGKILL)
+        peers[0].wait()
+
+
+def finish_peer_build(peers, log: Path) -> list[str]:
+    """Wait for the peer build (each peer is time-boxed; the whole is cut off a minute later) and
+    return its status lines for the report."""
+    proc, fh, t0 = peers
+    try:
+        proc.wait(timeout=max(1.0, t0 + PEER_TIMEOUT_S + 60 - time.time()))
+    except subprocess.TimeoutExpired:
+        stop(peers)
+    fh.close()
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith(("peer ", "gpu_peers:"))]
+    head = f"peer build: {time.time() - t0:.0f} s (started with the build; log {log})"
+    return [head, *lines] if lines else [head, f"peer build printed no status (rc {proc.returncode})"]
+
+
 def gpu_arch() -> str:
     import torch
 
@@ -64,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "build" / "gpu-check"))
     ap.add_argument("--skip-build", action="store_true", help="use the extension already built in place")
     ap.add_argument("--compile", action="store_true", help="also time the model with torch.compile")
+    ap.add_argument("--skip-peers", action="store_true", help="do not build the peers carried in build/peers")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
 
     arch = gpu_arch()
+    peers = None if args.skip_peers else start_peer_build(arch, out / "peers.log")
     if not args.skip_build:
         jobs = str(max(1, os.cpu_count() or 1))
         rc, secs, text = _run(
@@ -81,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report.append(f"build: TORCH_CUDA_ARCH_LIST={arch}, {'ok' if rc == 0 else 'FAILED'} in {secs:.0f} s")
         if rc != 0:
+            stop(peers)
             print("\n".join(report) + "\n" + text[-6000:])
             return 1
 
@@ -103,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in (text, text2):
         report += [ln for ln in t.splitlines() if ln.startswith(("FAILED", "ERROR"))][:30]
 
+    if peers is not None:
+        report += finish_peer_build(peers, out / "peers.log")
     bench_json = out / "bench.json"
     cmd = [sys.executable, "benchmarks/gpu_bench.py", "all", "--device", "cuda", "--json", str(bench_json)]
     if args.compile:
@@ -111,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     report.append(f"benchmarks: {'ok' if rc == 0 else 'FAILED'} ({secs:.0f} s)")
     if rc == 0:
         env = json.loads(bench_json.read_text())["environment"]
+        peer_status = env.pop("peers", {})
         report.append("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+        report.append("peers timed: " + (", ".join(n for n, v in peer_status.items() if v == "ok") or "torch only"))
+        report += [f"peer {n}: {v}" for n, v in peer_status.items() if v != "ok"]
         report.append(btext.strip())
     else:
         ok = False

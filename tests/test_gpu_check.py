@@ -245,3 +245,19 @@ def test_gpu_check_collects_every_cuda_test_file_and_only_minimal_imports():
         text = (ROOT / f).read_text()
         for pkg in ("yaml", "h5py", "plyfile", "matplotlib", "tqdm", "open3d", "tensorboard"):
             assert f"import {pkg}" not in text and f"from {pkg}" not in text, (f, pkg)
+
+
+def test_gpu_check_builds_carried_peers_beside_its_own_build_and_reports_them(tmp_path, monkeypatch):
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "PEERS", tmp_path / "none")
+    assert gpu_check.start_peer_build("9.0", tmp_path / "peers.log") is None  # nothing carried: no build
+    ext = tmp_path / "peers" / "Point-MAE" / "extensions" / "chamfer_dist"
+    ext.mkdir(parents=True)
+    (ext / "setup.py").write_text("raise SystemExit('error: chamfer.cu: no kernel image')\n")
+    monkeypatch.setattr(gpu_check, "PEERS", tmp_path / "peers")
+    peers = gpu_check.start_peer_build("9.0", tmp_path / "peers.log")
+    lines = gpu_check.finish_peer_build(peers, tmp_path / "peers.log")
+    assert lines[0].startswith("peer build: ")
+    assert any(ln.startswith("peer chamfer: FAILED") and "no kernel image" in ln for ln in lines), lines
+    assert (tmp_path / "peers" / "logs" / "chamfer.log").exists()
