@@ -101,9 +101,6 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.ops.api.x_gather_points__mutmut_54": "with B > 0 and no indices the kernel returns the same empty (B, S, K, C) result as the reference path",
     # CLoRA's factored training path and matmul SADE (rewritten for issue 12; old sade/branch entries dropped)
     "clora3d.peft.clora.x__low_rank_add__mutmut_30": "v is 2-D: v.shape[+1] is v.shape[-1]",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_51": "Q is 4-D: transpose(-1, +2) swaps the same two dimensions as transpose(-1, -2)",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_118": "the 0-d zero of torch.where does not promote: float32 zeros with float64 cross stay float64",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_121": "the 0-d zero of torch.where does not promote: float32 zeros with float64 cross stay float64",
     "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_32": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
     "clora3d.engine.evaluate.x__apply_transform__mutmut_2": "unreachable: evaluate_classification always passes a generator when voting",
     "clora3d.engine.evaluate.x__restricted_labels__mutmut_3": "float64 labels holding integer values compare like int64 ones",
@@ -175,8 +172,6 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.ops.api.x_three_interpolate__mutmut_67": "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     "clora3d.ops.api.x_three_interpolate__mutmut_68": "weight was checked to have idx's shape just before, so only its device can differ from idx's, and a second device (a GPU) is not there in the test run",
     # groups peft_clora, peft_lora_simple, storage_checkpoint, second round (issue 17; names as generated on 6a204ce)
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_119": "a 0-d CPU tensor is a scalar operand of torch.where whatever the device of cross (checked on the meta device; CUDA takes 0-d CPU tensors too): the sum is the same",
-    "clora3d.peft.clora.xǁCLoRASpacesǁsade__mutmut_122": "a 0-d CPU tensor is a scalar operand of torch.where whatever the device of cross (checked on the meta device; CUDA takes 0-d CPU tensors too): the sum is the same",
     "clora3d.peft.clora.xǁ_LRMǁ__init____mutmut_1": "the norm_name default is never read: CLoRA builds every _PreProjHook with its LayerNorm's name, and _ParallelHook (built without one) never uses it",
     "clora3d.peft.clora.xǁ_LRMǁ_set__mutmut_3": "copy_ converts the float64 value to t's dtype with the same rounding as .to(t.dtype)",
     "clora3d.peft.clora.xǁ_PreProjHookǁmerge__mutmut_16": "adding the float64 W' b_j promotes the parameter-dtype bias to float64 exactly, as .to(torch.float64) does: the same sum",
@@ -185,7 +180,6 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.peft.clora.xǁ_ParallelHookǁmerge__mutmut_15": "adding the float64 dW^T promotes the parameter-dtype weight to float64 exactly, as .to(torch.float64) does: the same sum",
     "clora3d.peft.clora.xǁ_ParallelHookǁmerge__mutmut_16": "adding it to the float64 weight promotes the parameter-dtype delta() to float64 exactly, as .to(torch.float64) does: the same sum",
     "clora3d.peft.clora.xǁCLoRAǁ_setup__mutmut_66": "with pre_proj d_out is set to d_in, so the bias width d_out equals d_in in both placements",
-    "clora3d.peft.clora.xǁCLoRAǁregularization_loss__mutmut_12": "there is always at least one space set (layers and targets are validated non-empty): int 0 plus the first 0-d SADE tensor is that tensor, as the 0-d zero of the same dtype and device plus it is",
     "clora3d.peft.lora.xǁLoRALayerǁ__call____mutmut_3": "F.dropout with p = 0 returns its input itself and draws no random numbers: taking the dropout branch at p = 0 changes nothing",
     "clora3d.peft.lora.xǁLoRALayerǁ__call____mutmut_11": "F.dropout with p = 0 returns its input itself and draws no random numbers: taking the dropout branch at p = 0 changes nothing",
     "clora3d.peft.lora.xǁLoRALayerǁmerge__mutmut_8": "copy_ converts the float64 sum to W's dtype with the same rounding as .to(W.dtype)",
