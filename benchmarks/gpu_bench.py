@@ -184,7 +184,18 @@ def _load_knn_cuda():
         return None
     if not list((Path(spec.origin).parent / "csrc" / "_ext" / "knn").glob("knn*.so")):
         raise RuntimeError("knn_cuda is not built; its import would JIT-compile it (run benchmarks/gpu_peers.py build)")
-    arch = os.environ.pop("TORCH_CUDA_ARCH_LIST", None)  # gpu_peers built it for the visible GPU: same flags
+    # torch's JIT loader rebuilds when its compile commands change: give it what gpu_peers built
+    # with, TORCH_CUDA_ARCH_LIST unset (the visible GPU's) and clora3d's CUDA_HOME (which sees
+    # through an nvcc wrapper script, where torch alone would guess another toolkit path)
+    arch = os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        from clora3d._build_env import find_cuda_home
+
+        home = find_cuda_home(os.environ)
+        if home:
+            os.environ["CUDA_HOME"] = home
+            if "torch.utils.cpp_extension" in sys.modules:  # read once, at its import
+                sys.modules["torch.utils.cpp_extension"].CUDA_HOME = home
     try:
         return importlib.import_module("knn_cuda")
     finally:

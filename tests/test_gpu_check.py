@@ -261,3 +261,86 @@ def test_gpu_check_builds_carried_peers_beside_its_own_build_and_reports_them(tm
     assert lines[0].startswith("peer build: ")
     assert any(ln.startswith("peer chamfer: FAILED") and "no kernel image" in ln for ln in lines), lines
     assert (tmp_path / "peers" / "logs" / "chamfer.log").exists()
+
+
+@pytest.fixture
+def fake_packages(tmp_path, monkeypatch):
+    """Write packages into a folder on sys.path; every module they load is dropped afterwards."""
+    before = set(sys.modules)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(gpu_bench, "_peer_cache", {})
+
+    def write(files: dict[str, str]):
+        for rel, text in files.items():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text(text)
+
+    yield write
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_unbuilt_peers_are_errors_and_never_jit_compile_themselves(fake_packages):
+    """pointnet2_utils and knn_cuda compile themselves when imported unbuilt (minutes, for the
+    wrong GPUs): the loaders must report them unbuilt without importing them."""
+    boom = "raise AssertionError('imported: it would JIT-compile now')\n"
+    fake_packages(
+        {
+            "pointnet2_ops/__init__.py": "",
+            "pointnet2_ops/pointnet2_utils.py": boom,
+            "knn_cuda/__init__.py": boom,
+            "knn_cuda/csrc/cuda/knn.cu": "",
+        }
+    )
+    peers = gpu_bench.load_peers(torch.device("cuda"))  # a device object only: nothing touches a GPU
+    assert peers["pointnet2_ops"].status.startswith("error: RuntimeError: pointnet2_ops._ext is not built")
+    assert peers["knn_cuda"].status.startswith("error: RuntimeError: knn_cuda is not built")
+
+
+@pytest.mark.parametrize("wrapper", [False, True], ids=["own-function", "point-mae-wrapper"])
+def test_point_mae_chamfer_loss_and_gradient(fake_packages, monkeypatch, wrapper):
+    """The compiled ``chamfer`` module, faked here with its API (forward -> dist1, dist2, idx1, idx2
+    as int32; backward(xyz1, xyz2, idx1, idx2, g1, g2)), called through Point-MAE's own
+    ChamferDistanceL2 when its checkout (build/peers/Point-MAE) is on sys.path, else through our
+    Function: either way the loss and gradients of the reference Chamfer-L2 loss."""
+    checkout = str(gpu_bench.PEERS_DIR / "Point-MAE")
+    if wrapper and not (gpu_bench.PEERS_DIR / "Point-MAE" / "extensions" / "chamfer_dist").is_dir():
+        pytest.skip("build/peers not prepared here")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != checkout] + ([checkout] if wrapper else []))
+    fake_packages(
+        {
+            "chamfer.py": (
+                "import torch\n"
+                "def forward(x1, x2):\n"
+                "    d = torch.cdist(x1, x2).pow(2)\n"
+                "    d1, i1 = d.min(2)\n"
+                "    d2, i2 = d.min(1)\n"
+                "    return [d1, d2, i1.int(), i2.int()]\n"
+                "def backward(x1, x2, i1, i2, g1, g2):\n"
+                "    n1 = torch.gather(x2, 1, i1.long().unsqueeze(-1).expand(-1, -1, 3))\n"
+                "    n2 = torch.gather(x1, 1, i2.long().unsqueeze(-1).expand(-1, -1, 3))\n"
+                "    gx1 = 2 * (x1 - n1) * g1.unsqueeze(-1)\n"
+                "    gx2 = 2 * (x2 - n2) * g2.unsqueeze(-1)\n"
+                "    gx1 = gx1.scatter_add(1, i2.long().unsqueeze(-1).expand(-1, -1, 3), -2 * (x2 - n2) * g2.unsqueeze(-1))\n"
+                "    gx2 = gx2.scatter_add(1, i1.long().unsqueeze(-1).expand(-1, -1, 3), -2 * (x1 - n1) * g1.unsqueeze(-1))\n"
+                "    return [gx1, gx2]\n"
+            )
+        }
+    )
+    api = gpu_bench._load_chamfer()
+    own = "Point-MAE chamfer module (own autograd.Function)"
+    assert api.label == ("Point-MAE ChamferDistanceL2" if wrapper else own)
+    a = gpu_bench._cloud(2, 40, 3, torch.device("cpu")).double().requires_grad_(True)
+    b = gpu_bench._cloud(2, 30, 4, torch.device("cpu")).double().requires_grad_(True)
+    loss = api.loss(a, b)
+    ga, gb = torch.autograd.grad(loss, (a, b))
+    ref_loss = gpu_bench.ref.chamfer_l2_loss(a, b)
+    ra, rb = torch.autograd.grad(ref_loss, (a, b))
+    assert torch.allclose(loss, ref_loss) and torch.allclose(ga, ra) and torch.allclose(gb, rb)
+
+
+def test_torch_cluster_imports_without_scipy(fake_packages, monkeypatch):
+    fake_packages({"torch_cluster/__init__.py": "import scipy.cluster\nfps = 'fps'\n"})
+    monkeypatch.setitem(sys.modules, "scipy", None)  # `import scipy` fails, as on the GPU machine
+    assert gpu_bench._load_torch_cluster().fps == "fps"
+    assert sys.modules["scipy"] is None and "scipy.cluster" not in sys.modules  # placeholder gone
