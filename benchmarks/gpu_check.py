@@ -72,9 +72,14 @@ def start_peer_build(arch: str, log: Path):
 
 
 def stop(peers) -> None:
+    """End the peer build: SIGTERM (it kills its compilers), SIGKILL if it has not ended 10 s later."""
     if peers is not None and peers[0].poll() is None:
-        os.killpg(peers[0].pid, signal.SIGKILL)
-        peers[0].wait()
+        peers[0].terminate()
+        try:
+            peers[0].wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(peers[0].pid, signal.SIGKILL)
+            peers[0].wait()
 
 
 def finish_peer_build(peers, log: Path) -> list[str]:

@@ -314,6 +314,22 @@ def _last_error(log: Path) -> str:
     return (hits or lines or ["(empty log)"])[-1][:200]
 
 
+LIVE: set[subprocess.Popen] = set()  # running builds, each in its own process group
+
+
+def _kill(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _on_term(signum, frame):  # gpu_check stopping the peer build: take the compilers down too
+    for p in list(LIVE):
+        _kill(p)
+    raise SystemExit(128 + signum)
+
+
 def run_stage(cmds: list[Cmd], log: Path, deadline: float) -> tuple[str, Path]:
     """Run commands at once, each logged (log, log.1, ...); kill every one at the deadline."""
     procs = []
@@ -333,6 +349,7 @@ def run_stage(cmds: list[Cmd], log: Path, deadline: float) -> tuple[str, Path]:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: a timeout kills nvcc and ninja too
         )
+        LIVE.add(p)
         procs.append((p, fh, lp))
     outcome, bad = "ok", log
     for p, fh, lp in procs:
@@ -343,15 +360,13 @@ def run_stage(cmds: list[Cmd], log: Path, deadline: float) -> tuple[str, Path]:
         if rc is None:
             for q, _, _ in procs:
                 if q.poll() is None:
-                    try:
-                        os.killpg(q.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    _kill(q)
                     q.wait()
             outcome, bad = "timeout", lp
         elif rc != 0 and outcome == "ok":
             outcome, bad = f"rc={rc}", lp
         fh.close()
+    LIVE.difference_update(p for p, _, _ in procs)
     return outcome, bad
 
 
@@ -397,6 +412,7 @@ def build(args) -> int:
     if not present:
         print(f"gpu_peers: no peer sources under {root} (run `gpu_peers.py prepare` where they are)")
         return 0
+    signal.signal(signal.SIGTERM, _on_term)
     if args.nice:
         os.nice(args.nice)  # the builds it starts inherit it: clora3d's own build keeps the CPU first
     home = cuda_home()
@@ -438,7 +454,7 @@ def build(args) -> int:
             results[n] = build_one(n, root, jobs[n], arch, args.timeout, facts)
             print(status_line(results[n]), flush=True)
 
-        threads.append(threading.Thread(target=work))
+        threads.append(threading.Thread(target=work, daemon=True))
         threads[-1].start()
     for t in threads:
         t.join()

@@ -288,3 +288,36 @@ def test_build_reports_each_peer_and_never_fails(tmp_path, monkeypatch, capsys):
     assert gpu_peers.build(args) == 0
     out = capsys.readouterr().out
     assert "peer pointnet2_ops: ok in" in out and "already built" in out and "peer chamfer: FAILED" in out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_terminating_the_build_takes_its_compilers_down(tmp_path):
+    """gpu_check stops a peer build with SIGTERM (its own build failed, or the wait ran out): the
+    compilers, each in its own process group, must not outlive it."""
+    ext = tmp_path / "peers" / "Point-MAE" / "extensions" / "chamfer_dist"
+    ext.mkdir(parents=True)
+    pid_file = tmp_path / "pid"
+    (ext / "setup.py").write_text(
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n"
+    )
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_peers.py"), "--root", str(tmp_path / "peers")]
+    proc = subprocess.Popen([*cmd, "build", "--arch", "9.0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t = time.time()
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() - t < 60:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    assert _alive(child)
+    proc.terminate()
+    assert proc.wait(timeout=30) != 0
+    t = time.time()
+    while _alive(child) and time.time() - t < 10:
+        time.sleep(0.1)
+    assert not _alive(child)
