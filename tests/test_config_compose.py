@@ -38,9 +38,7 @@ REAL_LEAVES = {
     "fewshot/dapt.yaml",
     "scan_objbg/idpt.yaml",
     "scan_objonly/idpt.yaml",
-    "shapenetpart/dapt.yaml",
     "shapenetpart/idpt.yaml",
-    "shapenetpart/pointgst.yaml",
     "shapenetpart/pointlora.yaml",
 }
 #: two-line leaves kept because a document names them (README.md, tools/fewshot.py, docs/peft.md)

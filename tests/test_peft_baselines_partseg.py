@@ -5,7 +5,7 @@ token bookkeeping (one prediction per input point; tokens a method adds never re
 global features: PointGST equals the un-adapted model at init, DAPT and PointLoRA equal it once every
 path by which their extra tokens may legitimately act is switched off, IDPT against an independent
 re-computation of its part-seg forward), an adapter round trip, and a short run of the real trainer
-from each ``cfgs/shapenetpart/<method>.yaml`` on synthetic ShapeNetPart data that lowers the loss.
+from each ``--task shapenetpart --peft <method>`` config on synthetic ShapeNetPart data that lowers the loss.
 Few-shot: every ``cfgs/fewshot/<method>.yaml`` follows the protocol and trains one short episode.
 """
 
@@ -354,9 +354,9 @@ SEG_OPTS = {
 
 @pytest.mark.parametrize("name", METHODS)
 def test_shapenetpart_configs_follow_the_partseg_protocol(name):
-    from clora3d.engine.config import load_config
+    from clora3d.engine.config import compose_config
 
-    cfg = load_config(REPO / "cfgs" / "shapenetpart" / f"{name}.yaml")
+    cfg = compose_config("shapenetpart", name)  # the pair file when the method keeps one, else the layers
     assert cfg["name"] == f"shapenetpart_{name}" and cfg["task"] == "partseg" and cfg["peft"]["NAME"] == name
     m = cfg["model"]
     assert m["NAME"] == "PartSegModel" and m["drop_path_rate"] == 0.1 and m["num_group"] == 128
@@ -384,13 +384,14 @@ def snp_root(tmp_path_factory) -> Path:
 
 
 def seg_run(tmp_path, name: str, root: Path, extra: list[str]) -> dict:
-    """The real trainer from cfgs/shapenetpart/<name>.yaml, with a tiny model, 256 points, 6 epochs."""
-    from clora3d.engine.config import load_config
+    """The real trainer from ``--task shapenetpart --peft <name>``, with a tiny model, 256 points, 6 epochs."""
+    from clora3d.engine.config import compose_config
     from clora3d.engine.trainer import train
 
-    cfg = load_config(
-        REPO / "cfgs" / "shapenetpart" / f"{name}.yaml",
-        extra
+    cfg = compose_config(
+        "shapenetpart",
+        name,
+        overrides=extra
         + [
             f"dataset.train.root={root}",
             f"dataset.test.root={root}",
@@ -416,7 +417,7 @@ def seg_run(tmp_path, name: str, root: Path, extra: list[str]) -> dict:
 
 @pytest.mark.parametrize("name", METHODS)
 def test_partseg_trains_from_its_config_and_lowers_the_loss(tmp_path, snp_root, name):
-    """The real trainer, from cfgs/shapenetpart/<method>.yaml with a tiny model on synthetic ShapeNetPart:
+    """The real trainer, from the shapenetpart x <method> config with a tiny model on synthetic ShapeNetPart:
     no trainer special case, the part-seg metrics come out and the train loss goes down."""
     res = seg_run(tmp_path, name, snp_root, [])
     h = res["history"]
