@@ -238,8 +238,8 @@ def split_jobs(total: int, names: list[str]) -> dict[str, int]:
 
 def sources_hash(src: Path) -> str:
     h = hashlib.sha256()
-    for p in sorted(src.rglob("*")):
-        if p.is_file():
+    for p in sorted(src.rglob("*")):  # what prepare carries: not the __pycache__ an import leaves
+        if p.is_file() and not _skip(p.relative_to(src)):
             h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
 
