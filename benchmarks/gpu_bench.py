@@ -623,6 +623,16 @@ def run_kernels(
 MODEL_METHODS = {"full": {"NAME": "full"}, "clora": {"NAME": "clora"}, "lora r8": {"NAME": "lora", "rank": 8}}
 
 
+def model_inputs(device: torch.device, quick: bool) -> tuple[str, torch.Tensor, torch.Tensor, int, int, int]:
+    """(preset, points (B,N,3), labels (B,), classes, repeats, warmup): the same inputs for every model row."""
+    preset, B, N, C = ("tiny", 4, 256, 10) if quick else ("vit_s", 32, 1024, 40)
+    g = torch.Generator().manual_seed(1)
+    pts = torch.randn(B, N, 3, generator=g).to(device)
+    labels = torch.randint(0, C, (B,), generator=g).to(device)
+    repeats, warmup = (2, 1) if quick else (20, 5)
+    return preset, pts, labels, C, repeats, warmup
+
+
 def run_model(
     device: torch.device,
     quick: bool = False,
@@ -634,11 +644,8 @@ def run_model(
 
     from clora3d.engine import build
 
-    preset, B, N, C = ("tiny", 4, 256, 10) if quick else ("vit_s", 32, 1024, 40)
-    repeats, warmup = (2, 1) if quick else (20, 5)
-    g = torch.Generator().manual_seed(1)
-    pts = torch.randn(B, N, 3, generator=g).to(device)
-    labels = torch.randint(0, C, (B,), generator=g).to(device)
+    preset, pts, labels, C, repeats, warmup = model_inputs(device, quick)
+    B, N = pts.shape[:2]
     rows = []
     for name in methods:
         for prec in precisions:
@@ -699,6 +706,93 @@ def run_model(
             if device.type == "cuda":  # the next configuration rebinds model / opt; free the cache
                 torch.cuda.empty_cache()
     return rows
+
+
+def run_original(
+    device: torch.device, quick: bool = False, precisions=("fp32", "tf32", "bf16"), checkout=None
+) -> list[dict]:
+    """Full fine-tuning of the ORIGINAL Point-MAE code (benchmarks/point_mae_original.py, imported from the
+    carried checkout ``build/peers/Point-MAE``) on the inputs of :func:`run_model`, timed by the same
+    timer. Without the checkout, or when it fails to build, one error row says why (never fatal)."""
+    from benchmarks import point_mae_original as pmo
+
+    checkout = Path(checkout) if checkout else pmo.DEFAULT_CHECKOUT
+    _, pts, labels, C, repeats, warmup = model_inputs(device, quick)
+    if not (checkout / "models" / "Point_MAE.py").exists():
+        return [{"method": pmo.METHOD, "error": f"not carried: no {checkout}/models/Point_MAE.py (docs/gpu.md)"}]
+    try:
+        model, info = pmo.build_original(
+            checkout,
+            cls_dim=C,
+            device=device,
+            pointnet2="require" if device.type == "cuda" else "standin",
+        )
+        # the original is always Point-MAE's ViT-S (its own config), also in --quick (tiny inputs)
+        rows = pmo.time_original(model, pts, labels, precisions, repeats, warmup, timer=timer, preset="vit_s")
+    except Exception as exc:  # reported, not fatal
+        return [{"method": pmo.METHOD, "error": f"{type(exc).__name__}: {_first_line(exc)}"}]
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for r in rows:
+        r["knn"] = info.get("knn")
+    return rows
+
+
+#: the GPU issue's bars for the model table (all from one run)
+MODEL_BARS = (
+    ("CLoRA step / full FT step", "clora", "full", "<=", 1.0),
+    ("original full FT step / CLoRA step", "original", "clora", ">=", 2.0),
+    ("CLoRA peak / original peak", "clora", "original", "<=", 0.25, "peak_mib"),
+)
+
+
+def model_summary(rows: list[dict]) -> list[dict]:
+    """The GPU issue's model criteria, computed from the rows of one run: per precision, CLoRA's step
+    against clora3d's full fine-tuning and against the original Point-MAE code, CLoRA's peak memory
+    against the original's; bf16 against fp32 for full fine-tuning and CLoRA (bar 1.3x)."""
+    by = {}
+    presets = {r["preset"] for r in rows if "error" not in r and not r["method"].startswith("original")}
+    for r in rows:
+        if "error" in r or r["preset"] not in presets:  # only rows of the same model size are compared
+            continue
+        key = "original" if r["method"].startswith("original") else r["method"]
+        by[(key, r["precision"])] = r
+    out = []
+    for prec in sorted({p for _, p in by}):
+        for bar in MODEL_BARS:
+            label, a, b, op, limit = bar[:5]
+            field = bar[5] if len(bar) > 5 else "step_ms"
+            ra, rb = by.get((a, prec)), by.get((b, prec))
+            if ra is None or rb is None or ra.get(field) is None or rb.get(field) is None:
+                continue
+            value = ra[field] / rb[field]
+            met = value <= limit if op == "<=" else value >= limit
+            out.append({"criterion": label, "precision": prec, "value": value, "bar": f"{op} {limit:g}", "met": met})
+    for m in ("full", "clora"):
+        for suffix in ("", " + compile"):
+            fp32, bf16 = by.get((m, "fp32" + suffix)), by.get((m, "bf16" + suffix))
+            if fp32 and bf16:
+                value = fp32["step_ms"] / bf16["step_ms"]
+                out.append(
+                    {
+                        "criterion": f"{m}: fp32 step / bf16 step",
+                        "precision": "bf16" + suffix,
+                        "value": value,
+                        "bar": ">= 1.3",
+                        "met": value >= 1.3,
+                    }
+                )
+    return out
+
+
+def model_summary_table(summary: list[dict]) -> str:
+    lines = ["| criterion | precision | measured | bar | met |", "|---|---|---:|---|---|"]
+    for s in summary:
+        lines.append(
+            f"| {s['criterion']} | {s['precision']} | {s['value']:.2f} | {s['bar']} | {'yes' if s['met'] else 'no'} |"
+        )
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -765,6 +859,9 @@ def model_table(rows: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | - | - | error: {_cell(r['error'])} | - | - | - |")
+            continue
         lines.append(
             f"| {r['method']} | {r['precision']} | {r['trainable']:,} | {r['step_ms']:.2f} | "
             f"{r['samples_per_s']:.0f} | {_f(r['peak_mib'], '{:.0f}')} | {r['inference_ms']:.2f} |"
@@ -786,7 +883,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("what", choices=["kernels", "model", "all", "peers"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few calls (tests, CPU)")
-    ap.add_argument("--compile", action="store_true", help="model: also time torch.compile(fullgraph=True)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="model: also time torch.compile(fullgraph=True), full and CLoRA, fp32 and bf16",
+    )
+    ap.add_argument(
+        "--point-mae", default=None, help="model: the original Point-MAE checkout (default build/peers/Point-MAE)"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -805,11 +909,16 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_table(out["kernel_summary"]))
         print("\n" + "; ".join(peer_lines(load_peers(device))) + "\n", flush=True)
     if args.what in ("model", "all"):
-        mrows = run_model(device, args.quick)
+        mrows = run_original(device, args.quick, checkout=args.point_mae) + run_model(device, args.quick)
         if args.compile:
-            mrows += run_model(device, args.quick, precisions=("fp32",), compile_model=True)
+            mrows += run_model(
+                device, args.quick, methods=("full", "clora"), precisions=("fp32", "bf16"), compile_model=True
+            )
         out["model"] = mrows
+        out["model_summary"] = model_summary(mrows)
         print(model_table(mrows), flush=True)
+        print("\nThe GPU issue's model criteria (same run, medians):\n")
+        print(model_summary_table(out["model_summary"]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

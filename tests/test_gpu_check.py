@@ -344,3 +344,42 @@ def test_torch_cluster_imports_without_scipy(fake_packages, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy", None)  # `import scipy` fails, as on the GPU machine
     assert gpu_bench._load_torch_cluster().fps == "fps"
     assert sys.modules["scipy"] is None and "scipy.cluster" not in sys.modules  # placeholder gone
+
+
+def _mrow(method, precision, step_ms, peak_mib=None, preset="vit_s"):
+    return {"method": method, "precision": precision, "step_ms": step_ms, "peak_mib": peak_mib, "preset": preset}
+
+
+def test_model_summary_is_the_issue_criteria_from_the_rows():
+    rows = [
+        _mrow("original Point-MAE (full)", "fp32", 30.0, 3000.0),
+        _mrow("full", "fp32", 20.0, 1400.0),
+        _mrow("clora", "fp32", 12.0, 600.0),
+        _mrow("full", "bf16", 10.0),
+        _mrow("clora", "bf16", 10.0),
+        {"method": "lora r8", "error": "RuntimeError: boom"},  # error rows are skipped
+        _mrow("clora", "fp32", 1.0, 1.0, preset="tiny"),  # another model size is never compared
+    ]
+    got = {
+        (s["criterion"], s["precision"]): (round(s["value"], 4), s["met"]) for s in gpu_bench.model_summary(rows[:-1])
+    }
+    assert got == {
+        ("CLoRA step / full FT step", "fp32"): (0.6, True),
+        ("original full FT step / CLoRA step", "fp32"): (2.5, True),
+        ("CLoRA peak / original peak", "fp32"): (0.2, True),
+        ("CLoRA step / full FT step", "bf16"): (1.0, True),
+        ("full: fp32 step / bf16 step", "bf16"): (2.0, True),
+        ("clora: fp32 step / bf16 step", "bf16"): (1.2, False),
+    }
+    # --quick: clora3d's rows are the tiny model, the original is always Point-MAE's ViT-S: not compared
+    mixed = gpu_bench.model_summary([rows[0], _mrow("full", "fp32", 20.0, preset="tiny"), rows[-1]])
+    assert {s["criterion"] for s in mixed} == {"CLoRA step / full FT step"}
+    table = gpu_bench.model_summary_table(gpu_bench.model_summary(rows[:-1]))
+    assert "| original full FT step / CLoRA step | fp32 | 2.50 | >= 2 | yes |" in table
+    assert "| clora: fp32 step / bf16 step | bf16 | 1.20 | >= 1.3 | no |" in table
+
+
+def test_original_point_mae_row_says_why_when_not_carried(tmp_path):
+    rows = gpu_bench.run_original(torch.device("cpu"), quick=True, checkout=tmp_path / "nothing")
+    assert len(rows) == 1 and rows[0]["error"].startswith("not carried")
+    assert "error: not carried" in gpu_bench.model_table(rows)
