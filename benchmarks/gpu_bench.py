@@ -620,7 +620,14 @@ def run_kernels(
 
 
 # ----------------------------------------------------------------------------- model
-MODEL_METHODS = {"full": {"NAME": "full"}, "clora": {"NAME": "clora"}, "lora r8": {"NAME": "lora", "rank": 8}}
+#: "clora" is the default configuration (train_path auto: dense on CUDA); "clora factored" times the
+#: other training path in the same run (the same numbers, fewer FLOPs, more kernel launches)
+MODEL_METHODS = {
+    "full": {"NAME": "full"},
+    "clora": {"NAME": "clora"},
+    "clora factored": {"NAME": "clora", "train_path": "factored"},
+    "lora r8": {"NAME": "lora", "rank": 8},
+}
 
 
 def model_inputs(device: torch.device, quick: bool) -> tuple[str, torch.Tensor, torch.Tensor, int, int, int]:

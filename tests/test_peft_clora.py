@@ -369,3 +369,61 @@ def test_each_lrm_layer_owns_its_merge_and_exact_unmerge(base, placement):
     with torch.no_grad():
         lrm.unmerge()
     assert all(torch.equal(v, before[k]) for k, v in m.model.state_dict().items())
+
+
+# -- training paths: factored (x Dcat) V_j and dense x dW_j ----------------------------------------
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"bias": True, "dropout": 0.2},
+        {"placement": "parallel", "targets": ["qkv", "proj", "fc1"]},
+        {"placement": "parallel", "targets": ["proj", "fc2"], "bias": True},
+        {"shared_q": True, "scale": 0.5},
+    ],
+    ids=["pre_proj", "pre_proj_bias_dropout", "parallel", "parallel_bias", "shared_q_scaled"],
+)
+def test_dense_training_path_equals_the_factored_one(base, pts, extra):
+    """Same outputs, loss gradients and SADE, in train mode (dropout draws the same masks); in float64,
+    where only rounding could differ (in float32 the batch norms of a train-mode batch of 2 amplify it)."""
+    results = {}
+    for path in ("factored", "dense"):
+        model = copy.deepcopy(base).double().train()
+        method = apply_peft(model, {"NAME": "clora", "train_path": path, **extra})
+        randomize(method, std=0.05)  # updates of a realistic size (0.3 blows the activations up)
+        key = next(iter(method.spaces))
+        assert (method._cache._form(method.spaces[key])[0] is None) == (path == "dense")
+        torch.manual_seed(7)
+        out = model(pts.double())
+        loss = out.square().mean() + method.regularization_loss()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in method.trainable_parameters().items() if p.grad is not None}
+        results[path] = (out.detach(), grads)
+    (out_f, g_f), (out_d, g_d) = results["factored"], results["dense"]
+    torch.testing.assert_close(out_d, out_f, rtol=1e-10, atol=1e-12)
+    assert g_d.keys() == g_f.keys() and any(n.startswith("peft.") for n in g_d)
+    for n in g_f:
+        torch.testing.assert_close(g_d[n], g_f[n], rtol=1e-8, atol=1e-10, msg=n)
+
+
+def test_auto_training_path_is_factored_on_the_cpu(base):
+    method = apply_peft(copy.deepcopy(base), {"NAME": "clora"})
+    assert method.config["train_path"] == "auto"
+    dcat, vs = method._cache._form(method.spaces["s96x96"])
+    assert dcat is not None and vs[0].shape == (4 * 8, 96)
+
+
+@pytest.mark.cuda
+def test_auto_training_path_is_dense_on_cuda(base, pts):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    outs = {}
+    for path in ("auto", "factored"):
+        model = copy.deepcopy(base).cuda().eval()
+        method = apply_peft(model, {"NAME": "clora", "train_path": path})
+        randomize(method)
+        if path == "auto":
+            assert method._cache._form(method.spaces["s96x96"])[0] is None
+        with torch.no_grad():
+            outs[path] = model(pts.cuda()).cpu()
+    torch.testing.assert_close(outs["auto"], outs["factored"], rtol=1e-4, atol=1e-5)

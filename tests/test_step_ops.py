@@ -46,3 +46,24 @@ def test_clora_vit_s_step_dispatches_no_more_ops_than_full_fine_tuning():
     full = step_ops.count_step("full", "vit_s", 2)["aten_ops"]
     clora = step_ops.count_step("clora", "vit_s", 2)["aten_ops"]
     assert clora <= full, (clora, full)
+
+
+@pytest.mark.parametrize("placement", ["pre_proj", "parallel"])
+def test_clora_dense_training_path_launches_fewer_kernels(placement):
+    # one addmm per LRM instead of mm + addmm, and no per-LRM accumulation of the shared Dcat's gradient
+    sfx = "" if placement == "pre_proj" else " parallel"
+    factored = step_ops.count_step("clora" + sfx, "tiny", 2)
+    dense = step_ops.count_step("clora" + sfx + " dense", "tiny", 2)
+    assert dense["launch_ops"] < factored["launch_ops"], (dense["launch_ops"], factored["launch_ops"])
+    assert dense["aten_ops"] < factored["aten_ops"]
+
+
+def test_launch_proxy_leaves_out_views_and_counts_kernels():
+    import torch
+
+    x = torch.ones(4, 6)
+    with step_ops.CountOps() as c:
+        y = x.view(6, 4).t().unsqueeze(0).expand(2, 4, 6)  # metadata only
+        z = (y * 2).sum()  # two kernels
+    assert z.item() == 96
+    assert sum(v for k, v in c.ops.items() if k not in step_ops.LAUNCH_FREE_OPS) == 2

@@ -75,6 +75,13 @@ class CLoRAConfig(PeftConfig):
     # early and <= 0.4% on average
     sade_normalize: bool = spec(True, doc="normalised variant: each pair term in [0, 1], scale-free")
     sade_eps: float = spec(1e-12, ge=0, doc="added to the normaliser")
+    # how the unmerged update is applied while training (the same numbers either way, to fp32 rounding)
+    train_path: Literal["auto", "factored", "dense"] = spec(
+        "auto",
+        doc="factored: (x Dcat) V_j, two thin matmuls per LRM (fewest FLOPs); dense: x dW_j with every "
+        "dW_j formed once per forward by one batched matmul (one matmul per LRM, fewer kernel launches); "
+        "auto: dense on CUDA, factored elsewhere",
+    )
 
     def __post_init__(self) -> None:
         targets = DEFAULT_TARGETS[self.placement] if self.targets is None else self.targets
@@ -129,17 +136,21 @@ class CLoRASpaces(nn.Module):
         """Coefficients of LRM ``j``: (p, r, r)."""
         return self.Q[0] if self.shared_q else self.Q[j]
 
-    def factors(self, scale: float) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def factors(self, scale: float, dense: bool = False) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
         """The training path's factors for every LRM at once: ``(Dcat (d_in, p*r), (V_j (p*r, d_out), ...))``
         with ``Dcat = [D_1 .. D_p]`` and ``V_j = scale * blockdiag(Q_h^j) [U_1; ..; U_p]``, so that
         ``x dW_j = (x Dcat) V_j``. A handful of ops per forward for all LRMs of the set (one batched
-        matmul forms every V_j), instead of a reshape/einsum chain per LRM and per call."""
+        matmul forms every V_j), instead of a reshape/einsum chain per LRM and per call. ``dense``:
+        ``(None, (dW_j (d_in, d_out), ...))``, every ``dW_j = Dcat V_j`` from one more batched matmul."""
         p, d_in, r = self.D.shape
         dcat = self.D.permute(1, 0, 2).reshape(d_in, p * r)
         v = torch.matmul(self.Q, self.U)  # (m', p, r, d_out)
         if scale != 1.0:
             v = v * scale
-        return dcat, v.reshape(v.shape[0], p * r, self.d_out).unbind(0)
+        v = v.reshape(v.shape[0], p * r, self.d_out)
+        if dense:
+            return None, torch.matmul(dcat, v).unbind(0)
+        return dcat, v.unbind(0)
 
     def components(self, j: int) -> torch.Tensor:
         """``M_h^j = D_h Q_h^j U_h`` for all h: (p, d_in, d_out) (materialised; for inspection/tests)."""
@@ -203,30 +214,37 @@ class _FactorCache:
     """Per-forward factors of every space set (see ``CLoRASpaces.factors``): filled by a pre-hook
     on the block stack, emptied by its post-hook, so each forward of the model forms them once (and
     a later forward never sees the graph of an earlier one). An LRM hook that runs outside the stack
-    (a block called on its own) forms its set's factors itself."""
+    (a block called on its own) forms its set's factors itself. ``train_path`` (CLoRAConfig) picks
+    factored or dense factors; ``auto`` decides by the device of the spaces."""
 
-    def __init__(self, spaces: nn.ModuleDict, scale: float) -> None:
-        self.spaces, self.scale = spaces, scale
-        self.factors: dict[str, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+    def __init__(self, spaces: nn.ModuleDict, scale: float, train_path: str = "factored") -> None:
+        self.spaces, self.scale, self.train_path = spaces, scale, train_path
+        self.factors: dict[str, tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]] = {}
+
+    def _form(self, sp: CLoRASpaces) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
+        dense = self.train_path == "dense" or (self.train_path == "auto" and sp.D.is_cuda)
+        return sp.factors(self.scale, dense)
 
     def fill(self, module: nn.Module, args: tuple) -> None:
-        self.factors = {key: sp.factors(self.scale) for key, sp in self.spaces.items()}
+        self.factors = {key: self._form(sp) for key, sp in self.spaces.items()}
 
     def clear(self, module: nn.Module, args: tuple, out: object) -> None:
         self.factors = {}
 
-    def get(self, key: str, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, key: str, j: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         f = self.factors.get(key)
         if f is None:
-            f = self.spaces[key].factors(self.scale)
+            f = self._form(self.spaces[key])
         dcat, vs = f
         return dcat, vs[0 if self.spaces[key].shared_q else j]
 
 
-def _low_rank_add(base: torch.Tensor, x: torch.Tensor, dcat: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``base + (x Dcat) V`` for ``x (..., d_in)`` and ``base (..., d_out)``: two matmuls (mm, addmm)."""
+def _low_rank_add(base: torch.Tensor, x: torch.Tensor, dcat: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+    """``base + (x Dcat) V`` for ``x (..., d_in)`` and ``base (..., d_out)``: two matmuls (mm, addmm);
+    with ``dcat`` None, ``v`` is the dense ``dW`` and it is one addmm, ``base + x dW``."""
     lead = x.shape[:-1]
-    z = x.reshape(-1, x.shape[-1]) @ dcat
+    x2 = x.reshape(-1, x.shape[-1])
+    z = x2 if dcat is None else x2 @ dcat
     return torch.addmm(base.reshape(-1, base.shape[-1]), z, v).view(*lead, v.shape[-1])
 
 
@@ -369,7 +387,7 @@ class CLoRA(PeftMethod):
         self.spaces.to(device=ref.device, dtype=ref.dtype)
         self.peft_params = {f"peft.{n_}": p for n_, p in self.spaces.named_parameters()}
         self.peft_module = self.spaces
-        self._cache = _FactorCache(self.spaces, float(cfg.scale))
+        self._cache = _FactorCache(self.spaces, float(cfg.scale), cfg.train_path)
         kind = _PreProjHook if pre else _ParallelHook
         #: the LRM layers, in the order of ``self.lrms``: each is its linear's hook and owns its merge
         self.lrm_layers: list[_LRM] = [
