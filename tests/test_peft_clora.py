@@ -406,6 +406,14 @@ def test_dense_training_path_equals_the_factored_one(base, pts, extra):
         torch.testing.assert_close(g_d[n], g_f[n], rtol=1e-8, atol=1e-10, msg=n)
 
 
+def test_dense_path_is_chosen_by_option_and_device():
+    from clora3d.peft.clora import dense_path
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)  # device objects only: no GPU needed
+    assert [dense_path(p, cpu) for p in ("auto", "factored", "dense")] == [False, False, True]
+    assert [dense_path(p, cuda) for p in ("auto", "factored", "dense")] == [True, False, True]
+
+
 def test_auto_training_path_is_factored_on_the_cpu(base):
     method = apply_peft(copy.deepcopy(base), {"NAME": "clora"})
     assert method.config["train_path"] == "auto"

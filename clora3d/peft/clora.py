@@ -136,7 +136,7 @@ class CLoRASpaces(nn.Module):
         """Coefficients of LRM ``j``: (p, r, r)."""
         return self.Q[0] if self.shared_q else self.Q[j]
 
-    def factors(self, scale: float, dense: bool = False) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
+    def factors(self, scale: float, dense: bool) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
         """The training path's factors for every LRM at once: ``(Dcat (d_in, p*r), (V_j (p*r, d_out), ...))``
         with ``Dcat = [D_1 .. D_p]`` and ``V_j = scale * blockdiag(Q_h^j) [U_1; ..; U_p]``, so that
         ``x dW_j = (x Dcat) V_j``. A handful of ops per forward for all LRMs of the set (one batched
@@ -210,6 +210,12 @@ def sade_total(sets: list[CLoRASpaces], normalize: bool, eps: float) -> torch.Te
     return total
 
 
+def dense_path(train_path: str, device: torch.device) -> bool:
+    """Whether ``train_path`` (CLoRAConfig) means the dense training path for spaces on ``device``:
+    ``dense``, or ``auto`` on CUDA (where a step of this size is bound by kernel launches)."""
+    return train_path == "dense" or (train_path == "auto" and device.type == "cuda")
+
+
 class _FactorCache:
     """Per-forward factors of every space set (see ``CLoRASpaces.factors``): filled by a pre-hook
     on the block stack, emptied by its post-hook, so each forward of the model forms them once (and
@@ -217,13 +223,12 @@ class _FactorCache:
     (a block called on its own) forms its set's factors itself. ``train_path`` (CLoRAConfig) picks
     factored or dense factors; ``auto`` decides by the device of the spaces."""
 
-    def __init__(self, spaces: nn.ModuleDict, scale: float, train_path: str = "factored") -> None:
+    def __init__(self, spaces: nn.ModuleDict, scale: float, train_path: str) -> None:
         self.spaces, self.scale, self.train_path = spaces, scale, train_path
         self.factors: dict[str, tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]] = {}
 
     def _form(self, sp: CLoRASpaces) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
-        dense = self.train_path == "dense" or (self.train_path == "auto" and sp.D.is_cuda)
-        return sp.factors(self.scale, dense)
+        return sp.factors(self.scale, dense_path(self.train_path, sp.D.device))
 
     def fill(self, module: nn.Module, args: tuple) -> None:
         self.factors = {key: self._form(sp) for key, sp in self.spaces.items()}
@@ -245,7 +250,7 @@ def _low_rank_add(base: torch.Tensor, x: torch.Tensor, dcat: torch.Tensor | None
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     z = x2 if dcat is None else x2 @ dcat
-    return torch.addmm(base.reshape(-1, base.shape[-1]), z, v).view(*lead, v.shape[-1])
+    return torch.addmm(base.reshape(-1, base.shape[-1]), z, v).view(*lead, v.shape[1])
 
 
 class _LRM:
