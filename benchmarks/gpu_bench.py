@@ -620,7 +620,7 @@ def run_kernels(
 
 
 # ----------------------------------------------------------------------------- model
-#: "clora" is the default configuration (train_path auto: dense on CUDA); "clora factored" times the
+#: "clora" is the default configuration (train_path auto: dense when training on CUDA); "clora factored" times the
 #: other training path in the same run (the same numbers, fewer FLOPs, more kernel launches)
 MODEL_METHODS = {
     "full": {"NAME": "full"},

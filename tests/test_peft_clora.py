@@ -392,7 +392,7 @@ def test_dense_training_path_equals_the_factored_one(base, pts, extra):
         method = apply_peft(model, {"NAME": "clora", "train_path": path, **extra})
         randomize(method, std=0.05)  # updates of a realistic size (0.3 blows the activations up)
         key = next(iter(method.spaces))
-        assert (method._cache._form(method.spaces[key])[0] is None) == (path == "dense")
+        assert (method._cache._form(method.spaces[key], True)[0] is None) == (path == "dense")
         torch.manual_seed(7)
         out = model(pts.double())
         loss = out.square().mean() + method.regularization_loss()
@@ -410,14 +410,16 @@ def test_dense_path_is_chosen_by_option_and_device():
     from clora3d.peft.clora import dense_path
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)  # device objects only: no GPU needed
-    assert [dense_path(p, cpu) for p in ("auto", "factored", "dense")] == [False, False, True]
-    assert [dense_path(p, cuda) for p in ("auto", "factored", "dense")] == [True, False, True]
+    paths = ("auto", "factored", "dense")
+    assert [dense_path(p, cpu, True) for p in paths] == [False, False, True]
+    assert [dense_path(p, cuda, True) for p in paths] == [True, False, True]
+    assert [dense_path(p, cuda, False) for p in paths] == [False, False, True]  # eval: factored
 
 
 def test_auto_training_path_is_factored_on_the_cpu(base):
     method = apply_peft(copy.deepcopy(base), {"NAME": "clora"})
     assert method.config["train_path"] == "auto"
-    dcat, vs = method._cache._form(method.spaces["s96x96"])
+    dcat, vs = method._cache._form(method.spaces["s96x96"], True)
     assert dcat is not None and vs[0].shape == (4 * 8, 96)
 
 
@@ -427,11 +429,14 @@ def test_auto_training_path_is_dense_on_cuda(base, pts):
         pytest.skip("needs a CUDA GPU")
     outs = {}
     for path in ("auto", "factored"):
-        model = copy.deepcopy(base).cuda().eval()
+        model = copy.deepcopy(base).cuda().train()
         method = apply_peft(model, {"NAME": "clora", "train_path": path})
-        randomize(method)
+        randomize(method, std=0.05)
         if path == "auto":
-            assert method._cache._form(method.spaces["s96x96"])[0] is None
+            assert method._cache._form(method.spaces["s96x96"], True)[0] is None
+            assert method._cache._form(method.spaces["s96x96"], False)[0] is not None
+        torch.manual_seed(7)
         with torch.no_grad():
             outs[path] = model(pts.cuda()).cpu()
-    torch.testing.assert_close(outs["auto"], outs["factored"], rtol=1e-4, atol=1e-5)
+    # float32 on the GPU, train mode (batch norm over a batch of 2 amplifies rounding)
+    torch.testing.assert_close(outs["auto"], outs["factored"], rtol=1e-3, atol=1e-4)

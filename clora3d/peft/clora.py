@@ -80,7 +80,7 @@ class CLoRAConfig(PeftConfig):
         "auto",
         doc="factored: (x Dcat) V_j, two thin matmuls per LRM (fewest FLOPs); dense: x dW_j with every "
         "dW_j formed once per forward by one batched matmul (one matmul per LRM, fewer kernel launches); "
-        "auto: dense on CUDA, factored elsewhere",
+        "auto: dense for training forwards on CUDA, factored elsewhere",
     )
 
     def __post_init__(self) -> None:
@@ -210,10 +210,11 @@ def sade_total(sets: list[CLoRASpaces], normalize: bool, eps: float) -> torch.Te
     return total
 
 
-def dense_path(train_path: str, device: torch.device) -> bool:
-    """Whether ``train_path`` (CLoRAConfig) means the dense training path for spaces on ``device``:
-    ``dense``, or ``auto`` on CUDA (where a step of this size is bound by kernel launches)."""
-    return train_path == "dense" or (train_path == "auto" and device.type == "cuda")
+def dense_path(train_path: str, device: torch.device, training: bool) -> bool:
+    """Whether ``train_path`` (CLoRAConfig) means the dense path for spaces on ``device``: ``dense``, or
+    ``auto`` in a training forward on CUDA (where a step of this size is bound by kernel launches;
+    evaluation keeps the factored path's fewer FLOPs per sample, and so do FLOP reports)."""
+    return train_path == "dense" or (train_path == "auto" and training and device.type == "cuda")
 
 
 class _FactorCache:
@@ -221,25 +222,26 @@ class _FactorCache:
     on the block stack, emptied by its post-hook, so each forward of the model forms them once (and
     a later forward never sees the graph of an earlier one). An LRM hook that runs outside the stack
     (a block called on its own) forms its set's factors itself. ``train_path`` (CLoRAConfig) picks
-    factored or dense factors; ``auto`` decides by the device of the spaces."""
+    factored or dense factors; ``auto`` decides by the device of the spaces and the mode (see
+    :func:`dense_path`)."""
 
     def __init__(self, spaces: nn.ModuleDict, scale: float, train_path: str) -> None:
         self.spaces, self.scale, self.train_path = spaces, scale, train_path
         self.factors: dict[str, tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]] = {}
 
-    def _form(self, sp: CLoRASpaces) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
-        return sp.factors(self.scale, dense_path(self.train_path, sp.D.device))
+    def _form(self, sp: CLoRASpaces, training: bool) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
+        return sp.factors(self.scale, dense_path(self.train_path, sp.D.device, training))
 
     def fill(self, module: nn.Module, args: tuple) -> None:
-        self.factors = {key: self._form(sp) for key, sp in self.spaces.items()}
+        self.factors = {key: self._form(sp, module.training) for key, sp in self.spaces.items()}
 
     def clear(self, module: nn.Module, args: tuple, out: object) -> None:
         self.factors = {}
 
-    def get(self, key: str, j: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def get(self, key: str, j: int, training: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
         f = self.factors.get(key)
         if f is None:
-            f = self._form(self.spaces[key])
+            f = self._form(self.spaces[key], training)
         dcat, vs = f
         return dcat, vs[0 if self.spaces[key].shared_q else j]
 
@@ -296,7 +298,7 @@ class _PreProjHook(_LRM):
         if self.space.bias is not None:
             x = x + self.space.bias[self.j]
         xd = F.dropout(x, self.p, module.training) if self.p > 0 else x
-        dcat, v = self.cache.get(self.key, self.j)
+        dcat, v = self.cache.get(self.key, self.j, module.training)
         return (_low_rank_add(x, xd, dcat, v),) + tuple(args[1:])
 
     def merge(self) -> None:
@@ -324,7 +326,7 @@ class _ParallelHook(_LRM):
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x = F.dropout(args[0], self.p, module.training) if self.p > 0 else args[0]
-        dcat, v = self.cache.get(self.key, self.j)
+        dcat, v = self.cache.get(self.key, self.j, module.training)
         out = _low_rank_add(out, x, dcat, v)
         if self.space.bias is not None:
             out = out + self.space.bias[self.j]
