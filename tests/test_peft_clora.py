@@ -440,3 +440,31 @@ def test_auto_training_path_is_dense_on_cuda(base, pts):
             outs[path] = model(pts.cuda()).cpu()
     # float32 on the GPU, train mode (batch norm over a batch of 2 amplifies rounding)
     torch.testing.assert_close(outs["auto"], outs["factored"], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("placement", ["pre_proj", "parallel"])
+def test_training_path_sees_the_mode_of_the_forward(base, pts, monkeypatch, placement):
+    """The dense-or-factored decision gets the module's train/eval mode: from the block stack (the
+    per-forward factors) and from an LRM hook whose block runs on its own (it forms them itself)."""
+    import clora3d.peft.clora as clora_mod
+
+    seen: list[bool] = []
+
+    def record(train_path, device, training):
+        seen.append(training)
+        return False
+
+    monkeypatch.setattr(clora_mod, "dense_path", record)
+    model = copy.deepcopy(base)
+    apply_peft(model, {"NAME": "clora", "placement": placement})
+    for mode in (True, False):
+        model.train(mode)
+        seen.clear()
+        with torch.no_grad():
+            model(pts)
+        assert seen and set(seen) == {mode}, (mode, seen)
+        seen.clear()
+        tokens = torch.randn(2, 5, D)
+        with torch.no_grad():
+            model.blocks.blocks[0](tokens)  # outside the stack: each LRM hook forms its set's factors
+        assert seen and set(seen) == {mode}, (mode, seen)
