@@ -630,6 +630,76 @@ MODEL_METHODS = {
 }
 
 
+def time_training(
+    model: torch.nn.Module,
+    pts: torch.Tensor,
+    labels: torch.Tensor,
+    precision: str,
+    repeats: int,
+    warmup: int,
+    forward: Callable | None = None,
+    timer_fn: Callable = None,
+) -> dict:
+    """One model row's timings: a training step (train mode, forward, cross-entropy, backward, fused
+    AdamW over the trainable parameters, lr 1e-4, wd 0.05) and inference (eval, no_grad), in
+    ``precision`` (fp32, tf32: fp32 with TF32 matmuls, bf16: autocast); peak allocated memory over the
+    timed steps. ``forward`` defaults to the model (a compiled one may be given); ``timer_fn`` to
+    :func:`timer`. Used for clora3d's rows and the original Point-MAE code's alike."""
+    from torch.nn import functional as F
+
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"precision must be fp32, tf32 or bf16, got {precision!r}")
+    timer_fn = timer_fn or timer
+    forward = forward or model
+    device = pts.device
+    B, N = pts.shape[:2]
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = None
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=device.type == "cuda")
+    ac = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else torch.autocast(device.type, enabled=False)
+    )
+
+    def step():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with ac:
+            loss = F.cross_entropy(forward(pts), labels)
+        loss.backward()
+        opt.step()
+
+    def infer():
+        model.eval()
+        with torch.no_grad(), ac:
+            forward(pts)
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    try:
+        t_step = timer_fn(device, step, repeats, warmup)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        t_inf = timer_fn(device, infer, repeats, warmup)
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    for p in params:  # free the gradients and (with opt) the optimizer state before the next row
+        p.grad = None
+    ms = statistics.median(t_step)
+    return dict(
+        trainable=sum(p.numel() for p in params),
+        step_ms=ms,
+        samples_per_s=1e3 * B / ms,
+        peak_mib=peak,
+        inference_ms=statistics.median(t_inf),
+        batch=B,
+        points=N,
+    )
+
+
 def model_inputs(device: torch.device, quick: bool) -> tuple[str, torch.Tensor, torch.Tensor, int, int, int]:
     """(preset, points (B,N,3), labels (B,), classes, repeats, warmup): the same inputs for every model row."""
     preset, B, N, C = ("tiny", 4, 256, 10) if quick else ("vit_s", 32, 1024, 40)
@@ -647,12 +717,9 @@ def run_model(
     precisions=("fp32", "tf32", "bf16"),
     compile_model: bool = False,
 ) -> list[dict]:
-    from torch.nn import functional as F
-
     from clora3d.engine import build
 
     preset, pts, labels, C, repeats, warmup = model_inputs(device, quick)
-    B, N = pts.shape[:2]
     rows = []
     for name in methods:
         for prec in precisions:
@@ -664,51 +731,10 @@ def run_model(
             model = build.build_model(cfg)
             _method = build.build_method(model, cfg)
             model.to(device)
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=device.type == "cuda")
             fwd = torch.compile(model, fullgraph=True) if compile_model else model
-            ac = (
-                torch.autocast(device.type, dtype=torch.bfloat16)
-                if prec == "bf16"
-                else torch.autocast(device.type, enabled=False)
-            )
-
-            def step():
-                model.train()
-                opt.zero_grad(set_to_none=True)
-                with ac:
-                    loss = F.cross_entropy(fwd(pts), labels)
-                loss.backward()
-                opt.step()
-
-            def infer():
-                model.eval()
-                with torch.no_grad(), ac:
-                    fwd(pts)
-
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            torch.set_float32_matmul_precision("high" if prec == "tf32" else "highest")
-            try:
-                t_step = timer(device, step, repeats, warmup)
-                peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-                t_inf = timer(device, infer, repeats, warmup)
-            finally:
-                torch.set_float32_matmul_precision("highest")
-            ms = statistics.median(t_step)
+            row = time_training(model, pts, labels, prec, repeats, warmup, forward=fwd)
             rows.append(
-                dict(
-                    method=name,
-                    precision=prec + (" + compile" if compile_model else ""),
-                    trainable=sum(p.numel() for p in params),
-                    step_ms=ms,
-                    samples_per_s=1e3 * B / ms,
-                    peak_mib=peak,
-                    inference_ms=statistics.median(t_inf),
-                    preset=preset,
-                    batch=B,
-                    points=N,
-                )
+                dict(method=name, precision=prec + (" + compile" if compile_model else ""), **row, preset=preset)
             )
             if device.type == "cuda":  # the next configuration rebinds model / opt; free the cache
                 torch.cuda.empty_cache()

@@ -56,7 +56,6 @@ import contextlib
 import hashlib
 import importlib
 import json
-import statistics
 import sys
 import types
 import warnings
@@ -64,7 +63,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKOUT = ROOT / "build" / "peers" / "Point-MAE"
@@ -395,67 +393,12 @@ def time_original(
     (``fp32``, ``tf32``: fp32 with TF32 matmuls, ``bf16``: autocast). ``timer(device, fn, repeats,
     warmup)`` returns milliseconds per call (default: gpu_bench's). Each precision gets a fresh AdamW
     over all parameters; the model's weights carry over (they do not change the cost)."""
-    if timer is None:
-        from benchmarks.gpu_bench import timer
-    device = pts.device
-    B, N = pts.shape[:2]
-    params = [p for p in model.parameters() if p.requires_grad]
+    from benchmarks.gpu_bench import time_training
+
     rows = []
     for prec in precisions:
-        if prec not in ("fp32", "tf32", "bf16"):
-            raise ValueError(f"precision must be fp32, tf32 or bf16, got {prec!r}")
-        for p in params:
-            p.grad = None
-        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=device.type == "cuda")
-        ac = (
-            torch.autocast(device.type, dtype=torch.bfloat16)
-            if prec == "bf16"
-            else torch.autocast(device.type, enabled=False)
-        )
-
-        def step():
-            model.train()
-            opt.zero_grad(set_to_none=True)
-            with ac:
-                loss = F.cross_entropy(model(pts), labels)
-            loss.backward()
-            opt.step()
-
-        def infer():
-            model.eval()
-            with torch.no_grad(), ac:
-                model(pts)
-
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        torch.set_float32_matmul_precision("high" if prec == "tf32" else "highest")
-        try:
-            t_step = timer(device, step, repeats, warmup)
-            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-            t_inf = timer(device, infer, repeats, warmup)
-        finally:
-            torch.set_float32_matmul_precision("highest")
-        ms = statistics.median(t_step)
-        rows.append(
-            dict(
-                method=METHOD,
-                precision=prec,
-                trainable=sum(p.numel() for p in params),
-                step_ms=ms,
-                samples_per_s=1e3 * B / ms,
-                peak_mib=peak,
-                inference_ms=statistics.median(t_inf),
-                preset=preset,
-                batch=B,
-                points=N,
-            )
-        )
-        opt = None  # free the optimizer state before the next precision
-        for p in params:
-            p.grad = None
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        row = time_training(model, pts, labels, prec, repeats, warmup, timer_fn=timer)
+        rows.append(dict(method=METHOD, precision=prec, **row, preset=preset))
     return rows
 
 
