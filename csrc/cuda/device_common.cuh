@@ -67,6 +67,19 @@ __device__ __forceinline__ bool lex_less(T d, I i, T bd, I bi) {
   return d < bd || (d == bd && i < bi);
 }
 
+// x, y, z = point ``index`` of ``points`` (N, 3) when ``valid``, else the origin; asserts on the device
+// that a loaded point is finite.
+template <typename T>
+__device__ __forceinline__ void load_point(const T* __restrict__ points, int64_t index, bool valid, T& x, T& y, T& z) {
+  x = y = z = T(0);
+  if (!valid) return;
+  const T* p = points + index * 3;
+  x = p[0];
+  y = p[1];
+  z = p[2];
+  CLORA3D_ASSERT_FINITE3(x, y, z, "knn / three_nn / chamfer query");
+}
+
 // Copies points [t0, t0 + n) of one cloud (B, N, 3) into `tile` with the whole block (coalesced),
 // asserting on the device that they are finite.
 template <typename T>

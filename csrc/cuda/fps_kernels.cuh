@@ -64,10 +64,10 @@ __device__ __forceinline__ float key_float(unsigned k) {
 }
 
 // Warp-wide argmax of (d, i): largest d, ties to the lowest i. Every lane gets the result.
-template <typename T>
-__device__ __forceinline__ void warp_argmax(T& d, int& i) {
+template <typename T, typename I>
+__device__ __forceinline__ void warp_argmax(T& d, I& i) {
 #if CLORA3D_HAS_WARP_REDUCE
-  if constexpr (std::is_same<T, float>::value) {
+  if constexpr (std::is_same<T, float>::value && std::is_same<I, int>::value) {
     const unsigned key = float_key(d);
     const unsigned top = __reduce_max_sync(kFullMask, key);
     i = static_cast<int>(__reduce_min_sync(kFullMask, key == top ? static_cast<unsigned>(i) : 0xffffffffu));
@@ -78,7 +78,7 @@ __device__ __forceinline__ void warp_argmax(T& d, int& i) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
     const T od = __shfl_xor_sync(kFullMask, d, offset);
-    const int oi = __shfl_xor_sync(kFullMask, i, offset);
+    const I oi = __shfl_xor_sync(kFullMask, i, offset);
     if (od > d || (od == d && oi < i)) {
       d = od;
       i = oi;
@@ -217,15 +217,7 @@ __global__ void __launch_bounds__(kFpsMaxThreads)
         best_i = i;
       }
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const T v = __shfl_down_sync(kFullMask, best, offset);
-      const int64_t vi = __shfl_down_sync(kFullMask, best_i, offset);
-      if (v > best || (v == best && vi < best_i)) {
-        best = v;
-        best_i = vi;
-      }
-    }
+    warp_argmax(best, best_i);
     if (lane == 0) {
       warp_best[warp] = best;
       warp_best_i[warp] = best_i;
@@ -234,15 +226,7 @@ __global__ void __launch_bounds__(kFpsMaxThreads)
     if (warp == 0) {
       best = lane < nwarps ? warp_best[lane] : T(-1);
       best_i = lane < nwarps ? warp_best_i[lane] : INT64_MAX;
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        const T v = __shfl_down_sync(kFullMask, best, offset);
-        const int64_t vi = __shfl_down_sync(kFullMask, best_i, offset);
-        if (v > best || (v == best && vi < best_i)) {
-          best = v;
-          best_i = vi;
-        }
-      }
+      warp_argmax(best, best_i);
       if (lane == 0) {
         current = best_i;
         o[s] = best_i;

@@ -27,6 +27,7 @@ namespace knn_detail {
 
 using cuda_detail::kFullMask;
 using cuda_detail::lex_less;
+using cuda_detail::load_point;
 using cuda_detail::load_tile;
 using cuda_detail::pos_inf;
 using cuda_detail::sqdist3;
@@ -50,14 +51,8 @@ __global__ void __launch_bounds__(kKnnWarpsPerBlock * 32)
   const int64_t b = blockIdx.x / blocks_per_batch;
   const int64_t q = (blockIdx.x % blocks_per_batch) * kKnnWarpsPerBlock + warp;
   const bool valid = q < M;  // the same for the whole warp
-  T qx = T(0), qy = T(0), qz = T(0);
-  if (valid) {
-    const T* qp = query + (b * M + q) * 3;
-    qx = qp[0];
-    qy = qp[1];
-    qz = qp[2];
-    CLORA3D_ASSERT_FINITE3(qx, qy, qz, "query");
-  }
+  T qx, qy, qz;
+  load_point(query, b * M + q, valid, qx, qy, qz);
   // This lane's entry of the warp's sorted list, and the k-th best (the same in every lane).
   T ld = pos_inf<T>();
   int li = INT_MAX;
@@ -118,14 +113,8 @@ __global__ void __launch_bounds__(kKnnLocalThreads)
   const int64_t b = blockIdx.x / blocks_per_batch;
   const int64_t q = (blockIdx.x % blocks_per_batch) * blockDim.x + threadIdx.x;
   const bool valid = q < M;
-  T qx = T(0), qy = T(0), qz = T(0);
-  if (valid) {
-    const T* qp = query + (b * M + q) * 3;
-    qx = qp[0];
-    qy = qp[1];
-    qz = qp[2];
-    CLORA3D_ASSERT_FINITE3(qx, qy, qz, "query");
-  }
+  T qx, qy, qz;
+  load_point(query, b * M + q, valid, qx, qy, qz);
   T bd[KMAX];
   int bi[KMAX];
   int filled = 0;

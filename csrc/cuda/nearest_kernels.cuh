@@ -14,6 +14,7 @@ namespace clora3d {
 namespace nearest_detail {
 
 using cuda_detail::lex_less;
+using cuda_detail::load_point;
 using cuda_detail::load_tile;
 using cuda_detail::pos_inf;
 using cuda_detail::sqdist3;
@@ -29,14 +30,8 @@ __device__ __forceinline__ void nearest_block(const T* __restrict__ src, const T
                                               int64_t* __restrict__ out_i) {
   const int64_t i = first + threadIdx.x;
   const bool valid = i < n_src;
-  T sx = T(0), sy = T(0), sz = T(0);
-  if (valid) {
-    const T* sp = src + (c * n_src + i) * 3;
-    sx = sp[0];
-    sy = sp[1];
-    sz = sp[2];
-    CLORA3D_ASSERT_FINITE3(sx, sy, sz, "chamfer: a or b");
-  }
+  T sx, sy, sz;
+  load_point(src, c * n_src + i, valid, sx, sy, sz);
   const T* cloud = dst + c * n_dst * 3;
   T best = pos_inf<T>();
   int64_t best_i = INT64_MAX;
@@ -124,14 +119,8 @@ __global__ void __launch_bounds__(kNearestThreads)
   const int64_t b = blockIdx.x / blocks_per_batch;
   const int64_t u = (blockIdx.x % blocks_per_batch) * blockDim.x + threadIdx.x;
   const bool valid = u < n;
-  T ux = T(0), uy = T(0), uz = T(0);
-  if (valid) {
-    const T* up = unknown + (b * n + u) * 3;
-    ux = up[0];
-    uy = up[1];
-    uz = up[2];
-    CLORA3D_ASSERT_FINITE3(ux, uy, uz, "three_nn: unknown");
-  }
+  T ux, uy, uz;
+  load_point(unknown, b * n + u, valid, ux, uy, uz);
   const T* cloud = known + b * m * 3;
   T d0 = pos_inf<T>(), d1 = pos_inf<T>(), d2 = pos_inf<T>();
   int64_t i0 = INT64_MAX, i1 = INT64_MAX, i2 = INT64_MAX;
