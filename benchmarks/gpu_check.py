@@ -12,7 +12,8 @@ Steps, each logged under ``--out`` (default ``build/gpu-check``):
    would skip fails instead;
 3. the kernel benchmark on CUDA against every peer that imports (pointnet2_ops, Point-MAE's chamfer
    and kNN, torch_cluster, pytorch3d, torch) and the summary against the 1.5x bar;
-4. the model benchmark on CUDA: ViT-S, B32, 1024 points; full, CLoRA, LoRA; fp32 and bf16;
+4. the model benchmark on CUDA: ViT-S, B32, 1024 points; the original Point-MAE code (when carried),
+   full, CLoRA (both training paths), LoRA; fp32, TF32 and bf16; and the issue's model criteria;
 5. print one report: build, tests, both tables.
 
 Needs only torch, numpy, pytest and hypothesis (no open3d, no tensorboard, no internet).
