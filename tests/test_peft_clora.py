@@ -81,7 +81,7 @@ def test_sade_equals_brute_force(base, extra):
 
 
 def test_sade_total_stacks_sets_of_any_shape_and_count():
-    """sade_total batches sets with equal (p, r, number of Q, shared_q): sets of other sizes, a
+    """sade_total batches sets with equal (p, r, number of Q, LRM weight): sets of other sizes, a
     p = 1 set (no pairs) and CLoRA# sets (every LRM counted) must each count exactly once."""
     torch.manual_seed(0)
     shapes = [(12, 20, 3, 3, 4, False), (12, 7, 3, 3, 4, False), (9, 9, 3, 3, 2, False), (12, 5, 2, 1, 3, False)]
@@ -111,6 +111,61 @@ def test_sade_total_stacks_sets_of_any_shape_and_count():
         for subset in (sets[:1], sets[:3], sets):
             want_sub = sum(sp.sade(normalize, 1e-12) for sp in subset)
             assert torch.allclose(sade_total(subset, normalize, 1e-12), want_sub, rtol=1e-5, atol=0)
+
+
+def _brute_sets(sets, normalize: bool, eps: float) -> torch.Tensor:
+    """SADE of CLoRASpaces sets by materialising every component, differentiable (autograd reference)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for sp in sets:
+        for j in range(sp.num_lrm):
+            Q = sp.Q[0 if sp.shared_q else j]
+            M = [sp.D[h] @ Q[h] @ sp.U[h] for h in range(sp.D.shape[0])]
+            for a in range(len(M)):
+                for b in range(a + 1, len(M)):
+                    val = torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
+                    if normalize:
+                        val = val / (torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2 + eps)
+                    total = total + val
+    return total
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_sade_backward_equals_autograd_of_brute_force(normalize):
+    """The written-out backward of the batched SADE (_SadeBlocks) against autograd through the
+    materialised components, float64: single sets, stacked sets of other d_out, CLoRA# sets with
+    different LRM counts, a p = 1 set (no gradient), and a scale."""
+    torch.manual_seed(0)
+    shapes = [(12, 20, 3, 3, 4, False), (12, 7, 3, 3, 4, False), (9, 9, 3, 3, 2, False), (12, 5, 2, 1, 3, False)]
+    shapes += [(6, 8, 2, 2, 5, True), (6, 3, 2, 2, 1, True), (6, 3, 2, 2, 3, True), (6, 3, 2, 2, 1, False)]
+    sets = [CLoRASpaces(d_in, d_out, r, p, m, sq, None, "xavier").double() for d_in, d_out, r, p, m, sq in shapes]
+    for sp in sets:
+        with torch.no_grad():
+            sp.Q.normal_()
+    for subset in (sets[:1], sets[:3], sets[4:7], sets):
+        params = [t for sp in subset for t in (sp.D, sp.U, sp.Q)]
+        got = torch.autograd.grad(sade_total(subset, normalize, 1e-12, 0.7), params, allow_unused=True)
+        want = torch.autograd.grad(0.7 * _brute_sets(subset, normalize, 1e-12), params, allow_unused=True)
+        for g, w in zip(got, want):
+            if w is None:  # a p = 1 set: no pairs, no gradient
+                assert g is None or not g.any()
+                continue
+            assert w.abs().max() > 0
+            assert torch.allclose(g, w, rtol=1e-9, atol=1e-12 * w.abs().max().item())
+    params = [t for sp in sets[:3] for t in (sp.D, sp.U, sp.Q)]
+    assert torch.autograd.gradcheck(lambda *_: sade_total(sets[:3], normalize, 1e-12), params)
+
+
+def test_sade_is_float32_under_autocast():
+    """Under bfloat16 autocast the SADE term is still computed in the spaces' dtype (same value)."""
+    torch.manual_seed(0)
+    sp = CLoRASpaces(16, 16, 4, 3, 4, False, None, "xavier")
+    with torch.no_grad():
+        sp.Q.normal_()
+    want = sade_total([sp], True, 1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = sade_total([sp], True, 1e-12)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)
 
 
 def test_sade_off_p1_and_gradient(base):

@@ -32,11 +32,13 @@ Trainable parameters: ``p (d_in r + r d_out)`` per space set plus ``m p r^2`` co
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
@@ -141,16 +143,22 @@ class CLoRASpaces(nn.Module):
         with ``Dcat = [D_1 .. D_p]`` and ``V_j = scale * blockdiag(Q_h^j) [U_1; ..; U_p]``, so that
         ``x dW_j = (x Dcat) V_j``. A handful of ops per forward for all LRMs of the set (one batched
         matmul forms every V_j), instead of a reshape/einsum chain per LRM and per call. ``dense``:
-        ``(None, (dW_j (d_in, d_out), ...))``, every ``dW_j = Dcat V_j`` from one more batched matmul."""
+        ``(None, (dW_j (d_in, d_out), ...))`` with every ``dW_j = [D_1 Q_1^j .. D_p Q_p^j] Ucat`` from one
+        batched matmul over h and one matmul (``Ucat = [U_1; ..; U_p]`` is a view of U): the fewest
+        kernels for a training step, forward and backward."""
         p, d_in, r = self.D.shape
+        if dense:
+            m = self.Q.shape[0]
+            qp = self.Q.permute(1, 2, 0, 3).reshape(p, r, m * r)  # [h][k, (j, l)] = Q_h^j[k, l]
+            if scale != 1.0:
+                qp = qp * scale
+            e = torch.bmm(self.D, qp).view(p, d_in, m, r).permute(2, 1, 0, 3).reshape(m * d_in, p * r)
+            return None, (e @ self.U.reshape(p * r, self.d_out)).view(m, d_in, self.d_out).unbind(0)
         dcat = self.D.permute(1, 0, 2).reshape(d_in, p * r)
         v = torch.matmul(self.Q, self.U)  # (m', p, r, d_out)
         if scale != 1.0:
             v = v * scale
-        v = v.reshape(v.shape[0], p * r, self.d_out)
-        if dense:
-            return None, torch.matmul(dcat, v).unbind(0)
-        return dcat, v.unbind(0)
+        return dcat, v.reshape(v.shape[0], p * r, self.d_out).unbind(0)
 
     def components(self, j: int) -> torch.Tensor:
         """``M_h^j = D_h Q_h^j U_h`` for all h: (p, d_in, d_out) (materialised; for inspection/tests)."""
@@ -165,49 +173,120 @@ class CLoRASpaces(nn.Module):
         return sade_total([self], normalize, eps)
 
 
-def sade_total(sets: list[CLoRASpaces], normalize: bool, eps: float) -> torch.Tensor:
+def _group_key(sp: CLoRASpaces) -> tuple[int, int, int, int]:
+    """Sets with equal (p, r, number of Q, LRM weight) stack into one batched SADE term; the weight is
+    the number of LRMs for CLoRA# (every LRM of a set has the same components) and 1 otherwise."""
+    p, _, r = sp.D.shape
+    return p, r, sp.Q.shape[0], sp.num_lrm if sp.shared_q else 1
+
+
+class _SadeBlocks(torch.autograd.Function):
+    """``weight * sum_{S, j, a<b} c_ab`` for stacked sets, with ``c_ab = ||M_a^T M_b||_F^2`` (divided by
+    ``||M_a||_F^2 ||M_b||_F^2 + eps`` when normalising), from ``gd = Dcat^T Dcat`` (S, pr, pr),
+    ``gu = U_h U_h^T`` (S, p, r, r) and ``Q`` (S, m, p, r, r); see :func:`sade_total` for the block form.
+
+    The backward is written out (about half the kernels autograd records for the same forward, and
+    the forward runs without a graph). With ``Qbd = blockdiag(Q_h)``, ``Gbd = blockdiag(G_h)``,
+    ``A = Qbd^T gd Qbd`` (symmetric, as gd is) and ``w_ab`` the gradient of the loss w.r.t. ``c_ab``
+    expanded to blocks (``o`` elementwise):
+
+    * ``c_ab = <A_ab, G_a A_ab G_b>``, so ``dL/dA = 2 w o (Gbd A Gbd)``, and ``dL/dG_h`` is the h-th
+      diagonal block of ``(w o A + (w o A)^T) Gbd A``;
+    * normalised: ``n_h = ||M_h||_F^2 = <A_hh, G_h>`` adds ``dn_h G_h`` to block (h, h) of ``dL/dA`` and
+      ``dn_h A_hh`` to ``dL/dG_h``, with ``dn = -(Y + Y^T) n`` and ``Y = dL/dc o c / (n_a n_b + eps)``;
+    * ``A = Qbd^T gd Qbd`` gives ``dL/dQbd = gd Qbd (dA + dA^T)`` (its diagonal blocks are dL/dQ_h)
+      and ``dL/dgd = sum_j Qbd dA Qbd^T``.
+
+    Only ``gd`` and ``gu`` of the form X^T X are valid inputs (the backward uses their symmetry);
+    ``sade_total`` forms them from D and U, and autograd takes the gradient on from there."""
+
+    @staticmethod
+    def forward(ctx, gd, gu, Q, weight: float, normalize: bool, eps: float):  # noqa: ANN001
+        S, m, p, r = Q.shape[:4]
+        pr = p * r
+        eye = torch.eye(p, dtype=Q.dtype, device=Q.device).view(p, 1, p, 1)
+        qbd = (Q.unsqueeze(-2) * eye).reshape(S, m, pr, pr)  # blockdiag(Q_h)
+        gbd = (gu.unsqueeze(-2) * eye).reshape(S, 1, pr, pr)  # blockdiag(G_h)
+        pq = gd.unsqueeze(1) @ qbd  # gd Qbd
+        A = qbd.mT @ pq  # (S, m, pr, pr); block (a, b) = Q_a^T D_a^T D_b Q_b
+        ga = gbd @ A
+        bm = ga @ gbd  # Gbd A Gbd
+        cross = (A * bm).reshape(S, m, p, r, p, r).sum((3, 5))  # (S, m, p, p): ||M_a^T M_b||_F^2
+        upper = torch.ones(p, p, dtype=Q.dtype, device=Q.device).triu_(1)
+        if weight != 1.0:
+            upper = upper * weight
+        norms = denom = None
+        if normalize:
+            diag = torch.diagonal(A.reshape(S, m, p, r, p, r), dim1=2, dim2=4)  # (S, m, r, r, p)
+            norms = (diag * gu.permute(0, 2, 3, 1).unsqueeze(1)).sum((2, 3))  # (S, m, p): ||M_h||_F^2
+            denom = norms.unsqueeze(3) * norms.unsqueeze(2) + eps
+            cross = cross / denom  # c_ab
+        total = (cross * upper).sum()
+        ctx.save_for_backward(qbd, gbd, pq, A, ga, bm, cross, upper, norms, denom)
+        ctx.normalize = normalize
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001
+        qbd, gbd, pq, A, ga, bm, cross, upper, norms, denom = ctx.saved_tensors
+        S, m, pr = A.shape[:3]
+        p = upper.shape[0]
+        r = pr // p
+        blocks = (S, m, p, r, p, r)
+        w = upper * grad  # dL/dc_ab (p, p)
+        if ctx.normalize:  # cross holds c_ab = ||M_a^T M_b||_F^2 / denom_ab
+            w = w / denom  # dL/d||M_a^T M_b||_F^2 (S, m, p, p)
+            y = w * cross
+            t = ((y + y.mT) @ norms.unsqueeze(-1)).view(S, m, p, 1, 1, 1)  # -dL/dn
+        wb = w.view(*w.shape[:-2], p, 1, p, 1)
+        aw = (A.view(blocks) * wb).view(S * m, pr, pr)
+        aw = aw + aw.mT
+        ga = ga.view(S * m, pr, pr)
+        if ctx.normalize:
+            dA = torch.addcmul(gbd.view(S, 1, p, r, p, r) * -t, bm.view(blocks), wb, value=2).view(S, m, pr, pr)
+            z = torch.baddbmm((A.view(blocks) * t).view(S * m, pr, pr), aw, ga, beta=-1)
+        else:
+            dA = (bm.view(blocks) * (2 * wb)).view(S, m, pr, pr)
+            z = torch.bmm(aw, ga)
+        dgu = torch.diagonal(z.view(blocks), dim1=2, dim2=4).sum(1).permute(0, 3, 1, 2)  # (S, p, r, r)
+        sdA = dA + dA.mT
+        dQ = torch.diagonal((pq @ sdA).view(blocks), dim1=2, dim2=4).permute(0, 1, 4, 2, 3)  # (S, m, p, r, r)
+        dgd = (qbd @ dA @ qbd.mT).sum(1)
+        return dgd, dgu, dQ, None, None, None
+
+
+def sade_total(sets: list[CLoRASpaces], normalize: bool, eps: float, scale: float = 1.0) -> torch.Tensor:
     """Exact SADE summed over space sets, LRMs j and pairs a < b, via r x r Gram matrices.
 
     Block form: with ``Dcat = [D_1 .. D_p]`` (d_in, p*r), ``Qbd_j = blockdiag(Q_h^j)`` and
     ``Gbd = blockdiag(U_h U_h^T)``, the (a, b) block of ``A_j = Qbd_j^T (Dcat^T Dcat) Qbd_j`` is
     ``Q_a^T D_a^T D_b Q_b`` and that of ``Gbd A_j Gbd`` is ``G_a A G_b``; their elementwise product
-    summed over the block is ``||M_a^T M_b||_F^2``. Sets with the same (p, r, number of Q, shared_q) are
-    stacked, so the whole term is a few batched matmuls however many sets there are (``parallel``
-    has one set per target shape)."""
-    groups: dict[tuple[int, int, int, bool], list[CLoRASpaces]] = {}
+    summed over the block is ``||M_a^T M_b||_F^2``. Sets with the same (p, r, number of Q, LRM weight)
+    are stacked, so the whole term is a few batched matmuls however many sets there are (``parallel``
+    has one set per target shape), with a written-out backward (:class:`_SadeBlocks`). Computed in
+    the spaces' dtype even under autocast (a ratio of fourth powers does not survive bfloat16).
+    ``scale`` multiplies the result (folded into the batched term: no extra kernel)."""
+    groups: dict[tuple[int, int, int, int], list[CLoRASpaces]] = {}
     for sp in sets:
-        p, _, r = sp.D.shape
-        groups.setdefault((p, r, sp.Q.shape[0], sp.shared_q), []).append(sp)
-    parts = []
-    for (p, r, m, shared_q), group in groups.items():
-        if p < 2:
-            continue
-        S, pr = len(group), p * r
-        dcats = [sp.D.permute(1, 0, 2).reshape(-1, pr) for sp in group]
-        gd = torch.stack([dc.t() @ dc for dc in dcats])  # (S, pr, pr): D_a^T D_b blocks
-        gu = torch.stack([sp.U @ sp.U.mT for sp in group])  # (S, p, r, r): G_h = U_h U_h^T
-        Q = torch.stack([sp.Q for sp in group])  # (S, m, p, r, r)
-        eye = torch.diag(Q.new_ones(p)).view(p, 1, p, 1)
-        qbd = (Q.unsqueeze(-2) * eye).reshape(S, m, pr, pr)  # blockdiag(Q_h)
-        gbd = (gu.unsqueeze(-2) * eye).reshape(S, 1, pr, pr)  # blockdiag(G_h)
-        A = qbd.mT @ gd.unsqueeze(1) @ qbd  # (S, m, pr, pr)
-        blocks = (A * (gbd @ A @ gbd)).reshape(S, m, p, r, p, r)
-        cross = blocks.sum((3, 5))  # (S, m, p, p): ||M_a^T M_b||_F^2
-        if normalize:
-            diag = torch.diagonal(A.reshape(S, m, p, r, p, r), dim1=2, dim2=4)  # (S, m, r, r, p)
-            norms = (diag * gu.permute(0, 2, 3, 1).unsqueeze(1)).sum((2, 3))  # (S, m, p): ||M_h||_F^2
-            cross = cross / (norms.unsqueeze(3) * norms.unsqueeze(2) + eps)
-        upper = torch.triu(cross, diagonal=1)
-        if shared_q:  # every LRM of a set has the same components
-            parts.append((upper.sum((1, 2, 3)) * Q.new_tensor([sp.num_lrm for sp in group])).sum())
-        else:
-            parts.append(upper.sum())
-    if not parts:
-        return sets[0].D.new_zeros(())
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
+        groups.setdefault(_group_key(sp), []).append(sp)
+    total = None
+    device_type = sets[0].D.device.type
+    no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
+    with no_autocast:
+        for (p, r, _, weight), group in groups.items():
+            if p < 2:
+                continue
+            dcats = [sp.D.permute(1, 0, 2).reshape(-1, p * r) for sp in group]
+            gds = [dc.t() @ dc for dc in dcats]  # (pr, pr): D_a^T D_b blocks
+            gus = [sp.U @ sp.U.mT for sp in group]  # (p, r, r): G_h = U_h U_h^T
+            if len(group) == 1:  # no copies for the usual single set
+                gd, gu, Q = gds[0].unsqueeze(0), gus[0].unsqueeze(0), group[0].Q.unsqueeze(0)
+            else:
+                gd, gu, Q = torch.stack(gds), torch.stack(gus), torch.stack([sp.Q for sp in group])
+            part = _SadeBlocks.apply(gd, gu, Q, float(weight) * scale, normalize, eps)
+            total = part if total is None else total + part
+    return sets[0].D.new_zeros(()) if total is None else total
 
 
 def dense_path(train_path: str, device: torch.device, training: bool) -> bool:
@@ -435,10 +514,9 @@ class CLoRA(PeftMethod):
 
     def regularization_loss(self) -> torch.Tensor:
         cfg = self.cfg
-        zero = self.reference_parameter().new_zeros(())
         if not cfg.sade or cfg.sade_lambda == 0.0:
-            return zero
-        return cfg.sade_lambda * sade_total(list(self.spaces.values()), cfg.sade_normalize, cfg.sade_eps)
+            return self.reference_parameter().new_zeros(())
+        return sade_total(list(self.spaces.values()), cfg.sade_normalize, cfg.sade_eps, cfg.sade_lambda)
 
     # -- merge ------------------------------------------------------------------------------------
     def _merge_weights(self) -> None:
