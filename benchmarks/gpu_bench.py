@@ -715,11 +715,18 @@ def run_model(
     quick: bool = False,
     methods=tuple(MODEL_METHODS),
     precisions=("fp32", "tf32", "bf16"),
-    compile_model: bool = False,
+    compile_mode: str | None = None,
 ) -> list[dict]:
+    """clora3d's model rows. ``compile_mode``: time ``torch.compile(model, fullgraph=True)`` in that
+    mode instead (``default``, ``reduce-overhead`` = Inductor + CUDA graphs, ...); the precision is
+    then labelled ``<precision> + compile`` (``+ compile(<mode>)`` for a mode other than
+    reduce-overhead). A row that fails (a compile error, say) is an error row, not the end of the run."""
     from clora3d.engine import build
 
     preset, pts, labels, C, repeats, warmup = model_inputs(device, quick)
+    suffix = (
+        "" if compile_mode is None else " + compile" + ("" if compile_mode == COMPILE_MODE else f"({compile_mode})")
+    )
     rows = []
     for name in methods:
         for prec in precisions:
@@ -728,14 +735,22 @@ def run_model(
                 "model": {"NAME": "PointTransformer", "preset": preset, "cls_dim": C},
                 "peft": dict(MODEL_METHODS[name]),
             }
-            model = build.build_model(cfg)
-            _method = build.build_method(model, cfg)
-            model.to(device)
-            fwd = torch.compile(model, fullgraph=True) if compile_model else model
-            row = time_training(model, pts, labels, prec, repeats, warmup, forward=fwd)
-            rows.append(
-                dict(method=name, precision=prec + (" + compile" if compile_model else ""), **row, preset=preset)
-            )
+            try:
+                model = build.build_model(cfg)
+                _method = build.build_method(model, cfg)
+                model.to(device)
+                if compile_mode is None:
+                    fwd = model
+                else:
+                    torch._dynamo.reset()  # each row compiles its own model from scratch
+                    kw = {} if compile_mode == "default" else {"mode": compile_mode}
+                    fwd = torch.compile(model, fullgraph=True, **kw)
+                row = time_training(model, pts, labels, prec, repeats, warmup, forward=fwd)
+                rows.append(dict(method=name, precision=prec + suffix, **row, preset=preset))
+            except Exception as exc:  # reported in the table, never fatal
+                rows.append(
+                    {"method": name, "precision": prec + suffix, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+                )
             if device.type == "cuda":  # the next configuration rebinds model / opt; free the cache
                 torch.cuda.empty_cache()
     return rows
@@ -772,6 +787,10 @@ def run_original(
     return rows
 
 
+#: torch.compile mode of the compiled model rows (``--compile``): Inductor with CUDA graphs, the
+#: mode meant for a small model whose eager step is bound by kernel launches
+COMPILE_MODE = "reduce-overhead"
+
 #: the GPU issue's bars for the model table (all from one run)
 MODEL_BARS = (
     ("CLoRA step / full FT step", "clora", "full", "<=", 1.0),
@@ -783,7 +802,9 @@ MODEL_BARS = (
 def model_summary(rows: list[dict]) -> list[dict]:
     """The GPU issue's model criteria, computed from the rows of one run: per precision, CLoRA's step
     against clora3d's full fine-tuning and against the original Point-MAE code, CLoRA's peak memory
-    against the original's; bf16 against fp32 for full fine-tuning and CLoRA (bar 1.3x)."""
+    against the original's; bf16 against fp32 for full fine-tuning and CLoRA (bar 1.3x). Compiled rows
+    (``<precision> + compile``) are compared with compiled full fine-tuning and with the original code
+    run eagerly in the same precision (it has no compiled rows)."""
     by = {}
     presets = {r["preset"] for r in rows if "error" not in r and not r["method"].startswith("original")}
     for r in rows:
@@ -793,17 +814,26 @@ def model_summary(rows: list[dict]) -> list[dict]:
         by[(key, r["precision"])] = r
     out = []
     for prec in sorted({p for _, p in by}):
+        eager = prec.split(" + compile")[0]
         for bar in MODEL_BARS:
             label, a, b, op, limit = bar[:5]
             field = bar[5] if len(bar) > 5 else "step_ms"
             ra, rb = by.get((a, prec)), by.get((b, prec))
+            if prec != eager and "original" in (a, b) and (ra is None or rb is None):
+                # compiled rows against the original code as it runs (eager, the same precision)
+                ra, rb = (
+                    by.get((a, eager if a == "original" else prec)),
+                    by.get((b, eager if b == "original" else prec)),
+                )
+                label = label.replace("original full FT", "original full FT (eager)")
             if ra is None or rb is None or ra.get(field) is None or rb.get(field) is None:
                 continue
             value = ra[field] / rb[field]
             met = value <= limit if op == "<=" else value >= limit
             out.append({"criterion": label, "precision": prec, "value": value, "bar": f"{op} {limit:g}", "met": met})
+    suffixes = sorted({p[len("fp32") :] for _, p in by if p.startswith("fp32")})
     for m in ("full", "clora"):
-        for suffix in ("", " + compile"):
+        for suffix in suffixes:
             fp32, bf16 = by.get((m, "fp32" + suffix)), by.get((m, "bf16" + suffix))
             if fp32 and bf16:
                 value = fp32["step_ms"] / bf16["step_ms"]
@@ -893,7 +923,7 @@ def model_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | - | - | error: {_cell(r['error'])} | - | - | - |")
+            lines.append(f"| {r['method']} | {r.get('precision', '-')} | - | error: {_cell(r['error'])} | - | - | - |")
             continue
         lines.append(
             f"| {r['method']} | {r['precision']} | {r['trainable']:,} | {r['step_ms']:.2f} | "
@@ -918,8 +948,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few calls (tests, CPU)")
     ap.add_argument(
         "--compile",
-        action="store_true",
-        help="model: also time torch.compile(fullgraph=True), full and CLoRA, fp32 and bf16",
+        nargs="?",
+        const=COMPILE_MODE,
+        default=None,
+        metavar="MODE",
+        help=f"model: also time torch.compile(fullgraph=True), full and CLoRA, fp32 and bf16, after the eager "
+        f"table (MODE: {COMPILE_MODE} when omitted, or default, max-autotune, ...)",
     )
     ap.add_argument(
         "--point-mae", default=None, help="model: the original Point-MAE checkout (default build/peers/Point-MAE)"
@@ -943,15 +977,21 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + "; ".join(peer_lines(load_peers(device))) + "\n", flush=True)
     if args.what in ("model", "all"):
         mrows = run_original(device, args.quick, checkout=args.point_mae) + run_model(device, args.quick)
-        if args.compile:
-            mrows += run_model(
-                device, args.quick, methods=("full", "clora"), precisions=("fp32", "bf16"), compile_model=True
-            )
         out["model"] = mrows
         out["model_summary"] = model_summary(mrows)
         print(model_table(mrows), flush=True)
         print("\nThe GPU issue's model criteria (same run, medians):\n")
         print(model_summary_table(out["model_summary"]), flush=True)
+        if args.compile:  # after the eager tables, which are printed whatever the compiler does
+            crows = run_model(
+                device, args.quick, methods=("full", "clora"), precisions=("fp32", "bf16"), compile_mode=args.compile
+            )
+            mrows += crows
+            out["model_summary"] = model_summary(mrows)
+            print(f"\nCompiled (torch.compile fullgraph, mode {args.compile}), same inputs:\n")
+            print(model_table(crows), flush=True)
+            print("\nThe model criteria with the compiled rows (same run, medians):\n")
+            print(model_summary_table(out["model_summary"]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

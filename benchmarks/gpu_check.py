@@ -110,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "build" / "gpu-check"))
     ap.add_argument("--skip-build", action="store_true", help="use the extension already built in place")
-    ap.add_argument("--compile", action="store_true", help="also time the model with torch.compile")
+    ap.add_argument(
+        "--compile",
+        nargs="?",
+        const="reduce-overhead",
+        default=None,
+        metavar="MODE",
+        help="also time the model with torch.compile (gpu_bench.py --compile: reduce-overhead when MODE is omitted)",
+    )
     ap.add_argument("--skip-peers", action="store_true", help="do not build the peers carried in build/peers")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_json = out / "bench.json"
     cmd = [sys.executable, "benchmarks/gpu_bench.py", "all", "--device", "cuda", "--json", str(bench_json)]
     if args.compile:
-        cmd.append("--compile")
+        cmd += ["--compile", args.compile]
     rc, secs, btext = _run(cmd, out / "bench.log")
     report.append(f"benchmarks: {'ok' if rc == 0 else 'FAILED'} ({secs:.0f} s)")
     if rc == 0:

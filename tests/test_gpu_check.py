@@ -379,6 +379,41 @@ def test_model_summary_is_the_issue_criteria_from_the_rows():
     assert "| clora: fp32 step / bf16 step | bf16 | 1.20 | >= 1.3 | no |" in table
 
 
+def test_compiled_rows_are_compared_with_compiled_full_and_the_eager_original():
+    rows = [
+        _mrow("original Point-MAE (full)", "fp32", 30.0, 3000.0),
+        _mrow("full", "fp32", 20.0, 1400.0),
+        _mrow("clora", "fp32", 24.0, 600.0),
+        _mrow("full", "fp32 + compile", 16.0, 1300.0),
+        _mrow("clora", "fp32 + compile", 12.0, 500.0),
+        _mrow("full", "bf16 + compile", 8.0),
+        _mrow("clora", "bf16 + compile", 10.0),
+    ]
+    got = {(s["criterion"], s["precision"]): round(s["value"], 4) for s in gpu_bench.model_summary(rows)}
+    assert got[("CLoRA step / full FT step", "fp32 + compile")] == 0.75
+    assert got[("original full FT (eager) step / CLoRA step", "fp32 + compile")] == 2.5
+    assert got[("CLoRA peak / original peak", "fp32 + compile")] == round(500 / 3000, 4)
+    assert got[("full: fp32 step / bf16 step", "bf16 + compile")] == 2.0
+    assert got[("clora: fp32 step / bf16 step", "bf16 + compile")] == 1.2
+    assert got[("original full FT step / CLoRA step", "fp32")] == 1.25  # the eager rows as before
+    assert ("original full FT (eager) step / CLoRA step", "bf16 + compile") not in got  # no bf16 original
+
+
+def test_a_compiled_row_that_fails_is_an_error_row(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor exploded\nsecond line")
+
+    monkeypatch.setattr(gpu_bench.torch, "compile", broken)
+    rows = gpu_bench.run_model(
+        torch.device("cpu"), quick=True, methods=("full", "clora"), precisions=("fp32",), compile_mode="reduce-overhead"
+    )
+    assert [(r["method"], r["precision"], r["error"]) for r in rows] == [
+        ("full", "fp32 + compile", "RuntimeError: inductor exploded"),
+        ("clora", "fp32 + compile", "RuntimeError: inductor exploded"),
+    ]
+    assert "| clora | fp32 + compile | - | error: RuntimeError: inductor exploded |" in gpu_bench.model_table(rows)
+
+
 def test_original_point_mae_row_says_why_when_not_carried(tmp_path):
     rows = gpu_bench.run_original(torch.device("cpu"), quick=True, checkout=tmp_path / "nothing")
     assert len(rows) == 1 and rows[0]["error"].startswith("not carried")
