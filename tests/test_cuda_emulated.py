@@ -284,3 +284,74 @@ def test_nearest_non_finite_coordinates_are_a_device_assert(driver, tmp_path, op
     run = emu_chamfer if op == "chamfer" else emu_three_nn
     proc = run(driver, tmp_path, a, b, expect=EXIT_DEVICE_ASSERT)
     assert "NaN or inf" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- gather / three_interpolate
+def emu_gather_family(driver, tmp_path, op, index, dims, inputs, out_shape, dtype, blocks=3, expect=0):
+    """``op`` in gather, gather_backward, interpolate, interpolate_backward; ``index`` i32 / i64 (the
+    offset type); 3 blocks of 64 threads, so the grid-stride loops wrap."""
+    names = []
+    for k, t in enumerate(inputs):
+        t.contiguous().numpy().tofile(tmp_path / f"in{k}")
+        names.append(tmp_path / f"in{k}")
+    proc = _run(driver, [op, _dt(torch.empty(0, dtype=dtype)), *dims, *names, tmp_path / "out", index, blocks], expect)
+    if expect:
+        return proc
+    return torch.from_numpy(np.fromfile(tmp_path / "out", _np(torch.empty(0, dtype=dtype))).reshape(out_shape))
+
+
+@pytest.mark.parametrize("index", ["i32", "i64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gather_kernels_match_reference_and_autograd(driver, tmp_path, dtype, index):
+    B, N, S, C = 2, 37, 29, 5  # 290 outputs for 192 threads: every thread loops
+    g = torch.Generator().manual_seed(21)
+    points = torch.randn(B, N, C, generator=g, dtype=dtype)
+    idx = torch.randint(0, N, (B, S), generator=g)
+    idx[:, :6] = 3  # repeated rows: the backward accumulates into one row from many threads
+    out = emu_gather_family(driver, tmp_path, "gather", index, (B, N, S, C), (points, idx), (B, S, C), dtype)
+    assert torch.equal(out, ref.gather_points(points, idx))
+    grad_out = torch.randn(B, S, C, generator=g, dtype=dtype)
+    leaf = points.clone().requires_grad_(True)
+    (ref.gather_points(leaf, idx) * grad_out).sum().backward()
+    grad = emu_gather_family(
+        driver, tmp_path, "gather_backward", index, (B, N, S, C), (grad_out, idx), (B, N, C), dtype
+    )
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-13, "atol": 1e-13}
+    torch.testing.assert_close(grad, leaf.grad, **tol)
+
+
+@pytest.mark.parametrize("index", ["i32", "i64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_three_interpolate_kernels_match_reference_and_autograd(driver, tmp_path, dtype, index):
+    B, m, n, C = 2, 11, 23, 6  # 276 outputs for 192 threads
+    g = torch.Generator().manual_seed(22)
+    features = torch.randn(B, m, C, generator=g, dtype=dtype)
+    known, unknown = torch.rand(B, m, 3, generator=g, dtype=dtype), torch.rand(B, n, 3, generator=g, dtype=dtype)
+    d, idx = ref.three_nn(unknown, known)
+    weight = ref.interpolation_weights(d)
+    dims = (B, m, n, C)
+    out = emu_gather_family(driver, tmp_path, "interpolate", index, dims, (features, idx, weight), (B, n, C), dtype)
+    assert torch.equal(out, ref.three_interpolate(features, idx, weight))  # same sum order, no FMA
+    grad_out = torch.randn(B, n, C, generator=g, dtype=dtype)
+    leaf = features.clone().requires_grad_(True)
+    (ref.three_interpolate(leaf, idx, weight) * grad_out).sum().backward()
+    grad = emu_gather_family(
+        driver, tmp_path, "interpolate_backward", index, dims, (grad_out, idx, weight), (B, m, C), dtype
+    )
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-13}
+    torch.testing.assert_close(grad, leaf.grad, **tol)
+
+
+@pytest.mark.parametrize("op", ["gather", "gather_backward", "interpolate", "interpolate_backward"])
+@pytest.mark.parametrize("bad", [-1, 9])
+def test_gather_family_index_out_of_range_is_a_device_assert(driver, tmp_path, op, bad):
+    B, N, S, C = 1, 9, 4, 3
+    t = torch.zeros(B, N if op in ("gather", "interpolate") else S, C)
+    if op.startswith("gather"):
+        idx = torch.tensor([[0, 1, bad, 2]])
+        inputs, dims = (t, idx), (B, N, S, C)
+    else:
+        idx = torch.tensor([[[0, 1, 2], [0, bad, 1], [3, 4, 5], [6, 7, 8]]])
+        inputs, dims = (t, idx, torch.full((B, S, 3), 1 / 3)), (B, N, S, C)
+    proc = emu_gather_family(driver, tmp_path, op, "i32", dims, inputs, None, torch.float32, expect=EXIT_DEVICE_ASSERT)
+    assert "index out of range" in proc.stderr

@@ -1,51 +1,16 @@
 // Gather of point features by index, and its backward (scatter-add with atomics).
-// float32 / float64 / float16 / bfloat16; one thread per output element, grid-stride loops, 32-bit
-// offset arithmetic when the tensors allow it.
-#include <ATen/cuda/Atomic.cuh>
-
+// float32 / float64 / float16 / bfloat16; host code (the kernels are in gather_kernels.cuh).
 #include <algorithm>
 
 #include "common.cuh"
 #include "cuda_ops.h"
+#include "gather_kernels.cuh"
 
 namespace clora3d {
-namespace {
 
 using cuda_detail::kThreads;
-
-// out[b, s, c] = points[b, idx[b, s], c]; I: the type of the offset arithmetic (int32 when it fits).
-template <typename T, typename I>
-__global__ void gather_forward_kernel(const T* __restrict__ points, const int64_t* __restrict__ idx, I B, I N, I S, I C,
-                                      T* __restrict__ out) {
-  const I total = B * S * C;
-  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<I>(gridDim.x) * blockDim.x) {
-    const I bs = e / C;
-    const I c = e - bs * C;
-    const I b = bs / S;
-    const int64_t n = idx[bs];
-    CUDA_KERNEL_ASSERT(n >= 0 && n < N);
-    out[e] = points[(b * N + static_cast<I>(n)) * C + c];
-  }
-}
-
-// grad_points[b, idx[b, s], c] += grad_out[b, s, c]
-template <typename T, typename I>
-__global__ void gather_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx, I B, I N, I S,
-                                       I C, T* __restrict__ grad_points) {
-  const I total = B * S * C;
-  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<I>(gridDim.x) * blockDim.x) {
-    const I bs = e / C;
-    const I c = e - bs * C;
-    const I b = bs / S;
-    const int64_t n = idx[bs];
-    CUDA_KERNEL_ASSERT(n >= 0 && n < N);
-    gpuAtomicAddNoReturn(grad_points + (b * N + static_cast<I>(n)) * C + c, grad_out[e]);
-  }
-}
-
-}  // namespace
+using gather_detail::gather_backward_kernel;
+using gather_detail::gather_forward_kernel;
 
 at::Tensor gather_forward_cuda(const at::Tensor& points_in, const at::Tensor& idx_in) {
   CLORA3D_CHECK_CUDA(points_in, "points");

@@ -1,64 +1,19 @@
 // Three-point weighted interpolation of features and its backward w.r.t. the features.
 //   out[b, i, c] = sum_{j<3} weight[b, i, j] * features[b, idx[b, i, j], c]
-// float32 / float64 / float16 / bfloat16 (half types accumulate in float).
-#include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
-
+// float32 / float64 / float16 / bfloat16 (half types accumulate in float); host code (the kernels
+// are in gather_kernels.cuh).
 #include <algorithm>
 
 #include "common.cuh"
 #include "cuda_ops.h"
+#include "gather_kernels.cuh"
 
 namespace clora3d {
 namespace {
 
 using cuda_detail::kThreads;
-
-// I: the type of the offset arithmetic (int32 when it fits).
-template <typename T, typename I>
-__global__ void three_interpolate_forward_kernel(const T* __restrict__ features, const int64_t* __restrict__ idx,
-                                                 const T* __restrict__ weight, I B, I m, I n, I C,
-                                                 T* __restrict__ out) {
-  using acc_t = at::opmath_type<T>;
-  const I total = B * n * C;
-  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<I>(gridDim.x) * blockDim.x) {
-    const I bi = e / C;  // b * n + i
-    const I c = e - bi * C;
-    const I b = bi / n;
-    const T* f = features + b * m * C + c;
-    acc_t acc = acc_t(0);
-#pragma unroll
-    for (int j = 0; j < 3; ++j) {
-      const int64_t k = idx[bi * 3 + j];
-      CUDA_KERNEL_ASSERT(k >= 0 && k < m);
-      acc += static_cast<acc_t>(weight[bi * 3 + j]) * static_cast<acc_t>(f[static_cast<I>(k) * C]);
-    }
-    out[e] = static_cast<T>(acc);
-  }
-}
-
-template <typename T, typename I>
-__global__ void three_interpolate_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx,
-                                                  const T* __restrict__ weight, I B, I m, I n, I C,
-                                                  T* __restrict__ grad_features) {
-  using acc_t = at::opmath_type<T>;
-  const I total = B * n * C;
-  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<I>(gridDim.x) * blockDim.x) {
-    const I bi = e / C;
-    const I c = e - bi * C;
-    const I b = bi / n;
-    const acc_t g = static_cast<acc_t>(grad_out[e]);
-#pragma unroll
-    for (int j = 0; j < 3; ++j) {
-      const int64_t k = idx[bi * 3 + j];
-      CUDA_KERNEL_ASSERT(k >= 0 && k < m);
-      gpuAtomicAddNoReturn(grad_features + (b * m + static_cast<I>(k)) * C + c,
-                           static_cast<T>(static_cast<acc_t>(weight[bi * 3 + j]) * g));
-    }
-  }
-}
+using gather_detail::three_interpolate_backward_kernel;
+using gather_detail::three_interpolate_forward_kernel;
 
 void check_idx_weight(const at::Tensor& ref, const char* ref_name, const at::Tensor& idx, const at::Tensor& weight) {
   CLORA3D_CHECK_INDEX(idx, "idx");

@@ -8,12 +8,19 @@
 //   driver chamfer_backward <f32|f64> B N M a b idx_a idx_b grad_dist_a grad_dist_b out_grad_a out_grad_b [expanded]
 //     (expanded: grad_dist_a / grad_dist_b hold one value each, read with strides 0 as after .mean())
 //   driver three_nn <f32|f64> B n m unknown known out_dist out_idx
+//   driver gather <f32|f64> B N S C points idx out <i32|i64> blocks
+//   driver gather_backward <f32|f64> B N S C grad_out idx out_grad_points <i32|i64> blocks
+//   driver interpolate <f32|f64> B m n C features idx weight out <i32|i64> blocks
+//   driver interpolate_backward <f32|f64> B m n C grad_out idx weight out_grad_features <i32|i64> blocks
+//     (i32 / i64: the offset type CLORA3D_DISPATCH_INDEX picks; blocks of 64 threads, few enough for
+//     the grid-stride loops to wrap)
 //   driver selftest <f32|f64> MODE out   (the emulator's own checks; MODE 0 is a correct kernel)
 //
 // Exit status: 0 done, 2 bad usage, 3 emulator error (deadlock, partial mask), 4 device assert.
 #include "emu.h"  // first: it defines the CUDA keywords and built-ins the kernel headers use
 // clang-format off
 #include "fps_kernels.cuh"
+#include "gather_kernels.cuh"
 #include "knn_kernels.cuh"
 #include "nearest_kernels.cuh"
 // clang-format on
@@ -154,6 +161,57 @@ int run_chamfer_backward(int argc, char** argv) {
   return 0;
 }
 
+// gather / gather_backward / interpolate / interpolate_backward (see the usage above)
+template <typename T, typename I>
+int run_gather_family(const std::string& op, char** argv) {
+  using namespace clora3d::gather_detail;
+  const int64_t B = arg(argv, 3), N = arg(argv, 4), S = arg(argv, 5), C = arg(argv, 6);
+  const unsigned blocks = static_cast<unsigned>(arg(argv, op == "gather" || op == "gather_backward" ? 11 : 12));
+  if (op == "gather") {  // N points of C channels, S selected
+    const auto points = read_file<T>(argv[7], B * N * C);
+    const auto idx = read_file<int64_t>(argv[8], B * S);
+    std::vector<T> out(B * S * C, T(-1));
+    emu::launch(gather_forward_kernel<T, I>, blocks, 64, 0, points.data(), idx.data(), I(B), I(N), I(S), I(C),
+                out.data());
+    write_file(argv[9], out);
+  } else if (op == "gather_backward") {
+    const auto grad_out = read_file<T>(argv[7], B * S * C);
+    const auto idx = read_file<int64_t>(argv[8], B * S);
+    std::vector<T> grad(B * N * C, T(0));
+    emu::launch(gather_backward_kernel<T, I>, blocks, 64, 0, grad_out.data(), idx.data(), I(B), I(N), I(S), I(C),
+                grad.data());
+    write_file(argv[9], grad);
+  } else {  // interpolate: N = m known points, S = n interpolated points
+    const bool backward = op == "interpolate_backward";
+    const auto in = read_file<T>(argv[7], backward ? B * S * C : B * N * C);
+    const auto idx = read_file<int64_t>(argv[8], B * S * 3);
+    const auto weight = read_file<T>(argv[9], B * S * 3);
+    if (backward) {
+      std::vector<T> grad(B * N * C, T(0));
+      emu::launch(three_interpolate_backward_kernel<T, I>, blocks, 64, 0, in.data(), idx.data(), weight.data(), I(B),
+                  I(N), I(S), I(C), grad.data());
+      write_file(argv[10], grad);
+    } else {
+      std::vector<T> out(B * S * C, T(-1));
+      emu::launch(three_interpolate_forward_kernel<T, I>, blocks, 64, 0, in.data(), idx.data(), weight.data(), I(B),
+                  I(N), I(S), I(C), out.data());
+      write_file(argv[10], out);
+    }
+  }
+  return 0;
+}
+
+template <typename T>
+int run_gather_family(int argc, char** argv) {
+  const std::string op = argv[1];
+  const int index_arg = op == "gather" || op == "gather_backward" ? 10 : 11;
+  if (argc <= index_arg + 1) return 2;
+  const std::string index = argv[index_arg];
+  if (index == "i32") return run_gather_family<T, int32_t>(op, argv);
+  if (index == "i64") return run_gather_family<T, int64_t>(op, argv);
+  return 2;
+}
+
 // Controls for the emulator itself: mode 0 is correct (swaps neighbouring lanes); 1 shuffles in
 // half a warp only, 2 passes a partial mask, 3 lets one lane return before a shuffle. 1-3 are
 // undefined behaviour on a GPU and must end the emulation with exit status 3.
@@ -188,6 +246,8 @@ int dispatch(int argc, char** argv) {
   if (op == "three_nn" && argc >= 10) return run_three_nn<T>(argv);
   if (op == "chamfer" && argc >= 12) return run_chamfer<T>(argv);
   if (op == "chamfer_backward" && argc >= 14) return run_chamfer_backward<T>(argc, argv);
+  if (op == "gather" || op == "gather_backward" || op == "interpolate" || op == "interpolate_backward")
+    return run_gather_family<T>(argc, argv);
   if (op == "selftest" && argc >= 5) return run_selftest(argv);
   std::fprintf(stderr, "driver: bad arguments for %s\n", op.c_str());
   return 2;
