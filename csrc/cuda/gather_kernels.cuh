@@ -1,31 +1,18 @@
 // Device code of gather (and its scatter-add backward) and three-point interpolation (and its
 // backward w.r.t. the features): one thread per output element, grid-stride loops, offset
-// arithmetic in I (int32 when the tensors allow it, see CLORA3D_DISPATCH_INDEX). Free of ATen in
-// the emulator build (tests/cuda_emu), which runs float and double.
+// arithmetic in I (int32 when the tensors allow it, see CLORA3D_DISPATCH_INDEX). Free of ATen, so
+// that the emulator of tests/cuda_emu (float and double) compiles it too.
 #pragma once
 
 #include <cstdint>
 
 #include "device_common.cuh"
 
-#ifdef CLORA3D_CUDA_EMULATION
-namespace clora3d {
-namespace gather_detail {
-template <typename T>
-using acc_t = T;  // the emulator runs float and double only
-}  // namespace gather_detail
-}  // namespace clora3d
-#define CLORA3D_ATOMIC_ADD(ptr, value) atomicAdd((ptr), (value))
-#else
-#include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
-namespace clora3d {
-namespace gather_detail {
-template <typename T>
-using acc_t = at::opmath_type<T>;  // float for half and bfloat16
-}  // namespace gather_detail
-}  // namespace clora3d
-#define CLORA3D_ATOMIC_ADD(ptr, value) gpuAtomicAddNoReturn((ptr), (value))
+// The includer supplies the atomic add: gpuAtomicAddNoReturn (ATen, every dtype) in the .cu files,
+// a plain update in the emulator (emu.h); Acc is the accumulation type (at::opmath_type in the .cu
+// files: float for half and bfloat16).
+#ifndef CLORA3D_ATOMIC_ADD
+#error "define CLORA3D_ATOMIC_ADD(ptr, value) before including gather_kernels.cuh"
 #endif
 
 #define CLORA3D_ASSERT_INDEX(cond, op, range)                                                    \
@@ -67,12 +54,12 @@ __global__ void gather_backward_kernel(const T* __restrict__ grad_out, const int
   }
 }
 
-// out[b, i, c] = sum_{j<3} weight[b, i, j] * features[b, idx[b, i, j], c], accumulated in acc_t
-template <typename T, typename I>
+// out[b, i, c] = sum_{j<3} weight[b, i, j] * features[b, idx[b, i, j], c], accumulated in Acc
+template <typename T, typename Acc, typename I>
 __global__ void three_interpolate_forward_kernel(const T* __restrict__ features, const int64_t* __restrict__ idx,
                                                  const T* __restrict__ weight, I B, I m, I n, I C,
                                                  T* __restrict__ out) {
-  using acc = acc_t<T>;
+  using acc = Acc;
   const I total = B * n * C;
   for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<I>(gridDim.x) * blockDim.x) {
@@ -92,11 +79,11 @@ __global__ void three_interpolate_forward_kernel(const T* __restrict__ features,
 }
 
 // grad_features[b, idx[b, i, j], c] += weight[b, i, j] * grad_out[b, i, c]
-template <typename T, typename I>
+template <typename T, typename Acc, typename I>
 __global__ void three_interpolate_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx,
                                                   const T* __restrict__ weight, I B, I m, I n, I C,
                                                   T* __restrict__ grad_features) {
-  using acc = acc_t<T>;
+  using acc = Acc;
   const I total = B * n * C;
   for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<I>(gridDim.x) * blockDim.x) {

@@ -2,10 +2,14 @@
 //   out[b, i, c] = sum_{j<3} weight[b, i, j] * features[b, idx[b, i, j], c]
 // float32 / float64 / float16 / bfloat16 (half types accumulate in float); host code (the kernels
 // are in gather_kernels.cuh).
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/Atomic.cuh>
+
 #include <algorithm>
 
 #include "common.cuh"
 #include "cuda_ops.h"
+#define CLORA3D_ATOMIC_ADD(ptr, value) gpuAtomicAddNoReturn((ptr), (value))
 #include "gather_kernels.cuh"
 
 namespace clora3d {
@@ -51,7 +55,7 @@ at::Tensor three_interpolate_forward_cuda(const at::Tensor& features_in, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, features.scalar_type(), "three_interpolate_forward_cuda", [&] {
         CLORA3D_DISPATCH_INDEX(std::max(out.numel(), features.numel()), [&] {
-          three_interpolate_forward_kernel<scalar_t, index_t>
+          three_interpolate_forward_kernel<scalar_t, at::opmath_type<scalar_t>, index_t>
               <<<cuda_detail::grid_for(out.numel()), kThreads, 0, stream>>>(
                   features.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(),
                   static_cast<index_t>(B), static_cast<index_t>(m), static_cast<index_t>(n), static_cast<index_t>(C),
@@ -83,7 +87,7 @@ at::Tensor three_interpolate_backward_cuda(const at::Tensor& grad_out_in, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_out.scalar_type(), "three_interpolate_backward_cuda", [&] {
         CLORA3D_DISPATCH_INDEX(std::max(grad_out.numel(), grad_features.numel()), [&] {
-          three_interpolate_backward_kernel<scalar_t, index_t>
+          three_interpolate_backward_kernel<scalar_t, at::opmath_type<scalar_t>, index_t>
               <<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
                   grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(),
                   static_cast<index_t>(B), static_cast<index_t>(m), static_cast<index_t>(n), static_cast<index_t>(C),

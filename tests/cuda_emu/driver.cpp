@@ -20,6 +20,7 @@
 #include "emu.h"  // first: it defines the CUDA keywords and built-ins the kernel headers use
 // clang-format off
 #include "fps_kernels.cuh"
+#define CLORA3D_ATOMIC_ADD(ptr, value) atomicAdd((ptr), (value))
 #include "gather_kernels.cuh"
 #include "knn_kernels.cuh"
 #include "nearest_kernels.cuh"
@@ -188,12 +189,12 @@ int run_gather_family(const std::string& op, char** argv) {
     const auto weight = read_file<T>(argv[9], B * S * 3);
     if (backward) {
       std::vector<T> grad(B * N * C, T(0));
-      emu::launch(three_interpolate_backward_kernel<T, I>, blocks, 64, 0, in.data(), idx.data(), weight.data(), I(B),
+      emu::launch(three_interpolate_backward_kernel<T, T, I>, blocks, 64, 0, in.data(), idx.data(), weight.data(), I(B),
                   I(N), I(S), I(C), grad.data());
       write_file(argv[10], grad);
     } else {
       std::vector<T> out(B * S * C, T(-1));
-      emu::launch(three_interpolate_forward_kernel<T, I>, blocks, 64, 0, in.data(), idx.data(), weight.data(), I(B),
+      emu::launch(three_interpolate_forward_kernel<T, T, I>, blocks, 64, 0, in.data(), idx.data(), weight.data(), I(B),
                   I(N), I(S), I(C), out.data());
       write_file(argv[10], out);
     }
