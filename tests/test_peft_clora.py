@@ -155,17 +155,37 @@ def test_sade_backward_equals_autograd_of_brute_force(normalize):
     assert torch.autograd.gradcheck(lambda *_: sade_total(sets[:3], normalize, 1e-12), params)
 
 
-def test_sade_is_float32_under_autocast():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_sade_is_float32_under_autocast(device):
     """Under bfloat16 autocast the SADE term is still computed in the spaces' dtype (same value)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    sp = CLoRASpaces(16, 16, 4, 3, 4, False, None, "xavier").to(device)
+    with torch.no_grad():
+        sp.Q.normal_()
+    want = sade_total([sp], True, 1e-12)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        got = sade_total([sp], True, 1e-12)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)
+
+
+def test_sade_of_bfloat16_spaces_and_its_scale():
+    """Spaces in bfloat16 (a model cast as a whole) keep one dtype throughout; ``scale`` multiplies
+    the whole term (2.0 included, the value a mutant's ``!= 2.0`` would skip)."""
     torch.manual_seed(0)
     sp = CLoRASpaces(16, 16, 4, 3, 4, False, None, "xavier")
     with torch.no_grad():
         sp.Q.normal_()
-    want = sade_total([sp], True, 1e-12)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = sade_total([sp], True, 1e-12)
-    assert got.dtype == torch.float32
-    assert torch.equal(got, want)
+    want = _brute_sets([sp.double()], True, 1e-12)
+    got = sade_total([sp.to(torch.bfloat16)], True, 1e-12)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.double(), want, rtol=0.05)
+    sp = sp.double()
+    one = sade_total([sp], False, 1e-12)
+    for scale in (2.0, 0.5):
+        assert torch.allclose(sade_total([sp], False, 1e-12, scale), scale * one, rtol=1e-12)
 
 
 def test_sade_off_p1_and_gradient(base):
@@ -435,8 +455,9 @@ def test_each_lrm_layer_owns_its_merge_and_exact_unmerge(base, placement):
         {"placement": "parallel", "targets": ["qkv", "proj", "fc1"]},
         {"placement": "parallel", "targets": ["proj", "fc2"], "bias": True},
         {"shared_q": True, "scale": 0.5},
+        {"scale": 2.0},
     ],
-    ids=["pre_proj", "pre_proj_bias_dropout", "parallel", "parallel_bias", "shared_q_scaled"],
+    ids=["pre_proj", "pre_proj_bias_dropout", "parallel", "parallel_bias", "shared_q_scaled", "scale_2"],
 )
 def test_dense_training_path_equals_the_factored_one(base, pts, extra):
     """Same outputs, loss gradients and SADE, in train mode (dropout draws the same masks); in float64,
