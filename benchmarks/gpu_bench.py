@@ -630,29 +630,18 @@ MODEL_METHODS = {
 }
 
 
-def time_training(
-    model: torch.nn.Module,
-    pts: torch.Tensor,
-    labels: torch.Tensor,
-    precision: str,
-    repeats: int,
-    warmup: int,
-    forward: Callable | None = None,
-    timer_fn: Callable = None,
-) -> dict:
-    """One model row's timings: a training step (train mode, forward, cross-entropy, backward, fused
-    AdamW over the trainable parameters, lr 1e-4, wd 0.05) and inference (eval, no_grad), in
-    ``precision`` (fp32, tf32: fp32 with TF32 matmuls, bf16: autocast); peak allocated memory over the
-    timed steps. ``forward`` defaults to the model (a compiled one may be given); ``timer_fn`` to
-    :func:`timer`. Used for clora3d's rows and the original Point-MAE code's alike."""
+def training_step(
+    model: torch.nn.Module, pts: torch.Tensor, labels: torch.Tensor, precision: str, forward: Callable | None = None
+) -> tuple[Callable[[], None], Callable[[], None], list[torch.nn.Parameter]]:
+    """``(step, infer, trainable parameters)`` of one model row (see :func:`time_training`): a training
+    step (train mode, forward, cross-entropy, backward, fused AdamW on CUDA, lr 1e-4, wd 0.05) and an
+    inference call (eval, no_grad), both in ``precision`` (bf16: autocast; tf32 is set by the caller)."""
     from torch.nn import functional as F
 
     if precision not in ("fp32", "tf32", "bf16"):
         raise ValueError(f"precision must be fp32, tf32 or bf16, got {precision!r}")
-    timer_fn = timer_fn or timer
     forward = forward or model
     device = pts.device
-    B, N = pts.shape[:2]
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
@@ -676,6 +665,28 @@ def time_training(
         with torch.no_grad(), ac:
             forward(pts)
 
+    return step, infer, params
+
+
+def time_training(
+    model: torch.nn.Module,
+    pts: torch.Tensor,
+    labels: torch.Tensor,
+    precision: str,
+    repeats: int,
+    warmup: int,
+    forward: Callable | None = None,
+    timer_fn: Callable = None,
+) -> dict:
+    """One model row's timings: a training step (train mode, forward, cross-entropy, backward, fused
+    AdamW over the trainable parameters, lr 1e-4, wd 0.05) and inference (eval, no_grad), in
+    ``precision`` (fp32, tf32: fp32 with TF32 matmuls, bf16: autocast); peak allocated memory over the
+    timed steps. ``forward`` defaults to the model (a compiled one may be given); ``timer_fn`` to
+    :func:`timer`. Used for clora3d's rows and the original Point-MAE code's alike."""
+    timer_fn = timer_fn or timer
+    device = pts.device
+    B, N = pts.shape[:2]
+    step, infer, params = training_step(model, pts, labels, precision, forward)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -785,6 +796,104 @@ def run_original(
     for r in rows:
         r["knn"] = info.get("knn")
     return rows
+
+
+#: what the step profile covers: full fine-tuning against the PEFT methods that freeze the backbone
+PROFILE_METHODS = ("full", "clora", "clora factored", "lora r8")
+#: CUDA runtime calls that wait for the device (or copy, which may wait): the host stalls of a step
+SYNC_CALLS = frozenset(
+    ["cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy", "cudaMemcpyAsync"]
+)
+
+
+def profile_summary(averages, steps: int, top: int = 8) -> dict:
+    """Per-step figures from ``torch.profiler``'s ``key_averages()`` of ``steps`` training steps: GPU
+    busy time (the kernels' own device time, summed), kernels launched, CUDA runtime calls that wait
+    or copy (``SYNC_CALLS``), aten ops dispatched (nested calls included) and the ``top`` kernels by
+    device time. On the CPU the GPU fields are None."""
+    from torch.autograd import DeviceType
+
+    gpu = [a for a in averages if a.device_type == DeviceType.CUDA]
+    cpu = [a for a in averages if a.device_type == DeviceType.CPU]
+    busy_us = sum(a.self_device_time_total for a in gpu)
+    return {
+        "gpu_busy_ms": busy_us / 1e3 / steps if gpu else None,
+        "kernels": sum(a.count for a in gpu) / steps if gpu else None,
+        "sync_calls": sum(a.count for a in cpu if a.key in SYNC_CALLS) / steps,
+        "aten_ops": sum(a.count for a in cpu if a.key.startswith("aten::")) / steps,
+        "top_kernels": [
+            {"name": a.key[:100], "ms": a.self_device_time_total / 1e3 / steps, "calls": a.count / steps}
+            for a in sorted(gpu, key=lambda a: -a.self_device_time_total)[:top]
+        ],
+    }
+
+
+def profile_training(
+    device: torch.device, quick: bool = False, methods=PROFILE_METHODS, precisions=("fp32", "bf16"), steps: int = 0
+) -> list[dict]:
+    """torch.profiler over ``steps`` training steps (after warm-up) of each model row of
+    :func:`run_model`'s inputs: where a step's time goes (GPU busy against wall, kernels, host stalls),
+    the diagnosis behind the model table. Wall times here include the profiler's own cost. A row that
+    fails is an error row."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from clora3d.engine import build
+
+    preset, pts, labels, C, _, warmup = model_inputs(device, quick)
+    steps = steps or (2 if quick else 5)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    rows = []
+    for name in methods:
+        for prec in precisions:
+            torch.manual_seed(0)
+            cfg = {
+                "model": {"NAME": "PointTransformer", "preset": preset, "cls_dim": C},
+                "peft": dict(MODEL_METHODS[name]),
+            }
+            torch.set_float32_matmul_precision("high" if prec == "tf32" else "highest")
+            try:
+                model = build.build_model(cfg)
+                build.build_method(model, cfg)
+                model.to(device)
+                step, _, _ = training_step(model, pts, labels, prec)
+                for _ in range(warmup):
+                    step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                with profile(activities=acts) as prof:
+                    for _ in range(steps):
+                        step()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                wall = 1e3 * (time.perf_counter() - t0) / steps
+                summary = profile_summary(prof.key_averages(), steps)
+                rows.append(dict(method=name, precision=prec, preset=preset, steps=steps, wall_ms=wall, **summary))
+            except Exception as exc:  # reported, never fatal
+                rows.append({"method": name, "precision": prec, "error": f"{type(exc).__name__}: {_first_line(exc)}"})
+            finally:
+                torch.set_float32_matmul_precision("highest")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def profile_table(rows: list[dict]) -> str:
+    lines = [
+        "| method | precision | wall ms / step (profiled) | GPU busy ms / step | kernels / step "
+        "| sync + memcpy calls / step | aten ops / step | top kernels (ms / step) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['precision']} | error: {_cell(r['error'])} | - | - | - | - | - |")
+            continue
+        top = "; ".join(f"{_cell(k['name'][:48])} {k['ms']:.2f}" for k in r["top_kernels"][:3]) or "-"
+        lines.append(
+            f"| {r['method']} | {r['precision']} | {r['wall_ms']:.2f} | {_f(r['gpu_busy_ms'], '{:.2f}')} | "
+            f"{_f(r['kernels'], '{:.0f}')} | {r['sync_calls']:.1f} | {r['aten_ops']:.0f} | {top} |"
+        )
+    return "\n".join(lines)
 
 
 #: torch.compile mode of the compiled model rows (``--compile``): Inductor with CUDA graphs, the
@@ -943,7 +1052,7 @@ def environment(device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["kernels", "model", "all", "peers"])
+    ap.add_argument("what", choices=["kernels", "model", "profile", "all", "peers"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few calls (tests, CPU)")
     ap.add_argument(
@@ -982,16 +1091,21 @@ def main(argv: list[str] | None = None) -> int:
         print(model_table(mrows), flush=True)
         print("\nThe GPU issue's model criteria (same run, medians):\n")
         print(model_summary_table(out["model_summary"]), flush=True)
-        if args.compile:  # after the eager tables, which are printed whatever the compiler does
-            crows = run_model(
-                device, args.quick, methods=("full", "clora"), precisions=("fp32", "bf16"), compile_mode=args.compile
-            )
-            mrows += crows
-            out["model_summary"] = model_summary(mrows)
-            print(f"\nCompiled (torch.compile fullgraph, mode {args.compile}), same inputs:\n")
-            print(model_table(crows), flush=True)
-            print("\nThe model criteria with the compiled rows (same run, medians):\n")
-            print(model_summary_table(out["model_summary"]), flush=True)
+    if args.what in ("profile", "all"):  # after the eager tables, before the compiled rows
+        prows = profile_training(device, args.quick)
+        out["profile"] = prows
+        print("\nWhere a training step's time goes (torch.profiler, after warm-up; wall includes the profiler):\n")
+        print(profile_table(prows), flush=True)
+    if args.what in ("model", "all") and args.compile:  # last: the longest and the least certain part
+        crows = run_model(
+            device, args.quick, methods=("full", "clora"), precisions=("fp32", "bf16"), compile_mode=args.compile
+        )
+        mrows += crows
+        out["model_summary"] = model_summary(mrows)
+        print(f"\nCompiled (torch.compile fullgraph, mode {args.compile}), same inputs:\n")
+        print(model_table(crows), flush=True)
+        print("\nThe model criteria with the compiled rows (same run, medians):\n")
+        print(model_summary_table(out["model_summary"]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

@@ -418,3 +418,42 @@ def test_original_point_mae_row_says_why_when_not_carried(tmp_path):
     rows = gpu_bench.run_original(torch.device("cpu"), quick=True, checkout=tmp_path / "nothing")
     assert len(rows) == 1 and rows[0]["error"].startswith("not carried")
     assert "error: not carried" in gpu_bench.model_table(rows)
+
+
+def test_profile_summary_is_per_step_from_the_profilers_averages():
+    from torch.autograd import DeviceType
+
+    def avg(key, device, count, device_us=0):
+        return SimpleNamespace(key=key, device_type=device, count=count, self_device_time_total=device_us)
+
+    averages = [
+        avg("aten::addmm", DeviceType.CPU, 40),
+        avg("aten::mm", DeviceType.CPU, 20),
+        avg("cudaLaunchKernel", DeviceType.CPU, 300),
+        avg("cudaStreamSynchronize", DeviceType.CPU, 2),
+        avg("cudaMemcpyAsync", DeviceType.CPU, 4),
+        avg("sm90_xmma_gemm_f32f32", DeviceType.CUDA, 100, 8000),
+        avg("knn_warp_kernel", DeviceType.CUDA, 20, 2000),
+        avg("elementwise_kernel", DeviceType.CUDA, 180, 1000),
+    ]
+    got = gpu_bench.profile_summary(averages, steps=2, top=2)
+    assert got["gpu_busy_ms"] == 5.5 and got["kernels"] == 150
+    assert got["sync_calls"] == 3 and got["aten_ops"] == 30
+    assert got["top_kernels"] == [
+        {"name": "sm90_xmma_gemm_f32f32", "ms": 4.0, "calls": 50},
+        {"name": "knn_warp_kernel", "ms": 1.0, "calls": 10},
+    ]
+    cpu_only = gpu_bench.profile_summary(averages[:5], steps=2)
+    assert cpu_only["gpu_busy_ms"] is None and cpu_only["kernels"] is None and cpu_only["top_kernels"] == []
+
+
+def test_profile_rows_on_the_cpu_and_error_rows(monkeypatch):
+    rows = gpu_bench.profile_training(torch.device("cpu"), quick=True, methods=("clora",), precisions=("fp32",))
+    (r,) = rows
+    assert r["method"] == "clora" and r["wall_ms"] > 0 and r["aten_ops"] > 100 and r["sync_calls"] == 0
+    assert r["gpu_busy_ms"] is None
+    assert "| clora | fp32 |" in gpu_bench.profile_table(rows)
+    monkeypatch.setitem(gpu_bench.MODEL_METHODS, "broken", {"NAME": "no_such_method"})
+    (bad,) = gpu_bench.profile_training(torch.device("cpu"), quick=True, methods=("broken",), precisions=("fp32",))
+    assert bad["method"] == "broken" and "error" in bad
+    assert "| broken | fp32 | error:" in gpu_bench.profile_table([bad])
