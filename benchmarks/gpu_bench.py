@@ -728,8 +728,9 @@ def run_model(
     precisions=("fp32", "tf32", "bf16"),
     compile_mode: str | None = None,
 ) -> list[dict]:
-    """clora3d's model rows. ``compile_mode``: time ``torch.compile(model, fullgraph=True)`` in that
-    mode instead (``default``, ``reduce-overhead`` = Inductor + CUDA graphs, ...); the precision is
+    """clora3d's model rows. ``compile_mode``: time the model compiled as ``train.compile`` does
+    (``build.compile_forward``: fullgraph, in that mode: ``default``, ``reduce-overhead`` = Inductor +
+    CUDA graphs, ...) instead; the precision is
     then labelled ``<precision> + compile`` (``+ compile(<mode>)`` for a mode other than
     reduce-overhead). A row that fails (a compile error, say) is an error row, not the end of the run."""
     from clora3d.engine import build
@@ -754,8 +755,7 @@ def run_model(
                     fwd = model
                 else:
                     torch._dynamo.reset()  # each row compiles its own model from scratch
-                    kw = {} if compile_mode == "default" else {"mode": compile_mode}
-                    fwd = torch.compile(model, fullgraph=True, **kw)
+                    fwd = build.compile_forward(model, True if compile_mode == "default" else compile_mode)
                 row = time_training(model, pts, labels, prec, repeats, warmup, forward=fwd)
                 rows.append(dict(method=name, precision=prec + suffix, **row, preset=preset))
             except Exception as exc:  # reported in the table, never fatal

@@ -154,6 +154,19 @@ def build_optimizer(method: Any, cfg: Mapping[str, Any]):
     return optimizer, scheduler
 
 
+def compile_forward(net: nn.Module, mode: bool | str) -> nn.Module:
+    """``train.compile``: ``torch.compile(net, fullgraph=True)`` in ``mode`` (true = Inductor's default,
+    ``reduce-overhead`` = Inductor + CUDA graphs, ``max-autotune``, ``aot_eager`` = no code generation).
+    Inductor is told to draw random numbers as eager does (``fallback_random``), so dropout / drop path
+    match eager and a resumed run stays exact. Used by the trainer and by the GPU benchmark's compiled
+    rows alike."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    kw = {"backend": "aot_eager"} if mode == "aot_eager" else ({"mode": mode} if isinstance(mode, str) else {})
+    return torch.compile(net, fullgraph=True, **kw)
+
+
 @dataclass
 class Splits:
     """The run's data sets; ``val`` / ``test`` are None when the config has none."""

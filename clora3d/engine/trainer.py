@@ -201,14 +201,8 @@ class _Trainer:
         self.net = self.forward_net = net
         torch.set_float32_matmul_precision(cfg["train"]["matmul_precision"])
         mode = cfg["train"]["compile"]
-        if mode:
-            # Inductor draws its own random numbers unless told to use eager's: with
-            # fallback_random, dropout / drop path match eager and a resumed run stays exact
-            import torch._inductor.config as inductor_config
-
-            inductor_config.fallback_random = True
-            kw = {"backend": "aot_eager"} if mode == "aot_eager" else ({"mode": mode} if isinstance(mode, str) else {})
-            self.forward_net = torch.compile(net, fullgraph=True, **kw)
+        if mode:  # Inductor draws eager's random numbers there: resume stays exact
+            self.forward_net = build.compile_forward(net, mode)
             self.log.info(f"train.compile={mode}: the training forward is compiled (fullgraph)")
 
         self.optimizer, self.scheduler = build.build_optimizer(self.method, cfg)
