@@ -79,16 +79,18 @@ def test_cuda_fps_kernel_boundaries_with_ties(cuda_native, N, dtype):
     assert torch.equal(got.cpu(), ref.furthest_point_sample(xyz, 48, N - 1))
 
 
-def test_cuda_three_nn_and_interpolate(cuda_native):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_three_nn_and_interpolate(cuda_native, dtype):
     known, unknown = torch.rand(2, 100, 3), torch.rand(2, 500, 3)
     d, i = ops.three_nn(unknown.cuda(), known.cuda())
     rd, ri = ref.three_nn(unknown, known)
     assert torch.equal(i.cpu(), ri)
-    feats = torch.randn(2, 100, 16, dtype=torch.float64, requires_grad=True)
-    w = ops.interpolation_weights(rd).double()
+    feats = torch.randn(2, 100, 16, dtype=dtype, requires_grad=True)
+    w = ops.interpolation_weights(rd).to(dtype)
     fc = feats.detach().cuda().requires_grad_(True)
     out = ops.three_interpolate(fc, ri.cuda(), w.cuda())
-    torch.testing.assert_close(out.cpu(), ref.three_interpolate(feats, ri, w))
+    # the reference's sum order without FMA contraction: bit-identical
+    assert torch.equal(out.detach().cpu(), ref.three_interpolate(feats, ri, w).detach())
     out.sum().backward()
     ref.three_interpolate(feats, ri, w).sum().backward()
     torch.testing.assert_close(fc.grad.cpu(), feats.grad)
@@ -163,6 +165,29 @@ def test_cuda_half_gather_and_interpolation_forward_backward(cuda_native, dtype)
         1, idx[..., 0], torch.ones(2, 40, dtype=torch.float64)
     )
     assert torch.equal(pts.grad.double().cpu(), counts[..., None].expand(2, 60, 8))  # small integers: exact
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_backward_accumulates_in_float32(cuda_native, dtype):
+    """4096 gradients of 0.01 scattered into one row: accumulated in the half type the sum would stall
+    far below 40.96 (float16 spacing is 0.03 above 32, bfloat16's 0.25); in float32 and rounded once
+    it is 40.96 to the half type's rounding."""
+    S = 4096
+    idx = torch.zeros(1, S, dtype=torch.long, device="cuda")
+    pts = torch.zeros(1, 5, 2, dtype=dtype, device="cuda", requires_grad=True)
+    ops.gather_points(pts, idx).backward(torch.full((1, S, 2), 0.01, dtype=dtype, device="cuda"))
+    want = S * float(torch.tensor(0.01, dtype=dtype))
+    torch.testing.assert_close(
+        pts.grad[0, 0].double().cpu(), torch.full((2,), want, dtype=torch.float64), rtol=1e-2, atol=0
+    )
+    assert not pts.grad[0, 1:].any()
+    feats = torch.zeros(1, 5, 2, dtype=dtype, device="cuda", requires_grad=True)
+    tri = torch.zeros(1, S, 3, dtype=torch.long, device="cuda")
+    w = torch.full((1, S, 3), 1.0, dtype=dtype, device="cuda")
+    ops.three_interpolate(feats, tri, w).backward(torch.full((1, S, 2), 0.01, dtype=dtype, device="cuda"))
+    torch.testing.assert_close(
+        feats.grad[0, 0].double().cpu(), torch.full((2,), 3 * want, dtype=torch.float64), rtol=1e-2, atol=0
+    )
 
 
 def test_cuda_training_step_does_not_synchronise(cuda_native):

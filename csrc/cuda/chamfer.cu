@@ -63,6 +63,10 @@ std::tuple<at::Tensor, at::Tensor> chamfer_backward_cuda(const at::Tensor& a_in,
   CLORA3D_CHECK_INDEX(idx_b_in, "idx_b");
   CLORA3D_CHECK_CUDA(grad_dist_a_in, "grad_dist_a");
   CLORA3D_CHECK_CUDA(grad_dist_b_in, "grad_dist_b");
+  CLORA3D_CHECK_SAME_DEVICE(a_in, idx_a_in, "a", "idx_a");
+  CLORA3D_CHECK_SAME_DEVICE(a_in, idx_b_in, "a", "idx_b");
+  CLORA3D_CHECK_SAME_DEVICE(a_in, grad_dist_a_in, "a", "grad_dist_a");
+  CLORA3D_CHECK_SAME_DEVICE(a_in, grad_dist_b_in, "a", "grad_dist_b");
   TORCH_CHECK(idx_a_in.dim() == 2 && idx_a_in.size(0) == B && idx_a_in.size(1) == N, "idx_a must have shape (B, N) = (",
               B, ", ", N, "), got ", idx_a_in.sizes());
   TORCH_CHECK(idx_b_in.dim() == 2 && idx_b_in.size(0) == B && idx_b_in.size(1) == M, "idx_b must have shape (B, M) = (",

@@ -44,9 +44,12 @@ at::Tensor fps_cuda(const at::Tensor& xyz_in, int64_t S, int64_t start) {
       case FpsKernel::kGeneric: {
         bool use_smem = plan.use_smem;
         if (use_smem && plan.smem_bytes + kFpsStaticSmem > 48 * 1024) {
-          // Opt in to more than 48 KiB of dynamic shared memory (Volta and newer).
+          // Opt in to more than 48 KiB of dynamic shared memory (Volta and newer), always to the device's
+          // whole budget: every call sets the same value, so concurrent calls with other N cannot lower
+          // the limit between another call's opt-in and its launch.
+          const int optin = static_cast<int>(prop->sharedMemPerBlockOptin - kFpsStaticSmem);
           use_smem = cudaFuncSetAttribute(fps_generic_kernel<scalar_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(plan.smem_bytes)) == cudaSuccess;
+                                          optin) == cudaSuccess;
           if (!use_smem) (void)cudaGetLastError();  // clear the (non-sticky) error, use global memory
         }
         at::Tensor gdist;

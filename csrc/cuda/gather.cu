@@ -60,16 +60,21 @@ at::Tensor gather_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor&
   const c10::cuda::CUDAGuard device_guard(grad_out_in.device());
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor idx = idx_in.contiguous();
-  at::Tensor grad_points = at::zeros({B, N, C}, grad_out.options());
-  if (grad_out.numel() == 0) return grad_points;
+  if (grad_out.numel() == 0) return at::zeros({B, N, C}, grad_out.options());
+  at::Tensor grad_points;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "gather_backward_cuda", [&] {
-    CLORA3D_DISPATCH_INDEX(std::max(grad_out.numel(), grad_points.numel()), [&] {
-      gather_backward_kernel<scalar_t, index_t><<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
-          grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), static_cast<index_t>(B), static_cast<index_t>(N),
-          static_cast<index_t>(S), static_cast<index_t>(C), grad_points.data_ptr<scalar_t>());
+    // half / bfloat16 accumulate in float32 (one rounding per element at the end, as on the CPU)
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor acc = at::zeros({B, N, C}, grad_out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    CLORA3D_DISPATCH_INDEX(std::max(grad_out.numel(), acc.numel()), [&] {
+      gather_backward_kernel<scalar_t, acc_t, index_t>
+          <<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
+              grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), static_cast<index_t>(B), static_cast<index_t>(N),
+              static_cast<index_t>(S), static_cast<index_t>(C), acc.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
+    grad_points = acc.scalar_type() == grad_out.scalar_type() ? acc : acc.to(grad_out.scalar_type());
   });
   return grad_points;
 }

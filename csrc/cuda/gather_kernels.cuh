@@ -38,10 +38,11 @@ __global__ void gather_forward_kernel(const T* __restrict__ points, const int64_
   }
 }
 
-// grad_points[b, idx[b, s], c] += grad_out[b, s, c]
-template <typename T, typename I>
+// grad_points[b, idx[b, s], c] += grad_out[b, s, c], accumulated in Acc (float for half / bfloat16: the
+// host casts the sums once, as the CPU kernel does)
+template <typename T, typename Acc, typename I>
 __global__ void gather_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx, I B, I N, I S,
-                                       I C, T* __restrict__ grad_points) {
+                                       I C, Acc* __restrict__ grad_points) {
   const I total = B * S * C;
   for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<I>(gridDim.x) * blockDim.x) {
@@ -50,11 +51,12 @@ __global__ void gather_backward_kernel(const T* __restrict__ grad_out, const int
     const I b = bs / S;
     const int64_t n = idx[bs];
     CLORA3D_ASSERT_INDEX(n >= 0 && n < N, "gather backward", "[0, N)");
-    CLORA3D_ATOMIC_ADD(grad_points + (b * N + static_cast<I>(n)) * C + c, grad_out[e]);
+    CLORA3D_ATOMIC_ADD(grad_points + (b * N + static_cast<I>(n)) * C + c, static_cast<Acc>(grad_out[e]));
   }
 }
 
-// out[b, i, c] = sum_{j<3} weight[b, i, j] * features[b, idx[b, i, j], c], accumulated in Acc
+// out[b, i, c] = sum_{j<3} weight[b, i, j] * features[b, idx[b, i, j], c], accumulated in Acc in the
+// reference's order without FMA contraction (bit-identical to it in float32 / float64)
 template <typename T, typename Acc, typename I>
 __global__ void three_interpolate_forward_kernel(const T* __restrict__ features, const int64_t* __restrict__ idx,
                                                  const T* __restrict__ weight, I B, I m, I n, I C,
@@ -72,17 +74,18 @@ __global__ void three_interpolate_forward_kernel(const T* __restrict__ features,
     for (int j = 0; j < 3; ++j) {
       const int64_t k = idx[bi * 3 + j];
       CLORA3D_ASSERT_INDEX(k >= 0 && k < m, "three_interpolate", "[0, m)");
-      sum += static_cast<acc>(weight[bi * 3 + j]) * static_cast<acc>(f[static_cast<I>(k) * C]);
+      sum = cuda_detail::add_rn(
+          sum, cuda_detail::mul_rn(static_cast<acc>(weight[bi * 3 + j]), static_cast<acc>(f[static_cast<I>(k) * C])));
     }
     out[e] = static_cast<T>(sum);
   }
 }
 
-// grad_features[b, idx[b, i, j], c] += weight[b, i, j] * grad_out[b, i, c]
+// grad_features[b, idx[b, i, j], c] += weight[b, i, j] * grad_out[b, i, c], accumulated in Acc
 template <typename T, typename Acc, typename I>
 __global__ void three_interpolate_backward_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ idx,
                                                   const T* __restrict__ weight, I B, I m, I n, I C,
-                                                  T* __restrict__ grad_features) {
+                                                  Acc* __restrict__ grad_features) {
   using acc = Acc;
   const I total = B * n * C;
   for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
@@ -96,7 +99,7 @@ __global__ void three_interpolate_backward_kernel(const T* __restrict__ grad_out
       const int64_t k = idx[bi * 3 + j];
       CLORA3D_ASSERT_INDEX(k >= 0 && k < m, "three_interpolate backward", "[0, m)");
       CLORA3D_ATOMIC_ADD(grad_features + (b * m + static_cast<I>(k)) * C + c,
-                         static_cast<T>(static_cast<acc>(weight[bi * 3 + j]) * g));
+                         cuda_detail::mul_rn(static_cast<acc>(weight[bi * 3 + j]), g));
     }
   }
 }

@@ -54,7 +54,7 @@ at::Tensor three_interpolate_forward_cuda(const at::Tensor& features_in, const a
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, features.scalar_type(), "three_interpolate_forward_cuda", [&] {
-        CLORA3D_DISPATCH_INDEX(std::max(out.numel(), features.numel()), [&] {
+        CLORA3D_DISPATCH_INDEX(std::max({out.numel(), features.numel(), idx.numel()}), [&] {
           three_interpolate_forward_kernel<scalar_t, at::opmath_type<scalar_t>, index_t>
               <<<cuda_detail::grid_for(out.numel()), kThreads, 0, stream>>>(
                   features.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(),
@@ -81,19 +81,23 @@ at::Tensor three_interpolate_backward_cuda(const at::Tensor& grad_out_in, const 
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor idx = idx_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
-  at::Tensor grad_features = at::zeros({B, m, C}, grad_out.options());
-  if (grad_out.numel() == 0) return grad_features;
+  if (grad_out.numel() == 0) return at::zeros({B, m, C}, grad_out.options());
+  at::Tensor grad_features;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_out.scalar_type(), "three_interpolate_backward_cuda", [&] {
-        CLORA3D_DISPATCH_INDEX(std::max(grad_out.numel(), grad_features.numel()), [&] {
-          three_interpolate_backward_kernel<scalar_t, at::opmath_type<scalar_t>, index_t>
+        // half / bfloat16 accumulate in float32 (one rounding per element at the end, as on the CPU)
+        using acc_t = at::opmath_type<scalar_t>;
+        at::Tensor acc = at::zeros({B, m, C}, grad_out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        CLORA3D_DISPATCH_INDEX(std::max({grad_out.numel(), acc.numel(), idx.numel()}), [&] {
+          three_interpolate_backward_kernel<scalar_t, acc_t, index_t>
               <<<cuda_detail::grid_for(grad_out.numel()), kThreads, 0, stream>>>(
                   grad_out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), weight.data_ptr<scalar_t>(),
                   static_cast<index_t>(B), static_cast<index_t>(m), static_cast<index_t>(n), static_cast<index_t>(C),
-                  grad_features.data_ptr<scalar_t>());
+                  acc.data_ptr<acc_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
+        grad_features = acc.scalar_type() == grad_out.scalar_type() ? acc : acc.to(grad_out.scalar_type());
       });
   return grad_features;
 }
