@@ -195,6 +195,17 @@ def test_knn_local_kernel_matches_reference(driver, tmp_path, k):
     assert torch.equal(i, i0) and torch.equal(d, d0)
 
 
+@pytest.mark.parametrize("k", [129, 300])
+def test_knn_beyond_the_list_kernels_matches_reference(driver, tmp_path, k):
+    """k > 128: knn.cu computes every distance (pairwise_sqdist_kernel, emulated) and sorts them stably
+    (at::sort there, a stable sort here): ties keep the lower index first."""
+    refs = cloud(2, 300, seed=18)
+    query = cloud(2, 7, seed=19)
+    d, i = emu_knn(driver, tmp_path, query, refs, k, kind="sort")
+    d0, i0 = ref.knn(query, refs, k)
+    assert torch.equal(i, i0) and torch.equal(d, d0)
+
+
 @pytest.mark.parametrize("where", ["query", "ref"])
 def test_knn_non_finite_coordinates_are_a_device_assert(driver, tmp_path, where):
     query, refs = cloud(1, 5, seed=5), cloud(1, 40, seed=6)
@@ -212,6 +223,10 @@ FPS_CASES = {
     "registers8_partial_warp": (1, 4097, 24, 4096, torch.float32, None),
     "generic_global_memory": (1, 8193, 16, 1, torch.float32, None),
     "generic_shared_memory_float64": (1, 8193, 16, 2, torch.float64, 1 << 20),
+    # the choices fps.cu makes on an H200 (sharedMemPerBlockOptin = 232448 B): float32 points of a
+    # scene-size cloud in opted-in shared memory, float64 ones in global memory
+    "h200_generic_shared_memory": (1, 12000, 16, 1, torch.float32, 232448),
+    "h200_generic_global_memory_float64": (1, 8193, 16, 2, torch.float64, 232448),
 }
 
 

@@ -2,7 +2,7 @@
 // launch geometry of the .cu host code. Inputs and outputs are raw little-endian files written and
 // read by tests/test_cuda_emulated.py.
 //
-//   driver knn <f32|f64> B M N k query ref out_dist out_idx [warp|local]
+//   driver knn <f32|f64> B M N k query ref out_dist out_idx [warp|local|sort]
 //   driver fps <f32|f64> B N S start xyz out_idx [shared_memory_limit_bytes (default 48 KiB)]
 //   driver chamfer <f32|f64> B N M a b out_dist_a out_idx_a out_dist_b out_idx_b
 //   driver chamfer_backward <f32|f64> B N M a b idx_a idx_b grad_dist_a grad_dist_b out_grad_a out_grad_b [expanded]
@@ -26,6 +26,7 @@
 #include "nearest_kernels.cuh"
 // clang-format on
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -65,7 +66,20 @@ int run_knn(int argc, char** argv) {
   std::vector<T> d(B * M * k);
   std::vector<int64_t> idx(B * M * k);
   const std::string kind = argc > 11 ? argv[11] : (k <= kKnnWarpMaxK ? "warp" : "local");
-  if (kind == "warp") {
+  if (kind == "sort") {  // k > kKnnLocalMaxK in knn.cu: every distance, then a stable sort (at::sort there)
+    std::vector<T> dist(B * M * N);
+    emu::launch(pairwise_sqdist_kernel<T>, 5, 64, 0, query.data(), ref.data(), B, M, N, dist.data());
+    std::vector<int64_t> order(N);
+    for (int64_t bm = 0; bm < B * M; ++bm) {
+      const T* row = dist.data() + bm * N;
+      for (int64_t n = 0; n < N; ++n) order[n] = n;
+      std::stable_sort(order.begin(), order.end(), [row](int64_t x, int64_t y) { return row[x] < row[y]; });
+      for (int64_t j = 0; j < k; ++j) {
+        d[bm * k + j] = row[order[j]];
+        idx[bm * k + j] = order[j];
+      }
+    }
+  } else if (kind == "warp") {
     if (k > kKnnWarpMaxK) return 2;
     const int64_t bpb = knn_warp_blocks_per_batch(M);
     emu::launch(knn_warp_kernel<T>, B * bpb, kKnnWarpsPerBlock * 32, 0, query.data(), ref.data(), M, N,
@@ -179,7 +193,7 @@ int run_gather_family(const std::string& op, char** argv) {
     const auto grad_out = read_file<T>(argv[7], B * S * C);
     const auto idx = read_file<int64_t>(argv[8], B * S);
     std::vector<T> grad(B * N * C, T(0));
-    emu::launch(gather_backward_kernel<T, I>, blocks, 64, 0, grad_out.data(), idx.data(), I(B), I(N), I(S), I(C),
+    emu::launch(gather_backward_kernel<T, T, I>, blocks, 64, 0, grad_out.data(), idx.data(), I(B), I(N), I(S), I(C),
                 grad.data());
     write_file(argv[9], grad);
   } else {  // interpolate: N = m known points, S = n interpolated points
