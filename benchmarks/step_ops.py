@@ -151,12 +151,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: the record rendered into README.md (tools/render_bench_tables.py) and checked by tests/test_step_ops.py
+RECORD_JSON = "docs/bench/step_ops.json"
+RECORD_COMMAND = f"python benchmarks/step_ops.py --preset tiny,vit_s --json {RECORD_JSON}"
+
+
+def readme_block(record: dict, json_path: str = RECORD_JSON) -> str:
+    """The README's table of the recorded counts (``record``: what ``--json`` writes)."""
+    return (
+        f"From `{json_path}`, written by `{record['command']}` with torch {record['torch']} (rendered by "
+        f"`tools/render_bench_tables.py`; `tests/test_step_ops.py` fails when a step dispatches more than "
+        f"recorded there).\n\n" + table(record["rows"])
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny", help="tiny, vit_s, or both (comma list)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help=f"write the record ({RECORD_COMMAND} is the README's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
@@ -165,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(count_step(name.strip(), preset.strip(), args.batch))
     print(table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        command = "python benchmarks/step_ops.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        record = {"torch": torch.__version__, "command": command, "rows": rows}
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -4,6 +4,7 @@ Counted with a TorchDispatchMode (benchmarks/step_ops.py); deterministic counts,
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,12 +17,36 @@ import step_ops  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+RECORD = json.loads((Path(__file__).resolve().parents[1] / step_ops.RECORD_JSON).read_text())
+
+
 @pytest.mark.parametrize("method", list(step_ops.METHODS))
 def test_training_step_reads_nothing_back_to_the_host(method):
     # .item() / bool(tensor) / data-dependent shapes in a step stall a GPU stream; none are allowed
     r = step_ops.count_step(method, "tiny", 2)
     assert r["host_syncs"] == 0, r["sync_ops"]
     assert r["fwd_bwd_ops"] > 100  # the counter saw the step
+
+
+@pytest.mark.parametrize("method", list(step_ops.METHODS))
+def test_training_step_costs_no_more_than_recorded(method):
+    """The step-cost proxies may not regress: no more aten ops and kernel-launching ops per tiny step
+    than docs/bench/step_ops.json records (the README's table). Counts belong to a torch version; under
+    another one this compares nothing."""
+    import torch
+
+    if RECORD["torch"] != torch.__version__:
+        pytest.skip(f"recorded with torch {RECORD['torch']}, this is {torch.__version__}")
+    rec = next(r for r in RECORD["rows"] if r["method"] == method and r["preset"] == "tiny")
+    r = step_ops.count_step(method, "tiny", 2)
+    assert r["aten_ops"] <= rec["aten_ops"], (r["aten_ops"], rec["aten_ops"], step_ops.RECORD_COMMAND)
+    assert r["launch_ops"] <= rec["launch_ops"], (r["launch_ops"], rec["launch_ops"], step_ops.RECORD_COMMAND)
+
+
+def test_record_covers_every_method_and_both_presets():
+    assert {(r["method"], r["preset"]) for r in RECORD["rows"]} == {
+        (m, p) for m in step_ops.METHODS for p in ("tiny", "vit_s")
+    }
 
 
 def test_counter_sees_a_sync():

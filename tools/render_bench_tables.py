@@ -10,7 +10,9 @@
   `--pretrain-seed 1 --methods full,linear --record docs/bench/demo_pretrain_seed1.json`) write,
   between the `<!-- demo:begin/end -->` and `<!-- demo_seed1:begin/end -->` markers of README.md;
 - the SADE ablation: what `python tools/sade_ablation.py --record docs/bench/sade_ablation.json`
-  writes, between the `<!-- sade_ablation:begin/end -->` markers of docs/peft.md.
+  writes, between the `<!-- sade_ablation:begin/end -->` markers of docs/peft.md;
+- the CPU proxies of GPU step cost: what `python benchmarks/step_ops.py --preset tiny,vit_s --json
+  docs/bench/step_ops.json` writes, between the `<!-- step_ops:begin/end -->` markers of README.md.
 
 `--check` changes nothing and exits 1 when a file differs from the rendering.
 """
@@ -40,7 +42,12 @@ DEMO_BLOCKS = {
 }
 SADE_JSON = "docs/bench/sade_ablation.json"
 SADE_MARKER = "sade_ablation"
-TARGETS = {"README.md": ["summary", FLOPS_MARKER, *DEMO_BLOCKS], "docs/ops.md": ["full"], "docs/peft.md": [SADE_MARKER]}
+STEP_OPS_MARKER = "step_ops"
+TARGETS = {
+    "README.md": ["summary", FLOPS_MARKER, *DEMO_BLOCKS, STEP_OPS_MARKER],
+    "docs/ops.md": ["full"],
+    "docs/peft.md": [SADE_MARKER],
+}
 
 
 def sade_block(json_path: str = SADE_JSON, repo: Path = REPO) -> str:
@@ -74,6 +81,9 @@ def rendered(json_path: str = DEFAULT_JSON, repo: Path = REPO, flops_json: str =
     for marker, (rel_json, command) in DEMO_BLOCKS.items():
         blocks[marker] = demo.readme_block(json.loads((repo / rel_json).read_text()), rel_json, command)
     blocks[SADE_MARKER] = sade_block(SADE_JSON, repo)
+    from benchmarks import step_ops
+
+    blocks[STEP_OPS_MARKER] = step_ops.readme_block(json.loads((repo / step_ops.RECORD_JSON).read_text()))
     out = {}
     for rel, names in TARGETS.items():
         text = (repo / rel).read_text()
