@@ -721,6 +721,20 @@ def model_inputs(device: torch.device, quick: bool) -> tuple[str, torch.Tensor, 
     return preset, pts, labels, C, repeats, warmup
 
 
+def row_model(name: str, preset: str, classes: int, device: torch.device) -> torch.nn.Module:
+    """The model of one row: the ``preset`` classifier with ``MODEL_METHODS[name]`` applied, seed 0."""
+    from clora3d.engine import build
+
+    torch.manual_seed(0)
+    cfg = {
+        "model": {"NAME": "PointTransformer", "preset": preset, "cls_dim": classes},
+        "peft": dict(MODEL_METHODS[name]),
+    }
+    model = build.build_model(cfg)
+    build.build_method(model, cfg)
+    return model.to(device)
+
+
 def run_model(
     device: torch.device,
     quick: bool = False,
@@ -742,15 +756,8 @@ def run_model(
     rows = []
     for name in methods:
         for prec in precisions:
-            torch.manual_seed(0)
-            cfg = {
-                "model": {"NAME": "PointTransformer", "preset": preset, "cls_dim": C},
-                "peft": dict(MODEL_METHODS[name]),
-            }
             try:
-                model = build.build_model(cfg)
-                _method = build.build_method(model, cfg)
-                model.to(device)
+                model = row_model(name, preset, C, device)
                 if compile_mode is None:
                     fwd = model
                 else:
@@ -837,24 +844,15 @@ def profile_training(
     fails is an error row."""
     from torch.profiler import ProfilerActivity, profile
 
-    from clora3d.engine import build
-
     preset, pts, labels, C, _, warmup = model_inputs(device, quick)
     steps = steps or (2 if quick else 5)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     rows = []
     for name in methods:
         for prec in precisions:
-            torch.manual_seed(0)
-            cfg = {
-                "model": {"NAME": "PointTransformer", "preset": preset, "cls_dim": C},
-                "peft": dict(MODEL_METHODS[name]),
-            }
             torch.set_float32_matmul_precision("high" if prec == "tf32" else "highest")
             try:
-                model = build.build_model(cfg)
-                build.build_method(model, cfg)
-                model.to(device)
+                model = row_model(name, preset, C, device)
                 step, _, _ = training_step(model, pts, labels, prec)
                 for _ in range(warmup):
                     step()

@@ -43,21 +43,34 @@ def head_count(model) -> int:
 
 
 # -- SADE against brute force ----------------------------------------------------------------------
+def lrm_sade(D: torch.Tensor, U: torch.Tensor, Q: torch.Tensor, normalize: bool, eps: float) -> torch.Tensor:
+    """One LRM's SADE from its materialised d x d components M_h = D_h Q_h U_h (differentiable)."""
+    M = [D[h] @ Q[h] @ U[h] for h in range(D.shape[0])]
+    total = torch.zeros((), dtype=torch.float64)
+    for a in range(len(M)):
+        for b in range(a + 1, len(M)):
+            val = torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
+            if normalize:
+                val = val / (torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2 + eps)
+            total = total + val
+    return total
+
+
+def brute_sets(sets, normalize: bool, eps: float) -> torch.Tensor:
+    """SADE of CLoRASpaces sets, every LRM's components materialised (autograd flows through)."""
+    return sum(
+        (lrm_sade(sp.D, sp.U, sp.Q[0 if sp.shared_q else j], normalize, eps) for sp in sets for j in range(sp.num_lrm)),
+        torch.zeros((), dtype=torch.float64),
+    )
+
+
 def brute_sade(method, normalize: bool, eps: float) -> torch.Tensor:
-    """Materialise every d x d component M_h^j = D_h Q_h^j U_h in float64 and sum the pair terms."""
+    """The method's SADE in float64, LRM by LRM."""
     total = torch.zeros((), dtype=torch.float64)
     for _, _, key, j in method.lrms:
         sp = method.spaces[key]
-        D, U = sp.D.detach().double(), sp.U.detach().double()
         Q = sp.Q.detach().double()[0 if sp.shared_q else j]
-        p = D.shape[0]
-        M = [D[h] @ Q[h] @ U[h] for h in range(p)]
-        for a in range(p):
-            for b in range(a + 1, p):
-                val = torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
-                if normalize:
-                    val = val / (torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2 + eps)
-                total = total + val
+        total = total + lrm_sade(sp.D.detach().double(), sp.U.detach().double(), Q, normalize, eps)
     return total
 
 
@@ -91,19 +104,7 @@ def test_sade_total_stacks_sets_of_any_shape_and_count():
         with torch.no_grad():
             sp.Q.normal_()
     for normalize in (False, True):
-        want = torch.zeros((), dtype=torch.float64)
-        for sp in sets:
-            D, U, Q = sp.D.detach().double(), sp.U.detach().double(), sp.Q.detach().double()
-            for j in range(sp.num_lrm):
-                M = [D[h] @ Q[0 if sp.shared_q else j][h] @ U[h] for h in range(D.shape[0])]
-                for a in range(len(M)):
-                    for b in range(a + 1, len(M)):
-                        val = torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
-                        if normalize:
-                            val = val / (
-                                torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2 + 1e-12
-                            )
-                        want = want + val
+        want = brute_sets([copy.deepcopy(sp).double().requires_grad_(False) for sp in sets], normalize, 1e-12)
         got = sade_total(sets, normalize, 1e-12)
         assert want > 0
         assert torch.allclose(got.double(), want, rtol=1e-4, atol=0)
@@ -111,22 +112,6 @@ def test_sade_total_stacks_sets_of_any_shape_and_count():
         for subset in (sets[:1], sets[:3], sets):
             want_sub = sum(sp.sade(normalize, 1e-12) for sp in subset)
             assert torch.allclose(sade_total(subset, normalize, 1e-12), want_sub, rtol=1e-5, atol=0)
-
-
-def _brute_sets(sets, normalize: bool, eps: float) -> torch.Tensor:
-    """SADE of CLoRASpaces sets by materialising every component, differentiable (autograd reference)."""
-    total = torch.zeros((), dtype=torch.float64)
-    for sp in sets:
-        for j in range(sp.num_lrm):
-            Q = sp.Q[0 if sp.shared_q else j]
-            M = [sp.D[h] @ Q[h] @ sp.U[h] for h in range(sp.D.shape[0])]
-            for a in range(len(M)):
-                for b in range(a + 1, len(M)):
-                    val = torch.linalg.matrix_norm(M[a].T @ M[b]) ** 2
-                    if normalize:
-                        val = val / (torch.linalg.matrix_norm(M[a]) ** 2 * torch.linalg.matrix_norm(M[b]) ** 2 + eps)
-                    total = total + val
-    return total
 
 
 @pytest.mark.parametrize("normalize", [False, True])
@@ -144,7 +129,7 @@ def test_sade_backward_equals_autograd_of_brute_force(normalize):
     for subset in (sets[:1], sets[:3], sets[4:7], sets):
         params = [t for sp in subset for t in (sp.D, sp.U, sp.Q)]
         got = torch.autograd.grad(sade_total(subset, normalize, 1e-12, 0.7), params, allow_unused=True)
-        want = torch.autograd.grad(0.7 * _brute_sets(subset, normalize, 1e-12), params, allow_unused=True)
+        want = torch.autograd.grad(0.7 * brute_sets(subset, normalize, 1e-12), params, allow_unused=True)
         for g, w in zip(got, want):
             if w is None:  # a p = 1 set: no pairs, no gradient
                 assert g is None or not g.any()
@@ -178,7 +163,7 @@ def test_sade_of_bfloat16_spaces_and_its_scale():
     sp = CLoRASpaces(16, 16, 4, 3, 4, False, None, "xavier")
     with torch.no_grad():
         sp.Q.normal_()
-    want = _brute_sets([sp.double()], True, 1e-12)
+    want = brute_sets([sp.double()], True, 1e-12)
     got = sade_total([sp.to(torch.bfloat16)], True, 1e-12)
     assert got.dtype == torch.bfloat16
     assert torch.allclose(got.double(), want, rtol=0.05)
