@@ -866,6 +866,8 @@ def profile_training(
                         torch.cuda.synchronize(device)
                 wall = 1e3 * (time.perf_counter() - t0) / steps
                 summary = profile_summary(prof.key_averages(), steps)
+                if device.type == "cuda":  # the synchronize that ends the profiled region is not the steps'
+                    summary["sync_calls"] = max(0.0, summary["sync_calls"] - 1 / steps)
                 rows.append(dict(method=name, precision=prec, preset=preset, steps=steps, wall_ms=wall, **summary))
             except Exception as exc:  # reported, never fatal
                 rows.append({"method": name, "precision": prec, "error": f"{type(exc).__name__}: {_first_line(exc)}"})
