@@ -267,6 +267,12 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [""])[0][:160]
 
 
+def _error_row(method: str, exc: BaseException, precision: str | None = None) -> dict:
+    """A model / profile row that failed: its method (and precision) and the error's first line."""
+    row = {"method": method} if precision is None else {"method": method, "precision": precision}
+    return {**row, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+
+
 # ----------------------------------------------------------------------------- kernels
 # The kernel table of the GPU issue: (op, dims). FPS: S samples of N points; kNN: K neighbours in N
 # reference points of M query centres (the FPS centres); gather: C-channel rows of (B,N,C) at S
@@ -744,9 +750,9 @@ def run_model(
 ) -> list[dict]:
     """clora3d's model rows. ``compile_mode``: time the model compiled as ``train.compile`` does
     (``build.compile_forward``: fullgraph, in that mode: ``default``, ``reduce-overhead`` = Inductor +
-    CUDA graphs, ...) instead; the precision is
-    then labelled ``<precision> + compile`` (``+ compile(<mode>)`` for a mode other than
-    reduce-overhead). A row that fails (a compile error, say) is an error row, not the end of the run."""
+    CUDA graphs, ...) instead; the precision is then labelled ``<precision> + compile`` (``+
+    compile(<mode>)`` for a mode other than reduce-overhead). A row that fails (a compile error, say)
+    is an error row, not the end of the run."""
     from clora3d.engine import build
 
     preset, pts, labels, C, repeats, warmup = model_inputs(device, quick)
@@ -766,9 +772,7 @@ def run_model(
                 row = time_training(model, pts, labels, prec, repeats, warmup, forward=fwd)
                 rows.append(dict(method=name, precision=prec + suffix, **row, preset=preset))
             except Exception as exc:  # reported in the table, never fatal
-                rows.append(
-                    {"method": name, "precision": prec + suffix, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
-                )
+                rows.append(_error_row(name, exc, prec + suffix))
             if device.type == "cuda":  # the next configuration rebinds model / opt; free the cache
                 torch.cuda.empty_cache()
     return rows
@@ -796,7 +800,7 @@ def run_original(
         # the original is always Point-MAE's ViT-S (its own config), also in --quick (tiny inputs)
         rows = pmo.time_original(model, pts, labels, precisions, repeats, warmup, timer=timer, preset="vit_s")
     except Exception as exc:  # reported, not fatal
-        return [{"method": pmo.METHOD, "error": f"{type(exc).__name__}: {_first_line(exc)}"}]
+        return [_error_row(pmo.METHOD, exc)]
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -870,7 +874,7 @@ def profile_training(
                     summary["sync_calls"] = max(0.0, summary["sync_calls"] - 1 / steps)
                 rows.append(dict(method=name, precision=prec, preset=preset, steps=steps, wall_ms=wall, **summary))
             except Exception as exc:  # reported, never fatal
-                rows.append({"method": name, "precision": prec, "error": f"{type(exc).__name__}: {_first_line(exc)}"})
+                rows.append(_error_row(name, exc, prec))
             finally:
                 torch.set_float32_matmul_precision("highest")
                 if device.type == "cuda":

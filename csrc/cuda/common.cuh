@@ -3,13 +3,18 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <ATen/cuda/Atomic.cuh>
 
 #include <cstdint>
 
 #include "device_common.cuh"
+
+// The atomic add of the gather / interpolation kernels (gather_kernels.cuh): every dtype, half types included.
+#define CLORA3D_ATOMIC_ADD(ptr, value) gpuAtomicAddNoReturn((ptr), (value))
 
 namespace clora3d {
 namespace cuda_detail {

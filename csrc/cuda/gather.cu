@@ -1,13 +1,9 @@
 // Gather of point features by index, and its backward (scatter-add with atomics).
 // float32 / float64 / float16 / bfloat16; host code (the kernels are in gather_kernels.cuh).
-#include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
-
 #include <algorithm>
 
 #include "common.cuh"
 #include "cuda_ops.h"
-#define CLORA3D_ATOMIC_ADD(ptr, value) gpuAtomicAddNoReturn((ptr), (value))
 #include "gather_kernels.cuh"
 
 namespace clora3d {

@@ -8,9 +8,9 @@
 
 #include "device_common.cuh"
 
-// The includer supplies the atomic add: gpuAtomicAddNoReturn (ATen, every dtype) in the .cu files,
-// a plain update in the emulator (emu.h); Acc is the accumulation type (at::opmath_type in the .cu
-// files: float for half and bfloat16).
+// The includer supplies the atomic add: gpuAtomicAddNoReturn (ATen, every dtype) through common.cuh
+// in the .cu files, a plain update in the emulator's driver; Acc is the accumulation type
+// (at::opmath_type in the .cu files: float for half and bfloat16).
 #ifndef CLORA3D_ATOMIC_ADD
 #error "define CLORA3D_ATOMIC_ADD(ptr, value) before including gather_kernels.cuh"
 #endif

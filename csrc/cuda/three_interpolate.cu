@@ -2,14 +2,10 @@
 //   out[b, i, c] = sum_{j<3} weight[b, i, j] * features[b, idx[b, i, j], c]
 // float32 / float64 / float16 / bfloat16 (half types accumulate in float); host code (the kernels
 // are in gather_kernels.cuh).
-#include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
-
 #include <algorithm>
 
 #include "common.cuh"
 #include "cuda_ops.h"
-#define CLORA3D_ATOMIC_ADD(ptr, value) gpuAtomicAddNoReturn((ptr), (value))
 #include "gather_kernels.cuh"
 
 namespace clora3d {
