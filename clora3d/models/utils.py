@@ -3,6 +3,7 @@ the one parameter counter."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -49,10 +50,13 @@ def init_args(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """A model's ``config``: its constructor's arguments as called, from ``locals()`` taken on the
     first line of ``__init__`` (``self`` and ``__class__`` dropped, sequences as tuples), so that
     ``type(model)(**model.config)`` builds the same architecture and a new argument cannot be
-    forgotten in the record."""
+    forgotten in the record. Keys follow the signature (the caller's argument order: Python 3.10's
+    ``locals()`` puts arguments that a closure captures last)."""
+    names = sys._getframe(1).f_code.co_varnames
+    order = {n: i for i, n in enumerate(names)}
     return {
         k: tuple(v) if isinstance(v, (list, tuple)) else v
-        for k, v in arguments.items()
+        for k, v in sorted(arguments.items(), key=lambda kv: order.get(kv[0], len(order)))
         if k not in ("self", "__class__")
     }
 
