@@ -268,8 +268,11 @@ def sade_total(sets: list[CLoRASpaces], normalize: bool, eps: float, scale: floa
     the spaces' dtype even under autocast (a ratio of fourth powers does not survive bfloat16).
     ``scale`` multiplies the result (folded into the batched term: no extra kernel)."""
     groups: dict[tuple[int, int, int, int], list[CLoRASpaces]] = {}
-    for sp in sets:
-        groups.setdefault(_group_key(sp), []).append(sp)
+    for sp in sets:  # not dict.setdefault: torch 2.4's Dynamo does not trace it
+        key = _group_key(sp)
+        if key not in groups:
+            groups[key] = []
+        groups[key].append(sp)
     total = None
     device_type = sets[0].D.device.type
     no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
