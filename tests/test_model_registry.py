@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from version_records import skip_unless_recorded_release
 
 import clora3d.models as models
 from clora3d.errors import ConfigError
@@ -42,6 +43,7 @@ def test_keys_parameter_order_and_seeded_init_unchanged(case):
     state = model.state_dict()
     assert [[k, list(v.shape)] for k, v in state.items()] == want["keys"]
     assert [n for n, _ in model.named_parameters()] == want["params"]
+    skip_unless_recorded_release()
     for key, (first, total) in want["fingerprint"].items():
         flat = state[key].detach().reshape(-1).double()
         torch.testing.assert_close(
@@ -155,3 +157,12 @@ def test_model_config_is_every_constructor_argument_and_rebuilds_the_model(name)
         assert model.config["fetch_idx"] == models.partseg.default_fetch_idx(model.config["depth"])
         listed = cls(**{**model.config, "head_widths": [16, 8], "fetch_idx": [0, 1]})
         assert listed.config["head_widths"] == (16, 8) and listed.config["fetch_idx"] == (0, 1)
+
+
+def test_release_of_a_torch_version():
+    from version_records import release
+
+    assert release("2.14.1+cu130") == (2, 14) and release("2.12.0a0+git1234") == (2, 12)
+    assert release("2.5.1") < (2, 12) <= release("2.12.0")
+    with pytest.raises(ValueError, match="not a torch version"):
+        release("nightly")
