@@ -192,6 +192,9 @@ def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exerc
             f"    {sys.executable} -m pip install .\n"
             "(or set CLORA3D_NO_KERNELS=1 to build without kernels on purpose)."
         ) from None
+    problem = _build_env.torch_floor_problem(torch.__version__)
+    if problem is not None:
+        raise SystemExit(f"clora3d setup: {problem}")
     if not (HERE / "csrc" / "bindings.cpp").exists():
         _log("csrc/bindings.cpp is missing: building without compiled kernels.")
         return [], {}

@@ -1,4 +1,5 @@
-"""Where the CUDA toolkit is and whether a build compiles the CUDA kernels: the one copy of that logic.
+"""Where the CUDA toolkit is, whether a build compiles the CUDA kernels, and which torch releases
+clora3d runs on: the one copy of that logic.
 
 Two users ask the same question and must get the same answer:
 
@@ -6,6 +7,9 @@ Two users ask the same question and must get the same answer:
   (``importlib``), so this module imports only the standard library, nothing of clora3d, and no
   torch (the torch CUDA version is passed in);
 * the doctor (``clora3d doctor`` / ``tools/doctor.py``), which reports what a rebuild would do.
+
+``import clora3d`` asks :func:`torch_floor_problem` too (torch's version from its package metadata,
+without importing torch).
 
 Nothing runs at import time.
 """
@@ -22,6 +26,8 @@ from pathlib import Path
 from typing import Optional
 
 __all__ = [
+    "TORCH_FLOOR",
+    "torch_floor_problem",
     "env_flag",
     "nvcc_reported_home",
     "has_cuda_headers",
@@ -31,6 +37,28 @@ __all__ = [
     "decide_cuda",
     "cuda_plan",
 ]
+
+
+#: The oldest torch release clora3d runs on (pyproject.toml's lower bound says the same;
+#: `make test-torch-range TORCH_RANGE=3.10:2.5.1:cpu` runs the test suite on it). Older releases
+#: lack what clora3d uses: 2.4's weights-only loader refuses bytes, and the torch.library
+#: registration of fake and autograd implementations is new in 2.4.
+TORCH_FLOOR = (2, 5)
+
+
+def torch_floor_problem(version: str, python: str = sys.executable) -> Optional[str]:
+    """None when torch ``version`` (e.g. ``2.14.1+cu130``) is new enough, else the message naming the fix."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m is None or (int(m.group(1)), int(m.group(2))) >= TORCH_FLOOR:
+        return None
+    floor = ".".join(map(str, TORCH_FLOOR))
+    return (
+        f"clora3d needs torch >= {floor}, and this environment ({python}) has torch {version}. "
+        f"Upgrade torch, then rebuild clora3d's kernels against it:\n"
+        f"    {python} -m pip install 'torch>={floor},<3'\n"
+        f"    {python} -m pip install --force-reinstall --no-deps .    (in clora3d's checkout; "
+        f"or there: make install)"
+    )
 
 
 def env_flag(env: Mapping[str, str], name: str) -> Optional[bool]:

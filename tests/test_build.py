@@ -350,3 +350,43 @@ def test_cuda_gather_and_interpolate_match_cpu(dtype):
     ref = (w[..., None] * pts[torch.arange(2)[:, None, None], tidx]).sum(2)
     got = _C.three_interpolate_forward(pts.to(dev, dtype), tidx.to(dev), w.to(dev, dtype)).double().cpu()
     torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+
+
+# ---------------------------------------------------------------------------- the oldest torch
+def test_torch_floor_problem_names_the_release_and_the_fix():
+    from clora3d._build_env import TORCH_FLOOR, torch_floor_problem
+
+    assert TORCH_FLOOR == (2, 5)
+    for fine in ("2.5.0", "2.5.1+cu121", "2.11.0+cu130", "2.14.1+cu130", "2.12.0a0+git1234", "3.0.0"):
+        assert torch_floor_problem(fine, "/venv/bin/python") is None, fine
+    msg = torch_floor_problem("2.4.1+cu121", "/venv/bin/python")
+    assert "needs torch >= 2.5" in msg and "has torch 2.4.1+cu121" in msg and "(/venv/bin/python)" in msg
+    assert "/venv/bin/python -m pip install 'torch>=2.5,<3'" in msg
+    assert "--force-reinstall --no-deps ." in msg  # the kernels must be rebuilt against the new torch
+    assert torch_floor_problem("1.13.1", "p") is not None and torch_floor_problem("2.0.0", "p") is not None
+
+
+def test_pyproject_lower_bound_is_the_floor():
+    from clora3d._build_env import TORCH_FLOOR
+
+    text = (REPO / "pyproject.toml").read_text()
+    assert f'"torch>={TORCH_FLOOR[0]}.{TORCH_FLOOR[1]},<3"' in text
+    assert f"torch >= {TORCH_FLOOR[0]}.{TORCH_FLOOR[1]}" in (REPO / "docs" / "install.md").read_text()
+
+
+def test_import_with_an_older_torch_stops_with_the_fix(tmp_path):
+    """``import clora3d`` reads torch's version from its package metadata (here a fake 2.4.1 found
+    first on sys.path) and stops before anything fails obscurely; the current torch imports fine."""
+    import subprocess
+
+    dist = tmp_path / "torch-2.4.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.4.1\n")
+    env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", "import clora3d"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()
+    assert any(line.startswith("ImportError: clora3d needs torch >= 2.5, and this environment") for line in last)
+    assert "has torch 2.4.1." in r.stderr and "pip install 'torch>=2.5,<3'" in r.stderr
+    ok = subprocess.run([sys.executable, "-c", "import clora3d"], env={**env, "PYTHONPATH": str(REPO)})
+    assert ok.returncode == 0
