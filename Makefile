@@ -43,7 +43,7 @@ else
 endif
 BUILD := $(BUILD_ENV) MAX_JOBS=$${MAX_JOBS:-2}
 
-.PHONY: env install install-demo demo demo-quick test test-bare test-bare-run test-slow bench lint lint-run lock clean
+.PHONY: env install install-demo demo demo-quick test test-bare test-bare-run test-slow test-torch-range bench lint lint-run lock clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,13 @@ test-bare-run:
 
 test-slow: install
 	$(VPY) -m pytest -q -m slow
+
+# The default suite on the GPU machines' torch and Python (CUDA kernels compiled) in its own venv
+# (tools/torch_range.sh); TORCH_RANGE=3.10:2.5.1:cpu is the oldest supported torch
+# (clora3d/_build_env.py TORCH_FLOOR) with the oldest Python (docs/install.md says how it fares)
+TORCH_RANGE ?= 3.12:2.11.0:cuda
+test-torch-range:
+	bash tools/torch_range.sh $(TORCH_RANGE)
 
 # Benchmark peers are installed here only, one by one, from wheels; one that cannot be installed on
 # this platform is skipped and named (the benchmark then runs without it).

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make test-torch-range`: the default test suite on torch releases other than the lock's, each in a
+# venv of its own under build/torch-range/ (kept between runs), with the kernels compiled in place
+# for that Python (the extension's file name carries the Python version, so the main venv's build
+# is untouched).
+#
+# Each argument is PYTHON:TORCH:KERNELS, e.g. 3.10:2.5.1:cpu (the oldest torch clora3d supports,
+# on the oldest Python) or 3.12:2.11.0:cuda (the GPU machines' torch and Python; `cuda` compiles
+# the CUDA kernels too, for sm_90, as `make gpu-check` does there). Packages are pinned by
+# requirements/torch-range/pyPYTHON-torchTORCH.txt; torch comes from PyPI (about 2.5 GB per venv
+# the first time, then pip's cache).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {  # python3.X on PATH, else pyenv's
+    local v=$1 p
+    p=$(command -v "python$v" 2>/dev/null || true)
+    if [ -z "$p" ] && command -v pyenv >/dev/null 2>&1; then
+        p=$(ls -d "$(pyenv root)"/versions/"$v".*/bin/python 2>/dev/null | sort -V | tail -1 || true)
+    fi
+    if [ -z "$p" ] || ! "$p" -c 'import venv' 2>/dev/null; then
+        echo "torch-range: no Python $v with venv found (install python$v, or drop it from TORCH_RANGE)" >&2
+        return 1
+    fi
+    echo "$p"
+}
+
+status=0
+summary=()
+for spec in "$@"; do
+    IFS=: read -r py torch kernels <<<"$spec"
+    name="py$py-torch$torch"
+    pins="requirements/torch-range/$name.txt"
+    if [ ! -f "$pins" ]; then
+        echo "torch-range: $pins is missing: pin the venv of $spec there first" >&2
+        exit 2
+    fi
+    case "$kernels" in
+        cpu) build_env=(CLORA3D_CPU_ONLY=1) ;;
+        cuda) build_env=(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0) ;;
+        *) echo "torch-range: KERNELS must be cpu or cuda, got '$kernels' in $spec" >&2; exit 2 ;;
+    esac
+    venv="build/torch-range/$name"
+    start=$(date +%s)
+    if [ ! -x "$venv/bin/python" ]; then
+        "$(find_python "$py")" -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$pins" "torch==$torch" \
+        numpy pyyaml h5py tqdm matplotlib plyfile pytest hypothesis ninja setuptools wheel
+    log="build/torch-range/$name.log"
+    echo "torch-range: $name: building the kernels ($kernels) and running the tests (log: $log)"
+    if env PATH="$PWD/$venv/bin:$PATH" MAX_JOBS="${MAX_JOBS:-2}" "${build_env[@]}" \
+        "$venv/bin/python" setup.py build_ext --inplace >"$log" 2>&1 &&
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider >>"$log" 2>&1; then
+        result="passed"
+    else
+        result="FAILED"
+        status=1
+        tail -40 "$log"
+    fi
+    line=$(grep -E '^=*.*(passed|failed|error).* in [0-9.]+s' "$log" | tail -1 || true)
+    summary+=("$name ($kernels kernels): $result: ${line:-no pytest summary, see $log} [$(($(date +%s) - start)) s]")
+done
+printf 'torch-range: %s\n' "${summary[@]}"
+exit $status
