@@ -12,17 +12,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-find_python() {  # python3.X on PATH, else pyenv's
+find_python() {  # a working python3.X: on PATH (a pyenv shim may not run it), else pyenv's own
     local v=$1 p
-    p=$(command -v "python$v" 2>/dev/null || true)
-    if [ -z "$p" ] && command -v pyenv >/dev/null 2>&1; then
-        p=$(ls -d "$(pyenv root)"/versions/"$v".*/bin/python 2>/dev/null | sort -V | tail -1 || true)
-    fi
-    if [ -z "$p" ] || ! "$p" -c 'import venv' 2>/dev/null; then
-        echo "torch-range: no Python $v with venv found (install python$v, or drop it from TORCH_RANGE)" >&2
-        return 1
-    fi
-    echo "$p"
+    for p in "$(command -v "python$v" 2>/dev/null || true)" \
+        $(ls -d "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/"$v".*/bin/python 2>/dev/null | sort -V -r); do
+        if [ -n "$p" ] && "$p" -c 'import venv' >/dev/null 2>&1; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "torch-range: no Python $v with venv found (install python$v, or drop it from TORCH_RANGE)" >&2
+    return 1
 }
 
 status=0
@@ -43,7 +43,8 @@ for spec in "$@"; do
     venv="build/torch-range/$name"
     start=$(date +%s)
     if [ ! -x "$venv/bin/python" ]; then
-        "$(find_python "$py")" -m venv "$venv"
+        python=$(find_python "$py") || exit 2
+        "$python" -m venv "$venv"
     fi
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$pins" "torch==$torch" \
         numpy pyyaml h5py tqdm matplotlib plyfile pytest hypothesis ninja setuptools wheel
