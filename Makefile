@@ -84,10 +84,10 @@ test-bare-run:
 test-slow: install
 	$(VPY) -m pytest -q -m slow
 
-# The default suite on the GPU machines' torch and Python (CUDA kernels compiled) in its own venv
-# (tools/torch_range.sh); TORCH_RANGE=3.10:2.5.1:cpu is the oldest supported torch
-# (clora3d/_build_env.py TORCH_FLOOR) with the oldest Python (docs/install.md says how it fares)
-TORCH_RANGE ?= 3.12:2.11.0:cuda
+# The default suite on the oldest supported torch (clora3d/_build_env.py TORCH_FLOOR) with the oldest
+# Python, and on the GPU machines' torch and Python (CUDA kernels compiled), each in its own venv
+# (tools/torch_range.sh)
+TORCH_RANGE ?= 3.10:2.5.1:cpu 3.12:2.11.0:cuda
 test-torch-range:
 	bash tools/torch_range.sh $(TORCH_RANGE)
 

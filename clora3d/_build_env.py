@@ -40,7 +40,7 @@ __all__ = [
 
 
 #: The oldest torch release clora3d runs on (pyproject.toml's lower bound says the same;
-#: `make test-torch-range TORCH_RANGE=3.10:2.5.1:cpu` runs the test suite on it). Older releases
+#: `make test-torch-range`, part of CI, runs the test suite on it). Older releases
 #: lack what clora3d uses: 2.4's weights-only loader refuses bytes, and the torch.library
 #: registration of fake and autograd implementations is new in 2.4.
 TORCH_FLOOR = (2, 5)
