@@ -27,6 +27,7 @@ from typing import Optional
 
 __all__ = [
     "TORCH_FLOOR",
+    "torch_release",
     "torch_floor_problem",
     "env_flag",
     "nvcc_reported_home",
@@ -46,10 +47,17 @@ __all__ = [
 TORCH_FLOOR = (2, 5)
 
 
+def torch_release(version: str) -> Optional[tuple[int, int]]:
+    """(major, minor) of a torch version string such as ``2.14.1+cu130`` or ``2.12.0a0+git1234``;
+    None when it does not start with two numbers."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return None if m is None else (int(m.group(1)), int(m.group(2)))
+
+
 def torch_floor_problem(version: str, python: str = sys.executable) -> Optional[str]:
     """None when torch ``version`` (e.g. ``2.14.1+cu130``) is new enough, else the message naming the fix."""
-    m = re.match(r"(\d+)\.(\d+)", version)
-    if m is None or (int(m.group(1)), int(m.group(2))) >= TORCH_FLOOR:
+    release = torch_release(version)
+    if release is None or release >= TORCH_FLOOR:
         return None
     floor = ".".join(map(str, TORCH_FLOOR))
     return (

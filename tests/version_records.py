@@ -12,21 +12,21 @@ same tests still runs.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
+
+from clora3d._build_env import torch_release
 
 #: the first torch release whose numbers the records in tests/fixtures hold
 RECORDS_FROM = (2, 12)
 
 
 def release(version: str) -> tuple[int, int]:
-    """(major, minor) of a torch version string such as ``2.14.1+cu130`` or ``2.12.0a0+git1234``."""
-    m = re.match(r"(\d+)\.(\d+)", version)
-    if m is None:
+    """(major, minor) of a torch version string (clora3d._build_env.torch_release), which must have them."""
+    parsed = torch_release(version)
+    if parsed is None:
         raise ValueError(f"not a torch version: {version!r}")
-    return int(m.group(1)), int(m.group(2))
+    return parsed
 
 
 def skip_unless_recorded_release() -> None:
