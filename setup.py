@@ -140,10 +140,25 @@ def nvidia_wheel_include_dirs(site_packages: Path) -> list[str]:
     return [str(d) for d in dirs if d.is_dir()]
 
 
+def wheel_header_flags(dirs: Sequence[str], platform: str = sys.platform) -> tuple[list[str], list[str], list[str]]:
+    """(include_dirs, cxx flags, nvcc flags) that put the nvidia-* wheel header ``dirs`` AFTER the
+    toolkit's own include path. They only fill in the headers the toolkit lacks (cusparse.h): torch
+    2.15 ships CUDA 13.2 headers there, and an nvcc 13.0 that sees that cuda_runtime_api.h before its
+    own stops with "CUDA compiler and CUDA toolkit headers are incompatible". ``-idirafter`` (gcc and
+    clang; nvcc preprocesses with the host compiler, so it goes through ``-Xcompiler``) searches a
+    directory after every ``-I`` and system directory. MSVC has no such option: there they stay
+    ordinary include directories."""
+    dirs = list(dirs)
+    if platform == "win32":
+        return dirs, [], []
+    cxx = [flag for d in dirs for flag in ("-idirafter", d)]
+    nvcc = [flag for d in dirs for flag in ("-Xcompiler", f"-idirafter,{d}")]
+    return [], cxx, nvcc
+
+
 def toolkit_has_header(cuda_home: Optional[str], header: str) -> bool:
     """Whether the CUDA toolkit ships ``header``. Minimal toolkits lack the math-library headers;
-    only then are the nvidia-* wheel headers added (setuptools puts them before the toolkit's own
-    include path, so adding them unconditionally could shadow the toolkit's headers)."""
+    only then are the nvidia-* wheel headers added, and after the toolkit's own (wheel_header_flags)."""
     if not cuda_home:
         return False
     p = Path(cuda_home)
@@ -230,7 +245,11 @@ def extensions(env: Mapping[str, str] = os.environ):  # pragma: no cover - exerc
         define_macros += cuda_define_macros(arch_list)
         extra_compile_args["nvcc"] = ["-O3"]
         if not toolkit_has_header(cuda_home, "cusparse.h"):
-            include_dirs += nvidia_wheel_include_dirs(Path(sysconfig.get_paths()["purelib"]))
+            wheel_dirs = nvidia_wheel_include_dirs(Path(sysconfig.get_paths()["purelib"]))
+            more_dirs, cxx_after, nvcc_after = wheel_header_flags(wheel_dirs)
+            include_dirs += more_dirs
+            extra_compile_args["cxx"] += cxx_after
+            extra_compile_args["nvcc"] += nvcc_after
         ext_cls = cpp_extension.CUDAExtension
     else:
         _log(f"CUDA kernels: OFF ({reason}); building the CPU kernels only.")

@@ -178,6 +178,46 @@ def test_wheel_headers_only_when_the_toolkit_lacks_them(setup_mod, tmp_path):
     assert not setup_mod.toolkit_has_header(None, "cusparse.h")
 
 
+def test_wheel_headers_come_after_the_toolkits(setup_mod, tmp_path):
+    """torch 2.15's wheels carry CUDA 13.2 headers; as -I directories they shadowed an nvcc 13.0
+    toolkit's own cuda_runtime_api.h and the build stopped ("CUDA compiler and CUDA toolkit headers
+    are incompatible"). They must be searched last, in the host and the nvcc compiles alike."""
+    dirs = [str(tmp_path / "nvidia" / "cu13" / "include"), str(tmp_path / "nvidia" / "cudnn" / "include")]
+    include_dirs, cxx, nvcc = setup_mod.wheel_header_flags(dirs, "linux")
+    assert include_dirs == []
+    assert cxx == ["-idirafter", dirs[0], "-idirafter", dirs[1]]
+    assert nvcc == ["-Xcompiler", f"-idirafter,{dirs[0]}", "-Xcompiler", f"-idirafter,{dirs[1]}"]
+    assert setup_mod.wheel_header_flags(dirs, "win32") == (dirs, [], [])  # MSVC: no -idirafter
+
+
+def test_idirafter_loses_to_the_toolkit_and_fills_what_it_lacks(setup_mod, tmp_path):
+    """The flags with the real compiler: a header in both places comes from the -I (toolkit)
+    directory, one only in the wheel directory is still found."""
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    toolkit, wheel = tmp_path / "toolkit", tmp_path / "wheel"
+    toolkit.mkdir()
+    wheel.mkdir()
+    (toolkit / "cuda_runtime_api.h").write_text("#define CUDART_VERSION 13000\n")
+    (wheel / "cuda_runtime_api.h").write_text("#define CUDART_VERSION 13020\n")
+    (wheel / "cusparse.h").write_text("#define CUSPARSE_FROM_WHEEL 1\n")
+    src = tmp_path / "probe.cpp"
+    src.write_text(
+        '#include "cuda_runtime_api.h"\n#include <cusparse.h>\n'
+        "static_assert(CUDART_VERSION == 13000, \"the wheel's header shadowed the toolkit's\");\n"
+        'static_assert(CUSPARSE_FROM_WHEEL == 1, "");\nint main() { return 0; }\n'
+    )
+    _, flags, _ = setup_mod.wheel_header_flags([str(wheel)], "linux")
+    proc = subprocess.run(
+        [cxx, "-fsyntax-only", *flags, f"-I{toolkit}", str(src)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.skipif(not torch.version.cuda, reason="CPU-only torch has no nvidia-* wheels")
 def test_cusparse_header_is_found_for_a_cuda_torch(setup_mod):
     import sysconfig

@@ -8,7 +8,9 @@
 # on the oldest Python) or 3.12:2.11.0:cuda (the GPU machines' torch and Python; `cuda` compiles
 # the CUDA kernels too, for sm_90, as `make gpu-check` does there). Packages are pinned by
 # requirements/torch-range/pyPYTHON-torchTORCH.txt; torch comes from PyPI (about 2.5 GB per venv
-# the first time, then pip's cache).
+# the first time, then pip's cache). Pinned and measured besides the default: 3.13:2.15.0:cuda (the
+# newest torch when written, CUDA 13.2 headers built with nvcc 13.0), outside CI because the CI
+# machine's pip configuration caps torch at 2.14.1: PIP_CONFIG_FILE=/dev/null lifts that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,8 +48,14 @@ for spec in "$@"; do
         python=$(find_python "$py") || exit 2
         "$python" -m venv "$venv"
     fi
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$pins" "torch==$torch" \
-        numpy pyyaml h5py tqdm matplotlib plyfile pytest hypothesis ninja setuptools wheel
+    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$pins" "torch==$torch" \
+        numpy pyyaml h5py tqdm matplotlib plyfile pytest hypothesis ninja setuptools wheel; then
+        echo "torch-range: pip could not install torch==$torch for Python $py (message above). If the" \
+            "machine's pip configuration caps torch ('pip config list' shows a constraint; this" \
+            "project's CI machine caps it at the release it keeps on disk), run the entry with" \
+            "PIP_CONFIG_FILE=/dev/null (the pins file still fixes every version)." >&2
+        exit 2
+    fi
     log="build/torch-range/$name.log"
     echo "torch-range: $name: building the kernels ($kernels) and running the tests (log: $log)"
     if env PATH="$PWD/$venv/bin:$PATH" MAX_JOBS="${MAX_JOBS:-2}" "${build_env[@]}" \
