@@ -1,6 +1,6 @@
 """CPU proxies of GPU step cost: aten ops dispatched and host syncs per training step, per method.
 
-``python benchmarks/step_ops.py [--preset tiny|vit_s] [--batch 2] [--methods full,clora,...] [--json F]``
+``python benchmarks/step_ops.py [--preset tiny|vit_s] [--precision fp32,bf16] [--batch 2] [--methods full,clora,...] [--json F]``
 
 On a GPU the training step of a small model is bound by the host: every aten op is one or more
 kernel launches plus Python and dispatcher overhead, and every read of a device value on the host
@@ -11,7 +11,10 @@ with a ``TorchDispatchMode``, so work on a machine without a GPU can make progre
 the fused CUDA one.
 
 One step = forward, cross-entropy, the method's regularisation loss, backward, AdamW step over the
-trainable parameters, ``zero_grad``. Counted after one warm-up step (lazy initialisations excluded).
+trainable parameters, ``zero_grad``. ``bf16``: forward and losses under ``torch.autocast("cpu",
+torch.bfloat16)``, the CPU stand-in for the trainer's CUDA autocast (the same rule: matmuls cast
+their float32 inputs, so every cast is a ``_to_copy`` launch here and a kernel there; the two
+autocast op lists differ in details). Counted after one warm-up step (lazy initialisations excluded).
 "host syncs" (forward + backward only: the CPU AdamW reads its step counters with ``.item()``, which
 the fused CUDA AdamW does not) counts the ops that return a device value to the host or whose output shape depends on
 the data: ``_local_scalar_dense`` (``.item()``, ``bool()``, ``int()``), ``is_nonzero``, ``equal``,
@@ -83,7 +86,9 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_step(method: str, preset: str = "tiny", batch: int = 2, points: int | None = None) -> dict:
+def count_step(
+    method: str, preset: str = "tiny", batch: int = 2, points: int | None = None, precision: str = "fp32"
+) -> dict:
     from clora3d.engine import build
 
     torch.manual_seed(0)
@@ -99,11 +104,15 @@ def count_step(method: str, preset: str = "tiny", batch: int = 2, points: int | 
     labels = torch.randint(0, C, (batch,), generator=g)
     model.train()
 
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+
     def fwd_bwd():
-        loss = F.cross_entropy(model(pts), labels)
-        reg = m.regularization_loss()
-        if reg is not None:
-            loss = loss + reg
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(pts), labels)
+            reg = m.regularization_loss()
+            if reg is not None:
+                loss = loss + reg
         loss.backward()
 
     def opt_step():
@@ -121,6 +130,7 @@ def count_step(method: str, preset: str = "tiny", batch: int = 2, points: int | 
     return {
         "method": method,
         "preset": preset,
+        "precision": precision,
         "batch": batch,
         "aten_ops": sum(c.ops.values()) + sum(o.ops.values()),
         "fwd_bwd_ops": sum(c.ops.values()),
@@ -134,18 +144,19 @@ def count_step(method: str, preset: str = "tiny", batch: int = 2, points: int | 
 
 
 def table(rows: list[dict]) -> str:
-    full = {r["preset"]: r for r in rows if r["method"] == "full"}
+    """Markdown table; ratios against full fine-tuning of the same preset and precision."""
+    full = {(r["preset"], r["precision"]): r for r in rows if r["method"] == "full"}
     lines = [
-        "| method | preset | aten ops / step (fwd+bwd, optimizer) | vs full FT | kernel-launching ops | vs full FT "
-        "| host syncs fwd+bwd | trainable |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| method | preset | precision | aten ops / step (fwd+bwd, optimizer) | vs full FT | kernel-launching ops "
+        "| vs full FT | host syncs fwd+bwd | trainable |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        f = full.get(r["preset"])
+        f = full.get((r["preset"], r["precision"]))
         ratio = f"{r['aten_ops'] / f['aten_ops']:.2f}" if f else "-"
         lratio = f"{r['launch_ops'] / f['launch_ops']:.2f}" if f else "-"
         lines.append(
-            f"| {r['method']} | {r['preset']} B{r['batch']} | {r['aten_ops']} ({r['fwd_bwd_ops']}, "
+            f"| {r['method']} | {r['preset']} B{r['batch']} | {r['precision']} | {r['aten_ops']} ({r['fwd_bwd_ops']}, "
             f"{r['optimizer_ops']}) | {ratio} | {r['launch_ops']} | {lratio} | {r['host_syncs']} | {r['trainable']:,} |"
         )
     return "\n".join(lines)
@@ -153,7 +164,7 @@ def table(rows: list[dict]) -> str:
 
 #: the record rendered into README.md (tools/render_bench_tables.py) and checked by tests/test_step_ops.py
 RECORD_JSON = "docs/bench/step_ops.json"
-RECORD_COMMAND = f"python benchmarks/step_ops.py --preset tiny,vit_s --json {RECORD_JSON}"
+RECORD_COMMAND = f"python benchmarks/step_ops.py --preset tiny,vit_s --precision fp32,bf16 --json {RECORD_JSON}"
 
 
 def readme_block(record: dict, json_path: str = RECORD_JSON) -> str:
@@ -168,15 +179,17 @@ def readme_block(record: dict, json_path: str = RECORD_JSON) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny", help="tiny, vit_s, or both (comma list)")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16 (CPU autocast), or both (comma list)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", default=None, help=f"write the record ({RECORD_COMMAND} is the README's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
-    for preset in args.preset.split(","):
-        for name in args.methods.split(","):
-            rows.append(count_step(name.strip(), preset.strip(), args.batch))
+    for precision in args.precision.split(","):
+        for preset in args.preset.split(","):
+            for name in args.methods.split(","):
+                rows.append(count_step(name.strip(), preset.strip(), args.batch, precision=precision.strip()))
     print(table(rows))
     if args.json:
         command = "python benchmarks/step_ops.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -11,8 +11,8 @@
   between the `<!-- demo:begin/end -->` and `<!-- demo_seed1:begin/end -->` markers of README.md;
 - the SADE ablation: what `python tools/sade_ablation.py --record docs/bench/sade_ablation.json`
   writes, between the `<!-- sade_ablation:begin/end -->` markers of docs/peft.md;
-- the CPU proxies of GPU step cost: what `python benchmarks/step_ops.py --preset tiny,vit_s --json
-  docs/bench/step_ops.json` writes, between the `<!-- step_ops:begin/end -->` markers of README.md.
+- the CPU proxies of GPU step cost: what `python benchmarks/step_ops.py --preset tiny,vit_s --precision
+  fp32,bf16 --json docs/bench/step_ops.json` writes, between the `<!-- step_ops:begin/end -->` markers of README.md.
 
 `--check` changes nothing and exits 1 when a file differs from the rendering.
 """

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class DropPath(nn.Module):
@@ -32,6 +33,47 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, keys, initialisation and numbers) that, under autocast, casts a
+    FROZEN weight and bias to the autocast dtype once and reuses the copies in later forwards.
+
+    Autocast casts every float32 weight at every use: 5 casts per block for ViT-S, about 100 kernel
+    launches per training step for a PEFT method whose base is frozen (each a launch on a GPU step
+    that is bound by launches). The cached copies are the very tensors autocast would make (the same
+    rounding), so the output is bit-identical. A copy is made again when the weight changes in place
+    (its version counter: optimizer steps, ``merge()``/``unmerge()``, ``load_state_dict``), moves or
+    changes dtype. Trainable tensors (``requires_grad``) are left to autocast, as are compiled graphs
+    (Inductor fuses the casts there). ``cache_casts = False`` turns it off for one layer."""
+
+    cache_casts: bool = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if self.cache_casts and not torch.compiler.is_compiling() and torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            if not w.requires_grad:
+                w = self._cast(w, dtype, "_w")
+            if b is not None and not b.requires_grad:
+                b = self._cast(b, dtype, "_b")
+        return F.linear(x, w, b)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
+        # .to() / .cuda() / .half(): drop the copies (they would hold memory on the old device)
+        self.__dict__.pop("_w", None)
+        self.__dict__.pop("_b", None)
+        return super()._apply(fn, recurse)
+
+    def _cast(self, t: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:
+        if not t.is_floating_point() or t.dtype == dtype or t.dtype == torch.float64:
+            return t  # autocast leaves these alone too
+        key = (dtype, t.device, t.data_ptr(), t._version)
+        cached = self.__dict__.get(slot)
+        if cached is None or cached[0] != key:
+            cached = (key, t.detach().to(dtype))
+            self.__dict__[slot] = cached
+        return cached[1]
+
+
 class Mlp(nn.Module):
     """Two-layer MLP ``fc1 -> act -> drop -> fc2 -> drop``."""
 
@@ -45,9 +87,9 @@ class Mlp(nn.Module):
     ) -> None:
         super().__init__()
         out_features = out_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.fc2 = Linear(hidden_features, out_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,9 +108,9 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -328,6 +328,15 @@ class _FactorCache:
         return dcat, vs[0 if self.spaces[key].shared_q else j]
 
 
+def _autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the autocast dtype of its device when autocast is on there and would cast it (the
+    same rounding as autocast's own cast), else ``x``."""
+    device_type = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+        return x.to(torch.get_autocast_dtype(device_type))
+    return x
+
+
 def _low_rank_add(base: torch.Tensor, x: torch.Tensor, dcat: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
     """``base + (x Dcat) V`` for ``x (..., d_in)`` and ``base (..., d_out)``: two matmuls (mm, addmm);
     with ``dcat`` None, ``v`` is the dense ``dW`` and it is one addmm, ``base + x dW``."""
@@ -379,7 +388,12 @@ class _PreProjHook(_LRM):
         x = args[0]
         if self.space.bias is not None:
             x = x + self.space.bias[self.j]
-        xd = F.dropout(x, self.p, module.training) if self.p > 0 else x
+        if self.p > 0:
+            xd = F.dropout(x, self.p, module.training)
+        else:
+            # x is both the identity term and the branch's input: under autocast cast it once (the
+            # addmm would cast it twice, and the backward convert both gradients back)
+            x = xd = _autocast_input(x)
         dcat, v = self.cache.get(self.key, self.j, module.training)
         return (_low_rank_add(x, xd, dcat, v),) + tuple(args[1:])
 
