@@ -157,7 +157,10 @@ def test_bf16_step_casts_no_frozen_weight(method):
     from clora3d.models.transformer import Linear
 
     torch.manual_seed(0)
-    cfg = {"model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5}, "peft": dict(step_ops.METHODS[method])}
+    cfg = {
+        "model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5},
+        "peft": dict(step_ops.METHODS[method]),
+    }
     model = build.build_model(cfg)
     build.build_method(model, cfg)
     frozen = {  # by storage: the copy is made from a detached alias of the parameter
