@@ -168,3 +168,30 @@ def test_clora_input_cast_once_keeps_autocast_forward_bit_for_bit(train_path, mo
         err = {n: float((grads[n][k] - ref).norm() / ref.norm()) for n in ("once", "twice")}
         assert err["twice"] < 0.05, (k, err)  # the comparison is meaningful: bf16-sized error
         assert err["once"] <= 1.5 * err["twice"] + 0.005, (k, err)
+
+
+@pytest.mark.parametrize("train_path", ["dense", "factored"])
+def test_clora_pre_proj_hook_casts_its_input_once(train_path):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class InputCasts(TorchDispatchMode):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape, self.n = shape, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == "_to_copy" and tuple(args[0].shape) == self.shape:
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    model, method = _clora_model(train_path=train_path)
+    lrm = method.lrm_layers[0]
+    x = torch.randn(2, 9, lrm.lin.in_features, requires_grad=True)
+    for autocast, casts, dtype in ((True, 1, torch.bfloat16), (False, 0, torch.float32)):
+        with InputCasts(tuple(x.shape)) as c, torch.autocast(**BF16, enabled=autocast):
+            (y,) = lrm(lrm.lin, (x,))
+        assert (c.n, y.dtype) == (casts, dtype), autocast
+        g = torch.ones_like(y)
+        with InputCasts(tuple(x.shape)) as c:
+            y.backward(g)
+        assert c.n == casts, autocast  # one gradient converted back to float32, not two

@@ -71,6 +71,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_peft.py",
             "tests/test_mutation_kills_peft.py",
             "tests/test_mutation_kills_peft_layers.py",
+            "tests/test_autocast_casts.py",
             # Dynamo cannot trace mutmut's trampolines: the compile test runs in the normal suite only
             "-k",
             "not sade_compiles_without_graph_break",
