@@ -163,8 +163,6 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.engine.checkpoint.x_set_rng_state__mutmut_34": "CUDA RNG state only: the test run has no CUDA device",
     "clora3d.engine.checkpoint.x_set_rng_state__mutmut_35": "CUDA RNG state only: the test run has no CUDA device",
     "clora3d.engine.checkpoint.x_set_rng_state__mutmut_36": "CUDA RNG state only: the test run has no CUDA device",
-    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_8": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
-    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_15": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
     "clora3d.peft.clora.xǁ_ParallelHookǁ__call____mutmut_3": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
     "clora3d.peft.clora.xǁ_ParallelHookǁ__call____mutmut_11": "F.dropout with p = 0 is the identity: taking the dropout branch at p = 0 changes nothing",
     "clora3d.peft.clora.xǁCLoRASpacesǁcomponents__mutmut_10": "einsum labels in upper case name the same contraction",
