@@ -92,6 +92,25 @@ def test_trainable_tensors_are_left_to_autocast():
     assert "_b" in ours.__dict__
 
 
+def test_a_forward_in_inference_mode_keeps_no_copy_a_training_forward_cannot_use():
+    # an evaluation loop under torch.inference_mode() before training: a copy made there would be an
+    # inference tensor, and the next training forward would fail to save it for backward
+    ours, ref = _pair()
+    ours.requires_grad_(False)
+    ref.requires_grad_(False)
+    with torch.inference_mode(), torch.autocast(**BF16):
+        assert torch.equal(ours(_x()), ref(_x()))
+    assert "_w" not in ours.__dict__
+    x1, x2 = _x(requires_grad=True), _x(requires_grad=True)
+    with torch.autocast(**BF16):
+        y1, y2 = ours(x1), ref(x2)
+    y1.float().sum().backward()
+    y2.float().sum().backward()
+    assert torch.equal(x1.grad, x2.grad)
+    with torch.inference_mode(), torch.autocast(**BF16):  # a kept (normal) copy serves inference too
+        assert torch.equal(ours(_x()), ref(_x()))
+
+
 def test_no_autocast_float64_and_switched_off_keep_nothing():
     ours, ref = _pair()
     ours.requires_grad_(False)

@@ -69,7 +69,10 @@ class Linear(nn.Linear):
         key = (dtype, t.device, t.data_ptr(), t._version)
         cached = self.__dict__.get(slot)
         if cached is None or cached[0] != key:
-            cached = (key, t.detach().to(dtype))
+            copy = t.detach().to(dtype)
+            if torch.is_inference_mode_enabled():
+                return copy  # an inference tensor, which a later training forward could not save for backward
+            cached = (key, copy)
             self.__dict__[slot] = cached
         return cached[1]
 
