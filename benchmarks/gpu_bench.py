@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from benchmarks.bench_ops import Row  # noqa: E402  (one timed implementation of one op at one size)
 from clora3d import ops  # noqa: E402
+from clora3d.models.transformer import reuse_frozen_casts  # noqa: E402
 from clora3d.ops import _backend  # noqa: E402
 from clora3d.ops import reference as ref  # noqa: E402
 
@@ -698,9 +699,10 @@ def time_training(
         torch.cuda.reset_peak_memory_stats(device)
     torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
     try:
-        t_step = timer_fn(device, step, repeats, warmup)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        t_inf = timer_fn(device, infer, repeats, warmup)
+        with reuse_frozen_casts(model):  # as the trainer does for an epoch under train.amp
+            t_step = timer_fn(device, step, repeats, warmup)
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+            t_inf = timer_fn(device, infer, repeats, warmup)
     finally:
         torch.set_float32_matmul_precision("highest")
     for p in params:  # free the gradients and (with opt) the optimizer state before the next row
@@ -858,17 +860,18 @@ def profile_training(
             try:
                 model = row_model(name, preset, C, device)
                 step, _, _ = training_step(model, pts, labels, prec)
-                for _ in range(warmup):
-                    step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                with profile(activities=acts) as prof:
-                    for _ in range(steps):
+                with reuse_frozen_casts(model):  # as the trainer does for an epoch under train.amp
+                    for _ in range(warmup):
                         step()
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
-                wall = 1e3 * (time.perf_counter() - t0) / steps
+                    t0 = time.perf_counter()
+                    with profile(activities=acts) as prof:
+                        for _ in range(steps):
+                            step()
+                        if device.type == "cuda":
+                            torch.cuda.synchronize(device)
+                    wall = 1e3 * (time.perf_counter() - t0) / steps
                 summary = profile_summary(prof.key_averages(), steps)
                 if device.type == "cuda":  # the synchronize that ends the profiled region is not the steps'
                     summary["sync_calls"] = max(0.0, summary["sync_calls"] - 1 / steps)

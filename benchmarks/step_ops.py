@@ -14,7 +14,7 @@ One step = forward, cross-entropy, the method's regularisation loss, backward, A
 trainable parameters, ``zero_grad``. ``bf16``: forward and losses under ``torch.autocast("cpu",
 torch.bfloat16)``, the CPU stand-in for the trainer's CUDA autocast (the same rule: matmuls cast
 their float32 inputs, so every cast is a ``_to_copy`` launch here and a kernel there; the two
-autocast op lists differ in details). Counted after one warm-up step (lazy initialisations excluded).
+autocast op lists differ in details), inside ``reuse_frozen_casts`` as the trainer's epochs. Counted after one warm-up step (lazy initialisations excluded).
 "host syncs" (forward + backward only: the CPU AdamW reads its step counters with ``.item()``, which
 the fused CUDA AdamW does not) counts the ops that return a device value to the host or whose output shape depends on
 the data: ``_local_scalar_dense`` (``.item()``, ``bool()``, ``int()``), ``is_nonzero``, ``equal``,
@@ -90,6 +90,7 @@ def count_step(
     method: str, preset: str = "tiny", batch: int = 2, points: int | None = None, precision: str = "fp32"
 ) -> dict:
     from clora3d.engine import build
+    from clora3d.models.transformer import reuse_frozen_casts
 
     torch.manual_seed(0)
     C = 40
@@ -119,12 +120,13 @@ def count_step(
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    fwd_bwd()  # warm-up
-    opt_step()
-    with CountOps() as c:
-        fwd_bwd()
-    with CountOps() as o:
+    with reuse_frozen_casts(model):  # as the trainer runs an epoch (it matters under autocast only)
+        fwd_bwd()  # warm-up
         opt_step()
+        with CountOps() as c:
+            fwd_bwd()
+        with CountOps() as o:
+            opt_step()
     syncs = {k: v for k, v in c.ops.items() if k in SYNC_OPS}
     launching = sum(v for k, v in (c.ops + o.ops).items() if k not in LAUNCH_FREE_OPS)
     return {

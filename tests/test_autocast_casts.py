@@ -1,10 +1,12 @@
-"""Casts under autocast (issue 12 item 2, mixed precision that pays): frozen weights are cast once and
-reused (``clora3d.models.transformer.Linear``), CLoRA's pre_proj input is cast once. The numbers are
-autocast's own: checked bit for bit against ``nn.Linear`` and the double cast, on CPU autocast
-(bfloat16), which follows the same rule as CUDA autocast for linear layers."""
+"""Casts under autocast (issue 12 item 2, mixed precision that pays): inside a ``reuse_frozen_casts``
+scope (the trainer's epoch under ``train.amp``, the GPU benchmark's rows) frozen weights are cast once
+and reused (``clora3d.models.transformer.Linear``); CLoRA's pre_proj input is cast once. The numbers
+are autocast's own: checked bit for bit against ``nn.Linear`` and the double cast, on CPU autocast
+(bfloat16, the same rule as CUDA autocast for linear layers) and on CUDA where there is a GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 
 from clora3d.engine import build
-from clora3d.models.transformer import Linear
+from clora3d.models.transformer import Linear, reuse_frozen_casts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,6 +47,8 @@ def test_frozen_cast_cache_is_bit_identical_to_autocast(bias):
     ours, ref = _pair(bias)
     ours.requires_grad_(False)
     ref.requires_grad_(False)
+    scope = reuse_frozen_casts(ours)
+    scope.__enter__()
     for step in range(3):
         x1, x2 = _x(step, True), _x(step, True)
         with torch.autocast(**BF16):
@@ -54,27 +58,34 @@ def test_frozen_cast_cache_is_bit_identical_to_autocast(bias):
         (y1.float() ** 2).sum().backward()
         (y2.float() ** 2).sum().backward()
         assert torch.equal(x1.grad, x2.grad)
-    assert ours.__dict__["_w"][1].dtype == torch.bfloat16  # the copy is kept between forwards
+    assert ours.__dict__["_w"][2].dtype == torch.bfloat16  # the copy is kept between forwards
     assert ("_b" in ours.__dict__) == bias
+    scope.__exit__(None, None, None)
+    assert "_w" not in ours.__dict__ and "_b" not in ours.__dict__  # dropped with the scope
 
 
 def test_a_weight_changed_in_place_is_cast_again():
     ours, ref = _pair()
     ours.requires_grad_(False)
     ref.requires_grad_(False)
-    with torch.autocast(**BF16):
-        ours(_x())
-    with torch.no_grad():  # an optimizer step, merge(), unmerge(): in place
-        for lin in (ours, ref):
-            lin.weight.mul_(-2.0).add_(0.25)
-            lin.bias.add_(1.0)
-    with torch.autocast(**BF16):
-        assert torch.equal(ours(_x()), ref(_x()))
-    sd = nn.Linear(24, 40).state_dict()  # load_state_dict copies in place too
-    ours.load_state_dict(sd)
-    ref.load_state_dict(sd)
-    with torch.autocast(**BF16):
-        assert torch.equal(ours(_x()), ref(_x()))
+    with reuse_frozen_casts(ours):
+        with torch.autocast(**BF16):
+            ours(_x())
+        with torch.no_grad():  # merge(), unmerge(), an optimizer step: in place
+            for lin in (ours, ref):
+                lin.weight.mul_(-2.0).add_(0.25)
+                lin.bias.add_(1.0)
+        with torch.autocast(**BF16):
+            assert torch.equal(ours(_x()), ref(_x()))
+        sd = nn.Linear(24, 40).state_dict()  # load_state_dict copies in place too
+        ours.load_state_dict(sd)
+        ref.load_state_dict(sd)
+        with torch.autocast(**BF16):
+            assert torch.equal(ours(_x()), ref(_x()))
+        new = nn.Parameter(torch.randn(40, 24), requires_grad=False)  # a replaced Parameter
+        ours.weight, ref.weight = new, nn.Parameter(new.detach().clone(), requires_grad=False)
+        with torch.autocast(**BF16):
+            assert torch.equal(ours(_x()), ref(_x()))
 
 
 def test_trainable_tensors_are_left_to_autocast():
@@ -82,14 +93,61 @@ def test_trainable_tensors_are_left_to_autocast():
     ours.weight.requires_grad_(True)
     ours.bias.requires_grad_(False)  # BitFit's opposite: a trainable weight, a frozen bias
     ref.bias.requires_grad_(False)
-    with torch.autocast(**BF16):
-        y1, y2 = ours(_x()), ref(_x())
-    assert torch.equal(y1, y2)
-    y1.float().sum().backward()
-    y2.float().sum().backward()
-    assert torch.equal(ours.weight.grad, ref.weight.grad)
-    assert "_w" not in ours.__dict__  # a trainable weight changes every step: nothing kept
-    assert "_b" in ours.__dict__
+    with reuse_frozen_casts(ours):
+        with torch.autocast(**BF16):
+            y1, y2 = ours(_x()), ref(_x())
+        assert torch.equal(y1, y2)
+        y1.float().sum().backward()
+        y2.float().sum().backward()
+        assert torch.equal(ours.weight.grad, ref.weight.grad)
+        assert "_w" not in ours.__dict__  # a trainable weight changes every step: nothing kept
+        assert "_b" in ours.__dict__
+
+
+def test_substituted_and_parametrized_weights_are_never_taken_from_the_copy():
+    """Only the module's own frozen nn.Parameter is reused: a functional_call substitute (here the
+    transposed weight, same storage and version), a parametrization recomputed at every forward, a
+    jvp dual weight and a vmap-batched weight are autocast's business."""
+    from torch.func import functional_call, jvp, stack_module_state, vmap
+    from torch.nn.utils import parametrize
+
+    ours, ref = _pair()
+    sq, sq_ref = Linear(24, 24), nn.Linear(24, 24)
+    sq_ref.load_state_dict(sq.state_dict())
+    for m in (ours, ref, sq, sq_ref):
+        m.requires_grad_(False)
+    with reuse_frozen_casts(ours), reuse_frozen_casts(sq), torch.autocast(**BF16):
+        sq(_x())  # a kept copy of sq.weight
+        t = {"weight": sq.weight.t(), "bias": sq.bias}
+        assert torch.equal(functional_call(sq, t, (_x(),)), functional_call(sq_ref, t, (_x(),)))
+
+        class Scale(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.k = 1.0
+
+            def forward(self, w):
+                return w * self.k
+
+        for m in (ours, ref):
+            parametrize.register_parametrization(m, "weight", Scale())
+        for k in (2.0, 3.0):
+            ours.parametrizations.weight[0].k = ref.parametrizations.weight[0].k = k
+            assert torch.equal(ours(_x()), ref(_x()))
+
+        copies = [Linear(24, 24) for _ in range(3)]
+        params, buffers = stack_module_state(copies)
+        params = {k: v.detach() for k, v in params.items()}  # frozen: batched tensors have no storage
+        # forward-mode AD through the weight: a dual tensor (no storage) whose tangent must survive
+        w, tangent, x = sq.weight.detach(), torch.ones(24, 24), _x()
+        out, t_ours = jvp(lambda w: functional_call(sq, {"weight": w}, (x,)), (w,), (tangent,))
+        _, t_ref = jvp(lambda w: functional_call(sq_ref, {"weight": w}, (x,)), (w,), (tangent,))
+        assert torch.equal(t_ours, t_ref)
+
+        x, plain = _x(), nn.Linear(24, 24)
+        got = vmap(lambda p, b: functional_call(copies[0], (p, b), (x,)))(params, buffers)
+        want = vmap(lambda p, b: functional_call(plain, (p, b), (x,)))(params, buffers)
+        assert torch.equal(got, want)
 
 
 def test_a_forward_in_inference_mode_keeps_no_copy_a_training_forward_cannot_use():
@@ -98,39 +156,75 @@ def test_a_forward_in_inference_mode_keeps_no_copy_a_training_forward_cannot_use
     ours, ref = _pair()
     ours.requires_grad_(False)
     ref.requires_grad_(False)
-    with torch.inference_mode(), torch.autocast(**BF16):
-        assert torch.equal(ours(_x()), ref(_x()))
-    assert "_w" not in ours.__dict__
-    x1, x2 = _x(requires_grad=True), _x(requires_grad=True)
-    with torch.autocast(**BF16):
-        y1, y2 = ours(x1), ref(x2)
-    y1.float().sum().backward()
-    y2.float().sum().backward()
-    assert torch.equal(x1.grad, x2.grad)
-    with torch.inference_mode(), torch.autocast(**BF16):  # a kept (normal) copy serves inference too
-        assert torch.equal(ours(_x()), ref(_x()))
+    with reuse_frozen_casts(ours):
+        with torch.inference_mode(), torch.autocast(**BF16):
+            assert torch.equal(ours(_x()), ref(_x()))
+        assert "_w" not in ours.__dict__
+        x1, x2 = _x(requires_grad=True), _x(requires_grad=True)
+        with torch.autocast(**BF16):
+            y1, y2 = ours(x1), ref(x2)
+        y1.float().sum().backward()
+        y2.float().sum().backward()
+        assert torch.equal(x1.grad, x2.grad)
+    with torch.inference_mode():  # a model made in inference mode, run under autocast
+        made, made_ref = _pair()
+        made.requires_grad_(False)
+    with reuse_frozen_casts(made), torch.autocast(**BF16):  # (inference tensors keep no version counter)
+        assert torch.equal(made(_x()), made_ref(_x()))
 
 
-def test_no_autocast_float64_and_switched_off_keep_nothing():
+def test_outside_a_scope_it_is_nn_linear_and_scopes_nest():
     ours, ref = _pair()
     ours.requires_grad_(False)
-    assert torch.equal(ours(_x()), ref(_x()))  # no autocast: plain F.linear
-    assert "_w" not in ours.__dict__
     with torch.autocast(**BF16):
-        ours(_x())
-    assert "_w" in ours.__dict__
-    ours.double()  # .to() drops the copies
-    assert "_w" not in ours.__dict__ and "_b" not in ours.__dict__
-    ref.double()
-    with torch.autocast(**BF16):  # autocast leaves float64 alone
-        y = ours(_x().double())
-        assert y.dtype == torch.float64 and torch.equal(y, ref(_x().double()))
-    off, ref2 = _pair()
-    off.requires_grad_(False)
-    off.cache_casts = False
+        assert torch.equal(ours(_x()), ref(_x()))
+    assert "_w" not in ours.__dict__  # no scope: nothing kept
+    with reuse_frozen_casts(ours):
+        with reuse_frozen_casts(ours), torch.autocast(**BF16):
+            ours(_x())
+        assert "_w" in ours.__dict__  # the inner scope's end keeps the outer scope's copies
+        ours.double()  # .to() drops the copies
+        assert "_w" not in ours.__dict__ and "_b" not in ours.__dict__
+        ref.double()
+        with torch.autocast(**BF16):  # autocast leaves float64 alone
+            y = ours(_x().double())
+            assert y.dtype == torch.float64 and torch.equal(y, ref(_x().double()))
+    assert not ours.__dict__.get("_reuse_casts")
+
+
+def test_scripting_and_meta_forwards_still_work():
+    ours, ref = _pair()
+    scripted = torch.jit.script(ours)
+    assert torch.equal(scripted(_x()), ref(_x()))
+    meta = Linear(24, 40, device="meta")
+    with reuse_frozen_casts(meta):
+        assert meta(torch.empty(3, 24, device="meta")).shape == (3, 40)
+    from clora3d.peft.clora import _autocast_input
+
+    x = torch.empty(2, 9, 24, device="meta")
     with torch.autocast(**BF16):
-        assert torch.equal(off(_x()), ref2(_x()))
-    assert "_w" not in off.__dict__
+        assert _autocast_input(x) is x  # (torch.is_autocast_enabled("meta") would raise)
+
+
+def test_copies_are_not_pickled_or_deep_copied_and_a_copy_is_outside_the_scope():
+    import io
+
+    ours, ref = _pair()
+    ours.requires_grad_(False)
+    with reuse_frozen_casts(ours):
+        with torch.autocast(**BF16):
+            ours(_x())
+        assert "_w" in ours.__dict__
+        twin = copy.deepcopy(ours)
+        assert "_w" not in twin.__dict__ and "_b" not in twin.__dict__
+        buf = io.BytesIO()
+        torch.save(ours, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert "_w" not in loaded.__dict__
+        with torch.autocast(**BF16):
+            twin(_x())
+        assert "_w" not in twin.__dict__  # the scope holds the layers it was given, not their copies
 
 
 def _clora_model(seed: int = 0, **peft):
@@ -148,19 +242,16 @@ def test_merge_and_unmerge_under_autocast_use_the_new_weights():
     model, method = _clora_model()
     model.eval()
     pts = torch.randn(2, 256, 3, generator=torch.Generator().manual_seed(2))
-    with torch.autocast(**BF16):
-        before = model(pts)  # caches the frozen weights' copies
-        method.merge()
-        merged = model(pts)
-    plain = copy.deepcopy(model)  # merged weights, fresh copies
-    for m in plain.modules():
-        if isinstance(m, Linear):
-            m.__dict__.pop("_w", None)
-            m.__dict__.pop("_b", None)
-    with torch.autocast(**BF16):
-        assert torch.equal(merged, plain(pts))
-        method.unmerge()
-        assert torch.equal(model(pts), before)
+    with reuse_frozen_casts(model):
+        with torch.autocast(**BF16):
+            before = model(pts)  # keeps the frozen weights' copies
+            method.merge()
+            merged = model(pts)
+        plain = copy.deepcopy(model)  # merged weights, outside the scope: autocast's own casts
+        with torch.autocast(**BF16):
+            assert torch.equal(merged, plain(pts))
+            method.unmerge()
+            assert torch.equal(model(pts), before)
 
 
 @pytest.mark.parametrize("train_path", ["dense", "factored"])
@@ -185,7 +276,7 @@ def test_clora_input_cast_once_keeps_autocast_forward_bit_for_bit(train_path, mo
     assert torch.equal(out["once"], out["twice"])
     for k, ref in grads["fp32"].items():
         err = {n: float((grads[n][k] - ref).norm() / ref.norm()) for n in ("once", "twice")}
-        assert err["twice"] < 0.05, (k, err)  # the comparison is meaningful: bf16-sized error
+        assert err["twice"] < 0.2, (k, err)  # the comparison is meaningful: bf16-sized error (0.01-0.08 seen)
         assert err["once"] <= 1.5 * err["twice"] + 0.005, (k, err)
 
 
@@ -214,3 +305,43 @@ def test_clora_pre_proj_hook_casts_its_input_once(train_path):
         with InputCasts(tuple(x.shape)) as c:
             y.backward(g)
         assert c.n == casts, autocast  # one gradient converted back to float32, not two
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("name", ["clora", "lora"])
+def test_bf16_training_steps_inside_the_scope_equal_autocast(name, device):
+    """As the trainer runs them (on the GPU: CUDA autocast, fused AdamW): three training steps inside
+    reuse_frozen_casts give the same losses and weights, bit for bit, as without it, and the frozen
+    weights' copies are made once (kept across steps)."""
+    from torch.nn import functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dev = torch.device(device)
+    pts = torch.randn(4, 256, 3, generator=torch.Generator().manual_seed(4)).to(dev)
+    labels = torch.tensor([0, 1, 2, 3], device=dev)
+    runs = {}
+    for scoped in (True, False):
+        torch.manual_seed(0)
+        cfg = {"model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5}, "peft": {"NAME": name}}
+        model = build.build_model(cfg)
+        method = build.build_method(model, cfg)
+        model.to(dev).eval()  # no drop path / batch statistics: the two runs see the same computation
+        params = list(method.trainable_parameters().values())
+        opt = torch.optim.AdamW(params, lr=1e-3, fused=dev.type == "cuda")
+        losses, copies = [], []
+        # the math attention backend: deterministic, so that the two runs can be compared bit for bit
+        with reuse_frozen_casts(model) if scoped else contextlib.nullcontext(), sdpa_kernel(SDPBackend.MATH):
+            for _ in range(3):
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                    loss = F.cross_entropy(model(pts).float(), labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+                copies.append([id(m.__dict__["_w"][2]) for m in model.modules() if "_w" in m.__dict__])
+        runs[scoped] = (torch.stack(losses), [p.detach().clone() for p in params])
+        if scoped:
+            assert copies[0] and copies[0] == copies[1] == copies[2]  # made once, then reused
+    assert torch.equal(runs[True][0], runs[False][0])
+    for a, b in zip(runs[True][1], runs[False][1]):
+        assert torch.equal(a, b)

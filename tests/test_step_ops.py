@@ -154,7 +154,7 @@ def test_bf16_step_casts_no_frozen_weight(method):
     import torch
 
     from clora3d.engine import build
-    from clora3d.models.transformer import Linear
+    from clora3d.models.transformer import Linear, reuse_frozen_casts
 
     torch.manual_seed(0)
     cfg = {
@@ -182,9 +182,10 @@ def test_bf16_step_casts_no_frozen_weight(method):
     pts = torch.randn(2, 256, 3, generator=torch.Generator().manual_seed(1))
     model.train()
     counts = []
-    for _ in range(2):
-        with Casts() as c, torch.autocast("cpu", dtype=torch.bfloat16):
-            model(pts).float().sum().backward()
-        counts.append(sum(c.ops.values()))
+    with reuse_frozen_casts(model):  # as the trainer runs an epoch under train.amp
+        for _ in range(2):
+            with Casts() as c, torch.autocast("cpu", dtype=torch.bfloat16):
+                model(pts).float().sum().backward()
+            counts.append(sum(c.ops.values()))
     assert counts[0] == len(frozen)  # the first step makes the copies, each once
     assert counts[1] == 0

@@ -71,6 +71,7 @@ from clora3d.engine.report import final_report
 from clora3d.engine.report import scalars as _scalars
 from clora3d.engine.tasks import get_task
 from clora3d.errors import CheckpointError, ConfigError
+from clora3d.models.transformer import reuse_frozen_casts
 
 __all__ = ["train", "derive_seed", "seed_everything", "TrainBatchPipeline", "LAST_CKPT", "BEST_CKPT", "snapshot_due"]
 
@@ -305,43 +306,45 @@ class _Trainer:
             if self.amp
             else contextlib.nullcontext()
         )
-        for batch in bar:
-            batch = _to_device(batch, self.device)
-            pts = self.pipeline(
-                batch["points"].float(),
-                subset_gen=subset_gen,
-                aug_gen=aug_gen,
-                rank=info.rank,
-                world_size=info.world_size,
-            )
-            with amp_ctx:
-                loss, correct, count = self._forward_loss(batch, pts)
-            reg = self.method.regularization_loss()
-            reg = reg.to(loss.device) if isinstance(reg, torch.Tensor) else torch.tensor(float(reg))
-            total = loss + reg
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(total.detach()), n_batches, bad_step)
-            if (n_batches + 1) % sync_every == 0:
-                self._raise_if_not_finite(epoch, bad_step)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(total).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                total.backward()
-            if double:  # reference quirk: step, clip, step again with the same gradients
-                self.optimizer.step()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip, norm_type=2.0)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            sums += torch.stack([loss.detach().double() * count, correct.double(), reg.detach().double()])
-            n_items += count
-            n_batches += 1
-            if hasattr(bar, "set_postfix") and n_batches % sync_every == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
+        # under autocast the frozen weights are cast once per epoch, not at every step
+        with reuse_frozen_casts(self.model) if self.amp else contextlib.nullcontext():
+            for batch in bar:
+                batch = _to_device(batch, self.device)
+                pts = self.pipeline(
+                    batch["points"].float(),
+                    subset_gen=subset_gen,
+                    aug_gen=aug_gen,
+                    rank=info.rank,
+                    world_size=info.world_size,
+                )
+                with amp_ctx:
+                    loss, correct, count = self._forward_loss(batch, pts)
+                reg = self.method.regularization_loss()
+                reg = reg.to(loss.device) if isinstance(reg, torch.Tensor) else torch.tensor(float(reg))
+                total = loss + reg
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(total.detach()), n_batches, bad_step)
+                if (n_batches + 1) % sync_every == 0:
+                    self._raise_if_not_finite(epoch, bad_step)
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(total).backward()
+                    self.scaler.unscale_(self.optimizer)
+                else:
+                    total.backward()
+                if double:  # reference quirk: step, clip, step again with the same gradients
+                    self.optimizer.step()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip, norm_type=2.0)
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                sums += torch.stack([loss.detach().double() * count, correct.double(), reg.detach().double()])
+                n_items += count
+                n_batches += 1
+                if hasattr(bar, "set_postfix") and n_batches % sync_every == 0:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
         self._raise_if_not_finite(epoch, bad_step)
         loss_sum, correct_sum, reg_sum = sums.tolist()
         tot = all_reduce_sum([loss_sum, correct_sum, n_items, reg_sum, n_batches], self.device)

@@ -7,7 +7,9 @@ Module and parameter names mirror Point-MAE (``norm1``, ``attn.qkv``, ``attn.pro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -33,48 +35,98 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+#: the Linear layers inside a reuse_frozen_casts scope (a copy of a layer, e.g. deepcopy, is not)
+_REUSING: weakref.WeakSet = weakref.WeakSet()
+
+#: device types whose autocast state can be asked (torch.is_autocast_enabled raises on others, e.g. meta)
+AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps")
+
+
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, keys, initialisation and numbers) that, under autocast, casts a
-    FROZEN weight and bias to the autocast dtype once and reuses the copies in later forwards.
+    """``nn.Linear`` (same parameters, keys, initialisation and numbers) that can reuse, inside a
+    :func:`reuse_frozen_casts` scope, its autocast copies of a frozen weight and bias.
 
     Autocast casts every float32 weight at every use: 5 casts per block for ViT-S, about 100 kernel
     launches per training step for a PEFT method whose base is frozen (each a launch on a GPU step
-    that is bound by launches). The cached copies are the very tensors autocast would make (the same
-    rounding), so the output is bit-identical. A copy is made again when the weight changes in place
-    (its version counter: optimizer steps, ``merge()``/``unmerge()``, ``load_state_dict``), moves or
-    changes dtype. Trainable tensors (``requires_grad``) are left to autocast, as are compiled graphs
-    (Inductor fuses the casts there). ``cache_casts = False`` turns it off for one layer."""
-
-    cache_casts: bool = True
+    that is bound by launches). Inside the scope a frozen ``nn.Parameter`` is cast once and the copy
+    reused: the very tensor autocast would make (the same rounding), so outputs and gradients are
+    bit-identical. Outside a scope it is exactly ``nn.Linear``. Trainable tensors, anything that is
+    not the module's own ``nn.Parameter`` (``functional_call`` substitutes, parametrizations,
+    ``vmap``/``jvp`` wrappers), inference tensors and compiled graphs are left to autocast."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return F.linear(x, self.weight, self.bias)
+        return self._forward_reusing_casts(x)
+
+    @torch.jit.unused
+    def _forward_reusing_casts(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        if self.cache_casts and not torch.compiler.is_compiling() and torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
-            if not w.requires_grad:
-                w = self._cast(w, dtype, "_w")
-            if b is not None and not b.requires_grad:
+        dev = x.device.type
+        if (
+            not torch.compiler.is_compiling()
+            and self in _REUSING
+            and dev in AUTOCAST_DEVICES
+            and torch.is_autocast_enabled(dev)
+            and not torch.is_inference_mode_enabled()
+        ):
+            dtype = torch.get_autocast_dtype(dev)
+            w = self._cast(w, dtype, "_w")
+            if b is not None:
                 b = self._cast(b, dtype, "_b")
         return F.linear(x, w, b)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
         # .to() / .cuda() / .half(): drop the copies (they would hold memory on the old device)
-        self.__dict__.pop("_w", None)
-        self.__dict__.pop("_b", None)
+        self.drop_casts()
         return super()._apply(fn, recurse)
 
+    def drop_casts(self) -> None:
+        """Forget the kept copies."""
+        self.__dict__.pop("_w", None)
+        self.__dict__.pop("_b", None)
+
+    def __getstate__(self) -> dict:
+        # copy.deepcopy / pickle / torch.save(model): the copies are not part of the layer
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in state.items() if k not in ("_w", "_b")}
+
     def _cast(self, t: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:
-        if not t.is_floating_point() or t.dtype == dtype or t.dtype == torch.float64:
-            return t  # autocast leaves these alone too
-        key = (dtype, t.device, t.data_ptr(), t._version)
+        if (
+            type(t) is not nn.Parameter
+            or t.requires_grad
+            or t.is_inference()
+            or t.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+            or t.dtype == dtype
+        ):
+            return t  # autocast's business (it leaves float64 and the target dtype alone)
+        # the same Parameter object, storage, version (in-place changes), layout and target dtype
+        key = (dtype, t.device, t.data_ptr(), t._version, t.shape, t.stride())
         cached = self.__dict__.get(slot)
-        if cached is None or cached[0] != key:
-            copy = t.detach().to(dtype)
-            if torch.is_inference_mode_enabled():
-                return copy  # an inference tensor, which a later training forward could not save for backward
-            cached = (key, copy)
+        if cached is None or cached[0] is not t or cached[1] != key:
+            cached = (t, key, t.detach().to(dtype))
             self.__dict__[slot] = cached
-        return cached[1]
+        return cached[2]
+
+
+@contextlib.contextmanager
+def reuse_frozen_casts(model: nn.Module) -> Iterator[None]:
+    """Inside: the :class:`Linear` layers of ``model`` cast their frozen weights and biases to the
+    autocast dtype once and reuse the copies (see :class:`Linear`); on exit the copies are dropped.
+
+    The trainer opens one per training epoch under ``train.amp`` and the GPU benchmark one per timed
+    row: there a frozen weight changes only by in-place ops, which bump its version counter and
+    refresh the copy. Writes that bypass the version counter (``weight.data`` ops, fused optimizer
+    steps, collectives into a frozen weight) are not seen: do not make them to frozen weights inside
+    the scope."""
+    layers = [m for m in model.modules() if isinstance(m, Linear) and m not in _REUSING]  # outermost scope only
+    _REUSING.update(layers)
+    try:
+        yield
+    finally:
+        for m in layers:
+            _REUSING.discard(m)
+            m.drop_casts()
 
 
 class Mlp(nn.Module):
