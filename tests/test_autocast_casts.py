@@ -345,3 +345,29 @@ def test_bf16_training_steps_inside_the_scope_equal_autocast(name, device):
     assert torch.equal(runs[True][0], runs[False][0])
     for a, b in zip(runs[True][1], runs[False][1]):
         assert torch.equal(a, b)
+
+
+def test_traces_and_input_transforms_inside_a_scope_see_no_copy():
+    """Inside a scope: torch.jit.trace after a warm-up forward (a trace would freeze the copies as
+    constants), torch.fx symbolic tracing (a Proxy input), and vmap over the inputs (autocast's own
+    dtype rule there) all behave as nn.Linear does."""
+    from torch.func import vmap
+
+    ours, ref = _pair()
+    ours.requires_grad_(False)
+    ref.requires_grad_(False)
+    with reuse_frozen_casts(ours):
+        with torch.autocast(**BF16):
+            ours(_x())  # a kept copy
+            traced = torch.jit.trace(ours, (_x(),), check_trace=False)
+        with torch.no_grad():
+            ours.weight.zero_()
+            ref.weight.zero_()
+        with torch.autocast(**BF16):
+            assert torch.equal(traced(_x()), ref(_x()))  # follows the weight, not a frozen copy
+        gm = torch.fx.symbolic_trace(ours)
+        with torch.autocast(**BF16):
+            assert torch.equal(gm(_x()), ref(_x()))
+            xs = torch.randn(5, 3, 24, generator=torch.Generator().manual_seed(7))
+            got, want = vmap(ours)(xs), vmap(ref)(xs)
+        assert got.dtype == want.dtype and torch.equal(got, want)

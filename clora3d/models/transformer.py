@@ -62,15 +62,17 @@ class Linear(nn.Linear):
     @torch.jit.unused
     def _forward_reusing_casts(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        dev = x.device.type
         if (
-            not torch.compiler.is_compiling()
+            not torch.compiler.is_compiling()  # first: Dynamo folds it, and traces nothing below
             and self in _REUSING
-            and dev in AUTOCAST_DEVICES
-            and torch.is_autocast_enabled(dev)
+            and isinstance(x, torch.Tensor)  # not an fx Proxy
+            and not torch.jit.is_tracing()  # a trace would keep the copies as constants
+            and x.device.type in AUTOCAST_DEVICES
+            and torch.is_autocast_enabled(x.device.type)
             and not torch.is_inference_mode_enabled()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # vmap/grad levels: autocast's rules there
         ):
-            dtype = torch.get_autocast_dtype(dev)
+            dtype = torch.get_autocast_dtype(x.device.type)
             w = self._cast(w, dtype, "_w")
             if b is not None:
                 b = self._cast(b, dtype, "_b")
@@ -118,7 +120,9 @@ def reuse_frozen_casts(model: nn.Module) -> Iterator[None]:
     row: there a frozen weight changes only by in-place ops, which bump its version counter and
     refresh the copy. Writes that bypass the version counter (``weight.data`` ops, fused optimizer
     steps, collectives into a frozen weight) are not seen: do not make them to frozen weights inside
-    the scope."""
+    the scope. The scope belongs to the layers, not to a thread: another thread running the same
+    layers meanwhile reuses the copies too. ``torch.jit.trace``, ``torch.fx`` and functorch
+    transforms over the inputs never see the copies."""
     layers = [m for m in model.modules() if isinstance(m, Linear) and m not in _REUSING]  # outermost scope only
     _REUSING.update(layers)
     try:
