@@ -14,7 +14,8 @@ One step = forward, cross-entropy, the method's regularisation loss, backward, A
 trainable parameters, ``zero_grad``. ``bf16``: forward and losses under ``torch.autocast("cpu",
 torch.bfloat16)``, the CPU stand-in for the trainer's CUDA autocast (the same rule: matmuls cast
 their float32 inputs, so every cast is a ``_to_copy`` launch here and a kernel there; the two
-autocast op lists differ in details), inside ``reuse_frozen_casts`` as the trainer's epochs. Counted after one warm-up step (lazy initialisations excluded).
+autocast op lists differ in details), inside ``reuse_frozen_casts`` as the trainer's epochs.
+Counted after one warm-up step (lazy initialisations excluded).
 "host syncs" (forward + backward only: the CPU AdamW reads its step counters with ``.item()``, which
 the fused CUDA AdamW does not) counts the ops that return a device value to the host or whose output shape depends on
 the data: ``_local_scalar_dense`` (``.item()``, ``bool()``, ``int()``), ``is_nonzero``, ``equal``,
@@ -92,6 +93,8 @@ def count_step(
     from clora3d.engine import build
     from clora3d.models.transformer import reuse_frozen_casts
 
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     torch.manual_seed(0)
     C = 40
     cfg = {"model": {"NAME": "PointTransformer", "preset": preset, "cls_dim": C}, "peft": dict(METHODS[method])}
@@ -104,9 +107,6 @@ def count_step(
     pts = torch.randn(batch, n, 3, generator=g)
     labels = torch.randint(0, C, (batch,), generator=g)
     model.train()
-
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
 
     def fwd_bwd():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):

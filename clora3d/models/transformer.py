@@ -42,6 +42,15 @@ _REUSING: weakref.WeakSet = weakref.WeakSet()
 AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps")
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast casts float32 inputs on ``x``'s device to, or None when autocast is off
+    there (or cannot be asked, as on meta tensors)."""
+    dev = x.device.type
+    if dev in AUTOCAST_DEVICES and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, keys, initialisation and numbers) that can reuse, inside a
     :func:`reuse_frozen_casts` scope, its autocast copies of a frozen weight and bias.
@@ -67,12 +76,10 @@ class Linear(nn.Linear):
             and self in _REUSING
             and isinstance(x, torch.Tensor)  # not an fx Proxy
             and not torch.jit.is_tracing()  # a trace would keep the copies as constants
-            and x.device.type in AUTOCAST_DEVICES
-            and torch.is_autocast_enabled(x.device.type)
             and not torch.is_inference_mode_enabled()
             and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # vmap/grad levels: autocast's rules there
+            and (dtype := autocast_dtype(x)) is not None
         ):
-            dtype = torch.get_autocast_dtype(x.device.type)
             w = self._cast(w, dtype, "_w")
             if b is not None:
                 b = self._cast(b, dtype, "_b")

@@ -42,7 +42,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
-from clora3d.models.transformer import AUTOCAST_DEVICES
+from clora3d.models.transformer import autocast_dtype
 from clora3d.peft.base import PeftMethod
 from clora3d.peft.config import PeftConfig, config_defaults, layers_spec, normalize_targets
 from clora3d.peft.registry import register_method
@@ -332,10 +332,8 @@ class _FactorCache:
 def _autocast_input(x: torch.Tensor) -> torch.Tensor:
     """``x`` in the autocast dtype of its device when autocast is on there and would cast it (the
     same rounding as autocast's own cast), else ``x``."""
-    device_type = x.device.type
-    if x.dtype == torch.float32 and device_type in AUTOCAST_DEVICES and torch.is_autocast_enabled(device_type):
-        return x.to(torch.get_autocast_dtype(device_type))
-    return x
+    dtype = autocast_dtype(x) if x.dtype == torch.float32 else None
+    return x if dtype is None else x.to(dtype)
 
 
 def _low_rank_add(base: torch.Tensor, x: torch.Tensor, dcat: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
