@@ -204,6 +204,8 @@ def test_scripting_and_meta_forwards_still_work():
     x = torch.empty(2, 9, 24, device="meta")
     with torch.autocast(**BF16):
         assert _autocast_input(x) is x  # (torch.is_autocast_enabled("meta") would raise)
+        x64 = torch.ones(3, dtype=torch.float64)
+        assert _autocast_input(x64) is x64  # autocast leaves float64 alone, and so does the single cast
 
 
 def test_copies_are_not_pickled_or_deep_copied_and_a_copy_is_outside_the_scope():
