@@ -4,6 +4,8 @@ does not discover a typo), and the check refuses clearly where there is no GPU."
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -277,6 +279,24 @@ def test_gpu_check_tests_pass_without_the_optional_packages():
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+def test_cuda_kernel_tests_pass_in_their_cpu_twin():
+    """tests/test_ops_cuda.py's bodies on the CPU kernels (CLORA3D_CUDA_TESTS_ON_CPU=1, optional
+    packages blocked as on the GPU machine): a CUDA test whose own logic is wrong fails here. One
+    asked for 48 FPS samples of a 23-point cloud, a ValueError that only a GPU run would have shown."""
+    pytest.importorskip("clora3d._C", reason="the CPU twin runs the compiled CPU kernels")
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_OPTIONAL, "-q", "-p", "no:cacheprovider", "tests/test_ops_cuda.py"],
+        cwd=ROOT,
+        env={**os.environ, "CLORA3D_CUDA_TESTS_ON_CPU": "1", "CLORA3D_REQUIRE_CUDA": ""},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed and int(passed.group(1)) >= 30, proc.stdout[-2000:]  # all but the CUDA-only ones ran
 
 
 def test_gpu_check_builds_carried_peers_beside_its_own_build_and_reports_them(tmp_path, monkeypatch):

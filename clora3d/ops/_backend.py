@@ -196,8 +196,8 @@ def backend_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "ops": ops,
         "notes": {
-            "gather_points": "non-float32/64 dtypes (ints, float16, bfloat16) use torch.gather",
-            "three_interpolate": "float16/bfloat16 features use the PyTorch path in their own dtype",
+            "gather_points": "integer dtypes use torch.gather; float16/bfloat16 use the kernel on CUDA, torch.gather on the CPU",
+            "three_interpolate": "float16/bfloat16 features: the kernel on CUDA (float32 accumulation, one rounding), the PyTorch path in their own dtype on the CPU",
             "coordinates": "float16/bfloat16 coordinates are computed in float32",
         },
     }

@@ -110,7 +110,8 @@ def three_interpolate(features: torch.Tensor, idx: torch.Tensor, weight: torch.T
     """Blend three feature rows per target point: features (B,m,C), idx/weight (B,n,3) -> (B,n,C).
 
     ``out[b,i] = (w0*f[idx0] + w1*f[idx1]) + w2*f[idx2]``. Differentiable w.r.t. features and
-    weight. ``weight`` is cast to the features' dtype; float16/bfloat16 use the PyTorch path.
+    weight. ``weight`` is cast to the features' dtype; float16/bfloat16 use the kernel on CUDA (float32
+    accumulation, one rounding) and the PyTorch path in their own dtype on the CPU.
     """
     op = "three_interpolate"
     features = _ck.tensor(features, op, "features")
