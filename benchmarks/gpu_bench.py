@@ -136,12 +136,15 @@ def _missing(exc: ModuleNotFoundError, *names: str) -> bool:
 
 
 def _load_pointnet2():
-    try:  # _ext first: without it pointnet2_utils JIT-compiles itself for pre-CUDA-12 architectures
-        importlib.import_module("pointnet2_ops._ext")
-    except ModuleNotFoundError as exc:
-        if _missing(exc, "pointnet2_ops"):
-            return None
-        raise RuntimeError("pointnet2_ops._ext is not built (run benchmarks/gpu_peers.py build)") from exc
+    from benchmarks.point_mae_original import pointnet2_ext_built
+
+    # looked up, not imported: the package's __init__ imports pointnet2_utils, which JIT-compiles the
+    # extension for pre-CUDA-12 architectures when _ext is missing
+    built = pointnet2_ext_built()
+    if built is None:
+        return None
+    if not built:
+        raise RuntimeError("pointnet2_ops._ext is not built (run benchmarks/gpu_peers.py build)")
     return importlib.import_module("pointnet2_ops.pointnet2_utils")
 
 
@@ -697,7 +700,11 @@ def time_training(
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    # TF32 for both matmuls and cuDNN convolutions (Point-MAE's Conv1d layers; cuDNN's default is
+    # TF32 on): "fp32" rows are full float32 for every model
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
     try:
         with reuse_frozen_casts(model):  # as the trainer does for an epoch under train.amp
             t_step = timer_fn(device, step, repeats, warmup)
@@ -705,6 +712,7 @@ def time_training(
             t_inf = timer_fn(device, infer, repeats, warmup)
     finally:
         torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
     for p in params:  # free the gradients and (with opt) the optimizer state before the next row
         p.grad = None
     ms = statistics.median(t_step)

@@ -7,9 +7,10 @@ Steps, each logged under ``--out`` (default ``build/gpu-check``):
    network; at the same time, when peer sources were carried to ``build/peers`` (see docs/gpu.md),
    ``benchmarks/gpu_peers.py build`` compiles them at a lower CPU priority (each peer time-boxed; a
    peer that fails only drops out of the table), waited for before step 3;
-2. run every CUDA test, the direct bad calls (tests/test_ops_direct.py) and the torch.compile /
-   torch.export tests (tests/test_compile.py) with ``CLORA3D_REQUIRE_CUDA=1``: a CUDA test that
-   would skip fails instead;
+2. run every CUDA test with ``CLORA3D_REQUIRE_CUDA=1`` (a CUDA test that would skip fails instead)
+   and, beside them, the CPU parts of the direct bad calls (tests/test_ops_direct.py), the
+   torch.compile / torch.export tests (tests/test_compile.py) and the step-cost proxies (the
+   default suite's selection: not ``slow``);
 3. the kernel benchmark on CUDA against every peer that imports (pointnet2_ops, Point-MAE's chamfer
    and kNN, torch_cluster, pytorch3d, torch) and the summary against the 1.5x bar;
 4. the model benchmark on CUDA: ViT-S, B32, 1024 points; the original Point-MAE code (when carried),
@@ -17,7 +18,9 @@ Steps, each logged under ``--out`` (default ``build/gpu-check``):
 5. print one report: build, tests, both tables.
 
 Needs only torch, numpy, pytest and hypothesis (no open3d, no tensorboard, no internet).
-Exit status: 0 when the build and every test passed, 1 otherwise.
+Exit status: 0 when the build, every test and the benchmarks passed, 1 otherwise; a step that runs
+past its time limit (``STEP_TIMEOUT_S``) is killed with its children and reported as timed out.
+The report is printed and written to ``--out``/report.md in every case.
 """
 
 from __future__ import annotations
@@ -48,13 +51,51 @@ def cuda_test_files() -> list[str]:
     )
 
 
-def _run(cmd: list[str], log: Path, env: dict | None = None, timeout: int = 1200) -> tuple[int, float, str]:
-    t = time.time()
-    with open(log, "w") as fh:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout
-        )
-    return proc.returncode, time.time() - t, log.read_text(errors="replace")
+#: exit status recorded for a step that ran past its time limit (as timeout(1) reports it)
+TIMED_OUT = 124
+#: per-step limits: far above a normal run (the whole check takes about 5 minutes on an H200 machine),
+#: so that a hang ends in a report instead of a check that never returns
+STEP_TIMEOUT_S = {"build": 900, "tests": 900, "bench": 900}
+
+
+def _start(cmd: list[str], log: Path, env: dict | None = None):
+    """Start one step in its own process group (so that a time-out ends its children too)."""
+    fh = open(log, "w")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    return proc, fh, log, time.time()
+
+
+def _wait(step, timeout: float) -> tuple[int, float, str]:
+    """(exit status, seconds, log text) of a started step; past ``timeout`` its whole process group is
+    killed and the status is :data:`TIMED_OUT`, with a line saying so at the end of the text."""
+    proc, fh, log, t = step
+    try:
+        rc = proc.wait(timeout=max(1.0, t + timeout - time.time()))
+        note = ""
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc, note = TIMED_OUT, f"\ngpu-check: killed after {timeout:.0f} s (time limit of the step)\n"
+    fh.close()
+    return rc, time.time() - t, log.read_text(errors="replace") + note
+
+
+def _run(cmd: list[str], log: Path, env: dict | None = None, timeout: float = 900) -> tuple[int, float, str]:
+    return _wait(_start(cmd, log, env), timeout)
+
+
+#: pytest's final count line: with -q it has no "=" rule around it ("3 passed, 1 skipped in 2.5s")
+_SUMMARY = re.compile(r"^(?:=+ )?((?:\d+ \w+(?:, )?)+|no tests ran) in [\d.]+s\b", re.M)
+
+
+def pytest_summary(text: str, rc: int) -> str:
+    """The counts of a pytest run from its output, or why there are none."""
+    found = _SUMMARY.findall(text)
+    if found:
+        return found[-1]
+    return "timed out (see log)" if rc == TIMED_OUT else f"no summary, exit {rc} (see log)"
 
 
 def start_peer_build(arch: str, log: Path):
@@ -106,6 +147,60 @@ def gpu_arch() -> str:
     return f"{major}.{minor}"
 
 
+def _checks(args, arch: str, out: Path, report: list[str], peers) -> bool:
+    """Build, tests, benchmarks (main's steps); appends to ``report``; True when all passed."""
+    if not args.skip_build:
+        jobs = str(max(1, os.cpu_count() or 1))
+        rc, secs, text = _run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"],
+            out / "build.log",
+            env={"FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": jobs},
+            timeout=STEP_TIMEOUT_S["build"],
+        )
+        report.append(f"build: TORCH_CUDA_ARCH_LIST={arch}, {'ok' if rc == 0 else 'FAILED'} in {secs:.0f} s")
+        if rc != 0:
+            report.append(text[-6000:])
+            return False
+
+    # the CPU parts (direct bad calls, compile/export on the CPU, step-cost proxies; the slow ones
+    # left out as in the default suite) run beside the GPU tests
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs"]
+    env = {"CLORA3D_REQUIRE_CUDA": "1"}
+    cpu_part = _start([*pytest, "-m", "not cuda and not slow", *EXTRA_TESTS], out / "tests_ops_compile.log", env)
+    gpu_part = _start([*pytest, "-m", "cuda", *cuda_test_files()], out / "tests_cuda.log", env)
+    rc, secs, text = _wait(gpu_part, STEP_TIMEOUT_S["tests"])
+    report.append(f"CUDA tests (-m cuda, nothing may skip): {pytest_summary(text, rc)} ({secs:.0f} s)")
+    ok = rc == 0
+    rc, secs, text2 = _wait(cpu_part, STEP_TIMEOUT_S["tests"])
+    report.append(
+        "direct bad calls, torch.compile / export, step-cost proxies (CPU parts, not slow): "
+        f"{pytest_summary(text2, rc)} ({secs:.0f} s)"
+    )
+    ok &= rc == 0
+    for t in (text, text2):
+        report += [ln for ln in t.splitlines() if ln.startswith(("FAILED", "ERROR"))][:30]
+
+    if peers is not None:
+        report += finish_peer_build(peers, out / "peers.log")
+    bench_json = out / "bench.json"
+    cmd = [sys.executable, "benchmarks/gpu_bench.py", "all", "--device", "cuda", "--json", str(bench_json)]
+    if args.compile:
+        cmd += ["--compile", args.compile]
+    rc, secs, btext = _run(cmd, out / "bench.log", timeout=STEP_TIMEOUT_S["bench"])
+    report.append(f"benchmarks: {'ok' if rc == 0 else 'FAILED'} ({secs:.0f} s)")
+    if rc == 0:
+        env = json.loads(bench_json.read_text())["environment"]
+        peer_status = env.pop("peers", {})
+        report.append("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+        report.append("peers timed: " + (", ".join(n for n, v in peer_status.items() if v == "ok") or "torch only"))
+        report += [f"peer {n}: {v}" for n, v in peer_status.items() if v != "ok"]
+        report.append(btext.strip())
+    else:
+        ok = False
+        report.append(btext[-4000:])
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "build" / "gpu-check"))
@@ -123,61 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    report = []
-    ok = True
+    report: list[str] = []
 
     arch = gpu_arch()
     peers = None if args.skip_peers else start_peer_build(arch, out / "peers.log")
-    if not args.skip_build:
-        jobs = str(max(1, os.cpu_count() or 1))
-        rc, secs, text = _run(
-            [sys.executable, "setup.py", "build_ext", "--inplace"],
-            out / "build.log",
-            env={"FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": jobs},
-        )
-        report.append(f"build: TORCH_CUDA_ARCH_LIST={arch}, {'ok' if rc == 0 else 'FAILED'} in {secs:.0f} s")
-        if rc != 0:
-            stop(peers)
-            print("\n".join(report) + "\n" + text[-6000:])
-            return 1
-
-    rc, secs, text = _run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-m", "cuda", *cuda_test_files()],
-        out / "tests_cuda.log",
-        env={"CLORA3D_REQUIRE_CUDA": "1"},
-    )
-    summary = (re.findall(r"^=+ (.*) in [\d.]+s", text, re.M) or ["no summary (see log)"])[-1]
-    report.append(f"CUDA tests (-m cuda, nothing may skip): {summary} ({secs:.0f} s)")
-    ok &= rc == 0
-    rc, secs, text2 = _run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-m", "not cuda", *EXTRA_TESTS],
-        out / "tests_ops_compile.log",
-        env={"CLORA3D_REQUIRE_CUDA": "1"},
-    )
-    summary2 = (re.findall(r"^=+ (.*) in [\d.]+s", text2, re.M) or ["no summary (see log)"])[-1]
-    report.append(f"direct bad calls, torch.compile / export, step-cost proxies (CPU parts): {summary2} ({secs:.0f} s)")
-    ok &= rc == 0
-    for t in (text, text2):
-        report += [ln for ln in t.splitlines() if ln.startswith(("FAILED", "ERROR"))][:30]
-
-    if peers is not None:
-        report += finish_peer_build(peers, out / "peers.log")
-    bench_json = out / "bench.json"
-    cmd = [sys.executable, "benchmarks/gpu_bench.py", "all", "--device", "cuda", "--json", str(bench_json)]
-    if args.compile:
-        cmd += ["--compile", args.compile]
-    rc, secs, btext = _run(cmd, out / "bench.log")
-    report.append(f"benchmarks: {'ok' if rc == 0 else 'FAILED'} ({secs:.0f} s)")
-    if rc == 0:
-        env = json.loads(bench_json.read_text())["environment"]
-        peer_status = env.pop("peers", {})
-        report.append("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-        report.append("peers timed: " + (", ".join(n for n, v in peer_status.items() if v == "ok") or "torch only"))
-        report += [f"peer {n}: {v}" for n, v in peer_status.items() if v != "ok"]
-        report.append(btext.strip())
-    else:
-        ok = False
-        report.append(btext[-4000:])
+    try:
+        ok = _checks(args, arch, out, report, peers)
+    finally:
+        stop(peers)  # a no-op when it has ended; else (an error above) it must not outlive the check
     report.append(f"total {time.time() - t0:.0f} s; logs in {out}")
     text = "\n".join(report)
     (out / "report.md").write_text(text + "\n")

@@ -24,6 +24,10 @@ What the checkout imports and what is done when it is missing (each choice is re
 - ``easydict`` and ``termcolor`` (imported by Point-MAE's ``utils/config.py`` and
   ``utils/checkpoint.py``; not on the GPU machine): minimal stand-ins when missing (attribute access
   to the config dict; ``colored`` returns the text). Neither runs in the timed step.
+- ``yaml`` (``utils/config.py``), ``matplotlib.pyplot`` and ``mpl_toolkits.mplot3d`` (``utils/misc.py``;
+  neither on the GPU machine, where only torch, numpy, pytest, hypothesis, h5py and timm are
+  installed): stand-ins when missing; the classifier never calls them. The ViT-S settings are then
+  read from the config's ``model:`` flow mapping without PyYAML (:func:`read_config`).
 - ``timm``: the real one; Point-MAE imports ``timm.models.layers`` (``DropPath``, ``trunc_normal_``),
   deprecated since timm 0.9 but still re-exported (timm 1.0.31 warns with a FutureWarning, which is
   recorded).
@@ -55,7 +59,10 @@ import argparse
 import contextlib
 import hashlib
 import importlib
+import importlib.machinery
+import importlib.util
 import json
+import re
 import sys
 import types
 import warnings
@@ -200,6 +207,59 @@ def easydict_standin(reason: str = "") -> types.ModuleType:
     return mod
 
 
+def yaml_standin(reason: str = "") -> types.ModuleType:
+    """``yaml`` for Point-MAE's ``utils/config.py``, which imports it; the classifier never parses YAML."""
+    mod = types.ModuleType("yaml")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"PyYAML is not installed ({reason}); this yaml is clora3d's import stand-in")
+
+    mod.safe_load = mod.load = mod.dump = mod.safe_dump = refuse
+    mod.FullLoader = mod.SafeLoader = mod.Loader = object
+    mod.STANDIN = True
+    return mod
+
+
+def matplotlib_standin(reason: str = "") -> types.ModuleType:
+    """An empty ``matplotlib`` package (``utils/misc.py`` imports ``matplotlib.pyplot``)."""
+    mod = types.ModuleType("matplotlib")
+    mod.__path__ = []  # a package, so that the submodule stand-in can sit under it
+    mod.STANDIN = True
+    return mod
+
+
+def pyplot_standin(reason: str = "") -> types.ModuleType:
+    """``matplotlib.pyplot`` for ``utils/misc.py``'s plotting helpers, which the classifier never calls."""
+    mod = types.ModuleType("matplotlib.pyplot")
+
+    def refuse(name):
+        raise AttributeError(f"matplotlib is not installed ({reason}): matplotlib.pyplot.{name} is a stand-in")
+
+    mod.__getattr__ = refuse
+    mod.STANDIN = True
+    return mod
+
+
+def mpl_toolkits_standin(reason: str = "") -> types.ModuleType:
+    mod = types.ModuleType("mpl_toolkits")
+    mod.__path__ = []
+    mod.STANDIN = True
+    return mod
+
+
+def mplot3d_standin(reason: str = "") -> types.ModuleType:
+    """``mpl_toolkits.mplot3d`` with the name ``utils/misc.py`` imports (``Axes3D``), unusable."""
+    mod = types.ModuleType("mpl_toolkits.mplot3d")
+
+    class Axes3D:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(f"matplotlib is not installed ({reason}): mpl_toolkits.mplot3d is a stand-in")
+
+    mod.Axes3D = Axes3D
+    mod.STANDIN = True
+    return mod
+
+
 def termcolor_standin(reason: str = "") -> types.ModuleType:
     mod = types.ModuleType("termcolor")
     mod.colored = lambda text, *args, **kwargs: str(text)
@@ -208,7 +268,34 @@ def termcolor_standin(reason: str = "") -> types.ModuleType:
     return mod
 
 
+#: modules of the checkout's imports that the classifier never uses, stood in for when missing (in
+#: this order: a parent package before its submodule)
+OPTIONAL_IMPORTS = (
+    ("easydict", easydict_standin),
+    ("termcolor", termcolor_standin),
+    ("yaml", yaml_standin),
+    ("matplotlib", matplotlib_standin),
+    ("matplotlib.pyplot", pyplot_standin),
+    ("mpl_toolkits", mpl_toolkits_standin),
+    ("mpl_toolkits.mplot3d", mplot3d_standin),
+)
+
+
 # ----------------------------------------------------------------------------- import machinery
+def pointnet2_ext_built() -> bool | None:
+    """Whether the installed ``pointnet2_ops`` has its compiled ``_ext`` (None: not installed), found
+    without importing the package: importing it unbuilt JIT-compiles the extension for the
+    architectures its source hard-codes (minutes, and refused by CUDA 13's nvcc). A failed or
+    time-boxed peer build leaves exactly that state (setup.py copies the Python files first)."""
+    spec = importlib.util.find_spec("pointnet2_ops")
+    if spec is None:
+        return None
+    folders = spec.submodule_search_locations or []
+    return any(
+        (Path(d) / f"_ext{suffix}").is_file() for d in folders for suffix in importlib.machinery.EXTENSION_SUFFIXES
+    )
+
+
 def ensure_module(name: str, make: Callable[[str], types.ModuleType]) -> tuple[types.ModuleType, str | None]:
     """The real module ``name`` when it imports; else ``make(error)``, put in ``sys.modules[name]`` (and
     on its parent package, when that is loaded). Returns (module, None) or (stand-in, the import error)."""
@@ -247,7 +334,7 @@ def isolated_import(root: str | Path, hide: Sequence[str] = ()) -> Iterator[list
     While inside: ``root`` is first on ``sys.path``; loaded modules whose top-level name is in
     :data:`CLASHING` or ``hide`` are set aside. Yields a list to which the caller appends the names of
     stand-ins it puts in ``sys.modules``. On exit: ``sys.path`` is restored; every module loaded inside
-    that is one of those top-level names, a listed stand-in or a file of ``root`` is removed from
+    that is one of those top-level names, a listed stand-in (or the entry it replaced, put back) or a file of ``root`` is removed from
     ``sys.modules``; the set-aside modules are put back. Other modules loaded inside (timm, a real
     pointnet2_ops, ...) stay, as after any import.
     """
@@ -255,7 +342,7 @@ def isolated_import(root: str | Path, hide: Sequence[str] = ()) -> Iterator[list
     names = set(CLASHING) | set(hide)
     saved_path = list(sys.path)
     set_aside = {k: sys.modules.pop(k) for k in list(sys.modules) if _top(k) in names}
-    before = set(sys.modules)
+    before = dict(sys.modules)
     standins: list[str] = []
     sys.path.insert(0, str(root))
     importlib.invalidate_caches()
@@ -264,20 +351,58 @@ def isolated_import(root: str | Path, hide: Sequence[str] = ()) -> Iterator[list
     finally:
         sys.path[:] = saved_path
         for k in list(sys.modules):
-            if k in before:
+            if k in standins and k in before:  # a stand-in over an entry that blocked the name (None)
+                sys.modules[k] = before[k]
+            elif k in before:
                 continue
-            if _top(k) in names or k in standins or _is_under(sys.modules[k], root):
+            elif _top(k) in names or k in standins or _is_under(sys.modules[k], root):
                 del sys.modules[k]
         sys.modules.update(set_aside)
         importlib.invalidate_caches()
 
 
-def read_config(point_mae_dir: str | Path, cls_dim: int = 40) -> dict:
-    """The ``model`` section of the checkout's ModelNet40 fine-tuning config, ``cls_dim`` set."""
-    import yaml
+def _scalar(text: str) -> object:
+    """A plain scalar of the config as PyYAML (YAML 1.1) reads it: int, float (with a dot), bool,
+    null, or a string (quoted ones verbatim)."""
+    v = text.strip()
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+        return v[1:-1]
+    if re.fullmatch(r"[-+]?\d+", v):
+        return int(v)
+    if re.fullmatch(r"[-+]?(\d+\.\d*|\.\d+)([eE][-+]?\d+)?", v):
+        return float(v)
+    return {"true": True, "false": False, "null": None, "~": None}.get(v.lower(), v)
 
-    with open(Path(point_mae_dir) / CONFIG_FILE) as f:
-        cfg = dict(yaml.safe_load(f)["model"])
+
+def model_section(text: str) -> dict:
+    """The ``model: {k: v, ...}`` flow mapping of a Point-MAE config read without PyYAML (flat scalars
+    only, as in cfgs/finetune_modelnet.yaml); anything else is an error, never a guess."""
+    m = re.search(r"^model\s*:\s*\{([^{}]*)\}", text, re.M)
+    if m is None:
+        raise ValueError("no flat 'model: {...}' mapping (PyYAML is needed to read this config)")
+    cfg = {}
+    for item in filter(None, (i.strip() for i in m.group(1).split(","))):
+        key, sep, value = item.partition(":")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"cannot read {item!r} of the model mapping without PyYAML")
+        cfg[key.strip()] = _scalar(value)
+    return cfg
+
+
+def read_config(point_mae_dir: str | Path, cls_dim: int = 40) -> dict:
+    """The ``model`` section of the checkout's ModelNet40 fine-tuning config, ``cls_dim`` set: with
+    PyYAML when it is installed, else with :func:`model_section` (the GPU machine has no PyYAML)."""
+    path = Path(point_mae_dir) / CONFIG_FILE
+    text = path.read_text()
+    try:
+        import yaml
+    except ImportError:
+        try:
+            cfg = model_section(text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    else:
+        cfg = dict(yaml.safe_load(text)["model"])
     cfg["cls_dim"] = cls_dim
     return cfg
 
@@ -336,6 +461,8 @@ def build_original(
             p2_err = "stand-in requested (pointnet2='standin')"
         else:
             try:
+                if pointnet2_ext_built() is False:  # never let it JIT-compile itself
+                    raise ImportError("pointnet2_ops._ext is not built (run benchmarks/gpu_peers.py build)")
                 p2 = importlib.import_module("pointnet2_ops.pointnet2_utils")
                 p2_err = None
             except Exception as exc:
@@ -359,15 +486,14 @@ def build_original(
             if err is None
             else f"stand-in: torch.cdist + topk, KNN_CUDA's KNN(k, transpose_mode) convention ({err})"
         )
-        for name, make in (("easydict", easydict_standin), ("termcolor", termcolor_standin)):
+        import timm  # the real one, before any stand-in (its own imports must not see them)
+
+        info["timm"] = timm.__version__
+        for name, make in OPTIONAL_IMPORTS:
             _, err = ensure(name, make)
             info[name] = "real" if err is None else f"stand-in ({err})"
         _, err = ensure("extensions.chamfer_dist", chamfer_stub)
         info["chamfer"] = "real" if err is None else f"stub, raises when used (pre-training only) ({err})"
-
-        import timm
-
-        info["timm"] = timm.__version__
         models = importlib.import_module("models")  # the checkout's: registers PointTransformer
         EasyDict = importlib.import_module("easydict").EasyDict
         torch.manual_seed(seed)

@@ -222,6 +222,27 @@ def test_model_benchmark_runs_one_method():
     assert "| clora | fp32 |" in gpu_bench.model_table(rows)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_timed_rows_set_tf32_for_matmuls_and_convolutions_alike(precision):
+    """cuDNN's convolutions default to TF32 (Point-MAE's Conv1d layers): an "fp32" row of the
+    original would have timed TF32 convolutions against clora3d's float32 matmuls. Both switches
+    follow the row's precision while it is timed, and are put back afterwards."""
+    seen = []
+
+    def timer(device, fn, repeats, warmup):
+        seen.append((torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32))
+        fn()
+        return [1.0]
+
+    before = torch.backends.cudnn.allow_tf32
+    model = gpu_bench.row_model("full", "tiny", 10, torch.device("cpu"))
+    pts, labels = torch.randn(4, 256, 3), torch.randint(0, 10, (4,))
+    gpu_bench.time_training(model, pts, labels, precision, 1, 0, timer_fn=timer)
+    tf32 = precision == "tf32"
+    assert seen == [("high" if tf32 else "highest", tf32)] * 2  # the step and the inference
+    assert torch.backends.cudnn.allow_tf32 == before and torch.get_float32_matmul_precision() == "highest"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_gpu_check_without_gpu_says_so():
     proc = subprocess.run(
@@ -231,6 +252,92 @@ def test_gpu_check_without_gpu_says_so():
         timeout=120,
     )
     assert proc.returncode != 0 and "sees no GPU" in proc.stderr
+
+
+def test_pytest_summary_reads_quiet_and_ruled_count_lines(tmp_path):
+    """The report's test counts come from pytest's own last line: with -q (as the check runs it)
+    that line has no "=" rule around it, and a pattern that wanted one reported no counts at all."""
+    import gpu_check
+
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "def test_a(): pass\n"
+        "def test_b(): pass\n"
+        "@pytest.mark.skip(reason='r')\n"
+        "def test_c(): pass\n"
+        "def test_d(): assert 0\n"
+    )
+    for flags in (["-q"], []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", *flags, "-p", "no:cacheprovider", str(tmp_path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert gpu_check.pytest_summary(proc.stdout, proc.returncode) == "1 failed, 2 passed, 1 skipped", proc.stdout
+    assert gpu_check.pytest_summary("x\n==== 3 passed, 2 warnings in 1.25s ====\n", 0) == "3 passed, 2 warnings"
+    assert gpu_check.pytest_summary("no tests ran in 0.01s\n", 5) == "no tests ran"
+    assert gpu_check.pytest_summary("collecting ...", gpu_check.TIMED_OUT) == "timed out (see log)"
+    assert gpu_check.pytest_summary("", 2) == "no summary, exit 2 (see log)"
+
+
+def test_a_step_past_its_limit_is_killed_with_its_children(tmp_path):
+    """A hung step (a test waiting forever, a compiler stuck) ends in a report line, and the
+    processes it started end with it."""
+    import gpu_check
+
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    t = time.time()
+    rc, secs, text = gpu_check._run([sys.executable, "-c", code], tmp_path / "step.log", timeout=5)
+    assert rc == gpu_check.TIMED_OUT and time.time() - t < 60
+    assert text.startswith("started") and "killed after 5 s" in text
+    child = int(pid_file.read_text())
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the step's child process outlived the step's time limit")
+
+
+def test_gpu_check_reports_every_step_and_fails_on_any(tmp_path, monkeypatch, capsys):
+    """The orchestration without a GPU: CUDA tests (one passes), the CPU parts (one fails) and a
+    benchmark that fails; every count is in the report, report.md is written, the exit status is 1."""
+    import gpu_check
+
+    cuda_file, cpu_file = tmp_path / "test_gpu_part.py", tmp_path / "test_cpu_part.py"
+    # the marker spelled so that this file is not itself taken for a CUDA test file (cuda_test_files)
+    cuda_file.write_text("import pytest\n@getattr(pytest.mark, 'cuda')\ndef test_gpu(): pass\n")
+    cpu_file.write_text("def test_cpu(): assert 1 == 2\n")
+    monkeypatch.setattr(gpu_check, "gpu_arch", lambda: "9.0")
+    monkeypatch.setattr(gpu_check, "cuda_test_files", lambda: [str(cuda_file)])
+    monkeypatch.setattr(gpu_check, "EXTRA_TESTS", [str(cpu_file)])
+    real_run = gpu_check._run
+
+    def run(cmd, log, env=None, timeout=900):
+        if "gpu_bench.py" in " ".join(cmd):  # the benchmark: a failure with its message
+            cmd = [sys.executable, "-c", "raise SystemExit('no GPU benchmark here')"]
+        return real_run(cmd, log, env, timeout)
+
+    monkeypatch.setattr(gpu_check, "_run", run)
+    rc = gpu_check.main(["--skip-build", "--skip-peers", "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert rc == 1 and text.strip() == capsys.readouterr().out.strip()
+    assert "CUDA tests (-m cuda, nothing may skip): 1 passed" in text
+    assert "(CPU parts, not slow): 1 failed" in text and "FAILED" in text and "test_cpu" in text
+    assert "benchmarks: FAILED" in text and "no GPU benchmark here" in text
 
 
 def test_gpu_check_collects_every_cuda_test_file_and_only_minimal_imports():
@@ -337,8 +444,8 @@ def test_unbuilt_peers_are_errors_and_never_jit_compile_themselves(fake_packages
     wrong GPUs): the loaders must report them unbuilt without importing them."""
     boom = "raise AssertionError('imported: it would JIT-compile now')\n"
     fake_packages(
-        {
-            "pointnet2_ops/__init__.py": "",
+        {  # the real package's __init__ imports pointnet2_utils (which compiles when _ext is missing)
+            "pointnet2_ops/__init__.py": "import pointnet2_ops.pointnet2_utils\n",
             "pointnet2_ops/pointnet2_utils.py": boom,
             "knn_cuda/__init__.py": boom,
             "knn_cuda/csrc/cuda/knn.cu": "",

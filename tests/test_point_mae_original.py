@@ -5,6 +5,7 @@ same weights, and one training step."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -99,6 +100,68 @@ def test_easydict_termcolor_and_chamfer_standins():
     stub = pmo.chamfer_stub("ModuleNotFoundError: No module named 'chamfer'")
     with pytest.raises(RuntimeError, match="ChamferDistanceL2.*No module named 'chamfer'.*pre-train"):
         stub.ChamferDistanceL2()
+
+
+def test_yaml_and_matplotlib_standins_refuse_to_be_used():
+    with pytest.raises(RuntimeError, match="PyYAML is not installed .*why.*stand-in"):
+        pmo.yaml_standin("why").safe_load("a: 1")
+    with pytest.raises(AttributeError, match="matplotlib is not installed .*pyplot.figure"):
+        _ = pmo.pyplot_standin("why").figure
+    with pytest.raises(RuntimeError, match="matplotlib is not installed"):
+        pmo.mplot3d_standin("why").Axes3D()
+    assert pmo.matplotlib_standin().__path__ == [] and pmo.mpl_toolkits_standin().__path__ == []  # packages
+
+
+# Point-MAE's config layout (flow mappings, nested ones before the model's, a trailing comma), not
+# its values: the reader without PyYAML must agree with PyYAML on it
+CONFIG_TEXT = """optimizer : {
+  type: AdamW,
+  kwargs: {
+  lr : 0.0005,
+  weight_decay : 0.05
+}}
+dataset : {
+  train : { _base_: cfgs/dataset_configs/ModelNet40.yaml,
+            others: {subset: 'train'}}}
+model : {
+  NAME: PointTransformer,
+  trans_dim: 96,
+  drop_path_rate: 0.25,
+  scale: 1e-3,
+  eps: 1.0e-6,
+  name: 'quoted',
+  digits: '5',
+  flag: true,
+  nothing: null,
+  cls_dim: 40,
+}
+
+npoints: 1024
+"""
+
+
+def test_model_section_without_pyyaml_equals_pyyaml(tmp_path, monkeypatch):
+    yaml = pytest.importorskip("yaml")
+    want = yaml.safe_load(CONFIG_TEXT)["model"]
+    assert pmo.model_section(CONFIG_TEXT) == want
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / pmo.CONFIG_FILE).write_text(CONFIG_TEXT)
+    with_yaml = pmo.read_config(tmp_path, cls_dim=7)
+    monkeypatch.setitem(sys.modules, "yaml", None)  # as on the GPU machine
+    assert pmo.read_config(tmp_path, cls_dim=7) == with_yaml == {**want, "cls_dim": 7}
+
+
+@pytest.mark.parametrize(
+    "text", ["other: {a: 1}\n", "model: {a: 1, b: {c: 2}}\n", "model: {a: 1, b}\n", "model:\n  a: 1\n"]
+)
+def test_model_section_refuses_what_it_cannot_read(tmp_path, monkeypatch, text):
+    with pytest.raises(ValueError, match="PyYAML"):
+        pmo.model_section(text)
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / pmo.CONFIG_FILE).write_text(text)
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    with pytest.raises(ValueError, match="finetune_modelnet.yaml: .*PyYAML"):
+        pmo.read_config(tmp_path)
 
 
 # ----------------------------------------------------------------------------- import machinery
@@ -253,6 +316,22 @@ def test_original_builds_isolated_with_recorded_standins(original):
     assert info["chamfer"].startswith(("stub", "real")) and info["timm"]
 
 
+@needs_checkout
+def test_original_builds_without_pyyaml_and_matplotlib(monkeypatch):
+    """The GPU machine has neither (timm may bring PyYAML): the checkout's utils/config.py and
+    utils/misc.py import them at module level. Stand-ins, recorded, and the blocked entries put back."""
+    pytest.importorskip("timm", reason="Point-MAE's model imports timm (not a clora3d test dependency)")
+    blocked = ("yaml", "matplotlib", "matplotlib.pyplot", "mpl_toolkits", "mpl_toolkits.mplot3d")
+    for name in blocked:
+        monkeypatch.setitem(sys.modules, name, None)
+    model, info = pmo.build_original(CHECKOUT, cls_dim=40, device="cpu", pointnet2="standin")
+    assert info["vit_s"] and info["config"] == pmo.VIT_S
+    assert set(blocked) <= set(info["standins"])
+    assert all(info[name].startswith("stand-in") for name in blocked)
+    assert all(sys.modules[name] is None for name in blocked)
+    assert model(torch.rand(2, 1024, 3)).shape == (2, 40)
+
+
 def test_original_has_clora3ds_vit_s_parameters_and_computes_the_same_function(original):
     from clora3d.engine import build
 
@@ -290,12 +369,29 @@ def test_require_mode_refuses_without_pointnet2_ops():
         pmo.build_original(CHECKOUT, device="cpu")
 
 
+@needs_checkout
+def test_an_unbuilt_pointnet2_ops_is_refused_without_importing_it(tmp_path, monkeypatch):
+    """A failed peer build leaves the package without _ext; importing it would JIT-compile for the
+    architectures its source hard-codes. It is looked up, found unbuilt and refused, never imported."""
+    pkg = tmp_path / "pointnet2_ops"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise AssertionError('imported: it would JIT-compile now')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert pmo.pointnet2_ext_built() is False
+    with pytest.raises(ImportError, match="pointnet2_ops._ext is not built"):
+        pmo.build_original(CHECKOUT, device="cpu")
+    assert "pointnet2_ops" not in sys.modules
+    (pkg / f"_ext{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    assert pmo.pointnet2_ext_built() is True
+
+
 def test_require_mode_uses_an_installed_pointnet2_ops_and_leaves_it_loaded(original, tmp_path, monkeypatch):
     """'require' takes pointnet2_ops from the environment (a fake one on the CPU here) and records
     where it came from; a real third-party module stays loaded after the build, as after any import."""
     pkg = tmp_path / "site" / "pointnet2_ops"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
+    (pkg / f"_ext{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")  # built (never loaded here)
     (pkg / "pointnet2_utils.py").write_text(
         "from benchmarks.point_mae_original import _fps as furthest_point_sample\n"
         "from benchmarks.point_mae_original import _gather_operation as gather_operation\n"
