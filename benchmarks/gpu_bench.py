@@ -27,6 +27,7 @@ meaningful within one run. Tests never time anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -48,7 +49,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from benchmarks.bench_ops import Row  # noqa: E402  (one timed implementation of one op at one size)
 from clora3d import ops  # noqa: E402
-from clora3d.models.transformer import reuse_frozen_casts  # noqa: E402
+from clora3d.models.transformer import reuse_frozen_casts, trainable_casts  # noqa: E402
 from clora3d.ops import _backend  # noqa: E402
 from clora3d.ops import reference as ref  # noqa: E402
 
@@ -662,10 +663,13 @@ def training_step(
         else torch.autocast(device.type, enabled=False)
     )
 
+    # as the trainer's eager steps (a no-op outside a scope; a compiled forward does its own casts)
+    casts = (lambda: trainable_casts(model)) if forward is model else contextlib.nullcontext
+
     def step():
         model.train()
         opt.zero_grad(set_to_none=True)
-        with ac:
+        with ac, casts():
             loss = F.cross_entropy(forward(pts), labels)
         loss.backward()
         opt.step()

@@ -91,7 +91,7 @@ def count_step(
     method: str, preset: str = "tiny", batch: int = 2, points: int | None = None, precision: str = "fp32"
 ) -> dict:
     from clora3d.engine import build
-    from clora3d.models.transformer import reuse_frozen_casts
+    from clora3d.models.transformer import reuse_frozen_casts, trainable_casts
 
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
@@ -109,7 +109,7 @@ def count_step(
     model.train()
 
     def fwd_bwd():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"), trainable_casts(model):
             loss = F.cross_entropy(model(pts), labels)
             reg = m.regularization_loss()
             if reg is not None:

@@ -12,9 +12,10 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from clora3d.engine import build
-from clora3d.models.transformer import Linear, reuse_frozen_casts
+from clora3d.models.transformer import Linear, reuse_frozen_casts, trainable_casts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -310,11 +311,12 @@ def test_clora_pre_proj_hook_casts_its_input_once(train_path):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-@pytest.mark.parametrize("name", ["clora", "lora"])
+@pytest.mark.parametrize("name", ["clora", "lora", "full"])
 def test_bf16_training_steps_inside_the_scope_equal_autocast(name, device):
     """As the trainer runs them (on the GPU: CUDA autocast, fused AdamW): three training steps inside
-    reuse_frozen_casts give the same losses and weights, bit for bit, as without it, and the frozen
-    weights' copies are made once (kept across steps)."""
+    reuse_frozen_casts give the same losses and weights, bit for bit, as without it; the frozen
+    weights' copies are made once (kept across steps), the trainable ones (full fine-tuning) at
+    every forward, all together."""
     from torch.nn import functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -330,11 +332,15 @@ def test_bf16_training_steps_inside_the_scope_equal_autocast(name, device):
         model.to(dev).eval()  # no drop path / batch statistics: the two runs see the same computation
         params = list(method.trainable_parameters().values())
         opt = torch.optim.AdamW(params, lr=1e-3, fused=dev.type == "cuda")
-        losses, copies = [], []
+        losses, copies, step_copies = [], [], []
+        qkv = model.blocks.blocks[0].attn.qkv
+        qkv.register_forward_pre_hook(
+            lambda m, args, seen=step_copies: seen.append(sorted(m.__dict__.get("_step", {})))
+        )
         # the math attention backend: deterministic, so that the two runs can be compared bit for bit
         with reuse_frozen_casts(model) if scoped else contextlib.nullcontext(), sdpa_kernel(SDPBackend.MATH):
             for _ in range(3):
-                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                with torch.autocast(dev.type, dtype=torch.bfloat16), trainable_casts(model):  # as the trainer
                     loss = F.cross_entropy(model(pts).float(), labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -342,8 +348,13 @@ def test_bf16_training_steps_inside_the_scope_equal_autocast(name, device):
                 losses.append(loss.detach())
                 copies.append([id(m.__dict__["_w"][2]) for m in model.modules() if "_w" in m.__dict__])
         runs[scoped] = (torch.stack(losses), [p.detach().clone() for p in params])
-        if scoped:
+        if scoped and name != "full":
             assert copies[0] and copies[0] == copies[1] == copies[2]  # made once, then reused
+        if scoped and name == "full":
+            assert not any(copies)  # nothing frozen: no copies kept across steps
+        # the trainable weight (full fine-tuning) is cast with the others for each forward, in a scope only
+        assert step_copies == [["_w"] if scoped and name == "full" else []] * 3
+        assert "_step" not in qkv.__dict__  # the copies went with the forward
     assert torch.equal(runs[True][0], runs[False][0])
     for a, b in zip(runs[True][1], runs[False][1]):
         assert torch.equal(a, b)
@@ -373,3 +384,107 @@ def test_traces_and_input_transforms_inside_a_scope_see_no_copy():
             xs = torch.randn(5, 3, 24, generator=torch.Generator().manual_seed(7))
             got, want = vmap(ours)(xs), vmap(ref)(xs)
         assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+# ------------------------------------------------------------------ trainable weights, cast together
+class _Net(nn.Module):
+    """Three layers: ``b`` used twice (its copy's gradient is summed over both uses), ``unused``
+    never called (its gradients must stay None, not zeros)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b, self.unused = Linear(24, 16), Linear(16, 16), Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.b(self.a(x))))
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops[name] = self.ops.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def _step(net: nn.Module, scoped: bool) -> tuple[torch.Tensor, list, dict]:
+    x = _x(requires_grad=True)
+    with reuse_frozen_casts(net) if scoped else contextlib.nullcontext(), _CountOps() as c:
+        with torch.autocast(**BF16), trainable_casts(net):
+            y = net(x)
+        y.float().pow(2).sum().backward()
+    return y, [None if p.grad is None else p.grad for p in net.parameters()] + [x.grad], c.ops
+
+
+def test_trainable_weights_cast_together_give_autocasts_numbers_in_two_ops():
+    """Inside a scope, ``trainable_casts`` casts every trainable weight and bias of the scope's
+    layers with one multi-tensor copy and converts their gradients back with one: the same output
+    and gradients, bit for bit, as autocast's casts (one per tensor, each converted back)."""
+    net = _Net()
+    ref = copy.deepcopy(net)
+    y, grads, ops = _step(net, scoped=True)
+    y_ref, grads_ref, ops_ref = _step(ref, scoped=False)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_ref)
+    assert len(grads) == len(grads_ref) == 7
+    for g, g_ref in zip(grads, grads_ref):
+        assert (g is None) == (g_ref is None) and (g is None or (g.dtype == g_ref.dtype and torch.equal(g, g_ref)))
+    assert net.unused.weight.grad is None and net.unused.bias.grad is None  # not zeros
+    # autocast: a cast per weight and bias used (a and b: 4; b's is cached across its two uses), each
+    # converted back in the backward (4); together: one copy each way
+    assert ops.get("_foreach_copy_") == 2 and "_foreach_copy_" not in ops_ref
+    assert ops_ref["_to_copy"] - ops.get("_to_copy", 0) == 8
+    assert not any("_step" in m.__dict__ for m in net.modules())  # the copies went with the forward
+
+
+def test_trainable_casts_is_a_no_op_without_a_scope_or_autocast_and_drops_copies_on_error():
+    net = _Net()
+    x = _x()
+    with trainable_casts(net):  # no scope open on net
+        assert not any("_step" in m.__dict__ for m in net.modules())
+    with reuse_frozen_casts(net):
+        with trainable_casts(net):  # autocast off: nothing to cast
+            assert not any("_step" in m.__dict__ for m in net.modules())
+            assert net(x).dtype == torch.float32
+        with pytest.raises(RuntimeError, match="boom"), torch.autocast(**BF16), trainable_casts(net):
+            assert sorted(net.a.__dict__["_step"]) == ["_b", "_w"]
+            raise RuntimeError("boom")
+        assert not any("_step" in m.__dict__ for m in net.modules())
+        with torch.autocast(**BF16), trainable_casts(net.a):  # a layer with no scope of its own: no-op
+            assert "_step" not in net.a.__dict__
+    with torch.autocast(**BF16), trainable_casts(net):  # the scope has closed
+        assert not any("_step" in m.__dict__ for m in net.modules())
+
+
+def test_trainable_casts_follow_each_update_and_double_backward():
+    """The copies are made at every forward (a fused optimizer step bumps no version counter, so a
+    cache keyed on versions would miss it), and a create_graph backward goes through them."""
+    net = _Net()
+    ref = copy.deepcopy(net)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01) for m in (net, ref)]
+    with reuse_frozen_casts(net):
+        for _ in range(3):
+            outs = []
+            for m, opt in zip((net, ref), opts):
+                with torch.autocast(**BF16), trainable_casts(m):  # ref: no scope, a no-op
+                    outs.append(m(_x()))
+                opt.zero_grad()
+                outs[-1].float().sum().backward()
+                opt.step()
+                for p in m.parameters():
+                    p.data.add_(0.01)  # bypasses the version counter, as fused optimizers do
+            assert torch.equal(outs[0], outs[1])
+        for p, q in zip(net.parameters(), ref.parameters()):
+            assert torch.equal(p, q)
+        x = _x(requires_grad=True)
+        with torch.autocast(**BF16), trainable_casts(net):
+            y = net(x)
+        (g,) = torch.autograd.grad(y.float().pow(2).sum(), net.a.weight, create_graph=True)
+        g.sum().backward()
+    with torch.autocast(**BF16):
+        y_ref = ref(x)
+    (g_ref,) = torch.autograd.grad(y_ref.float().pow(2).sum(), ref.a.weight, create_graph=True)
+    assert torch.equal(g, g_ref)

@@ -71,7 +71,7 @@ from clora3d.engine.report import final_report
 from clora3d.engine.report import scalars as _scalars
 from clora3d.engine.tasks import get_task
 from clora3d.errors import CheckpointError, ConfigError
-from clora3d.models.transformer import reuse_frozen_casts
+from clora3d.models.transformer import reuse_frozen_casts, trainable_casts
 
 __all__ = ["train", "derive_seed", "seed_everything", "TrainBatchPipeline", "LAST_CKPT", "BEST_CKPT", "snapshot_due"]
 
@@ -306,7 +306,13 @@ class _Trainer:
             if self.amp
             else contextlib.nullcontext()
         )
-        # under autocast the frozen weights are cast once per epoch, not at every step
+        # under autocast the frozen weights are cast once per epoch, not at every step, and the
+        # trainable ones all together at each forward (a compiled forward does its own casts)
+        eager = self.forward_net is self.net
+
+        def casts() -> contextlib.AbstractContextManager:
+            return trainable_casts(self.model) if eager else contextlib.nullcontext()
+
         with reuse_frozen_casts(self.model) if self.amp else contextlib.nullcontext():
             for batch in bar:
                 batch = _to_device(batch, self.device)
@@ -317,7 +323,7 @@ class _Trainer:
                     rank=info.rank,
                     world_size=info.world_size,
                 )
-                with amp_ctx:
+                with amp_ctx, casts():
                     loss, correct, count = self._forward_loss(batch, pts)
                 reg = self.method.regularization_loss()
                 reg = reg.to(loss.device) if isinstance(reg, torch.Tensor) else torch.tensor(float(reg))

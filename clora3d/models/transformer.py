@@ -59,9 +59,11 @@ class Linear(nn.Linear):
     launches per training step for a PEFT method whose base is frozen (each a launch on a GPU step
     that is bound by launches). Inside the scope a frozen ``nn.Parameter`` is cast once and the copy
     reused: the very tensor autocast would make (the same rounding), so outputs and gradients are
-    bit-identical. Outside a scope it is exactly ``nn.Linear``. Trainable tensors, anything that is
-    not the module's own ``nn.Parameter`` (``functional_call`` substitutes, parametrizations,
-    ``vmap``/``jvp`` wrappers), inference tensors and compiled graphs are left to autocast."""
+    bit-identical. Outside a scope it is exactly ``nn.Linear``. Trainable tensors are cast once per
+    forward, all layers' together, inside the scope's :meth:`CastScope.forward`, and are autocast's
+    business elsewhere. Anything that is not the module's own ``nn.Parameter`` (``functional_call``
+    substitutes, parametrizations, ``vmap``/``jvp`` wrappers), inference tensors and compiled graphs
+    are left to autocast."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -92,18 +94,22 @@ class Linear(nn.Linear):
 
     def drop_casts(self) -> None:
         """Forget the kept copies."""
-        self.__dict__.pop("_w", None)
-        self.__dict__.pop("_b", None)
+        for slot in _CAST_SLOTS:
+            self.__dict__.pop(slot, None)
 
     def __getstate__(self) -> dict:
         # copy.deepcopy / pickle / torch.save(model): the copies are not part of the layer
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {k: v for k, v in state.items() if k not in ("_w", "_b")}
+        return {k: v for k, v in state.items() if k not in _CAST_SLOTS}
 
     def _cast(self, t: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:
+        if type(t) is nn.Parameter and t.requires_grad:
+            # trainable: the copy the scope made for this forward of the model, with all the others
+            # (see _cast_trainable), when it is this very Parameter in this dtype; else autocast's
+            made = self.__dict__.get("_step", {}).get(slot)
+            return made[2] if made is not None and made[0] is t and made[1] == dtype else t
         if (
             type(t) is not nn.Parameter
-            or t.requires_grad
             or t.is_inference()
             or t.dtype not in (torch.float32, torch.float16, torch.bfloat16)
             or t.dtype == dtype
@@ -118,8 +124,80 @@ class Linear(nn.Linear):
         return cached[2]
 
 
+#: attributes of a Linear that hold copies: frozen weight, frozen bias, this forward's trainable ones
+_CAST_SLOTS = ("_w", "_b", "_step")
+
+
+class _CastTogether(torch.autograd.Function):
+    """``tensors`` cast to ``dtype`` by one multi-tensor copy, and their gradients cast back by one:
+    the numbers of autocast's per-tensor casts (the same rounding; a gradient is converted once,
+    after it has been summed over the uses of the copy, as autocast's cast cache does), in two
+    kernel launches instead of two per tensor."""
+
+    @staticmethod
+    def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor):  # noqa: ANN205
+        ctx.set_materialize_grads(False)  # an unused copy's gradient stays None (no zeros)
+        ctx.dtypes = [t.dtype for t in tensors]
+        out = [torch.empty_like(t, dtype=dtype) for t in tensors]
+        torch._foreach_copy_(out, list(tensors))
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):  # noqa: ANN205
+        used = [i for i, g in enumerate(grads) if g is not None]
+        out: list[torch.Tensor | None] = [None] * len(grads)
+        if torch.is_grad_enabled():  # create_graph: differentiable casts
+            for i in used:
+                out[i] = grads[i].to(ctx.dtypes[i])
+        elif used:
+            back = [torch.empty_like(grads[i], dtype=ctx.dtypes[i]) for i in used]
+            torch._foreach_copy_(back, [grads[i] for i in used])
+            for i, g in zip(used, back):
+                out[i] = g
+        return (None, *out)
+
+
+def _cast_trainable(layers: Sequence[Linear]) -> None:
+    """The autocast copies of every trainable float32 weight and bias of ``layers``, made together
+    (:class:`_CastTogether`) and kept on the layers for one forward (see :meth:`CastScope.forward`)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_inference_mode_enabled():
+        return
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[Linear, str, nn.Parameter]]] = {}
+    for m in layers:
+        for slot, t in (("_w", m.weight), ("_b", m.bias)):
+            if type(t) is nn.Parameter and t.requires_grad and t.dtype == torch.float32 and not t.is_inference():
+                dtype = autocast_dtype(t)
+                if dtype is not None and dtype != torch.float32:
+                    groups.setdefault((t.device, dtype), []).append((m, slot, t))
+    for (_, dtype), entries in groups.items():
+        copies = _CastTogether.apply(dtype, *(t for _, _, t in entries))
+        for (m, slot, t), c in zip(entries, copies):
+            m.__dict__.setdefault("_step", {})[slot] = (t, dtype, c)
+
+
+class CastScope:
+    """What :func:`reuse_frozen_casts` yields: its layers, and :meth:`forward`."""
+
+    def __init__(self, layers: list[Linear]) -> None:
+        self.layers = layers
+
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[None]:
+        """Around one forward of the model, inside ``torch.autocast``: the trainable weights and
+        biases of the scope's layers are cast together, once (two kernel launches with the
+        backward's conversion of their gradients, instead of two per tensor), and the copies are
+        used by this forward only; the numbers are autocast's. Without it (or outside autocast)
+        trainable weights are autocast's business, as in ``nn.Linear``."""
+        _cast_trainable(self.layers)
+        try:
+            yield
+        finally:
+            for m in self.layers:
+                m.__dict__.pop("_step", None)
+
+
 @contextlib.contextmanager
-def reuse_frozen_casts(model: nn.Module) -> Iterator[None]:
+def reuse_frozen_casts(model: nn.Module) -> Iterator[CastScope]:
     """Inside: the :class:`Linear` layers of ``model`` cast their frozen weights and biases to the
     autocast dtype once and reuse the copies (see :class:`Linear`); on exit the copies are dropped.
 
@@ -129,15 +207,36 @@ def reuse_frozen_casts(model: nn.Module) -> Iterator[None]:
     steps, collectives into a frozen weight) are not seen: do not make them to frozen weights inside
     the scope. The scope belongs to the layers, not to a thread: another thread running the same
     layers meanwhile reuses the copies too. ``torch.jit.trace``, ``torch.fx`` and functorch
-    transforms over the inputs never see the copies."""
+    transforms over the inputs never see the copies.
+
+    Yields a :class:`CastScope`: ``with scope.forward():`` around one forward (inside autocast)
+    casts the layers' trainable weights and biases together for that forward (full fine-tuning:
+    two kernel launches per step instead of two per tensor)."""
     layers = [m for m in model.modules() if isinstance(m, Linear) and m not in _REUSING]  # outermost scope only
     _REUSING.update(layers)
+    scope = CastScope(layers)
+    outermost = model not in _SCOPES
+    if outermost:
+        _SCOPES[model] = scope
     try:
-        yield
+        yield scope
     finally:
+        if outermost:
+            del _SCOPES[model]
         for m in layers:
             _REUSING.discard(m)
             m.drop_casts()
+
+
+#: the open scope of each model (see :func:`trainable_casts`)
+_SCOPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def trainable_casts(model: nn.Module) -> contextlib.AbstractContextManager:
+    """``CastScope.forward()`` of the :func:`reuse_frozen_casts` scope open on ``model``, or a no-op
+    when none is: for a training loop that runs inside an epoch's scope, around each forward."""
+    scope = _SCOPES.get(model)
+    return scope.forward() if scope is not None else contextlib.nullcontext()
 
 
 class Mlp(nn.Module):
