@@ -488,3 +488,78 @@ def test_trainable_casts_follow_each_update_and_double_backward():
         y_ref = ref(x)
     (g_ref,) = torch.autograd.grad(y_ref.float().pow(2).sum(), ref.a.weight, create_graph=True)
     assert torch.equal(g, g_ref)
+
+
+def _grads_of(net: nn.Module, run) -> tuple[torch.Tensor, list]:  # noqa: ANN001
+    net.zero_grad(set_to_none=True)
+    y = run(net)
+    y.float().pow(2).sum().backward()
+    return y, [p.grad for p in net.parameters()]
+
+
+def _assert_same(got: tuple, want: tuple) -> None:
+    assert torch.equal(got[0], want[0])
+    for g, w in zip(got[1], want[1]):
+        assert (g is None) == (w is None) and (g is None or torch.equal(g, w))
+
+
+class _Tied(nn.Module):
+    """Two layers sharing one weight (autocast casts it once and converts its summed gradient once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b = Linear(16, 16), Linear(16, 16)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def _in_scope(net: nn.Module, body):  # noqa: ANN001
+    with reuse_frozen_casts(net):
+        return _grads_of(net, body)
+
+
+@pytest.mark.parametrize(
+    "case", ["tied weight", "changed in place before use", "grad forward inside no_grad", "no cast cache", "nested"]
+)
+def test_trainable_casts_keep_autocasts_numbers_in_corner_cases(case):
+    """Where copies made up front would differ from autocast's casts at first use, the layer takes
+    autocast's path (or shares one copy): the same outputs and gradients, bit for bit."""
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(6))
+    make = _Tied if case == "tied weight" else _Net
+    if make is _Net:
+        x = torch.randn(3, 24, generator=torch.Generator().manual_seed(6))
+
+    def plain(net):  # noqa: ANN001, ANN202
+        with torch.autocast(**BF16, cache_enabled=case != "no cast cache"):
+            return net(x)
+
+    def scoped(net):  # noqa: ANN001, ANN202
+        if case == "grad forward inside no_grad":
+            with torch.no_grad(), torch.autocast(**BF16), trainable_casts(net), torch.enable_grad():
+                return net(x)
+        with torch.autocast(**BF16, cache_enabled=case != "no cast cache"), trainable_casts(net):
+            if case == "nested":
+                with trainable_casts(net):
+                    y = net(x)
+                return y + net(x)
+            return net(x)
+
+    def halve_b(mod, args):  # noqa: ANN001, ANN202 (a max-norm-style constraint in a pre-hook)
+        with torch.no_grad():
+            mod.weight.mul_(0.5)
+
+    nets = [make(), make()]
+    if case == "changed in place before use":
+        for n in nets:
+            n.b.register_forward_pre_hook(halve_b)
+    if case == "nested":  # two forwards in one autocast region: one cast per weight, shared
+        with torch.autocast(**BF16):
+            want = _grads_of(nets[1], lambda n: n(x) + n(x))
+    else:
+        want = _grads_of(nets[1], plain)
+    got = _in_scope(nets[0], scoped)
+    assert got[0].requires_grad
+    _assert_same(got, want)

@@ -307,8 +307,9 @@ class _Trainer:
             else contextlib.nullcontext()
         )
         # under autocast the frozen weights are cast once per epoch, not at every step, and the
-        # trainable ones all together at each forward (a compiled forward does its own casts)
-        eager = self.forward_net is self.net
+        # trainable ones all together at each forward (a compiled forward does its own casts; under
+        # DDP each gradient keeps its own conversion, so that the reducer overlaps the backward)
+        eager = self.forward_net is self.net and not info.distributed
 
         def casts() -> contextlib.AbstractContextManager:
             return trainable_casts(self.model) if eager else contextlib.nullcontext()

@@ -107,7 +107,15 @@ class Linear(nn.Linear):
             # trainable: the copy the scope made for this forward of the model, with all the others
             # (see _cast_trainable), when it is this very Parameter in this dtype; else autocast's
             made = self.__dict__.get("_step", {}).get(slot)
-            return made[2] if made is not None and made[0] is t and made[1] == dtype else t
+            if (
+                made is not None
+                and made[0] is t
+                and made[1] == dtype
+                and made[3] == t._version  # not changed in place since the scope cast it
+                and (made[2].requires_grad or not torch.is_grad_enabled())  # not cast under no_grad for a grad forward
+            ):
+                return made[2]
+            return t
         if (
             type(t) is not nn.Parameter
             or t.is_inference()
@@ -160,19 +168,26 @@ class _CastTogether(torch.autograd.Function):
 def _cast_trainable(layers: Sequence[Linear]) -> None:
     """The autocast copies of every trainable float32 weight and bias of ``layers``, made together
     (:class:`_CastTogether`) and kept on the layers for one forward (see :meth:`CastScope.forward`)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_inference_mode_enabled():
+    if (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.is_inference_mode_enabled()
+        or not torch.is_autocast_cache_enabled()  # autocast casts at every use then: so must we
+    ):
         return
-    groups: dict[tuple[torch.device, torch.dtype], list[tuple[Linear, str, nn.Parameter]]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], dict[int, tuple[nn.Parameter, list]]] = {}
     for m in layers:
         for slot, t in (("_w", m.weight), ("_b", m.bias)):
             if type(t) is nn.Parameter and t.requires_grad and t.dtype == torch.float32 and not t.is_inference():
                 dtype = autocast_dtype(t)
                 if dtype is not None and dtype != torch.float32:
-                    groups.setdefault((t.device, dtype), []).append((m, slot, t))
+                    # one copy per Parameter (a tied weight: one cast, one gradient conversion, as autocast)
+                    groups.setdefault((t.device, dtype), {}).setdefault(id(t), (t, []))[1].append((m, slot))
     for (_, dtype), entries in groups.items():
-        copies = _CastTogether.apply(dtype, *(t for _, _, t in entries))
-        for (m, slot, t), c in zip(entries, copies):
-            m.__dict__.setdefault("_step", {})[slot] = (t, dtype, c)
+        copies = _CastTogether.apply(dtype, *(t for t, _ in entries.values()))
+        for (t, users), c in zip(entries.values(), copies):
+            for m, slot in users:
+                m.__dict__.setdefault("_step", {})[slot] = (t, dtype, c, t._version)
 
 
 class CastScope:
@@ -184,12 +199,23 @@ class CastScope:
     @contextlib.contextmanager
     def forward(self) -> Iterator[None]:
         """Around one forward of the model, inside ``torch.autocast``: the trainable weights and
-        biases of the scope's layers are cast together, once (two kernel launches with the
-        backward's conversion of their gradients, instead of two per tensor), and the copies are
-        used by this forward only; the numbers are autocast's. Without it (or outside autocast)
-        trainable weights are autocast's business, as in ``nn.Linear``."""
-        _cast_trainable(self.layers)
+        biases of the scope's layers are cast together, once (a multi-tensor copy, and one for the
+        backward's conversion of their gradients, instead of two kernels per tensor), and the
+        copies are used by this forward only; the numbers are autocast's. Without it (or outside
+        autocast, or with autocast's cache off) trainable weights are autocast's business, as in
+        ``nn.Linear``; so is a weight changed in place after the casts, or a forward that records
+        gradients inside a ``no_grad`` one. Nested, the outer forward's copies stand.
+
+        Costs, against autocast's per-tensor casts: all the converted gradients become ready at the
+        end of the backward together (a DistributedDataParallel reducer could no longer overlap
+        them with the backward: the trainer does not use this under DDP), and a trainable weight
+        of these layers that another op also uses directly gets separate casts there (autocast
+        would share one; no method of clora3d does that)."""
+        if any("_step" in m.__dict__ for m in self.layers):  # nested: the outer forward's copies stand
+            yield
+            return
         try:
+            _cast_trainable(self.layers)
             yield
         finally:
             for m in self.layers:
