@@ -141,8 +141,8 @@ def test_bf16_adds_no_more_launches_to_clora_than_to_full_fine_tuning():
     # conversion per gradient. With the frozen weights' casts reused across steps, each CLoRA input
     # cast once (CLoRA) and the trainable weights cast together (full fine-tuning), what bf16 adds to
     # CLoRA's CUDA training path (dense) is no more than what it adds to full fine-tuning (before
-    # these: 243 against 286 at ViT-S B2, and 873 against 879 launches in all; now 111 against 120,
-    # 741 against 713: full fine-tuning gained most). Tiny B2 is the default-suite size.
+    # these: 243 against 286 at ViT-S B2, and 873 against 879 launches in all; now 97 against 100,
+    # 727 against 693: full fine-tuning gained most). Tiny B2 is the default-suite size.
     counts = {
         (m, p): step_ops.count_step(m, "tiny", 2, precision=p)
         for m in ("full", "clora dense")

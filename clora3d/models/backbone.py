@@ -12,7 +12,7 @@ from torch import nn
 
 from clora3d.models.registry import PresetMixin, register_model
 from clora3d.models.stem import PointStem, position_mlp
-from clora3d.models.transformer import TransformerEncoder
+from clora3d.models.transformer import Linear, TransformerEncoder
 from clora3d.models.utils import HeadSplitMixin, init_args
 
 
@@ -119,22 +119,22 @@ class PointTransformer(PointStem, HeadSplitMixin, PresetMixin, nn.Module):
         self.pool = ClsMaxPool()  # tokens -> head input (no parameters, no state_dict keys)
         if head == "mae":
             self.cls_head_finetune = nn.Sequential(
-                nn.Linear(trans_dim * 2, 256),
+                Linear(trans_dim * 2, 256),
                 nn.BatchNorm1d(256),
                 nn.ReLU(inplace=True),
                 nn.Dropout(0.5),
-                nn.Linear(256, 256),
+                Linear(256, 256),
                 nn.BatchNorm1d(256),
                 nn.ReLU(inplace=True),
                 nn.Dropout(0.5),
-                nn.Linear(256, cls_dim),
+                Linear(256, cls_dim),
             )
         else:
             self.cls_head_finetune = nn.Sequential(
-                nn.Linear(trans_dim * 2, 256),
+                Linear(trans_dim * 2, 256),
                 nn.ReLU(inplace=True),
                 nn.Dropout(0.5),
-                nn.Linear(256, cls_dim),
+                Linear(256, cls_dim),
             )
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.cls_pos, std=0.02)

@@ -16,6 +16,7 @@ from torch import nn
 
 from clora3d.models.encoder import Encoder
 from clora3d.models.grouping import Group
+from clora3d.models.transformer import Linear
 
 __all__ = ["PointStem", "position_mlp", "Group", "Encoder"]
 
@@ -23,7 +24,7 @@ __all__ = ["PointStem", "position_mlp", "Group", "Encoder"]
 def position_mlp(dim: int, hidden: int = 128) -> nn.Sequential:
     """Point-MAE's positional embedding of patch centres: ``Linear(3, 128) -> GELU -> Linear(128, dim)``
     (state_dict keys ``0.*`` and ``2.*``); also the MAE decoder's ``decoder_pos_embed``."""
-    return nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, dim))
+    return nn.Sequential(Linear(3, hidden), nn.GELU(), Linear(hidden, dim))
 
 
 class PointStem:
@@ -50,7 +51,7 @@ class PointStem:
         if num_group is not None:
             self.group_divider = Group(num_group=num_group, group_size=group_size)
         self.encoder = Encoder(encoder_channel=encoder_dims, widths=tuple(encoder_widths))
-        self.reduce_dim = nn.Linear(encoder_dims, trans_dim) if encoder_dims != trans_dim else None
+        self.reduce_dim = Linear(encoder_dims, trans_dim) if encoder_dims != trans_dim else None
         if position:
             self.pos_embed = position_mlp(trans_dim)
 
