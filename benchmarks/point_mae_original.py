@@ -200,72 +200,72 @@ class _EasyDict(dict):
         self[k] = v
 
 
-def easydict_standin(reason: str = "") -> types.ModuleType:
-    mod = types.ModuleType("easydict")
-    mod.EasyDict = _EasyDict
-    mod.STANDIN = True
+def _standin(name: str, package: bool = False, **attrs: object) -> types.ModuleType:
+    """A module object named ``name`` with ``attrs``, marked ``STANDIN`` (a package when asked, so
+    that a submodule stand-in can sit under it)."""
+    mod = types.ModuleType(name)
+    if package:
+        mod.__path__ = []
+    mod.__dict__.update(attrs, STANDIN=True)
     return mod
+
+
+def easydict_standin(reason: str = "") -> types.ModuleType:
+    return _standin("easydict", EasyDict=_EasyDict)
 
 
 def yaml_standin(reason: str = "") -> types.ModuleType:
     """``yaml`` for Point-MAE's ``utils/config.py``, which imports it; the classifier never parses YAML."""
-    mod = types.ModuleType("yaml")
 
     def refuse(*args, **kwargs):
         raise RuntimeError(f"PyYAML is not installed ({reason}); this yaml is clora3d's import stand-in")
 
-    mod.safe_load = mod.load = mod.dump = mod.safe_dump = refuse
-    mod.FullLoader = mod.SafeLoader = mod.Loader = object
-    mod.STANDIN = True
-    return mod
+    return _standin(
+        "yaml",
+        safe_load=refuse,
+        load=refuse,
+        dump=refuse,
+        safe_dump=refuse,
+        FullLoader=object,
+        SafeLoader=object,
+        Loader=object,
+    )
 
 
 def matplotlib_standin(reason: str = "") -> types.ModuleType:
     """An empty ``matplotlib`` package (``utils/misc.py`` imports ``matplotlib.pyplot``)."""
-    mod = types.ModuleType("matplotlib")
-    mod.__path__ = []  # a package, so that the submodule stand-in can sit under it
-    mod.STANDIN = True
-    return mod
+    return _standin("matplotlib", package=True)
 
 
 def pyplot_standin(reason: str = "") -> types.ModuleType:
     """``matplotlib.pyplot`` for ``utils/misc.py``'s plotting helpers, which the classifier never calls."""
-    mod = types.ModuleType("matplotlib.pyplot")
 
     def refuse(name):
         raise AttributeError(f"matplotlib is not installed ({reason}): matplotlib.pyplot.{name} is a stand-in")
 
-    mod.__getattr__ = refuse
-    mod.STANDIN = True
-    return mod
+    return _standin("matplotlib.pyplot", __getattr__=refuse)
 
 
 def mpl_toolkits_standin(reason: str = "") -> types.ModuleType:
-    mod = types.ModuleType("mpl_toolkits")
-    mod.__path__ = []
-    mod.STANDIN = True
-    return mod
+    return _standin("mpl_toolkits", package=True)
 
 
 def mplot3d_standin(reason: str = "") -> types.ModuleType:
     """``mpl_toolkits.mplot3d`` with the name ``utils/misc.py`` imports (``Axes3D``), unusable."""
-    mod = types.ModuleType("mpl_toolkits.mplot3d")
 
     class Axes3D:
         def __init__(self, *args, **kwargs):
             raise RuntimeError(f"matplotlib is not installed ({reason}): mpl_toolkits.mplot3d is a stand-in")
 
-    mod.Axes3D = Axes3D
-    mod.STANDIN = True
-    return mod
+    return _standin("mpl_toolkits.mplot3d", Axes3D=Axes3D)
 
 
 def termcolor_standin(reason: str = "") -> types.ModuleType:
-    mod = types.ModuleType("termcolor")
-    mod.colored = lambda text, *args, **kwargs: str(text)
-    mod.cprint = lambda text, *args, **kwargs: print(str(text))
-    mod.STANDIN = True
-    return mod
+    return _standin(
+        "termcolor",
+        colored=lambda text, *args, **kwargs: str(text),
+        cprint=lambda text, *args, **kwargs: print(str(text)),
+    )
 
 
 #: modules of the checkout's imports that the classifier never uses, stood in for when missing (in
