@@ -389,6 +389,23 @@ def test_make_head_is_a_fresh_head_with_a_wider_input():
     assert not {id(p) for p in new.parameters()} & {id(p) for p in head.parameters()}
 
 
+def test_make_head_keeps_the_first_layers_class_when_it_is_built_like_nn_linear():
+    from clora3d.models.transformer import Linear
+
+    class Scaled(nn.Linear):  # another constructor: make_head cannot know its arguments
+        def __init__(self, in_features: int, out_features: int, scale: float) -> None:
+            super().__init__(in_features, out_features)
+            self.scale = scale
+
+    model = _tiny()
+    assert type(model.cls_head_finetune[0]) is Linear
+    assert type(apply_peft(model, {"NAME": "lora"}).make_head(9)[0]) is Linear
+    model = _tiny()
+    model.cls_head_finetune[0] = Scaled(model.cls_head_finetune[0].in_features, 256, 2.0)
+    new = apply_peft(model, {"NAME": "lora"}).make_head(9)
+    assert type(new[0]) is nn.Linear and new[0].in_features == 9
+
+
 def test_make_head_keeps_a_bias_free_first_layer():
     model = _tiny()
     model.cls_head_finetune[0] = nn.Linear(model.cls_head_finetune[0].in_features, 256, bias=False)

@@ -251,7 +251,9 @@ class PeftMethod:
             )
         new = copy.deepcopy(head)
         first = head[0]
-        new[0] = nn.Linear(in_features, first.out_features, bias=first.bias is not None)
+        # the head's own Linear class when it is built like nn.Linear (clora3d's), else nn.Linear
+        cls = type(first) if type(first).__init__ is nn.Linear.__init__ else nn.Linear
+        new[0] = cls(in_features, first.out_features, bias=first.bias is not None)
         for m in new.modules():
             if hasattr(m, "reset_parameters") and m is not new:
                 m.reset_parameters()
