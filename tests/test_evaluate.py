@@ -4,7 +4,8 @@ plain accuracy vs. a numpy FPS reference, vote@N against an independent re-imple
 from __future__ import annotations
 
 import os
-import socket
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -452,15 +453,15 @@ def test_classification_user_errors():
 # ------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ddp_worker(rank, world, store, queue):
+    import datetime
 
-
-def _ddp_worker(rank, world, port, queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: not whatever the hostname resolves to
+    # a file store: no port to pick (and lose to another process) between choosing and binding it
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
+    )
     try:
         items = _cls_items(n=10, N=40)[rank::world]
         cls_m = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3), npoints=16)
@@ -480,19 +481,51 @@ def _ddp_worker(rank, world, port, queue):
         torch.distributed.destroy_process_group()
 
 
-def test_ddp_two_gloo_ranks_match_single_process():
+def _results(procs, queue, deadline_s: float = 300.0) -> list:
+    """One result per worker; a worker that dies first fails the test at once, with its exit code."""
+    import queue as queue_mod
+
+    results, end = [], time.monotonic() + deadline_s
+    while len(results) < len(procs):
+        try:
+            results.append(queue.get(timeout=1.0))
+        except queue_mod.Empty:
+            dead = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            assert not dead, f"DDP worker(s) died before reporting (rank, exit code): {dead}"
+            assert time.monotonic() < end, f"DDP workers did not report within {deadline_s:.0f} s ({len(results)} did)"
+    return results
+
+
+def test_a_ddp_worker_that_dies_fails_the_wait_at_once():
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=os._exit, args=(3,))]
+    procs[0].start()
+    t = time.monotonic()
+    with pytest.raises(AssertionError, match=r"died before reporting .*\(0, 3\)"):
+        _results(procs, queue, deadline_s=120)
+    assert time.monotonic() - t < 60
+    procs[0].join()
+
+
+def test_ddp_two_gloo_ranks_match_single_process(tmp_path):
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, str(tmp_path / "store"), queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    try:
+        results = _results(procs, queue)
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
     single = evaluate_classification(
         _MeanLinear(), torch.utils.data.DataLoader(_cls_items(n=10, N=40), batch_size=3), npoints=16
     )
