@@ -462,6 +462,9 @@ def _ddp_worker(rank, world, store, queue):
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
     )
+    import faulthandler
+
+    faulthandler.dump_traceback_later(240)  # a rank still here at 240 s prints its stacks (the wait ends at 300 s)
     try:
         items = _cls_items(n=10, N=40)[rank::world]
         cls_m = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3), npoints=16)
@@ -479,6 +482,7 @@ def _ddp_worker(rank, world, store, queue):
         queue.put((rank, cls_m, seg_m))
     finally:
         torch.distributed.destroy_process_group()
+        faulthandler.cancel_dump_traceback_later()
 
 
 def _results(procs, queue, deadline_s: float = 300.0) -> list:
