@@ -165,3 +165,102 @@ def test_rank_slices_get_the_single_process_augmentation():
     for r in range(3):
         part = pipe(batch[r::3], aug_gen=torch.Generator().manual_seed(7), rank=r, world_size=3)
         torch.testing.assert_close(part, single[r::3], rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# cleanup_distributed waits for the backend to let go of the helpers' tensors. Gloo's worker thread
+# releases a collective's tensors a little after it returns; one whose Python object is gone needs
+# the GIL for that, which ProcessGroupGloo's destructor held while joining the thread (torch 2.5.1:
+# destroy_process_group() deadlocked in 2 of 30 two-rank runs). Here a view stands for the worker
+# thread: it keeps the base's TensorImpl, and with it the base's Python object, alive from C++.
+# ------------------------------------------------------------------------------------------------
+def _held_by_cpp(n: int = 3) -> tuple[torch.Tensor, list]:
+    t = torch.ones(n)
+    return t, [t[:1]]  # the box's view holds t's TensorImpl after Python drops t
+
+
+def test_the_release_wait_returns_only_once_the_backend_lets_go():
+    import threading
+    import time
+
+    from clora3d.engine import distributed as d
+
+    t, holder = _held_by_cpp()
+    d._hand_over(t)
+    del t
+    released = threading.Event()
+
+    def release():
+        time.sleep(0.3)
+        released.set()
+        holder.clear()
+
+    th = threading.Thread(target=release)
+    th.start()
+    assert d._wait_for_release(30.0) and released.is_set()
+    th.join()
+    # a tensor that stays held: the wait gives up at its limit and says so
+    t, holder = _held_by_cpp()
+    d._hand_over(t)
+    del t
+    start = time.monotonic()
+    assert not d._wait_for_release(0.2) and time.monotonic() - start >= 0.2
+    holder.clear()
+    assert d._wait_for_release(0.0) and d._HANDED_OVER == []
+
+
+def test_cleanup_destroys_the_group_only_after_the_release(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    from clora3d.engine import distributed as d
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    t, holder = _held_by_cpp()
+    d._hand_over(t)
+    del t
+    released, seen = threading.Event(), []
+    destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (seen.append(released.is_set()), destroy()))
+    th = threading.Thread(target=lambda: (time.sleep(0.3), released.set(), holder.clear()))
+    th.start()
+    try:
+        d.cleanup_distributed()
+    finally:
+        th.join()
+        if dist.is_initialized():
+            destroy()
+    assert seen == [True] and not dist.is_initialized()
+
+
+def test_every_tensor_a_helper_gives_the_backend_is_handed_over(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from clora3d.engine import distributed as d
+
+    given: list[torch.Tensor] = []
+
+    def recording(name):
+        real = getattr(dist, name)
+
+        def call(*args, **kwargs):
+            given.extend(x for a in args for x in (a if isinstance(a, list) else [a]) if isinstance(x, torch.Tensor))
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("all_reduce", "all_gather", "broadcast"):
+        monkeypatch.setattr(dist, name, recording(name))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert d.all_reduce_sum([1, 2.5], "cpu") == [1.0, 2.5]
+        assert d.all_gather_list([("a", 1), {"b": [2]}]) == [("a", 1), {"b": [2]}]
+        assert d.broadcast_object({"x": (1, "y")}) == {"x": (1, "y")}
+        assert len(given) == 1 + 4 + 2
+        for t in given:
+            assert any(r() is t for r in d._HANDED_OVER), t
+    finally:
+        d.cleanup_distributed()
+    assert d._HANDED_OVER == []

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from clora3d.engine.distributed import all_gather_list, broadcast_object, cleanup_distributed
 from clora3d.engine.evaluate import (
     SHAPENETPART_SEG_CLASSES,
     evaluate_classification,
@@ -479,9 +480,16 @@ def _ddp_worker(rank, world, store, queue):
             for i in range(8)
         ][rank::world]
         seg_m = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
-        queue.put((rank, cls_m, seg_m))
+        # the object collectives with payloads of different lengths on the two ranks (padding)
+        gathered = all_gather_list([f"r{rank}"] * (1 + 40 * rank))
+        sent = broadcast_object({"from": rank, "pad": "x" * 99} if rank == 1 else None, src=1)
+        queue.put((rank, cls_m, seg_m, gathered, sent))
+        # the result is in the pipe before the group goes: a cleanup that hangs then fails the test
+        # on its exit code, with the metrics reported
+        queue.close()
+        queue.join_thread()
     finally:
-        torch.distributed.destroy_process_group()
+        cleanup_distributed()
         faulthandler.cancel_dump_traceback_later()
 
 
@@ -544,7 +552,9 @@ def test_ddp_two_gloo_ranks_match_single_process(tmp_path):
         for i in range(8)
     ]
     seg_single = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
-    for _, cls_m, seg_m in results:
+    for _, cls_m, seg_m, gathered, sent in results:
+        assert gathered == ["r0"] + ["r1"] * 41
+        assert sent == {"from": 1, "pad": "x" * 99}
         assert cls_m["acc"] == pytest.approx(single["acc"]) and cls_m["count"] == 10
         for k in ("inst_miou", "cls_miou", "point_acc", "class_avg_acc", "num_shapes"):
             assert seg_m[k] == pytest.approx(seg_single[k]), k

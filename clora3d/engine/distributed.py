@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -113,10 +116,44 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> Di
     return DistInfo(rank, world, local_rank, device, backend)
 
 
+# Tensors handed to a collective by the helpers below, as weak references. A backend's worker thread
+# (Gloo's) holds a collective's tensors a little after the collective has returned; when Python has
+# dropped the tensor by then, the thread's release needs the GIL, and ProcessGroupGloo's destructor
+# joins those threads while holding it (until pytorch#154976, June 2025): destroy_process_group()
+# then deadlocks (seen: 2 in 30 two-rank runs on torch 2.5.1, the thread in ~AsyncAllgatherWork
+# waiting for the GIL, the main thread in ~ProcessGroupGloo joining it). A dead reference proves
+# the backend let go, so cleanup_distributed() waits for them first.
+_HANDED_OVER: list[weakref.ref] = []
+
+#: How long cleanup_distributed() waits for the backend to let go of the helpers' tensors; a tensor
+#: still referenced from Python (a traceback's frame, say) keeps its reference alive, so this bounds
+#: that case; such a tensor does not need the GIL to be released and cannot deadlock.
+RELEASE_WAIT_S = 10.0
+
+
+def _hand_over(*tensors: torch.Tensor) -> None:
+    _HANDED_OVER[:] = [r for r in _HANDED_OVER if r() is not None]
+    _HANDED_OVER.extend(weakref.ref(t) for t in tensors)
+
+
+def _wait_for_release(timeout_s: float) -> bool:
+    """Sleep (without the GIL) until the backend has released every tensor handed over; False on timeout."""
+    end = time.monotonic() + timeout_s
+    while True:
+        _HANDED_OVER[:] = [r for r in _HANDED_OVER if r() is not None]
+        if not _HANDED_OVER:
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.002)
+
+
 def cleanup_distributed() -> None:
-    """Destroy the process group if one is active."""
+    """Destroy the process group if one is active, once the backend has released the helpers' tensors."""
     if dist.is_available() and dist.is_initialized():
+        _wait_for_release(RELEASE_WAIT_S)
         dist.destroy_process_group()
+    _HANDED_OVER.clear()
 
 
 def active() -> bool:
@@ -134,32 +171,65 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _collective_device(device: torch.device | str | None = None) -> torch.device:
+    """Where a collective's tensors live: the CPU for Gloo, this rank's GPU for NCCL."""
+    if dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    return torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+
+
 def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
     """Sum scalars over ranks (float64); identity without a process group."""
     if not active():
         return [float(v) for v in values]
-    dev = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device(device))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    _hand_over(t)
     return [float(v) for v in t.cpu()]
 
 
+def _to_bytes(obj: object, dev: torch.device) -> torch.Tensor:
+    return torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(dev)
+
+
+def _from_bytes(t: torch.Tensor, n: int) -> object:
+    return pickle.loads(t[:n].cpu().numpy().tobytes())
+
+
+# all_gather_list and broadcast_object pickle into byte tensors of their own, as all_gather_object /
+# broadcast_object_list do, so that the tensors given to the backend can be handed over (see
+# _HANDED_OVER): torch's object collectives make theirs internally, out of reach.
 def all_gather_list(items: list) -> list:
     """Concatenate a python list over all ranks, in rank order (identity without a process group)."""
     if not active():
         return items
-    out: list[list] = [None] * dist.get_world_size()  # type: ignore[list-item]
-    dist.all_gather_object(out, items)
-    return [x for part in out for x in part]
+    dev, world = _collective_device(), dist.get_world_size()
+    payload = _to_bytes(items, dev)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=dev)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    lengths = [int(s) for s in sizes]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=dev)
+    padded[: payload.numel()] = payload
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    _hand_over(size, *sizes, padded, *parts)
+    return [x for part, n in zip(parts, lengths) for x in _from_bytes(part, n)]
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Broadcast a picklable object from ``src`` to every rank (identity without a group)."""
     if not active():
         return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+    dev = _collective_device()
+    payload = _to_bytes(obj, dev) if dist.get_rank() == src else None
+    size = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64, device=dev)
+    dist.broadcast(size, src=src)
+    n = int(size)
+    buf = payload if payload is not None else torch.empty(n, dtype=torch.uint8, device=dev)
+    dist.broadcast(buf, src=src)
+    _hand_over(size, buf)
+    return _from_bytes(buf, n)
 
 
 class ShardSampler(Sampler[int]):
