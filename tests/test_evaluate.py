@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from clora3d.engine.distributed import all_gather_list, broadcast_object, cleanup_distributed
+from clora3d.engine.distributed import _gather_bytes, all_gather_list, broadcast_object, cleanup_distributed
 from clora3d.engine.evaluate import (
     SHAPENETPART_SEG_CLASSES,
     evaluate_classification,
@@ -483,11 +483,13 @@ def _ddp_worker(rank, world, store, queue):
         # the object collectives with payloads of different lengths on the two ranks (padding)
         gathered = all_gather_list([f"r{rank}"] * (1 + 40 * rank))
         sent = broadcast_object({"from": rank, "pad": "x" * 99} if rank == 1 else None, src=1)
-        queue.put((rank, cls_m, seg_m, gathered, sent))
-        # the result is in the pipe before the group goes: a cleanup that hangs then fails the test
-        # on its exit code, with the metrics reported
+        raw = _gather_bytes(bytes(range(1 + 50 * rank)))  # each part exactly as long as it was sent
+        queue.put((rank, cls_m, seg_m, gathered, sent, raw))
+        # the result is in the pipe before the group goes, and a cleanup still running after 45 s
+        # prints its stacks and ends the worker (exit code 1), before the parent's 60 s join
         queue.close()
         queue.join_thread()
+        faulthandler.dump_traceback_later(45, exit=True)
     finally:
         cleanup_distributed()
         faulthandler.cancel_dump_traceback_later()
@@ -552,8 +554,9 @@ def test_ddp_two_gloo_ranks_match_single_process(tmp_path):
         for i in range(8)
     ]
     seg_single = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
-    for _, cls_m, seg_m, gathered, sent in results:
+    for _, cls_m, seg_m, gathered, sent, raw in results:
         assert gathered == ["r0"] + ["r1"] * 41
+        assert raw == [bytes(range(1)), bytes(range(51))]
         assert sent == {"from": 1, "pad": "x" * 99}
         assert cls_m["acc"] == pytest.approx(single["acc"]) and cls_m["count"] == 10
         for k in ("inst_miou", "cls_miou", "point_acc", "class_avg_acc", "num_shapes"):
@@ -634,7 +637,7 @@ def test_one_process_group_gives_the_same_metrics_and_exact_sums(tmp_path):
         dist = evaluate_classification(_MeanLinear(), torch.utils.data.DataLoader(items, batch_size=3), npoints=16)
         seg_dist = evaluate_partseg(_SegModel(cats), torch.utils.data.DataLoader(seg_items, batch_size=2))
     finally:
-        torch.distributed.destroy_process_group()
+        cleanup_distributed()
     assert dist == plain
     for k in ("inst_miou", "cls_miou", "point_acc", "class_avg_acc", "num_shapes", "per_category"):
         assert seg_dist[k] == seg_plain[k], k

@@ -39,7 +39,7 @@ def test_all_reduce_sum_without_a_group_and_in_a_one_rank_group(tmp_path):
     import torch.distributed as dist
 
     from clora3d.engine import evaluate
-    from clora3d.engine.distributed import all_reduce_sum
+    from clora3d.engine.distributed import all_reduce_sum, cleanup_distributed
 
     assert evaluate.all_reduce_sum is all_reduce_sum
     assert not dist.is_initialized()
@@ -51,4 +51,4 @@ def test_all_reduce_sum_without_a_group_and_in_a_one_rank_group(tmp_path):
     try:
         assert all_reduce_sum([1, 2.5, 4], "cpu") == [1.0, 2.5, 4.0]
     finally:
-        dist.destroy_process_group()
+        cleanup_distributed()

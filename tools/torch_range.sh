@@ -65,9 +65,10 @@ for spec in "$@"; do
     else
         result="FAILED"
         status=1
-        # the failures' own sections first (tracebacks, captured output such as a hung worker's
-        # stacks), then the summary: the tail alone had hidden why a test failed
-        sed -n '/^=* FAILURES =*$/,/^=* short test summary info =*$/p' "$log" | head -300
+        # the failures' and errors' own sections first (tracebacks, captured output such as a hung
+        # worker's stacks; at most 400 lines, no pipe that could end this script), then the
+        # summary: the tail alone had hidden why a test failed
+        awk '/^=+ (FAILURES|ERRORS) =+$/ { on = 1 } /^=+ short test summary info =+$/ { on = 0 } on && n++ < 400' "$log"
         tail -40 "$log"
     fi
     line=$(grep -E '^=*.*(passed|failed|error).* in [0-9.]+s' "$log" | tail -1 || true)

@@ -20,6 +20,7 @@ import datetime
 import os
 import pickle
 import time
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -116,44 +117,56 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> Di
     return DistInfo(rank, world, local_rank, device, backend)
 
 
-# Tensors handed to a collective by the helpers below, as weak references. A backend's worker thread
-# (Gloo's) holds a collective's tensors a little after the collective has returned; when Python has
-# dropped the tensor by then, the thread's release needs the GIL, and ProcessGroupGloo's destructor
-# joins those threads while holding it (until pytorch#154976, June 2025): destroy_process_group()
-# then deadlocks (seen: 2 in 30 two-rank runs on torch 2.5.1, the thread in ~AsyncAllgatherWork
-# waiting for the GIL, the main thread in ~ProcessGroupGloo joining it). A dead reference proves
-# the backend let go, so cleanup_distributed() waits for them first.
-_HANDED_OVER: list[weakref.ref] = []
+# Tensors handed to a collective by the helpers below, tracked by weak references until they die.
+# A backend's worker thread (Gloo's) holds a collective's tensors a little after the collective has
+# returned; when Python has dropped the tensor by then, the thread's release needs the GIL, and
+# ProcessGroupGloo's destructor joins those threads while holding it (until pytorch#154976, June
+# 2025): destroy_process_group() then deadlocks (torch 2.5.1: 5 in about 40 two-rank runs under
+# load, the thread in ~AsyncAllreduceWork / ~AsyncAllgatherWork waiting for the GIL, the main thread
+# in ~ProcessGroupGloo joining it). A tensor whose reference has died is gone, from the backend too,
+# so cleanup_distributed() waits for that first. The references are never dereferenced (that would
+# lend the worker thread a Python reference in the middle of its release): their callbacks, run by
+# whichever thread drops the tensor, take them off the table.
+_PENDING: dict[int, weakref.ref] = {}
 
-#: How long cleanup_distributed() waits for the backend to let go of the helpers' tensors; a tensor
-#: still referenced from Python (a traceback's frame, say) keeps its reference alive, so this bounds
-#: that case; such a tensor does not need the GIL to be released and cannot deadlock.
+#: How long cleanup_distributed() waits for the backend to let go of the helpers' tensors. A tensor
+#: still referenced from Python (kept alive by something else) keeps its reference alive too and
+#: makes the wait run out; such a tensor needs no GIL-taking release and cannot deadlock.
 RELEASE_WAIT_S = 10.0
 
 
+def _released(ref: weakref.ref) -> None:
+    _PENDING.pop(id(ref), None)
+
+
 def _hand_over(*tensors: torch.Tensor) -> None:
-    _HANDED_OVER[:] = [r for r in _HANDED_OVER if r() is not None]
-    _HANDED_OVER.extend(weakref.ref(t) for t in tensors)
+    for t in tensors:
+        ref = weakref.ref(t, _released)
+        _PENDING[id(ref)] = ref
 
 
 def _wait_for_release(timeout_s: float) -> bool:
-    """Sleep (without the GIL) until the backend has released every tensor handed over; False on timeout."""
+    """Sleep (without the GIL) until every tensor handed over is gone; False on timeout."""
     end = time.monotonic() + timeout_s
-    while True:
-        _HANDED_OVER[:] = [r for r in _HANDED_OVER if r() is not None]
-        if not _HANDED_OVER:
-            return True
+    while _PENDING:
         if time.monotonic() >= end:
             return False
         time.sleep(0.002)
+    return True
 
 
 def cleanup_distributed() -> None:
     """Destroy the process group if one is active, once the backend has released the helpers' tensors."""
     if dist.is_available() and dist.is_initialized():
-        _wait_for_release(RELEASE_WAIT_S)
+        if not _wait_for_release(RELEASE_WAIT_S):
+            warnings.warn(
+                f"cleanup_distributed: {len(_PENDING)} tensor(s) given to a collective are still alive after "
+                f"{RELEASE_WAIT_S:g} s; destroying the process group anyway",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         dist.destroy_process_group()
-    _HANDED_OVER.clear()
+    _PENDING.clear()
 
 
 def active() -> bool:
@@ -188,48 +201,60 @@ def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") 
     return [float(v) for v in t.cpu()]
 
 
-def _to_bytes(obj: object, dev: torch.device) -> torch.Tensor:
-    return torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(dev)
-
-
-def _from_bytes(t: torch.Tensor, n: int) -> object:
-    return pickle.loads(t[:n].cpu().numpy().tobytes())
-
-
-# all_gather_list and broadcast_object pickle into byte tensors of their own, as all_gather_object /
+# The object collectives pickle into byte tensors of their own, as all_gather_object and
 # broadcast_object_list do, so that the tensors given to the backend can be handed over (see
-# _HANDED_OVER): torch's object collectives make theirs internally, out of reach.
-def all_gather_list(items: list) -> list:
-    """Concatenate a python list over all ranks, in rank order (identity without a process group)."""
-    if not active():
-        return items
+# _PENDING): torch's make theirs internally, out of reach. The byte-level functions return Python
+# bytes, so no tensor outlives them in a traceback when unpickling fails.
+def _bytes_tensor(payload: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else torch.empty(0, dtype=torch.uint8)
+
+
+def _gather_bytes(payload: bytes) -> list[bytes]:
+    """Every rank's ``payload``, in rank order, each exactly as long as it was sent."""
     dev, world = _collective_device(), dist.get_world_size()
-    payload = _to_bytes(items, dev)
-    size = torch.tensor([payload.numel()], dtype=torch.int64, device=dev)
+    size = torch.tensor([len(payload)], dtype=torch.int64, device=dev)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
     lengths = [int(s) for s in sizes]
     padded = torch.zeros(max(lengths), dtype=torch.uint8, device=dev)
-    padded[: payload.numel()] = payload
+    padded[: len(payload)] = _bytes_tensor(payload)
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     _hand_over(size, *sizes, padded, *parts)
-    return [x for part, n in zip(parts, lengths) for x in _from_bytes(part, n)]
+    return [part[:n].cpu().numpy().tobytes() for part, n in zip(parts, lengths)]
+
+
+def _broadcast_bytes(payload: bytes | None, src: int) -> bytes:
+    """``src``'s ``payload`` on every rank (``payload`` is read on ``src`` only)."""
+    dev = _collective_device()
+    mine = dist.get_rank() == src
+    size = torch.tensor([len(payload) if mine and payload is not None else 0], dtype=torch.int64, device=dev)
+    dist.broadcast(size, src=src)
+    n = int(size)
+    if mine and payload is not None:
+        buf = _bytes_tensor(payload).to(dev)
+    else:
+        buf = torch.empty(n, dtype=torch.uint8, device=dev)
+    dist.broadcast(buf, src=src)
+    _hand_over(size, buf)
+    return buf.cpu().numpy().tobytes()
+
+
+def all_gather_list(items: list) -> list:
+    """Concatenate a python list over all ranks, in rank order (identity without a process group)."""
+    if not active():
+        return items
+    return [x for part in _gather_bytes(pickle.dumps(items)) for x in pickle.loads(part)]
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:
-    """Broadcast a picklable object from ``src`` to every rank (identity without a group)."""
+    """Broadcast a picklable object from ``src`` to every rank (identity without a group; ``src``
+    keeps its own object)."""
     if not active():
         return obj
-    dev = _collective_device()
-    payload = _to_bytes(obj, dev) if dist.get_rank() == src else None
-    size = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64, device=dev)
-    dist.broadcast(size, src=src)
-    n = int(size)
-    buf = payload if payload is not None else torch.empty(n, dtype=torch.uint8, device=dev)
-    dist.broadcast(buf, src=src)
-    _hand_over(size, buf)
-    return _from_bytes(buf, n)
+    mine = dist.get_rank() == src
+    data = _broadcast_bytes(pickle.dumps(obj) if mine else None, src)
+    return obj if mine else pickle.loads(data)
 
 
 class ShardSampler(Sampler[int]):
