@@ -225,19 +225,15 @@ def _gather_bytes(payload: bytes) -> list[bytes]:
 
 
 def _broadcast_bytes(payload: bytes | None, src: int) -> bytes:
-    """``src``'s ``payload`` on every rank (``payload`` is read on ``src`` only)."""
+    """``src``'s ``payload`` on every rank (``payload`` is given on ``src`` only)."""
     dev = _collective_device()
     mine = dist.get_rank() == src
-    size = torch.tensor([len(payload) if mine and payload is not None else 0], dtype=torch.int64, device=dev)
+    size = torch.tensor([len(payload) if mine else 0], dtype=torch.int64, device=dev)
     dist.broadcast(size, src=src)
-    n = int(size)
-    if mine and payload is not None:
-        buf = _bytes_tensor(payload).to(dev)
-    else:
-        buf = torch.empty(n, dtype=torch.uint8, device=dev)
+    buf = _bytes_tensor(payload).to(dev) if mine else torch.empty(int(size), dtype=torch.uint8, device=dev)
     dist.broadcast(buf, src=src)
     _hand_over(size, buf)
-    return buf.cpu().numpy().tobytes()
+    return payload if mine else buf.cpu().numpy().tobytes()
 
 
 def all_gather_list(items: list) -> list:
