@@ -163,7 +163,7 @@ def test_sade_of_bfloat16_spaces_and_its_scale():
     sp = CLoRASpaces(16, 16, 4, 3, 4, False, None, "xavier")
     with torch.no_grad():
         sp.Q.normal_()
-    want = brute_sets([sp.double()], True, 1e-12)
+    want = brute_sets([copy.deepcopy(sp).double()], True, 1e-12)
     got = sade_total([sp.to(torch.bfloat16)], True, 1e-12)
     assert got.dtype == torch.bfloat16
     assert torch.allclose(got.double(), want, rtol=0.05)
@@ -550,3 +550,129 @@ def test_sade_compiles_without_graph_break():
     torch.testing.assert_close(got, want)
     for g, w in zip(got_g, want_g):
         torch.testing.assert_close(g, w)
+
+
+# -- the pre_proj update's own backward ------------------------------------------------------------
+def _ipl_inputs(dense: bool, dtype=torch.float64):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(7, 6, generator=g, dtype=dtype).requires_grad_()
+    dcat = None if dense else torch.randn(6, 4, generator=g, dtype=dtype).requires_grad_()
+    v = torch.randn(6 if dense else 4, 6, generator=g, dtype=dtype).requires_grad_()
+    return x, dcat, v
+
+
+def _written_out(x, dcat, v):
+    return x + (x if dcat is None else x @ dcat) @ v
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "factored"])
+def test_identity_plus_low_rank_gradients_equal_autograd_of_the_formula(dense):
+    """x + (x Dcat) V with the identity's gradient folded into one addmm: gradcheck, and value and
+    gradients equal autograd of the written-out formula (any subset of inputs needing a gradient)."""
+    from clora3d.peft.clora import _IdentityPlusLowRank
+
+    inputs = tuple(t for t in _ipl_inputs(dense) if t is not None)
+    fn = (lambda x, v: _IdentityPlusLowRank.apply(x, None, v)) if dense else _IdentityPlusLowRank.apply
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+    x, dcat, v = _ipl_inputs(dense)
+    want = _written_out(x, dcat, v)
+    got = _IdentityPlusLowRank.apply(x, dcat, v)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn(want.shape, dtype=want.dtype, generator=torch.Generator().manual_seed(2))
+    full = (x, dcat, v)
+    for k in [i for i, t in enumerate(full) if t is not None]:  # only input k needs a gradient
+        sub = [None if t is None else t.detach().requires_grad_(i == k) for i, t in enumerate(full)]
+        grads = torch.autograd.grad(_IdentityPlusLowRank.apply(*sub), [sub[k]], g)
+        ref = torch.autograd.grad(_written_out(*sub), [sub[k]], g)
+        torch.testing.assert_close(grads, ref, rtol=1e-12, atol=1e-12)
+    leaves = [t for t in full if t is not None]
+    grads = torch.autograd.grad(got, leaves, g)
+    ref = torch.autograd.grad(want, leaves, g)
+    torch.testing.assert_close(grads, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "factored"])
+def test_identity_plus_low_rank_backward_launches_no_separate_add(dense):
+    """The reason it exists: autograd of the formula sums the two gradients of x in an add of its own;
+    the written-out backward does it inside the addmm (one kernel-launching op fewer per LRM)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from benchmarks.step_ops import LAUNCH_FREE_OPS
+    from clora3d.peft.clora import _IdentityPlusLowRank
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    launches = {}
+    for name, fn in (("written", _IdentityPlusLowRank.apply), ("autograd", _written_out)):
+        x, dcat, v = _ipl_inputs(dense, torch.float32)
+        y = fn(x, dcat, v)
+        with Ops() as c:
+            y.backward(torch.ones_like(y))
+        launches[name] = [o for o in c.ops if o not in LAUNCH_FREE_OPS]
+    assert "add" in launches["autograd"] and "add" not in launches["written"], launches
+    assert len(launches["written"]) == len(launches["autograd"]) - 1, launches
+
+
+def test_identity_plus_low_rank_under_autocast_matches_autocasts_forward_and_dtypes():
+    """A bf16 input (the hook casts it once) with float32 factors: the forward bit for bit autocast's
+    addmm, the factors' gradients come back in float32 and x's in bf16; an input autocast would still
+    cast (fp16 under bf16 autocast) takes autocast's own path instead of failing."""
+    from clora3d.peft.clora import _identity_plus_low_rank, _low_rank_add
+
+    for dense in (True, False):
+        x, dcat, v = _ipl_inputs(dense, torch.float32)
+        xb = x.detach().to(torch.bfloat16).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = _identity_plus_low_rank(xb, dcat, v)
+            want = _low_rank_add(xb, xb, dcat, v)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+        got.float().sum().backward()
+        assert xb.grad.dtype == torch.bfloat16 and v.grad.dtype == torch.float32
+        assert dense or dcat.grad.dtype == torch.float32
+        xh = x.detach().half()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = _identity_plus_low_rank(xh, dcat, v)
+        assert y.dtype == torch.bfloat16
+        y.float().sum().backward()  # autocast's own path: no dtype mismatch in the backward
+
+
+def test_sade_constants_are_made_once_and_outside_inference_mode():
+    """The masks and eps of the batched SADE are made at the first call and reused (no eye / ones /
+    triu / full kernels in later steps), and a first call under inference_mode (an evaluation that logs
+    SADE) leaves constants that a training backward can still save."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import clora3d.peft.clora as clora
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    sp = CLoRASpaces(12, 10, 3, 5, 4, False, None, "xavier")  # p = 5: a shape no other test uses
+    with torch.no_grad():
+        sp.Q.normal_()
+    clora._SADE_CONSTANTS.clear()
+    with torch.inference_mode(), Ops() as first:
+        ref = sade_total([sp], True, 1e-12, 0.3)
+    assert {"eye", "ones", "triu_"} <= first.ops, first.ops
+    with Ops() as later:
+        got = sade_total([sp], True, 1e-12, 0.3)
+        got.backward()
+    assert not {"eye", "ones", "triu_", "full", "fill_", "zeros", "scalar_tensor"} & later.ops, later.ops
+    torch.testing.assert_close(got.detach(), ref, rtol=1e-6, atol=0)
+    assert torch.allclose(got.detach(), brute_sets([copy.deepcopy(sp).double()], True, 1e-12).float() * 0.3, rtol=1e-5)
+    assert all(not t.is_inference() for t in clora._SADE_CONSTANTS.values())

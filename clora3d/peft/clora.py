@@ -181,31 +181,69 @@ def _group_key(sp: CLoRASpaces) -> tuple[int, int, int, int]:
     return p, r, sp.Q.shape[0], sp.num_lrm if sp.shared_q else 1
 
 
-class _SadeBlocks(torch.autograd.Function):
-    """``weight * sum_{S, j, a<b} c_ab`` for stacked sets, with ``c_ab = ||M_a^T M_b||_F^2`` (divided by
-    ``||M_a||_F^2 ||M_b||_F^2 + eps`` when normalising), from ``gd = Dcat^T Dcat`` (S, pr, pr),
-    ``gu = U_h U_h^T`` (S, p, r, r) and ``Q`` (S, m, p, r, r); see :func:`sade_total` for the block form.
+#: Constant tensors of the batched SADE (block-diagonal mask, weighted pair mask, eps), made once per
+#: shape, weight, dtype and device instead of at every step (each a kernel launch on a GPU).
+_SADE_CONSTANTS: dict[tuple, torch.Tensor] = {}
 
-    The backward is written out (about half the kernels autograd records for the same forward, and
-    the forward runs without a graph). With ``Qbd = blockdiag(Q_h)``, ``Gbd = blockdiag(G_h)``,
-    ``A = Qbd^T gd Qbd`` (symmetric, as gd is) and ``w_ab`` the gradient of the loss w.r.t. ``c_ab``
-    expanded to blocks (``o`` elementwise):
+
+def _sade_constant(kind: str, shape: tuple[int, ...], p: int, value: float, like: torch.Tensor) -> torch.Tensor:
+    """``eye``: ``eye(p)`` viewed as (p, 1, p, 1); ``pairs``: ``value * triu(ones(p, p), 1)`` expanded to
+    ``shape + (p, p)`` and flattened; ``eps``: the 0-d tensor ``value``. Cached in eager mode (never
+    written to: shared by every call), made outside inference mode (an inference tensor could not be
+    saved for a later training backward); formed anew under ``torch.compile`` (in the graph) and
+    while a CUDA graph is being captured (its kernels would not have run yet)."""
+    key = (kind, shape, p, value, like.dtype, like.device)
+    transient = torch.compiler.is_compiling() or (like.is_cuda and torch.cuda.is_current_stream_capturing())
+    t = None if transient else _SADE_CONSTANTS.get(key)
+    if t is not None:
+        return t
+    with torch.inference_mode(False):
+        if kind == "eye":
+            t = torch.eye(p, dtype=like.dtype, device=like.device).view(p, 1, p, 1)
+        elif kind == "pairs":
+            upper = torch.ones(p, p, dtype=like.dtype, device=like.device).triu_(1) * value
+            t = upper.expand(*shape, p, p).reshape(-1)
+        else:
+            t = torch.full((), value, dtype=like.dtype, device=like.device)
+    if not transient:
+        _SADE_CONSTANTS[key] = t
+    return t
+
+
+class _SadeBlocks(torch.autograd.Function):
+    """``weight * sum_{S, j, a<b} c_ab`` for S stacked sets of equal (p, r, number of Q), with
+    ``c_ab = ||M_a^T M_b||_F^2`` (divided by ``||M_a||_F^2 ||M_b||_F^2 + eps`` when normalising), from the
+    sets' ``D`` (p, d_in, r), ``U`` (p, r, d_out) and ``Q`` (m, p, r, r) (``apply(weight, normalize, eps,
+    *Ds, *Us, *Qs)``); see :func:`sade_total` for the block form.
+
+    The backward is written out, down to the gradients of D, U and Q (fewer kernels than autograd
+    records for the same forward, and the forward runs without a graph). With ``gd = Dcat^T Dcat``,
+    ``G_h = U_h U_h^T``, ``Qbd = blockdiag(Q_h)``, ``Gbd = blockdiag(G_h)``, ``A = Qbd^T gd Qbd``
+    (symmetric, as gd is) and ``w_ab`` the gradient of the loss w.r.t. ``c_ab`` expanded to blocks
+    (``o`` elementwise):
 
     * ``c_ab = <A_ab, G_a A_ab G_b>``, so ``dL/dA = 2 w o (Gbd A Gbd)``, and ``dL/dG_h`` is the h-th
       diagonal block of ``(w o A + (w o A)^T) Gbd A``;
     * normalised: ``n_h = ||M_h||_F^2 = <A_hh, G_h>`` adds ``dn_h G_h`` to block (h, h) of ``dL/dA`` and
       ``dn_h A_hh`` to ``dL/dG_h``, with ``dn = -(Y + Y^T) n`` and ``Y = dL/dc o c / (n_a n_b + eps)``;
     * ``A = Qbd^T gd Qbd`` gives ``dL/dQbd = gd Qbd (dA + dA^T)`` (its diagonal blocks are dL/dQ_h)
-      and ``dL/dgd = sum_j Qbd dA Qbd^T``.
-
-    Only ``gd`` and ``gu`` of the form X^T X are valid inputs (the backward uses their symmetry);
-    ``sade_total`` forms them from D and U, and autograd takes the gradient on from there."""
+      and ``dL/dgd = sum_j Qbd dA Qbd^T``;
+    * the Gram matrices: ``dL/dDcat = Dcat (dgd + dgd^T)`` and ``dL/dU_h = (dG_h + dG_h^T) U_h``."""
 
     @staticmethod
-    def forward(ctx, gd, gu, Q, weight: float, normalize: bool, eps: float):  # noqa: ANN001
-        S, m, p, r = Q.shape[:4]
+    def forward(ctx, weight: float, normalize: bool, eps: float, *tensors):  # noqa: ANN001
+        S = len(tensors) // 3
+        Ds, Us, Qs = tensors[:S], tensors[S : 2 * S], tensors[2 * S :]
+        m, p, r = Qs[0].shape[:3]
         pr = p * r
-        eye = torch.eye(p, dtype=Q.dtype, device=Q.device).view(p, 1, p, 1)
+        dcats = [D.permute(1, 0, 2).reshape(-1, pr) for D in Ds]
+        if S == 1:  # no copies for the usual single set
+            gd, gu, Q = (dcats[0].mT @ dcats[0]).unsqueeze(0), (Us[0] @ Us[0].mT).unsqueeze(0), Qs[0].unsqueeze(0)
+        else:
+            gd = torch.stack([dc.mT @ dc for dc in dcats])  # (S, pr, pr): D_a^T D_b blocks
+            gu = torch.stack([U @ U.mT for U in Us])  # (S, p, r, r): G_h = U_h U_h^T
+            Q = torch.stack(Qs)
+        eye = _sade_constant("eye", (), p, 1.0, Q)
         qbd = (Q.unsqueeze(-2) * eye).reshape(S, m, pr, pr)  # blockdiag(Q_h)
         gbd = (gu.unsqueeze(-2) * eye).reshape(S, 1, pr, pr)  # blockdiag(G_h)
         pq = gd.unsqueeze(1) @ qbd  # gd Qbd
@@ -213,48 +251,55 @@ class _SadeBlocks(torch.autograd.Function):
         ga = gbd @ A
         bm = ga @ gbd  # Gbd A Gbd
         cross = (A * bm).reshape(S, m, p, r, p, r).sum((3, 5))  # (S, m, p, p): ||M_a^T M_b||_F^2
-        upper = torch.ones(p, p, dtype=Q.dtype, device=Q.device).triu_(1)
-        if weight != 1.0:
-            upper = upper * weight
+        pairs = _sade_constant("pairs", (S, m), p, weight, Q)  # weight on a < b, flattened
         norms = denom = None
         if normalize:
             diag = torch.diagonal(A.reshape(S, m, p, r, p, r), dim1=2, dim2=4)  # (S, m, r, r, p)
             norms = (diag * gu.permute(0, 2, 3, 1).unsqueeze(1)).sum((2, 3))  # (S, m, p): ||M_h||_F^2
-            denom = norms.unsqueeze(3) * norms.unsqueeze(2) + eps
+            denom = torch.addcmul(_sade_constant("eps", (), p, eps, Q), norms.unsqueeze(3), norms.unsqueeze(2))
             cross = cross / denom  # c_ab
-        total = (cross * upper).sum()
-        ctx.save_for_backward(qbd, gbd, pq, A, ga, bm, cross, upper, norms, denom)
-        ctx.normalize = normalize
+        total = torch.dot(cross.reshape(-1), pairs)
+        ctx.save_for_backward(*dcats, *Us, qbd, gbd, pq, A, ga, bm, cross, pairs, norms, denom)
+        ctx.normalize, ctx.S, ctx.p = normalize, S, p
         return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001
-        qbd, gbd, pq, A, ga, bm, cross, upper, norms, denom = ctx.saved_tensors
-        S, m, pr = A.shape[:3]
-        p = upper.shape[0]
+        S, p = ctx.S, ctx.p
+        saved = ctx.saved_tensors
+        dcats, Us = saved[:S], saved[S : 2 * S]
+        qbd, gbd, pq, A, ga, bm, cross, pairs, norms, denom = saved[2 * S :]
+        m, pr = A.shape[1:3]
         r = pr // p
         blocks = (S, m, p, r, p, r)
-        w = upper * grad  # dL/dc_ab (p, p)
+        w = pairs.view(S, m, p, p) * grad  # dL/dc_ab
         if ctx.normalize:  # cross holds c_ab = ||M_a^T M_b||_F^2 / denom_ab
             w = w / denom  # dL/d||M_a^T M_b||_F^2 (S, m, p, p)
             y = w * cross
-            t = ((y + y.mT) @ norms.unsqueeze(-1)).view(S, m, p, 1, 1, 1)  # -dL/dn
-        wb = w.view(*w.shape[:-2], p, 1, p, 1)
+            nv = norms.view(S * m, p, 1)
+            # s = dL/dn = -(Y + Y^T) n, as one batched matmul with alpha -1 (beta 0: nv only gives the shape)
+            s = torch.baddbmm(nv, (y + y.mT).view(S * m, p, p), nv, beta=0, alpha=-1).view(S, m, p, 1, 1, 1)
+        wb = w.view(S, m, p, 1, p, 1)
         aw = (A.view(blocks) * wb).view(S * m, pr, pr)
         aw = aw + aw.mT
         ga = ga.view(S * m, pr, pr)
         if ctx.normalize:
-            dA = torch.addcmul(gbd.view(S, 1, p, r, p, r) * -t, bm.view(blocks), wb, value=2).view(S, m, pr, pr)
-            z = torch.baddbmm((A.view(blocks) * t).view(S * m, pr, pr), aw, ga, beta=-1)
+            dA = torch.addcmul(gbd.view(S, 1, p, r, p, r) * s, bm.view(blocks), wb, value=2).view(S, m, pr, pr)
+            z = torch.baddbmm((A.view(blocks) * s).view(S * m, pr, pr), aw, ga)
         else:
             dA = (bm.view(blocks) * (2 * wb)).view(S, m, pr, pr)
             z = torch.bmm(aw, ga)
         dgu = torch.diagonal(z.view(blocks), dim1=2, dim2=4).sum(1).permute(0, 3, 1, 2)  # (S, p, r, r)
         sdA = dA + dA.mT
         dQ = torch.diagonal((pq @ sdA).view(blocks), dim1=2, dim2=4).permute(0, 1, 4, 2, 3)  # (S, m, p, r, r)
-        dgd = (qbd @ dA @ qbd.mT).sum(1)
-        return dgd, dgu, dQ, None, None, None
+        dgd = (qbd @ dA @ qbd.mT).sum(1)  # (S, pr, pr)
+        dDs, dUs = [], []
+        for i in range(S):
+            d_in = dcats[i].shape[0]
+            dDs.append((dcats[i] @ (dgd[i] + dgd[i].mT)).view(d_in, p, r).permute(1, 0, 2))
+            dUs.append((dgu[i] + dgu[i].mT) @ Us[i])
+        return (None, None, None, *dDs, *dUs, *dQ.unbind(0))
 
 
 def sade_total(sets: list[CLoRASpaces], normalize: bool, eps: float, scale: float = 1.0) -> torch.Tensor:
@@ -278,17 +323,11 @@ def sade_total(sets: list[CLoRASpaces], normalize: bool, eps: float, scale: floa
     device_type = sets[0].D.device.type
     no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
     with no_autocast:
-        for (p, r, _, weight), group in groups.items():
+        for (p, _, _, weight), group in groups.items():
             if p < 2:
                 continue
-            dcats = [sp.D.permute(1, 0, 2).reshape(-1, p * r) for sp in group]
-            gds = [dc.t() @ dc for dc in dcats]  # (pr, pr): D_a^T D_b blocks
-            gus = [sp.U @ sp.U.mT for sp in group]  # (p, r, r): G_h = U_h U_h^T
-            if len(group) == 1:  # no copies for the usual single set
-                gd, gu, Q = gds[0].unsqueeze(0), gus[0].unsqueeze(0), group[0].Q.unsqueeze(0)
-            else:
-                gd, gu, Q = torch.stack(gds), torch.stack(gus), torch.stack([sp.Q for sp in group])
-            part = _SadeBlocks.apply(gd, gu, Q, float(weight) * scale, normalize, eps)
+            tensors = [sp.D for sp in group] + [sp.U for sp in group] + [sp.Q for sp in group]
+            part = _SadeBlocks.apply(float(weight) * scale, normalize, eps, *tensors)
             total = part if total is None else total + part
     return sets[0].D.new_zeros(()) if total is None else total
 
@@ -345,6 +384,70 @@ def _low_rank_add(base: torch.Tensor, x: torch.Tensor, dcat: torch.Tensor | None
     return torch.addmm(base.reshape(-1, base.shape[-1]), z, v).view(*lead, v.shape[1])
 
 
+class _IdentityPlusLowRank(torch.autograd.Function):
+    """``x + (x Dcat) V`` for 2-D ``x`` (``x + x dW`` with ``dcat`` None), the pre_proj update when ``x`` is
+    both the identity term and the branch's input. The forward is :func:`_low_rank_add`'s; the
+    backward folds the identity's gradient into the branch's, ``dx = g + (g V^T) Dcat^T`` (dense:
+    ``g + g dW^T``) as one addmm, where autograd adds the two paths' gradients in a kernel of its own
+    (one launch fewer per LRM and step, and the sum rounded once). Every operand is in ``x``'s dtype
+    (the caller routes an ``x`` that autocast would cast to :func:`_low_rank_add`); the gradients of
+    ``dcat`` and ``V`` are returned in their own dtypes, as autocast's casts would convert them. A
+    backward that builds a graph (``create_graph=True``) forms its operands again from the inputs, so
+    it is differentiable too."""
+
+    @staticmethod
+    def forward(ctx, x, dcat, v):  # noqa: ANN001
+        dc = None if dcat is None else dcat.to(x.dtype)
+        vc = v.to(x.dtype)
+        z = x if dc is None else x @ dc
+        ctx.dense = dc is None
+        if ctx.dense:
+            ctx.save_for_backward(x, v, vc)
+        else:
+            ctx.save_for_backward(x, dcat, v, dc, vc, z)
+        return torch.addmm(x, z, vc)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001
+        need_x, need_d, need_v = ctx.needs_input_grad
+        graph = torch.is_grad_enabled()  # create_graph: the operands again, with their graph
+        gx = gd = gv = None
+        if ctx.dense:
+            x, v, vc = ctx.saved_tensors
+            if graph:
+                vc = v.to(x.dtype)
+            if need_v:
+                gv = (x.mT @ g).to(v.dtype)
+            if need_x:
+                gx = torch.addmm(g, g, vc.mT)
+            return gx, None, gv
+        x, dcat, v, dc, vc, z = ctx.saved_tensors
+        if graph:
+            dc, vc = dcat.to(x.dtype), v.to(x.dtype)
+            z = x @ dc
+        if need_v:
+            gv = (z.mT @ g).to(v.dtype)
+        if need_x or need_d:
+            gz = g @ vc.mT
+            if need_d:
+                gd = (x.mT @ gz).to(dcat.dtype)
+            if need_x:
+                gx = torch.addmm(g, gz, dc.mT)
+        return gx, gd, gv
+
+
+def _identity_plus_low_rank(x: torch.Tensor, dcat: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+    """``x + (x Dcat) V`` (dense: ``x + x dW``) for ``x (..., d_in)``, through
+    :class:`_IdentityPlusLowRank`; an ``x`` that autocast would still cast goes through
+    :func:`_low_rank_add` (autocast's casts and dtypes)."""
+    cast = autocast_dtype(x)
+    if cast is not None and cast != x.dtype and x.dtype != torch.float64:  # autocast would cast x
+        return _low_rank_add(x, x, dcat, v)
+    lead = x.shape[:-1]
+    out = _IdentityPlusLowRank.apply(x.reshape(-1, x.shape[-1]), dcat, v)
+    return out.view(*lead, out.shape[-1])
+
+
 class _LRM:
     """One low-rank module on a target linear: its forward hook (subclasses), its update ``dW_j`` and
     its merge into the frozen weights (float64) with an exact unmerge (the originals are kept)."""
@@ -394,6 +497,8 @@ class _PreProjHook(_LRM):
             # addmm would cast it twice, and the backward convert both gradients back)
             x = xd = _autocast_input(x)
         dcat, v = self.cache.get(self.key, self.j, module.training)
+        if xd is x:
+            return (_identity_plus_low_rank(x, dcat, v),) + tuple(args[1:])
         return (_low_rank_add(x, xd, dcat, v),) + tuple(args[1:])
 
     def merge(self) -> None:
