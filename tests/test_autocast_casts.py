@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -352,8 +353,10 @@ def test_bf16_training_steps_inside_the_scope_equal_autocast(name, device):
             assert copies[0] and copies[0] == copies[1] == copies[2]  # made once, then reused
         if scoped and name == "full":
             assert not any(copies)  # nothing frozen: no copies kept across steps
-        # the trainable weight (full fine-tuning) is cast with the others for each forward, in a scope only
-        assert step_copies == [["_w"] if scoped and name == "full" else []] * 3
+        # the trainable weight (full fine-tuning) or LoRA's factors registered on the layer are cast
+        # with the others for each forward, in a scope only
+        made = {"full": ["_w"], "lora": ["_p.lora_A", "_p.lora_B"], "clora": []}[name]
+        assert step_copies == [made if scoped else []] * 3
         assert "_step" not in qkv.__dict__  # the copies went with the forward
     assert torch.equal(runs[True][0], runs[False][0])
     for a, b in zip(runs[True][1], runs[False][1]):
@@ -563,3 +566,103 @@ def test_trainable_casts_keep_autocasts_numbers_in_corner_cases(case):
     got = _in_scope(nets[0], scoped)
     assert got[0].requires_grad
     _assert_same(got, want)
+
+
+def _method_model(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = {"model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5}, "peft": {"NAME": name}}
+    model = build.build_model(cfg)
+    return model, build.build_method(model, cfg)
+
+
+@pytest.mark.parametrize("name", ["lora", "pointlora", "adapter", "dapt", "pointgst", "full"])
+def test_bf16_step_casts_no_trainable_linear_tensor_on_its_own(name):
+    """Inside the trainer's scope every trainable tensor of a clora3d Linear (full fine-tuning's
+    weights, the adapters' and prompt MLPs' layers, LoRA's factors registered on the target) is cast
+    with the others by one multi-tensor copy: no ``_to_copy`` of its own in the forward, none of its
+    gradient in the backward."""
+    model, method = _method_model(name)
+    trainable = {}
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            assert type(mod) is Linear, f"{name}: {type(mod).__name__} is not clora3d's Linear"
+            for pn, t in mod._parameters.items():
+                if t is not None and t.requires_grad:
+                    trainable[t.data_ptr(), t.numel()] = pn  # numel, not shape: a transposed view is cast
+    assert trainable and (
+        name == "full" or any(pn.startswith("lora_") for pn in trainable.values()) == ("lora" in name)
+    )
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.own, self.together = [], 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            op = func.overloadpacket.__name__
+            key = (args[0].data_ptr(), args[0].numel()) if op == "_to_copy" else None
+            if key in trainable:
+                self.own.append(trainable[key])
+            self.together += op == "_foreach_copy_"
+            return func(*args, **(kwargs or {}))
+
+    pts = torch.randn(2, 256, 3, generator=torch.Generator().manual_seed(1))
+    model.train()
+    with reuse_frozen_casts(model), Casts() as c:
+        with torch.autocast(**BF16), trainable_casts(model):
+            loss = model(pts).float().square().mean() + method.regularization_loss()
+        loss.backward()
+    assert c.own == [] and c.together == 2, (c.own, c.together)  # one multi-tensor copy each way
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.float32
+        for n, p in method.trainable_parameters().items()
+        if "lora_" in n
+    )
+
+
+@pytest.mark.parametrize("name", ["lora", "pointlora"])
+def test_lora_target_input_is_cast_once(name, monkeypatch):
+    """The frozen linear and the LoRA branch (and PointLoRA's prompt branch) share one cast of their
+    input and one conversion of its gradient (autocast: one each per use); the forward bits are
+    autocast's, and the gradients' error against float32 stays autocast's."""
+    import clora3d.peft.lora as lora
+
+    class InputCasts(TorchDispatchMode):
+        """Casts of the input or a reshape of it (the branch works on a 2-D view)."""
+
+        def __init__(self, shape):
+            super().__init__()
+            self.numel, self.width, self.n = math.prod(shape), shape[-1], 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t = args[0] if args else None
+            if func.overloadpacket.__name__ == "_to_copy" and t.numel() == self.numel and t.shape[-1] == self.width:
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    out, grads, casts = {}, {}, {}
+    for run in ("once", "per use", "fp32"):
+        if run == "per use":
+            monkeypatch.setattr(lora, "autocast_input", lambda x: x)
+        model, method = _method_model(name)
+        with torch.no_grad():
+            for n, p in method.trainable_parameters().items():
+                if n.endswith("lora_B"):
+                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(5))
+        lin = model.blocks.blocks[1].attn.qkv
+        x0 = torch.randn(2, 9, lin.in_features, generator=torch.Generator().manual_seed(6), requires_grad=True)
+        with InputCasts(tuple(x0.shape)) as fwd, torch.autocast(**BF16, enabled=run != "fp32"):
+            y = lin(x0 * 1.0)  # not a leaf (autocast would cache a leaf's cast), as a LayerNorm's output
+        x = x0
+        with InputCasts(tuple(x.shape)) as bwd:
+            y.float().square().sum().backward()
+        out[run], casts[run] = y, (fwd.n, bwd.n)
+        grads[run] = [x.grad] + [
+            p.grad for n, p in method.trainable_parameters().items() if n.startswith("blocks.blocks.1.attn.qkv.")
+        ]
+    assert casts["once"] == (1, 1) and casts["per use"][0] >= 2 and casts["fp32"] == (0, 0), casts
+    assert out["once"].dtype == torch.bfloat16 and torch.equal(out["once"], out["per use"])
+    for g_once, g_twice, ref in zip(grads["once"], grads["per use"], grads["fp32"]):
+        err = {k: float((g - ref).norm() / ref.norm()) for k, g in (("once", g_once), ("twice", g_twice))}
+        assert err["twice"] < 0.2, err
+        assert err["once"] <= 1.5 * err["twice"] + 0.005, err

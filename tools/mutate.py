@@ -104,7 +104,6 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.ops._checks.x_index_range__mutmut_4": "torch.aminmax gives the same (min, max) as the serial operator (the operator only avoids a parallel region)",
     "clora3d.ops.api.x_gather_points__mutmut_54": "with B > 0 and no indices the kernel returns the same empty (B, S, K, C) result as the reference path",
     # CLoRA's factored training path and matmul SADE (rewritten for issue 12; old sade/branch entries dropped)
-    "clora3d.peft.clora.x__autocast_input__mutmut_6": "x.to(None) returns x itself: taking the cast branch with dtype None changes nothing",
     "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_34": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
     "clora3d.engine.evaluate.x__apply_transform__mutmut_2": "unreachable: evaluate_classification always passes a generator when voting",
     "clora3d.engine.evaluate.x__restricted_labels__mutmut_3": "float64 labels holding integer values compare like int64 ones",

@@ -51,6 +51,15 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the autocast dtype of its device when autocast is on there and would cast it (the
+    same rounding as autocast's own cast), else ``x``: an input that two ops use (a frozen linear and
+    a low-rank branch beside it) cast once instead of by each, its two gradients summed in that dtype
+    and converted back once."""
+    dtype = autocast_dtype(x) if x.dtype == torch.float32 else None
+    return x if dtype is None else x.to(dtype)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, keys, initialisation and numbers) that can reuse, inside a
     :func:`reuse_frozen_casts` scope, its autocast copies of a frozen weight and bias.
@@ -73,6 +82,14 @@ class Linear(nn.Linear):
     @torch.jit.unused
     def _forward_reusing_casts(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
+        if (dtype := self._reuse_dtype(x)) is not None:
+            w = self._cast(w, dtype, "_w")
+            if b is not None:
+                b = self._cast(b, dtype, "_b")
+        return F.linear(x, w, b)
+
+    def _reuse_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The autocast dtype when this forward on ``x`` may use kept copies, else None."""
         if (
             not torch.compiler.is_compiling()  # first: Dynamo folds it, and traces nothing below
             and self in _REUSING
@@ -80,12 +97,19 @@ class Linear(nn.Linear):
             and not torch.jit.is_tracing()  # a trace would keep the copies as constants
             and not torch.is_inference_mode_enabled()
             and not torch._C._functorch.is_functorch_wrapped_tensor(x)  # vmap/grad levels: autocast's rules there
-            and (dtype := autocast_dtype(x)) is not None
         ):
-            w = self._cast(w, dtype, "_w")
-            if b is not None:
-                b = self._cast(b, dtype, "_b")
-        return F.linear(x, w, b)
+            return autocast_dtype(x)
+        return None
+
+    def trainable_copy(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """This layer's own parameter ``name`` (one that is not ``weight`` or ``bias``: a LoRA factor
+        registered on the layer) as an op on ``x`` in this forward should use it: the copy that the
+        scope's :meth:`CastScope.forward` made together with the other trainable tensors, when there
+        is one for this very parameter, dtype and version; else the parameter (autocast casts it)."""
+        t = self._parameters[name]
+        if type(t) is nn.Parameter and t.requires_grad and (dtype := self._reuse_dtype(x)) is not None:
+            return self._cast(t, dtype, _extra_slot(name))
+        return t
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
         # .to() / .cuda() / .half(): drop the copies (they would hold memory on the old device)
@@ -136,6 +160,21 @@ class Linear(nn.Linear):
 _CAST_SLOTS = ("_w", "_b", "_step")
 
 
+def _extra_slot(name: str) -> str:
+    """The key of a Linear's own parameter other than weight and bias in this forward's copies."""
+    return "_p." + name
+
+
+def _cast_slots(m: Linear) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """(slot, tensor) of every parameter of the layer itself: weight, bias, and any other one
+    registered on it (LoRA's factors)."""
+    yield "_w", m.weight
+    yield "_b", m.bias
+    for name, t in m._parameters.items():
+        if name not in ("weight", "bias"):
+            yield _extra_slot(name), t
+
+
 class _CastTogether(torch.autograd.Function):
     """``tensors`` cast to ``dtype`` by one multi-tensor copy, and their gradients cast back by one:
     the numbers of autocast's per-tensor casts (the same rounding; a gradient is converted once,
@@ -166,7 +205,8 @@ class _CastTogether(torch.autograd.Function):
 
 
 def _cast_trainable(layers: Sequence[Linear]) -> None:
-    """The autocast copies of every trainable float32 weight and bias of ``layers``, made together
+    """The autocast copies of every trainable float32 parameter of ``layers`` (weight, bias, and the
+    others registered on a layer, see :meth:`Linear.trainable_copy`), made together
     (:class:`_CastTogether`) and kept on the layers for one forward (see :meth:`CastScope.forward`)."""
     if (
         torch.compiler.is_compiling()
@@ -177,7 +217,7 @@ def _cast_trainable(layers: Sequence[Linear]) -> None:
         return
     groups: dict[tuple[torch.device, torch.dtype], dict[int, tuple[nn.Parameter, list]]] = {}
     for m in layers:
-        for slot, t in (("_w", m.weight), ("_b", m.bias)):
+        for slot, t in _cast_slots(m):
             if type(t) is nn.Parameter and t.requires_grad and t.dtype == torch.float32 and not t.is_inference():
                 dtype = autocast_dtype(t)
                 if dtype is not None and dtype != torch.float32:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clora3d.models.transformer import Linear
 from clora3d.peft.base import PeftMethod, fan_in_uniform_
 from clora3d.peft.config import PeftConfig, config_defaults, layers_spec
 from clora3d.peft.registry import register_method
@@ -65,10 +66,10 @@ class AdapterMLP(nn.Module):
 
     def __init__(self, dim: int, bottleneck: int, dropout: float) -> None:
         super().__init__()
-        self.down = nn.Linear(dim, bottleneck)
+        self.down = Linear(dim, bottleneck)
         self.act = nn.ReLU()
         self.drop = nn.Dropout(dropout)
-        self.up = nn.Linear(bottleneck, dim)
+        self.up = Linear(bottleneck, dim)
         fan_in_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)

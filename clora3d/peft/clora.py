@@ -43,6 +43,7 @@ from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
 from clora3d.models.transformer import autocast_dtype
+from clora3d.models.transformer import autocast_input as _autocast_input
 from clora3d.peft.base import PeftMethod
 from clora3d.peft.config import PeftConfig, config_defaults, layers_spec, normalize_targets
 from clora3d.peft.registry import register_method
@@ -366,13 +367,6 @@ class _FactorCache:
             f = self._form(self.spaces[key], training)
         dcat, vs = f
         return dcat, vs[0 if self.spaces[key].shared_q else j]
-
-
-def _autocast_input(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the autocast dtype of its device when autocast is on there and would cast it (the
-    same rounding as autocast's own cast), else ``x``."""
-    dtype = autocast_dtype(x) if x.dtype == torch.float32 else None
-    return x if dtype is None else x.to(dtype)
 
 
 def _low_rank_add(base: torch.Tensor, x: torch.Tensor, dcat: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clora3d.models.transformer import Linear
 from clora3d.peft.base import PeftMethod
 from clora3d.peft.config import PeftConfig, config_defaults
 from clora3d.peft.registry import register_method
@@ -101,9 +102,9 @@ class DynamicAdapter(nn.Module):
     def __init__(self, dim: int, rank: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.scale = nn.Linear(dim, 1)
-        self.down = nn.Linear(dim, rank)
-        self.up = nn.Linear(rank, dim)
+        self.scale = Linear(dim, 1)
+        self.down = Linear(dim, rank)
+        self.up = Linear(rank, dim)
         self.p = dropout
         nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.scale.weight, a=math.sqrt(5))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clora3d.models.transformer import Linear, autocast_input
 from clora3d.peft.base import PeftMethod, fan_in_uniform_
 from clora3d.peft.config import BLOCK_LINEARS, PeftConfig, config_defaults, layers_spec, normalize_targets
 from clora3d.peft.registry import register_method
@@ -60,11 +61,25 @@ class LoRALayer:
         B = nn.Parameter(torch.zeros(lin.out_features, rank, device=w.device, dtype=w.dtype))
         return cls(lin, A, B, scale, p, **extra)
 
+    def factors(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` for this forward on ``x``: the copies cast together with the other trainable
+        tensors when the trainer's bf16 scope made them (:meth:`Linear.trainable_copy`), else the
+        parameters themselves (autocast casts each at its use)."""
+        if isinstance(module, Linear) and module._parameters.get("lora_A") is self.A:
+            return module.trainable_copy("lora_A", x), module.trainable_copy("lora_B", x)
+        return self.A, self.B
+
+    def cast_input(self, module: nn.Module, args: tuple) -> tuple:
+        """Forward pre-hook (no dropout): under autocast the input is cast once for both the frozen
+        linear and the branch (each would cast it, and convert its gradient back)."""
+        return (autocast_input(args[0]),) + tuple(args[1:])
+
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x = F.dropout(args[0], self.p, module.training) if self.p > 0 else args[0]
+        A, B = self.factors(module, x)
         # out + scale * (x A^T) B^T as mm + addmm on 2-D views: fewer dispatched ops per step
-        z = x.reshape(-1, x.shape[-1]) @ self.A.t()
-        return torch.addmm(out.reshape(-1, out.shape[-1]), z, self.B.t(), alpha=self.scale).view(out.shape)
+        z = x.reshape(-1, x.shape[-1]) @ A.t()
+        return torch.addmm(out.reshape(-1, out.shape[-1]), z, B.t(), alpha=self.scale).view(out.shape)
 
     def delta(self) -> torch.Tensor:
         """``scale * B A`` (d_out x d_in, the nn.Linear weight layout)."""
@@ -112,6 +127,8 @@ class LoRA(PeftMethod):
         for _, layer in self.sites:
             layer.lin.register_parameter("lora_A", layer.A)
             layer.lin.register_parameter("lora_B", layer.B)
+            if layer.p == 0:
+                self._hook_pre(layer.lin, layer.cast_input)
             self._hook_post(layer.lin, layer)
 
     def _detach(self) -> None:

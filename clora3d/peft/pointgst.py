@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clora3d.errors import ConfigError
+from clora3d.models.transformer import Linear
 from clora3d.peft.base import PeftMethod
 from clora3d.peft.config import PeftConfig, config_defaults, layers_spec
 from clora3d.peft.registry import register_method
@@ -120,9 +121,9 @@ class PCSA(nn.Module):
 
     def __init__(self, dim: int, rank: int, scale: float) -> None:
         super().__init__()
-        self.down = nn.Linear(dim, rank)
-        self.up = nn.Linear(rank, dim)
-        self.adapt = nn.Linear(rank, rank)
+        self.down = Linear(dim, rank)
+        self.up = Linear(rank, dim)
+        self.adapt = Linear(rank, rank)
         self.norm_global = nn.LayerNorm(rank)
         self.norm_local = nn.LayerNorm(rank)
         self.scale = scale

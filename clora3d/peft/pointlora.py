@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clora3d.models.grouping import Group
+from clora3d.models.transformer import Linear
 from clora3d.peft.base import PeftMethod
 from clora3d.peft.config import PeftConfig, config_defaults, layers_spec, normalize_targets
 from clora3d.peft.lora import LoRALayer
@@ -93,7 +94,7 @@ POINTLORA_DEFAULTS = config_defaults(PointLoRAConfig)
 
 
 def _prompt_mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    mlp = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+    mlp = nn.Sequential(Linear(d_in, hidden), nn.GELU(), Linear(hidden, d_out))
     for m in mlp:
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -106,8 +107,8 @@ class MaskPredictor(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, dim // 2)
-        self.fc2 = nn.Linear(dim // 2, 1)
+        self.fc1 = Linear(dim, dim // 2)
+        self.fc2 = Linear(dim // 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.fc2(F.relu(self.fc1(x))).squeeze(-1))
@@ -226,7 +227,8 @@ class _LoRAPromptLayer(LoRALayer):
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         x = args[0]
-        return out + self.scale * ((x @ self.A.T) @ self.B.T) + self.prompt(x)
+        A, B = self.factors(module, x)
+        return out + self.scale * ((x @ A.T) @ B.T) + self.prompt(x)
 
 
 @register_method
@@ -274,6 +276,7 @@ class PointLoRA(PeftMethod):
         for _, layer, _ in self.sites:
             layer.lin.register_parameter("lora_A", layer.A)
             layer.lin.register_parameter("lora_B", layer.B)
+            self._hook_pre(layer.lin, layer.cast_input)  # the linear, LoRA and the prompt branch share one cast
             self._hook_post(layer.lin, layer)
         stash = _StashPoints()
         self._hook_pre(self.model.group_divider, stash)
