@@ -666,3 +666,22 @@ def test_lora_target_input_is_cast_once(name, monkeypatch):
         err = {k: float((g - ref).norm() / ref.norm()) for k, g in (("once", g_once), ("twice", g_twice))}
         assert err["twice"] < 0.2, err
         assert err["once"] <= 1.5 * err["twice"] + 0.005, err
+
+
+def test_lora_on_a_plain_nn_linear_target_leaves_its_factors_to_autocast():
+    """A backbone of the user's with plain nn.Linear targets: LoRA's factors are autocast's to cast
+    (nn.Linear has no copies to give), inside the trainer's scope too."""
+    torch.manual_seed(0)
+    cfg = {"model": {"NAME": "PointTransformer", "preset": "tiny", "cls_dim": 5}, "peft": {"NAME": "lora"}}
+    model = build.build_model(cfg)
+    attn = model.blocks.blocks[0].attn
+    plain = nn.Linear(attn.qkv.in_features, attn.qkv.out_features, bias=attn.qkv.bias is not None)
+    plain.load_state_dict(attn.qkv.state_dict())
+    attn.qkv = plain
+    method = build.build_method(model, cfg)
+    pts = torch.randn(2, 256, 3, generator=torch.Generator().manual_seed(1))
+    with reuse_frozen_casts(model), torch.autocast(**BF16), trainable_casts(model):
+        y = model(pts)
+    y.float().square().mean().backward()
+    grads = {n: p.grad for n, p in method.trainable_parameters().items() if n.startswith("blocks.blocks.0.attn.qkv.")}
+    assert len(grads) == 2 and all(g is not None and g.dtype == torch.float32 for g in grads.values())

@@ -680,3 +680,85 @@ def test_sade_constants_are_made_once_and_outside_inference_mode():
     torch.testing.assert_close(got.detach(), ref, rtol=1e-6, atol=0)
     assert torch.allclose(got.detach(), brute_sets([copy.deepcopy(sp).double()], True, 1e-12).float() * 0.3, rtol=1e-5)
     assert all(not t.is_inference() for t in clora._SADE_CONSTANTS.values())
+
+
+def test_identity_plus_low_rank_takes_every_input_autocast_leaves_alone():
+    """The written-out function runs for float32 and float64 inputs and for an input already in the
+    autocast dtype; only an input that autocast would still cast (float16 under bfloat16 autocast)
+    takes autocast's own path."""
+    from clora3d.peft.clora import _identity_plus_low_rank
+
+    def nodes(y):
+        return {type(y.grad_fn).__name__} | {type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None}
+
+    x, dcat, v = _ipl_inputs(False, torch.float32)
+    cases = [(x, False, True), (x.double(), True, True), (x.detach().bfloat16().requires_grad_(), True, True)]
+    cases.append((x.detach().half().requires_grad_(), True, False))
+    for xi, autocast, written in cases:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = _identity_plus_low_rank(
+                xi.view(7, 1, 6),
+                dcat.to(xi.dtype) if xi.dtype == torch.float64 else dcat,
+                v.to(xi.dtype) if xi.dtype == torch.float64 else v,
+            )
+        assert ("_IdentityPlusLowRankBackward" in nodes(y)) == written, (xi.dtype, autocast, nodes(y))
+        assert y.shape == (7, 1, 6)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "factored"])
+def test_identity_plus_low_rank_double_backward_with_factors_of_another_dtype(dense):
+    """create_graph=True with float64 factors and a float32 input (the forward casts the factors to
+    the input's dtype): the graph-building backward casts them again, and the second derivatives
+    equal autograd's of the written-out formula with those casts."""
+    from clora3d.peft.clora import _IdentityPlusLowRank
+
+    x, dcat, v = _ipl_inputs(dense, torch.float32)
+    v = v.detach().double().requires_grad_()
+    dcat = None if dense else dcat.detach().double().requires_grad_()
+    leaves = [t for t in (x, dcat, v) if t is not None]
+    results = []
+    for fn in (
+        _IdentityPlusLowRank.apply,
+        lambda a, d, b: _written_out(a, None if d is None else d.float(), b.float()),
+    ):
+        y = fn(x, dcat, v)
+        grads = torch.autograd.grad(y.square().sum(), leaves, create_graph=True)
+        assert [g.dtype for g in grads] == [t.dtype for t in leaves]
+        second = torch.autograd.grad(sum(g.square().sum() for g in grads), leaves)
+        results.append((grads, second))
+    for got, want in zip(results[0], results[1]):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_sade_constants_are_not_kept_while_compiling_or_capturing_a_cuda_graph(monkeypatch):
+    """Under torch.compile a constant is made in the graph and never taken from or put into the cache;
+    neither while a CUDA graph is captured (the kernel that fills it would run only at replay). The
+    cache keys the dtype: a float64 call gets float64 constants."""
+    import types
+
+    import clora3d.peft.clora as clora
+
+    like = torch.zeros(2, dtype=torch.float32)
+    clora._SADE_CONSTANTS.clear()
+    eye = clora._sade_constant(clora._eye_blocks, like, 3)
+    assert clora._sade_constant(clora._eye_blocks, like, 3) is eye  # eager: cached
+    eps64 = clora._sade_constant(clora._scalar, like.double(), 1e-12)
+    pairs64 = clora._sade_constant(clora._pair_weights, like.double(), 3, (2, 1), 0.5)
+    assert (
+        eps64.dtype == pairs64.dtype == clora._sade_constant(clora._eye_blocks, like.double(), 3).dtype == torch.float64
+    )
+    assert clora._sade_constant(clora._scalar, like, 1e-12).dtype == torch.float32
+    assert torch.equal(pairs64.view(2, 3, 3)[0], 0.5 * torch.ones(3, 3, dtype=torch.float64).triu(1))
+    cached = dict(clora._SADE_CONSTANTS)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    again = clora._sade_constant(clora._eye_blocks, like, 3)
+    assert again is not eye and torch.equal(again, eye)
+    clora._sade_constant(clora._eye_blocks, like, 4)
+    assert clora._SADE_CONSTANTS == cached
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    cuda_like = types.SimpleNamespace(is_cuda=True, dtype=torch.float32, device=torch.device("cpu"))
+    assert clora._sade_constant(clora._eye_blocks, cuda_like, 3) is not eye  # same key, not taken
+    assert clora._SADE_CONSTANTS == cached
+    assert clora._sade_constant(clora._eye_blocks, like, 3) is eye  # a CPU tensor is never captured

@@ -79,7 +79,12 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "peft_lora_simple": (
         ["clora3d/peft/lora.py", "clora3d/peft/simple.py", "clora3d/peft/adapter.py"],
-        ["tests/test_peft.py", "tests/test_mutation_kills_peft.py", "tests/test_mutation_kills_peft_layers.py"],
+        [
+            "tests/test_peft.py",
+            "tests/test_mutation_kills_peft.py",
+            "tests/test_mutation_kills_peft_layers.py",
+            "tests/test_autocast_casts.py",  # LoRA's factors and input under bf16
+        ],
     ),
     "storage_checkpoint": (
         ["clora3d/storage.py", "clora3d/engine/checkpoint.py"],
@@ -104,7 +109,11 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.ops._checks.x_index_range__mutmut_4": "torch.aminmax gives the same (min, max) as the serial operator (the operator only avoids a parallel region)",
     "clora3d.ops.api.x_gather_points__mutmut_54": "with B > 0 and no indices the kernel returns the same empty (B, S, K, C) result as the reference path",
     # CLoRA's factored training path and matmul SADE (rewritten for issue 12; old sade/branch entries dropped)
-    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_34": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
+    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_33": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
+    "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_44": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
+    "clora3d.peft.clora.x__identity_plus_low_rank__mutmut_37": "out is 2-D (the function's output): out.shape[+1] is out.shape[-1]",
+    "clora3d.peft.clora.xǁ_SadeBlocksǁforward__mutmut_43": "with S = 1, Q (1, m, p, r, r) or (m, 1, p, r, r) gives the same qbd: the unit dimension is reshaped away into (1, m, pr, pr)",
+    "clora3d.peft.lora.xǁLoRALayerǁcast_input__mutmut_5": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
     "clora3d.engine.evaluate.x__apply_transform__mutmut_2": "unreachable: evaluate_classification always passes a generator when voting",
     "clora3d.engine.evaluate.x__restricted_labels__mutmut_3": "float64 labels holding integer values compare like int64 ones",
     "clora3d.engine.evaluate.x__restricted_labels__mutmut_9": "np.empty defaults to float64; the integer part ids it receives compare the same",

@@ -32,6 +32,7 @@ Trainable parameters: ``p (d_in r + r d_out)`` per space set plus ``m p r^2`` co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
@@ -183,31 +184,40 @@ def _group_key(sp: CLoRASpaces) -> tuple[int, int, int, int]:
 
 
 #: Constant tensors of the batched SADE (block-diagonal mask, weighted pair mask, eps), made once per
-#: shape, weight, dtype and device instead of at every step (each a kernel launch on a GPU).
+#: maker, arguments, dtype and device instead of at every step (each a kernel launch on a GPU).
 _SADE_CONSTANTS: dict[tuple, torch.Tensor] = {}
 
 
-def _sade_constant(kind: str, shape: tuple[int, ...], p: int, value: float, like: torch.Tensor) -> torch.Tensor:
-    """``eye``: ``eye(p)`` viewed as (p, 1, p, 1); ``pairs``: ``value * triu(ones(p, p), 1)`` expanded to
-    ``shape + (p, p)`` and flattened; ``eps``: the 0-d tensor ``value``. Cached in eager mode (never
-    written to: shared by every call), made outside inference mode (an inference tensor could not be
-    saved for a later training backward); formed anew under ``torch.compile`` (in the graph) and
-    while a CUDA graph is being captured (its kernels would not have run yet)."""
-    key = (kind, shape, p, value, like.dtype, like.device)
+def _eye_blocks(p: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``eye(p)`` viewed as (p, 1, p, 1): the mask of a block-diagonal (p*r, p*r) matrix."""
+    return torch.eye(p, dtype=dtype, device=device).view(p, 1, p, 1)
+
+
+def _pair_weights(
+    p: int, batch: tuple[int, ...], weight: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``weight`` on the pairs a < b of a (p, p) matrix, 0 elsewhere, for ``batch`` matrices, flattened."""
+    upper = torch.ones(p, p, dtype=dtype, device=device).triu_(1) * weight
+    return upper.expand(*batch, p, p).reshape(-1)
+
+
+def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.full((), value, dtype=dtype, device=device)
+
+
+def _sade_constant(make: Callable[..., torch.Tensor], like: torch.Tensor, *args: object) -> torch.Tensor:
+    """``make(*args, dtype=like.dtype, device=like.device)``, cached in eager mode (never written to:
+    shared by every call) and made outside inference mode (an inference tensor could not be saved for
+    a later training backward); made anew under ``torch.compile`` (in the graph) and while a CUDA
+    graph is being captured (its kernels would not have run yet)."""
+    key = (make, *args, like.dtype, like.device)
     transient = torch.compiler.is_compiling() or (like.is_cuda and torch.cuda.is_current_stream_capturing())
     t = None if transient else _SADE_CONSTANTS.get(key)
-    if t is not None:
-        return t
-    with torch.inference_mode(False):
-        if kind == "eye":
-            t = torch.eye(p, dtype=like.dtype, device=like.device).view(p, 1, p, 1)
-        elif kind == "pairs":
-            upper = torch.ones(p, p, dtype=like.dtype, device=like.device).triu_(1) * value
-            t = upper.expand(*shape, p, p).reshape(-1)
-        else:
-            t = torch.full((), value, dtype=like.dtype, device=like.device)
-    if not transient:
-        _SADE_CONSTANTS[key] = t
+    if t is None:
+        with torch.inference_mode(False):
+            t = make(*args, dtype=like.dtype, device=like.device)
+        if not transient:
+            _SADE_CONSTANTS[key] = t
     return t
 
 
@@ -244,7 +254,7 @@ class _SadeBlocks(torch.autograd.Function):
             gd = torch.stack([dc.mT @ dc for dc in dcats])  # (S, pr, pr): D_a^T D_b blocks
             gu = torch.stack([U @ U.mT for U in Us])  # (S, p, r, r): G_h = U_h U_h^T
             Q = torch.stack(Qs)
-        eye = _sade_constant("eye", (), p, 1.0, Q)
+        eye = _sade_constant(_eye_blocks, Q, p)
         qbd = (Q.unsqueeze(-2) * eye).reshape(S, m, pr, pr)  # blockdiag(Q_h)
         gbd = (gu.unsqueeze(-2) * eye).reshape(S, 1, pr, pr)  # blockdiag(G_h)
         pq = gd.unsqueeze(1) @ qbd  # gd Qbd
@@ -252,12 +262,12 @@ class _SadeBlocks(torch.autograd.Function):
         ga = gbd @ A
         bm = ga @ gbd  # Gbd A Gbd
         cross = (A * bm).reshape(S, m, p, r, p, r).sum((3, 5))  # (S, m, p, p): ||M_a^T M_b||_F^2
-        pairs = _sade_constant("pairs", (S, m), p, weight, Q)  # weight on a < b, flattened
+        pairs = _sade_constant(_pair_weights, Q, p, (S, m), weight)  # weight on a < b, flattened
         norms = denom = None
         if normalize:
             diag = torch.diagonal(A.reshape(S, m, p, r, p, r), dim1=2, dim2=4)  # (S, m, r, r, p)
             norms = (diag * gu.permute(0, 2, 3, 1).unsqueeze(1)).sum((2, 3))  # (S, m, p): ||M_h||_F^2
-            denom = torch.addcmul(_sade_constant("eps", (), p, eps, Q), norms.unsqueeze(3), norms.unsqueeze(2))
+            denom = torch.addcmul(_sade_constant(_scalar, Q, eps), norms.unsqueeze(3), norms.unsqueeze(2))
             cross = cross / denom  # c_ab
         total = torch.dot(cross.reshape(-1), pairs)
         ctx.save_for_backward(*dcats, *Us, qbd, gbd, pq, A, ga, bm, cross, pairs, norms, denom)
@@ -384,9 +394,9 @@ class _IdentityPlusLowRank(torch.autograd.Function):
     backward folds the identity's gradient into the branch's, ``dx = g + (g V^T) Dcat^T`` (dense:
     ``g + g dW^T``) as one addmm, where autograd adds the two paths' gradients in a kernel of its own
     (one launch fewer per LRM and step, and the sum rounded once). Every operand is in ``x``'s dtype
-    (the caller routes an ``x`` that autocast would cast to :func:`_low_rank_add`); the gradients of
-    ``dcat`` and ``V`` are returned in their own dtypes, as autocast's casts would convert them. A
-    backward that builds a graph (``create_graph=True``) forms its operands again from the inputs, so
+    (the caller routes an ``x`` that autocast would cast to :func:`_low_rank_add`); autograd converts
+    the gradients of ``dcat`` and ``V`` to their dtypes, as after autocast's casts. A backward that
+    builds a graph (``create_graph=True``) forms its operands again from the inputs, so
     it is differentiable too."""
 
     @staticmethod
@@ -411,7 +421,7 @@ class _IdentityPlusLowRank(torch.autograd.Function):
             if graph:
                 vc = v.to(x.dtype)
             if need_v:
-                gv = (x.mT @ g).to(v.dtype)
+                gv = x.mT @ g
             if need_x:
                 gx = torch.addmm(g, g, vc.mT)
             return gx, None, gv
@@ -420,11 +430,11 @@ class _IdentityPlusLowRank(torch.autograd.Function):
             dc, vc = dcat.to(x.dtype), v.to(x.dtype)
             z = x @ dc
         if need_v:
-            gv = (z.mT @ g).to(v.dtype)
+            gv = z.mT @ g
         if need_x or need_d:
             gz = g @ vc.mT
             if need_d:
-                gd = (x.mT @ gz).to(dcat.dtype)
+                gd = x.mT @ gz
             if need_x:
                 gx = torch.addmm(g, gz, dc.mT)
         return gx, gd, gv
