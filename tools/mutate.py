@@ -113,6 +113,8 @@ EQUIVALENT: dict[str, str] = {
     "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_44": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
     "clora3d.peft.clora.x__identity_plus_low_rank__mutmut_37": "out is 2-D (the function's output): out.shape[+1] is out.shape[-1]",
     "clora3d.peft.clora.xǁ_SadeBlocksǁforward__mutmut_43": "with S = 1, Q (1, m, p, r, r) or (m, 1, p, r, r) gives the same qbd: the unit dimension is reshaped away into (1, m, pr, pr)",
+    "clora3d.peft.clora.x__scalar__mutmut_4": "SADE's eps is the input of an addcmul: a 0-d CPU tensor combines with tensors of any device (read on the host, no copy), so device None (the CPU) gives the same result everywhere",
+    "clora3d.peft.clora.x__scalar__mutmut_8": "SADE's eps is the input of an addcmul: a 0-d CPU tensor combines with tensors of any device (read on the host, no copy), so device None (the CPU) gives the same result everywhere",
     "clora3d.peft.lora.xǁLoRALayerǁcast_input__mutmut_5": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
     "clora3d.engine.evaluate.x__apply_transform__mutmut_2": "unreachable: evaluate_classification always passes a generator when voting",
     "clora3d.engine.evaluate.x__restricted_labels__mutmut_3": "float64 labels holding integer values compare like int64 ones",
