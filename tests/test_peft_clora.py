@@ -762,3 +762,84 @@ def test_sade_constants_are_not_kept_while_compiling_or_capturing_a_cuda_graph(m
     assert clora._sade_constant(clora._eye_blocks, cuda_like, 3) is not eye  # same key, not taken
     assert clora._SADE_CONSTANTS == cached
     assert clora._sade_constant(clora._eye_blocks, like, 3) is eye  # a CPU tensor is never captured
+
+
+def test_clora_pre_proj_layer_under_torch_func_transforms(base):
+    """vmap and grad of torch.func over a CLoRA model (pre_proj, the default): the update takes
+    autograd's plain ops there (the written-out function has no functorch rules), same numbers."""
+    from torch.func import functional_call, grad, vmap
+
+    model = copy.deepcopy(base)
+    method = apply_peft(model, {"NAME": "clora"})
+    randomize(method, std=0.05)
+    qkv = model.blocks.blocks[1].attn.qkv
+    xs = torch.randn(3, 2, 9, D, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(vmap(qkv)(xs), torch.stack([qkv(x) for x in xs]))
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    pts = torch.rand(1, 128, 3, generator=torch.Generator().manual_seed(5))
+    g = grad(lambda p: functional_call(model, p, (pts,)).sum())(params)
+    model.zero_grad()
+    model(pts).sum().backward()
+    for n, p in method.trainable_parameters().items():
+        torch.testing.assert_close(g[n], p.grad, msg=n)
+
+
+def test_sade_constants_of_a_fake_trace_stay_out_of_the_cache():
+    """make_fx in fake mode (a memory estimation, an export) gets fake constants of its own: none is
+    cached for a later eager call, and a real cached constant is not handed to the trace."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    import clora3d.peft.clora as clora
+
+    torch.manual_seed(0)
+    sp = CLoRASpaces(10, 10, 2, 3, 2, False, None, "xavier")
+    with torch.no_grad():
+        sp.Q.normal_()
+    clora._SADE_CONSTANTS.clear()
+    want = sade_total([sp], True, 1e-12).detach()  # eager first: real constants cached
+    cached = dict(clora._SADE_CONSTANTS)
+
+    def f(D, U, Q):
+        return clora._SadeBlocks.apply(1.0, True, 1e-12, D, U, Q)
+
+    gm = make_fx(f, tracing_mode="fake")(sp.D.detach(), sp.U.detach(), sp.Q.detach())
+    assert clora._SADE_CONSTANTS == cached and all(type(t) is torch.Tensor for t in cached.values())
+    torch.testing.assert_close(gm(sp.D.detach(), sp.U.detach(), sp.Q.detach()), want)
+    torch.testing.assert_close(sade_total([sp], True, 1e-12).detach(), want)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real = torch.zeros(1, dtype=torch.float64)
+    with FakeTensorMode(allow_non_fake_inputs=True):  # a real tensor to copy dtype and device from
+        made = clora._sade_constant(clora._eye_blocks, real, 7)
+    assert type(made) is not torch.Tensor  # made fake, so not kept
+    assert clora._SADE_CONSTANTS == cached
+
+
+def test_sade_constant_cache_is_bounded(monkeypatch):
+    """A weight changed at every step (a scheduled sade_lambda) cannot grow the cache without end."""
+    import clora3d.peft.clora as clora
+
+    clora._SADE_CONSTANTS.clear()
+    like = torch.zeros(1)
+    for i in range(3 * clora._SADE_CONSTANTS_MAX):
+        clora._sade_constant(clora._pair_weights, like, 3, (1, 2), 0.01 * (i + 1))
+        assert 0 < len(clora._SADE_CONSTANTS) <= clora._SADE_CONSTANTS_MAX
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("normalize", [True, False])
+def test_sade_on_cuda_equals_the_cpu(normalize):
+    """The batched SADE and its written-out backward on the GPU (its cached constants on the GPU
+    too: CUDA's addcmul takes no CPU scalar as its input)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    cpu = CLoRASpaces(24, 20, 4, 3, 5, False, None, "xavier").double()
+    with torch.no_grad():
+        cpu.Q.normal_()
+    gpu = copy.deepcopy(cpu).cuda()
+    for sp in (cpu, gpu):
+        sade_total([sp], normalize, 1e-12, 0.3).backward()
+    for name in ("D", "U", "Q"):
+        torch.testing.assert_close(getattr(gpu, name).grad.cpu(), getattr(cpu, name).grad, msg=name)
+    torch.testing.assert_close(sade_total([gpu], normalize, 1e-12, 0.3).cpu(), sade_total([cpu], normalize, 1e-12, 0.3))

@@ -39,6 +39,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
@@ -205,18 +206,30 @@ def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> torch.Ten
     return torch.full((), value, dtype=dtype, device=device)
 
 
+#: at most this many cached constants (a ``sade_lambda`` changed at every step would add one each time)
+_SADE_CONSTANTS_MAX = 64
+
+
 def _sade_constant(make: Callable[..., torch.Tensor], like: torch.Tensor, *args: object) -> torch.Tensor:
     """``make(*args, dtype=like.dtype, device=like.device)``, cached in eager mode (never written to:
     shared by every call) and made outside inference mode (an inference tensor could not be saved for
-    a later training backward); made anew under ``torch.compile`` (in the graph) and while a CUDA
-    graph is being captured (its kernels would not have run yet)."""
+    a later training backward). Made anew, and not cached, under ``torch.compile`` (in the graph),
+    for fake tensors (a ``make_fx`` or memory-estimation trace: a fake constant must not reach a
+    later eager call, nor a real one a fake trace) and while a CUDA graph is being captured (its
+    kernels would not have run yet)."""
     key = (make, *args, like.dtype, like.device)
-    transient = torch.compiler.is_compiling() or (like.is_cuda and torch.cuda.is_current_stream_capturing())
+    transient = (
+        torch.compiler.is_compiling()
+        or isinstance(like, FakeTensor)
+        or (like.is_cuda and torch.cuda.is_current_stream_capturing())
+    )
     t = None if transient else _SADE_CONSTANTS.get(key)
     if t is None:
         with torch.inference_mode(False):
             t = make(*args, dtype=like.dtype, device=like.device)
-        if not transient:
+        if not transient and type(t) is torch.Tensor:
+            if len(_SADE_CONSTANTS) >= _SADE_CONSTANTS_MAX:
+                _SADE_CONSTANTS.clear()
             _SADE_CONSTANTS[key] = t
     return t
 
@@ -443,9 +456,12 @@ class _IdentityPlusLowRank(torch.autograd.Function):
 def _identity_plus_low_rank(x: torch.Tensor, dcat: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
     """``x + (x Dcat) V`` (dense: ``x + x dW``) for ``x (..., d_in)``, through
     :class:`_IdentityPlusLowRank`; an ``x`` that autocast would still cast goes through
-    :func:`_low_rank_add` (autocast's casts and dtypes)."""
+    :func:`_low_rank_add` (autocast's casts and dtypes), and so does a call under a ``torch.func``
+    transform (vmap, grad, jvp: they take autograd's rules for plain ops, not a written-out backward)."""
     cast = autocast_dtype(x)
     if cast is not None and cast != x.dtype and x.dtype != torch.float64:  # autocast would cast x
+        return _low_rank_add(x, x, dcat, v)
+    if torch._C._are_functorch_transforms_active():
         return _low_rank_add(x, x, dcat, v)
     lead = x.shape[:-1]
     out = _IdentityPlusLowRank.apply(x.reshape(-1, x.shape[-1]), dcat, v)
