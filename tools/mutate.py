@@ -111,7 +111,7 @@ EQUIVALENT: dict[str, str] = {
     # CLoRA's factored training path and matmul SADE (rewritten for issue 12; old sade/branch entries dropped)
     "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_33": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
     "clora3d.peft.clora.xǁ_PreProjHookǁ__call____mutmut_44": "a Linear's forward pre-hook gets args == (x,): args[1:] and args[2:] are both empty",
-    "clora3d.peft.clora.x__identity_plus_low_rank__mutmut_37": "out is 2-D (the function's output): out.shape[+1] is out.shape[-1]",
+    "clora3d.peft.clora.x__identity_plus_low_rank__mutmut_45": "out is 2-D (the function's output): out.shape[+1] is out.shape[-1]",
     "clora3d.peft.clora.xǁ_SadeBlocksǁforward__mutmut_43": "with S = 1, Q (1, m, p, r, r) or (m, 1, p, r, r) gives the same qbd: the unit dimension is reshaped away into (1, m, pr, pr)",
     "clora3d.peft.clora.x__scalar__mutmut_4": "observable only on a GPU: SADE's eps on the CPU is the same on a CPU run, and CUDA's addcmul refuses a CPU scalar as its input (test_sade_on_cuda_equals_the_cpu and the CUDA case of test_sade_is_float32_under_autocast kill it there); the mutation run has no GPU",
     "clora3d.peft.clora.x__scalar__mutmut_8": "observable only on a GPU: SADE's eps on the CPU is the same on a CPU run, and CUDA's addcmul refuses a CPU scalar as its input (test_sade_on_cuda_equals_the_cpu and the CUDA case of test_sade_is_float32_under_autocast kill it there); the mutation run has no GPU",
