@@ -4,9 +4,11 @@ the pre_proj update written out, FLOPs after merge."""
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from clora3d.errors import ConfigError
 from clora3d.models import PointTransformer
@@ -553,6 +555,18 @@ def test_sade_compiles_without_graph_break():
 
 
 # -- the pre_proj update's own backward ------------------------------------------------------------
+class _OpCounter(TorchDispatchMode):
+    """How many times each aten op was dispatched inside the ``with``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
 def _ipl_inputs(dense: bool, dtype=torch.float64):
     g = torch.Generator().manual_seed(11)
     x = torch.randn(7, 6, generator=g, dtype=dtype).requires_grad_()
@@ -596,26 +610,13 @@ def test_identity_plus_low_rank_gradients_equal_autograd_of_the_formula(dense):
 def test_identity_plus_low_rank_backward_launches_no_separate_add(dense):
     """The reason it exists: autograd of the formula sums the two gradients of x in an add of its own;
     the written-out backward does it inside an addmm (one kernel-launching op fewer per LRM)."""
-    from collections import Counter
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from clora3d.peft.clora import _IdentityPlusLowRank
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops[func.overloadpacket.__name__] += 1
-            return func(*args, **(kwargs or {}))
 
     ops = {}
     for name, fn in (("written", _IdentityPlusLowRank.apply), ("autograd", _written_out)):
         x, dcat, v = _ipl_inputs(dense, torch.float32)
         y = fn(x, dcat, v)
-        with Ops() as c:
+        with _OpCounter() as c:
             y.backward(torch.ones_like(y))
         ops[name] = c.ops
     written, auto = ops["written"], ops["autograd"]
@@ -652,31 +653,20 @@ def test_sade_constants_are_made_once_and_outside_inference_mode():
     """The masks and eps of the batched SADE are made at the first call and reused (no eye / ones /
     triu / full kernels in later steps), and a first call under inference_mode (an evaluation that logs
     SADE) leaves constants that a training backward can still save."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     import clora3d.peft.clora as clora
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
 
     torch.manual_seed(0)
     sp = CLoRASpaces(12, 10, 3, 5, 4, False, None, "xavier")  # p = 5: a shape no other test uses
     with torch.no_grad():
         sp.Q.normal_()
     clora._SADE_CONSTANTS.clear()
-    with torch.inference_mode(), Ops() as first:
+    with torch.inference_mode(), _OpCounter() as first:
         ref = sade_total([sp], True, 1e-12, 0.3)
-    assert {"eye", "ones", "triu_"} <= first.ops, first.ops
-    with Ops() as later:
+    assert {"eye", "ones", "triu_"} <= set(first.ops), first.ops
+    with _OpCounter() as later:
         got = sade_total([sp], True, 1e-12, 0.3)
         got.backward()
-    assert not {"eye", "ones", "triu_", "full", "fill_", "zeros", "scalar_tensor"} & later.ops, later.ops
+    assert not {"eye", "ones", "triu_", "full", "fill_", "zeros", "scalar_tensor"} & set(later.ops), later.ops
     torch.testing.assert_close(got.detach(), ref, rtol=1e-6, atol=0)
     assert torch.allclose(got.detach(), brute_sets([copy.deepcopy(sp).double()], True, 1e-12).float() * 0.3, rtol=1e-5)
     assert all(not t.is_inference() for t in clora._SADE_CONSTANTS.values())
