@@ -1,4 +1,4 @@
-"""CPU proxies of GPU step cost: aten ops dispatched and host syncs per training step, per method.
+"""CPU proxies of GPU step cost: aten ops dispatched, Python calls and host syncs per training step, per method.
 
 ``python benchmarks/step_ops.py [--preset tiny|vit_s] [--precision fp32,bf16] [--batch 2] [--methods full,clora,...] [--json F]``
 
@@ -16,6 +16,10 @@ torch.bfloat16)``, the CPU stand-in for the trainer's CUDA autocast (the same ru
 their float32 inputs, so every cast is a ``_to_copy`` launch here and a kernel there; the two
 autocast op lists differ in details), inside ``reuse_frozen_casts`` as the trainer's epochs.
 Counted after one warm-up step (lazy initialisations excluded).
+"Python calls" counts the Python functions a step runs (``sys.setprofile`` "call" events, in a step
+of its own without the op counter, whose ``__torch_dispatch__`` is Python too): module calls, hooks,
+autograd functions' forward and backward, the optimizer's Python. It is the host cost that op
+counts miss; on a GPU each is host time the stream may wait for, as each op is.
 "host syncs" (forward + backward only: the CPU AdamW reads its step counters with ``.item()``, which
 the fused CUDA AdamW does not) counts the ops that return a device value to the host or whose output shape depends on
 the data: ``_local_scalar_dense`` (``.item()``, ``bool()``, ``int()``), ``is_nonzero``, ``equal``,
@@ -77,6 +81,25 @@ METHODS = {
 }
 
 
+def count_python_calls(fn) -> int:
+    """How many Python functions ``fn()`` runs (``sys.setprofile`` "call" events: function calls and
+    generator resumptions, on this thread; a CPU backward runs on the calling thread)."""
+    n = 0
+
+    def profile(frame, event, arg):  # noqa: ANN001
+        nonlocal n
+        if event == "call":
+            n += 1
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(previous)
+    return n - 1  # fn itself
+
+
 class CountOps(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -127,6 +150,8 @@ def count_step(
             fwd_bwd()
         with CountOps() as o:
             opt_step()
+        py_fwd_bwd = count_python_calls(fwd_bwd)
+        py_opt = count_python_calls(opt_step)
     syncs = {k: v for k, v in c.ops.items() if k in SYNC_OPS}
     launching = sum(v for k, v in (c.ops + o.ops).items() if k not in LAUNCH_FREE_OPS)
     return {
@@ -138,6 +163,8 @@ def count_step(
         "fwd_bwd_ops": sum(c.ops.values()),
         "optimizer_ops": sum(o.ops.values()),
         "launch_ops": launching,
+        "python_calls": py_fwd_bwd + py_opt,
+        "python_calls_fwd_bwd": py_fwd_bwd,
         "host_syncs": sum(syncs.values()),
         "sync_ops": syncs,
         "trainable": sum(p.numel() for p in params),
@@ -150,16 +177,18 @@ def table(rows: list[dict]) -> str:
     full = {(r["preset"], r["precision"]): r for r in rows if r["method"] == "full"}
     lines = [
         "| method | preset | precision | aten ops / step (fwd+bwd, optimizer) | vs full FT | kernel-launching ops "
-        "| vs full FT | host syncs fwd+bwd | trainable |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| vs full FT | Python calls / step (fwd+bwd) | vs full FT | host syncs fwd+bwd | trainable |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         f = full.get((r["preset"], r["precision"]))
         ratio = f"{r['aten_ops'] / f['aten_ops']:.2f}" if f else "-"
         lratio = f"{r['launch_ops'] / f['launch_ops']:.2f}" if f else "-"
+        pratio = f"{r['python_calls'] / f['python_calls']:.2f}" if f else "-"
         lines.append(
             f"| {r['method']} | {r['preset']} B{r['batch']} | {r['precision']} | {r['aten_ops']} ({r['fwd_bwd_ops']}, "
-            f"{r['optimizer_ops']}) | {ratio} | {r['launch_ops']} | {lratio} | {r['host_syncs']} | {r['trainable']:,} |"
+            f"{r['optimizer_ops']}) | {ratio} | {r['launch_ops']} | {lratio} | {r['python_calls']} "
+            f"({r['python_calls_fwd_bwd']}) | {pratio} | {r['host_syncs']} | {r['trainable']:,} |"
         )
     return "\n".join(lines)
 

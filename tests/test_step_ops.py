@@ -1,6 +1,7 @@
-"""CPU proxies of the GPU step cost (issue 12): host syncs and aten ops per training step.
+"""CPU proxies of the GPU step cost (issue 12): host syncs, aten ops and Python calls per training step.
 
-Counted with a TorchDispatchMode (benchmarks/step_ops.py); deterministic counts, not timings."""
+Counted with a TorchDispatchMode and sys.setprofile (benchmarks/step_ops.py); deterministic counts,
+not timings."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def test_training_step_reads_nothing_back_to_the_host(method, precision):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("method", list(step_ops.METHODS))
 def test_training_step_costs_no_more_than_recorded(method, precision):
-    """The step-cost proxies may not regress: no more aten ops and kernel-launching ops per tiny step
-    than docs/bench/step_ops.json records (the README's table). Counts belong to a torch version; under
+    """The step-cost proxies may not regress: no more aten ops, kernel-launching ops and Python calls
+    per tiny step than docs/bench/step_ops.json records (the README's table). Counts belong to a torch version; under
     another one this compares nothing."""
     import torch
 
@@ -45,6 +46,7 @@ def test_training_step_costs_no_more_than_recorded(method, precision):
     r = step_ops.count_step(method, "tiny", 2, precision=precision)
     assert r["aten_ops"] <= rec["aten_ops"], (r["aten_ops"], rec["aten_ops"], step_ops.RECORD_COMMAND)
     assert r["launch_ops"] <= rec["launch_ops"], (r["launch_ops"], rec["launch_ops"], step_ops.RECORD_COMMAND)
+    assert r["python_calls"] <= rec["python_calls"], (r["python_calls"], rec["python_calls"], step_ops.RECORD_COMMAND)
 
 
 def test_record_covers_every_method_both_presets_and_both_precisions():
@@ -86,6 +88,19 @@ def test_clora_dense_training_path_launches_fewer_kernels(placement):
     dense = step_ops.count_step("clora" + sfx + " dense", "tiny", 2)
     assert dense["launch_ops"] < factored["launch_ops"], (dense["launch_ops"], factored["launch_ops"])
     assert dense["aten_ops"] < factored["aten_ops"]
+
+
+def test_python_call_counter_counts_the_functions_run():
+    def leaf():
+        return 1
+
+    def body():
+        return sum(leaf() for _ in range(3)) + leaf()  # a generator (entered 4 times), leaf x4
+
+    assert step_ops.count_python_calls(body) == 4 + 4  # body itself not counted
+    previous = sys.getprofile()
+    assert step_ops.count_python_calls(lambda: None) == 0
+    assert sys.getprofile() is previous  # the profiler in place before is put back
 
 
 def test_launch_proxy_leaves_out_views_and_counts_kernels():
