@@ -19,7 +19,9 @@ Counted after one warm-up step (lazy initialisations excluded).
 "Python calls" counts the Python functions a step runs (``sys.setprofile`` "call" events, in a step
 of its own without the op counter, whose ``__torch_dispatch__`` is Python too): module calls, hooks,
 autograd functions' forward and backward, the optimizer's Python. It is the host cost that op
-counts miss; on a GPU each is host time the stream may wait for, as each op is.
+counts miss; on a GPU each is host time the stream may wait for, as each op is. It depends on what
+the process did before (after any ``torch.compile``, torch's dynamo-disabled wrappers, the
+optimizer's among them, take more calls), so compare counts made as the record is: by this script.
 "host syncs" (forward + backward only: the CPU AdamW reads its step counters with ``.item()``, which
 the fused CUDA AdamW does not) counts the ops that return a device value to the host or whose output shape depends on
 the data: ``_local_scalar_dense`` (``.item()``, ``bool()``, ``int()``), ``is_nonzero``, ``equal``,
