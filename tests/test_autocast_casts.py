@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.step_ops import CountOps
 from clora3d.engine import build
 from clora3d.models.transformer import Linear, reuse_frozen_casts, trainable_casts
 
@@ -403,20 +404,9 @@ class _Net(nn.Module):
         return self.b(torch.relu(self.b(self.a(x))))
 
 
-class _CountOps(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: dict[str, int] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        self.ops[name] = self.ops.get(name, 0) + 1
-        return func(*args, **(kwargs or {}))
-
-
 def _step(net: nn.Module, scoped: bool) -> tuple[torch.Tensor, list, dict]:
     x = _x(requires_grad=True)
-    with reuse_frozen_casts(net) if scoped else contextlib.nullcontext(), _CountOps() as c:
+    with reuse_frozen_casts(net) if scoped else contextlib.nullcontext(), CountOps() as c:
         with torch.autocast(**BF16), trainable_casts(net):
             y = net(x)
         y.float().pow(2).sum().backward()

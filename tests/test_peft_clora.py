@@ -4,12 +4,11 @@ the pre_proj update written out, FLOPs after merge."""
 from __future__ import annotations
 
 import copy
-from collections import Counter
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.step_ops import CountOps  # how many times each aten op is dispatched
 from clora3d.errors import ConfigError
 from clora3d.models import PointTransformer
 from clora3d.peft import apply_peft
@@ -555,18 +554,6 @@ def test_sade_compiles_without_graph_break():
 
 
 # -- the pre_proj update's own backward ------------------------------------------------------------
-class _OpCounter(TorchDispatchMode):
-    """How many times each aten op was dispatched inside the ``with``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _ipl_inputs(dense: bool, dtype=torch.float64):
     g = torch.Generator().manual_seed(11)
     x = torch.randn(7, 6, generator=g, dtype=dtype).requires_grad_()
@@ -616,7 +603,7 @@ def test_identity_plus_low_rank_backward_launches_no_separate_add(dense):
     for name, fn in (("written", _IdentityPlusLowRank.apply), ("autograd", _written_out)):
         x, dcat, v = _ipl_inputs(dense, torch.float32)
         y = fn(x, dcat, v)
-        with _OpCounter() as c:
+        with CountOps() as c:
             y.backward(torch.ones_like(y))
         ops[name] = c.ops
     written, auto = ops["written"], ops["autograd"]
@@ -660,10 +647,10 @@ def test_sade_constants_are_made_once_and_outside_inference_mode():
     with torch.no_grad():
         sp.Q.normal_()
     clora._SADE_CONSTANTS.clear()
-    with torch.inference_mode(), _OpCounter() as first:
+    with torch.inference_mode(), CountOps() as first:
         ref = sade_total([sp], True, 1e-12, 0.3)
     assert {"eye", "ones", "triu_"} <= set(first.ops), first.ops
-    with _OpCounter() as later:
+    with CountOps() as later:
         got = sade_total([sp], True, 1e-12, 0.3)
         got.backward()
     assert not {"eye", "ones", "triu_", "full", "fill_", "zeros", "scalar_tensor"} & set(later.ops), later.ops

@@ -233,9 +233,9 @@ def _write_cfg(dest: Path, files: list[str], tests: list[str]) -> None:
     lines = ["[mutmut]", "source_paths = clora3d/", "only_mutate ="]
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
-    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q", "also_copy ="] + [
+    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q", "also_copy =", "    benchmarks/"] + [
         f"    clora3d/{so.name}" for so in (REPO / "clora3d").glob("_C*.so")
-    ]
+    ]  # benchmarks/: tests count ops with benchmarks.step_ops.CountOps
     lines += ["use_git_change_detection = false", ""]
     (dest / "setup.cfg").write_text("\n".join(lines))
 
