@@ -12,7 +12,10 @@
 - the SADE ablation: what `python tools/sade_ablation.py --record docs/bench/sade_ablation.json`
   writes, between the `<!-- sade_ablation:begin/end -->` markers of docs/peft.md;
 - the CPU proxies of GPU step cost: what `python benchmarks/step_ops.py --preset tiny,vit_s --precision
-  fp32,bf16 --json docs/bench/step_ops.json` writes, between the `<!-- step_ops:begin/end -->` markers of README.md.
+  fp32,bf16 --json docs/bench/step_ops.json` writes, between the `<!-- step_ops:begin/end -->` markers of README.md;
+- what the compiler gives each CUDA kernel (registers, spills, occupancy): what `python
+  benchmarks/cuda_resources.py --arch 90 --json docs/bench/cuda_resources.json` writes, between the
+  `<!-- cuda_resources:begin/end -->` markers of docs/ops.md.
 
 `--check` changes nothing and exits 1 when a file differs from the rendering.
 """
@@ -43,9 +46,10 @@ DEMO_BLOCKS = {
 SADE_JSON = "docs/bench/sade_ablation.json"
 SADE_MARKER = "sade_ablation"
 STEP_OPS_MARKER = "step_ops"
+CUDA_RESOURCES_MARKER = "cuda_resources"
 TARGETS = {
     "README.md": ["summary", FLOPS_MARKER, *DEMO_BLOCKS, STEP_OPS_MARKER],
-    "docs/ops.md": ["full"],
+    "docs/ops.md": ["full", CUDA_RESOURCES_MARKER],
     "docs/peft.md": [SADE_MARKER],
 }
 
@@ -84,6 +88,11 @@ def rendered(json_path: str = DEFAULT_JSON, repo: Path = REPO, flops_json: str =
     from benchmarks import step_ops
 
     blocks[STEP_OPS_MARKER] = step_ops.readme_block(json.loads((repo / step_ops.RECORD_JSON).read_text()))
+    from benchmarks import cuda_resources
+
+    blocks[CUDA_RESOURCES_MARKER] = cuda_resources.docs_block(
+        json.loads((repo / cuda_resources.RECORD_JSON).read_text())
+    )
     out = {}
     for rel, names in TARGETS.items():
         text = (repo / rel).read_text()
