@@ -101,15 +101,18 @@ class Linear(nn.Linear):
             return autocast_dtype(x)
         return None
 
-    def trainable_copy(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """This layer's own parameter ``name`` (one that is not ``weight`` or ``bias``: a LoRA factor
-        registered on the layer) as an op on ``x`` in this forward should use it: the copy that the
-        scope's :meth:`CastScope.forward` made together with the other trainable tensors, when there
-        is one for this very parameter, dtype and version; else the parameter (autocast casts it)."""
-        t = self._parameters[name]
-        if type(t) is nn.Parameter and t.requires_grad and (dtype := self._reuse_dtype(x)) is not None:
-            return self._cast(t, dtype, _extra_slot(name))
-        return t
+    def trainable_copies(self, x: torch.Tensor, *names: str) -> tuple[torch.Tensor, ...]:
+        """This layer's own parameters ``names`` (ones that are not ``weight`` or ``bias``: LoRA factors
+        registered on the layer) as an op on ``x`` in this forward should use them: for each, the copy
+        that the scope's :meth:`CastScope.forward` made together with the other trainable tensors, when
+        there is one for this very parameter, dtype and version; else the parameter (autocast casts it)."""
+        dtype = self._reuse_dtype(x)  # once for all of them
+        out = []
+        for name in names:
+            t = self._parameters[name]
+            trainable = type(t) is nn.Parameter and t.requires_grad
+            out.append(self._cast(t, dtype, _extra_slot(name)) if trainable and dtype is not None else t)
+        return tuple(out)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
         # .to() / .cuda() / .half(): drop the copies (they would hold memory on the old device)
@@ -206,7 +209,7 @@ class _CastTogether(torch.autograd.Function):
 
 def _cast_trainable(layers: Sequence[Linear]) -> None:
     """The autocast copies of every trainable float32 parameter of ``layers`` (weight, bias, and the
-    others registered on a layer, see :meth:`Linear.trainable_copy`), made together
+    others registered on a layer, see :meth:`Linear.trainable_copies`), made together
     (:class:`_CastTogether`) and kept on the layers for one forward (see :meth:`CastScope.forward`)."""
     if (
         torch.compiler.is_compiling()

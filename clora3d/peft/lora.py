@@ -63,10 +63,10 @@ class LoRALayer:
 
     def factors(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` for this forward on ``x``: the copies cast together with the other trainable
-        tensors when the trainer's bf16 scope made them (:meth:`Linear.trainable_copy`), else the
+        tensors when the trainer's bf16 scope made them (:meth:`Linear.trainable_copies`), else the
         parameters themselves (autocast casts each at its use)."""
         if isinstance(module, Linear) and module._parameters.get("lora_A") is self.A:
-            return module.trainable_copy("lora_A", x), module.trainable_copy("lora_B", x)
+            return module.trainable_copies(x, "lora_A", "lora_B")
         return self.A, self.B
 
     def cast_input(self, module: nn.Module, args: tuple) -> tuple:
