@@ -360,11 +360,12 @@ def docs_block(record: dict, json_path: str = RECORD_JSON) -> str:
     return (
         f"From `{json_path}`, written by `{RECORD_COMMAND}` with nvcc {record['nvcc']} for {record['arch']} "
         f"(rendered by `tools/render_bench_tables.py`; `tests/test_cuda_resources.py` compiles the kernels again "
-        f"and fails on a new stack frame or spill, or on a difference from the record with the same nvcc). "
+        f"and fails on more stack frame or spills than explained below (any, elsewhere), or on a difference from "
+        f"the record with the same nvcc). "
         f"FPS launches up to 1024 threads (fewer for small N); occupancy is at the block size shown, "
         f"from {record['arch']}'s per-SM limits and the static shared memory only (fps_generic_kernel's "
-        f"shared-memory path, N > 8192, adds 4 N values of dynamic shared memory: one block per SM there). The local memory in the table, explained:\n\n{notes}\n\n"
-        + table(record)
+        f"shared-memory path, N > 8192, adds 4 values per point of dynamic shared memory, 128 KiB and more: one "
+        f"block per SM there). The local memory in the table, explained:\n\n{notes}\n\n" + table(record)
     )
 
 
