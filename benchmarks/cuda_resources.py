@@ -85,16 +85,13 @@ KERNELS = (
 
 #: local memory (stack frame, spill stores, spill loads; bytes) that is known, as upper bounds, and why
 #: (what the SASS shows, read with cuobjdump -sass, nvcc 13.0); every other kernel must have none
+_KNN_LIST = "its sorted list of 32 < k <= 128 neighbours is a thread-local array, by design"
 EXPECTED_LOCAL_MEMORY = {
     "knn_local_kernel<float, 128>": (
         (1040, 4, 4),
-        "its sorted list of 32 < k <= 128 neighbours is a thread-local array, by design; the 4 spilled bytes "
-        "are stored before the reference loop and loaded after it",
+        f"{_KNN_LIST}; the 4 spilled bytes are stored before the reference loop and loaded after it",
     ),
-    "knn_local_kernel<double, 128>": (
-        (1536, 0, 0),
-        "its sorted list of 32 < k <= 128 neighbours is a thread-local array, by design",
-    ),
+    "knn_local_kernel<double, 128>": ((1536, 0, 0), _KNN_LIST),
     "knn_warp_kernel<double>": (
         (16, 12, 12),
         "12 bytes stored before the reference loop and loaded after it (the call of the finite-coordinate "
